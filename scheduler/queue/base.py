@@ -1,0 +1,89 @@
+"""The queue contract shared by the Hub and local backends.
+
+Every method that changes a task is atomic: on the Hub a compare-and-swap commit, locally a file lock plus an
+atomic rename. Methods raise ``TaskNotFound`` for an unknown id and ``InvalidTransition`` when the task is not in
+a state that allows the change (for example completing a task held by another worker).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Sequence
+
+from scheduler.task import Task
+
+
+class QueueError(Exception):
+    """Base class of queue errors; the message is meant for a human."""
+
+
+class TaskNotFound(QueueError):
+    """No task with that id."""
+
+
+class InvalidTransition(QueueError):
+    """The task's current state does not allow the requested change."""
+
+
+class QueueUnavailable(QueueError):
+    """The backend could not be reached or kept failing after bounded retries."""
+
+
+class TaskQueue(ABC):
+    """Durable task queue. Implementations: ``HubQueue`` (dataset repo) and ``LocalQueue`` (folder)."""
+
+    @abstractmethod
+    def enqueue(self, task: Task, images: Sequence[Path]) -> Task:
+        """Store ``images`` and ``task`` together (both or neither); return the task with ``images`` set.
+
+        Idempotent by ``task.id``: enqueuing an id that already exists returns the stored task unchanged.
+        """
+
+    @abstractmethod
+    def list(self) -> list[Task]:
+        """All tasks, oldest first."""
+
+    @abstractmethod
+    def get(self, task_id: str) -> Task:
+        """One task by id."""
+
+    @abstractmethod
+    def claim(self, task_id: str, holder: str, lease_s: float) -> Task | None:
+        """PENDING -> RUNNING with attempts+1, started_at and a lease for ``holder``.
+
+        Returns None when the task is not PENDING any more (someone else won); exactly one of several concurrent
+        claimers gets the task.
+        """
+
+    @abstractmethod
+    def heartbeat(self, task_id: str, holder: str, lease_s: float, progress: dict[str, Any] | None = None) -> Task:
+        """Renew ``holder``'s lease and optionally store a progress summary. InvalidTransition if not the holder."""
+
+    @abstractmethod
+    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
+        """RUNNING (held by ``holder``) -> DONE with ``result_url``."""
+
+    @abstractmethod
+    def fail(self, task_id: str, holder: str | None, error: str) -> Task:
+        """-> FAILED with ``error``. ``holder`` None fails a task nobody holds (e.g. PENDING, refused input)."""
+
+    @abstractmethod
+    def cancel(self, task_id: str) -> Task:
+        """PENDING or RUNNING -> CANCELLED. A running worker sees it at its next heartbeat and stops."""
+
+    @abstractmethod
+    def retry(self, task_id: str) -> Task:
+        """FAILED or CANCELLED -> PENDING with attempts reset to 0 and the error kept for reference."""
+
+    @abstractmethod
+    def requeue_expired(self, now: float) -> list[Task]:
+        """RUNNING tasks whose lease expired -> PENDING (attempts < max) or FAILED; returns the changed tasks."""
+
+    @abstractmethod
+    def set_note(self, task_id: str, note: str | None) -> Task:
+        """Set ``last_error`` on a PENDING task without changing its state (e.g. why the GPU was refused)."""
+
+    @abstractmethod
+    def fetch_images(self, task: Task, dest: Path) -> Path:
+        """Make the task's training images available as files in a local folder and return that folder."""

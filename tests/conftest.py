@@ -1,0 +1,55 @@
+"""Test-wide set-up: Hub client environment pointing at the emulator, and the CI rule for prerequisites.
+
+``HF_ENDPOINT`` is read by huggingface_hub at import time, so the emulator's port is chosen here, before any test
+module imports the client; the session-wide emulator fixture (tests/fakehub/fixtures.py) binds that port.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+EMULATOR_PORT = _free_port()
+TEST_HF_HOME = tempfile.mkdtemp(prefix="hf-home-")
+# Fake tokens, deliberately not shaped like real Hub tokens.
+ALICE_TOKEN = "hf_fake_alice_write"
+BOB_TOKEN = "hf_fake_bob_write"
+
+os.environ.update(
+    HF_ENDPOINT=f"http://127.0.0.1:{EMULATOR_PORT}",
+    HF_TOKEN=ALICE_TOKEN,
+    HF_HOME=TEST_HF_HOME,
+    HF_HUB_DISABLE_TELEMETRY="1",
+    HF_HUB_DISABLE_XET="1",
+    HF_HUB_DISABLE_PROGRESS_BARS="1",
+    HF_HUB_DISABLE_UPDATE_CHECK="1",
+    HF_HUB_DISABLE_EXPERIMENTAL_WARNING="1",
+    GRADIO_ANALYTICS_ENABLED="False",
+    NO_PROXY="127.0.0.1,localhost",
+)
+for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_CO_STAGING", "SPACE_ID", "SYSTEM"):
+    os.environ.pop(var, None)
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need(condition: bool, reason: str) -> None:
+    """Skip a test whose prerequisite is missing; under CI=true a missing prerequisite is a failure."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"missing prerequisite in CI: {reason}")
+    pytest.skip(reason)
+
+
+pytest_plugins = ["tests.fakehub.fixtures", "tests.tiny_models"]

@@ -1,0 +1,1 @@
+"""pytest fixtures for the emulator (filled in by the emulator module)."""

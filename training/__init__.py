@@ -1,0 +1,1 @@
+"""Data plane: DreamBooth recipes, data loading, model card and upload. Knows nothing about queues or hardware."""
