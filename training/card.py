@@ -1,0 +1,97 @@
+"""The model card (README.md in the output folder), built with huggingface_hub's ModelCard. Never holds a token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from huggingface_hub import ModelCard, ModelCardData
+
+if TYPE_CHECKING:
+    from training.models import Components
+    from training.recipe_base import RunContext
+    from training.trainer import DreamBoothRecipe
+
+
+def _is_hub_id(base_model: str) -> bool:
+    return not Path(base_model).exists() and base_model.count("/") == 1 and not base_model.startswith(("/", "."))
+
+
+def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Components) -> Path:
+    """Write ``ctx.output_dir/README.md`` describing the base model, trigger prompt, settings and samples."""
+    spec, p = ctx.spec, ctx.spec.params
+    lora = spec.recipe.endswith("lora") or "lora" in recipe.name
+    family = "stable-diffusion-xl" if comps.is_sdxl else "stable-diffusion"
+    tags = ["text-to-image", "diffusers", "dreambooth", family, "diffusers-training"] + (["lora"] if lora else [])
+    samples = getattr(recipe, "sample_paths", {})
+    widget = [
+        {"text": prompt, "output": {"url": Path(path).relative_to(ctx.output_dir.resolve()).as_posix()}}
+        for prompt, path in samples.items()
+    ]
+    data = ModelCardData(
+        base_model=spec.base_model if _is_hub_id(spec.base_model) else None,
+        library_name="diffusers",
+        license="openrail++" if comps.is_sdxl else "creativeml-openrail-m",
+        tags=tags,
+        instance_prompt=spec.instance_prompt,
+        widget=widget or None,
+    )
+    plan = getattr(recipe, "memory_plan", None)
+    settings = {
+        "recipe": recipe.name,
+        "base model": spec.base_model,
+        "steps": recipe.steps,
+        "learning rate": p.learning_rate or recipe.default_learning_rate,
+        "lr scheduler": f"{p.lr_scheduler} (warm-up {min(p.lr_warmup_steps, recipe.steps // 5)} steps)",
+        "resolution": recipe.resolution,
+        "batch size": p.batch_size,
+        "seed": p.seed,
+        "mixed precision": recipe.acc.mixed_precision,
+        "prior preservation": f"yes ({spec.class_prompt!r}, {p.num_class_images} images)" if p.prior_preservation else "no",
+        "text encoder trained": "yes" if p.train_text_encoder else "no",
+        "SNR gamma": p.snr_gamma,
+        "noise offset": p.noise_offset,
+        "random flip": p.random_flip,
+        "gradient checkpointing": plan.gradient_checkpointing if plan else None,
+        "8-bit Adam": plan.use_8bit_adam if plan else None,
+    }
+    if lora:
+        settings.update({"LoRA rank": p.rank, "LoRA alpha": p.alpha or p.rank})
+    rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+    if lora:
+        usage = (
+            "```python\nfrom diffusers import AutoPipelineForText2Image\n\n"
+            f'pipe = AutoPipelineForText2Image.from_pretrained("{spec.base_model}")\n'
+            f'pipe.load_lora_weights("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
+            f'image = pipe("{spec.instance_prompt}").images[0]\n```\n\n'
+            "`pytorch_lora_weights.safetensors` is in diffusers format; `pytorch_lora_weights_kohya.safetensors` "
+            "is the same LoRA in the kohya/A1111 layout for AUTOMATIC1111 and ComfyUI."
+        )
+    else:
+        usage = (
+            "```python\nfrom diffusers import AutoPipelineForText2Image\n\n"
+            f'pipe = AutoPipelineForText2Image.from_pretrained("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
+            f'image = pipe("{spec.instance_prompt}").images[0]\n```'
+        )
+    gallery = "\n".join(f"![{prompt}]({w['output']['url']})" for w, prompt in zip(widget, samples, strict=True))
+    body = f"""
+# DreamBooth {"LoRA" if lora else "fine-tune"} of {spec.base_model}
+
+Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`{spec.instance_prompt}`**.
+
+{gallery}
+
+## Use it
+
+{usage}
+
+## Training settings
+
+| setting | value |
+|---|---|
+{rows}
+"""
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    path = ctx.output_dir / "README.md"
+    card.save(str(path))
+    return path

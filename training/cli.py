@@ -1,0 +1,84 @@
+"""``python -m training --task TASK.json --workdir DIR [--progress EVENTS.jsonl] [--recipes-module MOD]``.
+
+Runs one task end to end (train, write outputs, upload) and exits with a code from ``training.exitcodes``. Under
+``accelerate launch`` / ``torchrun`` every process runs this; only the main one writes events, outputs and uploads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from training.exitcodes import ExitCode, TrainingError, is_out_of_memory
+
+RECIPES_ENV = "TRAINING_RECIPES_MODULES"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    ap.add_argument("--task", required=True, help="task JSON file")
+    ap.add_argument("--workdir", required=True, help="work folder (output/, checkpoints/, class_images/)")
+    ap.add_argument("--progress", default=None, help="append JSON-lines progress events to this file")
+    ap.add_argument("--recipes-module", action="append", default=[], help="extra module registering recipes")
+    ap.add_argument("--progress-bar", choices=["auto", "on", "off"], default="auto", help="console bar (auto: tty)")
+    return ap.parse_args(argv)
+
+
+def _scrub(message: str) -> str:
+    """Remove the Hub token from a message, should any library have echoed it."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    return message.replace(token, "***") if token else message
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a task; return the exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from accelerate import PartialState
+
+    from training.progress import Progress
+    from training.recipe_base import RunContext
+    from training.recipes import get_recipe, load_recipe_modules
+    from training.spec import TrainSpec
+
+    state = PartialState()
+    bar = {"auto": None, "on": True, "off": False}[args.progress_bar]
+    progress = Progress(args.progress, enabled=state.is_main_process, bar=bar)
+    workdir = Path(args.workdir).resolve()
+    try:
+        modules = [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")]
+        load_recipe_modules(m for m in modules if m.strip())
+        spec = TrainSpec.load(args.task)
+        recipe = get_recipe(spec.recipe)
+        ctx = RunContext(spec=spec, workdir=workdir, progress=progress)
+        recipe.run(ctx)
+        repo_url = None
+        if spec.output is not None and state.is_main_process:
+            from training.upload import upload_outputs
+
+            progress.phase("uploading")
+            repo_url = upload_outputs(ctx.output_dir, spec.output, commit_message=f"DreamBooth task {spec.task_id}")
+        progress.phase("done")
+        progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url)
+        return ExitCode.OK
+    except TrainingError as e:
+        progress.error(e.kind, _scrub(str(e)))
+        print(f"error ({e.kind}): {_scrub(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except BaseException as e:  # noqa: BLE001 - every failure must become an event and an exit code
+        if is_out_of_memory(e):
+            progress.error("oom", _scrub(f"out of memory: {e}"))
+            print(f"error (oom): {_scrub(str(e))}", file=sys.stderr)
+            return ExitCode.OUT_OF_MEMORY
+        kind_msg = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        progress.error("internal", _scrub(kind_msg))
+        traceback.print_exc()
+        return ExitCode.FAILURE
+    finally:
+        progress.close()

@@ -1,0 +1,234 @@
+"""The training task: ``TrainSpec`` parsed and validated from the task JSON the worker writes.
+
+Missing ``params`` keys take defaults; unknown keys are an error (a typo must not silently train with defaults).
+Values left ``None`` here ("auto") are resolved later, when the model and the images are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from training.exitcodes import BadInputError
+
+Auto = Literal["auto"]
+TriState = bool | Auto
+
+
+@dataclass
+class HubFolder:
+    """A folder inside a Hub repo (images to download, or where checkpoints live)."""
+
+    repo_id: str
+    path: str = ""
+    repo_type: str = "dataset"
+    revision: str | None = None
+
+
+@dataclass
+class OutputRepo:
+    """The model repo the outputs are uploaded to."""
+
+    repo_id: str
+    private: bool = True
+
+
+@dataclass
+class TrainParams:
+    """Hyper-parameters. ``None``/"auto" means: chosen by the trainer from the model, the images and the GPU."""
+
+    steps: int | None = None
+    learning_rate: float | None = None
+    rank: int = 4
+    alpha: float | None = None
+    resolution: int | None = None
+    seed: int = 0
+    batch_size: int = 1
+    lr_warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    train_text_encoder: bool = False
+    prior_preservation: bool = False
+    num_class_images: int = 50
+    prior_loss_weight: float = 1.0
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    random_flip: bool = True
+    checkpoint_every: int | None = 100
+    checkpoints_to_keep: int = 2
+    validation_prompts: list[str] = field(default_factory=list)
+    validation_every: int | None = None
+    sample_inference_steps: int = 25
+    mixed_precision: str = "auto"
+    gradient_checkpointing: TriState = "auto"
+    use_8bit_adam: TriState = "auto"
+    compile: bool = False
+    memory_budget_gib: float | None = None
+    log_every: int | None = None
+
+
+@dataclass
+class TrainSpec:
+    """One training task, as given to ``python -m training --task TASK.json``."""
+
+    task_id: str
+    base_model: str
+    instance_prompt: str
+    images: str | HubFolder
+    recipe: str = "dreambooth-lora"
+    class_prompt: str | None = None
+    class_images: str | HubFolder | None = None
+    params: TrainParams = field(default_factory=TrainParams)
+    output: OutputRepo | None = None
+    checkpoint: HubFolder | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
+        """Parse and validate a task dict; raises ``BadInputError`` with a message naming the offending key."""
+        if not isinstance(data, dict):
+            raise BadInputError("the task must be a JSON object")
+        _reject_unknown(data, cls, "task")
+        for key in ("task_id", "base_model", "instance_prompt", "images"):
+            if data.get(key) in (None, ""):
+                raise BadInputError(f"task key {key!r} is required")
+        params = data.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadInputError("task key 'params' must be an object")
+        _reject_unknown(params, TrainParams, "params")
+        spec = cls(
+            task_id=_typed(data, "task_id", str),
+            base_model=_typed(data, "base_model", str),
+            instance_prompt=_typed(data, "instance_prompt", str).strip(),
+            images=_image_source(data["images"], "images"),
+            recipe=_typed(data, "recipe", str, default="dreambooth-lora") or "dreambooth-lora",
+            class_prompt=_typed(data, "class_prompt", str, default=None),
+            class_images=_image_source(data["class_images"], "class_images") if data.get("class_images") else None,
+            params=_params(params),
+            output=_hub_obj(data.get("output"), OutputRepo, "output"),
+            checkpoint=_hub_obj(data.get("checkpoint"), HubFolder, "checkpoint"),
+        )
+        spec.validate()
+        return spec
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainSpec:
+        """Read a task JSON file."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as e:
+            raise BadInputError(f"task file not found: {path}") from e
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"task file is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (for the model card and checkpoints)."""
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        """Check value ranges and combinations; raises ``BadInputError``."""
+        p = self.params
+        if not self.instance_prompt:
+            raise BadInputError("instance_prompt must not be empty")
+        if p.steps is not None and p.steps < 1:
+            raise BadInputError(f"params.steps must be at least 1 (got {p.steps})")
+        if p.learning_rate is not None and not 0 < p.learning_rate < 1:
+            raise BadInputError(f"params.learning_rate must be in (0, 1) (got {p.learning_rate})")
+        if p.rank < 1 or p.rank > 1024:
+            raise BadInputError(f"params.rank must be between 1 and 1024 (got {p.rank})")
+        if p.alpha is not None and p.alpha <= 0:
+            raise BadInputError("params.alpha must be positive")
+        if p.resolution is not None and (p.resolution < 32 or p.resolution > 4096 or p.resolution % 8):
+            raise BadInputError(f"params.resolution must be a multiple of 8 between 32 and 4096 (got {p.resolution})")
+        if p.batch_size < 1:
+            raise BadInputError("params.batch_size must be at least 1")
+        if p.lr_warmup_steps < 0:
+            raise BadInputError("params.lr_warmup_steps must not be negative")
+        if p.prior_preservation and not (self.class_prompt or "").strip():
+            raise BadInputError("prior_preservation needs a class_prompt (e.g. 'a photo of a dog')")
+        if p.prior_preservation and p.num_class_images < 1:
+            raise BadInputError("params.num_class_images must be at least 1 with prior_preservation")
+        if p.snr_gamma is not None and p.snr_gamma <= 0:
+            raise BadInputError("params.snr_gamma must be positive or null")
+        if not 0 <= p.noise_offset < 1:
+            raise BadInputError("params.noise_offset must be in [0, 1)")
+        if p.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise BadInputError("params.mixed_precision must be one of auto, no, fp16, bf16")
+        for key in ("gradient_checkpointing", "use_8bit_adam"):
+            if getattr(p, key) not in (True, False, "auto"):
+                raise BadInputError(f"params.{key} must be true, false or 'auto'")
+        if p.lr_scheduler not in ("constant", "linear", "cosine", "polynomial"):
+            raise BadInputError("params.lr_scheduler must be one of constant, linear, cosine, polynomial")
+        for key in ("checkpoint_every", "validation_every", "log_every"):
+            v = getattr(p, key)
+            if v is not None and v < 0:
+                raise BadInputError(f"params.{key} must not be negative")
+        if not all(isinstance(x, str) and x.strip() for x in p.validation_prompts):
+            raise BadInputError("params.validation_prompts must be a list of non-empty strings")
+
+
+def _reject_unknown(data: dict, cls: type, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadInputError(f"unknown {where} key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def _typed(data: dict, key: str, typ: type, default: Any = ...) -> Any:
+    value = data.get(key, None if default is ... else default)
+    if value is None:
+        return default if default is not ... else None
+    if not isinstance(value, typ):
+        raise BadInputError(f"task key {key!r} must be a {typ.__name__}")
+    return value
+
+
+def _image_source(value: Any, key: str) -> str | HubFolder:
+    if isinstance(value, str):
+        if not Path(value).is_absolute():
+            raise BadInputError(f"{key} must be an absolute folder path or a Hub location")
+        return value
+    if isinstance(value, dict):
+        return _hub_obj(value, HubFolder, key)
+    raise BadInputError(f"{key} must be an absolute folder path or a Hub location object")
+
+
+def _hub_obj(value: Any, cls: type, key: str) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value.get("repo_id"):
+        raise BadInputError(f"{key} must be null or an object with a repo_id")
+    _reject_unknown(value, cls, key)
+    return cls(**value)
+
+
+_BOOL_KEYS = {"train_text_encoder", "prior_preservation", "random_flip", "compile"}
+_INT_KEYS = {
+    "steps", "rank", "resolution", "seed", "batch_size", "lr_warmup_steps", "num_class_images",
+    "checkpoint_every", "checkpoints_to_keep", "validation_every", "sample_inference_steps", "log_every",
+}  # fmt: skip
+_FLOAT_KEYS = {"learning_rate", "alpha", "snr_gamma", "noise_offset", "prior_loss_weight", "memory_budget_gib"}
+
+
+def _params(raw: dict[str, Any]) -> TrainParams:
+    values: dict[str, Any] = {}
+    for key, v in raw.items():
+        if v is None:
+            if key in _BOOL_KEYS or key in ("rank", "seed", "batch_size", "lr_warmup_steps", "num_class_images"):
+                continue  # null means "default" for keys that have a concrete default
+            values[key] = None
+            continue
+        if key in _BOOL_KEYS and not isinstance(v, bool):
+            raise BadInputError(f"params.{key} must be true or false")
+        if key in _INT_KEYS and (isinstance(v, bool) or not isinstance(v, int)):
+            raise BadInputError(f"params.{key} must be an integer (got {v!r})")
+        if key in _FLOAT_KEYS:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise BadInputError(f"params.{key} must be a number (got {v!r})")
+            v = float(v)
+        if key == "validation_prompts" and not isinstance(v, list):
+            raise BadInputError("params.validation_prompts must be a list of strings")
+        values[key] = v
+    return TrainParams(**values)

@@ -1,0 +1,554 @@
+"""The DreamBooth training loop shared by the LoRA and full fine-tune recipes.
+
+One linear ``run``: validate input -> load -> (class images) -> cache latents and text embeddings -> train ->
+sample -> save. Recipes subclass ``DreamBoothRecipe`` and decide what is trainable and how it is saved.
+
+Speed by design: the VAE encodes every image once (latent distributions cached); frozen text encoders run once per
+prompt; frozen modules leave the GPU during training; attention is PyTorch SDPA (diffusers' default); no image is
+decoded in the loop; losses are read back from the GPU only at logging steps.
+
+Exact resume: all per-sample randomness (which image, flip, timestep, noise) comes from a generator seeded by
+(seed, global sample index), so a resumed run replays the same samples; checkpoints hold the trainable weights
+and the optimizer / LR-scheduler / grad-scaler states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from training import checkpoint as ckpt_mod
+from training import data
+from training.models import (
+    Components,
+    build_pipeline,
+    encode_tokens,
+    inspect_base_model,
+    load_components,
+    sdxl_time_ids,
+    tokenize,
+)
+from training.precision import (
+    device_budget_gib,
+    make_optimizer,
+    plan_memory,
+    resolve_mixed_precision,
+    weight_dtype_for,
+)
+from training.recipe_base import Recipe, RunContext, ensure_dirs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatentSet:
+    """Cached VAE latent distributions (mean and std, fp32, CPU) for a set of images, optionally with flips."""
+
+    mean: torch.Tensor  # [N, C, h, w]
+    std: torch.Tensor
+    flip_mean: torch.Tensor | None
+    flip_std: torch.Tensor | None
+    time_ids: torch.Tensor  # [N, 6] SDXL micro-conditioning (unused for SD 1.x/2.x)
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+
+@dataclass
+class TextCond:
+    """Conditioning for one prompt: cached embeddings (frozen encoders) or token ids (trained encoders)."""
+
+    token_ids: list[torch.Tensor]
+    embeds: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+
+
+def sample_generator(seed: int, index: int) -> torch.Generator:
+    """The generator for global sample ``index`` (independent of process count and of resume)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index * 7_919 + 12_345) % (2**63 - 1))
+
+
+def default_steps(n_images: int, per_image: int, lo: int, hi: int) -> int:
+    """Steps from the image count, clamped, as the reference Spaces choose them."""
+    return int(min(hi, max(lo, n_images * per_image)))
+
+
+class DreamBoothRecipe(Recipe):
+    """Base of the DreamBooth recipes. Subclasses set what trains (``configure_trainable``) and how it saves."""
+
+    default_learning_rate = 1e-4
+    steps_per_image, min_steps, max_steps = 150, 500, 2400
+    trains_unet_fully = False
+
+    # ---- hooks for subclasses -------------------------------------------------------------------------------------
+    def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
+        """Make parameters trainable; return the modules holding them by name ("unet", "text_encoder", ...)."""
+        raise NotImplementedError
+
+    def save_outputs(self, comps: Components, modules: dict[str, torch.nn.Module], ctx: RunContext) -> list[str]:
+        """Write the trained weights into ``ctx.output_dir``; return the written file names."""
+        raise NotImplementedError
+
+    def on_step(self, step: int, ctx: RunContext) -> None:
+        """Called after every optimizer step (1-based); a plug-in point for extra logging or fault injection."""
+
+    # ---- the run ---------------------------------------------------------------------------------------------------
+    def run(self, ctx: RunContext) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        spec, p, prog = ctx.spec, ctx.spec.params, ctx.progress
+        ensure_dirs(ctx)
+        from accelerate import PartialState
+
+        device = PartialState().device
+        mp = resolve_mixed_precision(p.mixed_precision, device)
+        acc = Accelerator(mixed_precision=mp)
+        self.acc = acc
+        wdtype = weight_dtype_for(mp)
+
+        # 1. input, before any weights are loaded
+        prog.phase("validating_input")
+        info = inspect_base_model(spec.base_model)
+        resolution = p.resolution or info.native_resolution
+        with acc.main_process_first():
+            folder = data.fetch_images(spec.images, ctx.workdir / "inputs" / "instance")
+            images = data.load_images(folder, resolution)
+            user_class = None
+            if spec.class_images is not None:
+                cfolder = data.fetch_images(spec.class_images, ctx.workdir / "inputs" / "class")
+                user_class = data.load_images(cfolder, resolution, what="class")
+        steps = p.steps or default_steps(len(images), self.steps_per_image, self.min_steps, self.max_steps)
+        lr = p.learning_rate or self.default_learning_rate
+        warmup = min(p.lr_warmup_steps, steps // 5)  # warm-up can never eat the run
+        self.resolution, self.steps = resolution, steps
+
+        # 2. models
+        prog.phase("loading")
+        train_te = p.train_text_encoder
+        comps = load_components(
+            info,
+            unet_dtype=torch.float32 if self.trains_unet_fully else wdtype,
+            text_dtype=torch.float32 if (train_te and self.trains_unet_fully) else wdtype,
+        )
+        comps.unet.to(device)
+        comps.vae.to(device)
+        for te in comps.text_encoders:
+            te.to(device)
+
+        # 3. class images for prior preservation
+        class_images: list[data.PreparedImage] = []
+        if p.prior_preservation:
+            class_images = user_class or self._class_images(comps, ctx, resolution, acc)
+
+        # 4. caching
+        prog.phase("caching_latents")
+        inst_lat = self._encode_images(comps, images, resolution, p.random_flip)
+        cls_lat = self._encode_images(comps, class_images, resolution, p.random_flip) if class_images else None
+        inst_cond = self._text_cond(comps, spec.instance_prompt, frozen=not train_te)
+        cls_cond = self._text_cond(comps, spec.class_prompt or "", frozen=not train_te) if class_images else None
+        comps.vae.to("cpu")  # only needed again for samples
+        if not train_te:
+            for te in comps.text_encoders:
+                te.to("cpu")
+        _free_memory()
+
+        # 5. trainable parameters, optimizer, schedule
+        set_seed(p.seed)
+        modules = self.configure_trainable(comps, ctx)
+        named = trainable_named_parameters(modules)
+        params = [t for _, t in named]
+        n_trainable = sum(t.numel() for t in params)
+        n_frozen = sum(t.numel() for m in modules.values() for t in m.parameters()) - n_trainable
+        plan = plan_memory(
+            device=device,
+            frozen_params=n_frozen,
+            trainable_params=n_trainable,
+            unet_params=sum(t.numel() for t in comps.unet.parameters()),
+            latent_size=resolution // info.vae_scale_factor,
+            samples_per_step=p.batch_size * (2 if class_images else 1),
+            weight_bytes=torch.finfo(wdtype).bits // 8,
+            gradient_checkpointing=p.gradient_checkpointing,
+            use_8bit_adam=p.use_8bit_adam,
+            budget_gib=device_budget_gib(device, p.memory_budget_gib),
+        )
+        self.memory_plan = plan
+        if plan.gradient_checkpointing:
+            comps.unet.enable_gradient_checkpointing()
+            if train_te:
+                for te in comps.text_encoders:
+                    te.gradient_checkpointing_enable()
+        optimizer = make_optimizer([{"params": params}], lr, use_8bit=plan.use_8bit_adam, device=device)
+        from diffusers.optimization import get_scheduler
+
+        lr_sched = get_scheduler(p.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+        names = list(modules)
+        prepared = acc.prepare(*[modules[n] for n in names], optimizer)
+        wrapped = dict(zip(names, prepared[:-1], strict=True))
+        optimizer = prepared[-1]
+        unet = wrapped["unet"]
+        if p.compile and device.type == "cuda":
+            unet = torch.compile(unet)
+        unet.train()
+
+        # 6. resume
+        start = self._resume(ctx, named, optimizer, lr_sched, acc)
+
+        # 7. train
+        prog.phase("training")
+        prog.start_bar(steps, initial=start)
+        scaling = comps.vae.config.scaling_factor
+        shift = getattr(comps.vae.config, "shift_factor", None) or 0.0
+        world, rank, bs = acc.num_processes, acc.process_index, p.batch_size
+        log_every = p.log_every or (1 if steps <= 100 else 10)
+        sched = comps.noise_scheduler
+        alphas = sched.alphas_cumprod.to(device)
+        loss_sum, loss_n, t_last, s_last = torch.zeros((), device=device), 0, time.perf_counter(), start
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        for step in range(start, steps):
+            base_index = (step * world + rank) * bs
+            batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, sched.config.num_train_timesteps)
+            latents = (batch["latents"].to(device, non_blocking=True) - shift) * scaling
+            noise = batch["noise"].to(device, non_blocking=True)
+            timesteps = batch["timesteps"].to(device, non_blocking=True)
+            noisy = sched.add_noise(latents, noise, timesteps)
+            with acc.autocast():
+                embeds, pooled = self._conditioning(comps, wrapped, inst_cond, cls_cond, bs, device, train_te)
+                kwargs = {}
+                if comps.is_sdxl:
+                    kwargs["added_cond_kwargs"] = {
+                        "text_embeds": pooled,
+                        "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
+                    }
+                pred = unet(noisy.to(wdtype), timesteps, embeds, **kwargs).sample
+            if comps.prediction_type == "v_prediction":
+                target = sched.get_velocity(latents, noise, timesteps)
+            else:
+                target = noise
+            loss = self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, class_images != [])
+            acc.backward(loss)
+            if acc.sync_gradients:
+                acc.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            lr_sched.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            done = step + 1
+            loss_sum += loss.detach()
+            loss_n += 1
+            self.on_step(done, ctx)
+            if done % log_every == 0 or done == steps:
+                now = time.perf_counter()
+                rate = (done - s_last) / max(now - t_last, 1e-9)
+                mean_loss = acc.reduce(loss_sum, reduction="mean").item() / max(loss_n, 1)
+                prog.step(
+                    step=done,
+                    total=steps,
+                    loss=mean_loss,
+                    lr=lr_sched.get_last_lr()[0],
+                    steps_per_s=rate,
+                    eta_s=(steps - done) / max(rate, 1e-9),
+                    peak_mem_gib=_peak_mem_gib(device),
+                )
+                loss_sum.zero_()
+                loss_n, t_last, s_last = 0, now, done
+                self.last_loss = mean_loss
+            prog.advance_bar(1, loss=f"{loss.item():.4f}" if prog.bar_enabled else None)
+            if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
+                self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
+            if p.validation_prompts and p.validation_every and done % p.validation_every == 0 and done < steps:
+                self._samples(comps, wrapped, ctx, done, acc)
+                unet.train()
+
+        # 8. final samples, outputs, final checkpoint (kept so a failed upload loses nothing)
+        acc.wait_for_everyone()
+        if p.validation_prompts:
+            self._samples(comps, wrapped, ctx, steps, acc)
+        prog.phase("saving")
+        if acc.is_main_process:
+            unwrapped = {n: acc.unwrap_model(m) for n, m in wrapped.items()}
+            self.saved_files = self.save_outputs(comps, unwrapped, ctx)
+            from training.card import write_model_card
+
+            write_model_card(ctx, self, comps)
+        if p.checkpoint_every or spec.checkpoint is not None:
+            self._checkpoint(ctx, steps, named, optimizer, lr_sched, acc, upload=False)
+        acc.wait_for_everyone()
+
+    # ---- pieces ----------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _encode_images(self, comps: Components, images: list[data.PreparedImage], resolution: int, flip: bool) -> LatentSet:
+        import numpy as np
+
+        vae = comps.vae
+        means, stds, fmeans, fstds = [], [], [], []
+        for img in images:
+            arr = torch.from_numpy(np.asarray(img.image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+            pix = arr.unsqueeze(0)
+            if flip:
+                pix = torch.cat([pix, torch.flip(pix, dims=[3])])
+            dist = vae.encode(pix.to(vae.device, vae.dtype)).latent_dist
+            means.append(dist.mean[:1].float().cpu())
+            stds.append(dist.std[:1].float().cpu())
+            if flip:
+                fmeans.append(dist.mean[1:].float().cpu())
+                fstds.append(dist.std[1:].float().cpu())
+        time_ids = torch.stack([sdxl_time_ids(i.original_size, i.crop_top_left, resolution) for i in images])
+        return LatentSet(
+            torch.cat(means),
+            torch.cat(stds),
+            torch.cat(fmeans) if flip else None,
+            torch.cat(fstds) if flip else None,
+            time_ids,
+        )
+
+    @torch.no_grad()
+    def _text_cond(self, comps: Components, prompt: str, frozen: bool) -> TextCond:
+        ids = tokenize(comps, prompt)
+        if not frozen:
+            return TextCond(ids)
+        embeds, pooled = encode_tokens(comps, ids)
+        return TextCond(ids, embeds.detach(), None if pooled is None else pooled.detach())
+
+    def _conditioning(self, comps, wrapped, inst: TextCond, cls: TextCond | None, bs: int, device, train_te: bool):
+        conds = [inst] + ([cls] if cls is not None else [])
+        embeds, pooled = [], []
+        for c in conds:
+            if train_te:
+                encs = [wrapped.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
+                e, pl = _encode_with(comps, encs, c.token_ids)
+            else:
+                e, pl = c.embeds, c.pooled
+            embeds.append(e.expand(bs, -1, -1))
+            if pl is not None:
+                pooled.append(pl.expand(bs, -1))
+        return torch.cat(embeds).to(device), (torch.cat(pooled).to(device) if pooled else None)
+
+    def _make_batch(self, base_index: int, bs: int, inst: LatentSet, cls: LatentSet | None, p, n_timesteps: int):
+        """Per-sample draws from ``sample_generator``; instance samples first, then class samples (prior)."""
+        lat, noise, ts, tids = [], [], [], []
+        groups = [inst] + ([cls] if cls is not None else [])
+        draws = []
+        for i in range(bs):
+            g = sample_generator(p.seed, base_index + i)
+            draws.append([_draw(g, s, p, n_timesteps) for s in groups])
+        for gi in range(len(groups)):  # instance block, then class block (loss splits the batch in halves)
+            for d in draws:
+                lat.append(d[gi][0])
+                noise.append(d[gi][1])
+                ts.append(d[gi][2])
+                tids.append(d[gi][3])
+        return {
+            "latents": torch.stack(lat),
+            "noise": torch.stack(noise),
+            "timesteps": torch.tensor(ts, dtype=torch.long),
+            "time_ids": torch.stack(tids),
+        }
+
+    def _loss(self, pred, target, timesteps, alphas, bs, comps, p, prior: bool) -> torch.Tensor:
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+        if p.snr_gamma:
+            a = alphas[timesteps]
+            snr = a / (1 - a)
+            w = torch.clamp(snr, max=p.snr_gamma) / snr
+            if comps.prediction_type == "v_prediction":
+                w = torch.clamp(snr, max=p.snr_gamma) / (snr + 1)
+            per_sample = per_sample * w
+        if prior:
+            return per_sample[:bs].mean() + p.prior_loss_weight * per_sample[bs:].mean()
+        return per_sample.mean()
+
+    def _class_images(self, comps: Components, ctx: RunContext, resolution: int, acc) -> list[data.PreparedImage]:
+        """Generate (once, cached in DIR/class_images) the class images for prior preservation."""
+        spec, p = ctx.spec, ctx.spec.params
+        key = hashlib.sha256(f"{spec.base_model}|{spec.class_prompt}|{resolution}".encode()).hexdigest()[:16]
+        folder = ctx.class_images_dir / key
+        folder.mkdir(parents=True, exist_ok=True)
+        have = len(data.list_image_files(folder))
+        if have < p.num_class_images:
+            ctx.progress.phase("generating_class_images")
+            if acc.is_main_process:
+                pipe = build_pipeline(comps)
+                batch = 4
+                for start in range(have, p.num_class_images, batch):
+                    n = min(batch, p.num_class_images - start)
+                    g = torch.Generator().manual_seed(p.seed + 7 + start)
+                    imgs = _generate(pipe, comps, [spec.class_prompt] * n, resolution, p, g, acc)
+                    for j, im in enumerate(imgs):
+                        im.save(folder / f"class_{start + j:05d}.png")
+                del pipe
+                _free_memory()
+            acc.wait_for_everyone()
+        files = data.list_image_files(folder)[: p.num_class_images]
+        return [data._resize_crop(_open_rgb(f), resolution, f) for f in files]
+
+    def _samples(self, comps: Components, wrapped, ctx: RunContext, step: int, acc) -> None:
+        p = ctx.spec.params
+        ctx.progress.phase("sampling")
+        if acc.is_main_process:
+            comps.vae.to(acc.device)
+            for te in comps.text_encoders:
+                te.to(acc.device)
+            unet = acc.unwrap_model(wrapped["unet"])
+            tes = [acc.unwrap_model(wrapped.get(n, te)) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
+            pipe = build_pipeline(comps, unet=unet, text_encoders=tes)
+            out = ctx.output_dir / "samples"
+            out.mkdir(parents=True, exist_ok=True)
+            paths = []
+            unet.eval()
+            for i, prompt in enumerate(p.validation_prompts):
+                g = torch.Generator().manual_seed(p.seed + i)
+                (img,) = _generate(pipe, comps, [prompt], self.resolution, p, g, acc)
+                path = out / f"step{step}_{i}.png"
+                img.save(path)
+                paths.append(str(path.resolve()))
+            unet.train()
+            del pipe
+            if not ctx.spec.params.train_text_encoder:
+                for te in comps.text_encoders:
+                    te.to("cpu")
+            comps.vae.to("cpu")
+            _free_memory()
+            ctx.progress.emit("sample", step=step, paths=paths)
+            self.sample_paths = getattr(self, "sample_paths", {})
+            self.sample_paths.update({prompt: path for prompt, path in zip(p.validation_prompts, paths, strict=True)})
+        acc.wait_for_everyone()
+        ctx.progress.phase("training") if step < self.steps else None
+
+    def _checkpoint(self, ctx, step, named, optimizer, lr_sched, acc, upload: bool = True) -> None:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            weights = {n: t.detach() for n, t in named}
+            states = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}
+            if acc.scaler is not None:
+                states["scaler"] = acc.scaler.state_dict()
+            path = ckpt_mod.save_checkpoint(
+                ctx.checkpoint_dir, step, weights, states, {"fingerprint": self._fingerprint(ctx)},
+                keep=ctx.spec.params.checkpoints_to_keep,
+            )  # fmt: skip
+            ctx.progress.emit("checkpoint", step=step, path=str(path.resolve()))
+            if ctx.spec.checkpoint is not None:
+                try:
+                    ckpt_mod.upload_checkpoint(ckpt_mod.Checkpoint(path, step), ctx.spec.checkpoint)
+                except Exception as e:  # noqa: BLE001 - a failed mirror must not stop training
+                    log.warning("could not mirror checkpoint %s to the Hub: %s", step, e)
+        acc.wait_for_everyone()
+
+    def _fingerprint(self, ctx: RunContext) -> str:
+        p = ctx.spec.params
+        parts = (self.name, ctx.spec.base_model, ctx.spec.instance_prompt, p.rank, p.alpha, p.seed, p.batch_size,
+                 p.train_text_encoder, p.prior_preservation, self.steps, self.resolution)  # fmt: skip
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+    def _resume(self, ctx: RunContext, named, optimizer, lr_sched, acc) -> int:
+        found = ckpt_mod.latest_checkpoint(ctx.checkpoint_dir)
+        if found is None and ctx.spec.checkpoint is not None:
+            with acc.main_process_first():
+                found = ckpt_mod.latest_checkpoint(ctx.checkpoint_dir) or ckpt_mod.download_latest_checkpoint(
+                    ctx.spec.checkpoint, ctx.checkpoint_dir
+                )
+        if found is None:
+            return 0
+        weights, states, meta = found.load()
+        if meta.get("fingerprint") != self._fingerprint(ctx):
+            log.warning("ignoring checkpoint %s: it belongs to different settings", found.path)
+            return 0
+        with torch.no_grad():
+            for name, t in named:
+                t.copy_(weights[name].to(t.device, t.dtype))
+        optimizer.load_state_dict(states["optimizer"])
+        lr_sched.load_state_dict(states["lr_scheduler"])
+        if "scaler" in states and acc.scaler is not None:
+            acc.scaler.load_state_dict(states["scaler"])
+        ctx.progress.emit("resumed", step=found.step)
+        return min(found.step, self.steps)
+
+
+def _draw(g: torch.Generator, s: LatentSet, p, n_timesteps: int):
+    idx = int(torch.randint(len(s), (1,), generator=g))
+    flip = p.random_flip and s.flip_mean is not None and bool(torch.rand((), generator=g) < 0.5)
+    mean, std = (s.flip_mean, s.flip_std) if flip else (s.mean, s.std)
+    t = int(torch.randint(0, n_timesteps, (1,), generator=g))
+    eps = torch.randn(mean.shape[1:], generator=g)
+    latent = mean[idx] + std[idx] * eps
+    noise = torch.randn(mean.shape[1:], generator=g)
+    if p.noise_offset:
+        noise = noise + p.noise_offset * torch.randn((mean.shape[1], 1, 1), generator=g)
+    return latent, noise, t, s.time_ids[idx]
+
+
+def _encode_with(comps: Components, encoders, token_ids):
+    """Like ``models.encode_tokens`` but through the given (possibly DDP-wrapped) encoders."""
+    if not comps.is_sdxl:
+        return encoders[0](token_ids[0].to(comps.unet.device))[0], None
+    embeds, pooled = [], None
+    for te, ids in zip(encoders, token_ids, strict=True):
+        out = te(ids.to(comps.unet.device), output_hidden_states=True)
+        pooled = out[0]
+        embeds.append(out.hidden_states[-2])
+    return torch.cat(embeds, dim=-1), pooled
+
+
+def _generate(pipe, comps: Components, prompts: list[str], resolution: int, p, g, acc):
+    """Denoise under autocast, then decode with the fp32 VAE outside autocast (fp16 SD/SDXL VAEs overflow)."""
+    from PIL import Image
+
+    with torch.no_grad(), acc.autocast():
+        latents = pipe(
+            prompts,
+            height=resolution,
+            width=resolution,
+            num_inference_steps=p.sample_inference_steps,
+            generator=g,
+            output_type="latent",
+        ).images
+    with torch.no_grad(), torch.autocast(acc.device.type, enabled=False):
+        vae = comps.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = latents.to(vae.device, torch.float32) / vae.config.scaling_factor + shift
+        img = vae.decode(z).sample
+    arr = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def _open_rgb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def trainable_named_parameters(modules: dict[str, torch.nn.Module]) -> list[tuple[str, torch.Tensor]]:
+    """(prefixed name, parameter) for every parameter that requires grad, in a stable order."""
+    return [(f"{mn}.{pn}", t) for mn, m in modules.items() for pn, t in m.named_parameters() if t.requires_grad]
+
+
+def _peak_mem_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+_ = (contextlib, math)
