@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 
-class TaskStatus(str, Enum):
+class TaskStatus(str, Enum):  # noqa: UP042 - kept: str(status) formatting is part of the contract
     """Where a task is in its life. DONE, FAILED and CANCELLED are terminal."""
 
     PENDING = "PENDING"
@@ -70,6 +70,9 @@ class Task:
     deadline_s: float = 3 * 3600
     lease: Lease | None = None
     last_error: str | None = None
+    # Why a PENDING task waits for its owner (e.g. the GPU request was refused). While set, the lifecycle does not
+    # request hardware for it again; ``retry`` clears it.
+    note: str | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     result_url: str | None = None
     created_at: float = field(default_factory=time.time)
@@ -93,6 +96,11 @@ class Task:
         if known.get("lease") is not None:
             known["lease"] = Lease(**known["lease"])
         return cls(**known)
+
+    @property
+    def runnable(self) -> bool:
+        """PENDING, attempts left, and not held back by a note."""
+        return self.status is TaskStatus.PENDING and self.attempts < self.max_attempts and not self.note
 
     def lease_expired(self, now: float) -> bool:
         """True for a RUNNING task whose holder stopped renewing its lease."""

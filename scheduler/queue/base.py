@@ -8,8 +8,9 @@ a state that allows the change (for example completing a task held by another wo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from scheduler.task import Task
 

@@ -1,0 +1,285 @@
+"""The queue as one JSON document, and every state change as a pure edit of that document.
+
+Both backends store the same ``queue.json``; they differ only in how they read it and how they write it back
+atomically (a file lock and a rename locally, a compare-and-swap commit on the Hub). Keeping the transitions here
+means the two backends cannot disagree on semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from scheduler.queue.base import InvalidTransition, TaskNotFound, TaskQueue
+from scheduler.task import ImageRef, Lease, Task, TaskStatus
+
+R = TypeVar("R")
+
+QUEUE_FILE = "queue.json"
+IMAGES_DIR = "images"
+FORMAT_VERSION = 1
+RECENT_OPS_KEPT = 200
+ABOUT = (
+    "Task queue of a self-upgrading DreamBooth Space. Every change is a compare-and-swap commit made by the app; "
+    "edit by hand only while the Space is paused."
+)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+@dataclass
+class QueueDoc:
+    """The parsed queue file: tasks in submission order, plus the ids of the latest operations
+    (used to tell whether a write whose answer was lost did land)."""
+
+    tasks: list[Task] = field(default_factory=list)
+    recent_ops: list[str] = field(default_factory=list)
+    revision: str | None = None  # the commit this document was read at (Hub only; not stored in the file)
+
+    def find(self, task_id: str) -> Task | None:
+        return next((t for t in self.tasks if t.id == task_id), None)
+
+    def require(self, task_id: str) -> Task:
+        task = self.find(task_id)
+        if task is None:
+            raise TaskNotFound(f"No task with id {task_id!r}.")
+        return task
+
+    def to_json(self) -> str:
+        data = {
+            "format": FORMAT_VERSION,
+            "about": ABOUT,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "recent_ops": self.recent_ops[-RECENT_OPS_KEPT:],
+        }
+        return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> QueueDoc:
+        data = json.loads(text) if text.strip() else {}
+        return cls(
+            tasks=[Task.from_dict(t) for t in data.get("tasks", [])],
+            recent_ops=list(data.get("recent_ops", [])),
+        )
+
+
+def new_op_id() -> str:
+    return uuid.uuid4().hex
+
+
+def image_name(index: int, source: Path) -> str:
+    """Stored file name of the ``index``-th image: ordered, collision-free, original suffix kept."""
+    suffix = source.suffix.lower() if source.suffix.lower() in IMAGE_SUFFIXES else ".img"
+    return f"{index:03d}{suffix}"
+
+
+# --- transitions: each edits ``doc`` in place and returns its result; raising leaves the stored queue untouched ---
+
+
+def op_enqueue(doc: QueueDoc, task: Task, images: ImageRef, now: float) -> Task:
+    existing = doc.find(task.id)
+    if existing is not None:
+        return existing
+    stored = Task.from_dict(task.to_dict())
+    stored.images = images
+    stored.status = TaskStatus.PENDING
+    stored.lease = None
+    stored.updated_at = now
+    doc.tasks.append(stored)
+    return stored
+
+
+def op_claim(doc: QueueDoc, task_id: str, holder: str, lease_s: float, now: float) -> Task | None:
+    task = doc.require(task_id)
+    if task.status is not TaskStatus.PENDING:
+        return None
+    if task.attempts >= task.max_attempts:
+        raise InvalidTransition(f"Task {task_id} has used all {task.max_attempts} attempts; retry it first.")
+    task.status = TaskStatus.RUNNING
+    task.attempts += 1
+    task.lease = Lease(holder=holder, expires_at=now + lease_s)
+    task.started_at = now
+    task.finished_at = None
+    task.updated_at = now
+    task.note = None
+    if doc.revision and task.images is not None and task.images.repo_id and not task.images.revision:
+        task.images.revision = doc.revision  # pin the images to a commit that contains them
+    return task
+
+
+def _require_holder(task: Task, holder: str, action: str) -> None:
+    if task.status is not TaskStatus.RUNNING:
+        raise InvalidTransition(f"Cannot {action} task {task.id}: it is {task.status.value}, not RUNNING.")
+    current = task.lease.holder if task.lease else None
+    if current != holder:
+        raise InvalidTransition(f"Cannot {action} task {task.id}: it is held by {current!r}, not {holder!r}.")
+
+
+def op_heartbeat(doc: QueueDoc, task_id: str, holder: str, lease_s: float, progress: dict[str, Any] | None, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is TaskStatus.CANCELLED:
+        raise InvalidTransition(f"Task {task_id} was cancelled; stop training it.")
+    _require_holder(task, holder, "renew the lease of")
+    task.lease = Lease(holder=holder, expires_at=now + lease_s)
+    if progress is not None:
+        task.progress = dict(progress)
+    task.updated_at = now
+    return task
+
+
+def op_complete(doc: QueueDoc, task_id: str, holder: str, result_url: str, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is TaskStatus.DONE and task.result_url == result_url:
+        return task  # idempotent: a repeated completion changes nothing
+    _require_holder(task, holder, "complete")
+    task.status = TaskStatus.DONE
+    task.result_url = result_url
+    task.lease = None
+    task.finished_at = now
+    task.updated_at = now
+    return task
+
+
+def op_fail(doc: QueueDoc, task_id: str, holder: str | None, error: str, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is TaskStatus.FAILED and task.last_error == error:
+        return task
+    if holder is not None:
+        _require_holder(task, holder, "fail")
+    elif task.status.terminal:
+        raise InvalidTransition(f"Cannot fail task {task_id}: it is already {task.status.value}.")
+    task.status = TaskStatus.FAILED
+    task.last_error = error
+    task.lease = None
+    task.finished_at = now
+    task.updated_at = now
+    return task
+
+
+def op_cancel(doc: QueueDoc, task_id: str, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is TaskStatus.CANCELLED:
+        return task
+    if task.status.terminal:
+        raise InvalidTransition(f"Cannot cancel task {task_id}: it is already {task.status.value}.")
+    task.status = TaskStatus.CANCELLED  # the lease stays, so its holder recognises the cancellation
+    task.finished_at = now
+    task.updated_at = now
+    return task
+
+
+def op_retry(doc: QueueDoc, task_id: str, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is TaskStatus.PENDING and task.note:
+        task.note = None  # the owner fixed what held the task back (e.g. added a payment method)
+        task.updated_at = now
+        return task
+    if task.status not in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        raise InvalidTransition(f"Cannot retry task {task_id}: it is {task.status.value}; only FAILED or CANCELLED tasks can be retried.")
+    task.status = TaskStatus.PENDING
+    task.attempts = 0
+    task.lease = None
+    task.note = None
+    task.started_at = None
+    task.finished_at = None
+    task.updated_at = now
+    return task
+
+
+def op_requeue_expired(doc: QueueDoc, now: float) -> list[Task]:
+    changed = []
+    for task in doc.tasks:
+        if not task.lease_expired(now):
+            continue
+        holder = task.lease.holder if task.lease else "unknown"
+        reason = f"Lease of worker {holder} expired (attempt {task.attempts} of {task.max_attempts}): the container stopped or hung."
+        task.lease = None
+        task.updated_at = now
+        if task.attempts < task.max_attempts:
+            task.status = TaskStatus.PENDING
+            task.last_error = reason
+        else:
+            previous = f" Last error: {task.last_error}" if task.last_error else ""
+            task.status = TaskStatus.FAILED
+            task.last_error = f"Gave up after {task.attempts} attempts. {reason}{previous}"
+            task.finished_at = now
+        changed.append(task)
+    return changed
+
+
+def op_set_note(doc: QueueDoc, task_id: str, note: str | None, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is not TaskStatus.PENDING:
+        raise InvalidTransition(f"Cannot set a note on task {task_id}: it is {task.status.value}, not PENDING.")
+    if task.note == note:
+        return task
+    task.note = note
+    if note is not None:
+        task.last_error = note
+    task.updated_at = now
+    return task
+
+
+class DocumentQueue(TaskQueue):
+    """A TaskQueue over one QueueDoc. Subclasses provide ``_read`` and ``_transact`` (atomic read-modify-write)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+
+    @abstractmethod
+    def _read(self) -> QueueDoc:
+        """The current queue document."""
+
+    @abstractmethod
+    def _transact(self, edit: Callable[[QueueDoc], R], message: str) -> R:
+        """Apply ``edit`` to the latest document and store the result atomically when it changed anything."""
+
+    def list(self) -> list[Task]:
+        return sorted(self._read().tasks, key=lambda t: t.created_at)
+
+    def get(self, task_id: str) -> Task:
+        return self._read().require(task_id)
+
+    def claim(self, task_id: str, holder: str, lease_s: float) -> Task | None:
+        return self._transact(lambda doc: op_claim(doc, task_id, holder, lease_s, self._clock()), f"Claim task {task_id}")
+
+    def heartbeat(self, task_id: str, holder: str, lease_s: float, progress: dict[str, Any] | None = None) -> Task:
+        return self._transact(lambda doc: op_heartbeat(doc, task_id, holder, lease_s, progress, self._clock()), f"Heartbeat task {task_id}")
+
+    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
+        return self._transact(lambda doc: op_complete(doc, task_id, holder, result_url, self._clock()), f"Complete task {task_id}")
+
+    def fail(self, task_id: str, holder: str | None, error: str) -> Task:
+        return self._transact(lambda doc: op_fail(doc, task_id, holder, error, self._clock()), f"Fail task {task_id}")
+
+    def cancel(self, task_id: str) -> Task:
+        return self._transact(lambda doc: op_cancel(doc, task_id, self._clock()), f"Cancel task {task_id}")
+
+    def retry(self, task_id: str) -> Task:
+        return self._transact(lambda doc: op_retry(doc, task_id, self._clock()), f"Retry task {task_id}")
+
+    def requeue_expired(self, now: float) -> list[Task]:
+        if not any(t.lease_expired(now) for t in self._read().tasks):
+            return []  # the common case costs a read, not a write
+        return self._transact(lambda doc: op_requeue_expired(doc, now), "Requeue tasks with expired leases")
+
+    def set_note(self, task_id: str, note: str | None) -> Task:
+        return self._transact(lambda doc: op_set_note(doc, task_id, note, self._clock()), f"Note on task {task_id}")
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image-like files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def check_image_paths(images: Sequence[Path]) -> list[Path]:
+    paths = [Path(p) for p in images]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Images not found: {', '.join(missing)}")
+    return paths

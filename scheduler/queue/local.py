@@ -1,0 +1,115 @@
+"""``LocalQueue``: the queue in a folder, for local mode and for tests without the Hub.
+
+Layout (same ``queue.json`` as on the Hub)::
+
+    <folder>/queue.json          the tasks, pretty-printed JSON
+    <folder>/images/<task id>/   the training images of each task
+    <folder>/.queue.lock         cross-process lock (filelock)
+
+Every change holds the lock for its read-modify-write and replaces ``queue.json`` atomically (temp file, fsync,
+``os.replace``), so readers never see a half-written file and concurrent writers in other processes never lose
+each other's changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from scheduler.queue.base import QueueUnavailable
+from scheduler.queue.document import (
+    IMAGES_DIR,
+    QUEUE_FILE,
+    DocumentQueue,
+    QueueDoc,
+    R,
+    check_image_paths,
+    image_name,
+    list_images,
+    op_enqueue,
+)
+from scheduler.task import ImageRef, Task
+
+
+class LocalQueue(DocumentQueue):
+    """A TaskQueue in ``folder`` (created if missing)."""
+
+    def __init__(self, folder: Path | str, lock_timeout_s: float = 60.0, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        self.folder = Path(folder).expanduser().resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / IMAGES_DIR).mkdir(exist_ok=True)
+        self._file = self.folder / QUEUE_FILE
+        self._lock = FileLock(str(self.folder / ".queue.lock"), timeout=lock_timeout_s)
+
+    def __repr__(self) -> str:
+        return f"LocalQueue({str(self.folder)!r})"
+
+    def _read(self) -> QueueDoc:
+        try:
+            return QueueDoc.from_json(self._file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return QueueDoc()
+
+    def _write(self, doc: QueueDoc) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".queue-", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(doc.to_json())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._file)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _transact(self, edit: Callable[[QueueDoc], R], message: str) -> R:
+        try:
+            with self._lock:
+                doc = self._read()
+                before = doc.to_json()
+                result = edit(doc)
+                if doc.to_json() != before:
+                    self._write(doc)
+                return result
+        except Timeout:
+            raise QueueUnavailable(f"The local queue in {self.folder} stayed locked for {self._lock.timeout} s.") from None
+
+    def enqueue(self, task: Task, images: Sequence[Path]) -> Task:
+        paths = check_image_paths(images)
+        final_dir = self.folder / IMAGES_DIR / task.id
+        staging = self.folder / IMAGES_DIR / f".staging-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            for index, source in enumerate(paths):
+                shutil.copyfile(source, staging / image_name(index, source))
+            ref = ImageRef(path=str(final_dir), count=len(paths))
+
+            def edit(doc: QueueDoc) -> Task:
+                if doc.find(task.id) is None:  # images and task become visible together, under the lock
+                    if final_dir.exists():
+                        shutil.rmtree(final_dir)  # left over by an enqueue that died before writing the task
+                    os.replace(staging, final_dir)
+                return op_enqueue(doc, task, ref, self._clock())
+
+            return self._transact(edit, f"Enqueue task {task.id}")
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def fetch_images(self, task: Task, dest: Path) -> Path:
+        if task.images is None:
+            raise ValueError(f"Task {task.id} has no images.")
+        source = Path(task.images.path)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        for image in list_images(source):
+            shutil.copyfile(image, dest / image.name)
+        return dest

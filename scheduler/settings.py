@@ -1,0 +1,225 @@
+"""The app's settings: parsed once from the environment (Space secrets and variables) into one frozen object.
+
+``load_settings`` is the only place in the project that reads ``os.environ``. Every field records where its
+value came from (``Settings.sources()``), so the settings view can say "from QUEUE_REPO" or "default".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from scheduler.flavors import FLAVORS, IDLE_FLAVORS
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_ENDPOINT = "https://huggingface.co"
+SLEEP_TIME_MARGIN_S = 1800  # the Space's sleep_time backstop = task deadline + this margin
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the app cannot use; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration. Build it with ``load_settings()``; never read ``os.environ`` elsewhere."""
+
+    hf_token: str | None = field(default=None, repr=False)
+    hf_endpoint: str = DEFAULT_ENDPOINT
+    space_id: str | None = None
+    space_author: str | None = None
+    space_repo_name: str | None = None
+    local: bool = True
+    queue_repo: str | None = None  # None in local mode: the queue is a folder under data_dir
+    allowed_users: tuple[str, ...] = ()
+    train_hardware: str = "t4-small"
+    idle_hardware: str = "cpu-basic"  # or "pause"
+    max_attempts: int = 2
+    deadline_s: float = 3 * 3600.0
+    lease_s: float = 300.0
+    poll_interval_s: float = 10.0
+    retry_base_s: float = 1.0
+    base_models: tuple[str, ...] = (DEFAULT_BASE_MODEL,)
+    default_base_model: str = DEFAULT_BASE_MODEL
+    data_dir: Path = Path("data")
+    accelerator: str = "none"
+    allow_cpu_training: bool = False
+    _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sleep_time_s(self) -> int:
+        """``sleep_time`` sent with a GPU request: a backstop that outlives the task deadline."""
+        return int(self.deadline_s + SLEEP_TIME_MARGIN_S)
+
+    @property
+    def local_queue_dir(self) -> Path:
+        """Folder of the local queue (local mode)."""
+        return self.data_dir / "queue"
+
+    def sources(self) -> dict[str, str]:
+        """For each field, the environment variable it came from, or "default" / "derived"."""
+        return {f.name: self._sources.get(f.name, "default") for f in fields(self) if not f.name.startswith("_")}
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, value for display, source) rows for a settings view; the token shows only as set / not set."""
+        rows = []
+        for name, source in self.sources().items():
+            value: Any = getattr(self, name)
+            if name == "hf_token":
+                shown = "set (hidden)" if value else "not set"
+            elif isinstance(value, tuple):
+                shown = ", ".join(value) or "(none)"
+            else:
+                shown = "(none)" if value is None else str(value)
+            rows.append((name, shown, source))
+        return rows
+
+
+def _parse_bool(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{var}={raw!r} is not a boolean. Use true or false.")
+
+
+def _parse_number(var: str, raw: str, kind: type, minimum: float) -> Any:
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{var}={raw!r} is not a{'n integer' if kind is int else ' number'}.") from None
+    if value < minimum:
+        raise SettingsError(f"{var}={raw!r} must be at least {minimum}.")
+    return value
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _check_repo_id(var: str, repo_id: str, *, need_namespace: bool) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise SettingsError(f"{var}={repo_id!r} is not a valid repo id: {exc}") from None
+    if need_namespace and "/" not in repo_id:
+        raise SettingsError(f"{var}={repo_id!r} must be of the form owner/name.")
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep in value.replace("/", "")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse the settings from ``environ`` (default: the process environment). Raises SettingsError."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    def take(name: str, var: str) -> str | None:
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            return None
+        sources[name] = var
+        return raw.strip()
+
+    token = take("hf_token", "HF_TOKEN")
+    if token is not None:
+        values["hf_token"] = token
+    endpoint = take("hf_endpoint", "HF_ENDPOINT")
+    if endpoint is not None:
+        values["hf_endpoint"] = endpoint.rstrip("/")
+
+    space_id = take("space_id", "SPACE_ID")
+    author = take("space_author", "SPACE_AUTHOR_NAME")
+    repo_name = take("space_repo_name", "SPACE_REPO_NAME")
+    if space_id is not None:
+        _check_repo_id("SPACE_ID", space_id, need_namespace=True)
+        values["space_id"] = space_id
+        values["local"] = False
+        sources["local"] = "SPACE_ID"
+        id_author, id_name = space_id.split("/")
+        if author is None:
+            author, sources["space_author"] = id_author, "derived"
+        if repo_name is None:
+            repo_name, sources["space_repo_name"] = id_name, "derived"
+    values["space_author"] = author
+    values["space_repo_name"] = repo_name
+
+    queue_repo = take("queue_repo", "QUEUE_REPO")
+    if queue_repo is None and author and repo_name and space_id is not None:
+        queue_repo, sources["queue_repo"] = f"{author}/{repo_name}-queue", "derived"
+    if queue_repo is not None:
+        _check_repo_id("QUEUE_REPO", queue_repo, need_namespace=True)
+    values["queue_repo"] = queue_repo
+
+    users = take("allowed_users", "ALLOWED_USERS")
+    if users is not None:
+        values["allowed_users"] = _parse_list(users)
+    elif author:
+        values["allowed_users"], sources["allowed_users"] = (author,), "derived"
+
+    train_hw = take("train_hardware", "TRAIN_HARDWARE")
+    if train_hw is not None:
+        if train_hw not in FLAVORS:
+            raise SettingsError(f"TRAIN_HARDWARE={train_hw!r} is not a known flavor. Choose one of: {', '.join(FLAVORS)}.")
+        values["train_hardware"] = train_hw
+    idle_hw = take("idle_hardware", "IDLE_HARDWARE")
+    if idle_hw is not None:
+        if idle_hw != "pause" and idle_hw not in IDLE_FLAVORS:
+            raise SettingsError(
+                f"IDLE_HARDWARE={idle_hw!r} is not an idle flavor. Use one of: {', '.join(sorted(IDLE_FLAVORS))}, pause."
+            )
+        values["idle_hardware"] = idle_hw
+
+    numbers = (
+        ("max_attempts", "MAX_ATTEMPTS", int, 1),
+        ("deadline_s", "TASK_DEADLINE_S", float, 1),
+        ("lease_s", "LEASE_S", float, 1),
+        ("poll_interval_s", "POLL_INTERVAL_S", float, 0.05),
+        ("retry_base_s", "RETRY_BASE_S", float, 0),
+    )
+    for name, var, kind, minimum in numbers:
+        raw = take(name, var)
+        if raw is not None:
+            values[name] = _parse_number(var, raw, kind, minimum)
+
+    models = take("base_models", "BASE_MODELS")
+    if models is not None:
+        parsed = _parse_list(models)
+        if not parsed:
+            raise SettingsError("BASE_MODELS is empty. Give a comma-separated list of model repo ids.")
+        for model in parsed:
+            if not _looks_like_path(model):
+                _check_repo_id("BASE_MODELS", model, need_namespace=False)
+        values["base_models"] = parsed
+    base_models = values.get("base_models", (DEFAULT_BASE_MODEL,))
+    default_model = take("default_base_model", "DEFAULT_BASE_MODEL")
+    if default_model is not None:
+        if default_model not in base_models:
+            raise SettingsError(f"DEFAULT_BASE_MODEL={default_model!r} is not one of BASE_MODELS ({', '.join(base_models)}).")
+    else:
+        default_model = base_models[0]
+        if "base_models" in sources:
+            sources["default_base_model"] = "derived"
+    values["default_base_model"] = default_model
+
+    data_dir = take("data_dir", "DATA_DIR")
+    if data_dir is not None:
+        values["data_dir"] = Path(data_dir).expanduser()
+    accelerator = take("accelerator", "ACCELERATOR")
+    if accelerator is not None:
+        values["accelerator"] = accelerator
+    cpu = take("allow_cpu_training", "ALLOW_CPU_TRAINING")
+    if cpu is not None:
+        values["allow_cpu_training"] = _parse_bool("ALLOW_CPU_TRAINING", cpu)
+
+    return Settings(**values, _sources=MappingProxyType(sources))

@@ -1,0 +1,187 @@
+"""Validation of a training submission: one clear message per problem, and no side effects.
+
+The UI and the CLI call ``validate_submission`` before anything is uploaded or enqueued; an empty list means the
+submission is acceptable. ``submission_warnings`` gives advice that does not block (e.g. very few images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+from PIL import Image, UnidentifiedImageError
+
+from scheduler.flavors import FLAVORS, is_gpu
+from scheduler.task import Task
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a submission must respect."""
+
+    max_prompt_chars: int = 1000
+    min_images: int = 1
+    recommended_min_images: int = 3
+    max_images: int = 100
+    max_image_bytes: int = 20 * 1024 * 1024
+    min_image_side: int = 64
+    max_image_pixels: int = 64_000_000
+    steps: tuple[int, int] = (1, 10_000)
+    max_learning_rate: float = 1e-2
+    rank: tuple[int, int] = (1, 256)
+    resolution: tuple[int, int] = (256, 1024)
+    resolution_multiple: int = 64
+
+
+LIMITS = Limits()
+
+
+def _check_prompt(label: str, prompt: str | None, limits: Limits, required: bool) -> list[str]:
+    if prompt is None or not prompt.strip():
+        return [f"{label}: must not be empty."] if required else []
+    if len(prompt) > limits.max_prompt_chars:
+        return [f"{label}: {len(prompt)} characters; at most {limits.max_prompt_chars} are allowed."]
+    return []
+
+
+def check_image(path: Path, limits: Limits = LIMITS) -> str | None:
+    """The problem with one image file, or None when it is a usable image."""
+    name = path.name
+    if not path.is_file():
+        return f"Image {name}: file not found."
+    size = path.stat().st_size
+    if size > limits.max_image_bytes:
+        return f"Image {name}: {size / 2**20:.1f} MB; at most {limits.max_image_bytes / 2**20:.0f} MB per image."
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, Image.DecompressionBombError):
+            return f"Image {name}: too many pixels."
+        return f"Image {name}: not a readable image file (PNG, JPEG, WebP, ...)."
+    if width * height > limits.max_image_pixels:
+        return f"Image {name}: {width}x{height} has too many pixels (at most {limits.max_image_pixels:,})."
+    if min(width, height) < limits.min_image_side:
+        return f"Image {name}: {width}x{height} is too small; each side needs at least {limits.min_image_side} px."
+    return None
+
+
+def _check_int(label: str, value: object, low: int, high: int) -> list[str]:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+        return [f"{label}: must be a whole number between {low} and {high}."]
+    if not low <= int(value) <= high:
+        return [f"{label}: {int(value)} is out of range; use {low} to {high}."]
+    return []
+
+
+def validate_submission(
+    *,
+    instance_prompt: str | None,
+    images: Sequence[Path],
+    hardware: str,
+    output_repo: str,
+    class_prompt: str | None = None,
+    steps: int | None = None,
+    learning_rate: float | None = None,
+    rank: int | None = None,
+    resolution: int | None = None,
+    base_model: str | None = None,
+    base_models: Collection[str] | None = None,
+    recipe: str | None = None,
+    recipes: Collection[str] | None = None,
+    allow_cpu_training: bool = False,
+    limits: Limits = LIMITS,
+) -> list[str]:
+    """Every problem with a submission, one message each; empty when it can be enqueued. Touches nothing.
+
+    Numbers left as None are not checked (the recipe's defaults apply). ``base_models``/``recipes``, when given,
+    are the allowed choices.
+    """
+    problems = _check_prompt("Instance prompt", instance_prompt, limits, required=True)
+    problems += _check_prompt("Class prompt", class_prompt, limits, required=False)
+
+    if len(images) < limits.min_images:
+        problems.append(f"Images: at least {limits.min_images} needed, got {len(images)}.")
+    elif len(images) > limits.max_images:
+        problems.append(f"Images: at most {limits.max_images} allowed, got {len(images)}.")
+    else:
+        problems += [p for p in (check_image(Path(image), limits) for image in images) if p]
+
+    if hardware not in FLAVORS:
+        problems.append(f"Hardware: unknown flavor {hardware!r}; choose one of {', '.join(FLAVORS)}.")
+    elif not is_gpu(hardware) and not allow_cpu_training:
+        problems.append(f"Hardware: {hardware!r} has no GPU; choose a GPU flavor such as t4-small.")
+
+    if not output_repo or not output_repo.strip():
+        problems.append("Output repo: must not be empty.")
+    else:
+        try:
+            validate_repo_id(output_repo)
+        except HFValidationError as exc:
+            problems.append(f"Output repo: {output_repo!r} is not a valid repo id ({exc}).")
+
+    if steps is not None:
+        problems += _check_int("Steps", steps, *limits.steps)
+    if learning_rate is not None:
+        ok = isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool)
+        if not ok or not math.isfinite(learning_rate) or not 0 < learning_rate <= limits.max_learning_rate:
+            problems.append(f"Learning rate: {learning_rate!r} is out of range; use a value above 0 and at most {limits.max_learning_rate:g}.")
+    if rank is not None:
+        problems += _check_int("LoRA rank", rank, *limits.rank)
+    if resolution is not None:
+        low, high = limits.resolution
+        multiple = limits.resolution_multiple
+        res_problems = _check_int("Resolution", resolution, low, high)
+        if not res_problems and int(resolution) % multiple:
+            res_problems = [f"Resolution: {int(resolution)} must be a multiple of {multiple}."]
+        problems += res_problems
+
+    if base_models is not None and base_model not in base_models:
+        problems.append(f"Base model: {base_model!r} is not offered here; choose one of {', '.join(base_models)}.")
+    if recipes is not None and recipe not in recipes:
+        problems.append(f"Recipe: unknown recipe {recipe!r}; choose one of {', '.join(recipes)}.")
+    return problems
+
+
+def validate_task(
+    task: Task,
+    images: Sequence[Path],
+    *,
+    base_models: Collection[str] | None = None,
+    recipes: Collection[str] | None = None,
+    allow_cpu_training: bool = False,
+    limits: Limits = LIMITS,
+) -> list[str]:
+    """``validate_submission`` for a built Task; numbers are read from ``task.params`` keys
+    ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present."""
+    params = task.params
+    return validate_submission(
+        instance_prompt=task.instance_prompt,
+        class_prompt=task.class_prompt,
+        images=images,
+        hardware=task.hardware,
+        output_repo=task.output_repo,
+        steps=params.get("steps"),
+        learning_rate=params.get("learning_rate"),
+        rank=params.get("rank"),
+        resolution=params.get("resolution"),
+        base_model=task.base_model,
+        base_models=base_models,
+        recipe=task.recipe,
+        recipes=recipes,
+        allow_cpu_training=allow_cpu_training,
+        limits=limits,
+    )
+
+
+def submission_warnings(image_count: int, limits: Limits = LIMITS) -> list[str]:
+    """Advice that does not block a submission."""
+    if 0 < image_count < limits.recommended_min_images:
+        return [f"Only {image_count} image(s): DreamBooth usually needs {limits.recommended_min_images} to 20 photos of the subject."]
+    return []

@@ -1,0 +1,109 @@
+"""Settings: parsed once from an environment mapping, with sources, defaults and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scheduler.settings import DEFAULT_BASE_MODEL, SettingsError, load_settings
+
+SPACE_ENV = {"SPACE_ID": "alice/trainer", "SPACE_AUTHOR_NAME": "alice", "SPACE_REPO_NAME": "trainer", "HF_TOKEN": "hf_secret_value_123"}
+
+
+def test_local_defaults():
+    s = load_settings({})
+    assert s.local is True
+    assert s.space_id is None and s.queue_repo is None
+    assert s.train_hardware == "t4-small" and s.idle_hardware == "cpu-basic"
+    assert s.max_attempts == 2 and s.deadline_s == 3 * 3600
+    assert s.base_models == (DEFAULT_BASE_MODEL,) and s.default_base_model == DEFAULT_BASE_MODEL
+    assert s.data_dir == Path("data") and s.local_queue_dir == Path("data/queue")
+    assert s.accelerator == "none" and s.allow_cpu_training is False
+    assert s.allowed_users == ()
+    assert set(s.sources().values()) == {"default"}
+
+
+def test_space_defaults_are_derived_from_space_id():
+    s = load_settings(SPACE_ENV)
+    assert s.local is False
+    assert s.queue_repo == "alice/trainer-queue"
+    assert s.allowed_users == ("alice",)
+    src = s.sources()
+    assert src["queue_repo"] == "derived" and src["space_id"] == "SPACE_ID" and src["hf_token"] == "HF_TOKEN"
+    assert src["train_hardware"] == "default"
+    assert s.sleep_time_s > s.deadline_s
+
+
+def test_space_author_from_space_id_when_missing():
+    s = load_settings({"SPACE_ID": "bob/x"})
+    assert (s.space_author, s.space_repo_name, s.queue_repo) == ("bob", "x", "bob/x-queue")
+
+
+def test_explicit_values():
+    env = {
+        **SPACE_ENV,
+        "QUEUE_REPO": "alice-org/jobs",
+        "ALLOWED_USERS": "alice, bob ,",
+        "TRAIN_HARDWARE": "a10g-small",
+        "IDLE_HARDWARE": "pause",
+        "MAX_ATTEMPTS": "3",
+        "TASK_DEADLINE_S": "600",
+        "LEASE_S": "30",
+        "POLL_INTERVAL_S": "0.5",
+        "RETRY_BASE_S": "0.01",
+        "BASE_MODELS": "org/model-a,org/model-b",
+        "DATA_DIR": "/tmp/xyz",
+        "ACCELERATOR": "t4-small",
+        "ALLOW_CPU_TRAINING": "true",
+    }
+    s = load_settings(env)
+    assert s.queue_repo == "alice-org/jobs" and s.allowed_users == ("alice", "bob")
+    assert s.train_hardware == "a10g-small" and s.idle_hardware == "pause"
+    assert (s.max_attempts, s.deadline_s, s.lease_s, s.poll_interval_s, s.retry_base_s) == (3, 600.0, 30.0, 0.5, 0.01)
+    assert s.base_models == ("org/model-a", "org/model-b") and s.default_base_model == "org/model-a"
+    assert s.data_dir == Path("/tmp/xyz") and s.accelerator == "t4-small" and s.allow_cpu_training is True
+    assert s.sources()["queue_repo"] == "QUEUE_REPO" and s.sources()["default_base_model"] == "derived"
+
+
+def test_token_is_never_shown():
+    s = load_settings(SPACE_ENV)
+    assert "hf_secret_value_123" not in repr(s)
+    assert "hf_secret_value_123" not in str(s.describe())
+    assert ("hf_token", "set (hidden)", "HF_TOKEN") in s.describe()
+
+
+def test_local_base_model_path_is_accepted():
+    s = load_settings({"BASE_MODELS": "/tmp/tiny-sd,org/real"})
+    assert s.base_models == ("/tmp/tiny-sd", "org/real")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TRAIN_HARDWARE": "h100-mega"}, "TRAIN_HARDWARE='h100-mega' is not a known flavor"),
+        ({"IDLE_HARDWARE": "t4-small"}, "IDLE_HARDWARE='t4-small' is not an idle flavor"),
+        ({"MAX_ATTEMPTS": "two"}, "MAX_ATTEMPTS='two' is not an integer"),
+        ({"MAX_ATTEMPTS": "0"}, "must be at least 1"),
+        ({"TASK_DEADLINE_S": "-5"}, "TASK_DEADLINE_S"),
+        ({"ALLOW_CPU_TRAINING": "maybe"}, "ALLOW_CPU_TRAINING='maybe' is not a boolean"),
+        ({"QUEUE_REPO": "bad--name/x"}, "QUEUE_REPO"),
+        ({"QUEUE_REPO": "no-owner"}, "owner/name"),
+        ({"SPACE_ID": "just-a-name"}, "SPACE_ID"),
+        ({"BASE_MODELS": "ok/model,bad..id"}, "BASE_MODELS"),
+        ({"BASE_MODELS": "a/b", "DEFAULT_BASE_MODEL": "c/d"}, "DEFAULT_BASE_MODEL='c/d' is not one of BASE_MODELS"),
+    ],
+)
+def test_invalid_values_raise_clear_errors(env, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_settings(env)
+
+
+def test_empty_values_mean_default():
+    s = load_settings({"TRAIN_HARDWARE": "", "MAX_ATTEMPTS": "  "})
+    assert s.train_hardware == "t4-small" and s.max_attempts == 2
+
+
+def test_reads_process_environment_by_default(monkeypatch):
+    monkeypatch.setenv("TRAIN_HARDWARE", "l4x1")
+    assert load_settings().train_hardware == "l4x1"
