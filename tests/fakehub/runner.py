@@ -1,0 +1,126 @@
+"""Runs a command as "the Space": one process group per container start, its output captured to a log file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.fakehub.spaces import RESOURCES, SpaceState, accelerator, subdomain
+
+# Variables of the test process that a real Space would not have.
+_NOT_INHERITED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SYSTEM", "ACCELERATOR", "CPU_CORES", "MEMORY", "HF_HOME")
+
+
+@dataclass
+class SpaceCommand:
+    """What to run as the Space: ``command`` in ``cwd`` with ``env`` added on top of the Space's own env."""
+
+    command: list[str]
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)
+    stop_grace_s: float = 2.0
+
+
+def space_env(state: SpaceState, endpoint: str, owner_id: str, home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment a Space container gets (never ``SYSTEM=spaces``: see testing-recipes.md)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _NOT_INHERITED and not k.startswith(("SPACE_", "OAUTH_", "PYTEST_"))
+    }
+    author, name = state.repo_id.split("/")
+    cores, memory = RESOURCES.get(state.current or "", (8, "30Gi"))
+    env.update(
+        SPACE_ID=state.repo_id,
+        SPACE_AUTHOR_NAME=author,
+        SPACE_REPO_NAME=name,
+        SPACE_TITLE=name,
+        SPACE_HOST=f"{subdomain(state.repo_id)}.hf.space",
+        SPACE_CREATOR_USER_ID=owner_id,
+        ACCELERATOR=accelerator(state.current),
+        CPU_CORES=str(cores),
+        MEMORY=memory,
+        HF_ENDPOINT=endpoint,
+        HF_HOME=str(home),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({k: v["value"] for k, v in state.variables.items()})
+    env.update({k: v["value"] for k, v in state.secrets.items()})
+    env.update(extra)
+    return env
+
+
+class SpaceRunner:
+    """Starts and stops the containers of one Space. Not thread-safe: driven by the emulator's clock thread."""
+
+    def __init__(self, spec: SpaceCommand, log_dir: Path) -> None:
+        self.spec = spec
+        self.log_dir = log_dir
+        self.container: int | None = None  # the Space's container number the current process belongs to
+        self.process: subprocess.Popen | None = None
+        self._log_file = None
+        self.starts = 0
+
+    def start(self, container: int, env: dict[str, str]) -> None:
+        self.stop()
+        self.starts += 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"container-{self.starts:03d}.log"
+        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_file.write(f"===== container {container} started at {time.time():.3f} on {env['ACCELERATOR']} =====\n".encode())
+        self._log_file.flush()
+        self.process = subprocess.Popen(
+            self.spec.command,
+            cwd=self.spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.container = container
+
+    def exit_code(self) -> int | None:
+        """The exit code once the current process has ended, else None (also None when nothing runs)."""
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crashing container would die."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after the grace period, and close the log."""
+        if self.process is not None:
+            pid = self.process.pid
+            _signal_group(pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=self.spec.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+            _signal_group(pid, signal.SIGKILL)  # also any child left in the group
+            self.process.wait()
+            self.process = None
+        self.container = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def logs(self) -> list[Path]:
+        return sorted(self.log_dir.glob("container-*.log"))
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
