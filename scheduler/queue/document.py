@@ -96,6 +96,8 @@ def op_enqueue(doc: QueueDoc, task: Task, images: ImageRef, now: float) -> Task:
 
 def op_claim(doc: QueueDoc, task_id: str, holder: str, lease_s: float, now: float) -> Task | None:
     task = doc.require(task_id)
+    if task.status is TaskStatus.RUNNING and task.lease is not None and task.lease.holder == holder:
+        return task  # already ours: a claim repeated after an answer was lost
     if task.status is not TaskStatus.PENDING:
         return None
     if task.attempts >= task.max_attempts:

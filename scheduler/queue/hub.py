@@ -1,0 +1,247 @@
+"""``HubQueue``: the queue in a private dataset repo on the Hub, changed only by compare-and-swap commits.
+
+Layout of the dataset repo::
+
+    queue.json                 every task, pretty-printed JSON (readable in the Hub's file viewer)
+    images/<task id>/NNN.ext   the training images of each task, committed together with the task
+
+Why one ``queue.json`` rather than one file per task: a CAS commit guards the whole branch anyway (any commit
+moves ``main``), so per-task files would not reduce conflicts, while one file gives (a) a consistent snapshot of
+all tasks at one commit, (b) a cheap "did anything change?" check: one HEAD request whose ETag and commit id
+are compared with what this process last read or wrote, and (c) a queue that a person can read in one place.
+
+Every change: read ``queue.json`` at the head commit, edit it, ``create_commit(parent_commit=<that commit>)``.
+- HTTP 412/409 (someone committed in between): re-read and redo the edit, with jittered backoff, bounded.
+- 5xx, 429 or a network error after the commit was sent: the commit may have landed. Each attempt writes a
+  unique operation id into ``recent_ops``; the queue is re-read and the attempt counts as done when its id is
+  there, so an ambiguous answer neither loses nor duplicates a change.
+- Enqueue puts the images and the task into the same commit (both or neither); task ids come from the client,
+  so a repeated enqueue is recognised.
+
+Requests (measured against the emulator, see tests/scheduler/test_hub_reliability.py): an unchanged read costs
+1 request (HEAD); a write costs 1 HEAD + 1 preupload + 1 commit when this process holds the latest state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_url
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from scheduler.queue.base import QueueError, QueueUnavailable
+from scheduler.queue.document import (
+    IMAGES_DIR,
+    QUEUE_FILE,
+    DocumentQueue,
+    QueueDoc,
+    R,
+    check_image_paths,
+    image_name,
+    new_op_id,
+    op_enqueue,
+)
+from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
+from scheduler.task import ImageRef, Task
+
+CONFLICT_STATUSES = frozenset({409, 412})
+
+
+def _content_ids(data: bytes) -> set[str]:
+    """The ETags the Hub may give a file with this content: git blob sha1 (regular) or sha256 (LFS)."""
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return {blob, hashlib.sha256(data).hexdigest()}
+
+
+@dataclass
+class _Known:
+    """The queue file as this process last read or wrote it."""
+
+    commit: str | None
+    text: str
+    etags: set[str] = field(default_factory=set)
+
+
+class HubQueue(DocumentQueue):
+    """A TaskQueue in dataset repo ``repo_id`` (created private on the first write).
+
+    ``retry`` governs transient errors (5xx, 429, network) of each request; ``conflict_attempts`` bounds how many
+    times one change is redone after commit conflicts (412), with backoff from ``conflict_backoff``.
+    """
+
+    def __init__(
+        self,
+        api: HfApi,
+        repo_id: str,
+        *,
+        retry: RetryPolicy | None = None,
+        conflict_attempts: int = 50,
+        conflict_backoff: RetryPolicy | None = None,
+        private: bool = True,
+        cache_dir: Path | str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock)
+        self.api = api
+        self.repo_id = repo_id
+        self.retry_policy = retry or RetryPolicy()
+        self.conflict_attempts = conflict_attempts
+        self.conflict_backoff = conflict_backoff or RetryPolicy(attempts=conflict_attempts, base_s=self.retry_policy.base_s / 5, max_s=2.0, jitter=1.0)
+        self.private = private
+        self.cache_dir = cache_dir
+        self._known: _Known | None = None
+        self._lock = threading.RLock()
+        self._repo_ready = False
+
+    def __repr__(self) -> str:
+        return f"HubQueue({self.repo_id!r})"
+
+    # --- reading ---------------------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], R]) -> R:
+        """One Hub call with retries on transient errors; what is left is raised as QueueUnavailable."""
+        try:
+            return call_with_retries(fn, self.retry_policy)
+        except (QueueError, RepositoryNotFoundError, EntryNotFoundError, RevisionNotFoundError):
+            raise
+        except HfHubHTTPError as exc:
+            raise QueueUnavailable(f"Could not {what} in queue repo {self.repo_id}: HTTP {http_status(exc)} {exc.server_message or ''}".strip()) from exc
+        except Exception as exc:
+            if is_transient(exc):
+                raise QueueUnavailable(f"Could not {what} in queue repo {self.repo_id}: the Hub did not answer ({type(exc).__name__}).") from exc
+            raise
+
+    def _read_state(self) -> tuple[str | None, QueueDoc]:
+        """(head commit, document). The commit is None when the repo does not exist yet."""
+        url = hf_hub_url(self.repo_id, QUEUE_FILE, repo_type="dataset", revision="main", endpoint=self.api.endpoint)
+        try:
+            meta = self._call("read the queue", lambda: self.api.get_hf_file_metadata(url=url))
+        except RepositoryNotFoundError:
+            self._repo_ready = False
+            return None, QueueDoc()
+        except (EntryNotFoundError, RevisionNotFoundError):
+            info = self._call("read the repo", lambda: self.api.repo_info(self.repo_id, repo_type="dataset"))
+            self._repo_ready = True
+            return info.sha, QueueDoc(revision=info.sha)
+        self._repo_ready = True
+        known = self._known
+        if known is None or meta.etag not in known.etags:
+            commit = meta.commit_hash
+            path = self._call(
+                "download the queue",
+                lambda: self.api.hf_hub_download(self.repo_id, QUEUE_FILE, repo_type="dataset", revision=commit, cache_dir=self.cache_dir),
+            )
+            known = _Known(commit=commit, text=Path(path).read_text(encoding="utf-8"), etags={meta.etag} if meta.etag else set())
+        self._known = _Known(commit=meta.commit_hash, text=known.text, etags=known.etags)
+        doc = QueueDoc.from_json(known.text)
+        doc.revision = meta.commit_hash
+        return meta.commit_hash, doc
+
+    def _read(self) -> QueueDoc:
+        with self._lock:
+            return self._read_state()[1]
+
+    # --- writing ---------------------------------------------------------------------------------------------
+
+    def _ensure_repo(self) -> None:
+        if self._repo_ready:
+            return
+        try:
+            self._call(
+                "create the repo",
+                lambda: self.api.create_repo(self.repo_id, repo_type="dataset", private=self.private, exist_ok=True),
+            )
+        except QueueUnavailable as exc:
+            raise QueueUnavailable(
+                f"{exc} Check that HF_TOKEN is a write token of the owner of {self.repo_id.split('/')[0]!r}."
+            ) from exc.__cause__
+        self._repo_ready = True
+
+    def _transact(self, edit: Callable[[QueueDoc], R], message: str, files: Sequence[tuple[str, Path]] = ()) -> R:
+        with self._lock:
+            in_doubt: dict[str, R] = {}  # op id -> result, for attempts whose outcome is unknown
+            delays = self.conflict_backoff
+            for attempt in range(self.conflict_attempts):
+                commit, doc = self._read_state()
+                landed = next((op for op in in_doubt if op in doc.recent_ops), None)
+                if landed is not None:
+                    return in_doubt[landed]
+                if commit is None:
+                    self._ensure_repo()
+                    commit, doc = self._read_state()
+                before = doc.to_json()
+                result = edit(doc)
+                if doc.to_json() == before:
+                    return result
+                op_id = new_op_id()
+                doc.recent_ops.append(op_id)
+                text = doc.to_json()
+                operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in files]
+                operations.append(CommitOperationAdd(path_in_repo=QUEUE_FILE, path_or_fileobj=text.encode("utf-8")))
+                try:
+                    info = self.api.create_commit(
+                        self.repo_id,
+                        operations,
+                        commit_message=message,
+                        commit_description=f"queue operation {op_id}",
+                        repo_type="dataset",
+                        parent_commit=commit,
+                    )
+                except Exception as exc:
+                    status = http_status(exc)
+                    if status in CONFLICT_STATUSES:
+                        time.sleep(delays.delay(min(attempt, 6)))
+                        continue
+                    if not is_transient(exc):
+                        if isinstance(exc, HfHubHTTPError):
+                            raise QueueUnavailable(f"The Hub refused a change to queue repo {self.repo_id}: HTTP {status} {exc.server_message or ''}".strip()) from exc
+                        raise
+                    in_doubt[op_id] = result  # the commit may have landed: the next read tells
+                    time.sleep(self.retry_policy.delay(min(attempt, 4)))
+                    continue
+                self._known = _Known(commit=info.oid, text=text, etags=_content_ids(text.encode("utf-8")))
+                return result
+            raise QueueUnavailable(f"Gave up on '{message}' after {self.conflict_attempts} attempts: the queue repo {self.repo_id} kept changing or failing.")
+
+    # --- operations that need files --------------------------------------------------------------------------
+
+    def enqueue(self, task: Task, images: Sequence[Path]) -> Task:
+        paths = check_image_paths(images)
+        folder = f"{IMAGES_DIR}/{task.id}"
+        files = [(f"{folder}/{image_name(i, p)}", p) for i, p in enumerate(paths)]
+        ref = ImageRef(path=folder, repo_id=self.repo_id, count=len(paths))
+
+        def edit(doc: QueueDoc) -> Task:
+            return op_enqueue(doc, task, ref, self._clock())
+
+        stored = self._transact(edit, f"Enqueue task {task.id}", files=files)
+        if stored.images is not None and stored.images.revision is None and self._known is not None:
+            stored.images.revision = self._known.commit  # a commit that contains the images
+        return stored
+
+    def fetch_images(self, task: Task, dest: Path) -> Path:
+        if task.images is None:
+            raise ValueError(f"Task {task.id} has no images.")
+        ref = task.images
+        repo_id = ref.repo_id or self.repo_id
+        dest = Path(dest)
+        self._call(
+            "download the images",
+            lambda: self.api.snapshot_download(
+                repo_id, repo_type="dataset", revision=ref.revision or "main", allow_patterns=[f"{ref.path}/*"], local_dir=dest
+            ),
+        )
+        folder = dest / ref.path
+        if not folder.is_dir():
+            raise QueueError(f"The images of task {task.id} are missing from {repo_id} ({ref.path}).")
+        return folder
