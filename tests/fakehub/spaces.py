@@ -8,8 +8,8 @@ Timeline of a hardware request made at ``t`` (``d`` = the Space's ``switch_delay
     t+d+a ...     stage RUNNING
 
 A restart, a crash or a change of secrets/variables starts a new container (APP_STARTING, then RUNNING);
-pause stops it (PAUSED, current None). With ``sleep_time`` set, a Space left RUNNING that long without any
-request goes to SLEEPING. Every change of (hardware, stage, container) opens a new ledger period.
+pause stops it (PAUSED, current None). With ``sleep_time`` set, a Space RUNNING that long since its last
+container start or hardware request goes to SLEEPING (API calls are not visits). Every change of (hardware, stage, container) opens a new ledger period.
 """
 
 from __future__ import annotations
@@ -112,8 +112,12 @@ class SpaceState:
             self.running_at = now + self.start_delay
 
     # ---------------------------------------------------------------- events
-    def advance(self, now: float) -> None:
-        """Move along the timeline up to ``now``."""
+    def _key(self) -> tuple:
+        return (self.stage, self.current, self.container, self.switch_at, self.running_at)
+
+    def advance(self, now: float) -> bool:
+        """Move along the timeline up to ``now``; True when anything changed."""
+        before = self._key()
         if self.switch_at is not None and now >= self.switch_at:
             self.current, self.switch_at = self.requested, None
             self.stage = "APP_STARTING"
@@ -128,6 +132,7 @@ class SpaceState:
         ):
             self.stage, self.current = "SLEEPING", None
         self.note(now)
+        return self._key() != before
 
     def request_hardware(self, flavor: str, sleep_time: int | None, now: float) -> None:
         if sleep_time is not None:
@@ -267,11 +272,12 @@ class SpaceBook:
             state = self._states.get(repo_id)
             if state is None:
                 raise SpaceNotFound(repo_id)
-            state.advance(now)
+            changed = state.advance(now)
             if change is not None:
                 change(state, now)
-            state.advance(now)
-            self._save(state)
+                state.advance(now)
+            if changed or change is not None:
+                self._save(state)
             return state
 
     def peek(self, repo_id: str, fn):
