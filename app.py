@@ -1,9 +1,139 @@
-"""Entry point of the self-upgrading DreamBooth Space (placeholder until the app lands)."""
+"""Entry point of the self-upgrading DreamBooth Space: settings, diagnostics, UI, worker, launch.
+
+On a Space (``SPACE_ID`` set) the queue is a private Hub dataset repo and the app moves its own Space between CPU
+and GPU; anything missing in the set-up (token, permissions, queue repo) shows a setup page instead of a crash.
+Without ``SPACE_ID`` it runs in local mode: a queue folder under ``./data`` and training on this machine.
+The UI is served first; the worker starts afterwards in a background thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
 
 import gradio as gr
+from huggingface_hub import HfApi
 
-with gr.Blocks(title="DreamBooth trainer") as demo:
-    gr.Markdown("# DreamBooth trainer\nThe training form arrives with the app issue.")
+from scheduler.settings import Settings, SettingsError, load_settings
+from scheduler.worker import Worker
+from ui.context import AppContext
+from ui.layout import CSS, build_ui
+from ui.setup_page import SetupProblem, build_setup_page
+
+log = logging.getLogger("app")
+
+TOKEN_HELP = (
+    "Create a fine-grained access token at https://huggingface.co/settings/tokens with **write** access to your "
+    "repositories (this Space, the queue dataset and the model repos), then add it to this Space as a **secret** "
+    "named `HF_TOKEN` (Settings → Variables and secrets → New secret)."
+)
+
+
+@dataclass
+class App:
+    """A built app: its Blocks, and the worker to start once the UI is served (None on the setup page)."""
+
+    demo: gr.Blocks
+    settings: Settings | None
+    worker: Worker | None = None
+    problems: list[SetupProblem] = field(default_factory=list)
+
+    def launch_options(self) -> dict[str, Any]:
+        """``launch()`` arguments: on a Space listen on all interfaces (port from GRADIO_SERVER_PORT, else 7860)."""
+        opts: dict[str, Any] = {"css": CSS, "footer_links": ["gradio"], "run_history": False, "max_file_size": "20mb"}
+        if self.settings is not None:
+            opts["allowed_paths"] = [str(self.settings.data_dir.resolve())]
+            if not self.settings.local:
+                opts["server_name"] = "0.0.0.0"
+        return opts
+
+    def launch(self, block: bool = True, **overrides: Any) -> str:
+        """Serve the UI, then start the worker; blocks unless ``block`` is False. Returns the local URL."""
+        _, url, _ = self.demo.launch(prevent_thread_lock=True, **{**self.launch_options(), **overrides})
+        if self.worker is not None:
+            self.worker.start()
+        log.info("serving on %s", url)
+        if block:
+            self.demo.block_thread()
+        return url
+
+    def close(self) -> None:
+        """Stop the worker and the server (tests)."""
+        if self.worker is not None:
+            self.worker.stop()
+        self.demo.close()
+
+
+def diagnose(settings: Settings, api: HfApi) -> list[SetupProblem]:
+    """What stops the Space from working: token missing, read-only or OAuth-type, Space not owned by it."""
+    from scheduler.diagnostics import check_space_ownership, diagnose_token
+
+    if not settings.hf_token:
+        return [SetupProblem("The HF_TOKEN secret is missing", "The app has no token to reach the Hub.", TOKEN_HELP)]
+    problems = []
+    token_problem = diagnose_token(api)
+    if token_problem:
+        problems.append(SetupProblem("The HF_TOKEN secret cannot be used", token_problem, TOKEN_HELP))
+    else:
+        owner_problem = check_space_ownership(api, settings)
+        if owner_problem:
+            problems.append(
+                SetupProblem(
+                    "The token does not belong to this Space's owner",
+                    owner_problem,
+                    "Use a token of the account that owns this Space (or a token with write access to its "
+                    "organization), saved as the `HF_TOKEN` secret.",
+                )
+            )
+    return problems
+
+
+def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: dict[str, Any] | None = None) -> App:
+    """Build the app for ``settings``: the full UI with its worker, or the setup page."""
+    from scheduler.hardware import make_hardware
+    from scheduler.queue import make_queue
+
+    if not settings.local:
+        api = api or HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token)
+        problems = diagnose(settings, api)
+        if problems:
+            return App(build_setup_page(problems, settings.space_id), settings, problems=problems)
+    try:
+        queue = make_queue(settings, api=api)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a set-up problem to explain, not a crash
+        log.exception("the queue could not be opened")
+        problem = SetupProblem(
+            f"The queue repo {settings.queue_repo or settings.local_queue_dir} cannot be used",
+            f"{type(exc).__name__}: {exc}",
+            "Check that the token has write access to the namespace of the queue repo, or set the `QUEUE_REPO` "
+            "variable to a dataset repo you own (it is created private if missing).",
+        )
+        return App(build_setup_page([problem], settings.space_id), settings, problems=[problem])
+    hardware = make_hardware(settings, api=api)
+    worker = Worker(settings, queue, hardware, **(worker_kwargs or {}))
+    ctx = AppContext(settings=settings, queue=queue, worker=worker)
+    demo = build_ui(ctx, login=not settings.local)
+    return App(demo, settings, worker=worker)
+
+
+def settings_problem_app(exc: SettingsError) -> App:
+    """The setup page for a variable with an unusable value."""
+    problem = SetupProblem("A Space variable has an invalid value", str(exc), "Correct or delete the variable in Settings.")
+    return App(build_setup_page([problem], None), None, problems=[problem])
+
+
+def main() -> None:
+    """``python app.py``: load settings, build, serve first, then start the worker."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        app = settings_problem_app(exc)
+    else:
+        app = create_app(settings)
+    app.launch()
+
 
 if __name__ == "__main__":
-    demo.launch()
+    main()

@@ -1,0 +1,558 @@
+"""The background worker: runs ``decide()`` in a loop and carries out its actions.
+
+One worker per app process. Each loop it builds a ``Snapshot`` (the queue and the hardware state), asks
+``decide()`` what to do and does it: request hardware, claim and train a task, requeue expired leases, fail a
+task, or release paid hardware. Training runs ``python -m training`` as a subprocess in its own process group
+(``accelerate launch`` on multi-GPU flavors) under a watchdog that renews the lease, enforces the deadline and
+stops on cancel. The UI never talks to the Hub to show progress: it reads ``WorkerStatus``.
+
+Hub request budget: every loop costs one queue read (plus a runtime read when the hardware matters) and the
+worker then sleeps ``poll_interval_s`` per request made, so idle polling stays at or below one request per
+``poll_interval_s``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.flavors import FLAVORS, is_gpu
+from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState
+from scheduler.lifecycle import Action, ActionKind, Snapshot, decide
+from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
+from scheduler.task import Task, TaskStatus
+
+log = logging.getLogger(__name__)
+
+EXIT_MESSAGES = {
+    2: "the trainer refused the task's input",
+    3: "the GPU ran out of memory (try a lower resolution or rank, or a bigger GPU)",
+    4: "the model was trained but the upload failed",
+}
+LOG_TAIL_LINES = 40
+ERROR_TAIL_LINES = 15
+LOSS_HISTORY = 2000
+SAMPLES_KEPT = 8
+REFUSAL_BACKOFF_S = 15 * 60
+
+
+@dataclass
+class StatusData:
+    """A copy of what the worker is doing, for the UI (see ``WorkerStatus.snapshot``)."""
+
+    phase: str = "starting"
+    message: str = ""
+    task_id: str | None = None
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    log_tail: list[str] = field(default_factory=list)
+    hardware: HardwareState | None = None
+    tasks: list[Task] = field(default_factory=list)
+    last_action: str = ""
+    last_action_at: float | None = None
+    last_error: str | None = None
+    loops: int = 0
+    updated_at: float = field(default_factory=time.time)
+
+
+class WorkerStatus:
+    """Thread-safe holder of ``StatusData``: the worker writes, UI handlers read copies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data = StatusData()
+
+    def update(self, **changes: Any) -> None:
+        """Set fields of the status atomically."""
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._data, key, value)
+            self._data.updated_at = time.time()
+
+    def record_step(self, event: dict[str, Any]) -> None:
+        """Apply one ``step`` event of the trainer."""
+        with self._lock:
+            d = self._data
+            d.step = int(event.get("step", d.step))
+            d.total = int(event.get("total", d.total) or d.total)
+            d.steps_per_s = event.get("steps_per_s", d.steps_per_s)
+            d.eta_s = event.get("eta_s", d.eta_s)
+            if event.get("loss") is not None:
+                d.loss = float(event["loss"])
+                d.loss_history.append((d.step, d.loss))
+                del d.loss_history[:-LOSS_HISTORY]
+            d.updated_at = time.time()
+
+    def add_samples(self, paths: list[str]) -> None:
+        """Remember the newest sample images (kept: the last few)."""
+        with self._lock:
+            self._data.samples = (self._data.samples + paths)[-SAMPLES_KEPT:]
+
+    def start_task(self, task: Task) -> None:
+        """Reset the per-task fields for a new training run."""
+        with self._lock:
+            d = self._data
+            d.task_id, d.phase, d.message = task.id, "preparing", f"Training task {task.id}"
+            d.step, d.total = 0, int(task.params.get("steps", 0) or 0)
+            d.loss = d.steps_per_s = d.eta_s = None
+            d.loss_history, d.samples, d.log_tail = [], [], []
+            d.updated_at = time.time()
+
+    @property
+    def loops(self) -> int:
+        """How many worker loops have finished."""
+        with self._lock:
+            return self._data.loops
+
+    def count_loop(self) -> None:
+        """Note that one more worker loop finished."""
+        with self._lock:
+            self._data.loops += 1
+
+    def snapshot(self) -> StatusData:
+        """A deep copy, safe to read without the lock."""
+        with self._lock:
+            return copy.deepcopy(self._data)
+
+
+class EventReader:
+    """Reads the trainer's JSON-lines progress file incrementally (tolerates partial last lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict[str, Any]]:
+        """Events appended since the last call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a text file (reads at most the last 64 KiB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-n:]
+
+
+@dataclass
+class TrainOutcome:
+    """How one training run ended."""
+
+    ok: bool
+    result_url: str | None = None
+    error: str | None = None
+    stopped: bool = False  # cancelled or the lease was lost: leave the task alone
+
+
+class Worker:
+    """Executes the lifecycle for one app process. ``start()`` runs it in a daemon thread."""
+
+    def __init__(
+        self,
+        settings: Any,
+        queue: TaskQueue,
+        hardware: HardwareController,
+        *,
+        status: WorkerStatus | None = None,
+        worker_id: str | None = None,
+        python: str = sys.executable,
+        heartbeat_s: float | None = None,
+        kill_grace_s: float = 10.0,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.hardware = hardware
+        self.status = status or WorkerStatus()
+        self.worker_id = worker_id or f"{getattr(settings, 'space_id', None) or 'local'}:{uuid.uuid4().hex[:8]}"
+        self.python = python
+        lease_s = float(settings.lease_s)
+        # Renew well before the lease expires, but never more often than every 30 s (Hub commits cost).
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(30.0, min(lease_s / 3, 300.0))
+        self.kill_grace_s = kill_grace_s
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._hw_state: HardwareState | None = None
+        self._hw_read_at = 0.0
+        self._refused: dict[str, float] = {}  # task id -> when its hardware request was refused
+        self._loop_done = threading.Condition()
+
+    # ----------------------------------------------------------------- thread control
+    def start(self) -> threading.Thread:
+        """Run the loop in a daemon thread."""
+        self._thread = threading.Thread(target=self.run_forever, name="worker", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask the loop to end (kills a running trainer) and wait for the thread."""
+        self._stop.set()
+        self._wake.set()
+        self._kill_trainer()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """Run the next loop now instead of after the poll interval (e.g. after an enqueue)."""
+        self._wake.set()
+
+    def forget_refusal(self, task_id: str) -> None:
+        """Allow a new hardware request for ``task_id`` (the user retried or resubmitted)."""
+        self._refused.pop(task_id, None)
+
+    def wait_for_loop(self, after: int, timeout: float) -> bool:
+        """Block until a loop numbered greater than ``after`` finished; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._loop_done:
+            while self.status.loops <= after:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._loop_done.wait(min(left, 0.5))
+        return True
+
+    def run_forever(self) -> None:
+        """Loop until ``stop()``; a failing loop is logged and retried, paid hardware is released on crash."""
+        self.status.update(phase="idle", message="Waiting for tasks")
+        while not self._stop.is_set():
+            requests = 1
+            try:
+                action, requests = self.step()
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                log.exception("worker loop failed")
+                self.status.update(last_error=f"{type(exc).__name__}: {exc}")
+                self._release_if_paid()
+                action = Action(ActionKind.WAIT)
+            self._finish_loop()
+            if action.kind is ActionKind.WAIT or action.kind is ActionKind.REQUEST_HARDWARE:
+                self._wake.wait(self.settings.poll_interval_s * max(1, requests))
+                self._wake.clear()
+
+    def _finish_loop(self) -> None:
+        with self._loop_done:
+            self.status.count_loop()
+            self._loop_done.notify_all()
+
+    # ----------------------------------------------------------------- one loop
+    def snapshot(self) -> tuple[Snapshot, int]:
+        """Read the queue (and the hardware when it matters); return the snapshot and the requests made."""
+        tasks = self.queue.list()
+        requests = 1
+        now = time.time()
+        active = any(not t.status.terminal for t in tasks)
+        stale = now - self._hw_read_at > (self.settings.poll_interval_s if active else 60.0)
+        if self._hw_state is None or stale or is_gpu(self._hw_state.current):
+            self._hw_state = self.hardware.state()
+            self._hw_read_at = now
+            requests += 0 if self.settings.local else 1
+        hw = self._hw_state
+        self.status.update(tasks=tasks, hardware=hw)
+        snap = Snapshot(
+            tasks=tuple(tasks),
+            now=now,
+            worker_id=self.worker_id,
+            local=bool(self.settings.local),
+            current_hardware=hw.current,
+            requested_hardware=hw.requested,
+            accelerator=hw.accelerator,
+            gpu_visible=hw.gpu_visible,
+            idle_hardware=self.settings.idle_hardware,
+            training_task_id=None,
+            allow_cpu_training=bool(self.settings.allow_cpu_training),
+        )
+        return snap, requests
+
+    def step(self) -> tuple[Action, int]:
+        """One loop: snapshot, decide, execute. Returns the action and the Hub requests made."""
+        snap, requests = self.snapshot()
+        action = decide(snap)
+        if action.kind is not ActionKind.WAIT or action.reason != self.status.snapshot().last_action:
+            log.info("action %s %s %s %s", action.kind.value, action.task_id or "", action.hardware or "", action.reason)
+        self.status.update(last_action=f"{action.kind.value}: {action.reason}".strip(": "), last_action_at=time.time())
+        self.execute(action, snap)
+        return action, requests
+
+    def execute(self, action: Action, snap: Snapshot) -> None:
+        """Carry out one action."""
+        kind = action.kind
+        if kind is ActionKind.WAIT:
+            phase = "idle" if not any(t.status is TaskStatus.PENDING for t in snap.tasks) else "waiting"
+            self.status.update(phase=phase, message=action.reason or "Waiting for tasks")
+        elif kind is ActionKind.REQUEST_HARDWARE:
+            self._request_hardware(action)
+        elif kind is ActionKind.CLAIM_AND_TRAIN:
+            self._claim_and_train(action)
+        elif kind is ActionKind.REQUEUE_EXPIRED:
+            changed = self.queue.requeue_expired(time.time())
+            self.status.update(message=f"Requeued {len(changed)} task(s) whose worker disappeared")
+        elif kind is ActionKind.FAIL_TASK:
+            self.queue.fail(action.task_id, None, action.reason)
+            self.status.update(message=f"Task {action.task_id} failed: {action.reason}")
+        elif kind is ActionKind.STOP_TRAINING:
+            self._kill_trainer()
+        elif kind is ActionKind.RELEASE_HARDWARE:
+            self.status.update(phase="releasing", message="Nothing left to train: going back to idle hardware")
+            done = self.hardware.release()
+            self._hw_state = None
+            self.status.update(message=f"Released the GPU: {done}")
+
+    # ----------------------------------------------------------------- actions
+    def _request_hardware(self, action: Action) -> None:
+        flavor = action.hardware or self.settings.train_hardware
+        refused_at = self._refused.get(action.task_id or "")
+        if refused_at is not None and time.time() - refused_at < REFUSAL_BACKOFF_S:
+            return  # refused recently: the reason is on the task; wait for the owner instead of looping
+        deadline_s = self.settings.deadline_s
+        task = next((t for t in self.status.snapshot().tasks if t.id == action.task_id), None)
+        if task is not None:
+            deadline_s = task.deadline_s
+        try:
+            self.hardware.request(flavor, sleep_time_s=int(deadline_s + 1800))
+        except HardwareRefused as refused:
+            self._refused[action.task_id or ""] = time.time()
+            note = f"GPU request for {flavor} refused: {refused.reason} Fix: {refused.fix}"
+            self.status.update(phase="refused", message=note)
+            if action.task_id:
+                try:
+                    self.queue.set_note(action.task_id, note)
+                except QueueError:
+                    log.exception("could not store the refusal on task %s", action.task_id)
+            return
+        self._hw_state = None
+        label = FLAVORS[flavor].label if flavor in FLAVORS else flavor
+        self.status.update(phase="switching", message=f"Moving to {label}; the app restarts there and trains")
+
+    def _claim_and_train(self, action: Action) -> None:
+        task = self.queue.claim(action.task_id, self.worker_id, self.settings.lease_s)
+        if task is None:
+            return  # another container won the claim
+        self.status.start_task(task)
+        try:
+            outcome = self.train(task)
+        except Exception as exc:  # noqa: BLE001 - the task must end FAILED, not stay RUNNING
+            log.exception("training task %s crashed the worker", task.id)
+            outcome = TrainOutcome(ok=False, error=f"worker error: {type(exc).__name__}: {exc}")
+        finally:
+            self._proc = None
+        self._finish_task(task, outcome)
+
+    def _finish_task(self, task: Task, outcome: TrainOutcome) -> None:
+        try:
+            if outcome.stopped:
+                self.status.update(phase="stopped", message=f"Task {task.id} stopped: {outcome.error or ''}")
+            elif outcome.ok:
+                self.queue.complete(task.id, self.worker_id, outcome.result_url or "")
+                self.status.update(phase="done", message=f"Task {task.id} done: {outcome.result_url}")
+            else:
+                self.queue.fail(task.id, self.worker_id, outcome.error or "training failed")
+                self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=outcome.error)
+        except InvalidTransition as exc:
+            self.status.update(message=f"Task {task.id} changed while training ({exc}); result not recorded")
+
+    # ----------------------------------------------------------------- training
+    def task_spec(self, task: Task, images: Path) -> dict[str, Any]:
+        """The trainer's TASK.json for ``task`` (see ``python -m training --help``)."""
+        params = dict(task.params)
+        output = None
+        if task.output_repo and (not self.settings.local or self.settings.hf_token):
+            output = {"repo_id": task.output_repo, "private": bool(task.private)}
+        checkpoint = None
+        if not self.settings.local and self.settings.queue_repo:
+            checkpoint = {"repo_id": self.settings.queue_repo, "repo_type": "dataset", "path": f"checkpoints/{task.id}"}
+        return {
+            "task_id": task.id,
+            "recipe": task.recipe,
+            "base_model": task.base_model,
+            "instance_prompt": task.instance_prompt,
+            "class_prompt": task.class_prompt,
+            "images": str(images),
+            "params": params,
+            "output": output,
+            "checkpoint": checkpoint,
+        }
+
+    def trainer_command(self, spec_path: Path, workdir: Path, events: Path) -> list[str]:
+        """``python -m training ...``, under ``accelerate launch`` when the current flavor has several GPUs."""
+        args = ["-m", "training", "--task", str(spec_path), "--workdir", str(workdir), "--progress", str(events)]
+        hw = self._hw_state
+        gpus = FLAVORS[hw.current].gpus if hw and hw.current in FLAVORS else 0
+        if gpus > 1 and hw is not None and hw.gpu_visible:
+            launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus)]
+            return [self.python, *launch, *args]
+        return [self.python, *args]
+
+    def train(self, task: Task) -> TrainOutcome:
+        """Run the trainer for a claimed task under the watchdog and return how it ended."""
+        workdir = Path(self.settings.data_dir) / "runs" / task.id
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.status.update(phase="downloading", message="Fetching the training images")
+        images = self.queue.fetch_images(task, workdir / "images")
+        spec_path = workdir / "task.json"
+        spec_path.write_text(json.dumps(self.task_spec(task, images), indent=2))
+        events_path = workdir / f"events-{task.attempts}.jsonl"
+        log_path = workdir / f"train-{task.attempts}.log"
+        cmd = self.trainer_command(spec_path, workdir / "work", events_path)
+        log.info("starting trainer for %s: %s", task.id, " ".join(cmd))
+        self.status.update(phase="starting trainer", message=f"Training task {task.id}")
+        with open(log_path, "ab") as logf:
+            self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        return self._supervise(task, self._proc, EventReader(events_path), log_path)
+
+    def _supervise(self, task: Task, proc: subprocess.Popen, reader: EventReader, log_path: Path) -> TrainOutcome:
+        started = time.monotonic()
+        last_beat = started
+        last_check = started
+        done_event: dict[str, Any] | None = None
+        error_event: dict[str, Any] | None = None
+        tick = min(1.0, self.settings.poll_interval_s)
+        while True:
+            code = proc.poll()
+            for event in reader.read_new():
+                done_event, error_event = self._apply_event(event, done_event, error_event)
+            self.status.update(log_tail=tail_lines(log_path, LOG_TAIL_LINES))
+            if code is not None:
+                break
+            now = time.monotonic()
+            if now - started > task.deadline_s:
+                self._kill_trainer()
+                return TrainOutcome(ok=False, error=f"deadline of {task.deadline_s:.0f} s exceeded; the trainer was stopped")
+            if self._stop.is_set():
+                self._kill_trainer()
+                return TrainOutcome(ok=False, stopped=True, error="the app is shutting down")
+            if now - last_check >= self.settings.poll_interval_s:
+                last_check = now
+                if self._cancelled(task.id):
+                    self._kill_trainer()
+                    return TrainOutcome(ok=False, stopped=True, error="cancelled")
+            if now - last_beat >= self.heartbeat_s:
+                last_beat = now
+                try:
+                    self.queue.heartbeat(task.id, self.worker_id, self.settings.lease_s, self._progress_summary())
+                except InvalidTransition:
+                    self._kill_trainer()
+                    return TrainOutcome(ok=False, stopped=True, error="the task was cancelled or taken over")
+                except QueueError:
+                    log.exception("heartbeat failed for %s (will retry)", task.id)
+            time.sleep(tick)
+        return self._outcome(code, done_event, error_event, log_path)
+
+    def _apply_event(
+        self, event: dict[str, Any], done: dict[str, Any] | None, error: dict[str, Any] | None
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        kind = event.get("event")
+        if kind == "step":
+            self.status.record_step(event)
+            self.status.update(phase="training")
+        elif kind == "phase":
+            self.status.update(phase=str(event.get("phase") or event.get("name") or "working"))
+        elif kind == "sample":
+            paths = event.get("paths") or event.get("images") or ([event["path"]] if event.get("path") else [])
+            self.status.add_samples([str(p) for p in paths])
+        elif kind == "checkpoint":
+            self.status.update(message=f"Checkpoint saved at step {event.get('step', '?')}")
+        elif kind == "resumed":
+            self.status.update(message=f"Resumed from step {event.get('step', '?')}")
+        elif kind == "done":
+            done = event
+        elif kind == "error":
+            error = event
+        return done, error
+
+    def _outcome(
+        self, code: int, done: dict[str, Any] | None, error: dict[str, Any] | None, log_path: Path
+    ) -> TrainOutcome:
+        if code == 0 and done is not None:
+            return TrainOutcome(ok=True, result_url=done.get("repo_url") or done.get("output_dir"))
+        lines = tail_lines(log_path, ERROR_TAIL_LINES)
+        head = EXIT_MESSAGES.get(code, f"the trainer exited with code {code}")
+        if code == 0:
+            head = "the trainer exited without reporting a result"
+        if error is not None:
+            head += f" ({error.get('kind', 'error')}: {error.get('message', '')})"
+        return TrainOutcome(ok=False, error=head + "\n" + "\n".join(lines))
+
+    def _progress_summary(self) -> dict[str, Any]:
+        s = self.status.snapshot()
+        return {
+            "phase": s.phase,
+            "step": s.step,
+            "total": s.total,
+            "loss": s.loss,
+            "steps_per_s": s.steps_per_s,
+            "eta_s": s.eta_s,
+            "at": time.time(),
+        }
+
+    def _cancelled(self, task_id: str) -> bool:
+        try:
+            task = self.queue.get(task_id)
+        except QueueError:
+            return False
+        return task.status is not TaskStatus.RUNNING or task.lease is None or task.lease.holder != self.worker_id
+
+    def _kill_trainer(self) -> None:
+        """Stop the trainer's whole process group: SIGTERM, then SIGKILL after the grace period."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(self.kill_grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        except ProcessLookupError:
+            pass
+
+    def _release_if_paid(self) -> None:
+        """Cost guard after an unexpected error: never stay on a GPU with a broken loop."""
+        if self.settings.local:
+            return
+        hw = self._hw_state
+        if hw is not None and is_gpu(hw.current) and self._proc is None:
+            try:
+                self.hardware.release()
+            except Exception:  # noqa: BLE001
+                log.exception("releasing the hardware failed")

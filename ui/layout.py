@@ -1,0 +1,71 @@
+"""The app's page: sign-in, the Train / Queue / Run / Settings tabs, and the timer that refreshes them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from ui.auth import access_for
+from ui.context import AppContext
+from ui.form import build_form, default_output_repo
+from ui.queue_view import build_queue_view
+from ui.queue_view import refresh as refresh_queue
+from ui.run_view import build_run_view, hardware_text
+from ui.run_view import render as render_run
+from ui.settings_view import build_settings_view, visibility
+
+REFRESH_S = 2.0
+CSS = """
+.gradio-container { max-width: 1100px !important; margin: auto; }
+@media (max-width: 640px) { .gradio-container { padding: 4px !important; } h1 { font-size: 1.4em !important; } }
+"""
+
+
+def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
+    """The main page. ``login`` adds the Hugging Face sign-in button (on a Space)."""
+    with gr.Blocks(title="DreamBooth trainer") as demo:
+        with gr.Row(equal_height=True):
+            gr.Markdown("# DreamBooth trainer", min_height=0)
+            if login:
+                gr.LoginButton(min_width=160, scale=0)
+        banner = gr.Markdown(access_for(ctx.settings, None).banner(), elem_id="banner")
+        hardware = gr.Markdown(elem_id="hardware")
+        with gr.Tabs():
+            with gr.Tab("Train", id="train"):
+                form = build_form(ctx)
+            with gr.Tab("Queue", id="queue"):
+                queue = build_queue_view(ctx)
+            with gr.Tab("Run", id="run"):
+                run = build_run_view()
+            with gr.Tab("Settings", id="settings"):
+                settings_hint = gr.Markdown("Sign in as an allowed user to see the settings.")
+                settings = build_settings_view(ctx)
+        known_ids = gr.State([])
+        timer = gr.Timer(REFRESH_S)
+
+        def on_load(profile: gr.OAuthProfile | None) -> list[Any]:
+            access = access_for(ctx.settings, profile)
+            panel, owner_box = visibility(ctx, profile)
+            repo = default_output_repo(access.user, local=ctx.local)
+            return [access.banner(), gr.Button(interactive=access.allowed), repo, panel, owner_box,
+                    gr.Markdown(visible=not access.allowed)]  # fmt: skip
+
+        demo.load(
+            on_load,
+            None,
+            [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint],
+            api_visibility="private",
+            show_progress="hidden",
+        )
+
+        def on_tick(pick: str | None, ids: list[str]) -> list[Any]:
+            status = ctx.worker.status.snapshot()
+            table, choices = refresh_queue(ctx, status.tasks, pick, ids)
+            new_ids = [t.id for t in sorted(status.tasks, key=lambda t: t.created_at, reverse=True)]
+            return [hardware_text(status.hardware, ctx.local), table, choices, new_ids, *render_run(status, ctx.local)]
+
+        tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs()]
+        timer.tick(on_tick, [queue.pick, known_ids], tick_outputs, api_visibility="private", show_progress="hidden")
+        demo.load(on_tick, [queue.pick, known_ids], tick_outputs, api_visibility="private", show_progress="hidden")
+    return demo

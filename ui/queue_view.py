@@ -1,0 +1,125 @@
+"""The queue view: every task with its status, attempts, times, cost so far and result; cancel and retry.
+
+The table is built from the worker's last read of the queue (no Hub request per browser refresh). Cancel and
+retry write to the queue and are checked server-side.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import gradio as gr
+
+from scheduler.flavors import FLAVORS
+from scheduler.queue.base import QueueError
+from scheduler.task import Task, TaskStatus
+from ui.auth import require_allowed
+from ui.context import AppContext
+from ui.estimate import format_duration
+
+HEADERS = ["Task", "Status", "Prompt", "Attempts", "Submitted (UTC)", "Duration", "Cost so far", "Result", "Note"]
+DATATYPES = ["str", "str", "str", "number", "str", "str", "str", "markdown", "str"]
+
+
+@dataclass
+class QueueParts:
+    table: gr.Dataframe
+    pick: gr.Dropdown
+
+
+def duration_s(task: Task, now: float) -> float | None:
+    """Seconds the task has been (or was) training; None before it started."""
+    if task.started_at is None:
+        return None
+    end = task.finished_at if task.status.terminal and task.finished_at else now
+    return max(0.0, end - task.started_at)
+
+
+def cost_usd(task: Task, now: float, local: bool) -> float:
+    """Training time times the hourly price of the task's hardware (0 in local mode)."""
+    seconds = duration_s(task, now)
+    flavor = FLAVORS.get(task.hardware)
+    if local or seconds is None or flavor is None:
+        return 0.0
+    return seconds / 3600 * flavor.usd_per_hour
+
+
+def result_cell(task: Task) -> str:
+    """Markdown link to the result (a Hub URL, or a local folder)."""
+    url = task.result_url
+    if not url:
+        return ""
+    if url.startswith("http"):
+        return f"[{url.rstrip('/').split('/', 3)[-1]}]({url})"
+    return f"`{url}`"
+
+
+def status_cell(task: Task) -> str:
+    if task.status is TaskStatus.RUNNING and task.progress.get("total"):
+        return f"RUNNING {task.progress.get('step', 0)}/{task.progress['total']}"
+    return task.status.value
+
+
+def rows(tasks: list[Task], local: bool, now: float | None = None) -> list[list[Any]]:
+    """Table rows, newest first."""
+    now = time.time() if now is None else now
+    out = []
+    for t in sorted(tasks, key=lambda t: t.created_at, reverse=True):
+        submitted = datetime.fromtimestamp(t.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        note = t.note or ((t.last_error or "").strip().splitlines() or [""])[0]
+        out.append([
+            t.id, status_cell(t), t.instance_prompt[:60], t.attempts, submitted,
+            format_duration(duration_s(t, now)) if t.started_at else "-",
+            "free" if local else f"${cost_usd(t, now, local):.2f}",
+            result_cell(t), note[:160],
+        ])  # fmt: skip
+    return out
+
+
+def build_queue_view(ctx: AppContext) -> QueueParts:
+    """Render the queue table and the cancel/retry controls inside the current Blocks."""
+    table = gr.Dataframe(headers=HEADERS, datatype=DATATYPES, interactive=False, wrap=True, value=[])
+    with gr.Row():
+        pick = gr.Dropdown(label="Task", choices=[], min_width=200)
+        cancel = gr.Button("Cancel task", variant="stop", min_width=120)
+        retry = gr.Button("Retry task", min_width=120)
+    message = gr.Markdown()
+
+    def on_cancel(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
+        require_allowed(ctx.settings, profile)
+        if not task_id:
+            return "Pick a task first."
+        try:
+            task = ctx.queue.cancel(task_id)
+        except QueueError as exc:
+            return f"Could not cancel `{task_id}`: {exc}"
+        ctx.worker.wake()
+        return f"Task `{task.id}` is {task.status.value}."
+
+    def on_retry(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
+        require_allowed(ctx.settings, profile)
+        if not task_id:
+            return "Pick a task first."
+        try:
+            task = ctx.queue.retry(task_id)
+        except QueueError as exc:
+            return f"Could not retry `{task_id}`: {exc}"
+        ctx.worker.forget_refusal(task.id)
+        ctx.worker.wake()
+        return f"Task `{task.id}` is {task.status.value} again."
+
+    cancel.click(on_cancel, pick, message, api_name="cancel", api_visibility="private")
+    retry.click(on_retry, pick, message, api_name="retry", api_visibility="private")
+    return QueueParts(table=table, pick=pick)
+
+
+def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_ids: list[str]) -> tuple[Any, Any]:
+    """New table value, and new task choices only when the set of tasks changed (keeps an open dropdown still)."""
+    ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
+    table = rows(tasks, ctx.local)
+    if ids == known_ids:
+        return table, gr.skip()
+    return table, gr.Dropdown(choices=ids, value=current_pick if current_pick in ids else None)

@@ -1,0 +1,102 @@
+"""The run view: what the worker does right now, refreshed by a ``gr.Timer`` from ``WorkerStatus``.
+
+Phase, a progress bar, steps/s and ETA, a loss plot, the newest sample images, the tail of the trainer's log and
+the hardware state (current / requested / stage).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from scheduler.flavors import FLAVORS
+from scheduler.hardware.base import HardwareState
+from scheduler.worker import StatusData
+from ui.estimate import format_duration
+
+
+@dataclass
+class RunParts:
+    phase: gr.Markdown
+    bar: gr.HTML
+    loss: gr.LinePlot
+    samples: gr.Gallery
+    log: gr.Textbox
+    hardware: gr.Markdown
+
+    def outputs(self) -> list[Any]:
+        return [self.phase, self.bar, self.loss, self.samples, self.log, self.hardware]
+
+
+def hardware_text(hw: HardwareState | None, local: bool) -> str:
+    """``Hardware: Nvidia T4 small (requested: CPU basic) · stage RUNNING``."""
+    if local:
+        gpu = "a GPU" if hw is not None and hw.gpu_visible else "the CPU"
+        return f"**Hardware:** this machine ({gpu})"
+    if hw is None:
+        return "**Hardware:** unknown yet"
+
+    def label(name: str | None) -> str:
+        return FLAVORS[name].label if name in FLAVORS else (name or "unknown")
+
+    text = f"**Hardware:** {label(hw.current)}"
+    if hw.requested and hw.requested != hw.current:
+        text += f" → **moving to {label(hw.requested)}**"
+    return text + f" · stage {hw.stage or '?'}"
+
+
+def progress_html(step: int, total: int) -> str:
+    """An accessible progress bar (works at any width)."""
+    pct = 0 if not total else max(0, min(100, round(100 * step / total)))
+    return (
+        f'<div class="run-progress" role="progressbar" aria-valuenow="{pct}" aria-valuemin="0" aria-valuemax="100" '
+        f'style="height:12px;background:var(--neutral-200);border-radius:6px;overflow:hidden">'
+        f'<div style="background:var(--color-accent);width:{pct}%;height:100%;border-radius:6px"></div></div>'
+        f'<div style="font-size:0.9em">{html.escape(f"{step} / {total} steps ({pct}%)" if total else "no training step yet")}</div>'
+    )
+
+
+def phase_text(s: StatusData) -> str:
+    lines = [f"**Phase:** {s.phase}" + (f" · task `{s.task_id}`" if s.task_id else "")]
+    if s.message:
+        lines.append(s.message)
+    if s.steps_per_s:
+        lines.append(f"**Speed:** {s.steps_per_s:.2f} steps/s · **ETA:** {format_duration(s.eta_s)}"
+                     + (f" · **loss:** {s.loss:.4f}" if s.loss is not None else ""))  # fmt: skip
+    if s.last_error:
+        lines.append(f"**Last error:** {s.last_error.splitlines()[0][:300]}")
+    return "\n\n".join(lines)
+
+
+def loss_frame(s: StatusData) -> pd.DataFrame:
+    return pd.DataFrame(s.loss_history or [], columns=["step", "loss"])
+
+
+def render(s: StatusData, local: bool) -> list[Any]:
+    """Values for ``RunParts.outputs()``."""
+    samples = [p for p in s.samples if Path(p).is_file()]
+    return [
+        phase_text(s),
+        progress_html(s.step, s.total),
+        loss_frame(s),
+        samples or None,
+        "\n".join(s.log_tail),
+        hardware_text(s.hardware, local),
+    ]
+
+
+def build_run_view() -> RunParts:
+    """Render the run view's components inside the current Blocks."""
+    phase = gr.Markdown("**Phase:** starting")
+    bar = gr.HTML(progress_html(0, 0))
+    hardware = gr.Markdown()
+    with gr.Row():
+        loss = gr.LinePlot(pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", title="Training loss", min_width=280)
+        samples = gr.Gallery(label="Latest samples", columns=2, height=280, interactive=False, min_width=280)
+    log = gr.Textbox(label="Trainer log (tail)", lines=8, max_lines=12, interactive=False, autoscroll=True)
+    return RunParts(phase=phase, bar=bar, loss=loss, samples=samples, log=log, hardware=hardware)
