@@ -53,7 +53,9 @@ def test_create_upload_list_download_each_repo_type(hub: FakeHub, alice: HfApi, 
     sdk = {"space_sdk": "gradio"} if repo_type == "space" else {}
     url = alice.create_repo(repo_id, repo_type=repo_type, **sdk)
     assert url.repo_id == repo_id and url.repo_type == repo_type
-    info = alice.upload_file(path_or_fileobj=b"payload\n", path_in_repo="dir/data.txt", repo_id=repo_id, repo_type=repo_type)
+    info = alice.upload_file(
+        path_or_fileobj=b"payload\n", path_in_repo="dir/data.txt", repo_id=repo_id, repo_type=repo_type
+    )
     assert len(info.oid) == 40
     assert sorted(alice.list_repo_files(repo_id, repo_type=repo_type)) == [".gitattributes", "dir/data.txt"]
     path = hf_hub_download(repo_id, "dir/data.txt", repo_type=repo_type, cache_dir=tmp_path)
@@ -130,9 +132,17 @@ def test_stale_parent_commit_gets_412(hub: FakeHub, alice: HfApi) -> None:
     repo_id = f"alice/{unique()}"
     alice.create_repo(repo_id, repo_type="dataset")
     parent = alice.dataset_info(repo_id).sha
-    alice.create_commit(repo_id, [CommitOperationAdd("a.txt", b"1")], commit_message="first", repo_type="dataset", parent_commit=parent)
+    alice.create_commit(
+        repo_id, [CommitOperationAdd("a.txt", b"1")], commit_message="first", repo_type="dataset", parent_commit=parent
+    )
     with pytest.raises(HfHubHTTPError) as err:
-        alice.create_commit(repo_id, [CommitOperationAdd("b.txt", b"2")], commit_message="stale", repo_type="dataset", parent_commit=parent)
+        alice.create_commit(
+            repo_id,
+            [CommitOperationAdd("b.txt", b"2")],
+            commit_message="stale",
+            repo_type="dataset",
+            parent_commit=parent,
+        )
     assert err.value.response.status_code == 412
     assert "b.txt" not in alice.list_repo_files(repo_id, repo_type="dataset")
 
@@ -149,7 +159,13 @@ def test_concurrent_compare_and_swap_has_exactly_one_winner(hub: FakeHub, alice:
     def contender(i: int) -> None:
         barrier.wait()
         try:
-            alice.create_commit(repo_id, [CommitOperationAdd(f"t{i}.txt", b"x")], commit_message=f"c{i}", repo_type="dataset", parent_commit=parent)
+            alice.create_commit(
+                repo_id,
+                [CommitOperationAdd(f"t{i}.txt", b"x")],
+                commit_message=f"c{i}",
+                repo_type="dataset",
+                parent_commit=parent,
+            )
             results.append(200)
         except HfHubHTTPError as e:
             results.append(e.response.status_code)
@@ -219,13 +235,29 @@ def test_deletes_tree_pagination_and_paths_info(tmp_path: Path) -> None:
         assert {e.path for e in api.list_repo_tree(repo_id, path_in_repo="d")} == {"d/1.txt", "d/2.txt", "d/e"}
         infos = api.get_paths_info(repo_id, ["a.txt", "d", "nope"])
         assert {(i.path, type(i).__name__) for i in infos} == {("a.txt", "RepoFile"), ("d", "RepoFolder")}
-        api.create_commit(repo_id, [CommitOperationDelete("a.txt"), CommitOperationDelete("d/", is_folder=True)], commit_message="rm")
+        api.create_commit(
+            repo_id, [CommitOperationDelete("a.txt"), CommitOperationDelete("d/", is_folder=True)], commit_message="rm"
+        )
         assert sorted(api.list_repo_files(repo_id)) == [".gitattributes", "f/4.txt"]
         with pytest.raises(EntryNotFoundError):
             api.delete_file("a.txt", repo_id)
         api.delete_repo(repo_id)
         assert not api.repo_exists(repo_id)
         api.delete_repo(repo_id, missing_ok=True)
+
+
+def test_branches(hub: FakeHub, alice: HfApi, tmp_path: Path) -> None:
+    repo_id = f"alice/{unique()}"
+    alice.create_repo(repo_id)
+    alice.create_branch(repo_id, branch="dev/1")
+    alice.create_branch(repo_id, branch="dev/1", exist_ok=True)
+    on_dev = alice.upload_file(path_or_fileobj=b"d", path_in_repo="d.txt", repo_id=repo_id, revision="dev/1").oid
+    refs = alice.list_repo_refs(repo_id)
+    assert {b.name: b.target_commit for b in refs.branches}["dev/1"] == on_dev
+    assert "d.txt" not in alice.list_repo_files(repo_id)
+    assert Path(hf_hub_download(repo_id, "d.txt", revision="dev/1", cache_dir=tmp_path)).read_bytes() == b"d"
+    alice.delete_branch(repo_id, branch="dev/1")
+    assert [b.name for b in alice.list_repo_refs(repo_id).branches] == ["main"]
 
 
 def test_faults_observed_by_the_client(hub: FakeHub, alice: HfApi) -> None:
@@ -278,14 +310,20 @@ def test_restart_on_the_same_root_keeps_repos_and_commits(tmp_path: Path) -> Non
     with run_fakehub(root, users={"carol": "tok-carol"}) as hub:
         api = HfApi(endpoint=hub.url, token="tok-carol")
         api.create_repo("carol/keep", repo_type="dataset", private=True)
-        first = api.upload_file(path_or_fileobj=b"v1", path_in_repo="f.txt", repo_id="carol/keep", repo_type="dataset").oid
+        first = api.upload_file(
+            path_or_fileobj=b"v1", path_in_repo="f.txt", repo_id="carol/keep", repo_type="dataset"
+        ).oid
     with run_fakehub(root, users={"carol": "tok-carol"}) as hub:
         api = HfApi(endpoint=hub.url, token="tok-carol")
         info = api.dataset_info("carol/keep")
         assert info.sha == first and info.private
-        path = hf_hub_download("carol/keep", "f.txt", repo_type="dataset", endpoint=hub.url, token="tok-carol", cache_dir=tmp_path / "c")
+        path = hf_hub_download(
+            "carol/keep", "f.txt", repo_type="dataset", endpoint=hub.url, token="tok-carol", cache_dir=tmp_path / "c"
+        )
         assert Path(path).read_bytes() == b"v1"
-        second = api.upload_file(path_or_fileobj=b"v2", path_in_repo="f.txt", repo_id="carol/keep", repo_type="dataset").oid
+        second = api.upload_file(
+            path_or_fileobj=b"v2", path_in_repo="f.txt", repo_id="carol/keep", repo_type="dataset"
+        ).oid
         assert second != first
         assert [c.commit_id for c in api.list_repo_commits("carol/keep", repo_type="dataset")][:2] == [second, first]
 
@@ -294,7 +332,9 @@ def test_stored_bytes_lists_repo_content(hub: FakeHub, alice: HfApi) -> None:
     repo_id = f"alice/{unique()}"
     marker = uuid.uuid4().hex.encode()
     alice.create_repo(repo_id)
-    alice.upload_file(path_or_fileobj=marker, path_in_repo="m.txt", repo_id=repo_id, commit_message="msg-" + marker.decode()[:6])
+    alice.upload_file(
+        path_or_fileobj=marker, path_in_repo="m.txt", repo_id=repo_id, commit_message="msg-" + marker.decode()[:6]
+    )
     blobs = list(hub.stored_bytes())
     assert any(data == marker for _, data in blobs)
     assert any(label.startswith("commit ") and b"msg-" + marker[:6] in data for label, data in blobs)
@@ -304,7 +344,17 @@ def test_cli_entry_point_serves_whoami(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "tests.fakehub", "--port", str(port), "--root", str(tmp_path), "--user", "dave:tok-dave:write:dave-org"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.fakehub",
+        "--port",
+        str(port),
+        "--root",
+        str(tmp_path),
+        "--user",
+        "dave:tok-dave:write:dave-org",
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20

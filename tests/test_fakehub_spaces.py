@@ -74,7 +74,11 @@ def test_runtime_transitions_after_request_space_hardware(hub: FakeHub, alice: H
     assert alice.get_space_runtime(repo_id).stage == "BUILDING"
     assert stages_until(alice, repo_id, "RUNNING")[-1] == ("RUNNING", "cpu-basic")
     runtime = alice.request_space_hardware(repo_id, "t4-small", sleep_time=3600)
-    assert (runtime.stage, runtime.hardware, runtime.requested_hardware) == ("RUNNING_BUILDING", "cpu-basic", "t4-small")
+    assert (runtime.stage, runtime.hardware, runtime.requested_hardware) == (
+        "RUNNING_BUILDING",
+        "cpu-basic",
+        "t4-small",
+    )
     assert runtime.sleep_time == 3600
     seen = stages_until(alice, repo_id, "RUNNING")
     assert ("APP_STARTING", "t4-small") in seen and seen[-1] == ("RUNNING", "t4-small")
@@ -132,7 +136,9 @@ def test_oauth_tokens_are_refused_on_hardware_restart_and_sleeptime(hub: FakeHub
 
 def test_secrets_and_variables(hub: FakeHub, alice: HfApi) -> None:
     repo_id = space_id()
-    hub.create_space(repo_id, owner_token=ALICE_TOKEN, switch_delay_s=0.1, secrets={"S0": "zero"}, variables={"V0": "0"})
+    hub.create_space(
+        repo_id, owner_token=ALICE_TOKEN, switch_delay_s=0.1, secrets={"S0": "zero"}, variables={"V0": "0"}
+    )
     alice.add_space_secret(repo_id, "HF_TOKEN", "hf_fake_value", description="write token")
     secrets = alice.get_space_secrets(repo_id)
     assert set(secrets) == {"S0", "HF_TOKEN"} and secrets["HF_TOKEN"].description == "write token"
@@ -202,5 +208,55 @@ def test_runner_restarts_the_space_on_a_hardware_switch(hub: FakeHub, alice: HfA
             assert time.monotonic() < deadline, "process not stopped on pause"
             time.sleep(0.05)
         assert hub.ledger(repo_id)[-1]["stage"] == "PAUSED"
+    finally:
+        hub.stop_space(repo_id)
+
+
+def test_crash_loop_ends_in_runtime_error(hub: FakeHub, tmp_path: Path) -> None:
+    repo_id = space_id()
+    hub.create_space(
+        repo_id,
+        owner_token=ALICE_TOKEN,
+        command=["/nonexistent/command"],
+        cwd=tmp_path,
+        switch_delay_s=0.05,
+        app_start_s=0.05,
+    )
+    try:
+        runtime = hub.wait_for_stage(repo_id, "RUNTIME_ERROR", timeout_s=15)
+        assert "127" in runtime["errorMessage"]
+        logs = hub.space_logs(repo_id)
+        assert len(logs) == 5 and "cannot start" in logs[0].read_text()
+        assert "RUNTIME_ERROR" not in hub.billed_seconds(repo_id)
+    finally:
+        hub.stop_space(repo_id)
+
+
+def test_sleep_time_puts_an_idle_upgraded_space_to_sleep(hub: FakeHub, alice: HfApi) -> None:
+    repo_id = space_id()
+    hub.create_space(repo_id, owner_token=ALICE_TOKEN, switch_delay_s=0.1)
+    hub.wait_for_stage(repo_id, "RUNNING")
+    alice.request_space_hardware(repo_id, "t4-small", sleep_time=1)
+    hub.wait_for_stage(repo_id, "RUNNING")
+    asleep = hub.wait_for_stage(repo_id, "SLEEPING", timeout_s=5)
+    assert asleep["hardware"] == {"current": None, "requested": "t4-small"}
+    billed = hub.billed_seconds(repo_id)
+    time.sleep(0.2)
+    assert hub.billed_seconds(repo_id) == billed  # asleep: the bill stops growing
+    assert 0.9 < billed["t4-small"] < 3.0
+
+
+def test_space_logs_endpoint_streams_the_container_output(hub: FakeHub, alice: HfApi, tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(SPACE_SCRIPT)
+    repo_id = space_id()
+    hub.create_space(
+        repo_id, owner_token=ALICE_TOKEN, command=[sys.executable, "app.py"], cwd=tmp_path, switch_delay_s=0.05
+    )
+    try:
+        env_line(wait_for_logs(hub, repo_id, 1)[0])
+        started = time.monotonic()
+        lines = list(alice.fetch_space_logs(repo_id))
+        assert time.monotonic() - started < 4
+        assert any(f"SPACE_ID={repo_id}" in line for line in lines)
     finally:
         hub.stop_space(repo_id)

@@ -14,6 +14,7 @@ from tests.fakehub.auth import User
 from tests.fakehub.faults import Fault, RequestRecord
 from tests.fakehub.runner import SpaceCommand
 from tests.fakehub.server import Emulator
+from tests.fakehub.spaces import BILLED_STAGES
 
 
 class FakeHub:
@@ -94,7 +95,9 @@ class FakeHub:
             raise PermissionError(f"{user.name} cannot write to {repo_id}")
         self.emulator.storage.create_repo("space", repo_id, private=private, owner=user.name, sdk="gradio")
         if command is not None:
-            self.emulator.spaces.attach(repo_id, SpaceCommand(list(command), Path(cwd or "."), dict(env or {}), stop_grace_s))
+            self.emulator.spaces.attach(
+                repo_id, SpaceCommand(list(command), Path(cwd or "."), dict(env or {}), stop_grace_s)
+            )
         self.emulator.spaces.create(
             repo_id,
             hardware=hardware,
@@ -122,6 +125,15 @@ class FakeHub:
     def ledger(self, repo_id: str) -> list[dict]:
         """``{hardware, stage, started_at, ended_at, container}`` periods, oldest first (last one open)."""
         return self.emulator.spaces.ledger(repo_id)
+
+    def billed_seconds(self, repo_id: str) -> dict[str, float]:
+        """Seconds per hardware flavor spent in billed stages (starting or running), the open period up to now."""
+        totals: dict[str, float] = {}
+        now = time.time()
+        for p in self.ledger(repo_id):
+            if p["hardware"] and p["stage"] in BILLED_STAGES:
+                totals[p["hardware"]] = totals.get(p["hardware"], 0.0) + (p["ended_at"] or now) - p["started_at"]
+        return totals
 
     def space_logs(self, repo_id: str) -> list[Path]:
         """Captured stdout+stderr files of the Space's process, one per container start, oldest first."""

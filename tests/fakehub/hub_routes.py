@@ -153,6 +153,17 @@ class HubRoutes:
         branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": c} for b, c in sorted(repo.branches.items())]
         return Response.json({"branches": branches, "tags": [], "converts": []})
 
+    def branch(self, req: Request, repo_type: str, repo_id: str, branch: str) -> Response:
+        repo = self.writable_repo(req, repo_type, repo_id)
+        commit_id = None
+        if req.method == "POST":
+            commit_id = self.resolve(repo, req.json().get("startingPoint") or "main").id
+        try:
+            self.storage.set_branch(repo_type, repo.id, branch, commit_id)
+        except StoreError as e:
+            raise HttpError(e.status, e.code, e.message) from e
+        return Response.json({})
+
     def list_commits(self, req: Request, repo_type: str, repo_id: str, revision: str) -> Response:
         repo = self.readable_repo(req, repo_type, repo_id)
         commits = [
@@ -184,7 +195,7 @@ class HubRoutes:
             if recursive or len(rest) == 1:
                 files[path] = {"type": "file", "oid": entry.oid, "size": entry.size, "path": path}
         if prefix and not files and not folders:
-            raise HttpError(404, "EntryNotFound", f"{folder} does not exist on \"{commit.id}\"")
+            raise HttpError(404, "EntryNotFound", f'{folder} does not exist on "{commit.id}"')
         entries = [
             {"type": "directory", "oid": hashlib.sha1("\n".join(sorted(m)).encode()).hexdigest(), "path": p}
             for p, m in folders.items()
@@ -287,7 +298,11 @@ class HubRoutes:
                 header = value
             elif key == "file":
                 try:
-                    content = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
+                    content = (
+                        base64.b64decode(value["content"])
+                        if value.get("encoding") == "base64"
+                        else value["content"].encode()
+                    )
                 except (binascii.Error, KeyError) as e:
                     raise HttpError(400, None, f"Invalid file line: {e}") from e
                 operations.append(Operation("add", value["path"], content))
@@ -325,4 +340,3 @@ def require_write(req: Request, namespace: str) -> None:
         raise HttpError(401, None, INVALID_CREDENTIALS)
     if not req.user.can_write(namespace):
         raise HttpError(403, None, f"You don't have the rights to write to {namespace} with this token")
-

@@ -66,7 +66,13 @@ class HttpError(Exception):
     """An error answered the Hub's way: JSON ``{"error": message}`` plus ``X-Error-Code``/``X-Error-Message``."""
 
     def __init__(
-        self, status: int, code: str | None, message: str, *, headers: dict[str, str] | None = None, extra: dict | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message

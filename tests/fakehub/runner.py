@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,8 @@ def space_env(state: SpaceState, endpoint: str, owner_id: str, home: Path, extra
 
 
 class SpaceRunner:
-    """Starts and stops the containers of one Space. Not thread-safe: driven by the emulator's clock thread."""
+    """Starts and stops the containers of one Space (driven by the emulator's clock thread; ``kill`` may come
+    from a test thread)."""
 
     def __init__(self, spec: SpaceCommand, log_dir: Path) -> None:
         self.spec = spec
@@ -63,18 +66,32 @@ class SpaceRunner:
         self.container: int | None = None  # the Space's container number the current process belongs to
         self.process: subprocess.Popen | None = None
         self._log_file = None
+        self._lock = threading.RLock()
         self.starts = 0
 
     def start(self, container: int, env: dict[str, str]) -> None:
-        self.stop()
-        self.starts += 1
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / f"container-{self.starts:03d}.log"
-        self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self._log_file.write(f"===== container {container} started at {time.time():.3f} on {env['ACCELERATOR']} =====\n".encode())
-        self._log_file.flush()
-        self.process = subprocess.Popen(
-            self.spec.command,
+        """Start container number ``container``; its output goes to ``log_dir/container-NNN.log``."""
+        with self._lock:
+            self.stop()
+            self.starts += 1
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"container-{self.starts:03d}.log"
+            self._log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+            banner = f"===== container {container} started at {time.time():.3f} on {env['ACCELERATOR']} =====\n"
+            self._log_file.write(banner.encode())
+            self._log_file.flush()
+            command = self.spec.command
+            try:
+                self.process = self._popen(command, env)
+            except OSError as e:  # e.g. command not found: the container fails like a crashing app
+                self._log_file.write(f"cannot start {command!r}: {e}\n".encode())
+                self._log_file.flush()
+                self.process = self._popen([sys.executable, "-c", "raise SystemExit(127)"], env)
+            self.container = container
+
+    def _popen(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            command,
             cwd=self.spec.cwd,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -82,7 +99,6 @@ class SpaceRunner:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.container = container
 
     def exit_code(self) -> int | None:
         """The exit code once the current process has ended, else None (also None when nothing runs)."""
@@ -93,27 +109,29 @@ class SpaceRunner:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the whole process group, as a crashing container would die."""
-        if self.process is not None:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        """SIGKILL the whole process group, as a crashing container would die (the clock then restarts it)."""
+        with self._lock:
+            if self.process is not None:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after the grace period, and close the log."""
-        if self.process is not None:
-            pid = self.process.pid
-            _signal_group(pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=self.spec.stop_grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-            _signal_group(pid, signal.SIGKILL)  # also any child left in the group
-            self.process.wait()
-            self.process = None
-        self.container = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        with self._lock:
+            if self.process is not None:
+                pid = self.process.pid
+                _signal_group(pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=self.spec.stop_grace_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                _signal_group(pid, signal.SIGKILL)  # also any child left in the group
+                self.process.wait()
+                self.process = None
+            self.container = None
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
 
     def logs(self) -> list[Path]:
         return sorted(self.log_dir.glob("container-*.log"))

@@ -3,6 +3,8 @@
 Emulator-only endpoints (never faulted nor logged) live under ``/_emu/``:
 ``GET|DELETE /_emu/requests``, ``GET|POST|DELETE /_emu/faults``, ``POST /_emu/users``,
 ``GET /_emu/spaces/{ns}/{name}/ledger``, ``GET /_emu/health``.
+
+Hub endpoints: see ``_route``/``_repo_route`` below and the package README.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ class Emulator:
             response = self._safely(self._route, req)
             if fault is not None and fault.status is not None:
                 response = _fault_response(fault)
-        self.faults.record(req.method, req.raw_path, response.status, "&".join(f"{k}={v[0]}" for k, v in req.query.items()))
+        self.faults.record(
+            req.method, req.raw_path, response.status, "&".join(f"{k}={v[0]}" for k, v in req.query.items())
+        )
         return response
 
     @staticmethod
@@ -161,6 +165,8 @@ class Emulator:
             return hub.commit(req, repo_type, repo_id, rest[1])
         if action == "commits" and len(rest) == 2 and m == "GET":
             return hub.list_commits(req, repo_type, repo_id, rest[1])
+        if action == "branch" and len(rest) >= 2 and m in ("POST", "DELETE"):
+            return hub.branch(req, repo_type, repo_id, "/".join(rest[1:]))
         if action == "refs" and m == "GET":
             return hub.refs(req, repo_type, repo_id)
         if action == "settings" and m == "PUT":
@@ -189,7 +195,13 @@ class Emulator:
         if seg == ["users"] and m == "POST":
             body = req.json()
             self.users.add(
-                User(body["name"], body["token"], body.get("role", "write"), tuple(body.get("orgs", ())), body.get("oauth", False))
+                User(
+                    body["name"],
+                    body["token"],
+                    body.get("role", "write"),
+                    tuple(body.get("orgs", ())),
+                    body.get("oauth", False),
+                )
             )
             return Response.json({})
         if len(seg) == 4 and seg[0] == "spaces" and seg[3] == "ledger":
@@ -269,7 +281,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
-        length = response.head_length if (self.command == "HEAD" and response.head_length is not None) else len(response.body)
+        length = (
+            response.head_length
+            if (self.command == "HEAD" and response.head_length is not None)
+            else len(response.body)
+        )
         self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command != "HEAD":

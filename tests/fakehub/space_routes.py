@@ -73,7 +73,11 @@ class SpaceRoutes:
         if req.method == "POST":
             if not body.get("key"):
                 raise HttpError(400, None, "key is required")
-            entry = {"value": str(body.get("value", "")), "description": body.get("description"), "updatedAt": _now_iso()}
+            entry = {
+                "value": str(body.get("value", "")),
+                "description": body.get("description"),
+                "updatedAt": _now_iso(),
+            }
 
             def put(s: SpaceState, now: float) -> None:
                 getattr(s, kind)[body["key"]] = entry
@@ -93,7 +97,9 @@ class SpaceRoutes:
         if kind == "secrets":  # values of secrets are never returned
             if req.method != "GET":
                 return Response.json({})
-            return Response.json({k: {"description": v["description"], "updatedAt": v["updatedAt"]} for k, v in items.items()})
+            return Response.json(
+                {k: {"description": v["description"], "updatedAt": v["updatedAt"]} for k, v in items.items()}
+            )
         return Response.json(items)
 
     def _logs(self, repo_id: str) -> Response:

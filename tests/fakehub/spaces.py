@@ -9,7 +9,8 @@ Timeline of a hardware request made at ``t`` (``d`` = the Space's ``switch_delay
 
 A restart, a crash or a change of secrets/variables starts a new container (APP_STARTING, then RUNNING);
 pause stops it (PAUSED, current None). With ``sleep_time`` set, a Space RUNNING that long since its last
-container start or hardware request goes to SLEEPING (API calls are not visits). Every change of (hardware, stage, container) opens a new ledger period.
+container start or hardware request goes to SLEEPING (API calls are not visits). Every change of
+(hardware, stage, container) opens a new ledger period.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ SPACE_HARDWARE = (
 # (cpu cores, memory) by flavor; others default to (8, "30Gi").
 RESOURCES = {"cpu-basic": (2, "16Gi"), "cpu-upgrade": (8, "32Gi"), "t4-small": (4, "15Gi"), "t4-medium": (8, "30Gi")}
 CONTAINER_STAGES = ("APP_STARTING", "RUNNING", "RUNNING_BUILDING", "RUNNING_APP_STARTING")
+# Stages the Hub bills hardware for ("Starting" and "Running"); building, paused, asleep and errors are free.
+BILLED_STAGES = CONTAINER_STAGES
 # A container that dies this many times in a row, each within CRASH_WINDOW_S of its start, ends in RUNTIME_ERROR.
 MAX_FAST_CRASHES = 5
 CRASH_WINDOW_S = 3.0

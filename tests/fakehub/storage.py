@@ -166,7 +166,9 @@ class Storage:
             uid = uuid.uuid4().hex
             repo = Repo(uid, repo_type, repo_id, private, owner, time.time(), {}, sdk)
             oid = self.put_blob(GITATTRIBUTES)
-            commit = self._new_commit(repo, None, "initial commit", "", owner, {".gitattributes": FileEntry(oid, len(GITATTRIBUTES))})
+            commit = self._new_commit(
+                repo, None, "initial commit", "", owner, {".gitattributes": FileEntry(oid, len(GITATTRIBUTES))}
+            )
             repo.branches["main"] = commit.id
             self._save_repo(repo)
             return repo
@@ -187,6 +189,25 @@ class Storage:
     def list_repos(self) -> Iterator[Repo]:
         for path in sorted((self.root / "repos").glob("*/*/*.json")):
             yield Repo(**json.loads(path.read_text()))
+
+    def set_branch(self, repo_type: str, repo_id: str, branch: str, commit_id: str | None) -> None:
+        """Create a branch at ``commit_id`` (409 if it exists), or delete it when ``commit_id`` is None."""
+        with self.repo_lock(repo_type, repo_id):
+            repo = self.get_repo(repo_type, repo_id)
+            if repo is None:
+                raise StoreError(404, "RepoNotFound", "Repository not found")
+            if commit_id is None:
+                if branch == "main" or repo.branches.pop(branch, None) is None:
+                    raise StoreError(
+                        404 if branch != "main" else 403,
+                        "RevisionNotFound" if branch != "main" else None,
+                        f"Cannot delete branch {branch}",
+                    )
+            elif branch in repo.branches:
+                raise StoreError(409, None, f"Branch {branch} already exists")
+            else:
+                repo.branches[branch] = commit_id
+            self._save_repo(repo)
 
     # ---------------------------------------------------------------- blobs and commits
     def put_blob(self, data: bytes) -> str:
