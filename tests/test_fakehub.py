@@ -87,11 +87,11 @@ def test_snapshot_download_of_a_folder_and_request_trace(hub: FakeHub, alice: Hf
         assert (local / name).read_bytes() == data, name
     assert (local / ".gitattributes").exists()
     n_files = len(files) + 1
-    assert len(hub.requests("GET", r"/revision/main$")) == 1
-    assert len(hub.requests("GET", r"/tree/")) == 1
-    assert len(hub.requests("HEAD", r"/resolve/")) == n_files
+    assert len(hub.requests("GET", rf"/{repo_id}/revision/main$")) == 1
+    assert len(hub.requests("GET", rf"/{repo_id}/tree/")) == 1
+    assert len(hub.requests("HEAD", rf"/{repo_id}/resolve/")) == n_files
     # the empty file needs no GET (its size is known from HEAD), every other one exactly one
-    assert len(hub.requests("GET", r"/resolve/")) == n_files - 1
+    assert len(hub.requests("GET", rf"/{repo_id}/resolve/")) == n_files - 1
 
 
 def test_redownload_is_served_from_cache_with_one_head(hub: FakeHub, alice: HfApi, tmp_path: Path) -> None:
@@ -102,7 +102,13 @@ def test_redownload_is_served_from_cache_with_one_head(hub: FakeHub, alice: HfAp
     hub.clear_requests()
     second = hf_hub_download(repo_id, "w.bin", cache_dir=tmp_path)
     assert first == second
-    assert [(r.method, r.path) for r in hub.requests()] == [("HEAD", f"/{repo_id}/resolve/main/w.bin")]
+    # (filtered on the repo: Space processes of other tests may share the session's emulator)
+    assert [(r.method, r.path) for r in hub.requests(path_regex=repo_id)] == [
+        ("HEAD", f"/{repo_id}/resolve/main/w.bin")
+    ]
+    assert {k: n for k, n in hub.request_counts().items() if repo_id in k[1]} == {
+        ("HEAD", f"/{repo_id}/resolve/main/w.bin"): 1
+    }
     # a new commit changes the etag and commit: the next download fetches the new content
     alice.upload_file(path_or_fileobj=b"weights v2", path_in_repo="w.bin", repo_id=repo_id)
     assert Path(hf_hub_download(repo_id, "w.bin", cache_dir=tmp_path)).read_bytes() == b"weights v2"
@@ -267,9 +273,9 @@ def test_faults_observed_by_the_client(hub: FakeHub, alice: HfApi) -> None:
     assert err.value.response.status_code == 429 and err.value.response.headers["Retry-After"] == "7"
     repo_id = f"alice/{unique()}"
     alice.create_repo(repo_id)  # the fault was used up
-    hub.inject_fault("GET", r"^/api/whoami-v2$", delay_s=0.4)
+    hub.inject_fault("GET", rf"^/api/models/{repo_id}$", delay_s=0.4)
     started = time.monotonic()
-    assert alice.whoami()["name"] == "alice"
+    assert alice.model_info(repo_id).id == repo_id
     assert time.monotonic() - started >= 0.4
     hub.inject_fault("*", r"/api/models/.*/commit/", status=503, count=2)
     for _ in range(2):
@@ -294,15 +300,17 @@ def test_land_then_fail_applies_the_commit(hub: FakeHub, alice: HfApi) -> None:
 
 
 def test_http_control_endpoints(hub: FakeHub, alice: HfApi) -> None:
-    fault = {"method": "GET", "path_regex": "^/api/whoami-v2$", "status": 502, "count": 1}
+    repo_id = f"alice/{unique()}"
+    alice.create_repo(repo_id)
+    fault = {"method": "GET", "path_regex": f"^/api/models/{repo_id}$", "status": 502, "retry_after": 3}
     req = urllib.request.Request(f"{hub.url}/_emu/faults", data=json.dumps(fault).encode(), method="POST")
-    urllib.request.urlopen(req).read()
+    assert json.loads(urllib.request.urlopen(req).read())[-1]["headers"] == {"Retry-After": "3"}
     with pytest.raises(HfHubHTTPError) as err:
-        alice.whoami()
-    assert err.value.response.status_code == 502
-    alice.whoami()
-    log = json.loads(urllib.request.urlopen(f"{hub.url}/_emu/requests?method=GET&path_regex=whoami").read())
-    assert [r["status"] for r in log][-2:] == [502, 200]
+        alice.model_info(repo_id)
+    assert err.value.response.status_code == 502 and err.value.response.headers["Retry-After"] == "3"
+    alice.model_info(repo_id)
+    log = json.loads(urllib.request.urlopen(f"{hub.url}/_emu/requests?method=GET&path_regex={repo_id}").read())
+    assert [(r["path"], r["status"]) for r in log] == [(f"/api/models/{repo_id}", 502), (f"/api/models/{repo_id}", 200)]
 
 
 def test_restart_on_the_same_root_keeps_repos_and_commits(tmp_path: Path) -> None:

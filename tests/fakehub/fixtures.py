@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -62,6 +63,10 @@ class FakeHub:
     def requests(self, method: str | None = None, path_regex: str | None = None) -> list[RequestRecord]:
         """Requests served so far (``/_emu/`` excluded), optionally filtered by method and path regex."""
         return self.emulator.faults.requests(method, path_regex)
+
+    def request_counts(self) -> Counter[tuple[str, str]]:
+        """How many requests were served per ``(method, raw path)``."""
+        return Counter((r.method, r.path) for r in self.requests())
 
     def clear_requests(self) -> None:
         self.emulator.faults.clear_requests()

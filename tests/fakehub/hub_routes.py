@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 
 from tests.fakehub.auth import User
 from tests.fakehub.messages import HttpError, Request, Response
+from tests.fakehub.space_host import SpaceHost
 from tests.fakehub.storage import REPO_TYPES, Commit, Operation, Repo, Storage, StoreError
 
 TYPE_BY_PLURAL = {f"{t}s": t for t in REPO_TYPES}
@@ -30,7 +31,7 @@ def repo_not_found(user: User | None, *, exists: bool) -> HttpError:
 class HubRoutes:
     """Handlers for the repository part of the Hub API. ``spaces`` receives Space life-cycle events."""
 
-    def __init__(self, storage: Storage, spaces, tree_page_size: int = 1000) -> None:
+    def __init__(self, storage: Storage, spaces: SpaceHost, tree_page_size: int = 1000) -> None:
         self.storage = storage
         self.spaces = spaces
         self.tree_page_size = tree_page_size

@@ -196,13 +196,11 @@ class Storage:
             repo = self.get_repo(repo_type, repo_id)
             if repo is None:
                 raise StoreError(404, "RepoNotFound", "Repository not found")
+            if commit_id is None and branch == "main":
+                raise StoreError(403, None, "Cannot delete the main branch")
             if commit_id is None:
-                if branch == "main" or repo.branches.pop(branch, None) is None:
-                    raise StoreError(
-                        404 if branch != "main" else 403,
-                        "RevisionNotFound" if branch != "main" else None,
-                        f"Cannot delete branch {branch}",
-                    )
+                if repo.branches.pop(branch, None) is None:
+                    raise StoreError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
             elif branch in repo.branches:
                 raise StoreError(409, None, f"Branch {branch} already exists")
             else:
