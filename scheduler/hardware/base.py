@@ -46,3 +46,7 @@ class HardwareController(ABC):
     @abstractmethod
     def release(self) -> str:
         """Go back to idle hardware (retried; pauses the Space as a last resort). Returns what was done."""
+
+
+class HardwareUnavailable(Exception):
+    """The Hub could not be reached (or kept failing) for a hardware call, after bounded retries."""

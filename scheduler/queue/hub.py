@@ -153,6 +153,13 @@ class HubQueue(DocumentQueue):
 
     # --- writing ---------------------------------------------------------------------------------------------
 
+    def ensure_repo(self) -> None:
+        """Create the private dataset repo if it does not exist yet (one request; retried on transient errors).
+
+        Raises QueueUnavailable with a fix when the token cannot create or reach it."""
+        self._repo_ready = False
+        self._ensure_repo()
+
     def _ensure_repo(self) -> None:
         if self._repo_ready:
             return
