@@ -260,3 +260,24 @@ def test_space_logs_endpoint_streams_the_container_output(hub: FakeHub, alice: H
         assert any(f"SPACE_ID={repo_id}" in line for line in lines)
     finally:
         hub.stop_space(repo_id)
+
+
+def test_timeline_events_are_recorded_at_their_own_time_even_when_read_late() -> None:
+    from tests.fakehub.spaces import SpaceState
+
+    state = SpaceState("alice/s", requested="cpu-basic", switch_delay_s=2.0, app_start_s=1.0)
+    state._build(0.0)
+    state.note(0.0)
+    state.advance(10.0)  # first look after 10 s (as SpaceBook.update does before each change)
+    state.request_hardware("t4-small", 30, now=10.0)
+    state.advance(100.0)  # next look after 90 s
+    periods = [(p.hardware, p.stage, p.started_at, p.ended_at) for p in state.ledger]
+    assert periods == [
+        (None, "BUILDING", 0.0, 2.0),
+        ("cpu-basic", "APP_STARTING", 2.0, 3.0),
+        ("cpu-basic", "RUNNING", 3.0, 10.0),
+        ("cpu-basic", "RUNNING_BUILDING", 10.0, 12.0),
+        ("t4-small", "APP_STARTING", 12.0, 13.0),
+        ("t4-small", "RUNNING", 13.0, 42.0),  # asleep 30 s after the container started
+        (None, "SLEEPING", 42.0, None),
+    ]

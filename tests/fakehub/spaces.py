@@ -99,6 +99,7 @@ class SpaceState:
         if last is not None and (last.hardware, last.stage, last.container) == key:
             return
         if last is not None:
+            now = max(now, last.started_at)
             last.ended_at = now
         self.ledger.append(Period(self.current, self.stage, now, None, self.container))
 
@@ -118,22 +119,26 @@ class SpaceState:
     def _key(self) -> tuple:
         return (self.stage, self.current, self.container, self.switch_at, self.running_at)
 
+    def _next_event(self) -> float | None:
+        """When the timeline moves next on its own (switch done, app started, falling asleep)."""
+        times = [t for t in (self.switch_at, self.running_at) if t is not None]
+        if self.stage == "RUNNING" and self.sleep_time is not None and self.sleep_time > 0:
+            times.append(self.last_request_at + self.sleep_time)
+        return min(times) if times else None
+
     def advance(self, now: float) -> bool:
-        """Move along the timeline up to ``now``; True when anything changed."""
+        """Play the timeline's events up to ``now``, each at its own time; True when anything changed."""
         before = self._key()
-        if self.switch_at is not None and now >= self.switch_at:
-            self.current, self.switch_at = self.requested, None
-            self.stage = "APP_STARTING"
-            self._new_container(now)
-        if self.running_at is not None and now >= self.running_at:
-            self.stage, self.running_at = "RUNNING", None
-        if (
-            self.stage == "RUNNING"
-            and self.sleep_time is not None
-            and self.sleep_time > 0
-            and now - self.last_request_at >= self.sleep_time
-        ):
-            self.stage, self.current = "SLEEPING", None
+        while (at := self._next_event()) is not None and at <= now:
+            if self.switch_at == at:
+                self.current, self.switch_at = self.requested, None
+                self.stage = "APP_STARTING"
+                self._new_container(at)
+            elif self.running_at == at:
+                self.stage, self.running_at = "RUNNING", None
+            else:
+                self.stage, self.current = "SLEEPING", None
+            self.note(at)
         self.note(now)
         return self._key() != before
 
