@@ -65,28 +65,30 @@ class App:
         self.demo.close()
 
 
+TOKEN_TITLES = {
+    "missing": "The HF_TOKEN secret is missing",
+    "invalid": "The HF_TOKEN secret is not accepted by the Hub",
+    "read_only": "The HF_TOKEN secret is a read-only token",
+    "oauth": "The HF_TOKEN secret is an OAuth token",
+    "unreachable": "The Hub could not be reached",
+}
+
+
 def diagnose(settings: Settings, api: HfApi) -> list[SetupProblem]:
-    """What stops the Space from working: token missing, read-only or OAuth-type, Space not owned by it."""
+    """What stops the Space from working: token missing, invalid, read-only or OAuth-type; Space not owned by it."""
     from scheduler.diagnostics import check_space_ownership, diagnose_token
 
     if not settings.hf_token:
-        return [SetupProblem("The HF_TOKEN secret is missing", "The app has no token to reach the Hub.", TOKEN_HELP)]
-    problems = []
-    token_problem = diagnose_token(api)
-    if token_problem:
-        problems.append(SetupProblem("The HF_TOKEN secret cannot be used", token_problem, TOKEN_HELP))
-    else:
-        owner_problem = check_space_ownership(api, settings)
-        if owner_problem:
-            problems.append(
-                SetupProblem(
-                    "The token does not belong to this Space's owner",
-                    owner_problem,
-                    "Use a token of the account that owns this Space (or a token with write access to its "
-                    "organization), saved as the `HF_TOKEN` secret.",
-                )
-            )
-    return problems
+        return [SetupProblem(TOKEN_TITLES["missing"], "The app has no token to reach the Hub.", TOKEN_HELP)]
+    problem = diagnose_token(api)
+    if problem is not None:
+        fix = TOKEN_HELP if problem.kind != "unreachable" else problem.fix
+        return [SetupProblem(TOKEN_TITLES.get(problem.kind, "The HF_TOKEN secret cannot be used"), problem.message, fix)]
+    owner_problem = check_space_ownership(api, settings)
+    if owner_problem:
+        fix = "Save a write token of the account (or organization) that owns this Space as the `HF_TOKEN` secret."
+        return [SetupProblem("The token does not belong to this Space's owner", owner_problem, fix)]
+    return []
 
 
 def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: dict[str, Any] | None = None) -> App:

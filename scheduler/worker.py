@@ -45,6 +45,7 @@ ERROR_TAIL_LINES = 15
 LOSS_HISTORY = 2000
 SAMPLES_KEPT = 8
 REFUSAL_BACKOFF_S = 15 * 60
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m training`` finds the package
 
 
 @dataclass
@@ -199,6 +200,7 @@ class Worker:
         python: str = sys.executable,
         heartbeat_s: float | None = None,
         kill_grace_s: float = 10.0,
+        recipes_modules: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -210,6 +212,7 @@ class Worker:
         # Renew well before the lease expires, but never more often than every 30 s (Hub commits cost).
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(30.0, min(lease_s / 3, 300.0))
         self.kill_grace_s = kill_grace_s
+        self.recipes_modules = tuple(recipes_modules)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -401,10 +404,13 @@ class Worker:
         checkpoint = None
         if not self.settings.local and self.settings.queue_repo:
             checkpoint = {"repo_id": self.settings.queue_repo, "repo_type": "dataset", "path": f"checkpoints/{task.id}"}
+        base_model = task.base_model
+        if base_model.startswith(".") and Path(base_model).exists():
+            base_model = str(Path(base_model).resolve())  # the trainer runs in another folder
         return {
             "task_id": task.id,
             "recipe": task.recipe,
-            "base_model": task.base_model,
+            "base_model": base_model,
             "instance_prompt": task.instance_prompt,
             "class_prompt": task.class_prompt,
             "images": str(images),
@@ -416,6 +422,8 @@ class Worker:
     def trainer_command(self, spec_path: Path, workdir: Path, events: Path) -> list[str]:
         """``python -m training ...``, under ``accelerate launch`` when the current flavor has several GPUs."""
         args = ["-m", "training", "--task", str(spec_path), "--workdir", str(workdir), "--progress", str(events)]
+        for module in self.recipes_modules:
+            args += ["--recipes-module", module]
         hw = self._hw_state
         gpus = FLAVORS[hw.current].gpus if hw and hw.current in FLAVORS else 0
         if gpus > 1 and hw is not None and hw.gpu_visible:
@@ -425,10 +433,10 @@ class Worker:
 
     def train(self, task: Task) -> TrainOutcome:
         """Run the trainer for a claimed task under the watchdog and return how it ended."""
-        workdir = Path(self.settings.data_dir) / "runs" / task.id
+        workdir = (Path(self.settings.data_dir) / "runs" / task.id).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         self.status.update(phase="downloading", message="Fetching the training images")
-        images = self.queue.fetch_images(task, workdir / "images")
+        images = Path(self.queue.fetch_images(task, workdir / "images")).resolve()
         spec_path = workdir / "task.json"
         spec_path.write_text(json.dumps(self.task_spec(task, images), indent=2))
         events_path = workdir / f"events-{task.attempts}.jsonl"
@@ -437,7 +445,9 @@ class Worker:
         log.info("starting trainer for %s: %s", task.id, " ".join(cmd))
         self.status.update(phase="starting trainer", message=f"Training task {task.id}")
         with open(log_path, "ab") as logf:
-            self._proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self._supervise(task, self._proc, EventReader(events_path), log_path)
 
     def _supervise(self, task: Task, proc: subprocess.Popen, reader: EventReader, log_path: Path) -> TrainOutcome:

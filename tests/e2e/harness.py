@@ -1,0 +1,136 @@
+"""Helpers of the browser tests: Debian's Chromium through Playwright, the app as a subprocess, screenshots."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.conftest import need
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "app.py"
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = ROOT / "tests" / "artifacts" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> float:
+    """Poll ``url`` until it answers 200; returns the seconds waited. Fails early when ``proc`` died."""
+    start = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the app exited with {proc.returncode}:\n{_tail(log)}")
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{url} not served after {timeout}s:\n{_tail(log)}")
+        time.sleep(0.2)
+
+
+def _tail(log: Path | None, n: int = 40) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+
+
+def app_env(**extra: str) -> dict[str, str]:
+    """The test process's environment without Hub identity or Space variables, plus ``extra``."""
+    drop = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SYSTEM", "ACCELERATOR")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("SPACE_", "PYTEST_"))}
+    env.update(PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False")
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def run_app(cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``python app.py`` in ``cwd`` (its own process group), stopped afterwards."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, str(APP)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        yield proc
+    finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def browser() -> Iterator[object]:
+    """A headless Debian Chromium (skips, or fails under CI, when it or Playwright is missing)."""
+    need(CHROMIUM.exists(), "Debian's Chromium (/usr/bin/chromium) is not installed")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "playwright is not installed")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def shot(page, name: str) -> Path:
+    """Save a full-page screenshot under tests/artifacts/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def fill_form(page, images: list[Path], prompt: str, steps: int, resolution: int = 256) -> None:
+    """Upload photos and fill the training form (waits for the upload handler before editing the steps)."""
+    from playwright.sync_api import expect
+
+    from ui.estimate import auto_steps
+
+    page.locator("input[type=file]").first.set_input_files([str(p) for p in images])
+    steps_box = page.get_by_label("Steps (auto from the photo count; editable)")
+    expect(steps_box).to_have_value(str(auto_steps(len(images))), timeout=30_000)
+    page.get_by_label("Instance prompt").fill(prompt)
+    page.get_by_label("Instance prompt").blur()
+    steps_box.fill(str(steps))
+    steps_box.blur()
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Resolution (px)").click()
+    page.get_by_role("option", name=str(resolution), exact=True).click()

@@ -1,0 +1,179 @@
+"""The worker against LocalQueue + LocalHardware, running the real trainer subprocess.
+
+The happy path and the input failure train/load the tiny model for real; the watchdog tests (deadline, cancel,
+lease renewal) use the stand-in recipes of ``tests/test_worker_recipes.py`` because a tiny model trains too fast to
+hang or to be cancelled half-way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from scheduler.hardware import make_hardware
+from scheduler.hardware.base import HardwareState
+from scheduler.queue import make_queue
+from scheduler.settings import load_settings
+from scheduler.task import Task, TaskStatus
+from scheduler.worker import EventReader, Worker
+from tests.tiny_models import make_images
+
+TEST_RECIPES = "tests.test_worker_recipes"
+
+
+@pytest.fixture
+def local(tmp_path):
+    """Settings, queue and worker of a local-mode app in ``tmp_path``."""
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data"), "POLL_INTERVAL_S": "0.2", "LEASE_S": "30"})
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, make_hardware(settings), recipes_modules=(TEST_RECIPES,), heartbeat_s=0.5,
+                    kill_grace_s=2.0)  # fmt: skip
+    images = make_images(tmp_path / "photos", 3)
+    yield settings, queue, worker, images
+    worker.stop()
+
+
+def new_task(base_model: str, recipe: str = "dreambooth-lora", steps: int = 4, **kw) -> Task:
+    params = {"steps": steps, "resolution": 64, "learning_rate": 1e-4}
+    if recipe == "dreambooth-lora":
+        params.update(rank=4, validation_prompts=["a photo of sks dog"], checkpoint_every=2)
+    return Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model=base_model, recipe=recipe,
+                params=params, **kw)  # fmt: skip
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_trains_a_task_to_done_with_progress_and_samples(local, tiny_sd):
+    settings, queue, worker, images = local
+    task = queue.enqueue(new_task(str(tiny_sd)), images)
+
+    action, requests = worker.step()
+
+    assert action.kind.value == "claim_and_train"
+    done = queue.get(task.id)
+    assert done.status is TaskStatus.DONE, done.last_error
+    assert done.attempts == 1 and done.finished_at is not None
+    out = Path(done.result_url)
+    assert out.is_dir() and any(out.glob("*.safetensors")) and (out / "README.md").is_file()
+    status = worker.status.snapshot()
+    assert status.phase == "done" and status.task_id == task.id
+    assert (status.step, status.total) == (4, 4)
+    assert [s for s, _ in status.loss_history] == [1, 2, 3, 4]
+    assert status.samples and all(Path(p).is_file() for p in status.samples)
+    assert status.log_tail, "the trainer's log tail is shown"
+
+
+def test_trainer_error_marks_the_task_failed_with_the_log_tail(local, tmp_path):
+    settings, queue, worker, images = local
+    task = queue.enqueue(new_task(str(tmp_path / "no-such-model")), images)
+
+    worker.step()
+
+    failed = queue.get(task.id)
+    assert failed.status is TaskStatus.FAILED
+    assert "no-such-model" in failed.last_error  # the trainer's own message reaches the queue
+    assert worker.status.snapshot().phase == "failed"
+
+
+def test_deadline_kills_the_whole_process_group(local, tmp_path):
+    settings, queue, worker, images = local
+    task = queue.enqueue(new_task("unused", recipe="test-hang", deadline_s=4.0), images)
+
+    started = time.monotonic()
+    worker.step()
+
+    failed = queue.get(task.id)
+    assert failed.status is TaskStatus.FAILED
+    assert "deadline" in failed.last_error
+    assert time.monotonic() - started < 20
+    pids = (settings.data_dir / "runs" / task.id / "work" / "pids.txt").read_text().split()
+    wait_until(lambda: not any(alive(int(p)) for p in pids), 5, "trainer and its child to die")
+
+
+def test_cancel_stops_the_trainer_and_heartbeats_renew_the_lease(local):
+    settings, queue, worker, images = local
+    task = queue.enqueue(new_task("unused", recipe="test-slow", steps=300), images)
+    worker.start()
+
+    wait_until(lambda: queue.get(task.id).progress.get("step", 0) >= 3, 30, "a heartbeat with progress")
+    running = queue.get(task.id)
+    assert running.status is TaskStatus.RUNNING and running.lease.holder == worker.worker_id
+    first_expiry = running.lease.expires_at
+    wait_until(lambda: queue.get(task.id).lease.expires_at > first_expiry, 5, "the lease to be renewed")
+    proc = worker._proc
+    assert proc is not None and proc.poll() is None
+
+    queue.cancel(task.id)
+
+    wait_until(lambda: proc.poll() is not None, 10, "the trainer to stop after cancel")
+    wait_until(lambda: worker.status.snapshot().phase in ("stopped", "idle"), 5, "the worker to go idle")
+    assert queue.get(task.id).status is TaskStatus.CANCELLED
+    assert worker.status.snapshot().step < 300
+
+
+def test_drains_every_runnable_task(local):
+    settings, queue, worker, images = local
+    first = queue.enqueue(new_task("unused", recipe="test-slow", steps=3), images)
+    second = queue.enqueue(new_task("unused", recipe="test-slow", steps=3), images)
+    worker.start()
+
+    wait_until(lambda: all(queue.get(t.id).status.terminal for t in (first, second)), 60, "both tasks to finish")
+    assert [queue.get(t.id).status for t in (first, second)] == [TaskStatus.DONE, TaskStatus.DONE]
+    assert queue.get(first.id).finished_at <= queue.get(second.id).started_at
+
+
+def test_multi_gpu_flavors_launch_one_process_per_gpu(local, tmp_path):
+    settings, queue, worker, images = local
+    worker._hw_state = HardwareState("l4x4", "l4x4", "RUNNING", "l4x4", True)
+    cmd = worker.trainer_command(tmp_path / "t.json", tmp_path / "w", tmp_path / "e.jsonl")
+    assert cmd[1:7] == ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "4", "-m"]
+    assert cmd[7] == "training"
+    worker._hw_state = HardwareState("t4-small", "t4-small", "RUNNING", "t4-small", True)
+    assert worker.trainer_command(tmp_path / "t.json", tmp_path / "w", tmp_path / "e.jsonl")[1:3] == ["-m", "training"]
+
+
+def test_event_reader_keeps_a_partial_last_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    reader = EventReader(path)
+    assert reader.read_new() == []
+    path.write_text('{"event": "step", "step": 1}\n{"event": "st')
+    assert reader.read_new() == [{"event": "step", "step": 1}]
+    with open(path, "a") as f:
+        f.write('ep", "step": 2}\nnot json\n')
+    assert reader.read_new() == [{"event": "step", "step": 2}]
+
+
+def test_status_snapshots_are_copies_safe_across_threads(local):
+    settings, queue, worker, images = local
+    status = worker.status
+
+    def writer():
+        for i in range(500):
+            status.record_step({"step": i, "total": 500, "loss": 0.5})
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while t.is_alive():
+        snap = status.snapshot()
+        assert len(snap.loss_history) <= 500
+    t.join()
+    snap = status.snapshot()
+    snap.loss_history.clear()
+    assert len(status.snapshot().loss_history) == 500
