@@ -18,7 +18,7 @@ Every change: read ``queue.json`` at the head commit, edit it, ``create_commit(p
 - Enqueue puts the images and the task into the same commit (both or neither); task ids come from the client,
   so a repeated enqueue is recognised.
 
-Requests (measured against the emulator, see tests/scheduler/test_hub_reliability.py): an unchanged read costs
+Requests (measured against the emulator, see tests/scheduler/test_queue_reliability.py::test_hub_requests_per_operation): an unchanged read costs
 1 request (HEAD); a write costs 1 HEAD + 1 preupload + 1 commit when this process holds the latest state.
 """
 
