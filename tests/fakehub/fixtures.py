@@ -87,11 +87,13 @@ class FakeHub:
         variables: dict[str, str] | None = None,
         private: bool = False,
         stop_grace_s: float = 2.0,
+        hardware_env: dict[str, dict[str, str]] | None = None,
     ) -> None:
         """Create a Space repo owned by ``owner_token``'s user; with ``command``, run it as the Space.
 
         The Space builds for ``switch_delay_s`` (as every later hardware switch does), then its container starts
-        (APP_STARTING for ``app_start_s``, default half the switch delay) and it is RUNNING.
+        (APP_STARTING for ``app_start_s``, default half the switch delay) and it is RUNNING. ``env`` is added to
+        the Space's environment, and ``hardware_env[flavor]`` too on that flavor (e.g. to fake a visible GPU).
         """
         user = self.emulator.users.by_token(owner_token)
         if user is None:
@@ -101,7 +103,8 @@ class FakeHub:
         self.emulator.storage.create_repo("space", repo_id, private=private, owner=user.name, sdk="gradio")
         if command is not None:
             self.emulator.spaces.attach(
-                repo_id, SpaceCommand(list(command), Path(cwd or "."), dict(env or {}), stop_grace_s)
+                repo_id,
+                SpaceCommand(list(command), Path(cwd or "."), dict(env or {}), stop_grace_s, dict(hardware_env or {})),
             )
         self.emulator.spaces.create(
             repo_id,

@@ -19,12 +19,17 @@ _NOT_INHERITED = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "SYSTEM", "ACCELERATOR",
 
 @dataclass
 class SpaceCommand:
-    """What to run as the Space: ``command`` in ``cwd`` with ``env`` added on top of the Space's own env."""
+    """What to run as the Space: ``command`` in ``cwd`` with ``env`` added on top of the Space's own env, and
+    ``hardware_env[flavor]`` on top of that when the container runs on ``flavor``."""
 
     command: list[str]
     cwd: Path
     env: dict[str, str] = field(default_factory=dict)
     stop_grace_s: float = 2.0
+    hardware_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def env_for(self, flavor: str | None) -> dict[str, str]:
+        return {**self.env, **self.hardware_env.get(flavor or "", {})}
 
 
 def space_env(state: SpaceState, endpoint: str, owner_id: str, home: Path, extra: dict[str, str]) -> dict[str, str]:

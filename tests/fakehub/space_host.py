@@ -99,6 +99,7 @@ class SpaceHost:
             home = self.root / "space-homes" / repo_id.replace("/", "--")
             owner_id = self.owner_ids(repo_id.split("/")[0])
             container, env = self.book.peek(
-                repo_id, lambda s: (s.container, space_env(s, self.endpoint, owner_id, home, runner.spec.env))
+                repo_id,
+                lambda s: (s.container, space_env(s, self.endpoint, owner_id, home, runner.spec.env_for(s.current))),
             )
             runner.start(container, env)
