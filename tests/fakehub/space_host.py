@@ -98,8 +98,13 @@ class SpaceHost:
         if wanted and runner.container != container:
             home = self.root / "space-homes" / repo_id.replace("/", "--")
             owner_id = self.owner_ids(repo_id.split("/")[0])
-            container, env = self.book.peek(
+            wanted, container, env = self.book.peek(
                 repo_id,
-                lambda s: (s.container, space_env(s, self.endpoint, owner_id, home, runner.spec.env_for(s.current))),
+                lambda s: (
+                    s.container_wanted,
+                    s.container,
+                    space_env(s, self.endpoint, owner_id, home, runner.spec.env_for(s.current)),
+                ),
             )
-            runner.start(container, env)
+            if wanted:  # still, after the stop above (which may have taken the grace period)
+                runner.start(container, env)
