@@ -14,6 +14,7 @@ from training.trainer import DreamBoothRecipe
 class DreamBoothFull(DreamBoothRecipe):
     """Classic DreamBooth: every UNet weight trains (fp32 master weights under mixed precision)."""
 
+    checkpoint_family = "dreambooth-full"
     default_learning_rate = 5e-6
     steps_per_image, min_steps, max_steps = 200, 400, 4000
     trains_unet_fully = True

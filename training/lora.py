@@ -22,6 +22,7 @@ class DreamBoothLoRA(DreamBoothRecipe):
     """DreamBooth with LoRA (rank ``params.rank``, alpha ``params.alpha`` or the rank). Frozen weights stay in the
     mixed-precision dtype; the adapters train in fp32."""
 
+    checkpoint_family = "dreambooth-lora"
     default_learning_rate = 1e-4
     steps_per_image, min_steps, max_steps = 150, 500, 2400
 
@@ -37,9 +38,8 @@ class DreamBoothLoRA(DreamBoothRecipe):
         modules: dict[str, torch.nn.Module] = {"unet": comps.unet}
         if p.train_text_encoder:
             for name, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True):
-                te.add_adapter(
-                    LoraConfig(r=p.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
-                )
+                cfg = LoraConfig(r=p.rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=TEXT_TARGETS)
+                add_text_encoder_adapter(te, cfg)
                 modules[name] = te
         cast_training_params(list(modules.values()), dtype=torch.float32)
         return modules
@@ -64,6 +64,17 @@ class DreamBoothLoRA(DreamBoothRecipe):
         return [WEIGHTS_NAME, KOHYA_NAME]
 
 
+def add_text_encoder_adapter(text_encoder: torch.nn.Module, config) -> None:
+    """Inject LoRA layers into a transformers text encoder with peft directly.
+
+    (``PreTrainedModel.add_adapter`` of transformers 5 insists on peft >= 0.22; this works with older peft too.)
+    """
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, text_encoder, adapter_name="default")
+    text_encoder.peft_config = {"default": config}
+
+
 def write_kohya_copy(diffusers_file: Path, kohya_file: Path) -> None:
     """Convert a diffusers-format LoRA file to the kohya/A1111 layout (``lora_unet_...lora_down.weight``, alphas)."""
     from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
@@ -71,4 +82,17 @@ def write_kohya_copy(diffusers_file: Path, kohya_file: Path) -> None:
 
     sd = load_file(str(diffusers_file))
     kohya = convert_state_dict_to_kohya(convert_all_state_dict_to_peft(sd))
-    save_file({k: v.contiguous() for k, v in kohya.items()}, str(kohya_file))
+    sdxl = any(k.startswith("lora_te2_") for k in kohya)
+    save_file({_a1111_text_key(k, sdxl): v.contiguous() for k, v in kohya.items()}, str(kohya_file))
+
+
+def _a1111_text_key(key: str, sdxl: bool) -> str:
+    """A1111/ComfyUI text-encoder names: ``lora_te_text_model_...`` (SD 1.x/2.x), ``lora_te1_/lora_te2_text_model_``
+    (SDXL). transformers 5 dropped the ``text_model`` level from CLIPTextModel's parameter names; put it back."""
+    for prefix in ("lora_te1_", "lora_te2_"):
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if not rest.startswith("text_model_"):
+                rest = "text_model_" + rest
+            return f"{prefix if sdxl else 'lora_te_'}{rest}"
+    return key

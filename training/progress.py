@@ -58,7 +58,7 @@ class Progress:
             return
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, initial=initial, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(total=total, initial=initial, desc="training", unit="step", file=sys.stderr)
 
     def advance_bar(self, n: int = 1, **postfix: Any) -> None:
         if self._bar is not None:

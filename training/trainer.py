@@ -14,11 +14,9 @@ and the optimizer / LR-scheduler / grad-scaler states.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +86,8 @@ class DreamBoothRecipe(Recipe):
     default_learning_rate = 1e-4
     steps_per_image, min_steps, max_steps = 150, 500, 2400
     trains_unet_fully = False
+    #: checkpoints resume across recipes of the same family (e.g. a subclass adding hooks); set by subclasses
+    checkpoint_family = "dreambooth"
 
     # ---- hooks for subclasses -------------------------------------------------------------------------------------
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
@@ -282,8 +282,8 @@ class DreamBoothRecipe(Recipe):
             from training.card import write_model_card
 
             write_model_card(ctx, self, comps)
-        if p.checkpoint_every or spec.checkpoint is not None:
-            self._checkpoint(ctx, steps, named, optimizer, lr_sched, acc, upload=False)
+        if p.checkpoint_every or spec.checkpoint is not None or spec.output is not None:
+            self._checkpoint(ctx, steps, named, optimizer, lr_sched, acc)
         acc.wait_for_everyone()
 
     # ---- pieces ----------------------------------------------------------------------------------------------------
@@ -424,9 +424,10 @@ class DreamBoothRecipe(Recipe):
             self.sample_paths = getattr(self, "sample_paths", {})
             self.sample_paths.update({prompt: path for prompt, path in zip(p.validation_prompts, paths, strict=True)})
         acc.wait_for_everyone()
-        ctx.progress.phase("training") if step < self.steps else None
+        if step < self.steps:
+            ctx.progress.phase("training")
 
-    def _checkpoint(self, ctx, step, named, optimizer, lr_sched, acc, upload: bool = True) -> None:
+    def _checkpoint(self, ctx, step, named, optimizer, lr_sched, acc) -> None:
         acc.wait_for_everyone()
         if acc.is_main_process:
             weights = {n: t.detach() for n, t in named}
@@ -447,7 +448,7 @@ class DreamBoothRecipe(Recipe):
 
     def _fingerprint(self, ctx: RunContext) -> str:
         p = ctx.spec.params
-        parts = (self.name, ctx.spec.base_model, ctx.spec.instance_prompt, p.rank, p.alpha, p.seed, p.batch_size,
+        parts = (self.checkpoint_family, ctx.spec.base_model, ctx.spec.instance_prompt, p.rank, p.alpha, p.seed, p.batch_size,
                  p.train_text_encoder, p.prior_preservation, self.steps, self.resolution)  # fmt: skip
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
@@ -550,5 +551,3 @@ def _free_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-
-_ = (contextlib, math)
