@@ -350,7 +350,7 @@ def test_two_processes_agree_with_one_process_of_double_batch(tiny_sd, images, t
     fields = dict(base_model=str(tiny_sd), images=str(images), params={"steps": 4, "learning_rate": 1e-3})
     task = write_task(tmp_path / "t2.json", **fields)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "training", "--task", str(task), "--workdir", str(tmp_path / "two"),
            "--progress", str(tmp_path / "two.jsonl")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

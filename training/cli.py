@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from training.recipes import get_recipe, load_recipe_modules
     from training.spec import TrainSpec
 
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs means gloo processes
     bar = {"auto": None, "on": True, "off": False}[args.progress_bar]
     progress = Progress(args.progress, enabled=state.is_main_process, bar=bar)
     workdir = Path(args.workdir).resolve()

@@ -110,9 +110,9 @@ class DreamBoothRecipe(Recipe):
         ensure_dirs(ctx)
         from accelerate import PartialState
 
-        device = PartialState().device
+        device = PartialState(cpu=not torch.cuda.is_available()).device
         mp = resolve_mixed_precision(p.mixed_precision, device)
-        acc = Accelerator(mixed_precision=mp)
+        acc = Accelerator(mixed_precision=mp, cpu=device.type == "cpu")
         self.acc = acc
         wdtype = weight_dtype_for(mp)
 
