@@ -346,8 +346,12 @@ def test_cli_on_a_terminal_shows_a_progress_bar(tiny_sd, images, tmp_path):
 # ---------------------------------------------------------------- two processes
 @pytest.mark.slow
 def test_two_processes_agree_with_one_process_of_double_batch(tiny_sd, images, tmp_path):
-    """torchrun with 2 CPU processes (gloo), batch 1 each == one process with batch 2 (same samples, same math)."""
-    fields = dict(base_model=str(tiny_sd), images=str(images), params={"steps": 4, "learning_rate": 1e-3})
+    """torchrun with 2 CPU processes (gloo), batch 1 each == one process with batch 2 (same samples, same math).
+
+    With text-encoder LoRA and prior preservation (user-supplied class images), so several modules are distributed.
+    """
+    fields = dict(base_model=str(tiny_sd), images=str(images), class_prompt="a photo of a dog", class_images=str(images),
+                  params={"steps": 4, "learning_rate": 1e-3, "train_text_encoder": True, "prior_preservation": True})  # fmt: skip
     task = write_task(tmp_path / "t2.json", **fields)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

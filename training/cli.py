@@ -40,14 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run a task; return the exit code."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import torch
     from accelerate import PartialState
 
     from training.progress import Progress
     from training.recipe_base import RunContext
     from training.recipes import get_recipe, load_recipe_modules
     from training.spec import TrainSpec
-
-    import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs means gloo processes
     bar = {"auto": None, "on": True, "off": False}[args.progress_bar]

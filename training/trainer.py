@@ -231,7 +231,7 @@ class DreamBoothRecipe(Recipe):
                         "text_embeds": pooled,
                         "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
                     }
-                pred = unet(noisy.to(wdtype), timesteps, embeds, **kwargs).sample
+                pred = unet(noisy.to(comps.unet.dtype), timesteps, embeds, **kwargs).sample
             if comps.prediction_type == "v_prediction":
                 target = sched.get_velocity(latents, noise, timesteps)
             else:
@@ -264,7 +264,8 @@ class DreamBoothRecipe(Recipe):
                 loss_sum.zero_()
                 loss_n, t_last, s_last = 0, now, done
                 self.last_loss = mean_loss
-            prog.advance_bar(1, loss=f"{loss.item():.4f}" if prog.bar_enabled else None)
+                prog.advance_bar(0, loss=f"{mean_loss:.4f}")
+            prog.advance_bar(1)
             if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
                 self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
             if p.validation_prompts and p.validation_every and done % p.validation_every == 0 and done < steps:
@@ -322,18 +323,17 @@ class DreamBoothRecipe(Recipe):
         return TextCond(ids, embeds.detach(), None if pooled is None else pooled.detach())
 
     def _conditioning(self, comps, wrapped, inst: TextCond, cls: TextCond | None, bs: int, device, train_te: bool):
+        """Prompt embeddings for the batch: instance block then class block, each repeated ``bs`` times."""
         conds = [inst] + ([cls] if cls is not None else [])
-        embeds, pooled = [], []
-        for c in conds:
-            if train_te:
-                encs = [wrapped.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
-                e, pl = _encode_with(comps, encs, c.token_ids)
-            else:
-                e, pl = c.embeds, c.pooled
-            embeds.append(e.expand(bs, -1, -1))
-            if pl is not None:
-                pooled.append(pl.expand(bs, -1))
-        return torch.cat(embeds).to(device), (torch.cat(pooled).to(device) if pooled else None)
+        if train_te:  # one forward per encoder for all prompts (a DDP module may run only once per step)
+            encs = [wrapped.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
+            ids = [torch.cat([c.token_ids[i] for c in conds]) for i in range(len(encs))]
+            e, pl = _encode_with(comps, encs, ids)
+        else:
+            e = torch.cat([c.embeds for c in conds])
+            pl = torch.cat([c.pooled for c in conds]) if conds[0].pooled is not None else None
+        e = e.repeat_interleave(bs, dim=0).to(device)
+        return e, (pl.repeat_interleave(bs, dim=0).to(device) if pl is not None else None)
 
     def _make_batch(self, base_index: int, bs: int, inst: LatentSet, cls: LatentSet | None, p, n_timesteps: int):
         """Per-sample draws from ``sample_generator``; instance samples first, then class samples (prior)."""

@@ -1,0 +1,302 @@
+"""Training speed and memory of ``python -m training`` per recipe (see ../shared/benchmarks/README.md).
+
+GPU run (builds random-init full-size SD 1.5 / SDXL folders on the GPU, then trains from them)::
+
+    python benchmarks/train_speed.py                      # SD 1.5 recipes, then the T4 profile
+    python benchmarks/train_speed.py --only sd15-lora     # one configuration
+
+CPU check of the same code path with tiny models::
+
+    python benchmarks/train_speed.py --tiny
+
+Each configuration runs in its own process (clean peak-memory counters, no leftovers), through the real trainer
+(``training.cli.main``) with ``log_every=10``; steady steps/s is measured between the step events after warm-up.
+Records are appended as JSON lines to ``benchmarks/results/train_speed-<date>-<device>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Config:
+    """One measured configuration."""
+
+    name: str
+    model_shape: str  # sd15 | sdxl | tiny-sd | tiny-sdxl
+    recipe: str = "dreambooth-lora"
+    resolution: int = 512
+    prior_preservation: bool = False
+    train_text_encoder: bool = False
+    gradient_checkpointing: bool | str = False
+    use_8bit_adam: bool | str = False
+    t4_profile: bool = False
+    params: dict = field(default_factory=dict)
+
+
+GPU_CONFIGS = [
+    Config("sd15-lora", "sd15"),
+    Config("sd15-lora-prior", "sd15", prior_preservation=True),
+    Config("sd15-lora-te-prior", "sd15", prior_preservation=True, train_text_encoder=True),
+    Config("sd15-lora-gc", "sd15", gradient_checkpointing=True),
+    Config("sd15-full-gc-prior", "sd15", "dreambooth-full", prior_preservation=True, gradient_checkpointing=True),
+    Config("sdxl-lora-1024", "sdxl", resolution=1024),
+    # T4 profile: fp16, 15 GiB cap, the trainer's automatic memory policy decides GC / 8-bit Adam.
+    Config("t4-sd15-lora-te-prior", "sd15", prior_preservation=True, train_text_encoder=True,
+           gradient_checkpointing="auto", use_8bit_adam="auto", t4_profile=True),  # fmt: skip
+    Config("t4-sd15-full", "sd15", "dreambooth-full", gradient_checkpointing="auto", use_8bit_adam="auto",
+           t4_profile=True),  # fmt: skip
+    Config("t4-sdxl-lora-1024", "sdxl", resolution=1024, gradient_checkpointing="auto", use_8bit_adam="auto",
+           t4_profile=True),  # fmt: skip
+]
+TINY_CONFIGS = [
+    Config("tiny-sd-lora", "tiny-sd", resolution=32),
+    Config("tiny-sd-lora-te-prior", "tiny-sd", resolution=32, prior_preservation=True, train_text_encoder=True),
+    Config("tiny-sd-full-gc", "tiny-sd", "dreambooth-full", resolution=32, gradient_checkpointing=True),
+    Config("tiny-sdxl-lora", "tiny-sdxl", resolution=64),
+]
+
+
+# ---------------------------------------------------------------------------------------------- full-size models
+def _synthetic_clip_tokenizer(folder: Path) -> None:
+    """A CLIPTokenizer over a synthetic 49,408-entry vocab (characters and filler tokens, empty merges)."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for c in string.printable.strip():
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    i = 0
+    while len(vocab) < 49406:
+        vocab[f"tok{i}</w>"] = len(vocab)
+        i += 1
+    vocab["<|startoftext|>"] = 49406
+    vocab["<|endoftext|>"] = 49407
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77).save_pretrained(folder)
+
+
+def _clip_config(hidden: int, inter: int, layers: int, heads: int, act: str, proj: int = 768):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                          num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=proj,
+                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)  # fmt: skip
+
+
+def build_full_size(shape: str, path: Path) -> Path:
+    """Random-init SD 1.5 or SDXL shapes (README of ../shared/benchmarks), built on the GPU, saved in fp16."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    if (path / "model_index.json").exists():
+        return path
+    sdxl = shape == "sdxl"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        torch.manual_seed(0)
+        if sdxl:
+            unet = UNet2DConditionModel(
+                sample_size=128,
+                block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20),
+                cross_attention_dim=2048,
+                use_linear_projection=True,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )
+        else:
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
+                                        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)  # fmt: skip
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=1024 if sdxl else 512,
+        )
+        te = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
+        te2 = CLIPTextModelWithProjection(_clip_config(1280, 5120, 32, 20, "gelu", 1280)) if sdxl else None
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    _synthetic_clip_tokenizer(path / "_tok")
+    tok = CLIPTokenizer.from_pretrained(path / "_tok")
+    for m in (unet, vae, te, te2):
+        if m is not None:
+            m.to(torch.float16)
+    if sdxl:
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
+                                         unet=unet, scheduler=sched)  # fmt: skip
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    pipe.save_pretrained(path, safe_serialization=True)
+    del pipe, unet, vae, te, te2
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return path
+
+
+def model_for(shape: str, cache: Path) -> Path:
+    from tests.tiny_models import build_tiny_sd, build_tiny_sdxl
+
+    path = cache / shape
+    if shape == "tiny-sd":
+        return build_tiny_sd(path)
+    if shape == "tiny-sdxl":
+        return build_tiny_sdxl(path)
+    return build_full_size(shape, path)
+
+
+# ---------------------------------------------------------------------------------------------- one measurement
+def run_one(cfg: Config, model: Path, work: Path, warmup: int, timed: int) -> dict:
+    """Train ``cfg`` in this process and return its ``train_speed`` record."""
+    import diffusers
+    import torch
+
+    from tests.tiny_models import make_images
+    from training.cli import main
+
+    cuda = torch.cuda.is_available()
+    if cfg.t4_profile and cuda:
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, 15 / total))
+    imgs = make_images(work / "instance", 5, size=cfg.resolution)
+    cls = make_images(work / "class", 10, size=cfg.resolution) if cfg.prior_preservation else None
+    steps = warmup + timed
+    params = {
+        "steps": steps, "learning_rate": 1e-4, "resolution": cfg.resolution, "batch_size": 1,
+        "mixed_precision": "fp16" if cuda else "no", "prior_preservation": cfg.prior_preservation,
+        "num_class_images": 10, "train_text_encoder": cfg.train_text_encoder,
+        "gradient_checkpointing": cfg.gradient_checkpointing, "use_8bit_adam": cfg.use_8bit_adam,
+        "checkpoint_every": 0, "log_every": 10 if steps >= 50 else 1, "random_flip": True,
+        "memory_budget_gib": 15.0 if cfg.t4_profile else None, **cfg.params,
+    }  # fmt: skip
+    task = {"task_id": cfg.name, "recipe": cfg.recipe, "base_model": str(model), "instance_prompt": "a photo of sks dog",
+            "class_prompt": "a photo of a dog" if cfg.prior_preservation else None, "images": str(imgs[0].parent),
+            "class_images": str(cls[0].parent) if cls else None, "params": params, "output": None, "checkpoint": None}  # fmt: skip
+    (work / "task.json").write_text(json.dumps(task))
+    events_file = work / "events.jsonl"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rc = main(["--task", str(work / "task.json"), "--workdir", str(work / "run"), "--progress", str(events_file),
+               "--progress-bar", "off"])  # fmt: skip
+    events = [json.loads(x) for x in events_file.read_text().splitlines()]
+    steps_ev = [e for e in events if e["event"] == "step"]
+    after = [e for e in steps_ev if e["step"] >= warmup]
+    rate = (after[-1]["step"] - after[0]["step"]) / (after[-1]["time"] - after[0]["time"]) if len(after) > 1 else 0.0
+    error = next((e for e in events if e["event"] == "error"), None)
+    record = {
+        "benchmark": "train_speed",
+        "config": cfg.name,
+        "recipe": cfg.recipe,
+        "prior_preservation": cfg.prior_preservation,
+        "train_text_encoder": cfg.train_text_encoder,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "use_8bit_adam": cfg.use_8bit_adam,
+        "model_shape": cfg.model_shape,
+        "resolution": cfg.resolution,
+        "batch_size": 1,
+        "precision": params["mixed_precision"] if cuda else "fp32",
+        "t4_profile": cfg.t4_profile,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "steps_per_s": round(rate, 3),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
+        "training_peak_allocated_gib": steps_ev[-1]["peak_mem_gib"] if (steps_ev and cuda) else None,
+        "peak_rss_gib": None if cuda else (steps_ev[-1]["peak_mem_gib"] if steps_ev else None),
+        "timed_steps": after[-1]["step"] - after[0]["step"] if len(after) > 1 else 0,
+        "warmup_steps": warmup,
+        "exit_code": int(rc),
+        "error": error["message"][:300] if error else None,
+        "optimizer": "AdamW (fused on CUDA) or 8-bit/Adafactor per the memory plan",
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "date": dt.date.today().isoformat(),
+    }
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- driver
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU (checks the script, not the GPU)")
+    ap.add_argument("--only", action="append", default=[], help="configuration name(s) to run")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 20 GPU, 3 tiny)")
+    ap.add_argument("--timed", type=int, default=None, help="timed steps (default 100 GPU, 10 tiny)")
+    ap.add_argument("--cache", default=os.environ.get("BENCH_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "bench-models")))
+    ap.add_argument("--out", default=None, help="results file (default benchmarks/results/train_speed-<date>-<device>.jsonl)")
+    ap.add_argument("--run-one", default=None, help=argparse.SUPPRESS)  # child mode: JSON of (config, model, work)
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    args = ap.parse_args(argv)
+
+    if args.run_one:
+        job = json.loads(args.run_one)
+        rec = run_one(Config(**job["config"]), Path(job["model"]), Path(job["work"]), job["warmup"], job["timed"])
+        print("RECORD " + json.dumps(rec), flush=True)
+        return 0
+
+    import torch
+
+    configs = TINY_CONFIGS if args.tiny else GPU_CONFIGS
+    if args.only:
+        configs = [c for c in configs if c.name in args.only]
+    warmup = args.warmup if args.warmup is not None else (3 if args.tiny else 20)
+    timed = args.timed if args.timed is not None else (10 if args.tiny else 100)
+    device = "cpu-tiny" if args.tiny else re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(0)).strip("-")
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"train_speed-{dt.date.today().isoformat()}-{device}.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache)
+    failures = 0
+    for cfg in configs:
+        model = model_for(cfg.model_shape, cache)
+        work = Path(tempfile.mkdtemp(prefix=f"bench-{cfg.name}-"))
+        job = {"config": asdict(cfg), "model": str(model), "work": str(work), "warmup": warmup, "timed": timed}
+        cmd = [sys.executable, __file__, "--run-one", json.dumps(job)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RECORD ")]
+            rec = json.loads(lines[-1][7:]) if lines else None
+            if rec is None:
+                rec = {"benchmark": "train_speed", "config": cfg.name, "error": proc.stderr[-500:], "device": device}
+        except subprocess.TimeoutExpired:
+            rec = {"benchmark": "train_speed", "config": cfg.name, "error": f"timeout {args.timeout}s", "device": device}
+        if args.tiny:
+            rec["note"] = "CPU, tiny random models: checks the benchmark path only; not a GPU speed figure"
+        failures += bool(rec.get("error"))
+        with out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(json.dumps({k: rec.get(k) for k in ("config", "steps_per_s", "peak_allocated_gib", "error")}), flush=True)
+    print(f"wrote {out}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
