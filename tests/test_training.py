@@ -116,6 +116,13 @@ def test_spec_defaults_unknown_keys_and_ranges(tiny_sd, images):
     with pytest.raises(ValueError, match="class_prompt"):
         TrainSpec.from_dict({"task_id": "a", "base_model": "m", "instance_prompt": "p", "images": "/x",
                              "params": {"prior_preservation": True}})  # fmt: skip
+    from training.lora import DreamBoothLoRA
+    from training.trainer import default_steps
+
+    r = DreamBoothLoRA
+    assert default_steps(3, r.steps_per_image, r.min_steps, r.max_steps) == 500  # 3 x 150, clamped up
+    assert default_steps(8, r.steps_per_image, r.min_steps, r.max_steps) == 1200
+    assert default_steps(40, r.steps_per_image, r.min_steps, r.max_steps) == 2400  # clamped down
     with pytest.raises(ValueError, match="absolute"):
         TrainSpec.from_dict({"task_id": "a", "base_model": "m", "instance_prompt": "p", "images": "rel/path"})
 
@@ -376,13 +383,15 @@ def _upload_images(api, repo_id: str, folder: Path) -> str:
     return info.oid
 
 
-def test_hub_images_upload_and_checkpoint_mirror(hub, tiny_sd, images, tmp_path):
+def test_hub_model_hub_images_upload_and_checkpoint_mirror(hub, tiny_sd, images, tmp_path):
     from huggingface_hub import HfApi
 
     api = HfApi()
     rev = _upload_images(api, "alice/space-queue", images)
+    api.create_repo("alice/tiny-sd", exist_ok=True)
+    api.upload_folder(repo_id="alice/tiny-sd", folder_path=str(tiny_sd))
     fields = dict(
-        base_model=str(tiny_sd),
+        base_model="alice/tiny-sd",  # loaded from the (emulated) Hub through HF_ENDPOINT
         images={"repo_id": "alice/space-queue", "repo_type": "dataset", "revision": rev, "path": "tasks/t1/images"},
         output={"repo_id": "alice/sks-dog-lora", "private": True},
         checkpoint={"repo_id": "alice/space-queue", "repo_type": "dataset", "path": "checkpoints/t1"},
@@ -397,6 +406,11 @@ def test_hub_images_upload_and_checkpoint_mirror(hub, tiny_sd, images, tmp_path)
             "samples/step4_0.png"} <= files  # fmt: skip
     assert not any(f.endswith(".pt") or "checkpoint" in f or f.startswith("step-") for f in files)
     assert api.model_info("alice/sks-dog-lora").private
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load("alice/sks-dog-lora")
+    assert card.data.base_model == "alice/tiny-sd" and card.data.instance_prompt == "a photo of sks dog"
+    assert card.data.widget[0]["output"]["url"] == "samples/step4_0.png"
     mirrored = [f for f in api.list_repo_files("alice/space-queue", repo_type="dataset") if f.startswith("checkpoints/")]
     # the final state is mirrored too (a failed upload can then finish elsewhere); older ones are pruned
     assert {f.split("/")[2] for f in mirrored} == {"step-00000004"}
@@ -429,3 +443,52 @@ def test_upload_retries_transient_errors(hub, tiny_sd, images, tmp_path):
                           output={"repo_id": "alice/retry-lora"}, params={"steps": 2})  # fmt: skip
     assert rc == 0, events[-1]
     assert len(hub.requests("POST", r"^/api/models/alice/retry-lora/commit/")) >= 2
+
+
+# ---------------------------------------------------------------- the plug-in point for customizers
+PLUGIN = '''
+import torch
+from training.recipe_base import Recipe
+from training.recipes import register_recipe
+
+
+@register_recipe("plugin-echo")
+class Echo(Recipe):
+    """Trains nothing: writes a file and one step event (what a customizer's trainer must do at least)."""
+
+    def run(self, ctx):
+        ctx.progress.phase("training")
+        ctx.progress.step(step=1, total=1, loss=0.5, lr=1e-4, steps_per_s=1.0, eta_s=0.0, peak_mem_gib=0.0)
+        ctx.output_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.output_dir / "weights.txt").write_text(ctx.spec.instance_prompt)
+
+
+@register_recipe("plugin-oom")
+class OutOfMemory(Recipe):
+    def run(self, ctx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+@register_recipe("plugin-crash")
+class Crash(Recipe):
+    def run(self, ctx):
+        raise RuntimeError("boom")
+'''
+
+
+@pytest.mark.parametrize(
+    ("recipe", "code", "last"),
+    [("plugin-echo", ExitCode.OK, "done"), ("plugin-oom", ExitCode.OUT_OF_MEMORY, "oom"),
+     ("plugin-crash", ExitCode.FAILURE, "internal")],
+)  # fmt: skip
+def test_recipes_plug_in_through_the_environment(tmp_path, monkeypatch, images, recipe, code, last):
+    modname = f"plugin_recipes_{recipe.replace('-', '_')}"
+    (tmp_path / f"{modname}.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TRAINING_RECIPES_MODULES", f"{modname}")
+    rc, events = run_task(tmp_path / "w", recipe=recipe, base_model="unused", images=str(images))
+    assert rc == code
+    assert (events[-1].get("kind") or events[-1]["event"]) == last
+    if code == ExitCode.OK:
+        assert (tmp_path / "w" / "output" / "weights.txt").read_text() == "a photo of sks dog"
+        assert [e["step"] for e in events if e["event"] == "step"] == [1]
