@@ -193,9 +193,12 @@ class DreamBoothRecipe(Recipe):
         lr_sched = get_scheduler(p.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
         names = list(modules)
-        prepared = acc.prepare(*[modules[n] for n in names], optimizer)
-        wrapped = dict(zip(names, prepared[:-1], strict=True))
-        optimizer = prepared[-1]
+        # Only the modules go through accelerate (DDP when distributed). The optimizer stays ours: accelerate's
+        # wrapper reads the loss scale back every step (a GPU sync); torch's GradScaler with fused AdamW does not.
+        prepared = acc.prepare(*[modules[n] for n in names])
+        wrapped = dict(zip(names, prepared if len(names) > 1 else [prepared], strict=True))
+        self.scaler = torch.amp.GradScaler(device.type) if mp == "fp16" else None
+        autocast = torch.autocast(device.type, dtype=wdtype, enabled=mp != "no")
         unet = wrapped["unet"]
         if p.compile and device.type == "cuda":
             unet = torch.compile(unet)
@@ -223,7 +226,7 @@ class DreamBoothRecipe(Recipe):
             noise = batch["noise"].to(device, non_blocking=True)
             timesteps = batch["timesteps"].to(device, non_blocking=True)
             noisy = sched.add_noise(latents, noise, timesteps)
-            with acc.autocast():
+            with autocast:
                 embeds, pooled = self._conditioning(comps, wrapped, inst_cond, cls_cond, bs, device, train_te)
                 kwargs = {}
                 if comps.is_sdxl:
@@ -237,10 +240,16 @@ class DreamBoothRecipe(Recipe):
             else:
                 target = noise
             loss = self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, class_images != [])
-            acc.backward(loss)
-            if acc.sync_gradients:
-                acc.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            scaler = self.scaler
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             lr_sched.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -432,8 +441,8 @@ class DreamBoothRecipe(Recipe):
         if acc.is_main_process:
             weights = {n: t.detach() for n, t in named}
             states = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}
-            if acc.scaler is not None:
-                states["scaler"] = acc.scaler.state_dict()
+            if self.scaler is not None:
+                states["scaler"] = self.scaler.state_dict()
             path = ckpt_mod.save_checkpoint(
                 ctx.checkpoint_dir, step, weights, states, {"fingerprint": self._fingerprint(ctx)},
                 keep=ctx.spec.params.checkpoints_to_keep,
@@ -470,8 +479,8 @@ class DreamBoothRecipe(Recipe):
                 t.copy_(weights[name].to(t.device, t.dtype))
         optimizer.load_state_dict(states["optimizer"])
         lr_sched.load_state_dict(states["lr_scheduler"])
-        if "scaler" in states and acc.scaler is not None:
-            acc.scaler.load_state_dict(states["scaler"])
+        if "scaler" in states and self.scaler is not None:
+            self.scaler.load_state_dict(states["scaler"])
         ctx.progress.emit("resumed", step=found.step)
         return min(found.step, self.steps)
 
