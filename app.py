@@ -9,6 +9,7 @@ The UI is served first; the worker starts afterwards in a background thread.
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +56,14 @@ class App:
             self.worker.start()
         log.info("serving on %s", url)
         if block:
-            self.demo.block_thread()
+            try:
+                self.demo.block_thread()
+            finally:
+                self.close()  # never leave a trainer running after the app (it runs in its own process group)
         return url
 
     def close(self) -> None:
-        """Stop the worker and the server (tests)."""
+        """Stop the worker (killing a running trainer) and the server."""
         if self.worker is not None:
             self.worker.stop()
         self.demo.close()
@@ -128,13 +132,20 @@ def settings_problem_app(exc: SettingsError) -> App:
 def main() -> None:
     """``python app.py``: load settings, build, serve first, then start the worker."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()
     except SettingsError as exc:
         app = settings_problem_app(exc)
     else:
         app = create_app(settings)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a Space restart: stop the trainer before the process goes
     app.launch()
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

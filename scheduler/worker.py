@@ -321,8 +321,9 @@ class Worker:
         """Carry out one action."""
         kind = action.kind
         if kind is ActionKind.WAIT:
-            phase = "idle" if not any(t.status is TaskStatus.PENDING for t in snap.tasks) else "waiting"
-            self.status.update(phase=phase, message=action.reason or "Waiting for tasks")
+            pending = any(t.status is TaskStatus.PENDING for t in snap.tasks)
+            if pending or self.status.snapshot().phase not in ("done", "failed", "stopped"):
+                self.status.update(phase="waiting" if pending else "idle", message=action.reason or "Waiting for tasks")
         elif kind is ActionKind.REQUEST_HARDWARE:
             self._request_hardware(action)
         elif kind is ActionKind.CLAIM_AND_TRAIN:

@@ -83,12 +83,12 @@ def estimate(
 
 
 def format_duration(seconds: float | None) -> str:
-    """``1 h 05 min`` / ``12 min`` / ``40 s``."""
+    """``1 h 05 min`` / ``12 min`` / ``under a minute``."""
     if seconds is None:
         return "-"
     seconds = max(0, int(seconds))
     if seconds < 60:
-        return f"{seconds} s"
+        return "under a minute"
     minutes = seconds // 60
     if minutes < 60:
         return f"{minutes} min"

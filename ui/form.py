@@ -158,7 +158,7 @@ def build_form(ctx: AppContext) -> FormParts:
             file_types=["image"],
             type="filepath",
         )
-        preview = gr.Gallery(label="Preview", columns=5, height="auto", interactive=False, visible=False)
+        preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False)
         instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog", info=None)
         gr.Markdown(PROMPT_HELP)
         class_prompt = gr.Textbox(label="Class prompt (optional)", placeholder="a photo of a dog")
@@ -201,7 +201,7 @@ def build_form(ctx: AppContext) -> FormParts:
         initial = estimate(auto_steps(0), s.train_hardware if s.train_hardware in GPU_FLAVORS else "t4-small")
         estimate_md = gr.Markdown(describe(initial, ctx.local))
         submit = gr.Button("Train", variant="primary")
-        message = gr.Markdown()
+        message = gr.Markdown(elem_id="submit-message")
 
     def on_files(paths: Any) -> tuple[Any, Any]:
         found = [str(p) for p in image_paths(paths)]

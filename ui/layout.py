@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import gradio as gr
@@ -20,6 +21,23 @@ CSS = """
 .gradio-container { max-width: 1100px !important; margin: auto; }
 @media (max-width: 640px) { .gradio-container { padding: 4px !important; } h1 { font-size: 1.4em !important; } }
 """
+
+
+def fingerprint(value: Any) -> str:
+    """A short digest of a component value (DataFrames by content)."""
+    text = value.to_json() if hasattr(value, "to_json") else repr(value)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def only_changed(values: list[Any], seen: dict[int, str]) -> tuple[list[Any], dict[int, str]]:
+    """``gr.skip()`` for values the browser already shows (no re-render, no traffic); the new fingerprints."""
+    seen = dict(seen or {})
+    out = []
+    for i, value in enumerate(values):
+        digest = fingerprint(value)
+        out.append(gr.skip() if seen.get(i) == digest else value)
+        seen[i] = digest
+    return out, seen
 
 
 def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
@@ -59,13 +77,18 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             show_progress="hidden",
         )
 
-        def on_tick(pick: str | None, ids: list[str]) -> list[Any]:
+        shown = gr.State({})  # fingerprints of what this browser tab already shows
+
+        def on_tick(pick: str | None, ids: list[str], seen: dict[int, str]) -> list[Any]:
             status = ctx.worker.status.snapshot()
             table, choices = refresh_queue(ctx, status.tasks, pick, ids)
             new_ids = [t.id for t in sorted(status.tasks, key=lambda t: t.created_at, reverse=True)]
-            return [hardware_text(status.hardware, ctx.local), table, choices, new_ids, *render_run(status, ctx.local)]
+            values = [hardware_text(status.hardware, ctx.local), table, *render_run(status)]
+            updates, seen = only_changed(values, seen)
+            return [updates[0], updates[1], choices, new_ids, *updates[2:], seen]
 
-        tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs()]
-        timer.tick(on_tick, [queue.pick, known_ids], tick_outputs, api_visibility="private", show_progress="hidden")
-        demo.load(on_tick, [queue.pick, known_ids], tick_outputs, api_visibility="private", show_progress="hidden")
+        tick_inputs = [queue.pick, known_ids, shown]
+        tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs(), shown]
+        timer.tick(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
+        demo.load(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
     return demo

@@ -20,7 +20,8 @@ from ui.auth import require_allowed
 from ui.context import AppContext
 from ui.estimate import format_duration
 
-HEADERS = ["Task", "Status", "Prompt", "Attempts", "Submitted (UTC)", "Duration", "Cost so far", "Result", "Note"]
+HEADERS = ["Task", "Status", "Prompt", "Tries", "Submitted (UTC)", "Time", "Cost", "Result", "Note"]
+WIDTHS = ["110px", "90px", "160px", "60px", "130px", "90px", "70px", "200px", "200px"]
 DATATYPES = ["str", "str", "str", "number", "str", "str", "str", "markdown", "str"]
 
 
@@ -81,7 +82,8 @@ def rows(tasks: list[Task], local: bool, now: float | None = None) -> list[list[
 
 def build_queue_view(ctx: AppContext) -> QueueParts:
     """Render the queue table and the cancel/retry controls inside the current Blocks."""
-    table = gr.Dataframe(headers=HEADERS, datatype=DATATYPES, interactive=False, wrap=True, value=[])
+    table = gr.Dataframe(headers=HEADERS, datatype=DATATYPES, interactive=False, wrap=True, value=[],
+                         column_widths=WIDTHS, label="Tasks (newest first)")  # fmt: skip
     with gr.Row():
         pick = gr.Dropdown(label="Task", choices=[], min_width=200)
         cancel = gr.Button("Cancel task", variant="stop", min_width=120)

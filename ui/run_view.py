@@ -27,10 +27,9 @@ class RunParts:
     loss: gr.LinePlot
     samples: gr.Gallery
     log: gr.Textbox
-    hardware: gr.Markdown
 
     def outputs(self) -> list[Any]:
-        return [self.phase, self.bar, self.loss, self.samples, self.log, self.hardware]
+        return [self.phase, self.bar, self.loss, self.samples, self.log]
 
 
 def hardware_text(hw: HardwareState | None, local: bool) -> str:
@@ -77,7 +76,7 @@ def loss_frame(s: StatusData) -> pd.DataFrame:
     return pd.DataFrame(s.loss_history or [], columns=["step", "loss"])
 
 
-def render(s: StatusData, local: bool) -> list[Any]:
+def render(s: StatusData) -> list[Any]:
     """Values for ``RunParts.outputs()``."""
     samples = [p for p in s.samples if Path(p).is_file()]
     return [
@@ -86,7 +85,6 @@ def render(s: StatusData, local: bool) -> list[Any]:
         loss_frame(s),
         samples or None,
         "\n".join(s.log_tail),
-        hardware_text(s.hardware, local),
     ]
 
 
@@ -94,9 +92,8 @@ def build_run_view() -> RunParts:
     """Render the run view's components inside the current Blocks."""
     phase = gr.Markdown("**Phase:** starting")
     bar = gr.HTML(progress_html(0, 0))
-    hardware = gr.Markdown()
     with gr.Row():
         loss = gr.LinePlot(pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", title="Training loss", min_width=280)
         samples = gr.Gallery(label="Latest samples", columns=2, height=280, interactive=False, min_width=280)
     log = gr.Textbox(label="Trainer log (tail)", lines=8, max_lines=12, interactive=False, autoscroll=True)
-    return RunParts(phase=phase, bar=bar, loss=loss, samples=samples, log=log, hardware=hardware)
+    return RunParts(phase=phase, bar=bar, loss=loss, samples=samples, log=log)

@@ -1,0 +1,156 @@
+"""The whole self-upgrading loop on the emulator, driven by a real browser.
+
+The emulator runs ``app.py`` as the Space ``alice/...`` on cpu-basic (HF_TOKEN secret = alice's token). The browser
+signs in (Gradio's local OAuth mock resolves the user through the emulator's whoami), uploads 3 photos and submits
+two tasks while the Space is still on the CPU. The app asks for t4-small once; the emulator restarts it there
+(CUDA is absent, ALLOW_CPU_TRAINING=1 lets the tiny model train on the CPU); both tasks train in that one GPU
+period, upload their LoRA, card and samples; the app asks for cpu-basic once and the emulator moves it back.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+import uuid
+
+import pytest
+from huggingface_hub import HfApi
+
+from scheduler.queue import make_queue
+from scheduler.settings import load_settings
+from scheduler.task import TaskStatus
+from tests.conftest import ALICE_TOKEN
+from tests.e2e.harness import APP, DESKTOP, browser, fill_form, free_port, shot, wait_http
+from tests.tiny_models import make_images
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+SWITCH_DELAY_S = 8.0
+
+
+def hardware_sequence(ledger: list[dict]) -> list[str]:
+    """Flavors of the ledger's periods, consecutive repeats and unknown (None) collapsed."""
+    seq: list[str] = []
+    for period in ledger:
+        hw = period["hardware"]
+        if hw and (not seq or seq[-1] != hw):
+            seq.append(hw)
+    return seq
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def space_log_tail(hub, repo: str, n: int = 60) -> str:
+    logs = hub.space_logs(repo)
+    return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-n:]) if logs else "(no log)"
+
+
+def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, tiny_sd, tmp_path):
+    from playwright.sync_api import expect
+
+    repo = f"alice/trainer-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cwd = tmp_path / "space"
+    cwd.mkdir()
+    hub.create_space(
+        repo,
+        owner_token=ALICE_TOKEN,
+        command=[sys.executable, str(APP)],
+        cwd=cwd,
+        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"},
+        switch_delay_s=SWITCH_DELAY_S,
+        secrets={"HF_TOKEN": ALICE_TOKEN},
+        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120"},
+    )
+    images = make_images(tmp_path / "photos", 3, size=128)
+    hub_requests_before = len(hub.requests("POST", rf"^/api/spaces/{repo}/hardware$"))
+    try:
+        hub.wait_for_stage(repo, "RUNNING", timeout_s=60)
+        wait_http(url, 90)
+        with browser() as b:
+            page = b.new_page(viewport=DESKTOP)
+            page.goto(url)
+            expect(page.get_by_text("Sign in with Hugging Face to submit training tasks.")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("button", name="Train")).to_be_disabled()
+            shot(page, "space-anonymous")
+
+            page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
+            expect(page.get_by_role("button", name=re.compile(r"Logout \(alice\)"))).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("Signed in as alice (owner).")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("button", name="Train")).to_be_enabled()
+
+            fill_form(page, images, "a photo of sks dog", steps=4)
+            expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-a-photo-of-sks")
+            shot(page, "space-form-filled")
+            page.get_by_role("button", name="Train").click()
+            message = page.locator("#submit-message")
+            expect(message).to_have_text(re.compile(r"Task \w+ queued with 3 photos\. The Space is moving to Nvidia T4 small"),
+                                         timeout=30_000)  # fmt: skip
+            first_message = message.inner_text()
+            shot(page, "space-submitted-moving-to-gpu")
+
+            page.get_by_label("Instance prompt").fill("a photo of zwx cat")
+            page.get_by_label("Instance prompt").blur()
+            expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-a-photo-of-zwx")
+            page.get_by_role("button", name="Train").click()
+            expect(message).not_to_have_text(first_message, timeout=20_000)
+            expect(message).to_have_text(re.compile(r"Task \w+ queued with 3 photos"), timeout=20_000)
+
+            # The emulator moves the Space to t4-small and restarts the app there.
+            wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "t4-small", 60, "the switch to t4-small")
+            wait_http(url, 90)
+            page.goto(url)
+            page.get_by_role("tab", name="Run").click()
+            expect(page.get_by_text(re.compile(r"\d+ / 4 steps"))).to_be_visible(timeout=120_000)
+            expect(page.get_by_text("Nvidia T4 small", exact=False).first).to_be_visible()
+            shot(page, "space-training-on-t4")
+            page.goto("about:blank")  # don't let a rendering browser slow the CPU "GPU" down while waiting
+
+            # Both tasks done, then back on cpu-basic.
+            wait_for(lambda: hardware_sequence(hub.ledger(repo))[-1:] == ["cpu-basic"]
+                     and hub.space_runtime(repo)["stage"] == "RUNNING", 240, "the release to cpu-basic")  # fmt: skip
+            wait_http(url, 90)
+            page.goto(url)
+            page.get_by_role("tab", name="Queue").click()
+            expect(page.get_by_role("gridcell", name="DONE")).to_have_count(2, timeout=30_000)
+            expect(page.get_by_role("link", name="alice/dreambooth-a-photo-of-sks")).to_be_visible()
+            expect(page.get_by_text("CPU basic", exact=False).first).to_be_visible()
+            shot(page, "space-queue-done")
+    except Exception:
+        print(space_log_tail(hub, repo))
+        raise
+    finally:
+        hub.stop_space(repo)
+
+    # The queue on the Hub: both tasks DONE, trained in the same container.
+    settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url})
+    tasks = make_queue(settings).list()
+    assert [t.status for t in tasks] == [TaskStatus.DONE, TaskStatus.DONE]
+    # The model repos: LoRA weights, model card and samples.
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    for task in tasks:
+        assert task.result_url and task.result_url.endswith(task.output_repo)
+        files = api.list_repo_files(task.output_repo)
+        assert any(f.endswith(".safetensors") for f in files), files
+        assert "README.md" in files and any(f.startswith("samples/") and f.endswith(".png") for f in files), files
+    # Hardware: cpu-basic -> t4-small -> cpu-basic, one upgrade and one release request, one GPU container.
+    ledger = hub.ledger(repo)
+    assert hardware_sequence(ledger) == ["cpu-basic", "t4-small", "cpu-basic"]
+    assert len(hub.requests("POST", rf"^/api/spaces/{repo}/hardware$")) - hub_requests_before == 2
+    gpu_periods = [p for p in ledger if p["hardware"] == "t4-small"]
+    assert len({p["container"] for p in gpu_periods}) == 1
+    gpu_start = gpu_periods[0]["started_at"]
+    gpu_end = gpu_periods[-1]["ended_at"]
+    for task in tasks:
+        assert gpu_start <= task.started_at and task.finished_at <= gpu_end
