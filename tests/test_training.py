@@ -492,3 +492,38 @@ def test_recipes_plug_in_through_the_environment(tmp_path, monkeypatch, images, 
     if code == ExitCode.OK:
         assert (tmp_path / "w" / "output" / "weights.txt").read_text() == "a photo of sks dog"
         assert [e["step"] for e in events if e["event"] == "step"] == [1]
+
+
+# ---------------------------------------------------------------- precision and memory policy (pure functions)
+def test_precision_policy_distrusts_emulated_bf16(monkeypatch):
+    # No GPU here: the capability query is replaced, as a T4 (7.5) and an A100/H100 (8.0/9.0) would answer it.
+    from training import precision
+
+    cuda = torch.device("cuda", 0)
+    assert precision.resolve_mixed_precision("auto", torch.device("cpu")) == "no"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert precision.resolve_mixed_precision("auto", cuda) == "fp16"
+    assert precision.resolve_mixed_precision("bf16", cuda) == "fp16"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert precision.resolve_mixed_precision("auto", cuda) == "bf16"
+    assert precision.resolve_mixed_precision("fp16", cuda) == "fp16"
+
+
+@pytest.mark.parametrize(
+    ("what", "trainable", "unet", "latent", "samples", "budget", "gc", "adam8"),
+    [
+        ("SD1.5 LoRA on an H100", 0.8e6, 860e6, 64, 1, 80, False, False),
+        ("SD1.5 LoRA+prior on a T4", 0.8e6, 860e6, 64, 2, 15, False, False),
+        ("SD1.5 full on a T4", 860e6, 860e6, 64, 1, 15, True, True),
+        ("SDXL LoRA 1024 on a T4", 2.5e6, 2567e6, 128, 1, 15, True, False),
+    ],
+)
+def test_memory_plan_turns_on_savings_only_when_needed(what, trainable, unet, latent, samples, budget, gc, adam8):
+    from training.precision import plan_memory
+
+    frozen = unet + 123e6 + (817e6 if unet > 1e9 else 0) - (trainable if trainable > 1e8 else 0)
+    plan = plan_memory(device=torch.device("cuda"), frozen_params=int(frozen), trainable_params=int(trainable),
+                       unet_params=int(unet), latent_size=latent, samples_per_step=samples, weight_bytes=2,
+                       gradient_checkpointing="auto", use_8bit_adam="auto", budget_gib=budget)  # fmt: skip
+    assert (plan.gradient_checkpointing, plan.use_8bit_adam) == (gc, adam8), (what, plan)
+    assert plan.estimate_gib < budget
