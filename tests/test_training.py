@@ -527,3 +527,28 @@ def test_memory_plan_turns_on_savings_only_when_needed(what, trainable, unet, la
                        gradient_checkpointing="auto", use_8bit_adam="auto", budget_gib=budget)  # fmt: skip
     assert (plan.gradient_checkpointing, plan.use_8bit_adam) == (gc, adam8), (what, plan)
     assert plan.estimate_gib < budget
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_sd, images, tmp_path):
+    import signal
+    import time
+
+    fields = dict(base_model=str(tiny_sd), images=str(images), params={"steps": 2000, "checkpoint_every": 0})
+    task = write_task(tmp_path / "t.json", **fields)
+    events = tmp_path / "w" / "events.jsonl"
+    cmd = [sys.executable, "-m", "training", "--task", str(task), "--workdir", str(tmp_path / "w"), "--progress", str(events)]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"event": "step"' not in (events.read_text() if events.exists() else ""):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == ExitCode.FAILURE, proc.stderr.read()[-2000:]
+    last = json.loads(events.read_text().splitlines()[-1])
+    assert last["event"] == "error" and "stopped by SIGTERM after step" in last["message"], last
+    stopped_at = int(last["message"].split("after step ")[1].split(";")[0])
+    assert 1 <= stopped_at < 2000
+    assert (tmp_path / "w" / "checkpoints" / f"step-{stopped_at:08d}" / "trainable.safetensors").exists()
+    fields["params"]["steps"] = stopped_at + 2
+    rc, evs = run_task(tmp_path / "w", **fields)
+    assert rc == 0 and [e["step"] for e in evs if e["event"] == "resumed"] == [stopped_at]

@@ -44,30 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState
 
     from training.progress import Progress
-    from training.recipe_base import RunContext
-    from training.recipes import get_recipe, load_recipe_modules
-    from training.spec import TrainSpec
+    from training.stopping import sigterm_handler
 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPUs means gloo processes
     bar = {"auto": None, "on": True, "off": False}[args.progress_bar]
     progress = Progress(args.progress, enabled=state.is_main_process, bar=bar)
-    workdir = Path(args.workdir).resolve()
     try:
-        modules = [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")]
-        load_recipe_modules(m for m in modules if m.strip())
-        spec = TrainSpec.load(args.task)
-        recipe = get_recipe(spec.recipe)
-        ctx = RunContext(spec=spec, workdir=workdir, progress=progress)
-        recipe.run(ctx)
-        repo_url = None
-        if spec.output is not None and state.is_main_process:
-            from training.upload import upload_outputs
-
-            progress.phase("uploading")
-            repo_url = upload_outputs(ctx.output_dir, spec.output, commit_message=f"DreamBooth task {spec.task_id}")
-        progress.phase("done")
-        progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url)
-        return ExitCode.OK
+        with sigterm_handler():
+            return _run(args, progress, state.is_main_process)
     except TrainingError as e:
         progress.error(e.kind, _scrub(str(e)))
         print(f"error ({e.kind}): {_scrub(str(e))}", file=sys.stderr)
@@ -77,9 +61,34 @@ def main(argv: list[str] | None = None) -> int:
             progress.error("oom", _scrub(f"out of memory: {e}"))
             print(f"error (oom): {_scrub(str(e))}", file=sys.stderr)
             return ExitCode.OUT_OF_MEMORY
-        kind_msg = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        progress.error("internal", _scrub(kind_msg))
+        if isinstance(e, KeyboardInterrupt):
+            message = f"interrupted: {e}" if str(e) else "interrupted"
+        else:
+            message = f"{type(e).__name__}: {e}"
+        progress.error("internal", _scrub(message))
         traceback.print_exc()
         return ExitCode.FAILURE
     finally:
         progress.close()
+
+
+def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
+    from training.recipe_base import RunContext
+    from training.recipes import get_recipe, load_recipe_modules
+    from training.spec import TrainSpec
+
+    modules = [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")]
+    load_recipe_modules(m for m in modules if m.strip())
+    spec = TrainSpec.load(args.task)
+    recipe = get_recipe(spec.recipe)
+    ctx = RunContext(spec=spec, workdir=Path(args.workdir).resolve(), progress=progress)
+    recipe.run(ctx)
+    repo_url = None
+    if spec.output is not None and is_main:
+        from training.upload import upload_outputs
+
+        progress.phase("uploading")
+        repo_url = upload_outputs(ctx.output_dir, spec.output, commit_message=f"DreamBooth task {spec.task_id}")
+    progress.phase("done")
+    progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url)
+    return ExitCode.OK

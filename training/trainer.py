@@ -43,6 +43,7 @@ from training.precision import (
     weight_dtype_for,
 )
 from training.recipe_base import Recipe, RunContext, ensure_dirs
+from training.stopping import Terminated, deferred_stop
 
 log = logging.getLogger(__name__)
 
@@ -219,67 +220,72 @@ class DreamBoothRecipe(Recipe):
         loss_sum, loss_n, t_last, s_last = torch.zeros((), device=device), 0, time.perf_counter(), start
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        for step in range(start, steps):
-            base_index = (step * world + rank) * bs
-            batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, sched.config.num_train_timesteps)
-            latents = (batch["latents"].to(device, non_blocking=True) - shift) * scaling
-            noise = batch["noise"].to(device, non_blocking=True)
-            timesteps = batch["timesteps"].to(device, non_blocking=True)
-            noisy = sched.add_noise(latents, noise, timesteps)
-            with autocast:
-                embeds, pooled = self._conditioning(comps, wrapped, inst_cond, cls_cond, bs, device, train_te)
-                kwargs = {}
-                if comps.is_sdxl:
-                    kwargs["added_cond_kwargs"] = {
-                        "text_embeds": pooled,
-                        "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
-                    }
-                pred = unet(noisy.to(comps.unet.dtype), timesteps, embeds, **kwargs).sample
-            if comps.prediction_type == "v_prediction":
-                target = sched.get_velocity(latents, noise, timesteps)
-            else:
-                target = noise
-            loss = self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, class_images != [])
-            scaler = self.scaler
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr_sched.step()
-            optimizer.zero_grad(set_to_none=True)
+        with deferred_stop(acc.num_processes == 1) as stop:
+            for step in range(start, steps):
+                base_index = (step * world + rank) * bs
+                batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, sched.config.num_train_timesteps)
+                latents = (batch["latents"].to(device, non_blocking=True) - shift) * scaling
+                noise = batch["noise"].to(device, non_blocking=True)
+                timesteps = batch["timesteps"].to(device, non_blocking=True)
+                noisy = sched.add_noise(latents, noise, timesteps)
+                with autocast:
+                    embeds, pooled = self._conditioning(comps, wrapped, inst_cond, cls_cond, bs, device, train_te)
+                    kwargs = {}
+                    if comps.is_sdxl:
+                        kwargs["added_cond_kwargs"] = {
+                            "text_embeds": pooled,
+                            "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
+                        }
+                    pred = unet(noisy.to(comps.unet.dtype), timesteps, embeds, **kwargs).sample
+                if comps.prediction_type == "v_prediction":
+                    target = sched.get_velocity(latents, noise, timesteps)
+                else:
+                    target = noise
+                loss = self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, class_images != [])
+                scaler = self.scaler
+                (scaler.scale(loss) if scaler else loss).backward()
+                if scaler:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                lr_sched.step()
+                optimizer.zero_grad(set_to_none=True)
 
-            done = step + 1
-            loss_sum += loss.detach()
-            loss_n += 1
-            self.on_step(done, ctx)
-            if done % log_every == 0 or done == steps:
-                now = time.perf_counter()
-                rate = (done - s_last) / max(now - t_last, 1e-9)
-                mean_loss = acc.reduce(loss_sum, reduction="mean").item() / max(loss_n, 1)
-                prog.step(
-                    step=done,
-                    total=steps,
-                    loss=mean_loss,
-                    lr=lr_sched.get_last_lr()[0],
-                    steps_per_s=rate,
-                    eta_s=(steps - done) / max(rate, 1e-9),
-                    peak_mem_gib=_peak_mem_gib(device),
-                )
-                loss_sum.zero_()
-                loss_n, t_last, s_last = 0, now, done
-                self.last_loss = mean_loss
-                prog.advance_bar(0, loss=f"{mean_loss:.4f}")
-            prog.advance_bar(1)
-            if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
-                self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
-            if p.validation_prompts and p.validation_every and done % p.validation_every == 0 and done < steps:
-                self._samples(comps, wrapped, ctx, done, acc)
-                unet.train()
+                done = step + 1
+                loss_sum += loss.detach()
+                loss_n += 1
+                self.on_step(done, ctx)
+                if done % log_every == 0 or done == steps:
+                    now = time.perf_counter()
+                    rate = (done - s_last) / max(now - t_last, 1e-9)
+                    mean_loss = acc.reduce(loss_sum, reduction="mean").item() / max(loss_n, 1)
+                    prog.step(
+                        step=done,
+                        total=steps,
+                        loss=mean_loss,
+                        lr=lr_sched.get_last_lr()[0],
+                        steps_per_s=rate,
+                        eta_s=(steps - done) / max(rate, 1e-9),
+                        peak_mem_gib=_peak_mem_gib(device),
+                    )
+                    loss_sum.zero_()
+                    loss_n, t_last, s_last = 0, now, done
+                    self.last_loss = mean_loss
+                    prog.advance_bar(0, loss=f"{mean_loss:.4f}")
+                prog.advance_bar(1)
+                if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
+                    self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
+                if p.validation_prompts and p.validation_every and done % p.validation_every == 0 and done < steps:
+                    self._samples(comps, wrapped, ctx, done, acc)
+                    unet.train()
+                if stop.requested:  # SIGTERM: keep this step's progress, then stop
+                    self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
+                    stop.requested = False
+                    raise Terminated(f"stopped by SIGTERM after step {done}; checkpoint saved")
 
         # 8. final samples, outputs, final checkpoint (kept so a failed upload loses nothing)
         acc.wait_for_everyone()
@@ -458,7 +464,7 @@ class DreamBoothRecipe(Recipe):
     def _fingerprint(self, ctx: RunContext) -> str:
         p = ctx.spec.params
         parts = (self.checkpoint_family, ctx.spec.base_model, ctx.spec.instance_prompt, p.rank, p.alpha, p.seed, p.batch_size,
-                 p.train_text_encoder, p.prior_preservation, self.steps, self.resolution)  # fmt: skip
+                 p.train_text_encoder, p.prior_preservation, self.resolution)  # fmt: skip  (steps may change: extend a run)
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     def _resume(self, ctx: RunContext, named, optimizer, lr_sched, acc) -> int:
