@@ -67,7 +67,7 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             panel, owner_box = visibility(ctx, profile)
             repo = default_output_repo(access.user, local=ctx.local)
             return [access.banner(), gr.Button(interactive=access.allowed), repo, panel, owner_box,
-                    gr.Markdown(visible=not access.allowed)]  # fmt: skip
+                    gr.Markdown(visible=not (access.allowed or access.owner))]  # fmt: skip
 
         demo.load(
             on_load,

@@ -43,6 +43,8 @@ def hardware_text(hw: HardwareState | None, local: bool) -> str:
     def label(name: str | None) -> str:
         return FLAVORS[name].label if name in FLAVORS else (name or "unknown")
 
+    if hw.current is None:
+        return f"**Hardware:** starting on {label(hw.requested)} · stage {hw.stage or '?'}"
     text = f"**Hardware:** {label(hw.current)}"
     if hw.requested and hw.requested != hw.current:
         text += f" → **moving to {label(hw.requested)}**"

@@ -1,0 +1,175 @@
+"""The app without a browser: start-up modes, setup diagnostics, the submit/settings handlers, the estimate."""
+
+from __future__ import annotations
+
+import uuid
+
+import gradio as gr
+import pytest
+from huggingface_hub import HfApi
+
+from app import create_app
+from scheduler.settings import load_settings
+from scheduler.task import TaskStatus
+from tests.conftest import ALICE_TOKEN
+from tests.tiny_models import make_images
+from ui.auth import access_for, require_allowed
+from ui.context import AppContext
+from ui.estimate import auto_steps, estimate
+from ui.form import submit_task
+from ui.settings_view import changed_variables, check_variables, save_variables
+from ui.setup_page import setup_markdown
+
+
+def space_settings(hub, repo: str, token: str | None = ALICE_TOKEN, **extra: str):
+    env = {"SPACE_ID": repo, "HF_ENDPOINT": hub.url, "RETRY_BASE_S": "0.01", **extra}
+    if token:
+        env["HF_TOKEN"] = token
+    return load_settings(env)
+
+
+def labels(demo: gr.Blocks) -> str:
+    return " ".join(str(getattr(b, "value", "")) for b in demo.blocks.values())
+
+
+def test_local_mode_starts_without_any_token(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    app = create_app(load_settings({"DATA_DIR": str(tmp_path / "data")}))
+    assert not app.problems and app.worker is not None
+    assert not any(isinstance(b, gr.LoginButton) for b in app.demo.blocks.values())
+    assert (tmp_path / "data" / "queue").is_dir()
+    assert app.launch_options().get("server_name") is None  # local mode stays on 127.0.0.1
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("missing", "The HF_TOKEN secret is missing"),
+        ("read_only", "read-only token"),
+        ("oauth", "OAuth token"),
+        ("not_owner", "does not belong to this Space's owner"),
+        ("queue", "cannot be used"),
+    ],
+)
+def test_setup_page_explains_what_to_do_instead_of_crashing(hub, kind, expected):
+    suffix = uuid.uuid4().hex[:6]
+    repo, token, extra = f"alice/space-{suffix}", ALICE_TOKEN, {}
+    if kind == "missing":
+        token = None
+    elif kind == "read_only":
+        token = f"hf_fake_reader_{suffix}"
+        hub.add_user(f"reader{suffix}", token, role="read")
+        repo = f"reader{suffix}/space"
+    elif kind == "oauth":
+        token = f"hf_fake_oauthy_{suffix}"
+        hub.add_user(f"oauthy{suffix}", token, oauth=True)
+        repo = f"oauthy{suffix}/space"
+    elif kind == "not_owner":
+        repo = f"bob/space-{suffix}"
+    elif kind == "queue":
+        extra = {"QUEUE_REPO": f"bob/queue-{suffix}"}  # alice cannot create a repo in bob's namespace
+    app = create_app(space_settings(hub, repo, token, **extra))
+    assert app.worker is None and len(app.problems) == 1
+    problem = app.problems[0]
+    assert expected in problem.title
+    assert problem.fix
+    text = labels(app.demo)
+    assert "Setup needed" in text and problem.fix in text
+    assert not any(isinstance(b, gr.LoginButton) for b in app.demo.blocks.values())
+    if token:
+        assert token not in setup_markdown(app.problems, repo)
+
+
+def test_space_app_serves_on_all_interfaces(hub):
+    repo = f"alice/space-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    app = create_app(space_settings(hub, repo))
+    assert not app.problems
+    assert app.launch_options()["server_name"] == "0.0.0.0"
+    assert any(isinstance(b, gr.LoginButton) for b in app.demo.blocks.values())
+
+
+class Profile:
+    """Stands in for gr.OAuthProfile (only ``username`` is read)."""
+
+    def __init__(self, username: str) -> None:
+        self.username = username
+
+
+def test_only_allowed_users_may_write():
+    settings = load_settings({"SPACE_ID": "alice/s", "HF_TOKEN": "x", "ALLOWED_USERS": "alice,carol"})
+    with pytest.raises(gr.Error, match="Sign in"):
+        require_allowed(settings, None)
+    with pytest.raises(gr.Error, match="not on this Space's allowed users"):
+        require_allowed(settings, Profile("mallory"))
+    assert require_allowed(settings, Profile("carol")).user == "carol"
+    assert access_for(settings, Profile("alice")).owner and not access_for(settings, Profile("carol")).owner
+    local = load_settings({})
+    assert access_for(local, None).allowed  # local mode: the person at the machine owns it
+
+
+@pytest.fixture
+def local_ctx(tmp_path):
+    from scheduler.hardware import make_hardware
+    from scheduler.queue import make_queue
+    from scheduler.worker import Worker
+
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data")})
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, make_hardware(settings))  # not started: wait_for_loop just times out
+    return AppContext(settings=settings, queue=queue, worker=worker)
+
+
+def form_values(**changes):
+    values = {"instance_prompt": "a photo of sks dog", "class_prompt": "", "base_model": "some/model",
+              "recipe": "dreambooth-lora", "steps": 300, "hardware": "t4-small", "learning_rate": 1e-4, "rank": 8,
+              "resolution": 512, "output_repo": "dreambooth-sks", "private": True}  # fmt: skip
+    values.update(changes)
+    return values
+
+
+def test_submit_validates_before_enqueuing(local_ctx, tmp_path, monkeypatch):
+    import ui.form
+
+    monkeypatch.setattr(ui.form, "WORKER_REPLY_S", 0.1)
+    images = [str(p) for p in make_images(tmp_path / "photos", 3, size=128)]
+    answer = submit_task(local_ctx, "local", images, form_values(instance_prompt=" ", resolution=500, steps=0))
+    assert answer.startswith("**Nothing was queued")
+    assert "Instance prompt" in answer and "Resolution" in answer and "Steps" in answer
+    assert local_ctx.queue.list() == []
+    answer = submit_task(local_ctx, "local", [], form_values())
+    assert "Images" in answer and local_ctx.queue.list() == []
+
+    answer = submit_task(local_ctx, "local", images, form_values(class_prompt="a photo of a dog"))
+    [task] = local_ctx.queue.list()
+    assert f"Task `{task.id}` queued" in answer and "this machine" in answer
+    assert task.status is TaskStatus.PENDING and task.images.count == 3
+    assert task.class_prompt == "a photo of a dog" and task.params["prior_preservation"] is True
+    assert task.params["rank"] == 8 and task.params["steps"] == 300
+    assert task.max_attempts == local_ctx.settings.max_attempts
+
+
+def test_owner_changes_space_variables_through_the_hub(hub):
+    repo = f"alice/space-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    settings = space_settings(hub, repo)
+    values = [settings.queue_repo, "alice,bob", "a10g-small", "7200"]
+    changes = changed_variables(settings, values)
+    assert changes == {"ALLOWED_USERS": "alice,bob", "TRAIN_HARDWARE": "a10g-small", "TASK_DEADLINE_S": "7200"}
+    assert check_variables(settings, changes) is None
+    assert "TRAIN_HARDWARE" in check_variables(settings, {"TRAIN_HARDWARE": "gpu-xl"})
+    save_variables(settings, changes)
+    stored = HfApi(endpoint=hub.url, token=ALICE_TOKEN).get_space_variables(repo)
+    assert {k: v.value for k, v in stored.items()} == changes
+    assert "HF_TOKEN" not in stored
+
+
+def test_estimate_follows_steps_hardware_and_price():
+    assert auto_steps(1) == 200 and auto_steps(5) == 500 and auto_steps(100) == 2000
+    t4 = estimate(1000, "t4-small")
+    assert t4.train_s == pytest.approx(1000 / 1.1)
+    assert t4.usd == pytest.approx(t4.total_s / 3600 * 0.40)
+    assert estimate(1000, "a100-large").train_s < t4.train_s
+    assert estimate(1000, "t4-small", prior_preservation=True).total_s > t4.total_s
+    assert estimate(1000, "t4-small", resolution=1024).train_s == pytest.approx(4 * t4.train_s)

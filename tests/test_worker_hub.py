@@ -1,0 +1,61 @@
+"""The worker with HubQueue + SpaceHardware on the emulator: refused GPU requests and the idle request budget."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from scheduler.hardware import make_hardware
+from scheduler.queue import make_queue
+from scheduler.settings import load_settings
+from scheduler.task import Task, TaskStatus
+from scheduler.worker import Worker
+from tests.conftest import ALICE_TOKEN
+from tests.tiny_models import make_images
+
+
+def space_worker(hub, poll_s: float = 0.3):
+    repo = f"alice/worker-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN, switch_delay_s=0.2)
+    hub.wait_for_stage(repo, "RUNNING", timeout_s=10)
+    settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url,
+                              "POLL_INTERVAL_S": str(poll_s), "RETRY_BASE_S": "0.01"})  # fmt: skip
+    queue = make_queue(settings)
+    return repo, queue, Worker(settings, queue, make_hardware(settings))
+
+
+def test_refused_gpu_request_is_stored_on_the_task_and_not_retried_in_a_loop(hub, tmp_path):
+    repo, queue, worker = space_worker(hub)
+    task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model="m"),
+                         make_images(tmp_path, 3, size=128))  # fmt: skip
+    hub.inject_fault("POST", rf"^/api/spaces/{repo}/hardware$", status=402, count=5,
+                     body='{"error": "You must add a payment method to your account to upgrade your space"}')  # fmt: skip
+
+    action, _ = worker.step()
+    assert action.kind.value == "request_hardware"
+    for _ in range(3):
+        worker.step()
+
+    held = queue.get(task.id)
+    assert held.status is TaskStatus.PENDING
+    assert "refused" in (held.note or "") and "payment" in held.note.lower()
+    assert "payment" in worker.status.snapshot().message.lower()  # the run view shows why nothing happens
+    assert len(hub.requests("POST", rf"^/api/spaces/{repo}/hardware$")) == 1
+    assert hub.space_runtime(repo)["hardware"]["current"] == "cpu-basic"
+
+
+def test_idle_worker_stays_under_one_hub_request_per_poll_interval(hub, tmp_path):
+    repo, queue, worker = space_worker(hub, poll_s=0.3)
+    # The steady state of a used Space: a queue file whose tasks are all finished.
+    task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model="m"),
+                         make_images(tmp_path, 3, size=128))  # fmt: skip
+    queue.cancel(task.id)
+    hub.clear_requests()
+    worker.start()
+    time.sleep(3.0)
+    worker.stop()
+    loops = worker.status.snapshot().loops
+    served = hub.requests()
+    assert loops >= 3
+    # One request per poll interval at most (plus one for the loop in flight when stopped).
+    assert len(served) <= 3.0 / 0.3 + 1, [(r.method, r.path) for r in served]
