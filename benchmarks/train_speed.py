@@ -146,7 +146,8 @@ def build_full_size(shape: str, path: Path) -> Path:
         )
         te = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
         te2 = CLIPTextModelWithProjection(_clip_config(1280, 5120, 32, 20, "gelu", 1280)) if sdxl else None
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                          clip_sample=False)
     _synthetic_clip_tokenizer(path / "_tok")
     tok = CLIPTokenizer.from_pretrained(path / "_tok")
     for m in (unet, vae, te, te2):

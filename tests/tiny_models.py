@@ -70,7 +70,9 @@ def _tiny_vae():
 def _scheduler():
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
+    return DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+    )
 
 
 def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
