@@ -127,6 +127,16 @@ def test_spec_defaults_unknown_keys_and_ranges(tiny_sd, images):
         TrainSpec.from_dict({"task_id": "a", "base_model": "m", "instance_prompt": "p", "images": "rel/path"})
 
 
+def test_images_are_exif_transposed_resized_and_cropped(tmp_path):
+    from training.data import load_images
+
+    make_images(tmp_path, 3, size=64)  # img01.jpg: stored 64x48 (landscape) with EXIF "rotate 90"
+    prepared = {p.source.name: p for p in load_images(tmp_path, 32)}
+    assert prepared["img01.jpg"].original_size == (64, 48)  # (height, width): portrait once transposed
+    assert prepared["img01.jpg"].crop_top_left == (5, 0)  # 48x64 -> 32x43, centre crop
+    assert all(p.image.size == (32, 32) and p.image.mode == "RGB" for p in prepared.values())
+
+
 # ---------------------------------------------------------------- LoRA: learns, loads, exports
 @pytest.fixture(scope="module")
 def lora_run(tiny_sd, images, tmp_path_factory) -> tuple[Path, list[dict]]:
