@@ -9,7 +9,6 @@ exact resume. Optionally mirrored to a Hub folder (``TrainSpec.checkpoint``).
 from __future__ import annotations
 
 import json
-import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from safetensors.torch import load_file, save_file
 
 from training.spec import HubFolder
 
-log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -75,27 +73,31 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
 
 
 def upload_checkpoint(ckpt: Checkpoint, where: HubFolder) -> None:
-    """Mirror a checkpoint folder to ``where`` on the Hub (one commit), replacing older mirrored checkpoints."""
-    from huggingface_hub import CommitOperationDelete, HfApi
+    """Mirror a checkpoint folder to ``where`` on the Hub in one commit that also drops older mirrored ones."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     api = HfApi()
     prefix = where.path.strip("/")
     dest = f"{prefix}/{ckpt.path.name}" if prefix else ckpt.path.name
-    api.upload_folder(
-        repo_id=where.repo_id,
-        repo_type=where.repo_type,
-        folder_path=str(ckpt.path),
-        path_in_repo=dest,
-        commit_message=f"checkpoint step {ckpt.step}",
-    )
-    try:  # best effort: drop older mirrored checkpoints in one commit
+    adds = [
+        CommitOperationAdd(path_in_repo=f"{dest}/{f.name}", path_or_fileobj=str(f))
+        for f in sorted(ckpt.path.iterdir())
+        if f.is_file()
+    ]
+    try:
         files = api.list_repo_files(where.repo_id, repo_type=where.repo_type)
-        old = {f.split("/")[-2] for f in files if f.startswith(prefix + "/step-") and not f.startswith(dest + "/")}
-        ops = [CommitOperationDelete(path_in_repo=f"{prefix}/{d}/", is_folder=True) for d in sorted(old)]
-        if ops:
-            api.create_commit(where.repo_id, ops, repo_type=where.repo_type, commit_message="drop old checkpoints")
-    except Exception as e:  # noqa: BLE001 - pruning must never fail a run
-        log.warning("could not prune old Hub checkpoints: %s", e)
+    except Exception:  # noqa: BLE001 - a new repo or folder: nothing to drop
+        files = []
+    base = f"{prefix}/" if prefix else ""
+    old = {
+        f[len(base) :].split("/")[0]
+        for f in files
+        if f.startswith(base + "step-") and not f.startswith(dest + "/") and "/" in f[len(base) :]
+    }
+    deletes = [CommitOperationDelete(path_in_repo=f"{base}{d}/", is_folder=True) for d in sorted(old)]
+    api.create_commit(
+        where.repo_id, [*adds, *deletes], repo_type=where.repo_type, commit_message=f"checkpoint step {ckpt.step}"
+    )
 
 
 def download_latest_checkpoint(where: HubFolder, root: Path) -> Checkpoint | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,8 @@ class DreamBoothRecipe(Recipe):
         shift = getattr(comps.vae.config, "shift_factor", None) or 0.0
         world, rank, bs = acc.num_processes, acc.process_index, p.batch_size
         log_every = p.log_every or (1 if steps <= 100 else 10)
+        # The Hub mirror is a commit to the queue repo: at most about four per run (plus the final one and a stop).
+        hub_every = (p.checkpoint_every or 1) * max(1, math.ceil(steps / (4 * (p.checkpoint_every or steps))))
         sched = comps.noise_scheduler
         alphas = sched.alphas_cumprod.to(device)
         loss_sum, loss_n, t_last, s_last = torch.zeros((), device=device), 0, time.perf_counter(), start
@@ -284,7 +287,7 @@ class DreamBoothRecipe(Recipe):
                     prog.advance_bar(0, loss=f"{mean_loss:.4f}")
                 prog.advance_bar(1)
                 if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
-                    self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
+                    self._checkpoint(ctx, done, named, optimizer, lr_sched, acc, mirror=done % hub_every == 0)
                 if p.validation_prompts and p.validation_every and done % p.validation_every == 0 and done < steps:
                     self._samples(comps, wrapped, ctx, done, acc)
                     unet.train()
@@ -448,7 +451,7 @@ class DreamBoothRecipe(Recipe):
         if step < self.steps:
             ctx.progress.phase("training")
 
-    def _checkpoint(self, ctx, step, named, optimizer, lr_sched, acc) -> None:
+    def _checkpoint(self, ctx, step, named, optimizer, lr_sched, acc, mirror: bool = True) -> None:
         acc.wait_for_everyone()
         if acc.is_main_process:
             weights = {n: t.detach() for n, t in named}
@@ -460,7 +463,7 @@ class DreamBoothRecipe(Recipe):
                 keep=ctx.spec.params.checkpoints_to_keep,
             )  # fmt: skip
             ctx.progress.emit("checkpoint", step=step, path=str(path.resolve()))
-            if ctx.spec.checkpoint is not None:
+            if ctx.spec.checkpoint is not None and mirror:
                 try:
                     ckpt_mod.upload_checkpoint(ckpt_mod.Checkpoint(path, step), ctx.spec.checkpoint)
                 except Exception as e:  # noqa: BLE001 - a failed mirror must not stop training
