@@ -18,6 +18,8 @@ class DreamBoothFull(DreamBoothRecipe):
     default_learning_rate = 5e-6
     steps_per_image, min_steps, max_steps = 200, 400, 4000
     trains_unet_fully = True
+    hub_checkpoints = False  # GBs of weights and optimizer state: too big for the queue repo
+    max_checkpoints_kept = 1
 
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
         comps.unet.requires_grad_(True)

@@ -90,6 +90,9 @@ class DreamBoothRecipe(Recipe):
     trains_unet_fully = False
     #: checkpoints resume across recipes of the same family (e.g. a subclass adding hooks); set by subclasses
     checkpoint_family = "dreambooth"
+    #: full fine-tune checkpoints are several GB (weights + Adam state): kept locally only, one at a time
+    hub_checkpoints = True
+    max_checkpoints_kept: int | None = None
 
     # ---- hooks for subclasses -------------------------------------------------------------------------------------
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
@@ -460,10 +463,10 @@ class DreamBoothRecipe(Recipe):
                 states["scaler"] = self.scaler.state_dict()
             path = ckpt_mod.save_checkpoint(
                 ctx.checkpoint_dir, step, weights, states, {"fingerprint": self._fingerprint(ctx)},
-                keep=ctx.spec.params.checkpoints_to_keep,
+                keep=min(ctx.spec.params.checkpoints_to_keep, self.max_checkpoints_kept or 10**9),
             )  # fmt: skip
             ctx.progress.emit("checkpoint", step=step, path=str(path.resolve()))
-            if ctx.spec.checkpoint is not None and mirror:
+            if ctx.spec.checkpoint is not None and mirror and self.hub_checkpoints:
                 try:
                     ckpt_mod.upload_checkpoint(ckpt_mod.Checkpoint(path, step), ctx.spec.checkpoint)
                 except Exception as e:  # noqa: BLE001 - a failed mirror must not stop training
