@@ -173,3 +173,36 @@ def test_estimate_follows_steps_hardware_and_price():
     assert estimate(1000, "a100-large").train_s < t4.train_s
     assert estimate(1000, "t4-small", prior_preservation=True).total_s > t4.total_s
     assert estimate(1000, "t4-small", resolution=1024).train_s == pytest.approx(4 * t4.train_s)
+
+
+def handler(demo: gr.Blocks, api_name: str):
+    """The Python function behind a (private) event of ``demo``."""
+    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+
+
+def test_queue_view_cancel_and_retry_handlers(local_ctx, tmp_path):
+    from scheduler.task import Task
+    from ui.layout import build_ui
+
+    demo = build_ui(local_ctx, login=False)
+    task = local_ctx.queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model="m"),
+                                   make_images(tmp_path / "photos", 3, size=128))  # fmt: skip
+    cancel, retry = handler(demo, "cancel"), handler(demo, "retry")
+    assert cancel(None, None) == "Pick a task first."
+    assert "CANCELLED" in cancel(task.id, None)
+    assert local_ctx.queue.get(task.id).status is TaskStatus.CANCELLED
+    assert "PENDING" in retry(task.id, None)
+    assert local_ctx.queue.get(task.id).status is TaskStatus.PENDING
+    assert "Could not retry" in retry(task.id, None)  # a PENDING task without a note cannot be retried
+
+
+def test_space_handlers_refuse_anonymous_callers(hub):
+    repo = f"alice/space-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    app = create_app(space_settings(hub, repo))
+    for name in ("cancel", "retry"):
+        with pytest.raises(gr.Error, match="Sign in"):
+            handler(app.demo, name)("some-id", None)
+    with pytest.raises(gr.Error, match="Only the owner"):
+        handler(app.demo, "save_settings")("a/b", "alice", "t4-small", "3600", Profile("bob"))
+    assert HfApi(endpoint=hub.url, token=ALICE_TOKEN).get_space_variables(repo) == {}

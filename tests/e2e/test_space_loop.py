@@ -133,6 +133,12 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     finally:
         hub.stop_space(repo)
 
+    # The token never lands in the app's logs or in the files it wrote for the trainer.
+    for log in hub.space_logs(repo):
+        assert ALICE_TOKEN not in log.read_text(errors="replace")
+    for written in (cwd / "data").rglob("*"):
+        if written.is_file() and written.suffix in (".json", ".jsonl", ".log", ".md"):
+            assert ALICE_TOKEN not in written.read_text(errors="replace"), written
     # The queue on the Hub: both tasks DONE, trained in the same container.
     settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url})
     tasks = make_queue(settings).list()
