@@ -537,10 +537,15 @@ class Worker:
         }
 
     def _cancelled(self, task_id: str) -> bool:
+        """Re-read the queue (one request; it also refreshes the UI's task list): is the task no longer ours?"""
         try:
-            task = self.queue.get(task_id)
+            tasks = self.queue.list()
         except QueueError:
             return False
+        self.status.update(tasks=tasks)
+        task = next((t for t in tasks if t.id == task_id), None)
+        if task is None:
+            return True
         return task.status is not TaskStatus.RUNNING or task.lease is None or task.lease.holder != self.worker_id
 
     def _kill_trainer(self) -> None:

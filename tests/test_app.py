@@ -206,3 +206,13 @@ def test_space_handlers_refuse_anonymous_callers(hub):
     with pytest.raises(gr.Error, match="Only the owner"):
         handler(app.demo, "save_settings")("a/b", "alice", "t4-small", "3600", Profile("bob"))
     assert HfApi(endpoint=hub.url, token=ALICE_TOKEN).get_space_variables(repo) == {}
+
+
+def test_invalid_variable_shows_the_setup_page():
+    from app import settings_problem_app
+    from scheduler.settings import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        load_settings({"SPACE_ID": "alice/s", "TRAIN_HARDWARE": "gpu-xl"})
+    app = settings_problem_app(err.value)
+    assert app.worker is None and "TRAIN_HARDWARE" in labels(app.demo)

@@ -119,6 +119,8 @@ def test_cancel_stops_the_trainer_and_heartbeats_renew_the_lease(local):
     wait_until(lambda: queue.get(task.id).lease.expires_at > first_expiry, 5, "the lease to be renewed")
     proc = worker._proc
     assert proc is not None and proc.poll() is None
+    # The UI's task list is refreshed while training (no stale PENDING in the queue view).
+    wait_until(lambda: [t.status for t in worker.status.snapshot().tasks] == [TaskStatus.RUNNING], 5, "a fresh task list")
 
     queue.cancel(task.id)
 
