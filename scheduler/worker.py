@@ -221,6 +221,7 @@ class Worker:
         self._hw_read_at = 0.0
         self._refused: dict[str, float] = {}  # task id -> when its hardware request was refused
         self._loop_done = threading.Condition()
+        self._last_logged = ""
 
     # ----------------------------------------------------------------- thread control
     def start(self) -> threading.Thread:
@@ -311,9 +312,11 @@ class Worker:
         """One loop: snapshot, decide, execute. Returns the action and the Hub requests made."""
         snap, requests = self.snapshot()
         action = decide(snap)
-        if action.kind is not ActionKind.WAIT or action.reason != self.status.snapshot().last_action:
+        described = f"{action.kind.value}: {action.reason}".strip(": ")
+        if action.kind is not ActionKind.WAIT or described != self._last_logged:
             log.info("action %s %s %s %s", action.kind.value, action.task_id or "", action.hardware or "", action.reason)
-        self.status.update(last_action=f"{action.kind.value}: {action.reason}".strip(": "), last_action_at=time.time())
+            self._last_logged = described
+        self.status.update(last_action=described, last_action_at=time.time())
         self.execute(action, snap)
         return action, requests
 
