@@ -1,0 +1,49 @@
+"""The README's promises, checked: its worked recipe example trains, and its two commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from tests.tiny_models import make_images
+from training.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _python_block_after(marker: str) -> str:
+    start = README.index(marker)
+    block = re.search(r"```python\n(.*?)```", README[start:], re.S)
+    assert block, f"no python block after {marker!r}"
+    return textwrap.dedent(block.group(1))
+
+
+def test_readme_recipe_example_trains_with_its_own_settings(tiny_sd, tmp_path, monkeypatch):
+    (tmp_path / "my_recipes.py").write_text(_python_block_after("1. Create `my_recipes.py`"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("TRAINING_RECIPES_MODULES", "my_recipes")  # step 2 of the README
+    images = tmp_path / "photos"
+    make_images(images, 2, size=48)
+    task = {"task_id": "readme", "recipe": "lora-faces", "base_model": str(tiny_sd), "images": str(images),
+            "instance_prompt": "a photo of sks person", "output": None, "checkpoint": None,
+            "params": {"steps": 2, "resolution": 32, "checkpoint_every": 100, "validation_prompts": []}}  # fmt: skip
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    rc = main(["--task", str(tmp_path / "task.json"), "--workdir", str(tmp_path / "run"), "--progress-bar", "off"])
+    assert rc == 0
+    weights = load_file(tmp_path / "run" / "output" / "pytorch_lora_weights.safetensors")
+    down = [t for k, t in weights.items() if "lora_A" in k or "lora.down" in k]
+    assert down, sorted(weights)[:5]
+    assert {t.shape[0] for t in down} == {16}  # the recipe's rank, not the default 4
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = re.findall(r"```bash\n(.*?)\n```", README, re.S)
+    test_command = next(c for c in commands if "pytest" in c)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command.strip() in ci.splitlines()
+    assert "pip install -r requirements.txt && python app.py" in commands
