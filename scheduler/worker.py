@@ -184,6 +184,7 @@ class TrainOutcome:
     result_url: str | None = None
     error: str | None = None
     stopped: bool = False  # cancelled or the lease was lost: leave the task alone
+    retryable: bool = False  # another attempt may succeed (killed, crashed, upload failed): requeue if attempts left
 
 
 class Worker:
@@ -209,8 +210,9 @@ class Worker:
         self.worker_id = worker_id or f"{getattr(settings, 'space_id', None) or 'local'}:{uuid.uuid4().hex[:8]}"
         self.python = python
         lease_s = float(settings.lease_s)
-        # Renew well before the lease expires, but never more often than every 30 s (Hub commits cost).
-        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(30.0, min(lease_s / 3, 300.0))
+        # Renew well before the lease expires: every third of it, not more often than every 30 s (Hub commits cost)
+        # unless the lease is so short that 30 s would let it lapse while training.
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else min(max(30.0, lease_s / 3), lease_s / 2, 300.0)
         self.kill_grace_s = kill_grace_s
         self.recipes_modules = tuple(recipes_modules)
         self._stop = threading.Event()
@@ -380,7 +382,7 @@ class Worker:
             outcome = self.train(task)
         except Exception as exc:  # noqa: BLE001 - the task must end FAILED, not stay RUNNING
             log.exception("training task %s crashed the worker", task.id)
-            outcome = TrainOutcome(ok=False, error=f"worker error: {type(exc).__name__}: {exc}")
+            outcome = TrainOutcome(ok=False, error=f"worker error: {type(exc).__name__}: {exc}", retryable=True)
         finally:
             self._proc = None
         self._finish_task(task, outcome)
@@ -392,6 +394,13 @@ class Worker:
             elif outcome.ok:
                 self.queue.complete(task.id, self.worker_id, outcome.result_url or "")
                 self.status.update(phase="done", message=f"Task {task.id} done: {outcome.result_url}")
+            elif outcome.retryable:
+                after = self.queue.requeue(task.id, self.worker_id, outcome.error or "training failed")
+                if after.status is TaskStatus.PENDING:
+                    note = f"Task {task.id} attempt {after.attempts} of {after.max_attempts} failed; it runs again"
+                    self.status.update(phase="retrying", message=note, last_error=outcome.error)
+                else:
+                    self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=after.last_error)
             else:
                 self.queue.fail(task.id, self.worker_id, outcome.error or "training failed")
                 self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=outcome.error)
@@ -525,7 +534,12 @@ class Worker:
             head = "the trainer exited without reporting a result"
         if error is not None:
             head += f" ({error.get('kind', 'error')}: {error.get('message', '')})"
-        return TrainOutcome(ok=False, error=head + "\n" + "\n".join(lines))
+        if code < 0:
+            head = f"the trainer was killed by signal {-code} (for example by the out-of-memory killer)"
+        # Bad input and out-of-memory fail the same way every time; anything else (a kill, a crash, a failed
+        # upload whose weights are checkpointed) gets another attempt, which resumes from the last checkpoint.
+        retryable = code not in (2, 3)
+        return TrainOutcome(ok=False, error=head + "\n" + "\n".join(lines), retryable=retryable)
 
     def _progress_summary(self) -> dict[str, Any]:
         s = self.status.snapshot()

@@ -70,6 +70,11 @@ class TaskQueue(ABC):
         """-> FAILED with ``error``. ``holder`` None fails a task nobody holds (e.g. PENDING, refused input)."""
 
     @abstractmethod
+    def requeue(self, task_id: str, holder: str, error: str) -> Task:
+        """RUNNING (held by ``holder``) -> PENDING with ``error`` after a failed attempt that may succeed when run
+        again (the trainer was killed, crashed or could not upload); FAILED when no attempt is left."""
+
+    @abstractmethod
     def cancel(self, task_id: str) -> Task:
         """PENDING or RUNNING -> CANCELLED. A running worker sees it at its next heartbeat and stops."""
 

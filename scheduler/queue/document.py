@@ -163,6 +163,25 @@ def op_fail(doc: QueueDoc, task_id: str, holder: str | None, error: str, now: fl
     return task
 
 
+def op_requeue(doc: QueueDoc, task_id: str, holder: str, error: str, now: float) -> Task:
+    task = doc.require(task_id)
+    if task.status is TaskStatus.PENDING and task.last_error == error:
+        return task  # repeated after an answer was lost
+    if task.status is TaskStatus.FAILED and task.last_error and task.last_error.endswith(error):
+        return task
+    _require_holder(task, holder, "requeue")
+    task.lease = None
+    task.updated_at = now
+    if task.attempts < task.max_attempts:
+        task.status = TaskStatus.PENDING
+        task.last_error = error
+    else:
+        task.status = TaskStatus.FAILED
+        task.last_error = f"Gave up after {task.attempts} of {task.max_attempts} attempts. {error}"
+        task.finished_at = now
+    return task
+
+
 def op_cancel(doc: QueueDoc, task_id: str, now: float) -> Task:
     task = doc.require(task_id)
     if task.status is TaskStatus.CANCELLED:
@@ -258,6 +277,9 @@ class DocumentQueue(TaskQueue):
 
     def fail(self, task_id: str, holder: str | None, error: str) -> Task:
         return self._transact(lambda doc: op_fail(doc, task_id, holder, error, self._clock()), f"Fail task {task_id}")
+
+    def requeue(self, task_id: str, holder: str, error: str) -> Task:
+        return self._transact(lambda doc: op_requeue(doc, task_id, holder, error, self._clock()), f"Requeue task {task_id}")
 
     def cancel(self, task_id: str) -> Task:
         return self._transact(lambda doc: op_cancel(doc, task_id, self._clock()), f"Cancel task {task_id}")
