@@ -50,6 +50,28 @@ def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
         time.sleep(every)
 
 
+def open_served_by(page, url: str, hardware: str, timeout: float) -> None:
+    """Load ``url`` until the page comes from the container on ``hardware`` (its header names it).
+
+    During a switch the old container keeps serving until the emulator stops it, and a page it served stops
+    updating when it goes; a real Space's front end reloads the app the same way once the new one is up.
+    """
+    from playwright.sync_api import expect
+
+    deadline = time.monotonic() + timeout
+    while True:
+        wait_http(url, max(1.0, deadline - time.monotonic()))
+        try:
+            page.goto(url)
+            # "CPU basic → moving to Nvidia T4 small" is the old container; the new one starts with the new flavor.
+            expect(page.locator("#hardware")).to_have_text(re.compile(rf"Hardware:\s*{re.escape(hardware)}"), timeout=10_000)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def space_log_tail(hub, repo: str, n: int = 60) -> str:
     logs = hub.space_logs(repo)
     return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-n:]) if logs else "(no log)"
@@ -109,8 +131,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
 
             # The emulator moves the Space to t4-small and restarts the app there.
             wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "t4-small", 60, "the switch to t4-small")
-            wait_http(url, 90)
-            page.goto(url)
+            open_served_by(page, url, "Nvidia T4 small", 120)  # the old CPU container may still answer a moment
             page.get_by_role("tab", name="Run").click()
             expect(page.get_by_text(re.compile(r"\d+ / 4 steps"))).to_be_visible(timeout=120_000)
             expect(page.get_by_text("Nvidia T4 small", exact=False).first).to_be_visible()
