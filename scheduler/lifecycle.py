@@ -76,7 +76,8 @@ def decide(snap: Snapshot) -> Action:
     2. A RUNNING task's lease expired (its container died): requeue it (or fail it when out of attempts).
     3. A PENDING task out of attempts: fail it with its last error.
     4. Local mode: claim the oldest runnable task and train it here; never request or release hardware.
-    5. On a GPU flavor without CUDA (unless CPU training is allowed): fail the runnable task, then release.
+    5. A CPU container (ACCELERATOR none) while the runtime reports a GPU flavor: the old container of a switch; wait.
+       On a GPU flavor without CUDA (unless CPU training is allowed): fail the runnable task, then release.
     6. On a GPU flavor: claim the oldest runnable task it can train (see ``can_train_on``); if only bigger tasks
        are left, request the bigger flavor; wait while another worker's lease is alive; else release (once).
     7. On idle hardware: request the oldest runnable task's flavor, unless a switch is already requested.
@@ -116,6 +117,11 @@ def decide(snap: Snapshot) -> Action:
     current, requested = snap.current_hardware, snap.requested_hardware
     switching = requested is not None and current is not None and requested != current
 
+    if is_gpu(current) and snap.accelerator in ("", "none"):
+        # This container was started on CPU hardware while the runtime already reports a GPU: it is the old container
+        # of a hardware switch, still serving until the GPU one is up. Claiming, failing or releasing from here would
+        # race the new container (and fail tasks for want of CUDA), so it only waits.
+        return _wait(f"the Space runs on {current} now; this CPU container hands over to the new one")
     if is_gpu(current):
         trainable = [t for t in runnable if can_train_on(t, current)]
         if trainable and not (snap.gpu_visible or snap.allow_cpu_training):
