@@ -111,6 +111,33 @@ class SpaceRun:
             print(self.log_tail())
             raise
 
+    def history(self) -> list[tuple[float, dict[str, Task]]]:
+        """Every version of queue.json in the queue repo's history, oldest first: (commit time, tasks by id)."""
+        from scheduler.queue.document import QueueDoc
+
+        api = self.queue.api
+        out = []
+        for c in reversed(api.list_repo_commits(self.queue.repo_id, repo_type="dataset")):
+            try:
+                path = api.hf_hub_download(self.queue.repo_id, "queue.json", repo_type="dataset", revision=c.commit_id)
+            except Exception:  # noqa: BLE001 - the first commit (repo creation) has no queue file
+                continue
+            doc = QueueDoc.from_json(Path(path).read_text())
+            out.append((c.created_at.timestamp(), {t.id: t for t in doc.tasks}))
+        return out
+
+    def holders(self, task_id: str) -> list[tuple[str, int, str | None]]:
+        """The task's (status, attempts, lease holder) over the queue history, consecutive repeats collapsed."""
+        seq: list[tuple[str, int, str | None]] = []
+        for _, tasks in self.history():
+            t = tasks.get(task_id)
+            if t is None:
+                continue
+            item = (t.status.value, t.attempts, t.lease.holder if t.lease else None)
+            if not seq or seq[-1] != item:
+                seq.append(item)
+        return seq
+
     # ---------------------------------------------------------------- hardware and billing
     def runtime(self) -> dict:
         return self.hub.space_runtime(self.repo)
