@@ -75,17 +75,11 @@ def _scheduler():
     )
 
 
-def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
-    """Build a random tiny Stable Diffusion 1.x-style pipeline and save it as a diffusers folder at ``path``."""
-    import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+def _tiny_unet(**arch):
+    """A two-block UNet (32 and 64 channels, one layer each); ``arch`` adds the SD- or SDXL-specific parts."""
+    from diffusers import UNet2DConditionModel
 
-    path = Path(path)
-    if (path / "model_index.json").exists():
-        return path
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
         sample_size=32,
@@ -93,10 +87,22 @@ def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
         norm_num_groups=32,
+        **arch,
     )
+
+
+def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
+    """Build a random tiny Stable Diffusion 1.x-style pipeline and save it as a diffusers folder at ``path``."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    if (path / "model_index.json").exists():
+        return path
+    torch.manual_seed(seed)
+    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
     vae = _tiny_vae()
     text_encoder = CLIPTextModel(_text_config())
     tok_dir = path / "_tok_tmp"
@@ -120,21 +126,14 @@ def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
 def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
     """Build a random tiny SDXL-style pipeline (two text encoders, text_time conditioning) saved at ``path``."""
     import torch
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     path = Path(path)
     if (path / "model_index.json").exists():
         return path
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -142,7 +141,6 @@ def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 * addition_time_embed_dim + text_encoder_2 projection_dim
         cross_attention_dim=64,  # text_encoder hidden + text_encoder_2 hidden
-        norm_num_groups=32,
     )
     tok_dir = path / "_tok_tmp"
     _write_char_tokenizer(tok_dir)
