@@ -281,7 +281,7 @@ def start_space(
     wait: bool = True,
 ) -> SpaceRun:
     """Create a Space (owned by ``owner_token``'s user) running the app with secret ``HF_TOKEN=hf_token``."""
-    owner = "alice" if owner_token == ALICE_TOKEN else "bob"
+    owner = hub.emulator.users.by_token(owner_token).name
     repo = f"{owner}/{name}-{uuid.uuid4().hex[:6]}"
     port = free_port()
     cwd = tmp_path / "space"
