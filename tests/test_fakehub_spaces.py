@@ -283,3 +283,53 @@ def test_timeline_events_are_recorded_at_their_own_time_even_when_read_late() ->
         ("t4-small", "RUNNING", 13.0, 42.0),  # asleep 30 s after the container started
         (None, "SLEEPING", 42.0, None),
     ]
+
+
+# A "Space" that starts a worker in a session of its own (as the app starts its trainer) and logs its pid.
+SPAWNING_SCRIPT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+print(f"CHILD {child.pid}", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def _child_pid(log: Path, timeout_s: float = 15.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if line.startswith("CHILD "):
+                return int(line.split()[1])
+        time.sleep(0.05)
+    raise AssertionError(f"no CHILD line in {log}")
+
+
+def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":  # killed, waiting for init to reap it
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_dying_container_takes_processes_of_other_sessions_with_it(hub: FakeHub, tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(SPAWNING_SCRIPT)
+    repo_id = space_id()
+    hub.create_space(repo_id, owner_token=ALICE_TOKEN, command=[sys.executable, "app.py"], cwd=tmp_path,
+                     switch_delay_s=0.1, app_start_s=0.1)  # fmt: skip
+    try:
+        first = _child_pid(wait_for_logs(hub, repo_id, 1)[0])
+        hub.wait_for_stage(repo_id, "RUNNING")
+        hub.kill_space_container(repo_id)  # a crash (SIGKILL)
+        assert _gone(first), "the crashed container's child survived"
+        second = _child_pid(wait_for_logs(hub, repo_id, 2)[1])
+        assert second != first
+    finally:
+        hub.stop_space(repo_id)  # a stop (SIGTERM, then SIGKILL)
+    assert _gone(second), "the stopped container's child survived"

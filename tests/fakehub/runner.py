@@ -117,7 +117,9 @@ class SpaceRunner:
         """SIGKILL the whole process group, as a crashing container would die (the clock then restarts it)."""
         with self._lock:
             if self.process is not None:
+                inside = _descendants(self.process.pid)
                 _signal_group(self.process.pid, signal.SIGKILL)
+                _kill_all(inside)
                 self.process.wait()
 
     def stop(self) -> None:
@@ -125,12 +127,14 @@ class SpaceRunner:
         with self._lock:
             if self.process is not None:
                 pid = self.process.pid
+                inside = _descendants(pid)  # before SIGTERM: an exiting app re-parents its children to init
                 _signal_group(pid, signal.SIGTERM)
                 try:
                     self.process.wait(timeout=self.spec.stop_grace_s)
                 except subprocess.TimeoutExpired:
                     pass
                 _signal_group(pid, signal.SIGKILL)  # also any child left in the group
+                _kill_all(inside | _descendants(pid))  # and those in sessions of their own (the trainer)
                 self.process.wait()
                 self.process = None
             self.container = None
@@ -147,3 +151,34 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below ``root`` (from /proc), whatever its process group or session.
+
+    A container's death takes everything in it; the app starts its trainer in a session of its own, which a
+    process-group signal would miss.
+    """
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
