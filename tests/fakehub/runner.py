@@ -72,12 +72,18 @@ class SpaceRunner:
         self.process: subprocess.Popen | None = None
         self._log_file = None
         self._lock = threading.RLock()
+        self._closed = False
         self.starts = 0
 
     def start(self, container: int, env: dict[str, str]) -> None:
-        """Start container number ``container``; its output goes to ``log_dir/container-NNN.log``."""
+        """Start container number ``container``; its output goes to ``log_dir/container-NNN.log``.
+
+        Does nothing once the runner is closed: the clock thread may still hold it after a test detached it.
+        """
         with self._lock:
             self.stop()
+            if self._closed:
+                return
             self.starts += 1
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"container-{self.starts:03d}.log"
@@ -121,6 +127,12 @@ class SpaceRunner:
                 _signal_group(self.process.pid, signal.SIGKILL)
                 _kill_all(inside)
                 self.process.wait()
+
+    def close(self) -> None:
+        """Stop the current container for good: no later ``start`` runs anything."""
+        with self._lock:
+            self._closed = True
+            self.stop()
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after the grace period, and close the log."""

@@ -51,14 +51,14 @@ class SpaceHost:
             old = self._runners.pop(repo_id, None)
             self._runners[repo_id] = SpaceRunner(spec, log_dir)
         if old is not None:
-            old.stop()
+            old.close()
 
     def detach(self, repo_id: str) -> None:
         """Stop the Space's process and forget its runner."""
         with self._runners_lock:
             runner = self._runners.pop(repo_id, None)
         if runner is not None:
-            runner.stop()
+            runner.close()
 
     def runner(self, repo_id: str) -> SpaceRunner | None:
         with self._runners_lock:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import sys
 import time
 import urllib.request
@@ -202,13 +200,8 @@ class SpaceRun:
         return pids
 
     def kill_container(self) -> None:
-        """SIGKILL the app container and everything in it. The emulator kills the app's process group; the trainer
-        runs in its own session, so it is killed here too, as a real container's death would kill it."""
-        trainers = self.trainer_pids()
+        """SIGKILL the app container and everything in it (the trainer included), as a crash would."""
         self.hub.kill_space_container(self.repo)
-        for pid in trainers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
     def log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in self.hub.space_logs(self.repo))
@@ -247,10 +240,7 @@ class SpaceRun:
         return last[0]
 
     def stop(self) -> None:
-        self.hub.stop_space(self.repo)
-        for pid in self.trainer_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        self.hub.stop_space(self.repo)  # the emulator stops the whole container, its trainer included
 
 
 def call_gradio(url: str, api_name: str, data: list[Any], opener: Any = None) -> str:
