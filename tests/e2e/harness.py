@@ -114,7 +114,8 @@ def shot(page, name: str) -> Path:
     """Save a full-page screenshot under tests/artifacts/screenshots/."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    # Generous timeout: the "GPU" trains on the same two CPU cores that render the page.
+    page.screenshot(path=str(path), full_page=True, animations="disabled", timeout=90_000)
     return path
 
 
