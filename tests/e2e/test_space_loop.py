@@ -21,7 +21,7 @@ from scheduler.queue import make_queue
 from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN
-from tests.e2e.harness import APP, DESKTOP, browser, fill_form, free_port, shot, wait_http
+from tests.e2e.harness import APP, DESKTOP, browser, fill_form, free_port, shot, wait_for, wait_http
 from tests.tiny_models import make_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -37,17 +37,6 @@ def hardware_sequence(ledger: list[dict]) -> list[str]:
         if hw and (not seq or seq[-1] != hw):
             seq.append(hw)
     return seq
-
-
-def wait_for(predicate, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def open_served_by(page, url: str, hardware: str, timeout: float) -> None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from scheduler.queue.hub import HubQueue
 from scheduler.retry import RetryPolicy
 from scheduler.task import Task
 from tests.conftest import ALICE_TOKEN
-from tests.e2e.harness import APP, free_port, wait_http
+from tests.e2e.harness import APP, free_port, wait_for, wait_http
 
 RECIPES = "tests.faults.recipes"
 # Every container of the Space starts with an empty data folder, as on the Hub.
@@ -42,18 +41,6 @@ BASE_VARIABLES = {
 CAPTURED_TEXT: list[str] = []
 #: Folders of every Space the scenarios ran (their data folders and the trainers' work folders).
 SPACE_FOLDERS: list[Path] = []
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll ``predicate`` until it returns something truthy; AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def tiny_params(steps: int = 2, **extra: Any) -> dict[str, Any]:
