@@ -57,6 +57,12 @@ from scheduler.task import ImageRef, Task
 CONFLICT_STATUSES = frozenset({409, 412})
 
 
+def _repo_commit(exc: Exception) -> str | None:
+    """The ``X-Repo-Commit`` header of an HTTP error answer (the head commit the Hub looked at), if any."""
+    response = getattr(exc, "response", None)
+    return response.headers.get("X-Repo-Commit") if response is not None else None
+
+
 def _content_ids(data: bytes) -> set[str]:
     """The ETags the Hub may give a file with this content: git blob sha1 (regular) or sha256 (LFS)."""
     blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -129,10 +135,13 @@ class HubQueue(DocumentQueue):
         except RepositoryNotFoundError:
             self._repo_ready = False
             return None, QueueDoc()
-        except (EntryNotFoundError, RevisionNotFoundError):
-            info = self._call("read the repo", lambda: self.api.repo_info(self.repo_id, repo_type="dataset"))
+        except (EntryNotFoundError, RevisionNotFoundError) as exc:
+            # A new queue repo has no queue.json yet; the Hub's 404 still names the head commit.
+            head = _repo_commit(exc)
+            if head is None:
+                head = self._call("read the repo", lambda: self.api.repo_info(self.repo_id, repo_type="dataset")).sha
             self._repo_ready = True
-            return info.sha, QueueDoc(revision=info.sha)
+            return head, QueueDoc(revision=head)
         self._repo_ready = True
         known = self._known
         if known is None or meta.etag not in known.etags:
