@@ -36,10 +36,21 @@ def _scrub(message: str) -> str:
     return message.replace(token, "***") if token else message
 
 
+def _quiet_import_noise() -> None:
+    """Silence warnings that say nothing about the run (transformers without torchvision, bitsandbytes on a CPU),
+    so the log tail the app shows is about training. Errors still print."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()  # "Loading weights" bars; the run has its own progress
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a task; return the exit code."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_import_noise()
     import torch
     from accelerate import PartialState
 

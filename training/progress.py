@@ -49,7 +49,7 @@ class Progress:
     def phase(self, name: str) -> None:
         assert name in PHASES, name
         self.emit("phase", phase=name)
-        if self.bar_enabled and name != "training":
+        if self.enabled:  # a line for people (and the app's log tail), bar or not
             self._close_bar()
             print(f"[training] {name.replace('_', ' ')}", file=sys.stderr, flush=True)
 
