@@ -45,6 +45,8 @@ ERROR_TAIL_LINES = 15
 LOSS_HISTORY = 2000
 SAMPLES_KEPT = 8
 REFUSAL_BACKOFF_S = 15 * 60
+#: Space stages that change on their own within seconds (huggingface_hub's intermediate stages)
+SETTLING_STAGES = frozenset({"BUILDING", "RUNNING_BUILDING", "APP_STARTING", "RUNNING_APP_STARTING"})
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m training`` finds the package
 
 
@@ -287,7 +289,10 @@ class Worker:
         tasks = self.queue.list()
         requests = 1
         now = time.time()
-        active = any(not t.status.terminal for t in tasks)
+        # Re-read the runtime every loop while something moves (tasks to run, or the Space between stages); at
+        # rest once a minute, so an idle Space stays well inside the Hub's request budget.
+        settling = self._hw_state is not None and self._hw_state.stage in SETTLING_STAGES
+        active = settling or any(not t.status.terminal for t in tasks)
         stale = now - self._hw_read_at > (self.settings.poll_interval_s if active else 60.0)
         if self._hw_state is None or stale or is_gpu(self._hw_state.current):
             self._hw_state = self.hardware.state()

@@ -60,3 +60,26 @@ def test_idle_worker_stays_under_one_hub_request_per_poll_interval(hub, tmp_path
     assert loops >= 3
     # One request per poll interval at most (plus one for the loop in flight when stopped).
     assert len(served) <= 3.0 / 0.3 + 1, [(r.method, r.path) for r in served]
+
+
+def test_an_idle_worker_follows_the_space_until_its_stage_settles(hub):
+    repo = f"alice/worker-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN, switch_delay_s=1.0, app_start_s=1.0)  # BUILDING, APP_STARTING...
+    settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url,
+                              "POLL_INTERVAL_S": "0.3", "RETRY_BASE_S": "0.01"})  # fmt: skip
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, make_hardware(settings))
+    worker.start()
+    try:
+        first = None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            hw = worker.status.snapshot().hardware
+            first = first or (hw.stage if hw else None)
+            if hw is not None and hw.stage == "RUNNING":
+                break
+            time.sleep(0.2)
+        # No task at all: still, the header must not keep showing a stage the Space has left.
+        assert first in ("BUILDING", "APP_STARTING") and hw is not None and hw.stage == "RUNNING", (first, hw)
+    finally:
+        worker.stop()
