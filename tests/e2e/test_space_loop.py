@@ -79,7 +79,8 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
         owner_token=ALICE_TOKEN,
         command=[sys.executable, str(APP)],
         cwd=cwd,
-        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"},
+        # One torch thread: the CPU-trained "GPU" then leaves a core to the browser (screenshots while training).
+        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"},
         switch_delay_s=SWITCH_DELAY_S,
         secrets={"HF_TOKEN": ALICE_TOKEN},
         variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120"},
