@@ -27,42 +27,17 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.polling import free_port, serving, wait_for  # noqa: E402  (after the path insert)
+
 ALICE = ("alice", "hf_fake_alice_write")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
-def _serving(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _container_starts(log: Path) -> list[tuple[float, str]]:
@@ -87,7 +62,7 @@ def _serving_time(log: Path) -> float | None:
 def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dict:
     """Run the loop once with ``tasks`` tasks; return the loop_overhead record."""
     work = Path(tempfile.mkdtemp(prefix="loop-overhead-"))
-    port = _free_port()
+    port = free_port()
     os.environ.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_TOKEN=ALICE[1], HF_HOME=str(work / "hf-home"),
                       HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1", GRADIO_ANALYTICS_ENABLED="False")  # fmt: skip
     from huggingface_hub import HfApi
@@ -101,7 +76,7 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
     model = build_tiny_sd(work / "model")
     images = make_images(work / "photos", 3, size=128)
     repo = "alice/overhead"
-    app_port = _free_port()
+    app_port = free_port()
     with run_fakehub(work / "hub", port, [ALICE], switch_delay_s=switch_delay_s) as hub:
         (work / "space").mkdir()
         hub.create_space(
@@ -115,7 +90,7 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
             variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(model), "POLL_INTERVAL_S": str(poll_s)},
         )
         url = f"http://127.0.0.1:{app_port}/"
-        _wait(lambda: _serving(url), 120, "the app on cpu-basic")
+        wait_for(lambda: serving(url), 120, "the app on cpu-basic")
         settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE[1], "HF_ENDPOINT": hub.url})
         queue = make_queue(settings)
         ids = []
@@ -125,10 +100,10 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
                         params={"steps": steps, "resolution": 64, "learning_rate": 1e-4, "rank": 4,
                                 "validation_prompts": [f"a photo of sks dog {i}"]})  # fmt: skip
             ids.append(queue.enqueue(task, images).id)
-        _wait(lambda: all(queue.get(t).status.terminal for t in ids), 900, "the tasks to finish", every=1.0)
-        _wait(lambda: hub.space_runtime(repo)["hardware"]["current"] == "cpu-basic"
+        wait_for(lambda: all(queue.get(t).status.terminal for t in ids), 900, "the tasks to finish", every=1.0)
+        wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "cpu-basic"
               and hub.space_runtime(repo)["stage"] == "RUNNING", 120, "the release")  # fmt: skip
-        _wait(lambda: _serving(url), 120, "the app back on cpu-basic")
+        wait_for(lambda: serving(url), 120, "the app back on cpu-basic")
         done = [queue.get(t) for t in ids]
         ledger = hub.ledger(repo)
         releases = [r.time for r in hub.requests("POST", rf"^/api/spaces/{repo}/hardware$")]
@@ -142,7 +117,9 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
     gpu_start, gpu_end = gpu[0]["started_at"], gpu[-1]["ended_at"]
     step_times, done_times, spans = [], [], []
     for t in done:
-        events = [json.loads(line) for line in (work / "space" / "data" / "runs" / t.id / f"events-{t.attempts}.jsonl").open()]
+        events = [
+            json.loads(line) for line in (work / "space" / "data" / "runs" / t.id / f"events-{t.attempts}.jsonl").open()
+        ]
         step_times += [e["time"] for e in events if e["event"] == "step"]
         done_times += [e["time"] for e in events if e["event"] == "done"]
         steps_of_task = [e["time"] for e in events if e["event"] == "step"]
@@ -179,7 +156,11 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
         "gpu_period_s": round(gpu_period_s, 2),
         "training_s": round(training_s, 2),
         "hardware_requests": len(releases),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+        },
     }
 
 

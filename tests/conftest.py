@@ -7,19 +7,13 @@ module imports the client; the session-wide emulator fixture (tests/fakehub/fixt
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import pytest
 
+from tests.polling import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-EMULATOR_PORT = _free_port()
+EMULATOR_PORT = free_port()
 TEST_HF_HOME = tempfile.mkdtemp(prefix="hf-home-")
 # Fake tokens, deliberately not shaped like real Hub tokens.
 ALICE_TOKEN = "hf_fake_alice_write"
