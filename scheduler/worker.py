@@ -321,7 +321,9 @@ class Worker:
         action = decide(snap)
         described = f"{action.kind.value}: {action.reason}".strip(": ")
         if action.kind is not ActionKind.WAIT or described != self._last_logged:
-            log.info("action %s %s %s %s", action.kind.value, action.task_id or "", action.hardware or "", action.reason)
+            log.info(
+                "action %s %s %s %s", action.kind.value, action.task_id or "", action.hardware or "", action.reason
+            )
             self._last_logged = described
         self.status.update(last_action=described, last_action_at=time.time())
         self.execute(action, snap)
@@ -464,7 +466,12 @@ class Worker:
         self.status.update(phase="starting trainer", message=f"Training task {task.id}")
         with open(log_path, "ab") as logf:
             self._proc = subprocess.Popen(
-                cmd, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                cwd=PROJECT_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self._supervise(task, self._proc, EventReader(events_path), log_path)
 
@@ -485,7 +492,9 @@ class Worker:
             now = time.monotonic()
             if now - started > task.deadline_s:
                 self._kill_trainer()
-                return TrainOutcome(ok=False, error=f"deadline of {task.deadline_s:.0f} s exceeded; the trainer was stopped")
+                return TrainOutcome(
+                    ok=False, error=f"deadline of {task.deadline_s:.0f} s exceeded; the trainer was stopped"
+                )
             if self._stop.is_set():
                 self._kill_trainer()
                 return TrainOutcome(ok=False, stopped=True, error="the app is shutting down")
@@ -494,6 +503,7 @@ class Worker:
                 if self._cancelled(task.id):
                     self._kill_trainer()
                     return TrainOutcome(ok=False, stopped=True, error="cancelled")
+                self._refresh_settling_hardware()
             if now - last_beat >= self.heartbeat_s:
                 last_beat = now
                 try:
@@ -569,6 +579,20 @@ class Worker:
         if task is None:
             return True
         return task.status is not TaskStatus.RUNNING or task.lease is None or task.lease.holder != self.worker_id
+
+    def _refresh_settling_hardware(self) -> None:
+        """While training, re-read the Space's runtime only while its stage settles (training starts during
+        APP_STARTING), so the header does not keep showing a stage the Space has left; then no more requests."""
+        hw = self._hw_state
+        if self.settings.local or hw is None or hw.stage not in SETTLING_STAGES:
+            return
+        try:
+            self._hw_state = self.hardware.state()
+        except Exception as exc:  # noqa: BLE001 - a status line must never stop a training run
+            log.warning("could not re-read the Space runtime while training: %s", exc)
+            return
+        self._hw_read_at = time.time()
+        self.status.update(hardware=self._hw_state)
 
     def _kill_trainer(self) -> None:
         """Stop the trainer's whole process group: SIGTERM, then SIGKILL after the grace period."""

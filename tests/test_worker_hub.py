@@ -11,6 +11,7 @@ from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN
+from tests.polling import wait_for
 from tests.tiny_models import make_images
 
 
@@ -81,5 +82,32 @@ def test_an_idle_worker_follows_the_space_until_its_stage_settles(hub):
             time.sleep(0.2)
         # No task at all: still, the header must not keep showing a stage the Space has left.
         assert first in ("BUILDING", "APP_STARTING") and hw is not None and hw.stage == "RUNNING", (first, hw)
+    finally:
+        worker.stop()
+
+
+def test_the_stage_shown_while_training_follows_the_space(hub, tmp_path, tiny_sd):
+    """Training starts while the Space is still APP_STARTING; the header must show RUNNING once it is."""
+    repo = f"alice/worker-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN, switch_delay_s=0.2, app_start_s=3.0)
+    hub.wait_for_stage(repo, "APP_STARTING", timeout_s=10)
+    settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url, "POLL_INTERVAL_S": "0.3",
+                              "RETRY_BASE_S": "0.01", "ALLOW_CPU_TRAINING": "1"})  # fmt: skip
+    queue = make_queue(settings)
+    # A CPU task (this container is cpu-basic) whose stand-in trainer never ends: training outlasts APP_STARTING.
+    task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model=str(tiny_sd),
+                              recipe="test-hang", hardware="cpu-basic", params={"steps": 4, "resolution": 64}),
+                         make_images(tmp_path / "photos", 3, size=64))  # fmt: skip
+    worker = Worker(settings, queue, make_hardware(settings), recipes_modules=("tests.test_worker_recipes",),
+                    kill_grace_s=2.0)  # fmt: skip
+    worker.start()
+    try:
+        started = wait_for(
+            lambda: worker.status.snapshot().task_id == task.id and worker.status.snapshot(), 30, "the claim"
+        )
+        assert started.hardware is not None and started.hardware.stage == "APP_STARTING"
+        wait_for(lambda: worker.status.snapshot().phase == "training", 60, "the trainer's training phase")
+        shown = wait_for(lambda: (s := worker.status.snapshot()).hardware.stage == "RUNNING" and s, 15, "RUNNING shown")
+        assert shown.phase == "training" and queue.get(task.id).status is TaskStatus.RUNNING
     finally:
         worker.stop()
