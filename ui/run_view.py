@@ -67,8 +67,12 @@ def phase_text(s: StatusData) -> str:
     if s.message:
         lines.append(s.message)
     if s.steps_per_s:
-        lines.append(f"**Speed:** {s.steps_per_s:.2f} steps/s · **ETA:** {format_duration(s.eta_s)}"
-                     + (f" · **loss:** {s.loss:.4f}" if s.loss is not None else ""))  # fmt: skip
+        speed = f"**Speed:** {s.steps_per_s:.2f} steps/s"
+        if s.total and s.step < s.total:  # no ETA once the last step is done (sampling and upload remain)
+            speed += f" · **ETA:** {format_duration(s.eta_s)}"
+        if s.loss is not None:
+            speed += f" · **loss:** {s.loss:.4f}"
+        lines.append(speed)
     if s.last_error:
         lines.append(f"**Last error:** {s.last_error.splitlines()[0][:300]}")
     return "\n\n".join(lines)
