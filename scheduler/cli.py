@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list tasks, oldest first")
     p.add_argument("--status", choices=[s.value for s in TaskStatus], help="only tasks in this state")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    for name, text in (("show", "print one task as JSON"), ("cancel", "cancel a PENDING or RUNNING task"), ("retry", "put a FAILED or CANCELLED task back to PENDING (or clear a PENDING task's note)")):
+    for name, text in (("show", "print one task as JSON"), ("cancel", "cancel a PENDING or RUNNING task"), ("retry", "put a FAILED or CANCELLED task back to PENDING (or clear a PENDING task's note)"),
+                       ("delete", "remove a DONE, FAILED or CANCELLED task with its images and checkpoints (not its model)")):
         sub.add_parser(name, help=text).add_argument("task_id", metavar="ID")
 
     p = sub.add_parser("submit", help="validate and enqueue a training task (images and task in one commit)")
@@ -180,6 +181,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if command == "show":
         print(json.dumps(queue.get(args.task_id).to_dict(), indent=2))
+        return EXIT_OK
+    if command == "delete":
+        task = queue.delete(args.task_id)
+        print(f"Task {task.id} ({task.status.value}) deleted with its images and checkpoints.")
         return EXIT_OK
     change = {"cancel": queue.cancel, "retry": queue.retry}[command]
     task = change(args.task_id)

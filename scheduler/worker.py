@@ -31,6 +31,7 @@ from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState
 from scheduler.lifecycle import Action, ActionKind, Snapshot, decide
 from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
+from scheduler.queue.document import CHECKPOINTS_DIR
 from scheduler.task import Task, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -423,7 +424,7 @@ class Worker:
             output = {"repo_id": task.output_repo, "private": bool(task.private)}
         checkpoint = None
         if not self.settings.local and self.settings.queue_repo:
-            checkpoint = {"repo_id": self.settings.queue_repo, "repo_type": "dataset", "path": f"checkpoints/{task.id}"}
+            checkpoint = {"repo_id": self.settings.queue_repo, "repo_type": "dataset", "path": f"{CHECKPOINTS_DIR}/{task.id}"}
         base_model = task.base_model
         if base_model.startswith(".") and Path(base_model).exists():
             base_model = str(Path(base_model).resolve())  # the trainer runs in another folder

@@ -196,11 +196,38 @@ def test_queue_view_cancel_and_retry_handlers(local_ctx, tmp_path):
     assert "Could not retry" in retry(task.id, None)  # a PENDING task without a note cannot be retried
 
 
+def test_queue_view_delete_handler_removes_the_task_and_its_photos_but_not_the_model(local_ctx, tmp_path):
+    from scheduler.task import Task
+    from ui.layout import build_ui
+
+    demo = build_ui(local_ctx, login=False)
+    queue = local_ctx.queue
+    task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model="m"),
+                         make_images(tmp_path / "photos", 3, size=128))  # fmt: skip
+    run = local_ctx.settings.data_dir / "runs" / task.id  # what the worker left: a copy of the photos and the model
+    queue.fetch_images(task, run / "images")
+    (run / "work" / "output").mkdir(parents=True)
+    (run / "work" / "output" / "pytorch_lora_weights.safetensors").write_bytes(b"lora")
+    delete = handler(demo, "delete")
+
+    assert "Could not delete" in delete(task.id, None) and "Cancel it first" in delete(task.id, None)
+    assert queue.get(task.id).status is TaskStatus.PENDING and len(list((run / "images").iterdir())) == 3
+
+    queue.claim(task.id, "w", 60)
+    queue.complete(task.id, "w", str(run / "work" / "output"))
+    message = delete(task.id, None)
+    assert message.startswith(f"Task `{task.id}` was deleted with its photos") and "The model stays in" in message
+    assert queue.list() == [] and not (run / "images").exists()
+    assert not (local_ctx.settings.data_dir / "queue" / "images" / task.id).exists()
+    assert (run / "work" / "output" / "pytorch_lora_weights.safetensors").read_bytes() == b"lora"
+    assert "Could not delete" in delete(task.id, None)  # already gone
+
+
 def test_space_handlers_refuse_anonymous_callers(hub):
     repo = f"alice/space-{uuid.uuid4().hex[:6]}"
     hub.create_space(repo, owner_token=ALICE_TOKEN)
     app = create_app(space_settings(hub, repo))
-    for name in ("cancel", "retry"):
+    for name in ("cancel", "retry", "delete"):
         with pytest.raises(gr.Error, match="Sign in"):
             handler(app.demo, name)("some-id", None)
     with pytest.raises(gr.Error, match="Only the owner"):

@@ -1,14 +1,16 @@
-"""The queue view: every task with its status, attempts, times, cost so far and result; cancel and retry.
+"""The queue view: every task with its status, attempts, times, cost so far and result; cancel, retry, delete.
 
-The table is built from the worker's last read of the queue (no Hub request per browser refresh). Cancel and
-retry write to the queue and are checked server-side.
+The table is built from the worker's last read of the queue (no Hub request per browser refresh). Cancel, retry
+and delete write to the queue and are checked server-side.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -88,6 +90,7 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         pick = gr.Dropdown(label="Task", choices=[], min_width=200)
         cancel = gr.Button("Cancel task", variant="stop", min_width=120)
         retry = gr.Button("Retry task", min_width=120)
+        delete = gr.Button("Delete task and photos", min_width=120)
     message = gr.Markdown()
 
     def on_cancel(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
@@ -113,8 +116,23 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         ctx.worker.wake()
         return f"Task `{task.id}` is {task.status.value} again."
 
+    def on_delete(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
+        require_allowed(ctx.settings, profile)
+        if not task_id:
+            return "Pick a task first."
+        try:
+            task = ctx.queue.delete(task_id)
+        except QueueError as exc:
+            return f"Could not delete `{task_id}`: {exc}"
+        # The worker's copy of the photos on this machine goes too; the run's outputs (a local model) stay.
+        shutil.rmtree(Path(ctx.settings.data_dir) / "runs" / task.id / "images", ignore_errors=True)
+        ctx.worker.wake()
+        where = f" The model stays in {task.result_url}." if task.result_url else ""
+        return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
+
     cancel.click(on_cancel, pick, message, api_name="cancel", api_visibility="private")
     retry.click(on_retry, pick, message, api_name="retry", api_visibility="private")
+    delete.click(on_delete, pick, message, api_name="delete", api_visibility="private")
     return QueueParts(table=table, pick=pick)
 
 

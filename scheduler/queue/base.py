@@ -91,5 +91,10 @@ class TaskQueue(ABC):
         """Set ``last_error`` on a PENDING task without changing its state (e.g. why the GPU was refused)."""
 
     @abstractmethod
+    def delete(self, task_id: str) -> Task:
+        """Remove a finished task (DONE, FAILED or CANCELLED) with its training images and checkpoints, in one
+        atomic change; return it as it was. The trained model stays where it was uploaded."""
+
+    @abstractmethod
     def fetch_images(self, task: Task, dest: Path) -> Path:
         """Make the task's training images available as files in a local folder and return that folder."""

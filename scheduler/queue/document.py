@@ -23,6 +23,7 @@ R = TypeVar("R")
 
 QUEUE_FILE = "queue.json"
 IMAGES_DIR = "images"
+CHECKPOINTS_DIR = "checkpoints"  # the trainer's resumable state, mirrored next to the queue (see scheduler.worker)
 FORMAT_VERSION = 1
 RECENT_OPS_KEPT = 200
 ABOUT = (
@@ -243,6 +244,17 @@ def op_set_note(doc: QueueDoc, task_id: str, note: str | None, now: float) -> Ta
     if note is not None:
         task.last_error = note
     task.updated_at = now
+    return task
+
+
+def op_delete(doc: QueueDoc, task_id: str) -> Task:
+    task = doc.require(task_id)
+    if not task.status.terminal:
+        raise InvalidTransition(
+            f"Cannot delete task {task_id}: it is {task.status.value}. Cancel it first; only DONE, FAILED or CANCELLED "
+            "tasks can be deleted."
+        )
+    doc.tasks.remove(task)
     return task
 
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_url
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -41,6 +41,7 @@ from huggingface_hub.errors import (
 
 from scheduler.queue.base import QueueError, QueueUnavailable
 from scheduler.queue.document import (
+    CHECKPOINTS_DIR,
     IMAGES_DIR,
     QUEUE_FILE,
     DocumentQueue,
@@ -49,6 +50,7 @@ from scheduler.queue.document import (
     check_image_paths,
     image_name,
     new_op_id,
+    op_delete,
     op_enqueue,
 )
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
@@ -183,7 +185,13 @@ class HubQueue(DocumentQueue):
             ) from exc.__cause__
         self._repo_ready = True
 
-    def _transact(self, edit: Callable[[QueueDoc], R], message: str, files: Sequence[tuple[str, Path]] = ()) -> R:
+    def _transact(
+        self,
+        edit: Callable[[QueueDoc], R],
+        message: str,
+        files: Sequence[tuple[str, Path]] = (),
+        delete_folders: Sequence[str] = (),
+    ) -> R:
         with self._lock:
             in_doubt: dict[str, R] = {}  # op id -> result, for attempts whose outcome is unknown
             delays = self.conflict_backoff
@@ -202,7 +210,10 @@ class HubQueue(DocumentQueue):
                 op_id = new_op_id()
                 doc.recent_ops.append(op_id)
                 text = doc.to_json()
-                operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in files]
+                operations: list[CommitOperationAdd | CommitOperationDelete] = [
+                    CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in files
+                ]
+                operations += [CommitOperationDelete(path_in_repo=f"{folder}/", is_folder=True) for folder in delete_folders]
                 operations.append(CommitOperationAdd(path_in_repo=QUEUE_FILE, path_or_fileobj=text.encode("utf-8")))
                 try:
                     info = self.api.create_commit(
@@ -244,6 +255,20 @@ class HubQueue(DocumentQueue):
         if stored.images is not None and stored.images.revision is None and self._known is not None:
             stored.images.revision = self._known.commit  # a commit that contains the images
         return stored
+
+    def delete(self, task_id: str) -> Task:
+        folders = [f"{IMAGES_DIR}/{task_id}", f"{CHECKPOINTS_DIR}/{task_id}"]
+        try:
+            # The Hub refuses to delete a folder that does not exist, so ask which of them do (one request).
+            found = self._call("look up the task's files", lambda: self.api.get_paths_info(self.repo_id, folders, repo_type="dataset"))
+        except RepositoryNotFoundError:
+            found = []
+        present = [entry.path for entry in found if entry.path in folders]
+
+        def edit(doc: QueueDoc) -> Task:
+            return op_delete(doc, task_id)
+
+        return self._transact(edit, f"Delete task {task_id} with its images and checkpoints", delete_folders=present)
 
     def fetch_images(self, task: Task, dest: Path) -> Path:
         if task.images is None:

@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from scheduler.queue.base import QueueUnavailable
 from scheduler.queue.document import (
+    CHECKPOINTS_DIR,
     IMAGES_DIR,
     QUEUE_FILE,
     DocumentQueue,
@@ -33,6 +34,7 @@ from scheduler.queue.document import (
     check_image_paths,
     image_name,
     list_images,
+    op_delete,
     op_enqueue,
 )
 from scheduler.task import ImageRef, Task
@@ -103,6 +105,17 @@ class LocalQueue(DocumentQueue):
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, task_id: str) -> Task:
+        def edit(doc: QueueDoc) -> Task:
+            task = op_delete(doc, task_id)
+            # Under the lock, before the queue file no longer names the task: a crash in between leaves a task
+            # without images (its retry fails clearly), never images that nothing refers to.
+            for folder in (self.folder / IMAGES_DIR / task_id, self.folder / CHECKPOINTS_DIR / task_id):
+                shutil.rmtree(folder, ignore_errors=True)
+            return task
+
+        return self._transact(edit, f"Delete task {task_id}")
 
     def fetch_images(self, task: Task, dest: Path) -> Path:
         if task.images is None:

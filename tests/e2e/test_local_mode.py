@@ -55,13 +55,26 @@ def test_local_mode_trains_a_task_submitted_in_the_browser(tmp_path, tiny_sd):
         expect(page.get_by_text("4 / 4 steps (100%)")).to_be_visible(timeout=10_000)
         shot(page, "local-run-done")
 
-    doc = json.loads((workdir / "data" / "queue" / "queue.json").read_text())
-    tasks = doc["tasks"] if isinstance(doc, dict) and "tasks" in doc else doc
-    tasks = list(tasks.values()) if isinstance(tasks, dict) else tasks
-    assert [t["status"] for t in tasks] == ["DONE"]
-    task = tasks[0]
-    assert task["params"]["steps"] == 4 and task["params"]["resolution"] == 256
-    assert task["images"]["count"] == 3
-    output = workdir / "data" / "runs" / task["id"] / "work" / "output"
-    assert task["result_url"] == str(output)
+        tasks = json.loads((workdir / "data" / "queue" / "queue.json").read_text())["tasks"]
+        assert [t["status"] for t in tasks] == ["DONE"]
+        task = tasks[0]
+        assert task["params"]["steps"] == 4 and task["params"]["resolution"] == 256
+        assert task["images"]["count"] == 3
+        output = workdir / "data" / "runs" / task["id"] / "work" / "output"
+        assert task["result_url"] == str(output)
+        assert any(output.glob("*.safetensors")) and (output / "README.md").is_file()
+        assert len(list((workdir / "data" / "queue" / "images" / task["id"]).iterdir())) == 3
+
+        # The owner deletes the finished task: its photos go, the model stays.
+        page.get_by_role("tab", name="Queue").click()
+        page.get_by_label("Task", exact=True).click()
+        page.get_by_role("option", name=task["id"]).click()
+        page.get_by_role("button", name="Delete task and photos").click()
+        expect(page.get_by_text(re.compile(rf"Task {task['id']} was deleted with its photos"))).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("gridcell", name="DONE")).to_have_count(0, timeout=30_000)
+        shot(page, "local-queue-deleted")
+
+    assert json.loads((workdir / "data" / "queue" / "queue.json").read_text())["tasks"] == []
+    assert not (workdir / "data" / "queue" / "images" / task["id"]).exists()
+    assert not (workdir / "data" / "runs" / task["id"] / "images").exists()
     assert any(output.glob("*.safetensors")) and (output / "README.md").is_file()

@@ -33,3 +33,24 @@ def queue_file_text(queue: TaskQueue) -> str:
         return (queue.folder / QUEUE_FILE).read_text(encoding="utf-8")
     path = hf_hub_download(queue.repo_id, QUEUE_FILE, repo_type="dataset", token=queue.api.token, endpoint=queue.api.endpoint, force_download=True)
     return Path(path).read_text(encoding="utf-8")
+
+
+def stored_files(queue: TaskQueue) -> list[str]:
+    """Every file the queue keeps, as paths relative to its folder or repo."""
+    if isinstance(queue, LocalQueue):
+        return sorted(str(p.relative_to(queue.folder)) for p in queue.folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sorted(queue.api.list_repo_files(queue.repo_id, repo_type="dataset"))
+
+
+def store_checkpoint(queue: TaskQueue, task_id: str, data: bytes = b"weights") -> str:
+    """Put a checkpoint file where the worker mirrors a task's checkpoints (as the trainer does); returns its path."""
+    from scheduler.queue.document import CHECKPOINTS_DIR
+
+    path = f"{CHECKPOINTS_DIR}/{task_id}/step-00000002/trainable.safetensors"
+    if isinstance(queue, LocalQueue):
+        target = queue.folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    else:
+        queue.api.upload_file(path_or_fileobj=data, path_in_repo=path, repo_id=queue.repo_id, repo_type="dataset")
+    return path

@@ -46,6 +46,12 @@ def test_local_round_trip(tmp_path, capsys):
     assert LocalQueue(qdir).get("task0001").status is TaskStatus.PENDING
     assert main(["--local", qdir, "list", "--status", "DONE", "--json"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out) == []
+    assert main(["--local", qdir, "delete", "task0001"]) == EXIT_CONFLICT
+    assert "Cancel it first" in capsys.readouterr().err
+    assert main(["--local", qdir, "cancel", "task0001"]) == EXIT_OK
+    assert main(["--local", qdir, "delete", "task0001"]) == EXIT_OK
+    assert "Task task0001 (CANCELLED) deleted with its images and checkpoints." in capsys.readouterr().out
+    assert LocalQueue(qdir).list() == [] and not (tmp_path / "q" / "images" / "task0001").exists()
 
 
 def test_exit_codes_and_messages(tmp_path, capsys):
@@ -102,7 +108,7 @@ def test_hub_queue_and_space_hardware(hub, tmp_path, capsys):
 def test_help_and_usage_in_a_subprocess(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "scheduler", "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0
-    for word in ("list", "show", "cancel", "retry", "submit", "hardware", "release", "exit codes"):
+    for word in ("list", "show", "cancel", "retry", "delete", "submit", "hardware", "release", "exit codes"):
         assert word in shown.stdout
     bad = subprocess.run([sys.executable, "-m", "scheduler", "--local", str(tmp_path), "frobnicate"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr

@@ -11,7 +11,7 @@ import pytest
 from scheduler.queue.base import InvalidTransition, TaskNotFound
 from scheduler.task import TaskStatus
 from tests.scheduler.helpers import make_images, make_task
-from tests.scheduler.queues import queue_file_text
+from tests.scheduler.queues import queue_file_text, store_checkpoint, stored_files
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -188,3 +188,41 @@ def test_queue_file_is_readable_json(queue, tmp_path):
     assert [t["id"] for t in data["tasks"]] == [task.id]
     assert data["tasks"][0]["instance_prompt"] == "a photo of sks dog, studio light"
     assert data["tasks"][0]["status"] == "PENDING"
+
+
+def test_delete_removes_a_finished_task_with_its_images_and_checkpoints(queue, tmp_path):
+    images = make_images(tmp_path, 2)
+    done = queue.enqueue(make_task(), images)
+    kept = queue.enqueue(make_task(), images)
+    queue.claim(done.id, "w1", 60)
+    checkpoint = store_checkpoint(queue, done.id)
+    queue.complete(done.id, "w1", "https://hub/alice/model")
+    assert checkpoint in stored_files(queue)
+
+    deleted = queue.delete(done.id)
+
+    assert deleted.id == done.id and deleted.status is TaskStatus.DONE and deleted.result_url == "https://hub/alice/model"
+    assert [t.id for t in queue.list()] == [kept.id]
+    with pytest.raises(TaskNotFound):
+        queue.get(done.id)
+    files = stored_files(queue)
+    assert not [f for f in files if done.id in f], files  # no image, no checkpoint left
+    assert len([f for f in files if f.startswith(f"images/{kept.id}/")]) == 2  # the other task's photos stay
+    assert queue.fetch_images(queue.get(kept.id), tmp_path / "out").is_dir()
+    with pytest.raises(TaskNotFound):
+        queue.delete(done.id)
+
+
+def test_delete_refuses_unfinished_tasks_and_cancelled_ones_without_checkpoints_go(queue, tmp_path):
+    images = make_images(tmp_path, 1)
+    pending = queue.enqueue(make_task(), images)
+    running = queue.enqueue(make_task(), images)
+    queue.claim(running.id, "w1", 60)
+    for task in (pending, running):
+        with pytest.raises(InvalidTransition, match="Cancel it first"):
+            queue.delete(task.id)
+    assert len(queue.list()) == 2 and len([f for f in stored_files(queue) if f.startswith("images/")]) == 2
+
+    queue.cancel(pending.id)
+    assert queue.delete(pending.id).status is TaskStatus.CANCELLED  # no checkpoint folder: nothing else to remove
+    assert [t.id for t in queue.list()] == [running.id]

@@ -183,6 +183,18 @@ def test_requeue_landed_but_500_reports_the_requeued_task(hub, hub_queue, tmp_pa
     assert stored.status is TaskStatus.PENDING and stored.attempts == 1
 
 
+def test_delete_landed_but_500_is_reported_done_and_not_redone(hub, hub_queue, tmp_path):
+    repo = hub_queue.repo_id
+    task = hub_queue.enqueue(make_task(), make_images(tmp_path, 2))
+    hub_queue.cancel(task.id)
+    hub.clear_requests()
+    hub.inject_fault("POST", rf"^/api/datasets/{repo}/commit/", status=500, land_then_fail=True)
+    assert hub_queue.delete(task.id).id == task.id  # the re-read finds the operation: no second delete (a 404)
+    assert commit_statuses(hub, repo) == [500]
+    assert make_hub_queue(hub, ALICE_TOKEN, repo).list() == []
+    assert not [f for f in hub_queue.api.list_repo_files(repo, repo_type="dataset") if task.id in f]
+
+
 def test_reads_retry_transient_errors(hub, hub_queue, tmp_path):
     repo = hub_queue.repo_id
     task = hub_queue.enqueue(make_task(), make_images(tmp_path, 1))
