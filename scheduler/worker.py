@@ -17,6 +17,7 @@ import copy
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -452,9 +453,17 @@ class Worker:
             return [self.python, *launch, *args]
         return [self.python, *args]
 
+    def run_dir(self, task_id: str) -> Path:
+        """This machine's folder for a task's runs: a copy of its photos (``images/``) and the trainer's ``work/``."""
+        return (Path(self.settings.data_dir) / "runs" / task_id).resolve()
+
+    def remove_photos(self, task_id: str) -> None:
+        """Delete this machine's copy of a task's photos (the run's outputs stay)."""
+        shutil.rmtree(self.run_dir(task_id) / "images", ignore_errors=True)
+
     def train(self, task: Task) -> TrainOutcome:
         """Run the trainer for a claimed task under the watchdog and return how it ended."""
-        workdir = (Path(self.settings.data_dir) / "runs" / task.id).resolve()
+        workdir = self.run_dir(task.id)
         workdir.mkdir(parents=True, exist_ok=True)
         self.status.update(phase="downloading", message="Fetching the training images")
         images = Path(self.queue.fetch_images(task, workdir / "images")).resolve()

@@ -204,7 +204,7 @@ def test_queue_view_delete_handler_removes_the_task_and_its_photos_but_not_the_m
     queue = local_ctx.queue
     task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model="m"),
                          make_images(tmp_path / "photos", 3, size=128))  # fmt: skip
-    run = local_ctx.settings.data_dir / "runs" / task.id  # what the worker left: a copy of the photos and the model
+    run = local_ctx.worker.run_dir(task.id)  # what the worker left: a copy of the photos and the model
     queue.fetch_images(task, run / "images")
     (run / "work" / "output").mkdir(parents=True)
     (run / "work" / "output" / "pytorch_lora_weights.safetensors").write_bytes(b"lora")

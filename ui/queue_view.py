@@ -6,11 +6,9 @@ and delete write to the queue and are checked server-side.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -124,8 +122,7 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
             task = ctx.queue.delete(task_id)
         except QueueError as exc:
             return f"Could not delete `{task_id}`: {exc}"
-        # The worker's copy of the photos on this machine goes too; the run's outputs (a local model) stay.
-        shutil.rmtree(Path(ctx.settings.data_dir) / "runs" / task.id / "images", ignore_errors=True)
+        ctx.worker.remove_photos(task.id)  # its copy on this machine too; the run's outputs (a local model) stay
         ctx.worker.wake()
         where = f" The model stays in {task.result_url}." if task.result_url else ""
         return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
