@@ -17,8 +17,10 @@ from ui.run_view import render as render_run
 from ui.settings_view import build_settings_view, visibility
 
 REFRESH_S = 2.0
+# ``width: 100%`` matters: with ``margin: auto`` alone the container shrinks to its content, and the empty loss plot
+# (which sizes itself to its container) then re-lays the Run tab out forever, burning a CPU core in the browser.
 CSS = """
-.gradio-container { max-width: 1100px !important; margin: auto; }
+.gradio-container { max-width: 1100px !important; width: 100%; margin: auto; }
 @media (max-width: 640px) { .gradio-container { padding: 4px !important; } h1 { font-size: 1.4em !important; } }
 """
 

@@ -79,12 +79,12 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def shot(page, name: str) -> Path:
-    """Save a full-page screenshot under tests/artifacts/screenshots/."""
+def shot(page, name: str, timeout_s: float = 90.0) -> Path:
+    """Save a full-page screenshot under tests/artifacts/screenshots/ (it waits for the page to settle)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    # Generous timeout: the "GPU" trains on the same two CPU cores that render the page.
-    page.screenshot(path=str(path), full_page=True, animations="disabled", timeout=90_000)
+    # Generous default: the "GPU" trains on the same two CPU cores that render the page.
+    page.screenshot(path=str(path), full_page=True, animations="disabled", timeout=timeout_s * 1000)
     return path
 
 

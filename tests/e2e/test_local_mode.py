@@ -36,6 +36,12 @@ def test_local_mode_trains_a_task_submitted_in_the_browser(tmp_path, tiny_sd):
         page = b.new_page(viewport=DESKTOP)
         page.goto(url)
         expect(page.get_by_text("Local mode: training runs on this machine.")).to_be_visible(timeout=30_000)
+        # The idle Run tab settles: its empty loss plot once re-laid the page out forever (a busy browser core, and
+        # a screenshot that never completed).
+        page.get_by_role("tab", name="Run").click()
+        expect(page.get_by_text("no training step yet")).to_be_visible(timeout=10_000)
+        shot(page, "local-run-idle", timeout_s=20)
+        page.get_by_role("tab", name="Train").click()
         # Nothing is queued when the form is incomplete.
         page.get_by_role("button", name="Train").click()
         expect(page.get_by_text("Nothing was queued")).to_be_visible(timeout=30_000)
