@@ -37,13 +37,15 @@ def _scrub(message: str) -> str:
 
 
 def _quiet_import_noise() -> None:
-    """Silence warnings that say nothing about the run (transformers without torchvision, bitsandbytes on a CPU),
-    so the log tail the app shows is about training. Errors still print."""
+    """Silence messages that say nothing about the run (transformers without torchvision, bitsandbytes on a CPU,
+    HTTP clients logging each request), so the log tail the app shows is about training. Errors still print."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()  # "Loading weights" bars; the run has its own progress
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    for client in ("httpx", "httpx2", "httpcore"):  # one INFO line per Hub request (the checkpoint mirror's lookups)
+        logging.getLogger(client).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
