@@ -7,6 +7,7 @@ and delete write to the queue and are checked server-side.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -91,41 +92,35 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         delete = gr.Button("Delete task and photos", min_width=120)
     message = gr.Markdown()
 
-    def on_cancel(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
-        require_allowed(ctx.settings, profile)
-        if not task_id:
-            return "Pick a task first."
-        try:
-            task = ctx.queue.cancel(task_id)
-        except QueueError as exc:
-            return f"Could not cancel `{task_id}`: {exc}"
-        ctx.worker.wake()
-        return f"Task `{task.id}` is {task.status.value}."
+    def task_action(verb: str, change: Callable[[str], Task], done: Callable[[Task], str]) -> Callable[..., str]:
+        """A handler that checks the caller, applies ``change`` to the picked task and says what happened."""
 
-    def on_retry(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
-        require_allowed(ctx.settings, profile)
-        if not task_id:
-            return "Pick a task first."
-        try:
-            task = ctx.queue.retry(task_id)
-        except QueueError as exc:
-            return f"Could not retry `{task_id}`: {exc}"
+        def handle(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
+            require_allowed(ctx.settings, profile)
+            if not task_id:
+                return "Pick a task first."
+            try:
+                task = change(task_id)
+            except QueueError as exc:
+                return f"Could not {verb} `{task_id}`: {exc}"
+            message = done(task)
+            ctx.worker.wake()
+            return message
+
+        return handle
+
+    def retried(task: Task) -> str:
         ctx.worker.forget_refusal(task.id)
-        ctx.worker.wake()
         return f"Task `{task.id}` is {task.status.value} again."
 
-    def on_delete(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
-        require_allowed(ctx.settings, profile)
-        if not task_id:
-            return "Pick a task first."
-        try:
-            task = ctx.queue.delete(task_id)
-        except QueueError as exc:
-            return f"Could not delete `{task_id}`: {exc}"
+    def deleted(task: Task) -> str:
         ctx.worker.remove_photos(task.id)  # its copy on this machine too; the run's outputs (a local model) stay
-        ctx.worker.wake()
         where = f" The model stays in {task.result_url}." if task.result_url else ""
         return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
+
+    on_cancel = task_action("cancel", ctx.queue.cancel, lambda task: f"Task `{task.id}` is {task.status.value}.")
+    on_retry = task_action("retry", ctx.queue.retry, retried)
+    on_delete = task_action("delete", ctx.queue.delete, deleted)
 
     cancel.click(on_cancel, pick, message, api_name="cancel", api_visibility="private")
     retry.click(on_retry, pick, message, api_name="retry", api_visibility="private")
