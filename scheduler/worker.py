@@ -293,15 +293,13 @@ class Worker:
         now = time.time()
         # Re-read the runtime every loop while something moves (tasks to run, or the Space between stages); at
         # rest once a minute, so an idle Space stays well inside the Hub's request budget.
-        settling = self._hw_state is not None and self._hw_state.stage in SETTLING_STAGES
-        active = settling or any(not t.status.terminal for t in tasks)
+        active = self._stage_settling() or any(not t.status.terminal for t in tasks)
         stale = now - self._hw_read_at > (self.settings.poll_interval_s if active else 60.0)
-        if self._hw_state is None or stale or is_gpu(self._hw_state.current):
-            self._hw_state = self.hardware.state()
-            self._hw_read_at = now
-            requests += 0 if self.settings.local else 1
         hw = self._hw_state
-        self.status.update(tasks=tasks, hardware=hw)
+        if hw is None or stale or is_gpu(hw.current):
+            hw = self._read_hardware()
+            requests += 0 if self.settings.local else 1
+        self.status.update(tasks=tasks)
         snap = Snapshot(
             tasks=tuple(tasks),
             now=now,
@@ -590,19 +588,26 @@ class Worker:
             return True
         return task.status is not TaskStatus.RUNNING or task.lease is None or task.lease.holder != self.worker_id
 
+    def _read_hardware(self) -> HardwareState:
+        """Read the hardware state (one Hub request on a Space), remember when, and show it in the status."""
+        self._hw_state = self.hardware.state()
+        self._hw_read_at = time.time()
+        self.status.update(hardware=self._hw_state)
+        return self._hw_state
+
+    def _stage_settling(self) -> bool:
+        """Whether the last read found the Space between stages (it moves on by itself within seconds)."""
+        return self._hw_state is not None and self._hw_state.stage in SETTLING_STAGES
+
     def _refresh_settling_hardware(self) -> None:
         """While training, re-read the Space's runtime only while its stage settles (training starts during
         APP_STARTING), so the header does not keep showing a stage the Space has left; then no more requests."""
-        hw = self._hw_state
-        if self.settings.local or hw is None or hw.stage not in SETTLING_STAGES:
+        if self.settings.local or not self._stage_settling():
             return
         try:
-            self._hw_state = self.hardware.state()
+            self._read_hardware()
         except Exception as exc:  # noqa: BLE001 - a status line must never stop a training run
             log.warning("could not re-read the Space runtime while training: %s", exc)
-            return
-        self._hw_read_at = time.time()
-        self.status.update(hardware=self._hw_state)
 
     def _kill_trainer(self) -> None:
         """Stop the trainer's whole process group: SIGTERM, then SIGKILL after the grace period."""
