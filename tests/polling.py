@@ -55,6 +55,15 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     return time.monotonic() - start
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (killed, waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
 def tail(log: Path | None, n: int = 40) -> str:
     """The last ``n`` lines of a log file ("" when there is none)."""
     if log is None or not log.exists():

@@ -15,6 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from tests.conftest import ALICE_TOKEN, BOB_TOKEN
 from tests.fakehub.fixtures import FakeHub
+from tests.polling import alive, wait_for
 
 # A tiny "Space": reports its environment in its log, then idles until killed.
 SPACE_SCRIPT = """
@@ -295,27 +296,14 @@ while True:
 """
 
 
-def _child_pid(log: Path, timeout_s: float = 15.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in log.read_text().splitlines() if log.exists() else []:
-            if line.startswith("CHILD "):
-                return int(line.split()[1])
-        time.sleep(0.05)
-    raise AssertionError(f"no CHILD line in {log}")
+def _child_pid(log: Path) -> int:
+    """The pid the Space's app printed as ``CHILD <pid>``, once it has."""
 
+    def printed() -> int | None:
+        lines = log.read_text().splitlines() if log.exists() else []
+        return next((int(line.split()[1]) for line in lines if line.startswith("CHILD ")), None)
 
-def _gone(pid: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":  # killed, waiting for init to reap it
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_for(printed, 15, f"a CHILD line in {log}", every=0.05)
 
 
 def test_a_dying_container_takes_processes_of_other_sessions_with_it(hub: FakeHub, tmp_path: Path) -> None:
@@ -327,9 +315,9 @@ def test_a_dying_container_takes_processes_of_other_sessions_with_it(hub: FakeHu
         first = _child_pid(wait_for_logs(hub, repo_id, 1)[0])
         hub.wait_for_stage(repo_id, "RUNNING")
         hub.kill_space_container(repo_id)  # a crash (SIGKILL)
-        assert _gone(first), "the crashed container's child survived"
+        wait_for(lambda: not alive(first), 10, "the crashed container's child to die", every=0.05)
         second = _child_pid(wait_for_logs(hub, repo_id, 2)[1])
         assert second != first
     finally:
         hub.stop_space(repo_id)  # a stop (SIGTERM, then SIGKILL)
-    assert _gone(second), "the stopped container's child survived"
+    wait_for(lambda: not alive(second), 10, "the stopped container's child to die", every=0.05)

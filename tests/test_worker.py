@@ -19,6 +19,7 @@ from scheduler.queue import make_queue
 from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import EventReader, Worker
+from tests.polling import alive, wait_for
 from tests.tiny_models import make_images
 
 TEST_RECIPES = "tests.test_worker_recipes"
@@ -42,22 +43,6 @@ def new_task(base_model: str, recipe: str = "dreambooth-lora", steps: int = 4, *
         params.update(rank=4, validation_prompts=["a photo of sks dog"], checkpoint_every=2)
     return Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model=base_model, recipe=recipe,
                 params=params, **kw)  # fmt: skip
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 def test_trains_a_task_to_done_with_progress_and_samples(local, tiny_sd):
@@ -104,7 +89,7 @@ def test_deadline_kills_the_whole_process_group(local, tmp_path):
     assert "deadline" in failed.last_error
     assert time.monotonic() - started < 20
     pids = (settings.data_dir / "runs" / task.id / "work" / "pids.txt").read_text().split()
-    wait_until(lambda: not any(alive(int(p)) for p in pids), 5, "trainer and its child to die")
+    wait_for(lambda: not any(alive(int(p)) for p in pids), 5, "trainer and its child to die")
 
 
 def test_cancel_stops_the_trainer_and_heartbeats_renew_the_lease(local):
@@ -112,20 +97,20 @@ def test_cancel_stops_the_trainer_and_heartbeats_renew_the_lease(local):
     task = queue.enqueue(new_task("unused", recipe="test-slow", steps=300), images)
     worker.start()
 
-    wait_until(lambda: queue.get(task.id).progress.get("step", 0) >= 3, 30, "a heartbeat with progress")
+    wait_for(lambda: queue.get(task.id).progress.get("step", 0) >= 3, 30, "a heartbeat with progress")
     running = queue.get(task.id)
     assert running.status is TaskStatus.RUNNING and running.lease.holder == worker.worker_id
     first_expiry = running.lease.expires_at
-    wait_until(lambda: queue.get(task.id).lease.expires_at > first_expiry, 5, "the lease to be renewed")
+    wait_for(lambda: queue.get(task.id).lease.expires_at > first_expiry, 5, "the lease to be renewed")
     proc = worker._proc
     assert proc is not None and proc.poll() is None
     # The UI's task list is refreshed while training (no stale PENDING in the queue view).
-    wait_until(lambda: [t.status for t in worker.status.snapshot().tasks] == [TaskStatus.RUNNING], 5, "a fresh task list")
+    wait_for(lambda: [t.status for t in worker.status.snapshot().tasks] == [TaskStatus.RUNNING], 5, "a fresh task list")
 
     queue.cancel(task.id)
 
-    wait_until(lambda: proc.poll() is not None, 10, "the trainer to stop after cancel")
-    wait_until(lambda: worker.status.snapshot().phase in ("stopped", "idle"), 5, "the worker to go idle")
+    wait_for(lambda: proc.poll() is not None, 10, "the trainer to stop after cancel")
+    wait_for(lambda: worker.status.snapshot().phase in ("stopped", "idle"), 5, "the worker to go idle")
     assert queue.get(task.id).status is TaskStatus.CANCELLED
     assert worker.status.snapshot().step < 300
 
@@ -136,7 +121,7 @@ def test_drains_every_runnable_task(local):
     second = queue.enqueue(new_task("unused", recipe="test-slow", steps=3), images)
     worker.start()
 
-    wait_until(lambda: all(queue.get(t.id).status.terminal for t in (first, second)), 60, "both tasks to finish")
+    wait_for(lambda: all(queue.get(t.id).status.terminal for t in (first, second)), 60, "both tasks to finish")
     assert [queue.get(t.id).status for t in (first, second)] == [TaskStatus.DONE, TaskStatus.DONE]
     assert queue.get(first.id).finished_at <= queue.get(second.id).started_at
 
