@@ -41,12 +41,15 @@ class App:
     problems: list[SetupProblem] = field(default_factory=list)
 
     def launch_options(self) -> dict[str, Any]:
-        """``launch()`` arguments: on a Space listen on all interfaces (port from GRADIO_SERVER_PORT, else 7860)."""
+        """``launch()`` arguments. Nothing of the data dir is served by URL (photos, weights, logs: samples reach
+        the owner as event output). All interfaces only on a Space with the platform's sign-in; else 127.0.0.1."""
         opts: dict[str, Any] = {"css": CSS, "footer_links": ["gradio"], "run_history": False, "max_file_size": "20mb"}
         if self.settings is not None:
-            opts["allowed_paths"] = [str(self.settings.data_dir.resolve())]
-            if not self.settings.local:
-                opts["server_name"] = "0.0.0.0"
+            opts["blocked_paths"] = [str(self.settings.data_dir.resolve())]
+        s = self.settings
+        if s is None or not s.local:  # local mode: Gradio's default (127.0.0.1, or GRADIO_SERVER_NAME)
+            public = s is not None and s.on_space_platform and s.oauth_client_secret_set
+            opts["server_name"] = "0.0.0.0" if public else "127.0.0.1"
         return opts
 
     def launch(self, block: bool = True, **overrides: Any) -> str:
@@ -68,6 +71,14 @@ class App:
             self.worker.stop()
         self.demo.close()
 
+
+SIGNIN_PROBLEM = SetupProblem(
+    "Sign-in with Hugging Face is not configured",
+    "This app found a Space id but not the platform's sign-in (OAuth), so it cannot tell the owner from anyone "
+    "else and serves no form.",
+    "Keep `hf_oauth: true` in the README's metadata and run the app on Hugging Face Spaces (which sets the OAuth "
+    "variables). To use it on your own machine, unset `SPACE_ID` (local mode).",
+)
 
 TOKEN_TITLES = {
     "missing": "The HF_TOKEN secret is missing",
@@ -101,6 +112,8 @@ def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: d
     from scheduler.queue import make_queue
 
     if not settings.local:
+        if not settings.oauth_ready:
+            return App(build_setup_page([SIGNIN_PROBLEM], settings.space_id), settings, problems=[SIGNIN_PROBLEM])
         api = api or HfApi(endpoint=settings.hf_endpoint, token=settings.hf_token)
         problems = diagnose(settings, api)
         if problems:
@@ -118,7 +131,7 @@ def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: d
         return App(build_setup_page([problem], settings.space_id), settings, problems=[problem])
     hardware = make_hardware(settings, api=api)
     worker = Worker(settings, queue, hardware, **(worker_kwargs or {}))
-    ctx = AppContext(settings=settings, queue=queue, worker=worker)
+    ctx = AppContext(settings=settings, queue=queue, worker=worker, api=api)
     demo = build_ui(ctx, login=not settings.local)
     return App(demo, settings, worker=worker)
 

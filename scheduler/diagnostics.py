@@ -6,6 +6,7 @@ page instead of crashing. Token values never appear in the messages.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from huggingface_hub import HfApi, get_token
@@ -14,6 +15,7 @@ from huggingface_hub.errors import LocalTokenNotFoundError
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
 from scheduler.settings import Settings
 
+log = logging.getLogger(__name__)
 TOKENS_URL = "https://huggingface.co/settings/tokens"
 TOKEN_FIX = (
     f"Create a fine-grained token with write access to your repos (or a classic write token) at {TOKENS_URL} "
@@ -68,14 +70,14 @@ def diagnose_token(api: HfApi, retry: RetryPolicy | None = None) -> TokenProblem
     if auth.get("type") == "oauth":
         return TokenProblem(
             "oauth",
-            f"HF_TOKEN is an OAuth token of {info.get('name')}; the Hub refuses those for Space hardware changes.",
+            "HF_TOKEN is an OAuth token; the Hub refuses those for Space hardware changes.",
             TOKEN_FIX,
         )
     role = (auth.get("accessToken") or {}).get("role")
     if role == "read":
         return TokenProblem(
             "read_only",
-            f"HF_TOKEN is a read-only token of {info.get('name')}; the app must write the queue, the models and the Space's hardware.",
+            "HF_TOKEN is a read-only token; the app must write the queue, the models and the Space's hardware.",
             TOKEN_FIX,
         )
     return None
@@ -90,7 +92,8 @@ def token_owner(api: HfApi) -> tuple[str, tuple[str, ...]]:
 def check_space_ownership(api: HfApi, space: Settings | str) -> str | None:
     """None when the token's user (or one of its organisations) owns the Space; else a clear message.
 
-    Protects a duplicated Space that kept the original's id from acting on someone else's Space.
+    Protects a duplicated Space that kept the original's id from acting on someone else's Space. The message is
+    shown on the public setup page, so it names no account; the accounts go to the container's log (owner only).
     """
     space_id = space.space_id if isinstance(space, Settings) else space
     if not space_id:
@@ -100,9 +103,9 @@ def check_space_ownership(api: HfApi, space: Settings | str) -> str | None:
     if namespace == user or namespace in orgs:
         return None
     owned = ", ".join((user, *orgs)) if user else "nobody"
+    log.warning("HF_TOKEN belongs to %r (who can act for: %s), not to %r, the owner of %s", user, owned, namespace, space_id)
     return (
-        f"This app is configured for the Space {space_id}, which belongs to '{namespace}', but HF_TOKEN belongs to "
-        f"'{user}' (who can act for: {owned}). The app will not queue work on or change the hardware of a Space it "
-        "does not own. If you duplicated this Space, make sure no variable overrides SPACE_ID, and save your own "
-        "write token as HF_TOKEN."
+        "HF_TOKEN belongs to an account that does not own this Space (the Space's logs say which). The app will not "
+        "queue work on or change the hardware of a Space it does not own. If you duplicated this Space, make sure "
+        "no variable overrides SPACE_ID, and save your own write token as HF_TOKEN."
     )

@@ -20,7 +20,9 @@ from scheduler.flavors import FLAVORS, IDLE_FLAVORS
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_ENDPOINT = "https://huggingface.co"
-SLEEP_TIME_MARGIN_S = 1800  # the Space's sleep_time backstop = task deadline + this margin
+SLEEP_TIME_MARGIN_S = 1800
+# Tests only: let Gradio's mocked sign-in (anyone becomes the token's owner) serve a Space-mode app.
+MOCK_SIGNIN_VAR = "DREAMBOOTH_TEST_MOCK_SIGNIN"  # the Space's sleep_time backstop = task deadline + this margin
 
 
 class SettingsError(ValueError):
@@ -51,12 +53,27 @@ class Settings:
     data_dir: Path = Path("data")
     accelerator: str = "none"
     allow_cpu_training: bool = False
+    # Privacy and per-user limits (see README "Privacy").
+    keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
+    output_namespace: str | None = None  # where non-owners' models go (default: their own account)
+    max_queued_per_user: int = 2  # PENDING or RUNNING tasks a non-owner may have at once
+    max_gpu_hours_per_user_day: float = 2.0  # GPU hours a non-owner may start in 24 h
+    # Sign-in. Off local mode, writes are served only with the platform's OAuth (``oauth_ready``).
+    space_host: str | None = None  # SPACE_HOST: the Space's own host name, for the cross-site check
+    on_space_platform: bool = False  # SYSTEM=spaces: Gradio mounts the real OAuth routes
+    oauth_client_secret_set: bool = False
+    mock_signin_for_tests: bool = False  # DREAMBOOTH_TEST_MOCK_SIGNIN: tests only, never on a real Space
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def sleep_time_s(self) -> int:
         """``sleep_time`` sent with a GPU request: a backstop that outlives the task deadline."""
         return int(self.deadline_s + SLEEP_TIME_MARGIN_S)
+
+    @property
+    def oauth_ready(self) -> bool:
+        """Whether sign-in is trustworthy: the platform's OAuth on a Space, or a test's explicit opt-in."""
+        return self.local or self.mock_signin_for_tests or (self.on_space_platform and self.oauth_client_secret_set)
 
     @property
     def local_queue_dir(self) -> Path:
@@ -222,4 +239,42 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if cpu is not None:
         values["allow_cpu_training"] = _parse_bool("ALLOW_CPU_TRAINING", cpu)
 
+    keep = take("keep_photos", "KEEP_PHOTOS")
+    if keep is not None:
+        values["keep_photos"] = _parse_bool("KEEP_PHOTOS", keep)
+    namespace = take("output_namespace", "OUTPUT_NAMESPACE")
+    if namespace is not None:
+        try:
+            validate_repo_id(f"{namespace}/x")
+        except HFValidationError:
+            raise SettingsError(f"OUTPUT_NAMESPACE={namespace!r} is not a user or organization name.") from None
+        values["output_namespace"] = namespace
+    for name, var, kind, minimum in (
+        ("max_queued_per_user", "MAX_QUEUED_PER_USER", int, 0),
+        ("max_gpu_hours_per_user_day", "MAX_GPU_HOURS_PER_USER_DAY", float, 0),
+    ):
+        raw = take(name, var)
+        if raw is not None:
+            values[name] = _parse_number(var, raw, kind, minimum)
+
+    host = take("space_host", "SPACE_HOST")
+    if host is not None:
+        values["space_host"] = host
+    values["on_space_platform"] = (env.get("SYSTEM") or "").strip() == "spaces"
+    values["oauth_client_secret_set"] = bool((env.get("OAUTH_CLIENT_SECRET") or "").strip())
+    mock = take("mock_signin_for_tests", MOCK_SIGNIN_VAR)
+    if mock is not None:
+        values["mock_signin_for_tests"] = _parse_bool(MOCK_SIGNIN_VAR, mock)
+
     return Settings(**values, _sources=MappingProxyType(sources))
+
+
+SECRET_PREFIXES = ("OAUTH_",)
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a trainer subprocess: this process's, without the OAuth client secret and its kin.
+
+    The trainer needs ``HF_TOKEN`` (to download and upload) but never the Space's sign-in secrets."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if not k.startswith(SECRET_PREFIXES)}

@@ -33,6 +33,8 @@ from scheduler.hardware.base import HardwareController, HardwareRefused, Hardwar
 from scheduler.lifecycle import Action, ActionKind, Snapshot, decide
 from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.queue.document import CHECKPOINTS_DIR
+from scheduler.redact import redact
+from scheduler.settings import child_environment
 from scheduler.task import Task, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -394,25 +396,50 @@ class Worker:
             self._proc = None
         self._finish_task(task, outcome)
 
+    def _redacted(self, lines: list[str]) -> list[str]:
+        """Log lines as the UI may show them: the token (or anything shaped like one) masked."""
+        return [redact(line, [self.settings.hf_token]) for line in lines]
+
+    def _clean_up_run(self, task: Task, finished: bool) -> None:
+        """After a task: on a Space, its whole run folder goes once the task is finished (photos, checkpoints and
+        outputs are in the queue repo and the model repo); locally the outputs are the result and stay, the photo
+        copy goes."""
+        if self.settings.local:
+            self.remove_photos(task.id)
+        elif finished:
+            shutil.rmtree(self.run_dir(task.id), ignore_errors=True)
+
     def _finish_task(self, task: Task, outcome: TrainOutcome) -> None:
+        finished = False
+        try:
+            finished = self._record_outcome(task, outcome)
+        finally:
+            self._clean_up_run(task, finished)
+
+    def _record_outcome(self, task: Task, outcome: TrainOutcome) -> bool:
+        """Write how the run ended to the queue; True when the task is finished (will not run again)."""
         try:
             if outcome.stopped:
                 self.status.update(phase="stopped", message=f"Task {task.id} stopped: {outcome.error or ''}")
-            elif outcome.ok:
+                return outcome.error == "cancelled"
+            if outcome.ok:
                 self.queue.complete(task.id, self.worker_id, outcome.result_url or "")
                 self.status.update(phase="done", message=f"Task {task.id} done: {outcome.result_url}")
-            elif outcome.retryable:
+                return True
+            if outcome.retryable:
                 after = self.queue.requeue(task.id, self.worker_id, outcome.error or "training failed")
                 if after.status is TaskStatus.PENDING:
                     note = f"Task {task.id} attempt {after.attempts} of {after.max_attempts} failed; it runs again"
                     self.status.update(phase="retrying", message=note, last_error=outcome.error)
-                else:
-                    self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=after.last_error)
-            else:
-                self.queue.fail(task.id, self.worker_id, outcome.error or "training failed")
-                self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=outcome.error)
+                    return False
+                self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=after.last_error)
+                return True
+            self.queue.fail(task.id, self.worker_id, outcome.error or "training failed")
+            self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=outcome.error)
+            return True
         except InvalidTransition as exc:
             self.status.update(message=f"Task {task.id} changed while training ({exc}); result not recorded")
+            return True  # cancelled, deleted or taken over: this container has no more use for the folder
 
     # ----------------------------------------------------------------- training
     def task_spec(self, task: Task, images: Path) -> dict[str, Any]:
@@ -480,6 +507,7 @@ class Worker:
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=child_environment(),  # HF_TOKEN yes; the Space's OAuth client secret never
             )
         return self._supervise(task, self._proc, EventReader(events_path), log_path)
 
@@ -494,7 +522,7 @@ class Worker:
             code = proc.poll()
             for event in reader.read_new():
                 done_event, error_event = self._apply_event(event, done_event, error_event)
-            self.status.update(log_tail=tail_lines(log_path, LOG_TAIL_LINES))
+            self.status.update(log_tail=self._redacted(tail_lines(log_path, LOG_TAIL_LINES)))
             if code is not None:
                 break
             now = time.monotonic()
@@ -562,7 +590,8 @@ class Worker:
         # Bad input and out-of-memory fail the same way every time; anything else (a kill, a crash, a failed
         # upload whose weights are checkpointed) gets another attempt, which resumes from the last checkpoint.
         retryable = code not in (2, 3)
-        return TrainOutcome(ok=False, error=head + "\n" + "\n".join(lines), retryable=retryable)
+        error = "\n".join(self._redacted([head, *lines]))
+        return TrainOutcome(ok=False, error=error, retryable=retryable)
 
     def _progress_summary(self) -> dict[str, Any]:
         s = self.status.snapshot()

@@ -18,6 +18,8 @@ TEST_HF_HOME = tempfile.mkdtemp(prefix="hf-home-")
 # Fake tokens, deliberately not shaped like real Hub tokens.
 ALICE_TOKEN = "hf_fake_alice_write"
 BOB_TOKEN = "hf_fake_bob_write"
+# The one test-only opt-in to Gradio's mocked sign-in for Space-mode apps (a real Space has the platform's OAuth).
+MOCK_SIGNIN = {"DREAMBOOTH_TEST_MOCK_SIGNIN": "1"}
 
 os.environ.update(
     HF_ENDPOINT=f"http://127.0.0.1:{EMULATOR_PORT}",

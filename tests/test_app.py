@@ -11,7 +11,7 @@ from huggingface_hub import HfApi
 from app import create_app
 from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
-from tests.conftest import ALICE_TOKEN
+from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.tiny_models import make_images
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext
@@ -22,7 +22,7 @@ from ui.setup_page import setup_markdown
 
 
 def space_settings(hub, repo: str, token: str | None = ALICE_TOKEN, **extra: str):
-    env = {"SPACE_ID": repo, "HF_ENDPOINT": hub.url, "RETRY_BASE_S": "0.01", **extra}
+    env = {"SPACE_ID": repo, "HF_ENDPOINT": hub.url, "RETRY_BASE_S": "0.01", **MOCK_SIGNIN, **extra}
     if token:
         env["HF_TOKEN"] = token
     return load_settings(env)
@@ -81,12 +81,12 @@ def test_setup_page_explains_what_to_do_instead_of_crashing(hub, kind, expected)
         assert token not in setup_markdown(app.problems, repo)
 
 
-def test_space_app_serves_on_all_interfaces(hub):
+def test_space_app_with_the_mocked_sign_in_stays_on_loopback(hub):
     repo = f"alice/space-{uuid.uuid4().hex[:6]}"
     hub.create_space(repo, owner_token=ALICE_TOKEN)
     app = create_app(space_settings(hub, repo))
     assert not app.problems
-    assert app.launch_options()["server_name"] == "0.0.0.0"
+    assert app.launch_options()["server_name"] == "127.0.0.1"  # all interfaces only with the platform's sign-in
     assert any(isinstance(b, gr.LoginButton) for b in app.demo.blocks.values())
 
 
@@ -188,12 +188,12 @@ def test_queue_view_cancel_and_retry_handlers(local_ctx, tmp_path):
     task = local_ctx.queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model="m"),
                                    make_images(tmp_path / "photos", 3, size=128))  # fmt: skip
     cancel, retry = handler(demo, "cancel"), handler(demo, "retry")
-    assert cancel(None, None) == "Pick a task first."
-    assert "CANCELLED" in cancel(task.id, None)
+    assert cancel(None, None, None) == "Pick a task first."
+    assert "CANCELLED" in cancel(task.id, None, None)
     assert local_ctx.queue.get(task.id).status is TaskStatus.CANCELLED
-    assert "PENDING" in retry(task.id, None)
+    assert "PENDING" in retry(task.id, None, None)
     assert local_ctx.queue.get(task.id).status is TaskStatus.PENDING
-    assert "Could not retry" in retry(task.id, None)  # a PENDING task without a note cannot be retried
+    assert "Could not retry" in retry(task.id, None, None)  # a PENDING task without a note cannot be retried
 
 
 def test_queue_view_delete_handler_removes_the_task_and_its_photos_but_not_the_model(local_ctx, tmp_path):
@@ -210,17 +210,17 @@ def test_queue_view_delete_handler_removes_the_task_and_its_photos_but_not_the_m
     (run / "work" / "output" / "pytorch_lora_weights.safetensors").write_bytes(b"lora")
     delete = handler(demo, "delete")
 
-    assert "Could not delete" in delete(task.id, None) and "Cancel it first" in delete(task.id, None)
+    assert "Could not delete" in delete(task.id, None, None) and "Cancel it first" in delete(task.id, None, None)
     assert queue.get(task.id).status is TaskStatus.PENDING and len(list((run / "images").iterdir())) == 3
 
     queue.claim(task.id, "w", 60)
     queue.complete(task.id, "w", str(run / "work" / "output"))
-    message = delete(task.id, None)
+    message = delete(task.id, None, None)
     assert message.startswith(f"Task `{task.id}` was deleted with its photos") and "The model stays in" in message
     assert queue.list() == [] and not (run / "images").exists()
     assert not (local_ctx.settings.data_dir / "queue" / "images" / task.id).exists()
     assert (run / "work" / "output" / "pytorch_lora_weights.safetensors").read_bytes() == b"lora"
-    assert "Could not delete" in delete(task.id, None)  # already gone
+    assert "Could not delete" in delete(task.id, None, None)  # already gone
 
 
 def test_space_handlers_refuse_anonymous_callers(hub):
@@ -229,9 +229,9 @@ def test_space_handlers_refuse_anonymous_callers(hub):
     app = create_app(space_settings(hub, repo))
     for name in ("cancel", "retry", "delete"):
         with pytest.raises(gr.Error, match="Sign in"):
-            handler(app.demo, name)("some-id", None)
+            handler(app.demo, name)("some-id", None, None)
     with pytest.raises(gr.Error, match="Only the owner"):
-        handler(app.demo, "save_settings")("a/b", "alice", "t4-small", "3600", Profile("bob"))
+        handler(app.demo, "save_settings")("a/b", "alice", "t4-small", "3600", Profile("bob"), None)
     assert HfApi(endpoint=hub.url, token=ALICE_TOKEN).get_space_variables(repo) == {}
 
 

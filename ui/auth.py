@@ -7,9 +7,13 @@ machine owns it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import gradio as gr
+
+from scheduler.task import Task
 
 LOCAL_USER = "local"
 
@@ -44,8 +48,10 @@ def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     return Access(user=user, allowed=user in settings.allowed_users, owner=owner)
 
 
-def require_allowed(settings, profile: gr.OAuthProfile | None) -> Access:
-    """The caller's access, or a ``gr.Error`` shown to the caller when they may not write or spend."""
+def require_allowed(settings, profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> Access:
+    """The caller's access, or a ``gr.Error`` shown to the caller when they may not write or spend (not signed in,
+    not allowed, or a cross-site request)."""
+    require_same_site(settings, request)
     access = access_for(settings, profile)
     if access.user is None:
         raise gr.Error("Sign in with Hugging Face first.", title="Not signed in")
@@ -57,9 +63,57 @@ def require_allowed(settings, profile: gr.OAuthProfile | None) -> Access:
     return access
 
 
-def require_owner(settings, profile: gr.OAuthProfile | None) -> Access:
+def require_owner(settings, profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> Access:
     """Like ``require_allowed`` but only the Space owner passes."""
+    require_same_site(settings, request)
     access = access_for(settings, profile)
     if not access.owner:
         raise gr.Error("Only the owner of this Space can change its settings.", title="Not allowed")
     return access
+
+
+def visible_tasks(access: Access, tasks: Iterable[Task]) -> list[Task]:
+    """The tasks ``access`` may see: all for the owner, their own for allowed users, none for anyone else."""
+    if access.owner:
+        return list(tasks)
+    if not access.allowed or access.user is None:
+        return []
+    return [t for t in tasks if t.submitted_by == access.user]
+
+
+def may_act_on(access: Access, task: Task) -> bool:
+    """Whether ``access`` may cancel, retry or delete ``task`` (the owner: any; an allowed user: their own)."""
+    return access.owner or (access.allowed and access.user is not None and task.submitted_by == access.user)
+
+
+def cross_site_problem(settings, headers: Mapping[str, str]) -> str | None:
+    """Why a request that writes or spends looks cross-site (None when it comes from this app's own page).
+
+    Refused: ``Sec-Fetch-Site: cross-site``, and an ``Origin`` that is neither ``https://SPACE_HOST`` nor the host
+    the request was sent to (a page elsewhere calling the app with the owner's session cookie)."""
+    headers = {k.lower(): v for k, v in headers.items()}
+    if headers.get("sec-fetch-site", "").lower() == "cross-site":
+        return "the request came from another site (Sec-Fetch-Site: cross-site)"
+    origin = (headers.get("origin") or "").strip()
+    if not origin:
+        return None  # not sent by a browser page (a script holds no session cookie of the owner)
+    allowed = {f"https://{settings.space_host}"} if getattr(settings, "space_host", None) else set()
+    host = headers.get("host") or ""  # set by the browser itself; a page cannot forge it
+    if origin in allowed or (host and urlsplit(origin).netloc == host):
+        return None
+    return f"the request came from another site (Origin: {origin[:100]})"
+
+
+def require_same_site(settings, request: gr.Request | None) -> None:
+    """A ``gr.Error`` for a cross-site request to a handler that writes or spends."""
+    headers = dict(request.headers) if request is not None and request.headers is not None else {}
+    problem = cross_site_problem(settings, headers)
+    if problem:
+        raise gr.Error(f"Refused: {problem}. Use this Space's own page.", title="Cross-site request refused")
+
+
+def require_allowed_or_owner(settings, profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> Access:
+    """Like ``require_allowed``, but the Space owner passes even when not on ALLOWED_USERS (to manage the queue)."""
+    require_same_site(settings, request)
+    access = access_for(settings, profile)
+    return access if access.owner else require_allowed(settings, profile, request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler.queue.base import TaskQueue
 from scheduler.worker import Worker
@@ -23,6 +24,7 @@ class AppContext:
     settings: object  # scheduler.settings.Settings
     queue: TaskQueue
     worker: Worker
+    api: Any = None  # HfApi on a Space (checks an output repo before a non-owner's task is queued); None locally
     recipes: dict[str, str] = field(default_factory=lambda: dict(RECIPES))
 
     @property

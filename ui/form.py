@@ -6,6 +6,7 @@ atomic step and wakes the worker, which asks for the GPU.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from scheduler.validation import submission_warnings, validate_submission
 from ui.auth import access_for, require_allowed
 from ui.context import DEFAULT_LEARNING_RATE, AppContext
 from ui.estimate import auto_steps, describe, estimate, hardware_label
+from ui.limits import is_owner, output_repo_problem, user_limit_problem
 
 RESOLUTIONS = [256, 512, 768, 1024]
 PROMPT_HELP = (
@@ -58,10 +60,10 @@ def slug(text: str) -> str:
     return "-".join(words.split("-")[:4]) or "subject"
 
 
-def default_output_repo(user: str | None, prompt: str = "", local: bool = False) -> str:
-    """``alice/dreambooth-a-photo-of-sks`` (locally just the name)."""
+def default_output_repo(user: str | None, prompt: str = "", local: bool = False, namespace: str | None = None) -> str:
+    """``alice/dreambooth-a-photo-of-sks`` (locally just the name; ``namespace`` instead of the user when set)."""
     name = f"dreambooth-{slug(prompt)}" if prompt else "dreambooth-lora"
-    return name if local or not user else f"{user}/{name}"
+    return name if local or not user else f"{namespace or user}/{name}"
 
 
 def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
@@ -92,8 +94,9 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
     )
 
 
-def validate(ctx: AppContext, images: list[Path], values: dict[str, Any]) -> list[str]:
-    """Every problem with the form's values (empty list: ready to enqueue)."""
+def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner: bool = True) -> list[str]:
+    """Every problem with the form's values (empty list: ready to enqueue). Non-owners get only the offered
+    base models."""
     s = ctx.settings
     return validate_submission(
         instance_prompt=values["instance_prompt"],
@@ -106,7 +109,7 @@ def validate(ctx: AppContext, images: list[Path], values: dict[str, Any]) -> lis
         rank=values["rank"],
         resolution=values["resolution"],
         base_model=values["base_model"],
-        base_models=None,  # custom model ids are allowed; the trainer reports a missing one clearly
+        base_models=None if owner else list(s.base_models),  # the owner may name any model; others pick one offered
         recipe=values["recipe"],
         recipes=list(ctx.recipes),
         allow_cpu_training=bool(s.allow_cpu_training or s.local),
@@ -118,16 +121,32 @@ def submit_task(ctx: AppContext, user: str, files: Any, values: dict[str, Any]) 
     images = image_paths(files)
     if ctx.local:
         values = {**values, "hardware": values.get("hardware") or ctx.settings.train_hardware}
-    problems = validate(ctx, images, values)
+    owner = is_owner(ctx.settings, user)
+    problems = validate(ctx, images, values, owner=owner)
+    if not owner:  # what a non-owner may spend and write, checked with the rest so every problem shows at once
+        tasks = ctx.queue.list()
+        for problem in (user_limit_problem(ctx.settings, user, tasks),
+                        output_repo_problem(ctx.settings, user, values["output_repo"].strip(), tasks, ctx.api)):  # fmt: skip
+            if problem:
+                problems.append(problem)
     if problems:
         return "**Nothing was queued. Please fix:**\n" + "\n".join(f"- {p}" for p in problems)
     task = ctx.queue.enqueue(build_task(ctx, user, values), images)
+    remove_uploads(images)  # the queue holds the photos now; Gradio's upload copies go
     after = ctx.worker.status.loops
     ctx.worker.forget_refusal(task.id)
     ctx.worker.wake()
     ctx.worker.wait_for_loop(after, WORKER_REPLY_S)
     notes = "".join(f"\n\n_{w}_" for w in submission_warnings(len(images)))
     return queued_message(ctx, task) + notes
+
+
+def remove_uploads(paths: list[Path]) -> None:
+    """Delete Gradio's copies of uploaded files (and their hashed folders, once empty)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
 
 
 def queued_message(ctx: AppContext, task: Task) -> str:
@@ -226,9 +245,9 @@ def build_form(ctx: AppContext) -> FormParts:
 
     def submit_handler(
         files_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private,
-        profile: gr.OAuthProfile | None,
-    ) -> str:  # fmt: skip
-        access = require_allowed(s, profile)
+        profile: gr.OAuthProfile | None, request: gr.Request,
+    ) -> tuple[str, Any]:  # fmt: skip
+        access = require_allowed(s, profile, request)
         values = {
             "instance_prompt": instance or "",
             "class_prompt": klass or "",
@@ -242,13 +261,15 @@ def build_form(ctx: AppContext) -> FormParts:
             "output_repo": out_repo or "",
             "private": is_private,
         }
-        return submit_task(ctx, access.user or "", files_value, values)
+        answer = submit_task(ctx, access.user or "", files_value, values)
+        queued = answer.startswith("**Task")
+        return answer, (None if queued else gr.skip())  # a queued task's uploads are gone: clear the picker
 
     submit.click(
         submit_handler,
         [files, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank, resolution,
          output_repo, private],  # fmt: skip
-        message,
+        [message, files],
         api_name="submit",
         api_visibility="private",
         concurrency_limit=1,
@@ -256,10 +277,11 @@ def build_form(ctx: AppContext) -> FormParts:
 
     def on_prompt(prompt: str, current: str, profile: gr.OAuthProfile | None) -> Any:
         user = access_for(s, profile).user
-        generated = {default_output_repo(user, "", ctx.local), default_output_repo(None, "", ctx.local)}
-        if current and current not in generated and not current.startswith(f"{user}/dreambooth-"):
+        ns = s.output_namespace if user and not is_owner(s, user) else None
+        generated = {default_output_repo(user, "", ctx.local, ns), default_output_repo(None, "", ctx.local)}
+        if current and current not in generated and not current.startswith(f"{ns or user}/dreambooth-"):
             return gr.skip()
-        return default_output_repo(user, prompt, ctx.local)
+        return default_output_repo(user, prompt, ctx.local, ns)
 
     instance_prompt.blur(on_prompt, [instance_prompt, output_repo], output_repo, api_visibility="private", show_progress="hidden")
     return FormParts(submit=submit, output_repo=output_repo, message=message)

@@ -7,16 +7,16 @@ from typing import Any
 
 import gradio as gr
 
-from ui.auth import access_for
+from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, default_output_repo
 from ui.queue_view import build_queue_view
 from ui.queue_view import refresh as refresh_queue
-from ui.run_view import build_run_view, hardware_text
-from ui.run_view import render as render_run
-from ui.settings_view import build_settings_view, visibility
+from ui.run_view import build_run_view, hardware_text, load_samples, run_values_for
+from ui.settings_view import build_settings_view, owner_values, visibility
 
 REFRESH_S = 2.0
+CACHE_SWEEP = (900, 3600)  # (every s, older than s)
 # ``width: 100%`` matters: with ``margin: auto`` alone the container shrinks to its content, and the empty loss plot
 # (which sizes itself to its container) then re-lays the Run tab out forever, burning a CPU core in the browser.
 CSS = """
@@ -44,7 +44,9 @@ def only_changed(values: list[Any], seen: dict[int, str]) -> tuple[list[Any], di
 
 def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
     """The main page. ``login`` adds the Hugging Face sign-in button (on a Space)."""
-    with gr.Blocks(title="DreamBooth trainer") as demo:
+    # Gradio's cache (uploads, outputs sent to browsers) is swept every 15 minutes of files older than an hour, so
+    # anonymous uploads cannot pile up; a submitted task's uploads are removed at once (``form.remove_uploads``).
+    with gr.Blocks(title="DreamBooth trainer", delete_cache=CACHE_SWEEP) as demo:
         with gr.Row(equal_height=True):
             gr.Markdown("# DreamBooth trainer", min_height=0)
             if login:
@@ -59,7 +61,7 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             with gr.Tab("Run", id="run"):
                 run = build_run_view()
             with gr.Tab("Settings", id="settings"):
-                settings_hint = gr.Markdown("Sign in as an allowed user to see the settings.")
+                settings_hint = gr.Markdown("Only the owner of this Space sees its settings.")
                 settings = build_settings_view(ctx)
         known_ids = gr.State([])
         timer = gr.Timer(REFRESH_S)
@@ -67,30 +69,45 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
         def on_load(profile: gr.OAuthProfile | None) -> list[Any]:
             access = access_for(ctx.settings, profile)
             panel, owner_box = visibility(ctx, profile)
-            repo = default_output_repo(access.user, local=ctx.local)
+            repo = default_output_repo(access.user, local=ctx.local, namespace=None if access.owner else ctx.settings.output_namespace)
+            # Settings values reach the owner's browser only (the page's /config carries none of them).
             return [access.banner(), gr.Button(interactive=access.allowed), repo, panel, owner_box,
-                    gr.Markdown(visible=not (access.allowed or access.owner))]  # fmt: skip
+                    gr.Markdown(visible=not access.owner), *owner_values(ctx, access)]  # fmt: skip
 
         demo.load(
             on_load,
             None,
-            [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint],
+            [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint, settings.table,
+             *settings.fields],  # fmt: skip
             api_visibility="private",
             show_progress="hidden",
         )
 
         shown = gr.State({})  # fingerprints of what this browser tab already shows
 
-        def on_tick(pick: str | None, ids: list[str], seen: dict[int, str]) -> list[Any]:
-            status = ctx.worker.status.snapshot()
-            table, choices = refresh_queue(ctx, status.tasks, pick, ids)
-            new_ids = [t.id for t in sorted(status.tasks, key=lambda t: t.created_at, reverse=True)]
-            values = [hardware_text(status.hardware, ctx.local), table, *render_run(status)]
-            updates, seen = only_changed(values, seen)
-            return [updates[0], updates[1], choices, new_ids, *updates[2:], seen]
+        def on_tick(pick: str | None, ids: list[str], seen: dict[int, str], profile: gr.OAuthProfile | None) -> list[Any]:
+            access = access_for(ctx.settings, profile)
+            return tick_values(ctx, access, pick, ids, seen)
 
         tick_inputs = [queue.pick, known_ids, shown]
         tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs(), shown]
         timer.tick(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
         demo.load(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
     return demo
+
+
+SAMPLES_INDEX = 5  # position of the gallery in ``tick_values``' values (hardware, table, then the run view's five)
+
+
+def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str], seen: dict[int, str]) -> list[Any]:
+    """What one refresh sends to one browser: the hardware line for anyone; the queue and the run view only with
+    the tasks ``access`` may see (none for anonymous and non-allowed visitors)."""
+    status = ctx.worker.status.snapshot()
+    tasks = visible_tasks(access, status.tasks)
+    table, choices = refresh_queue(ctx, tasks, pick, ids)
+    new_ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
+    values = [hardware_text(status.hardware, ctx.local), table, *run_values_for(access, status, tasks)]
+    updates, seen = only_changed(values, seen)
+    if updates[SAMPLES_INDEX] != gr.skip():  # sample files go out as images, never as paths
+        updates[SAMPLES_INDEX] = load_samples(updates[SAMPLES_INDEX])
+    return [updates[0], updates[1], choices, new_ids, *updates[2:], seen]

@@ -17,9 +17,10 @@ import gradio as gr
 from scheduler.flavors import FLAVORS
 from scheduler.queue.base import QueueError
 from scheduler.task import Task, TaskStatus
-from ui.auth import require_allowed
+from ui.auth import may_act_on, require_allowed_or_owner
 from ui.context import AppContext
 from ui.estimate import format_duration
+from ui.limits import user_limit_problem
 
 HEADERS = ["Task", "Status", "Prompt", "Tries", "Submitted (UTC)", "Time", "Cost", "Result", "Note"]
 WIDTHS = ["110px", "90px", "160px", "60px", "130px", "90px", "70px", "200px", "200px"]
@@ -86,7 +87,8 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
     table = gr.Dataframe(headers=HEADERS, datatype=DATATYPES, interactive=False, wrap=True, value=[],
                          column_widths=WIDTHS, label="Tasks (newest first)")  # fmt: skip
     with gr.Row():
-        pick = gr.Dropdown(label="Task", choices=[], min_width=200)
+        # Custom values: the handlers check the id themselves (an API call has no session that saw the choices).
+        pick = gr.Dropdown(label="Task", choices=[], min_width=200, allow_custom_value=True)
         cancel = gr.Button("Cancel task", variant="stop", min_width=120)
         retry = gr.Button("Retry task", min_width=120)
         delete = gr.Button("Delete task and photos", min_width=120)
@@ -95,11 +97,13 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
     def task_action(verb: str, change: Callable[[str], Task], done: Callable[[Task], str]) -> Callable[..., str]:
         """A handler that checks the caller, applies ``change`` to the picked task and says what happened."""
 
-        def handle(task_id: str | None, profile: gr.OAuthProfile | None) -> str:
-            require_allowed(ctx.settings, profile)
+        def handle(task_id: str | None, profile: gr.OAuthProfile | None, request: gr.Request) -> str:
+            access = require_allowed_or_owner(ctx.settings, profile, request)
             if not task_id:
                 return "Pick a task first."
             try:
+                if not may_act_on(access, ctx.queue.get(task_id)):
+                    return f"Could not {verb} `{task_id}`: only its submitter or the Space owner can."
                 task = change(task_id)
             except QueueError as exc:
                 return f"Could not {verb} `{task_id}`: {exc}"
@@ -108,6 +112,14 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
             return message
 
         return handle
+
+    def retry_checked(task_id: str) -> Task:
+        task = ctx.queue.get(task_id)
+        if task.submitted_by != ctx.settings.space_author and not ctx.local:
+            problem = user_limit_problem(ctx.settings, task.submitted_by, ctx.worker.status.snapshot().tasks, retry=task)
+            if problem:
+                raise QueueError(problem)
+        return ctx.queue.retry(task_id)
 
     def retried(task: Task) -> str:
         ctx.worker.forget_refusal(task.id)
@@ -119,7 +131,7 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
 
     on_cancel = task_action("cancel", ctx.queue.cancel, lambda task: f"Task `{task.id}` is {task.status.value}.")
-    on_retry = task_action("retry", ctx.queue.retry, retried)
+    on_retry = task_action("retry", retry_checked, retried)
     on_delete = task_action("delete", ctx.queue.delete, deleted)
 
     cancel.click(on_cancel, pick, message, api_name="cancel", api_visibility="private")

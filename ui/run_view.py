@@ -13,10 +13,13 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+from PIL import Image
 
 from scheduler.flavors import FLAVORS
 from scheduler.hardware.base import HardwareState
+from scheduler.task import Task
 from scheduler.worker import StatusData
+from ui.auth import Access
 from ui.estimate import format_duration
 
 
@@ -83,7 +86,7 @@ def loss_frame(s: StatusData) -> pd.DataFrame:
 
 
 def render(s: StatusData) -> list[Any]:
-    """Values for ``RunParts.outputs()``."""
+    """Values for ``RunParts.outputs()`` (samples as file paths: ``load_samples`` turns them into images)."""
     samples = [p for p in s.samples if Path(p).is_file()]
     return [
         phase_text(s),
@@ -92,6 +95,32 @@ def render(s: StatusData) -> list[Any]:
         samples or None,
         "\n".join(s.log_tail),
     ]
+
+
+SIGN_IN_PROMPT = "Sign in as an allowed user to follow training runs."
+NOT_YOURS = "No task of yours is training right now."
+
+
+def run_values_for(access: Access, s: StatusData, visible: list[Task]) -> list[Any]:
+    """The run view as ``access`` may see it: the whole run for the owner, a run of their own task for an allowed
+    user, and only the worker's phase otherwise (no task id, message, log, loss or sample)."""
+    if access.owner or (s.task_id is not None and any(t.id == s.task_id for t in visible)):
+        return render(s)
+    text = SIGN_IN_PROMPT if not access.allowed else f"**Phase:** {s.phase if s.task_id is None else 'busy'}\n\n{NOT_YOURS}"
+    return [text, progress_html(0, 0), loss_frame(StatusData()), None, ""]
+
+
+def load_samples(paths: list[str] | None) -> list[Image.Image] | None:
+    """Sample files read into images: the browser gets them as event output (copied to Gradio's cache under a
+    hashed name), never as a URL into the data folder."""
+    images = []
+    for path in paths or []:
+        try:
+            with Image.open(path) as img:
+                images.append(img.copy())
+        except OSError:
+            continue  # removed with its run folder meanwhile
+    return images or None
 
 
 def build_run_view() -> RunParts:

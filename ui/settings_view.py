@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from scheduler.settings import SettingsError, load_settings
-from ui.auth import access_for, require_owner
+from ui.auth import Access, access_for, require_owner
 from ui.context import AppContext
 
 # Space variables the owner may change here: (variable, settings field, label).
@@ -80,19 +80,20 @@ def build_settings_view(ctx: AppContext) -> SettingsParts:
     """Render the settings panel (hidden until an allowed user is signed in)."""
     s = ctx.settings
     with gr.Column(visible=False) as panel:
-        table = gr.Dataframe(headers=["Setting", "Value", "Source"], value=[list(r) for r in s.describe()],
-                             interactive=False, wrap=True)  # fmt: skip
+        # Values are filled in by the page's load event for the owner only (``owner_values``): a component's
+        # initial value is in the /config that every visitor fetches.
+        table = gr.Dataframe(headers=["Setting", "Value", "Source"], value=[], interactive=False, wrap=True)
         if s.local:
             gr.Markdown("Local mode: change settings with environment variables (e.g. `DATA_DIR`, `BASE_MODELS`) and restart.")
         with gr.Group(visible=False) as owner_box:
             gr.Markdown("### Change this Space's variables\n" + RESTART_WARNING)
-            fields = [gr.Textbox(label=label, value=current_value(s, field)) for _, field, label in EDITABLE]
+            fields = [gr.Textbox(label=label, value="") for _, _, label in EDITABLE]
             save = gr.Button("Save and restart the Space", variant="stop")
             message = gr.Markdown()
 
     def on_save(queue_repo: str, allowed_users: str, train_hardware: str, deadline: str,
-                profile: gr.OAuthProfile | None) -> str:  # fmt: skip
-        require_owner(s, profile)
+                profile: gr.OAuthProfile | None, request: gr.Request) -> str:  # fmt: skip
+        require_owner(s, profile, request)
         changes = changed_variables(s, [queue_repo, allowed_users, train_hardware, deadline])
         if not changes:
             return "Nothing changed."
@@ -110,6 +111,14 @@ def build_settings_view(ctx: AppContext) -> SettingsParts:
 
 
 def visibility(ctx: AppContext, profile: gr.OAuthProfile | None) -> tuple[Any, Any]:
-    """Panel shown to allowed users; the edit box to the owner of a Space."""
+    """Panel and edit box: shown to the owner only (in local mode the person at the machine owns it)."""
     access = access_for(ctx.settings, profile)
-    return gr.Column(visible=access.allowed or access.owner), gr.Group(visible=access.owner and not ctx.local)
+    return gr.Column(visible=access.owner), gr.Group(visible=access.owner and not ctx.local)
+
+
+def owner_values(ctx: AppContext, access: Access) -> list[Any]:
+    """Values of the settings table and the edit fields: the real ones for the owner, empty for anyone else."""
+    s = ctx.settings
+    if not access.owner:
+        return [[], *("" for _ in EDITABLE)]
+    return [[list(r) for r in s.describe()], *(current_value(s, field) for _, field, _ in EDITABLE)]

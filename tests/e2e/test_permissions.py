@@ -17,7 +17,7 @@ from gradio_client import Client
 
 from app import create_app
 from scheduler.settings import load_settings
-from tests.conftest import ALICE_TOKEN
+from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.e2e.harness import DESKTOP, PHONE, browser, fill_form, free_port, shot
 from tests.tiny_models import make_images
 
@@ -41,7 +41,7 @@ def test_anonymous_and_non_allowed_users_cannot_enqueue(hub, tmp_path):
 
     repo = f"alice/perm-{uuid.uuid4().hex[:6]}"
     hub.create_space(repo, owner_token=ALICE_TOKEN)
-    settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url, "ALLOWED_USERS": "bob",
+    settings = load_settings({**MOCK_SIGNIN, "SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url, "ALLOWED_USERS": "bob",
                               "DATA_DIR": str(tmp_path / "data"), "POLL_INTERVAL_S": "5"})  # fmt: skip
     app = create_app(settings)
     assert not app.problems

@@ -54,6 +54,8 @@ def space_env(state: SpaceState, endpoint: str, owner_id: str, home: Path, extra
         HF_ENDPOINT=endpoint,
         HF_HOME=str(home),
         PYTHONUNBUFFERED="1",
+        # The emulated platform stands in for the real sign-in: the app under test opts in to the mocked one.
+        DREAMBOOTH_TEST_MOCK_SIGNIN="1",
     )
     env.update({k: v["value"] for k, v in state.variables.items()})
     env.update({k: v["value"] for k, v in state.secrets.items()})

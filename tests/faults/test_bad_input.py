@@ -12,7 +12,7 @@ from PIL import Image
 
 from app import create_app
 from scheduler.settings import load_settings
-from tests.conftest import ALICE_TOKEN
+from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.e2e.harness import free_port
 from tests.faults.space import CAPTURED_TEXT, call_gradio
 from tests.tiny_models import make_images
@@ -29,7 +29,7 @@ GOOD = {"instance_prompt": "a photo of sks dog", "class_prompt": "", "base_model
 def test_10_bad_input_is_refused_clearly_and_nothing_is_enqueued_or_uploaded(hub, tmp_path):
     repo = f"alice/bad-input-{uuid.uuid4().hex[:6]}"
     hub.create_space(repo, owner_token=ALICE_TOKEN)
-    settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url, "RETRY_BASE_S": "0.01",
+    settings = load_settings({**MOCK_SIGNIN, "SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url, "RETRY_BASE_S": "0.01",
                               "DATA_DIR": str(tmp_path / "data"), "POLL_INTERVAL_S": "5"})  # fmt: skip
     app = create_app(settings)
     ctx = AppContext(settings=settings, queue=app.worker.queue, worker=app.worker)
