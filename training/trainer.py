@@ -488,17 +488,14 @@ class DreamBoothRecipe(Recipe):
                 )
         if found is None:
             return 0
-        weights, states, meta = found.load()
-        if meta.get("fingerprint") != self._fingerprint(ctx):
-            log.warning("ignoring checkpoint %s: it belongs to different settings", found.path)
+        try:  # state.json first: a checkpoint of other settings is ignored before any tensor file is read
+            if found.meta().get("fingerprint") != self._fingerprint(ctx):
+                log.warning("ignoring checkpoint %s: it belongs to different settings", found.path)
+                return 0
+            ckpt_mod.restore(found, named, optimizer, lr_sched, self.scaler)
+        except ckpt_mod.CheckpointError as e:
+            log.warning("ignoring checkpoint %s: %s", found.path, e)
             return 0
-        with torch.no_grad():
-            for name, t in named:
-                t.copy_(weights[name].to(t.device, t.dtype))
-        optimizer.load_state_dict(states["optimizer"])
-        lr_sched.load_state_dict(states["lr_scheduler"])
-        if "scaler" in states and self.scaler is not None:
-            self.scaler.load_state_dict(states["scaler"])
         ctx.progress.emit("resumed", step=found.step)
         return min(found.step, self.steps)
 
