@@ -18,6 +18,7 @@ from scheduler.queue import HubQueue, InvalidTransition, LocalQueue, QueueError,
 from scheduler.queue.document import list_images
 from scheduler.retry import RetryPolicy
 from scheduler.settings import Settings, SettingsError, load_settings
+from scheduler.stored import is_safe_task_id
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import submission_warnings, validate_task
 
@@ -40,6 +41,7 @@ examples:
   python -m scheduler --local data/queue submit --images photos/ --prompt "a photo of sks dog" --output-repo me/sks-dog
   python -m scheduler --queue me/trainer-queue list
   python -m scheduler --queue me/trainer-queue cancel 3f2a9c1b7e4d
+  python -m scheduler --queue me/trainer-queue squash   # photos removed from the queue leave its history too
   python -m scheduler --space me/trainer hardware
 """
 
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submitted-by", help="who submits (default: the Space owner, or your login name)")
     p.add_argument("--id", dest="task_id", help="task id (default: generated); a repeated id is not enqueued twice")
 
+    sub.add_parser("squash", help="squash the queue repo's history into one commit (removed photos leave the Hub)")
     sub.add_parser("hardware", help="show the Space's current and requested hardware")
     sub.add_parser("release", help="move the Space back to its idle hardware (pauses it if that keeps failing)")
     return parser
@@ -97,11 +100,11 @@ def _api(settings: Settings) -> HfApi:
 
 def open_queue(args: argparse.Namespace, settings: Settings) -> TaskQueue:
     if args.local is not None:
-        return LocalQueue(args.local)
+        return LocalQueue(args.local, keep_photos=settings.keep_photos)
     repo = args.queue or settings.queue_repo
     if repo:  # not make_queue: reading a queue from the shell must not create its repo
         retry = RetryPolicy(base_s=settings.retry_base_s, max_s=max(settings.retry_base_s * 8, 0.01))
-        return HubQueue(_api(settings), repo, retry=retry)
+        return HubQueue(_api(settings), repo, retry=retry, keep_photos=settings.keep_photos)
     return make_queue(settings)
 
 
@@ -148,6 +151,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         deadline_s=settings.deadline_s,
     )
     if args.task_id:
+        if not is_safe_task_id(args.task_id):
+            raise CliError(f"--id {args.task_id!r}: use letters, digits, - and _ only (at most 64).", EXIT_USAGE)
         task.id = args.task_id
     task.output_repo = args.output_repo or f"{settings.space_author or submitted_by}/dreambooth-{task.id}"
     problems = validate_task(task, images, base_models=settings.base_models, allow_cpu_training=settings.allow_cpu_training)
@@ -181,6 +186,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if command == "show":
         print(json.dumps(queue.get(args.task_id).to_dict(), indent=2))
+        return EXIT_OK
+    if command == "squash":
+        print(queue.squash_history())
         return EXIT_OK
     if command == "delete":
         task = queue.delete(args.task_id)

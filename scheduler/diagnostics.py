@@ -83,6 +83,23 @@ def diagnose_token(api: HfApi, retry: RetryPolicy | None = None) -> TokenProblem
     return None
 
 
+PUBLIC_SPACE_WARNING = (
+    "**This Space is public.** It holds photos of real people and a write token: make it private in its "
+    "settings (Settings → Change Space visibility)."
+)
+
+
+def space_is_public(api: HfApi, space_id: str | None) -> bool:
+    """Whether the Space can be seen by anyone (False when unknown: the warning is advice, not a gate)."""
+    if not space_id:
+        return False
+    try:
+        return api.space_info(space_id).private is False
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not read whether %s is private: %s", space_id, exc)
+        return False
+
+
 def token_owner(api: HfApi) -> tuple[str, tuple[str, ...]]:
     """(user name, organisation names) of the token."""
     info = _whoami(api, RetryPolicy(attempts=3))

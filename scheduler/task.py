@@ -6,11 +6,16 @@ the Hub's file viewer. It never holds a secret.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
+
+
+class MalformedTask(ValueError):
+    """A stored task entry that is not a task record (wrong types, unknown status, missing keys)."""
 
 
 class TaskStatus(str, Enum):  # noqa: UP042 - kept: str(status) formatting is part of the contract
@@ -39,6 +44,7 @@ class ImageRef:
     repo_id: str | None = None
     revision: str | None = None
     count: int = 0
+    removed: bool = False  # the photos were removed from the queue once the task was DONE (KEEP_PHOTOS unset)
 
 
 @dataclass
@@ -87,14 +93,25 @@ class Task:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Task:
-        """Inverse of ``to_dict``; unknown keys are ignored so old readers survive new fields."""
+    def from_dict(cls, data: Any) -> Task:
+        """Inverse of ``to_dict``; unknown keys are ignored so old readers survive new fields.
+
+        Raises ``MalformedTask`` (a ValueError) when ``data`` is not a well-typed task record."""
+        if not isinstance(data, dict):
+            raise MalformedTask(f"a task must be a JSON object, not {type(data).__name__}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        known["status"] = TaskStatus(known.get("status", "PENDING"))
+        for key in ("id", "instance_prompt", "submitted_by"):
+            if key not in known:
+                raise MalformedTask(f"the task has no {key!r}")
+        status = known.get("status", "PENDING")
+        if not isinstance(status, str) or status not in {s.value for s in TaskStatus}:
+            raise MalformedTask(f"unknown status {status!r}")
+        known["status"] = TaskStatus(status)
+        _check_types(known, _TASK_TYPES, "task")
         if known.get("images") is not None:
-            known["images"] = ImageRef(**known["images"])
+            known["images"] = ImageRef(**_record(known["images"], ImageRef, _IMAGE_TYPES, "images"))
         if known.get("lease") is not None:
-            known["lease"] = Lease(**known["lease"])
+            known["lease"] = Lease(**_record(known["lease"], Lease, _LEASE_TYPES, "lease"))
         return cls(**known)
 
     @property
@@ -105,3 +122,46 @@ class Task:
     def lease_expired(self, now: float) -> bool:
         """True for a RUNNING task whose holder stopped renewing its lease."""
         return self.status is TaskStatus.RUNNING and (self.lease is None or self.lease.expires_at <= now)
+
+
+# --- type checks of stored records (``from_dict``): JSON types accepted per field --------------------------------
+
+_STR, _OPT_STR = (str,), (str, type(None))
+_INT, _NUM, _OPT_NUM = (int,), (int, float), (int, float, type(None))
+_TASK_TYPES: dict[str, tuple[type, ...]] = {
+    "id": _STR, "instance_prompt": _STR, "submitted_by": _STR, "recipe": _STR, "base_model": _STR,
+    "hardware": _STR, "output_repo": _STR, "class_prompt": _OPT_STR, "last_error": _OPT_STR, "note": _OPT_STR,
+    "result_url": _OPT_STR, "private": (bool,), "attempts": _INT, "max_attempts": _INT, "deadline_s": _NUM,
+    "created_at": _NUM, "updated_at": _NUM, "started_at": _OPT_NUM, "finished_at": _OPT_NUM,
+    "params": (dict,), "progress": (dict,), "images": (dict, type(None)), "lease": (dict, type(None)),
+}  # fmt: skip
+_IMAGE_TYPES = {"path": _STR, "repo_id": _OPT_STR, "revision": _OPT_STR, "count": _INT, "removed": (bool,)}
+_LEASE_TYPES = {"holder": _STR, "expires_at": _NUM}
+
+
+def _check_types(values: dict[str, Any], types: dict[str, tuple[type, ...]], what: str) -> None:
+    for key, value in values.items():
+        allowed = types.get(key)
+        if allowed is None:
+            continue
+        if isinstance(value, bool) and bool not in allowed:  # JSON true is not a number here
+            raise MalformedTask(f"{what} field {key!r} must not be a boolean")
+        if not isinstance(value, allowed):
+            raise MalformedTask(f"{what} field {key!r} has the wrong type ({type(value).__name__})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MalformedTask(f"{what} field {key!r} is not a finite number")
+
+
+def _record(data: Any, kind: type, types: dict[str, tuple[type, ...]], what: str) -> dict[str, Any]:
+    """The known keys of a nested record, type-checked; its fields without a default must be present."""
+    if not isinstance(data, dict):
+        raise MalformedTask(f"{what} must be a JSON object, not {type(data).__name__}")
+    names = {f.name for f in fields(kind)}
+    values = {k: v for k, v in data.items() if k in names}
+    missing = [
+        f.name for f in fields(kind) if f.name not in values and f.default is MISSING and f.default_factory is MISSING
+    ]
+    if missing:
+        raise MalformedTask(f"{what} has no {missing[0]!r}")
+    _check_types(values, types, what)
+    return values

@@ -40,7 +40,8 @@ class Limits:
 LIMITS = Limits()
 
 
-def _check_prompt(label: str, prompt: str | None, limits: Limits, required: bool) -> list[str]:
+def check_prompt(label: str, prompt: str | None, limits: Limits = LIMITS, required: bool = True) -> list[str]:
+    """The problem with a prompt (empty when required, too long), as a list of at most one message."""
     if prompt is None or not prompt.strip():
         return [f"{label}: must not be empty."] if required else []
     if len(prompt) > limits.max_prompt_chars:
@@ -103,8 +104,8 @@ def validate_submission(
     Numbers left as None are not checked (the recipe's defaults apply). ``base_models``/``recipes``, when given,
     are the allowed choices.
     """
-    problems = _check_prompt("Instance prompt", instance_prompt, limits, required=True)
-    problems += _check_prompt("Class prompt", class_prompt, limits, required=False)
+    problems = check_prompt("Instance prompt", instance_prompt, limits, required=True)
+    problems += check_prompt("Class prompt", class_prompt, limits, required=False)
 
     if len(images) < limits.min_images:
         problems.append(f"Images: at least {limits.min_images} needed, got {len(images)}.")

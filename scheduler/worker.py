@@ -35,6 +35,7 @@ from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.queue.document import CHECKPOINTS_DIR
 from scheduler.redact import redact
 from scheduler.settings import child_environment
+from scheduler.stored import is_safe_task_id, vetted_tasks
 from scheduler.task import Task, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -289,8 +290,11 @@ class Worker:
 
     # ----------------------------------------------------------------- one loop
     def snapshot(self) -> tuple[Snapshot, int]:
-        """Read the queue (and the hardware when it matters); return the snapshot and the requests made."""
-        tasks = self.queue.list()
+        """Read the queue (and the hardware when it matters); return the snapshot and the requests made.
+
+        Stored tasks that fail ``stored_task_problem`` (forged or beyond the settings) are shown and decided on as
+        FAILED "rejected: ..." copies, so nothing acts on them."""
+        tasks = vetted_tasks(self.queue, self.settings)
         requests = 1
         now = time.time()
         # Re-read the runtime every loop while something moves (tasks to run, or the Space between stages); at
@@ -479,8 +483,14 @@ class Worker:
         return [self.python, *args]
 
     def run_dir(self, task_id: str) -> Path:
-        """This machine's folder for a task's runs: a copy of its photos (``images/``) and the trainer's ``work/``."""
-        return (Path(self.settings.data_dir) / "runs" / task_id).resolve()
+        """This machine's folder for a task's runs: a copy of its photos (``images/``) and the trainer's ``work/``.
+
+        ValueError for an id that is not a safe task id or a folder that resolves outside ``data_dir/runs``."""
+        runs = (Path(self.settings.data_dir) / "runs").resolve()
+        folder = (runs / task_id).resolve() if is_safe_task_id(task_id) else None
+        if folder is None or folder.parent != runs:
+            raise ValueError(f"Refusing a run folder for task id {task_id!r}: not a safe id inside {runs}.")
+        return folder
 
     def remove_photos(self, task_id: str) -> None:
         """Delete this machine's copy of a task's photos (the run's outputs stay)."""
@@ -608,7 +618,7 @@ class Worker:
     def _cancelled(self, task_id: str) -> bool:
         """Re-read the queue (one request; it also refreshes the UI's task list): is the task no longer ours?"""
         try:
-            tasks = self.queue.list()
+            tasks = vetted_tasks(self.queue, self.settings)
         except QueueError:
             return False
         self.status.update(tasks=tasks)

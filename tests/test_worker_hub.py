@@ -92,7 +92,7 @@ def test_the_stage_shown_while_training_follows_the_space(hub, tmp_path, tiny_sd
     hub.create_space(repo, owner_token=ALICE_TOKEN, switch_delay_s=0.2, app_start_s=3.0)
     hub.wait_for_stage(repo, "APP_STARTING", timeout_s=10)
     settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url, "POLL_INTERVAL_S": "0.3",
-                              "RETRY_BASE_S": "0.01", "ALLOW_CPU_TRAINING": "1"})  # fmt: skip
+                              "RETRY_BASE_S": "0.01", "ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd)})  # fmt: skip
     queue = make_queue(settings)
     # A CPU task (this container is cpu-basic) whose stand-in trainer never ends: training outlasts APP_STARTING.
     task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model=str(tiny_sd),

@@ -63,7 +63,8 @@ class TaskQueue(ABC):
 
     @abstractmethod
     def complete(self, task_id: str, holder: str, result_url: str) -> Task:
-        """RUNNING (held by ``holder``) -> DONE with ``result_url``."""
+        """RUNNING (held by ``holder``) -> DONE with ``result_url``; unless the queue keeps photos, the task's photos
+        are removed in the same atomic change (``images.removed`` records it)."""
 
     @abstractmethod
     def fail(self, task_id: str, holder: str | None, error: str) -> Task:
@@ -80,7 +81,9 @@ class TaskQueue(ABC):
 
     @abstractmethod
     def retry(self, task_id: str) -> Task:
-        """FAILED or CANCELLED -> PENDING with attempts reset to 0 and the error kept for reference."""
+        """FAILED or CANCELLED -> PENDING with attempts reset to 0 and the error kept for reference.
+
+        InvalidTransition when the task's photos were removed (it was DONE) or its entry is unreadable."""
 
     @abstractmethod
     def requeue_expired(self, now: float) -> list[Task]:
@@ -98,3 +101,9 @@ class TaskQueue(ABC):
     @abstractmethod
     def fetch_images(self, task: Task, dest: Path) -> Path:
         """Make the task's training images available as files in a local folder and return that folder."""
+
+    def squash_history(self) -> str:
+        """Drop the queue's history (deleted photos stay in old commits until then); returns what was done.
+
+        Refused (InvalidTransition) while a task is RUNNING. A queue without history does nothing."""
+        return f"{self!r} keeps no history: nothing to squash."

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from scheduler.queue.base import InvalidTransition, TaskNotFound, TaskQueue
-from scheduler.task import ImageRef, Lease, Task, TaskStatus
+from scheduler.queue.base import InvalidTransition, QueueError, TaskNotFound, TaskQueue
+from scheduler.stored import IMAGES_DIR as IMAGES_DIR  # re-exported: the queues lay out images/<id>/
+from scheduler.stored import UnreadableTask, unreadable
+from scheduler.task import ImageRef, Lease, MalformedTask, Task, TaskStatus
 
 R = TypeVar("R")
 
 QUEUE_FILE = "queue.json"
-IMAGES_DIR = "images"
 CHECKPOINTS_DIR = "checkpoints"  # the trainer's resumable state, mirrored next to the queue (see scheduler.worker)
 FORMAT_VERSION = 1
 RECENT_OPS_KEPT = 200
@@ -55,18 +56,30 @@ class QueueDoc:
         data = {
             "format": FORMAT_VERSION,
             "about": ABOUT,
-            "tasks": [t.to_dict() for t in self.tasks],
+            "tasks": [t.raw if isinstance(t, UnreadableTask) else t.to_dict() for t in self.tasks],
             "recent_ops": self.recent_ops[-RECENT_OPS_KEPT:],
         }
         return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> QueueDoc:
-        data = json.loads(text) if text.strip() else {}
-        return cls(
-            tasks=[Task.from_dict(t) for t in data.get("tasks", [])],
-            recent_ops=list(data.get("recent_ops", [])),
-        )
+        """Parse a queue file. An entry that is not a task becomes an ``UnreadableTask`` (shown FAILED, kept as it
+        was); a file that is not a queue document at all raises QueueError."""
+        try:
+            data = json.loads(text) if text.strip() else {}
+        except ValueError as exc:
+            raise QueueError(f"{QUEUE_FILE} is not valid JSON ({exc}); fix or restore it in the queue.") from None
+        entries = data.get("tasks", []) if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise QueueError(f"{QUEUE_FILE} is not a queue document (no list of tasks); fix or restore it in the queue.")
+        tasks: list[Task] = []
+        for index, entry in enumerate(entries):
+            try:
+                tasks.append(Task.from_dict(entry))
+            except MalformedTask as exc:
+                tasks.append(unreadable(entry, index, str(exc)))
+        ops = data.get("recent_ops", [])
+        return cls(tasks=tasks, recent_ops=[op for op in ops if isinstance(op, str)] if isinstance(ops, list) else [])
 
 
 def new_op_id() -> str:
@@ -197,6 +210,10 @@ def op_cancel(doc: QueueDoc, task_id: str, now: float) -> Task:
 
 def op_retry(doc: QueueDoc, task_id: str, now: float) -> Task:
     task = doc.require(task_id)
+    if isinstance(task, UnreadableTask):
+        raise InvalidTransition(f"Cannot retry task {task_id}: its entry in {QUEUE_FILE} is unreadable ({task.problem}).")
+    if task.images is not None and task.images.removed:
+        raise InvalidTransition(f"Cannot retry task {task_id}: its photos were removed from the queue; submit it again.")
     if task.status is TaskStatus.PENDING and task.note:
         task.note = None  # the owner fixed what held the task back (e.g. added a payment method)
         task.updated_at = now
@@ -213,10 +230,10 @@ def op_retry(doc: QueueDoc, task_id: str, now: float) -> Task:
     return task
 
 
-def op_requeue_expired(doc: QueueDoc, now: float) -> list[Task]:
+def op_requeue_expired(doc: QueueDoc, now: float, accept: Callable[[Task], bool] = lambda t: True) -> list[Task]:
     changed = []
     for task in doc.tasks:
-        if not task.lease_expired(now):
+        if not task.lease_expired(now) or not accept(task):
             continue
         holder = task.lease.holder if task.lease else "unknown"
         reason = f"Lease of worker {holder} expired (attempt {task.attempts} of {task.max_attempts}): the container stopped or hung."
@@ -247,6 +264,13 @@ def op_set_note(doc: QueueDoc, task_id: str, note: str | None, now: float) -> Ta
     return task
 
 
+def op_mark_photos_removed(task: Task) -> Task:
+    """Record on a DONE task that its photos left the queue (the count stays, for the record)."""
+    if task.status is TaskStatus.DONE and task.images is not None and not task.images.removed:
+        task.images.removed = True
+    return task
+
+
 def op_delete(doc: QueueDoc, task_id: str) -> Task:
     task = doc.require(task_id)
     if not task.status.terminal:
@@ -259,10 +283,27 @@ def op_delete(doc: QueueDoc, task_id: str) -> Task:
 
 
 class DocumentQueue(TaskQueue):
-    """A TaskQueue over one QueueDoc. Subclasses provide ``_read`` and ``_transact`` (atomic read-modify-write)."""
+    """A TaskQueue over one QueueDoc. Subclasses provide ``_read`` and ``_transact`` (atomic read-modify-write).
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    ``vet`` (see ``scheduler.stored.stored_task_problem``) says why a stored task must not be acted on: such a task
+    is never claimed nor requeued. ``keep_photos`` False removes a task's photos in the change that marks it DONE.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        *,
+        vet: Callable[[Task], str | None] | None = None,
+        keep_photos: bool = False,
+    ) -> None:
         self._clock = clock
+        self.vet = vet
+        self.keep_photos = keep_photos
+
+    def _problem(self, task: Task) -> str | None:
+        if isinstance(task, UnreadableTask):
+            return task.problem
+        return self.vet(task) if self.vet is not None else None
 
     @abstractmethod
     def _read(self) -> QueueDoc:
@@ -279,7 +320,13 @@ class DocumentQueue(TaskQueue):
         return self._read().require(task_id)
 
     def claim(self, task_id: str, holder: str, lease_s: float) -> Task | None:
-        return self._transact(lambda doc: op_claim(doc, task_id, holder, lease_s, self._clock()), f"Claim task {task_id}")
+        def edit(doc: QueueDoc) -> Task | None:
+            problem = self._problem(doc.require(task_id))
+            if problem:
+                raise InvalidTransition(f"Task {task_id} was rejected: {problem}.")
+            return op_claim(doc, task_id, holder, lease_s, self._clock())
+
+        return self._transact(edit, f"Claim task {task_id}")
 
     def heartbeat(self, task_id: str, holder: str, lease_s: float, progress: dict[str, Any] | None = None) -> Task:
         return self._transact(lambda doc: op_heartbeat(doc, task_id, holder, lease_s, progress, self._clock()), f"Heartbeat task {task_id}")
@@ -300,9 +347,12 @@ class DocumentQueue(TaskQueue):
         return self._transact(lambda doc: op_retry(doc, task_id, self._clock()), f"Retry task {task_id}")
 
     def requeue_expired(self, now: float) -> list[Task]:
-        if not any(t.lease_expired(now) for t in self._read().tasks):
+        def accept(task: Task) -> bool:
+            return self._problem(task) is None
+
+        if not any(t.lease_expired(now) and accept(t) for t in self._read().tasks):
             return []  # the common case costs a read, not a write
-        return self._transact(lambda doc: op_requeue_expired(doc, now), "Requeue tasks with expired leases")
+        return self._transact(lambda doc: op_requeue_expired(doc, now, accept), "Requeue tasks with expired leases")
 
     def set_note(self, task_id: str, note: str | None) -> Task:
         return self._transact(lambda doc: op_set_note(doc, task_id, note, self._clock()), f"Note on task {task_id}")

@@ -3,7 +3,9 @@
 Layout of the dataset repo::
 
     queue.json                 every task, pretty-printed JSON (readable in the Hub's file viewer)
-    images/<task id>/NNN.ext   the training images of each task, committed together with the task
+    images/<task id>/NNN.ext   the training images of each task, committed together with the task; removed in the
+                               commit that marks the task DONE unless ``keep_photos`` (they stay in the history
+                               until ``squash_history``)
 
 Why one ``queue.json`` rather than one file per task: a CAS commit guards the whole branch anyway (any commit
 moves ``main``), so per-task files would not reduce conflicts, while one file gives (a) a consistent snapshot of
@@ -39,7 +41,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from scheduler.queue.base import QueueError, QueueUnavailable
+from scheduler.queue.base import InvalidTransition, QueueError, QueueUnavailable
 from scheduler.queue.document import (
     CHECKPOINTS_DIR,
     IMAGES_DIR,
@@ -50,11 +52,14 @@ from scheduler.queue.document import (
     check_image_paths,
     image_name,
     new_op_id,
+    op_complete,
     op_delete,
     op_enqueue,
+    op_mark_photos_removed,
 )
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
-from scheduler.task import ImageRef, Task
+from scheduler.stored import hub_images_problem, images_folder, is_safe_task_id
+from scheduler.task import ImageRef, Task, TaskStatus
 
 CONFLICT_STATUSES = frozenset({409, 412})
 
@@ -84,7 +89,8 @@ class HubQueue(DocumentQueue):
     """A TaskQueue in dataset repo ``repo_id`` (created private on the first write).
 
     ``retry`` governs transient errors (5xx, 429, network) of each request; ``conflict_attempts`` bounds how many
-    times one change is redone after commit conflicts (412), with backoff from ``conflict_backoff``.
+    times one change is redone after commit conflicts (412), with backoff from ``conflict_backoff``. ``vet`` and
+    ``keep_photos``: see ``DocumentQueue``.
     """
 
     def __init__(
@@ -98,8 +104,10 @@ class HubQueue(DocumentQueue):
         private: bool = True,
         cache_dir: Path | str | None = None,
         clock: Callable[[], float] = time.time,
+        vet: Callable[[Task], str | None] | None = None,
+        keep_photos: bool = False,
     ) -> None:
-        super().__init__(clock)
+        super().__init__(clock, vet=vet, keep_photos=keep_photos)
         self.api = api
         self.repo_id = repo_id
         self.retry_policy = retry or RetryPolicy()
@@ -190,8 +198,10 @@ class HubQueue(DocumentQueue):
         edit: Callable[[QueueDoc], R],
         message: str,
         files: Sequence[tuple[str, Path]] = (),
-        delete_folders: Sequence[str] = (),
+        delete_folders: Sequence[str] | Callable[[QueueDoc], Sequence[str]] = (),
     ) -> R:
+        """Read, ``edit``, commit with ``parent_commit`` (plus ``files`` and ``delete_folders``: a list, or a function
+        of the edited document), retried on conflicts; an edit that changes nothing commits nothing."""
         with self._lock:
             in_doubt: dict[str, R] = {}  # op id -> result, for attempts whose outcome is unknown
             delays = self.conflict_backoff
@@ -213,7 +223,8 @@ class HubQueue(DocumentQueue):
                 operations: list[CommitOperationAdd | CommitOperationDelete] = [
                     CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local)) for path, local in files
                 ]
-                operations += [CommitOperationDelete(path_in_repo=f"{folder}/", is_folder=True) for folder in delete_folders]
+                folders = delete_folders(doc) if callable(delete_folders) else delete_folders
+                operations += [CommitOperationDelete(path_in_repo=f"{folder}/", is_folder=True) for folder in folders]
                 operations.append(CommitOperationAdd(path_in_repo=QUEUE_FILE, path_or_fileobj=text.encode("utf-8")))
                 try:
                     info = self.api.create_commit(
@@ -256,33 +267,89 @@ class HubQueue(DocumentQueue):
             stored.images.revision = self._known.commit  # a commit that contains the images
         return stored
 
-    def delete(self, task_id: str) -> Task:
-        folders = [f"{IMAGES_DIR}/{task_id}", f"{CHECKPOINTS_DIR}/{task_id}"]
+    def _present(self, folders: Sequence[str]) -> list[str]:
+        """Which of ``folders`` exist in the repo (one request): the Hub refuses to delete a missing folder."""
         try:
-            # The Hub refuses to delete a folder that does not exist, so ask which of them do (one request).
-            found = self._call("look up the task's files", lambda: self.api.get_paths_info(self.repo_id, folders, repo_type="dataset"))
+            found = self._call("look up the task's files", lambda: self.api.get_paths_info(self.repo_id, list(folders), repo_type="dataset"))
         except RepositoryNotFoundError:
             found = []
-        present = [entry.path for entry in found if entry.path in folders]
+        return [entry.path for entry in found if entry.path in folders]
+
+    def delete(self, task_id: str) -> Task:
+        # Only the task's own folders, named from a safe id; an unsafe id (a forged entry) removes the entry alone.
+        folders = [f"{IMAGES_DIR}/{task_id}", f"{CHECKPOINTS_DIR}/{task_id}"] if is_safe_task_id(task_id) else []
+        present = self._present(folders) if folders else []
 
         def edit(doc: QueueDoc) -> Task:
             return op_delete(doc, task_id)
 
         return self._transact(edit, f"Delete task {task_id} with its images and checkpoints", delete_folders=present)
 
+    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
+        """DONE; unless ``keep_photos``, the same commit deletes ``images/<id>/`` and records ``images.removed``."""
+        if self.keep_photos or not is_safe_task_id(task_id):
+            return super().complete(task_id, holder, result_url)
+        folder = images_folder(task_id)
+
+        def edit(doc: QueueDoc) -> Task:
+            return op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock()))
+
+        def photos(doc: QueueDoc) -> list[str]:  # enqueue committed them with the task: there when it has any
+            task = doc.find(task_id)
+            return [folder] if task is not None and task.images is not None and task.images.count > 0 else []
+
+        message = f"Complete task {task_id} and remove its photos"
+        try:
+            return self._transact(edit, message, delete_folders=photos)
+        except QueueUnavailable as exc:
+            if http_status(exc.__cause__) != 404:
+                raise
+            # The folder was already gone (removed by hand): ask what is there (one request) and commit without it.
+            return self._transact(edit, message, delete_folders=self._present([folder]))
+
     def fetch_images(self, task: Task, dest: Path) -> Path:
-        if task.images is None:
-            raise ValueError(f"Task {task.id} has no images.")
+        problem = hub_images_problem(task, self.repo_id)
+        if problem:
+            raise QueueError(f"Refusing to fetch the images of task {task.id}: {problem}.")
         ref = task.images
-        repo_id = ref.repo_id or self.repo_id
+        assert ref is not None
+        if ref.removed:
+            raise QueueError(f"The photos of task {task.id} were removed from the queue when it was done.")
         dest = Path(dest)
         self._call(
             "download the images",
             lambda: self.api.snapshot_download(
-                repo_id, repo_type="dataset", revision=ref.revision or "main", allow_patterns=[f"{ref.path}/*"], local_dir=dest
+                self.repo_id, repo_type="dataset", revision=ref.revision or "main", allow_patterns=[f"{ref.path}/*"], local_dir=dest
             ),
         )
         folder = dest / ref.path
         if not folder.is_dir():
-            raise QueueError(f"The images of task {task.id} are missing from {repo_id} ({ref.path}).")
+            raise QueueError(f"The images of task {task.id} are missing from {self.repo_id} ({ref.path}).")
         return folder
+
+    def squash_history(self) -> str:
+        """Replace the branch history by one commit holding the current files (``HfApi.super_squash_history``), so
+        that removed photos are gone from the Hub. Refused while a task is RUNNING (its pinned images revision would
+        vanish); pinned revisions of the other tasks are cleared first (they name commits that are about to go)."""
+        with self._lock:
+            running = [t.id for t in self._read().tasks if t.status is TaskStatus.RUNNING]
+            if running:
+                raise InvalidTransition(f"Not squashing the history of {self.repo_id}: task {running[0]} is RUNNING; try again when it has finished.")
+
+            def unpin(doc: QueueDoc) -> int:
+                if any(t.status is TaskStatus.RUNNING for t in doc.tasks):
+                    raise InvalidTransition(f"Not squashing the history of {self.repo_id}: a task started running.")
+                pinned = [t for t in doc.tasks if t.images is not None and t.images.revision]
+                for t in pinned:
+                    t.images.revision = None  # type: ignore[union-attr]
+                return len(pinned)
+
+            self._transact(unpin, "Unpin image revisions before squashing the history")
+            self._call(
+                "squash the history",
+                lambda: self.api.super_squash_history(
+                    self.repo_id, repo_type="dataset", commit_message="Squash the queue history (removed photos leave the Hub)"
+                ),
+            )
+            self._known = None
+        return f"The history of {self.repo_id} is now one commit holding the current files."

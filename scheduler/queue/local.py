@@ -3,7 +3,7 @@
 Layout (same ``queue.json`` as on the Hub)::
 
     <folder>/queue.json          the tasks, pretty-printed JSON
-    <folder>/images/<task id>/   the training images of each task
+    <folder>/images/<task id>/   the training images of each task (removed once it is DONE, unless ``keep_photos``)
     <folder>/.queue.lock         cross-process lock (filelock)
 
 Every change holds the lock for its read-modify-write and replaces ``queue.json`` atomically (temp file, fsync,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from scheduler.queue.base import QueueUnavailable
+from scheduler.queue.base import QueueError, QueueUnavailable
 from scheduler.queue.document import (
     CHECKPOINTS_DIR,
     IMAGES_DIR,
@@ -34,17 +34,28 @@ from scheduler.queue.document import (
     check_image_paths,
     image_name,
     list_images,
+    op_complete,
     op_delete,
     op_enqueue,
+    op_mark_photos_removed,
 )
+from scheduler.stored import is_safe_task_id, local_images_problem
 from scheduler.task import ImageRef, Task
 
 
 class LocalQueue(DocumentQueue):
-    """A TaskQueue in ``folder`` (created if missing)."""
+    """A TaskQueue in ``folder`` (created if missing). ``vet`` and ``keep_photos``: see ``DocumentQueue``."""
 
-    def __init__(self, folder: Path | str, lock_timeout_s: float = 60.0, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(clock)
+    def __init__(
+        self,
+        folder: Path | str,
+        lock_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        *,
+        vet: Callable[[Task], str | None] | None = None,
+        keep_photos: bool = False,
+    ) -> None:
+        super().__init__(clock, vet=vet, keep_photos=keep_photos)
         self.folder = Path(folder).expanduser().resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / IMAGES_DIR).mkdir(exist_ok=True)
@@ -72,7 +83,8 @@ class LocalQueue(DocumentQueue):
             Path(tmp).unlink(missing_ok=True)
             raise
 
-    def _transact(self, edit: Callable[[QueueDoc], R], message: str) -> R:
+    def _transact(self, edit: Callable[[QueueDoc], R], message: str, after: Callable[[], None] | None = None) -> R:
+        """Read, ``edit`` and write back under the lock; then ``after`` (still under the lock) when given."""
         try:
             with self._lock:
                 doc = self._read()
@@ -80,6 +92,8 @@ class LocalQueue(DocumentQueue):
                 result = edit(doc)
                 if doc.to_json() != before:
                     self._write(doc)
+                if after is not None:
+                    after()
                 return result
         except Timeout:
             raise QueueUnavailable(f"The local queue in {self.folder} stayed locked for {self._lock.timeout} s.") from None
@@ -106,23 +120,49 @@ class LocalQueue(DocumentQueue):
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
+    def _own_folders(self, task_id: str, *kinds: str) -> list[Path]:
+        """``<folder>/<kind>/<task_id>`` for each kind, for a safe id only (a forged id names nothing)."""
+        return [self.folder / kind / task_id for kind in kinds] if is_safe_task_id(task_id) else []
+
     def delete(self, task_id: str) -> Task:
         def edit(doc: QueueDoc) -> Task:
             task = op_delete(doc, task_id)
             # Under the lock, before the queue file no longer names the task: a crash in between leaves a task
             # without images (its retry fails clearly), never images that nothing refers to.
-            for folder in (self.folder / IMAGES_DIR / task_id, self.folder / CHECKPOINTS_DIR / task_id):
+            for folder in self._own_folders(task_id, IMAGES_DIR, CHECKPOINTS_DIR):
                 shutil.rmtree(folder, ignore_errors=True)
             return task
 
         return self._transact(edit, f"Delete task {task_id}")
 
+    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
+        """DONE; unless ``keep_photos``, ``images/<id>/`` is removed under the lock once the queue file says so."""
+        if self.keep_photos:
+            return super().complete(task_id, holder, result_url)
+
+        def edit(doc: QueueDoc) -> Task:
+            return op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock()))
+
+        return self._transact(edit, f"Complete task {task_id}", after=lambda: self._remove_photos(task_id))
+
+    def _remove_photos(self, task_id: str) -> None:
+        for folder in self._own_folders(task_id, IMAGES_DIR):
+            shutil.rmtree(folder, ignore_errors=True)
+
     def fetch_images(self, task: Task, dest: Path) -> Path:
-        if task.images is None:
-            raise ValueError(f"Task {task.id} has no images.")
+        problem = local_images_problem(task, self.folder)
+        if problem:
+            raise QueueError(f"Refusing to copy the images of task {task.id}: {problem}.")
+        assert task.images is not None
+        if task.images.removed:
+            raise QueueError(f"The photos of task {task.id} were removed from the queue when it was done.")
         source = Path(task.images.path)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
         for image in list_images(source):
             shutil.copyfile(image, dest / image.name)
         return dest
+
+    def squash_history(self) -> str:
+        """Nothing to do: a local queue keeps no history (a removed photo is gone from the disk)."""
+        return f"The local queue in {self.folder} keeps no history: nothing to squash."

@@ -334,6 +334,17 @@ class HubRoutes:
         url = f"{repo_url(req.base_url, repo_type, repo.id)}/commit/{commit.id}"
         return Response.json({"success": True, "commitOid": commit.id, "commitUrl": url, "hookOutput": ""})
 
+    def super_squash(self, req: Request, repo_type: str, repo_id: str, branch: str) -> Response:
+        """``HfApi.super_squash_history``: the branch becomes one commit holding its current files."""
+        repo = self.writable_repo(req, repo_type, repo_id)
+        message = req.json().get("message") or f"Super-squash branch '{branch}'"
+        assert req.user is not None
+        try:
+            commit = self.storage.squash(repo_type, repo.id, branch, summary=message, author=req.user.name)
+        except StoreError as e:
+            raise HttpError(e.status, e.code, e.message) from e
+        return Response.json({"commitId": commit.id})
+
 
 def require_write(req: Request, namespace: str) -> None:
     """401 for anonymous callers, 403 for read-only tokens and for other namespaces."""

@@ -163,6 +163,8 @@ class Emulator:
             return hub.preupload(req, repo_type, repo_id, rest[1])
         if action == "commit" and len(rest) == 2 and m == "POST":
             return hub.commit(req, repo_type, repo_id, rest[1])
+        if action == "super-squash" and len(rest) >= 2 and m == "POST":
+            return hub.super_squash(req, repo_type, repo_id, "/".join(rest[1:]))
         if action == "commits" and len(rest) == 2 and m == "GET":
             return hub.list_commits(req, repo_type, repo_id, rest[1])
         if action == "branch" and len(rest) >= 2 and m in ("POST", "DELETE"):

@@ -297,6 +297,21 @@ class Storage:
             self._save_repo(repo)
             return commit
 
+    def squash(self, repo_type: str, repo_id: str, branch: str, *, summary: str, author: str) -> Commit:
+        """Replace ``branch``'s history by one parentless commit holding its current files (super-squash)."""
+        with self.repo_lock(repo_type, repo_id):
+            repo = self.get_repo(repo_type, repo_id)
+            if repo is None:
+                raise StoreError(404, "RepoNotFound", "Repository not found")
+            if branch not in repo.branches:
+                raise StoreError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
+            head = self.get_commit(repo.branches[branch])
+            assert head is not None
+            commit = self._new_commit(repo, None, summary, "", author, dict(head.files))
+            repo.branches[branch] = commit.id
+            self._save_repo(repo)
+            return commit
+
     # ---------------------------------------------------------------- inspection for tests
     def stored_bytes(self) -> Iterator[tuple[str, bytes]]:
         """Every file version and commit message stored in any repo, as ``(label, bytes)``."""
