@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 from huggingface_hub import HfApi
 
+from scheduler.diagnostics import space_is_public
 from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.worker import Worker
 from ui.context import AppContext
@@ -131,7 +132,8 @@ def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: d
         return App(build_setup_page([problem], settings.space_id), settings, problems=[problem])
     hardware = make_hardware(settings, api=api)
     worker = Worker(settings, queue, hardware, **(worker_kwargs or {}))
-    ctx = AppContext(settings=settings, queue=queue, worker=worker, api=api)
+    public = not settings.local and space_is_public(api, settings.space_id)
+    ctx = AppContext(settings=settings, queue=queue, worker=worker, api=api, public_space=public)
     demo = build_ui(ctx, login=not settings.local)
     return App(demo, settings, worker=worker)
 

@@ -256,3 +256,22 @@ def test_the_trainer_gets_the_token_but_not_the_sign_in_secrets():
 
     env = child_environment({"HF_TOKEN": "hf_x", "OAUTH_CLIENT_SECRET": "s", "OAUTH_CLIENT_ID": "i", "PATH": "/bin"})
     assert env == {"HF_TOKEN": "hf_x", "PATH": "/bin"}
+
+
+@pytest.mark.slow
+def test_owner_is_warned_of_a_public_space_and_alone_squashes_the_queue_history(served, hub):
+    """Privacy by default: a public Space is called out to its owner; the photos' history goes with one click."""
+    names = dependency_names(json.loads(http(f"{served.url}config").body))
+    load = next(n for n in names if n and n.startswith("on_load"))
+    assert "This Space is public" in call(served.url, load, [], user="alice")
+    assert "This Space is public" not in call(served.url, load, [], user="bob")
+    assert "Only the owner" in call(served.url, "squash_history", [], user="bob")
+    assert "another site" in call(served.url, "squash_history", [], user="alice", origin=EVIL)
+    repo = served.app.settings.queue_repo
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    assert len(api.list_repo_commits(repo, repo_type="dataset")) > 1
+    out = call(served.url, "squash_history", [], user="alice", origin=served.url.rstrip("/"))
+    assert "event: complete" in out and "Not squashed" not in out, out[-400:]
+    assert len(api.list_repo_commits(repo, repo_type="dataset")) == 1

@@ -25,6 +25,7 @@ class AppContext:
     queue: TaskQueue
     worker: Worker
     api: Any = None  # HfApi on a Space (checks an output repo before a non-owner's task is queued); None locally
+    public_space: bool = False  # the owner is warned while the Space is public
     recipes: dict[str, str] = field(default_factory=lambda: dict(RECIPES))
 
     @property

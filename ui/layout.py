@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from scheduler.diagnostics import PUBLIC_SPACE_WARNING
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, default_output_repo
@@ -71,7 +72,10 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             panel, owner_box = visibility(ctx, profile)
             repo = default_output_repo(access.user, local=ctx.local, namespace=None if access.owner else ctx.settings.output_namespace)
             # Settings values reach the owner's browser only (the page's /config carries none of them).
-            return [access.banner(), gr.Button(interactive=access.allowed), repo, panel, owner_box,
+            banner_text = access.banner()
+            if access.owner and ctx.public_space:
+                banner_text += "\n\n" + PUBLIC_SPACE_WARNING
+            return [banner_text, gr.Button(interactive=access.allowed), repo, panel, owner_box,
                     gr.Markdown(visible=not access.owner), *owner_values(ctx, access)]  # fmt: skip
 
         demo.load(

@@ -6,6 +6,7 @@ and delete write to the queue and are checked server-side.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         return f"Task `{task.id}` is {task.status.value} again."
 
     def deleted(task: Task) -> str:
-        ctx.worker.remove_photos(task.id)  # its copy on this machine too; the run's outputs (a local model) stay
+        with contextlib.suppress(ValueError):  # a forged id names no folder of this machine
+            ctx.worker.remove_photos(task.id)  # its copy on this machine too; the run's outputs (a local model) stay
         where = f" The model stays in {task.result_url}." if task.result_url else ""
         return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
 

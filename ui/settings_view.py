@@ -13,6 +13,7 @@ import gradio as gr
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
+from scheduler.queue.base import QueueError
 from scheduler.settings import SettingsError, load_settings
 from ui.auth import Access, access_for, require_owner
 from ui.context import AppContext
@@ -23,6 +24,10 @@ EDITABLE = (
     ("ALLOWED_USERS", "allowed_users", "Allowed users (comma separated)"),
     ("TRAIN_HARDWARE", "train_hardware", "Default training hardware"),
     ("TASK_DEADLINE_S", "deadline_s", "Per-task deadline (seconds)"),
+)
+SQUASH_HELP = (
+    "The Hub keeps every commit: photos removed from the queue repo (when a task is done or deleted) stay in its "
+    "earlier commits until the history is squashed into one commit. Possible while no task runs."
 )
 RESTART_WARNING = "Saving **restarts the Space** (the Hub applies variables on restart); a running training is interrupted and retried (from its last checkpoint when there is one)."
 
@@ -90,6 +95,9 @@ def build_settings_view(ctx: AppContext) -> SettingsParts:
             fields = [gr.Textbox(label=label, value="") for _, _, label in EDITABLE]
             save = gr.Button("Save and restart the Space", variant="stop")
             message = gr.Markdown()
+            gr.Markdown("### The queue's history\n" + SQUASH_HELP)
+            squash = gr.Button("Squash the queue's history")
+            squash_message = gr.Markdown()
 
     def on_save(queue_repo: str, allowed_users: str, train_hardware: str, deadline: str,
                 profile: gr.OAuthProfile | None, request: gr.Request) -> str:  # fmt: skip
@@ -107,6 +115,15 @@ def build_settings_view(ctx: AppContext) -> SettingsParts:
         return f"Saved {', '.join(changes)}. The Space restarts now; this page will reconnect."
 
     save.click(on_save, fields, message, api_name="save_settings", api_visibility="private")
+
+    def on_squash(profile: gr.OAuthProfile | None, request: gr.Request) -> str:
+        require_owner(s, profile, request)
+        try:
+            return ctx.queue.squash_history()
+        except QueueError as exc:
+            return f"Not squashed: {exc}"
+
+    squash.click(on_squash, None, squash_message, api_name="squash_history", api_visibility="private")
     return SettingsParts(panel=panel, owner_box=owner_box, table=table, fields=fields)
 
 

@@ -69,7 +69,9 @@ def test_local_mode_trains_a_task_submitted_in_the_browser(tmp_path, tiny_sd):
         output = workdir / "data" / "runs" / task["id"] / "work" / "output"
         assert task["result_url"] == str(output)
         assert any(output.glob("*.safetensors")) and (output / "README.md").is_file()
-        assert len(list((workdir / "data" / "queue" / "images" / task["id"]).iterdir())) == 3
+        # Its photos went with the DONE commit (KEEP_PHOTOS is off), and so did the worker's copy of them.
+        assert not (workdir / "data" / "queue" / "images" / task["id"]).exists()
+        assert not (workdir / "data" / "runs" / task["id"] / "images").exists()
 
         # The owner deletes the finished task: its photos go, the model stays.
         page.get_by_role("tab", name="Queue").click()

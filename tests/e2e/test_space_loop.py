@@ -23,6 +23,7 @@ from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN
 from tests.e2e.harness import APP, DESKTOP, browser, fill_form, free_port, shot, wait_for, wait_http
 from tests.tiny_models import make_images
+from ui.estimate import auto_steps
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -113,6 +114,14 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             first_message = message.inner_text()
             shot(page, "space-submitted-moving-to-gpu")
 
+            # The queue holds the first task's photos now and the app removed its upload copies (the picker is
+            # empty): upload them again for the second task.
+            expect(page.get_by_text("Drop File Here", exact=False).first).to_be_visible(timeout=20_000)
+            page.locator("input[type=file]").first.set_input_files([str(p) for p in images])
+            steps_box = page.get_by_label("Steps (auto from the photo count; editable)")
+            expect(steps_box).to_have_value(str(auto_steps(len(images))), timeout=30_000)
+            steps_box.fill("4")
+            steps_box.blur()
             page.get_by_label("Instance prompt").fill("a photo of zwx cat")
             page.get_by_label("Instance prompt").blur()
             expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-a-photo-of-zwx")
@@ -128,6 +137,8 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             # The header follows the Space while it trains (the app claimed the task while still APP_STARTING).
             expect(page.locator("#hardware")).to_have_text(re.compile(r"Nvidia T4 small · stage RUNNING"), timeout=30_000)
             shot(page, "space-training-on-t4")
+            # The Run tab's log tail tells about training, not about each Hub request the trainer makes.
+            assert "HTTP Request:" not in page.get_by_label("Trainer log (tail)").input_value()
             # Close the page while waiting, so a rendering browser does not slow the CPU "GPU" down. (Navigating it
             # to about:blank instead could wait 30 s on a renderer starved by the trainer; closing does not wait.)
             page.close(run_before_unload=False)
@@ -139,6 +150,18 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             page = b.new_page(viewport=DESKTOP)
             page.set_default_navigation_timeout(60_000)
             page.goto(url)
+            # A new visitor (a fresh browser context) sees the hardware line and a sign-in prompt, no task.
+            expect(page.get_by_text("CPU basic", exact=False).first).to_be_visible(timeout=30_000)
+            page.get_by_role("tab", name="Queue").click()
+            page.wait_for_timeout(3_000)  # a few refreshes of the timer
+            expect(page.get_by_role("gridcell", name="DONE")).to_have_count(0)
+            shot(page, "space-anonymous-with-tasks")
+            content = page.content()  # (the form's own help mentions "sks dog"; the tasks' second prompt does not)
+            assert "zwx cat" not in content and "alice/dreambooth-a-photo-of" not in content
+            page.get_by_role("tab", name="Run").click()
+            expect(page.get_by_text("Sign in as an allowed user to follow training runs.")).to_be_visible()
+            page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
+            expect(page.get_by_role("button", name=re.compile(r"Logout \(alice\)"))).to_be_visible(timeout=30_000)
             page.get_by_role("tab", name="Queue").click()
             expect(page.get_by_role("gridcell", name="DONE")).to_have_count(2, timeout=30_000)
             expect(page.get_by_role("link", name="alice/dreambooth-a-photo-of-sks")).to_be_visible()
@@ -156,9 +179,8 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     for written in (cwd / "data").rglob("*"):
         if written.is_file() and written.suffix in (".json", ".jsonl", ".log", ".md"):
             assert ALICE_TOKEN not in written.read_text(errors="replace"), written
-    # The trainer's log (its tail is in the Run tab) tells about training, not about each Hub request it makes.
-    train_logs = list((cwd / "data").rglob("train-*.log"))
-    assert len(train_logs) == 2 and all("HTTP Request:" not in log.read_text() for log in train_logs)
+    # Each finished task's run folder (photos, checkpoints, uploaded outputs) is gone from the container.
+    assert not [p for p in (cwd / "data" / "runs").glob("*/*")], list((cwd / "data" / "runs").rglob("*"))[:5]
     # The queue on the Hub: both tasks DONE, trained in the same container.
     settings = load_settings({"SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url})
     tasks = make_queue(settings).list()
