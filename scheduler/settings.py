@@ -55,6 +55,7 @@ class Settings:
     allow_cpu_training: bool = False
     # Privacy and per-user limits (see README "Privacy").
     keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
+    keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
     output_namespace: str | None = None  # where non-owners' models go (default: their own account)
     max_queued_per_user: int = 2  # PENDING or RUNNING tasks a non-owner may have at once
     max_gpu_hours_per_user_day: float = 2.0  # GPU hours a non-owner may start in 24 h
@@ -242,6 +243,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     keep = take("keep_photos", "KEEP_PHOTOS")
     if keep is not None:
         values["keep_photos"] = _parse_bool("KEEP_PHOTOS", keep)
+    keep_runs = take("keep_run_folders", "KEEP_RUN_FOLDERS")
+    if keep_runs is not None:
+        values["keep_run_folders"] = _parse_bool("KEEP_RUN_FOLDERS", keep_runs)
     namespace = take("output_namespace", "OUTPUT_NAMESPACE")
     if namespace is not None:
         try:

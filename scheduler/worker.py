@@ -410,7 +410,7 @@ class Worker:
         copy goes."""
         if self.settings.local:
             self.remove_photos(task.id)
-        elif finished:
+        elif finished and not self.settings.keep_run_folders:
             shutil.rmtree(self.run_dir(task.id), ignore_errors=True)
 
     def _finish_task(self, task: Task, outcome: TrainOutcome) -> None:

@@ -9,17 +9,13 @@ real Spaces. The worker is not started (no hardware is requested); one ``worker.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import itsdangerous
 import pytest
 
 from app import App, create_app
@@ -28,18 +24,10 @@ from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.polling import free_port
+from tests.signin import session_cookie
 from tests.tiny_models import make_images
 
 EVIL = "https://evil.example"
-
-
-def session_cookie(username: str, secret: str = "") -> str:
-    """A ``session`` cookie for ``username``, signed as Gradio's SessionMiddleware signs it (key from ``secret``)."""
-    key = hashlib.sha256((secret + "-v4").encode()).hexdigest()
-    info = {"oauth_info": {"access_token": "t", "expires_at": time.time() + 3600,
-                           "userinfo": {"preferred_username": username, "name": username, "profile": "", "picture": ""}}}  # fmt: skip
-    data = base64.b64encode(json.dumps(info).encode())
-    return itsdangerous.TimestampSigner(key).sign(data).decode()
 
 
 @dataclass

@@ -25,11 +25,15 @@ from scheduler.retry import RetryPolicy
 from scheduler.task import Task
 from tests.conftest import ALICE_TOKEN
 from tests.e2e.harness import APP, free_port, wait_for, wait_http
+from tests.signin import session_cookie
+
+OWNER = "alice"  # every scenario's Space is alice's
 
 RECIPES = "tests.faults.recipes"
 # Every container of the Space starts with an empty data folder, as on the Hub.
 FRESH_DISK = 'export DATA_DIR="$PWD/data/c$(date +%s%N)"; exec "$0" "$@"'
 BASE_VARIABLES = {
+    "KEEP_RUN_FOLDERS": "1",  # the scenarios read the trainers' events and work folders after the tasks end
     "ALLOW_CPU_TRAINING": "1",
     "POLL_INTERVAL_S": "0.5",
     "LEASE_S": "30",
@@ -205,7 +209,7 @@ class SpaceRun:
 
     def call_ui(self, api_name: str, data: list[Any], opener: Any = None) -> str:
         """Call a (private) Gradio endpoint of the app over raw HTTP, as the page does; returns the event stream."""
-        return call_gradio(self.url, api_name, data, opener)
+        return call_gradio(self.url, api_name, data, opener, user=self.repo.split("/")[0])
 
     def ui_text(self, expect: str, timeout: float = 60) -> str:
         """What the page's refresh tick renders (hardware line, queue table, run view), once it contains ``expect``
@@ -230,14 +234,15 @@ class SpaceRun:
         self.hub.stop_space(self.repo)  # the emulator stops the whole container, its trainer included
 
 
-def call_gradio(url: str, api_name: str, data: list[Any], opener: Any = None) -> str:
+def call_gradio(url: str, api_name: str, data: list[Any], opener: Any = None, user: str = OWNER) -> str:
     """POST ``/gradio_api/call/<api_name>`` and read its event stream (kept for the secrets scan)."""
     open_ = (opener or urllib.request.build_opener()).open
+    owner = {"Cookie": f"session={session_cookie(user)}"}  # signed in (the Space's owner sees its queue and runs)
     req = urllib.request.Request(f"{url}gradio_api/call/{api_name}", data=json.dumps({"data": data}).encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={"Content-Type": "application/json", **owner})  # fmt: skip
     with open_(req, timeout=30) as resp:
         event_id = json.loads(resp.read())["event_id"]
-    with open_(f"{url}gradio_api/call/{api_name}/{event_id}", timeout=60) as resp:
+    with open_(urllib.request.Request(f"{url}gradio_api/call/{api_name}/{event_id}", headers=owner), timeout=60) as resp:
         text = resp.read().decode(errors="replace")
     CAPTURED_TEXT.append(text)
     return text
