@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -148,6 +149,8 @@ def test_submit_validates_before_enqueuing(local_ctx, tmp_path, monkeypatch):
     assert task.class_prompt == "a photo of a dog" and task.params["prior_preservation"] is True
     assert task.params["rank"] == 8 and task.params["steps"] == 300
     assert task.max_attempts == local_ctx.settings.max_attempts
+    # Finding 9: the queue holds the photos now; the upload copies are gone (a refused submission keeps them).
+    assert not any(Path(p).exists() for p in images)
 
 
 def test_owner_changes_space_variables_through_the_hub(hub):
