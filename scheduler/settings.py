@@ -20,9 +20,9 @@ from scheduler.flavors import FLAVORS, IDLE_FLAVORS
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_ENDPOINT = "https://huggingface.co"
-SLEEP_TIME_MARGIN_S = 1800
+SLEEP_TIME_MARGIN_S = 1800  # the Space's sleep_time backstop = task deadline + this margin
 # Tests only: let Gradio's mocked sign-in (anyone becomes the token's owner) serve a Space-mode app.
-MOCK_SIGNIN_VAR = "DREAMBOOTH_TEST_MOCK_SIGNIN"  # the Space's sleep_time backstop = task deadline + this margin
+MOCK_SIGNIN_VAR = "DREAMBOOTH_TEST_MOCK_SIGNIN"
 
 
 class SettingsError(ValueError):

@@ -64,13 +64,21 @@ def images_folder(task_id: str) -> str:
     return f"{IMAGES_DIR}/{task_id}"
 
 
-def hub_images_problem(task: Task, repo_id: str) -> str | None:
-    """Why ``task.images`` is not the task's own folder in queue repo ``repo_id``, or None."""
-    ref = task.images
+def _images_ref_problem(task: Task) -> str | None:
+    """What both queues require first: an id that can name a folder, and a reference to the task's images."""
     if not is_safe_task_id(task.id):
         return f"id {task.id!r} is not a safe task id"
-    if ref is None:
+    if task.images is None:
         return "the task has no images"
+    return None
+
+
+def hub_images_problem(task: Task, repo_id: str) -> str | None:
+    """Why ``task.images`` is not the task's own folder in queue repo ``repo_id``, or None."""
+    if problem := _images_ref_problem(task):
+        return problem
+    ref = task.images
+    assert ref is not None
     if ref.repo_id != repo_id:
         return f"its images are in {ref.repo_id or 'a local folder'!r}, not in the queue repo {repo_id}"
     path = PurePosixPath(ref.path)
@@ -86,11 +94,10 @@ def hub_images_problem(task: Task, repo_id: str) -> str | None:
 
 def local_images_problem(task: Task, queue_dir: Path) -> str | None:
     """Why ``task.images`` is not the task's own folder in local queue ``queue_dir``, or None."""
+    if problem := _images_ref_problem(task):
+        return problem
     ref = task.images
-    if not is_safe_task_id(task.id):
-        return f"id {task.id!r} is not a safe task id"
-    if ref is None:
-        return "the task has no images"
+    assert ref is not None
     if ref.repo_id is not None:
         return f"its images are in Hub repo {ref.repo_id!r}, but this queue is a local folder"
     root = (Path(queue_dir) / IMAGES_DIR).resolve()
@@ -172,9 +179,7 @@ def stored_task_problem(task: Task, settings: Any, *, queue_repo: str | None, qu
     spending fields (hardware, deadline, attempts)."""
     if isinstance(task, UnreadableTask):
         return task.problem
-    if not is_safe_task_id(task.id):
-        return f"id {task.id!r} is not a safe task id"
-    if queue_repo:
+    if queue_repo:  # both image checks start with the id (it names folders)
         images = hub_images_problem(task, queue_repo)
     elif queue_dir is not None:
         images = local_images_problem(task, queue_dir)

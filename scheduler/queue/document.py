@@ -300,6 +300,10 @@ class DocumentQueue(TaskQueue):
         self.vet = vet
         self.keep_photos = keep_photos
 
+    def _done_removing_photos(self, task_id: str, holder: str, result_url: str) -> Callable[[QueueDoc], Task]:
+        """The edit of ``complete`` when photos go: DONE, and ``images.removed`` recorded in the same change."""
+        return lambda doc: op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock()))
+
     def _problem(self, task: Task) -> str | None:
         if isinstance(task, UnreadableTask):
             return task.problem

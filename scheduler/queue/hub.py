@@ -52,10 +52,8 @@ from scheduler.queue.document import (
     check_image_paths,
     image_name,
     new_op_id,
-    op_complete,
     op_delete,
     op_enqueue,
-    op_mark_photos_removed,
 )
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
 from scheduler.stored import hub_images_problem, images_folder, is_safe_task_id
@@ -290,9 +288,7 @@ class HubQueue(DocumentQueue):
         if self.keep_photos or not is_safe_task_id(task_id):
             return super().complete(task_id, holder, result_url)
         folder = images_folder(task_id)
-
-        def edit(doc: QueueDoc) -> Task:
-            return op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock()))
+        edit = self._done_removing_photos(task_id, holder, result_url)
 
         def photos(doc: QueueDoc) -> list[str]:  # enqueue committed them with the task: there when it has any
             task = doc.find(task_id)

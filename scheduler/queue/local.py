@@ -34,10 +34,8 @@ from scheduler.queue.document import (
     check_image_paths,
     image_name,
     list_images,
-    op_complete,
     op_delete,
     op_enqueue,
-    op_mark_photos_removed,
 )
 from scheduler.stored import is_safe_task_id, local_images_problem
 from scheduler.task import ImageRef, Task
@@ -120,17 +118,18 @@ class LocalQueue(DocumentQueue):
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def _own_folders(self, task_id: str, *kinds: str) -> list[Path]:
-        """``<folder>/<kind>/<task_id>`` for each kind, for a safe id only (a forged id names nothing)."""
-        return [self.folder / kind / task_id for kind in kinds] if is_safe_task_id(task_id) else []
+    def _remove_own(self, task_id: str, *kinds: str) -> None:
+        """Remove ``<folder>/<kind>/<task_id>`` for each kind, for a safe id only (a forged id names nothing)."""
+        if is_safe_task_id(task_id):
+            for kind in kinds:
+                shutil.rmtree(self.folder / kind / task_id, ignore_errors=True)
 
     def delete(self, task_id: str) -> Task:
         def edit(doc: QueueDoc) -> Task:
             task = op_delete(doc, task_id)
             # Under the lock, before the queue file no longer names the task: a crash in between leaves a task
             # without images (its retry fails clearly), never images that nothing refers to.
-            for folder in self._own_folders(task_id, IMAGES_DIR, CHECKPOINTS_DIR):
-                shutil.rmtree(folder, ignore_errors=True)
+            self._remove_own(task_id, IMAGES_DIR, CHECKPOINTS_DIR)
             return task
 
         return self._transact(edit, f"Delete task {task_id}")
@@ -140,14 +139,8 @@ class LocalQueue(DocumentQueue):
         if self.keep_photos:
             return super().complete(task_id, holder, result_url)
 
-        def edit(doc: QueueDoc) -> Task:
-            return op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock()))
-
-        return self._transact(edit, f"Complete task {task_id}", after=lambda: self._remove_photos(task_id))
-
-    def _remove_photos(self, task_id: str) -> None:
-        for folder in self._own_folders(task_id, IMAGES_DIR):
-            shutil.rmtree(folder, ignore_errors=True)
+        edit = self._done_removing_photos(task_id, holder, result_url)
+        return self._transact(edit, f"Complete task {task_id}", after=lambda: self._remove_own(task_id, IMAGES_DIR))
 
     def fetch_images(self, task: Task, dest: Path) -> Path:
         problem = local_images_problem(task, self.folder)

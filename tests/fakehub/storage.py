@@ -266,13 +266,7 @@ class Storage:
     ) -> Commit:
         """Apply ``operations`` atomically on ``branch``; 412 when ``parent_commit`` is not the branch head."""
         with self.repo_lock(repo_type, repo_id):
-            repo = self.get_repo(repo_type, repo_id)
-            if repo is None:
-                raise StoreError(404, "RepoNotFound", "Repository not found")
-            if branch not in repo.branches:
-                raise StoreError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
-            head = self.get_commit(repo.branches[branch])
-            assert head is not None
+            repo, head = self._branch_head(repo_type, repo_id, branch)
             if parent_commit is not None and not head.id.startswith(parent_commit.lower()):
                 raise StoreError(412, None, "A commit has happened since. Please refresh and try again.")
             files = dict(head.files)
@@ -292,25 +286,30 @@ class Storage:
                         del files[p]
                 else:
                     raise StoreError(400, None, f"Unsupported operation {op.kind}")
-            commit = self._new_commit(repo, head.id, summary, description, author, files)
-            repo.branches[branch] = commit.id
-            self._save_repo(repo)
-            return commit
+            return self._move_branch(repo, branch, self._new_commit(repo, head.id, summary, description, author, files))
+
+    def _branch_head(self, repo_type: str, repo_id: str, branch: str) -> tuple[Repo, Commit]:
+        """The repo and the head commit of ``branch`` (call under ``repo_lock``); 404s as the Hub answers them."""
+        repo = self.get_repo(repo_type, repo_id)
+        if repo is None:
+            raise StoreError(404, "RepoNotFound", "Repository not found")
+        if branch not in repo.branches:
+            raise StoreError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
+        head = self.get_commit(repo.branches[branch])
+        assert head is not None
+        return repo, head
+
+    def _move_branch(self, repo: Repo, branch: str, commit: Commit) -> Commit:
+        """Point ``branch`` at ``commit`` and persist the repo (under ``repo_lock``)."""
+        repo.branches[branch] = commit.id
+        self._save_repo(repo)
+        return commit
 
     def squash(self, repo_type: str, repo_id: str, branch: str, *, summary: str, author: str) -> Commit:
         """Replace ``branch``'s history by one parentless commit holding its current files (super-squash)."""
         with self.repo_lock(repo_type, repo_id):
-            repo = self.get_repo(repo_type, repo_id)
-            if repo is None:
-                raise StoreError(404, "RepoNotFound", "Repository not found")
-            if branch not in repo.branches:
-                raise StoreError(404, "RevisionNotFound", f"Invalid rev id: {branch}")
-            head = self.get_commit(repo.branches[branch])
-            assert head is not None
-            commit = self._new_commit(repo, None, summary, "", author, dict(head.files))
-            repo.branches[branch] = commit.id
-            self._save_repo(repo)
-            return commit
+            repo, head = self._branch_head(repo_type, repo_id, branch)
+            return self._move_branch(repo, branch, self._new_commit(repo, None, summary, "", author, dict(head.files)))
 
     # ---------------------------------------------------------------- inspection for tests
     def stored_bytes(self) -> Iterator[tuple[str, bytes]]:

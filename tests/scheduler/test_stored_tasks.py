@@ -171,16 +171,21 @@ def test_a_local_queue_with_a_garbage_entry_keeps_working(tmp_path):
 # --- the worker and the queue operations on a forged local queue --------------------------------------------------
 
 
-def forge_local(queue, changes: dict[str, dict[str, Any]]) -> None:
-    """Rewrite tasks of a local queue's file as someone with write access to the folder could."""
-    path = queue.folder / QUEUE_FILE
-    data = json.loads(path.read_text())
+def apply_forgery(data: dict[str, Any], changes: dict[str, dict[str, Any]]) -> None:
+    """Edit the task entries of a parsed queue file: ``changes[task id]`` sets fields (``images`` is merged)."""
     for entry in data["tasks"]:
         for key, value in changes.get(entry["id"], {}).items():
             if key == "images":
                 entry["images"].update(value)
             else:
                 entry[key] = value
+
+
+def forge_local(queue, changes: dict[str, dict[str, Any]]) -> None:
+    """Rewrite tasks of a local queue's file as someone with write access to the folder could."""
+    path = queue.folder / QUEUE_FILE
+    data = json.loads(path.read_text())
+    apply_forgery(data, changes)
     path.write_text(json.dumps(data))
 
 
@@ -273,12 +278,7 @@ def forge_hub(queue, changes: dict[str, dict[str, Any]]) -> None:
     api: HfApi = queue.api
     path = api.hf_hub_download(queue.repo_id, QUEUE_FILE, repo_type="dataset", force_download=True)
     data = json.loads(Path(path).read_text())
-    for entry in data["tasks"]:
-        for key, value in changes.get(entry["id"], {}).items():
-            if key == "images":
-                entry["images"].update(value)
-            else:
-                entry[key] = value
+    apply_forgery(data, changes)
     api.upload_file(
         path_or_fileobj=json.dumps(data).encode(), path_in_repo=QUEUE_FILE, repo_id=queue.repo_id, repo_type="dataset"
     )
