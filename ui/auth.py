@@ -37,6 +37,11 @@ class Access:
         return f"Signed in as **{self.user}**, who is not on this Space's allowed users: you can watch, not submit."
 
 
+def is_owner(settings, user: str | None) -> bool:
+    """The person at the machine (local mode), or the signed-in owner of the Space."""
+    return bool(settings.local) or (bool(user) and user == settings.space_author)
+
+
 def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     """The rights of the signed-in ``profile`` (None = anonymous) under ``settings``."""
     if settings.local:
@@ -44,8 +49,7 @@ def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     if profile is None or not getattr(profile, "username", None):
         return Access(user=None, allowed=False, owner=False)
     user = profile.username
-    owner = bool(settings.space_author) and user == settings.space_author
-    return Access(user=user, allowed=user in settings.allowed_users, owner=owner)
+    return Access(user=user, allowed=user in settings.allowed_users, owner=is_owner(settings, user))
 
 
 def require_allowed(settings, profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> Access:
@@ -114,6 +118,8 @@ def require_same_site(settings, request: gr.Request | None) -> None:
 
 def require_allowed_or_owner(settings, profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> Access:
     """Like ``require_allowed``, but the Space owner passes even when not on ALLOWED_USERS (to manage the queue)."""
-    require_same_site(settings, request)
     access = access_for(settings, profile)
-    return access if access.owner else require_allowed(settings, profile, request)
+    if not access.owner:
+        return require_allowed(settings, profile, request)
+    require_same_site(settings, request)
+    return access

@@ -17,10 +17,10 @@ import gradio as gr
 from scheduler.flavors import FLAVORS, GPU_FLAVORS
 from scheduler.task import Task
 from scheduler.validation import submission_warnings, validate_submission
-from ui.auth import access_for, require_allowed
+from ui.auth import access_for, is_owner, require_allowed
 from ui.context import DEFAULT_LEARNING_RATE, AppContext
 from ui.estimate import auto_steps, describe, estimate, hardware_label
-from ui.limits import is_owner, output_repo_problem, user_limit_problem
+from ui.limits import output_namespace, output_repo_problem, user_limit_problem
 
 RESOLUTIONS = [256, 512, 768, 1024]
 PROMPT_HELP = (
@@ -262,8 +262,8 @@ def build_form(ctx: AppContext) -> FormParts:
             "private": is_private,
         }
         answer = submit_task(ctx, access.user or "", files_value, values)
-        queued = answer.startswith("**Task")
-        return answer, (None if queued else gr.skip())  # a queued task's uploads are gone: clear the picker
+        kept = any(p.exists() for p in image_paths(files_value))  # a queued task's uploads are gone: clear the picker
+        return answer, (gr.skip() if kept else None)
 
     submit.click(
         submit_handler,
@@ -277,7 +277,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     def on_prompt(prompt: str, current: str, profile: gr.OAuthProfile | None) -> Any:
         user = access_for(s, profile).user
-        ns = s.output_namespace if user and not is_owner(s, user) else None
+        ns = output_namespace(s, user)
         generated = {default_output_repo(user, "", ctx.local, ns), default_output_repo(None, "", ctx.local)}
         if current and current not in generated and not current.startswith(f"{ns or user}/dreambooth-"):
             return gr.skip()

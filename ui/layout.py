@@ -11,6 +11,7 @@ from scheduler.diagnostics import PUBLIC_SPACE_WARNING
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, default_output_repo
+from ui.limits import output_namespace
 from ui.queue_view import build_queue_view
 from ui.queue_view import refresh as refresh_queue
 from ui.run_view import build_run_view, hardware_text, load_samples, run_values_for
@@ -69,8 +70,8 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
 
         def on_load(profile: gr.OAuthProfile | None) -> list[Any]:
             access = access_for(ctx.settings, profile)
-            panel, owner_box = visibility(ctx, profile)
-            repo = default_output_repo(access.user, local=ctx.local, namespace=None if access.owner else ctx.settings.output_namespace)
+            panel, owner_box = visibility(ctx, access)
+            repo = default_output_repo(access.user, local=ctx.local, namespace=output_namespace(ctx.settings, access.user))
             # Settings values reach the owner's browser only (the page's /config carries none of them).
             banner_text = access.banner()
             if access.owner and ctx.public_space:

@@ -12,13 +12,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from scheduler.task import Task, TaskStatus
+from ui.auth import is_owner
 
 DAY_S = 24 * 3600.0
-
-
-def is_owner(settings: Any, user: str | None) -> bool:
-    """The person at the machine (local mode) or the Space's owner."""
-    return bool(settings.local) or (user is not None and user == settings.space_author)
 
 
 def gpu_hours_today(user: str, tasks: Iterable[Task], now: float) -> float:
@@ -51,8 +47,11 @@ def user_limit_problem(settings: Any, user: str, tasks: Iterable[Task], *, retry
     return None
 
 
-def output_namespace(settings: Any, user: str) -> str:
-    """Where ``user``'s models go: OUTPUT_NAMESPACE when set, else their own account."""
+def output_namespace(settings: Any, user: str | None) -> str | None:
+    """Where ``user``'s models go: the owner's to their account; others' to OUTPUT_NAMESPACE when set, else to
+    their own account (None when nobody is signed in)."""
+    if not user or is_owner(settings, user):
+        return user
     return settings.output_namespace or user
 
 

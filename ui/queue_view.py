@@ -95,17 +95,19 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         delete = gr.Button("Delete task and photos", min_width=120)
     message = gr.Markdown()
 
-    def task_action(verb: str, change: Callable[[str], Task], done: Callable[[Task], str]) -> Callable[..., str]:
-        """A handler that checks the caller, applies ``change`` to the picked task and says what happened."""
+    def task_action(verb: str, change: Callable[[Task], Task], done: Callable[[Task], str]) -> Callable[..., str]:
+        """A handler that checks the caller, applies ``change`` to the picked task (read once, to check that the
+        caller may act on it) and says what happened."""
 
         def handle(task_id: str | None, profile: gr.OAuthProfile | None, request: gr.Request) -> str:
             access = require_allowed_or_owner(ctx.settings, profile, request)
             if not task_id:
                 return "Pick a task first."
             try:
-                if not may_act_on(access, ctx.queue.get(task_id)):
+                task = ctx.queue.get(task_id)
+                if not may_act_on(access, task):
                     return f"Could not {verb} `{task_id}`: only its submitter or the Space owner can."
-                task = change(task_id)
+                task = change(task)
             except QueueError as exc:
                 return f"Could not {verb} `{task_id}`: {exc}"
             message = done(task)
@@ -114,13 +116,12 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
 
         return handle
 
-    def retry_checked(task_id: str) -> Task:
-        task = ctx.queue.get(task_id)
-        if task.submitted_by != ctx.settings.space_author and not ctx.local:
-            problem = user_limit_problem(ctx.settings, task.submitted_by, ctx.worker.status.snapshot().tasks, retry=task)
-            if problem:
-                raise QueueError(problem)
-        return ctx.queue.retry(task_id)
+    def retry_within_limits(task: Task) -> Task:
+        """Retry spends again: its submitter's caps apply (none to the owner's tasks)."""
+        problem = user_limit_problem(ctx.settings, task.submitted_by, ctx.worker.status.snapshot().tasks, retry=task)
+        if problem:
+            raise QueueError(problem)
+        return ctx.queue.retry(task.id)
 
     def retried(task: Task) -> str:
         ctx.worker.forget_refusal(task.id)
@@ -132,9 +133,9 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
         where = f" The model stays in {task.result_url}." if task.result_url else ""
         return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
 
-    on_cancel = task_action("cancel", ctx.queue.cancel, lambda task: f"Task `{task.id}` is {task.status.value}.")
-    on_retry = task_action("retry", retry_checked, retried)
-    on_delete = task_action("delete", ctx.queue.delete, deleted)
+    on_cancel = task_action("cancel", lambda task: ctx.queue.cancel(task.id), lambda task: f"Task `{task.id}` is {task.status.value}.")
+    on_retry = task_action("retry", retry_within_limits, retried)
+    on_delete = task_action("delete", lambda task: ctx.queue.delete(task.id), deleted)
 
     cancel.click(on_cancel, pick, message, api_name="cancel", api_visibility="private")
     retry.click(on_retry, pick, message, api_name="retry", api_visibility="private")

@@ -15,7 +15,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from scheduler.queue.base import QueueError
 from scheduler.settings import SettingsError, load_settings
-from ui.auth import Access, access_for, require_owner
+from ui.auth import Access, require_owner
 from ui.context import AppContext
 
 # Space variables the owner may change here: (variable, settings field, label).
@@ -82,7 +82,7 @@ def save_variables(settings: Any, changes: dict[str, str], api: HfApi | None = N
 
 
 def build_settings_view(ctx: AppContext) -> SettingsParts:
-    """Render the settings panel (hidden until an allowed user is signed in)."""
+    """Render the settings panel (hidden until the owner is signed in)."""
     s = ctx.settings
     with gr.Column(visible=False) as panel:
         # Values are filled in by the page's load event for the owner only (``owner_values``): a component's
@@ -127,9 +127,8 @@ def build_settings_view(ctx: AppContext) -> SettingsParts:
     return SettingsParts(panel=panel, owner_box=owner_box, table=table, fields=fields)
 
 
-def visibility(ctx: AppContext, profile: gr.OAuthProfile | None) -> tuple[Any, Any]:
+def visibility(ctx: AppContext, access: Access) -> tuple[Any, Any]:
     """Panel and edit box: shown to the owner only (in local mode the person at the machine owns it)."""
-    access = access_for(ctx.settings, profile)
     return gr.Column(visible=access.owner), gr.Group(visible=access.owner and not ctx.local)
 
 
