@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from training.spec import HubFolder
-from training.statefile import StateFormatError, load_state, save_state
+from training.statefile import StateFormatError, load_state, load_tensors, save_state
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ class Checkpoint:
     def load_weights(self) -> dict[str, torch.Tensor]:
         """The trainable weights (on the CPU)."""
         try:
-            return load_file(str(self.path / WEIGHTS_FILE), device="cpu")
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a malformed file
-            raise CheckpointError(f"{WEIGHTS_FILE} is unreadable: {e}") from e
+            return load_tensors(self.path / WEIGHTS_FILE)
+        except StateFormatError as e:
+            raise CheckpointError(str(e)) from e
 
     def load_states(self) -> dict[str, Any]:
         """The optimizer / LR-scheduler / grad-scaler states as their ``state_dict()`` gave them (tensors on CPU)."""

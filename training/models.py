@@ -124,8 +124,9 @@ def check_component(base_model: str, index: dict[str, Any], name: str) -> str:
     return entry[1]
 
 
-def _check_index(base_model: str, index: dict[str, Any]) -> None:
+def _check_index(info: ModelInfo) -> None:
     """The pipeline class and every component the trainer loads must be on the allow-lists."""
+    base_model, index = info.base_model, info.index
     if "unet" not in index or "text_encoder" not in index:
         raise BadInputError(f"base model {base_model!r} has no UNet/text encoder (only SD 1.x/2.x and SDXL train here)")
     pipeline = index.get("_class_name")
@@ -134,7 +135,6 @@ def _check_index(base_model: str, index: dict[str, Any]) -> None:
             f"base model {base_model!r}: pipeline {pipeline!r} is not allowed (custom pipelines are refused; "
             f"allowed: {', '.join(sorted(PIPELINES))})"
         )
-    info = ModelInfo(base_model, index, {}, {})
     for name in info.component_names:
         check_component(base_model, index, name)
 
@@ -163,9 +163,8 @@ def inspect_base_model(base_model: str) -> ModelInfo:
 
     local = check_base_model_id(base_model)
     try:
-        index = _read_json(base_model, "model_index.json")
-        _check_index(base_model, index)
-        info = ModelInfo(base_model, index, {}, {})
+        info = ModelInfo(base_model, _read_json(base_model, "model_index.json"), {}, {})
+        _check_index(info)
         _check_safetensors(base_model, [c for c in WEIGHT_COMPONENTS if c in info.component_names], local)
         info.unet_config = _read_json(base_model, "unet/config.json")
         info.vae_config = _read_json(base_model, "vae/config.json")
@@ -222,10 +221,10 @@ def load_components(info: ModelInfo, *, unet_dtype: torch.dtype, text_dtype: tor
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True)
     encoders, tokenizers = [], []
     for i, name in enumerate(info.text_encoder_names):
-        cls = _transformers_class(check_component(src, index, name))
+        cls = _transformers_class(index[name][1])  # allow-listed just above
         encoders.append(cls.from_pretrained(src, subfolder=name, torch_dtype=text_dtype, use_safetensors=True))
         tok_name = "tokenizer" if i == 0 else f"tokenizer_{i + 1}"
-        tok_cls = _transformers_class(check_component(src, index, tok_name))
+        tok_cls = _transformers_class(index[tok_name][1])
         tokenizers.append(tok_cls.from_pretrained(src, subfolder=tok_name))
     scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
     for m in (unet, vae, *encoders):

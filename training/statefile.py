@@ -81,6 +81,14 @@ def save_state(tree: Any, tensor_file: Path, json_file: Path) -> None:
     json_file.write_text(json.dumps({"format": 1, "tree": structure}))
 
 
+def load_tensors(tensor_file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors on the CPU; ``StateFormatError`` when it is not one."""
+    try:
+        return load_file(str(tensor_file), device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a malformed file
+        raise StateFormatError(f"{tensor_file.name} is unreadable: {e}") from e
+
+
 def load_state(tensor_file: Path, json_file: Path) -> Any:
     """Read a tree written by ``save_state`` (tensors on the CPU); ``StateFormatError`` if the files are unusable."""
     try:
@@ -89,10 +97,7 @@ def load_state(tensor_file: Path, json_file: Path) -> Any:
         raise StateFormatError(f"{json_file.name} is unreadable: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != 1 or "tree" not in doc:
         raise StateFormatError(f"{json_file.name} is not a training state file of format 1")
-    try:
-        tensors = load_file(str(tensor_file), device="cpu")
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a malformed file
-        raise StateFormatError(f"{tensor_file.name} is unreadable: {e}") from e
+    tensors = load_tensors(tensor_file)
     try:
         return unflatten(doc["tree"], tensors)
     except RecursionError as e:
