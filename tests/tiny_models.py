@@ -1,126 +1,21 @@
 """Tiny random diffusion models built at test time, and their pytest fixtures.
 
-Importable without pytest side effects: the builders (`build_tiny_sd`, `build_tiny_sdxl`) and `make_images` are plain
-functions; the fixtures below only register when this module is loaded as a pytest plugin (conftest does that).
+Importable without pytest side effects: the builders (`build_tiny_sd`, which is the demo model's builder in
+``training.demo``, and `build_tiny_sdxl`) and `make_images` are plain functions; the fixtures below only register
+when this module is loaded as a pytest plugin (conftest does that).
 The models have random weights and tiny configs (a few MB), a character-level CLIP vocabulary with empty merges and
 ``model_max_length=77``, and are saved as ordinary diffusers pipeline folders that load like a Hub model.
 """
 
 from __future__ import annotations
 
-import json
-import string
 from pathlib import Path
 
 import pytest
 
-SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
-TINY_VOCAB_SIZE = 256
+from training.demo import build_tiny_sd, ddpm_scheduler, text_config, tiny_unet, tiny_vae, write_char_tokenizer
 
-
-def _write_char_tokenizer(folder: Path) -> None:
-    """Write a character-level CLIP tokenizer (vocab.json + empty merges.txt) into ``folder``."""
-    from transformers import CLIPTokenizer
-
-    chars = string.ascii_lowercase + string.digits + string.punctuation
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for c in chars:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    assert len(vocab) <= TINY_VOCAB_SIZE
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    tok.save_pretrained(str(folder))
-
-
-def _text_config(hidden: int = 32, projection_dim: int = 32, act: str = "quick_gelu"):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=TINY_VOCAB_SIZE,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        hidden_act=act,
-        projection_dim=projection_dim,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-    )
-
-
-def _tiny_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=32,
-        sample_size=64,
-    )
-
-
-def _scheduler():
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
-    )
-
-
-def _tiny_unet(**arch):
-    """A two-block UNet (32 and 64 channels, one layer each); ``arch`` adds the SD- or SDXL-specific parts."""
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=32,
-        **arch,
-    )
-
-
-def build_tiny_sd(path: str | Path, seed: int = 0) -> Path:
-    """Build a random tiny Stable Diffusion 1.x-style pipeline and save it as a diffusers folder at ``path``."""
-    import torch
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    path = Path(path)
-    if (path / "model_index.json").exists():
-        return path
-    torch.manual_seed(seed)
-    unet = _tiny_unet(cross_attention_dim=32, attention_head_dim=8)
-    vae = _tiny_vae()
-    text_encoder = CLIPTextModel(_text_config())
-    tok_dir = path / "_tok_tmp"
-    _write_char_tokenizer(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir))
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    _rmtree(tok_dir)
-    return path
+__all__ = ["build_tiny_sd", "build_tiny_sdxl", "make_images"]
 
 
 def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
@@ -133,7 +28,7 @@ def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
     if (path / "model_index.json").exists():
         return path
     torch.manual_seed(seed)
-    unet = _tiny_unet(
+    unet = tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -143,15 +38,15 @@ def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
         cross_attention_dim=64,  # text_encoder hidden + text_encoder_2 hidden
     )
     tok_dir = path / "_tok_tmp"
-    _write_char_tokenizer(tok_dir)
+    write_char_tokenizer(tok_dir)
     pipe = StableDiffusionXLPipeline(
         unet=unet,
-        vae=_tiny_vae(),
-        text_encoder=CLIPTextModel(_text_config()),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(act="gelu")),
+        vae=tiny_vae(),
+        text_encoder=CLIPTextModel(text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(act="gelu")),
         tokenizer=CLIPTokenizer.from_pretrained(str(tok_dir)),
         tokenizer_2=CLIPTokenizer.from_pretrained(str(tok_dir)),
-        scheduler=_scheduler(),
+        scheduler=ddpm_scheduler(),
     )
     pipe.save_pretrained(str(path), safe_serialization=True)
     _rmtree(tok_dir)

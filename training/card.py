@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from training.base_check import DEMO_MODEL
+
 if TYPE_CHECKING:
     from training.models import Components
     from training.recipe_base import RunContext
@@ -73,12 +75,21 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
             f'pipe = AutoPipelineForText2Image.from_pretrained("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
             f'image = pipe("{spec.instance_prompt}").images[0]\n```'
         )
+    demo_note = ""
+    if spec.base_model == DEMO_MODEL:
+        demo_note = (
+            "> **Demo model.** This was trained on the built-in demo model (`builtin:demo`): a tiny pipeline with "
+            "random weights that trains in about a minute on a CPU to try the whole loop. It produces noise, not "
+            "pictures of the subject; train on a real base model (a Hub id such as "
+            "`stable-diffusion-v1-5/stable-diffusion-v1-5`, or a local folder) for real results.\n"
+        )
     gallery = "\n".join(f"![{prompt}]({w['output']['url']})" for w, prompt in zip(widget, samples, strict=True))
     body = f"""
 # DreamBooth {"LoRA" if lora else "fine-tune"} of {spec.base_model}
 
 Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`{spec.instance_prompt}`**.
 
+{demo_note}
 {gallery}
 
 ## Use it

@@ -1,5 +1,8 @@
 """``python -m training --task TASK.json --workdir DIR [--progress EVENTS.jsonl] [--recipes-module MOD]``.
 
+``python -m training --list-recipes [--recipes-module MOD ...]`` prints the registered recipes as one JSON line
+(``{"recipes": [{"name", "label", "steps_per_image", ...}]}``; read by ``scheduler.recipes_catalog``).
+
 Runs one task end to end (train, write outputs, upload) and exits with a code from ``training.exitcodes``. Under
 ``accelerate launch`` / ``torchrun`` every process runs this; only the main one writes events, outputs and uploads.
 """
@@ -20,12 +23,31 @@ RECIPES_ENV = "TRAINING_RECIPES_MODULES"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    ap.add_argument("--task", required=True, help="task JSON file")
-    ap.add_argument("--workdir", required=True, help="work folder (output/, checkpoints/, class_images/)")
+    ap.add_argument("--task", help="task JSON file")
+    ap.add_argument("--workdir", help="work folder (output/, checkpoints/, class_images/)")
     ap.add_argument("--progress", default=None, help="append JSON-lines progress events to this file")
     ap.add_argument("--recipes-module", action="append", default=[], help="extra module registering recipes")
     ap.add_argument("--progress-bar", choices=["auto", "on", "off"], default="auto", help="console bar (auto: tty)")
-    return ap.parse_args(argv)
+    ap.add_argument("--list-recipes", action="store_true", help="print the registered recipes as JSON and exit")
+    args = ap.parse_args(argv)
+    if not args.list_recipes and not (args.task and args.workdir):
+        ap.error("--task and --workdir are required (unless --list-recipes)")
+    return args
+
+
+def _recipe_modules(args: argparse.Namespace) -> list[str]:
+    return [m for m in [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")] if m.strip()]
+
+
+def list_recipes(args: argparse.Namespace) -> int:
+    """Print ``{"recipes": [...]}`` (one line) for the built-in recipes and those of the extra modules."""
+    import json
+
+    from training.recipes import load_recipe_modules, registered_recipes
+
+    load_recipe_modules(_recipe_modules(args))
+    print(json.dumps({"recipes": [cls.catalog_entry() for cls in registered_recipes()]}))
+    return ExitCode.OK
 
 
 def _scrub(message: str) -> str:
@@ -51,6 +73,9 @@ def _quiet_import_noise() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a task; return the exit code."""
     args = parse_args(argv)
+    if args.list_recipes:
+        _quiet_import_noise()
+        return list_recipes(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_import_noise()
     import torch
@@ -90,10 +115,10 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
     from training.recipes import get_recipe, load_recipe_modules
     from training.spec import TrainSpec
 
-    modules = [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")]
-    load_recipe_modules(m for m in modules if m.strip())
+    load_recipe_modules(_recipe_modules(args))
     spec = TrainSpec.load(args.task)
     recipe = get_recipe(spec.recipe)
+    spec = spec.with_params(recipe.fixed_params, where=f"recipe {spec.recipe!r} fixed_params")
     ctx = RunContext(spec=spec, workdir=Path(args.workdir).resolve(), progress=progress)
     recipe.run(ctx)
     repo_url = None

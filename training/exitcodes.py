@@ -29,6 +29,13 @@ class BadInputError(TrainingError, ValueError):
     exit_code = ExitCode.BAD_INPUT
 
 
+class HubUnreachableError(TrainingError):
+    """The Hub could not be reached (or answered 5xx/429) while checking the input; exit code 1, which the worker
+    retries."""
+
+    kind = "hub_unreachable"
+
+
 class UploadError(TrainingError):
     """Uploading the outputs (or a checkpoint) to the Hub failed after retries."""
 

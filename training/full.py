@@ -15,6 +15,8 @@ class DreamBoothFull(DreamBoothRecipe):
     """Classic DreamBooth: every UNet weight trains (fp32 master weights under mixed precision)."""
 
     checkpoint_family = "dreambooth-full"
+    label = "DreamBooth full fine-tune (all UNet weights; a whole pipeline, several GB)"
+    form_fields = ()
     default_learning_rate = 5e-6
     steps_per_image, min_steps, max_steps = 200, 400, 4000
     trains_unet_fully = True

@@ -23,8 +23,10 @@ class DreamBoothLoRA(DreamBoothRecipe):
     mixed-precision dtype; the adapters train in fp32."""
 
     checkpoint_family = "dreambooth-lora"
+    label = "DreamBooth LoRA (small adapter file; the default)"
     default_learning_rate = 1e-4
     steps_per_image, min_steps, max_steps = 150, 500, 2400
+    form_fields = ("rank",)
 
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
         from diffusers.training_utils import cast_training_params

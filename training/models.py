@@ -1,43 +1,37 @@
 """Loading Stable Diffusion 1.x/2.x and SDXL pipeline parts from a Hub repo id or a local folder, and using them.
 
-A base model is untrusted input. Its id must be an existing folder or a valid Hub repo id; its ``model_index.json``
-may only name the pipeline and component classes allowed below (looked up in fixed tables, never imported by the
-name read from the repo); weights load from ``.safetensors`` only (``.bin``/``.ckpt`` pickles can run code); no
-remote code, no custom pipeline.
+A base model is untrusted input, checked by ``training.base_check`` (the one home of the allow-lists and of the
+safetensors rule): an existing folder or a valid Hub repo id; ``model_index.json`` may only name allow-listed
+pipeline and component classes (looked up in fixed tables, never imported by the name read from the repo); weights
+load from ``.safetensors`` only (``.bin``/``.ckpt`` pickles can run code); no remote code, no custom pipeline.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.exitcodes import BadInputError
-
-PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionImg2ImgPipeline",
-                       "StableDiffusionXLImg2ImgPipeline"})  # fmt: skip
-TEXT_ENCODERS = frozenset({"CLIPTextModel", "CLIPTextModelWithProjection"})
-TOKENIZERS = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
-SCHEDULERS = frozenset({
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-    "DPMSolverSDEScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-})  # fmt: skip
-#: component -> (library, allowed classes) for every part the trainer loads
-ALLOWED_COMPONENTS: dict[str, tuple[str, frozenset[str]]] = {
-    "unet": ("diffusers", frozenset({"UNet2DConditionModel"})),
-    "vae": ("diffusers", frozenset({"AutoencoderKL"})),
-    "scheduler": ("diffusers", SCHEDULERS),
-    "text_encoder": ("transformers", TEXT_ENCODERS),
-    "text_encoder_2": ("transformers", TEXT_ENCODERS),
-    "tokenizer": ("transformers", TOKENIZERS),
-    "tokenizer_2": ("transformers", TOKENIZERS),
-}
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+from training.base_check import (  # noqa: F401 - the allow-lists live there; re-exported for callers of this module
+    ALLOWED_COMPONENTS,
+    PIPELINES,
+    SCHEDULERS,
+    TEXT_ENCODERS,
+    TOKENIZERS,
+    WEIGHT_COMPONENTS,
+    BaseModelProblem,
+    component_names,
+    component_problem,
+    hub_problem,
+    id_problem,
+    is_sdxl_index,
+    not_a_pipeline,
+    parse_json_object,
+    probe_base_model,
+)
+from training.exitcodes import BadInputError, HubUnreachableError, TrainingError
 
 
 @dataclass
@@ -51,8 +45,7 @@ class ModelInfo:
 
     @property
     def is_sdxl(self) -> bool:
-        entry = self.index.get("text_encoder_2")
-        return isinstance(entry, list) and bool(entry) and entry[0] is not None
+        return is_sdxl_index(self.index)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -69,107 +62,69 @@ class ModelInfo:
     @property
     def component_names(self) -> list[str]:
         """Every component the trainer loads."""
-        sdxl = ["text_encoder_2", "tokenizer_2"] if self.is_sdxl else []
-        return ["unet", "vae", "scheduler", "text_encoder", "tokenizer", *sdxl]
+        return component_names(self.index)
 
 
-def _not_a_pipeline(base_model: str, why: str) -> BadInputError:
-    return BadInputError(f"base model {base_model!r} is not a diffusers Stable Diffusion pipeline ({why})")
+def problem_error(problem: BaseModelProblem) -> TrainingError:
+    """The trainer's exception for a base-model problem: a retryable one (Hub unreachable) exits 1, so the worker
+    tries again; every other one is bad input (exit 2)."""
+    if problem.retryable:
+        return HubUnreachableError(problem.message)
+    return BadInputError(problem.message)
 
 
 def check_base_model_id(base_model: str) -> bool:
     """True for an existing local folder, False for a valid Hub repo id; ``BadInputError`` for anything else."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not isinstance(base_model, str) or not base_model.strip():
-        raise BadInputError("base model is empty: give a Hub repo id (namespace/name) or a local folder")
-    if Path(base_model).is_dir():
-        return True
-    try:
-        validate_repo_id(base_model)
-    except HFValidationError as e:
-        raise _not_a_pipeline(base_model, f"no such local folder, and not a valid Hub repo id: {e}") from e
-    return False
+    problem = id_problem(base_model)
+    if problem is not None:
+        raise problem_error(problem)
+    return Path(base_model).is_dir()
 
 
 def _read_json(base_model: str, filename: str) -> dict[str, Any]:
     local = Path(base_model)
     if local.is_dir():
         path = local / filename
+        if not path.is_file():
+            raise BadInputError(not_a_pipeline(base_model, f"{filename} is missing").message)
     else:
         from huggingface_hub import hf_hub_download
 
-        path = Path(hf_hub_download(base_model, filename))
+        try:
+            path = Path(hf_hub_download(base_model, filename))
+        except Exception as e:
+            problem = hub_problem(base_model, e)
+            if problem is None:
+                raise
+            raise problem_error(problem) from e
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _not_a_pipeline(base_model, f"{filename} is not valid JSON") from e
-    if not isinstance(data, dict):
-        raise _not_a_pipeline(base_model, f"{filename} is not a JSON object")
+        text = path.read_text()
+    except UnicodeDecodeError:
+        text = ""
+    data = parse_json_object(base_model, filename, text)
+    if isinstance(data, BaseModelProblem):
+        raise problem_error(data)
     return data
 
 
 def check_component(base_model: str, index: dict[str, Any], name: str) -> str:
     """The class ``model_index.json`` names for component ``name`` if it is allow-listed; else ``BadInputError``."""
-    library, allowed = ALLOWED_COMPONENTS[name]
-    entry = index.get(name)
-    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
-        raise _not_a_pipeline(base_model, f"model_index.json has no usable {name!r} entry: {entry!r}")
-    if entry[0] != library or entry[1] not in allowed:
-        raise BadInputError(
-            f"base model {base_model!r}: component {name!r} is {entry[0]}.{entry[1]}, which is not allowed "
-            f"(allowed: {', '.join(f'{library}.{c}' for c in sorted(allowed))})"
-        )
-    return entry[1]
-
-
-def _check_index(info: ModelInfo) -> None:
-    """The pipeline class and every component the trainer loads must be on the allow-lists."""
-    base_model, index = info.base_model, info.index
-    if "unet" not in index or "text_encoder" not in index:
-        raise BadInputError(f"base model {base_model!r} has no UNet/text encoder (only SD 1.x/2.x and SDXL train here)")
-    pipeline = index.get("_class_name")
-    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
-        raise BadInputError(
-            f"base model {base_model!r}: pipeline {pipeline!r} is not allowed (custom pipelines are refused; "
-            f"allowed: {', '.join(sorted(PIPELINES))})"
-        )
-    for name in info.component_names:
-        check_component(base_model, index, name)
-
-
-def _check_safetensors(base_model: str, components: list[str], local: bool) -> None:
-    """Each weight-bearing component folder must hold ``.safetensors`` weights (others are never loaded)."""
-    if local:
-        have = {c for c in components if any((Path(base_model) / c).glob("*.safetensors"))}
-    else:
-        from huggingface_hub import HfApi
-
-        files = HfApi().list_repo_files(base_model)
-        have = {f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(".safetensors")}
-    for name in components:
-        if name not in have:
-            raise BadInputError(
-                f"base model {base_model!r}: component {name!r} has no .safetensors weights; safetensors are required "
-                "(pickle-based .bin/.ckpt weights are never loaded)"
-            )
+    problem = component_problem(base_model, index, name)
+    if problem is not None:
+        raise problem_error(problem)
+    return index[name][1]
 
 
 def inspect_base_model(base_model: str) -> ModelInfo:
     """Check the id, model_index.json (allow-listed classes), the weight files (safetensors) and read the UNet/VAE
-    configs; ``BadInputError`` if it is not a usable SD/SDXL pipeline. Downloads no weights."""
-    from huggingface_hub.errors import EntryNotFoundError, HFValidationError, RepositoryNotFoundError
-
-    local = check_base_model_id(base_model)
-    try:
-        info = ModelInfo(base_model, _read_json(base_model, "model_index.json"), {}, {})
-        _check_index(info)
-        _check_safetensors(base_model, [c for c in WEIGHT_COMPONENTS if c in info.component_names], local)
-        info.unet_config = _read_json(base_model, "unet/config.json")
-        info.vae_config = _read_json(base_model, "vae/config.json")
-    except (RepositoryNotFoundError, EntryNotFoundError, HFValidationError, FileNotFoundError) as e:
-        raise _not_a_pipeline(base_model, "repo or files missing") from e
+    configs, classifying failures as ``training.base_check`` does: Hub unreachable -> ``HubUnreachableError``
+    (exit 1, retried), anything else unusable -> ``BadInputError`` (exit 2). Downloads no weights."""
+    probe = probe_base_model(base_model)
+    if probe.problem is not None:
+        raise problem_error(probe.problem)
+    info = ModelInfo(base_model, probe.index, {}, {})
+    info.unet_config = _read_json(base_model, "unet/config.json")
+    info.vae_config = _read_json(base_model, "vae/config.json")
     return info
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from training.progress import Progress
 from training.spec import TrainSpec
@@ -42,6 +43,18 @@ class Recipe(ABC):
     """
 
     name: str = ""
+    #: what the form shows for this recipe
+    label: str = ""
+    #: ``steps`` left to the recipe: ``steps_per_image`` per photo, clamped to [min_steps, max_steps]
+    steps_per_image: int = 150
+    min_steps: int = 500
+    max_steps: int = 2400
+    #: params this recipe sets itself: applied over the task's params before training; the form shows them read-only
+    fixed_params: ClassVar[dict[str, Any]] = {}
+    #: which optional form fields apply to this recipe (e.g. ("rank",) for LoRA)
+    form_fields: tuple[str, ...] = ()
+    #: ``learning_rate`` left to the recipe
+    default_learning_rate: float = 1e-4
 
     @abstractmethod
     def run(self, ctx: RunContext) -> None:
@@ -50,6 +63,20 @@ class Recipe(ABC):
     def output_files_hint(self) -> list[str]:
         """Names of the main weight files (for logs and the model card)."""
         return []
+
+    @classmethod
+    def catalog_entry(cls) -> dict[str, Any]:
+        """This recipe as ``python -m training --list-recipes`` prints it (read by ``scheduler.recipes_catalog``)."""
+        return {
+            "name": cls.name,
+            "label": cls.label or cls.name,
+            "steps_per_image": cls.steps_per_image,
+            "min_steps": cls.min_steps,
+            "max_steps": cls.max_steps,
+            "fixed_params": dict(cls.fixed_params),
+            "form_fields": list(cls.form_fields),
+            "default_learning_rate": cls.default_learning_rate,
+        }
 
 
 def ensure_dirs(ctx: RunContext) -> None:

@@ -49,3 +49,8 @@ def get_recipe(name: str) -> Recipe:
 
 def recipe_names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def registered_recipes() -> list[type[Recipe]]:
+    """The registered recipe classes, by name."""
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]

@@ -123,6 +123,17 @@ class TrainSpec:
             raise BadInputError(f"task file is not valid JSON: {e}") from e
         return cls.from_dict(data)
 
+    def with_params(self, overrides: dict[str, Any], where: str = "fixed params") -> TrainSpec:
+        """A copy whose params have ``overrides`` applied (a recipe's ``fixed_params``), checked like the task's."""
+        if not overrides:
+            return self
+        _reject_unknown(overrides, TrainParams, where)
+        parsed = _params(dict(overrides))
+        params = dataclasses.replace(self.params, **{k: getattr(parsed, k) for k in overrides})
+        spec = dataclasses.replace(self, params=params)
+        spec.validate()
+        return spec
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (for the model card and checkpoints)."""
         return dataclasses.asdict(self)

@@ -25,8 +25,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from scheduler.recipes_catalog import clamp_steps as default_steps  # one steps policy, shared with the form
 from training import checkpoint as ckpt_mod
 from training import data
+from training.demo import resolve_demo
+from training.metrics import RunMetrics
 from training.models import (
     Components,
     build_pipeline,
@@ -77,16 +80,26 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + index * 7_919 + 12_345) % (2**63 - 1))
 
 
-def default_steps(n_images: int, per_image: int, lo: int, hi: int) -> int:
-    """Steps from the image count, clamped, as the reference Spaces choose them."""
-    return int(min(hi, max(lo, n_images * per_image)))
+#: with validation prompts and no ``validation_every``, samples are taken this many times per run (the last at the end)
+SAMPLES_PER_RUN = 4
+#: no sample before the end of a run shorter than SAMPLES_PER_RUN times this (a few-step test or smoke run pays for
+#: one sampling pass, not one per step)
+MIN_STEPS_BETWEEN_SAMPLES = 25
+
+
+def sample_every(steps: int, validation_every: int | None) -> int | None:
+    """Steps between samples during training: ``validation_every`` if set (0: only at the end), else a quarter of
+    the run (``SAMPLES_PER_RUN`` samples in all, at least ``MIN_STEPS_BETWEEN_SAMPLES`` apart); None when no
+    sample is taken before the end."""
+    if validation_every is not None:
+        return validation_every or None
+    every = steps // SAMPLES_PER_RUN
+    return every if every >= MIN_STEPS_BETWEEN_SAMPLES else None
 
 
 class DreamBoothRecipe(Recipe):
     """Base of the DreamBooth recipes. Subclasses set what trains (``configure_trainable``) and how it saves."""
 
-    default_learning_rate = 1e-4
-    steps_per_image, min_steps, max_steps = 150, 500, 2400
     trains_unet_fully = False
     #: checkpoints resume across recipes of the same family (e.g. a subclass adding hooks); set by subclasses
     checkpoint_family = "dreambooth"
@@ -127,7 +140,7 @@ class DreamBoothRecipe(Recipe):
 
         # 1. input, before any weights are loaded
         prog.phase("validating_input")
-        info = inspect_base_model(spec.base_model)
+        info = inspect_base_model(resolve_demo(spec.base_model))  # the demo model is built here on first use
         resolution = p.resolution or info.native_resolution
         with acc.main_process_first():
             folder = data.fetch_images(spec.images, ctx.workdir / "inputs" / "instance")
@@ -228,6 +241,8 @@ class DreamBoothRecipe(Recipe):
         sched = comps.noise_scheduler
         alphas = sched.alphas_cumprod.to(device)
         loss_sum, loss_n, t_last, s_last = torch.zeros((), device=device), 0, time.perf_counter(), start
+        every_sample = sample_every(steps, p.validation_every) if p.validation_prompts else None
+        self.metrics = metrics = RunMetrics()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with deferred_stop(acc.num_processes == 1) as stop:
@@ -287,13 +302,16 @@ class DreamBoothRecipe(Recipe):
                     loss_sum.zero_()
                     loss_n, t_last, s_last = 0, now, done
                     self.last_loss = mean_loss
+                    metrics.log(done, mean_loss, now)
                     prog.advance_bar(0, loss=f"{mean_loss:.4f}")
                 prog.advance_bar(1)
+                pause_start = time.perf_counter()
                 if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
                     self._checkpoint(ctx, done, named, optimizer, lr_sched, acc, mirror=done % hub_every == 0)
-                if p.validation_prompts and p.validation_every and done % p.validation_every == 0 and done < steps:
+                if every_sample and done % every_sample == 0 and done < steps:
                     self._samples(comps, wrapped, ctx, done, acc)
                     unet.train()
+                metrics.paused(time.perf_counter() - pause_start)
                 if stop.requested:  # SIGTERM: keep this step's progress, then stop
                     self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
                     stop.requested = False
@@ -310,6 +328,7 @@ class DreamBoothRecipe(Recipe):
             from training.card import write_model_card
 
             write_model_card(ctx, self, comps)
+            metrics.write(ctx.output_dir, steps=steps, resolution=resolution, recipe=self.name, base_model=spec.base_model)
         if p.checkpoint_every or spec.checkpoint is not None or spec.output is not None:
             self._checkpoint(ctx, steps, named, optimizer, lr_sched, acc)
         acc.wait_for_everyone()

@@ -19,13 +19,14 @@ UPLOAD_IGNORE = ["checkpoints/*", "**/checkpoints/*", "checkpoint-*/*", "step-*/
 
 
 def _is_transient(exc: BaseException) -> bool:
-    import httpx
     from huggingface_hub.errors import HfHubHTTPError
+
+    from training.base_check import is_network_error
 
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else None
         return status is None or status == 429 or status >= 500
-    return isinstance(exc, httpx.TransportError | ConnectionError | TimeoutError)
+    return is_network_error(exc)  # huggingface_hub's client raises httpx2 errors, not httpx ones
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 1.0) -> T:

@@ -1,0 +1,306 @@
+"""Is a base model usable? One torch-free check shared by the form (CPU Space, local mode) and the trainer.
+
+A base model is untrusted input: an existing local folder or a valid Hub repo id; its ``model_index.json`` may only
+name the pipeline and component classes allowed below; every weight-bearing component must ship ``.safetensors``
+(``.bin``/``.ckpt`` pickles can run code). This module imports only the standard library and huggingface_hub, so
+the control plane can call it before any hardware is requested. It is the one home of the allow-lists and of the
+safetensors rule; ``training.models`` imports them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: the base-model value of the built-in demo model (see ``training.demo``; kept here so this module needs no torch)
+DEMO_MODEL = "builtin:demo"
+
+PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionImg2ImgPipeline",
+                       "StableDiffusionXLImg2ImgPipeline"})  # fmt: skip
+TEXT_ENCODERS = frozenset({"CLIPTextModel", "CLIPTextModelWithProjection"})
+TOKENIZERS = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
+SCHEDULERS = frozenset({
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+    "DPMSolverSDEScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler",
+    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+})  # fmt: skip
+#: component -> (library, allowed classes) for every part the trainer loads
+ALLOWED_COMPONENTS: dict[str, tuple[str, frozenset[str]]] = {
+    "unet": ("diffusers", frozenset({"UNet2DConditionModel"})),
+    "vae": ("diffusers", frozenset({"AutoencoderKL"})),
+    "scheduler": ("diffusers", SCHEDULERS),
+    "text_encoder": ("transformers", TEXT_ENCODERS),
+    "text_encoder_2": ("transformers", TEXT_ENCODERS),
+    "tokenizer": ("transformers", TOKENIZERS),
+    "tokenizer_2": ("transformers", TOKENIZERS),
+}
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+#: every kind of ``BaseModelProblem``
+KINDS = ("invalid", "unreachable", "missing", "gated", "private", "not_a_pipeline", "not_allowed", "no_safetensors")
+
+
+@dataclass(frozen=True)
+class BaseModelProblem:
+    """Why a base model cannot be used: ``kind`` (one of ``KINDS``), a message for people, and whether a later
+    retry may succeed (only "unreachable")."""
+
+    kind: str
+    message: str
+    retryable: bool = False
+
+
+@dataclass
+class Probe:
+    """What the check found: the parsed ``model_index.json`` and the repo's file list (when it got that far)."""
+
+    base_model: str
+    local: bool
+    index: dict[str, Any] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    problem: BaseModelProblem | None = None
+
+
+# ---------------------------------------------------------------- the model_index.json rules
+def is_sdxl_index(index: dict[str, Any]) -> bool:
+    entry = index.get("text_encoder_2")
+    return isinstance(entry, list) and bool(entry) and entry[0] is not None
+
+
+def component_names(index: dict[str, Any]) -> list[str]:
+    """Every component the trainer loads for a pipeline with this ``model_index.json``."""
+    sdxl = ["text_encoder_2", "tokenizer_2"] if is_sdxl_index(index) else []
+    return ["unet", "vae", "scheduler", "text_encoder", "tokenizer", *sdxl]
+
+
+def not_a_pipeline(base_model: str, why: str) -> BaseModelProblem:
+    return BaseModelProblem(
+        "not_a_pipeline", f"base model {base_model!r} is not a diffusers Stable Diffusion pipeline ({why})"
+    )
+
+
+def component_problem(base_model: str, index: dict[str, Any], name: str) -> BaseModelProblem | None:
+    """None if ``model_index.json`` names an allow-listed class for component ``name``."""
+    library, allowed = ALLOWED_COMPONENTS[name]
+    entry = index.get(name)
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
+        return not_a_pipeline(base_model, f"model_index.json has no usable {name!r} entry: {entry!r}")
+    if entry[0] != library or entry[1] not in allowed:
+        return BaseModelProblem(
+            "not_allowed",
+            f"base model {base_model!r}: component {name!r} is {entry[0]}.{entry[1]}, which is not allowed "
+            f"(allowed: {', '.join(f'{library}.{c}' for c in sorted(allowed))})",
+        )
+    return None
+
+
+def index_problem(base_model: str, index: dict[str, Any]) -> BaseModelProblem | None:
+    """The pipeline class and every component the trainer loads must be on the allow-lists."""
+    if "unet" not in index or "text_encoder" not in index:
+        return not_a_pipeline(base_model, "no UNet/text encoder: only SD 1.x/2.x and SDXL train here")
+    pipeline = index.get("_class_name")
+    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
+        return BaseModelProblem(
+            "not_allowed",
+            f"base model {base_model!r}: pipeline {pipeline!r} is not allowed (custom pipelines are refused; "
+            f"allowed: {', '.join(sorted(PIPELINES))})",
+        )
+    for name in component_names(index):
+        problem = component_problem(base_model, index, name)
+        if problem is not None:
+            return problem
+    return None
+
+
+def safetensors_problem(base_model: str, index: dict[str, Any], files: Iterable[str]) -> BaseModelProblem | None:
+    """Each weight-bearing component folder must hold ``.safetensors`` weights (others are never loaded).
+
+    ``files`` are repo-relative paths ("unet/diffusion_pytorch_model.safetensors", ...)."""
+    have = {f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(".safetensors")}
+    for name in (c for c in WEIGHT_COMPONENTS if c in component_names(index)):
+        if name not in have:
+            return BaseModelProblem(
+                "no_safetensors",
+                f"base model {base_model!r}: component {name!r} has no .safetensors weights; safetensors are required "
+                "(pickle-based .bin/.ckpt weights are never loaded)",
+            )
+    return None
+
+
+def parse_json_object(base_model: str, filename: str, text: str) -> dict[str, Any] | BaseModelProblem:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return not_a_pipeline(base_model, f"{filename} is not valid JSON")
+    if not isinstance(data, dict):
+        return not_a_pipeline(base_model, f"{filename} is not a JSON object")
+    return data
+
+
+# ---------------------------------------------------------------- the id
+def id_problem(base_model: Any) -> BaseModelProblem | None:
+    """None for an existing local folder or a valid Hub repo id (no request is made)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(base_model, str) or not base_model.strip():
+        return BaseModelProblem("invalid", "base model is empty: give a Hub repo id (namespace/name) or a local folder")
+    if Path(base_model).is_dir():
+        return None
+    try:
+        validate_repo_id(base_model)
+    except HFValidationError as e:
+        why = f"no such local folder, and not a valid Hub repo id (namespace/name): {e}"
+        return BaseModelProblem("invalid", not_a_pipeline(base_model, why).message)
+    return None
+
+
+# ---------------------------------------------------------------- Hub errors
+def endpoint_of(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """A connection, DNS, TLS or timeout failure (not an HTTP answer), or offline mode."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    if isinstance(exc, HfHubHTTPError):
+        return False
+    if isinstance(exc, LocalEntryNotFoundError | OfflineModeIsEnabled | ConnectionError | TimeoutError):
+        return True
+    # huggingface_hub's HTTP client (httpx / httpx2) raises its own transport errors
+    return any(c.__name__ in ("TransportError", "TimeoutException", "NetworkError") for c in type(exc).__mro__)
+
+
+def hub_problem(base_model: str, exc: BaseException, endpoint: str | None = None) -> BaseModelProblem | None:
+    """Classify an exception raised by a Hub call about ``base_model``; None if it is not a known Hub failure."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = endpoint_of(endpoint)
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, GatedRepoError):
+        return BaseModelProblem(
+            "gated",
+            f"base model {base_model!r} is gated: open {where}/{base_model}, sign in with the account this app's "
+            "token belongs to and accept its licence (that account must accept it, not just any), then submit again",
+        )
+    if isinstance(exc, RepositoryNotFoundError):
+        if status == 401:
+            return BaseModelProblem(
+                "private",
+                f"base model {base_model!r} was not found on {where}, or it is private and the token "
+                "(HF_TOKEN) cannot read it: check the id, or use a token whose account can read that repo",
+            )
+        return BaseModelProblem("missing", f"base model {base_model!r}: no such model repo on {where}")
+    if isinstance(exc, RevisionNotFoundError):
+        return BaseModelProblem("missing", f"base model {base_model!r}: its main branch is missing on {where}")
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return not_a_pipeline(base_model, "a file it needs is missing from the repo")
+    if is_network_error(exc):
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        if "cannot find the requested files in the local cache" in reason:
+            reason = "no connection"
+        return BaseModelProblem(
+            "unreachable",
+            f"the Hub at {where} cannot be reached ({reason}), so base model {base_model!r} could not be checked; "
+            "this is retryable: check the network connection (or HF_ENDPOINT) and try again",
+            retryable=True,
+        )
+    if isinstance(exc, HfHubHTTPError) and status is not None and (status >= 500 or status == 429):
+        return BaseModelProblem(
+            "unreachable",
+            f"the Hub at {where} answered HTTP {status} while checking base model {base_model!r}; "
+            "this is retryable: try again in a minute",
+            retryable=True,
+        )
+    if isinstance(exc, HfHubHTTPError) and status == 403:
+        return BaseModelProblem(
+            "private", f"base model {base_model!r}: the token (HF_TOKEN) is not allowed to read it on {where} (403)"
+        )
+    return None
+
+
+# ---------------------------------------------------------------- the check
+def probe_base_model(base_model: str, *, token: str | None = None, endpoint: str | None = None) -> Probe:
+    """Check ``base_model`` (at most two Hub calls: the repo's file list, then ``model_index.json``)."""
+    if base_model == DEMO_MODEL:
+        return Probe(base_model, local=True)
+    problem = id_problem(base_model)
+    if problem is not None:
+        return Probe(base_model, local=False, problem=problem)
+    local = Path(base_model).is_dir()
+    probe = Probe(base_model, local=local)
+    if local:
+        index_file = Path(base_model) / "model_index.json"
+        if not index_file.is_file():
+            probe.problem = BaseModelProblem(
+                "missing", f"base model {base_model!r}: the folder has no model_index.json (not a diffusers pipeline)"
+            )
+            return probe
+        try:
+            text = index_file.read_text()
+        except (OSError, UnicodeDecodeError):
+            probe.problem = not_a_pipeline(base_model, "model_index.json cannot be read")
+            return probe
+        root = Path(base_model)
+        probe.files = [p.relative_to(root).as_posix() for p in root.glob("*/*.safetensors")]
+    else:
+        text_or_problem = _hub_index(base_model, probe, token, endpoint)
+        if isinstance(text_or_problem, BaseModelProblem):
+            probe.problem = text_or_problem
+            return probe
+        text = text_or_problem
+    parsed = parse_json_object(base_model, "model_index.json", text)
+    if isinstance(parsed, BaseModelProblem):
+        probe.problem = parsed
+        return probe
+    probe.index = parsed
+    probe.problem = index_problem(base_model, parsed) or safetensors_problem(base_model, parsed, probe.files)
+    return probe
+
+
+def _hub_index(base_model: str, probe: Probe, token: str | None, endpoint: str | None) -> str | BaseModelProblem:
+    from huggingface_hub import HfApi, hf_hub_download
+
+    try:
+        info = HfApi(endpoint=endpoint, token=token).model_info(base_model, files_metadata=False)
+    except Exception as e:  # noqa: BLE001 - classified, or re-raised
+        problem = hub_problem(base_model, e, endpoint)
+        if problem is None:
+            raise
+        return problem
+    probe.files = [s.rfilename for s in info.siblings or []]
+    if "model_index.json" not in probe.files:
+        return BaseModelProblem(
+            "missing", f"base model {base_model!r} has no model_index.json: it is not a diffusers pipeline repo"
+        )
+    try:
+        path = hf_hub_download(base_model, "model_index.json", revision=info.sha, token=token, endpoint=endpoint)
+        return Path(path).read_text()
+    except UnicodeDecodeError:
+        return not_a_pipeline(base_model, "model_index.json is not valid JSON")
+    except Exception as e:  # noqa: BLE001
+        problem = hub_problem(base_model, e, endpoint)
+        if problem is None:
+            raise
+        return problem
+
+
+def check_base_model(
+    base_model: str, *, token: str | None = None, endpoint: str | None = None
+) -> BaseModelProblem | None:
+    """None if ``base_model`` (a Hub repo id, a local folder or ``DEMO_MODEL``) can be trained on, else the problem.
+
+    Makes at most two Hub calls and downloads no weights; a local folder is checked on disk."""
+    return probe_base_model(base_model, token=token, endpoint=endpoint).problem
