@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 
 from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.task import Task
+from training.demo import DEMO_MODEL, DEMO_RESOLUTION  # torch-free constants
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,8 @@ def validate_submission(
         problems += _check_int("LoRA rank", rank, *limits.rank)
     if resolution is not None:
         low, high = limits.resolution
+        if base_model == DEMO_MODEL:  # the tiny demo model trains at its own native size
+            low = min(low, DEMO_RESOLUTION)
         multiple = limits.resolution_multiple
         res_problems = _check_int("Resolution", resolution, low, high)
         if not res_problems and int(resolution) % multiple:
@@ -182,7 +185,10 @@ def validate_task(
 
 
 def submission_warnings(image_count: int, limits: Limits = LIMITS) -> list[str]:
-    """Advice that does not block a submission."""
+    """Advice that does not block a submission (plain text, for the UI and the CLI)."""
     if 0 < image_count < limits.recommended_min_images:
-        return [f"Only {image_count} image(s): DreamBooth usually needs {limits.recommended_min_images} to 20 photos of the subject."]
+        photos = "1 photo" if image_count == 1 else f"{image_count} photos"
+        return [f"only {photos}: DreamBooth needs {limits.recommended_min_images} to 20 photos of the subject "
+                "(varied backgrounds and angles); with fewer, the model tends to copy the photo, background included. "
+                "Add more photos for a better model."]  # fmt: skip
     return []

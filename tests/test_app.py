@@ -14,12 +14,13 @@ from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.tiny_models import make_images
+from training.demo import DEMO_MODEL
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext
 from ui.estimate import auto_steps, estimate
-from ui.form import submit_task
 from ui.settings_view import changed_variables, check_variables, save_variables
 from ui.setup_page import setup_markdown
+from ui.submission import submit_task
 
 
 def space_settings(hub, repo: str, token: str | None = ALICE_TOKEN, **extra: str):
@@ -123,7 +124,7 @@ def local_ctx(tmp_path):
 
 
 def form_values(**changes):
-    values = {"instance_prompt": "a photo of sks dog", "class_prompt": "", "base_model": "some/model",
+    values = {"instance_prompt": "a photo of sks dog", "class_prompt": "", "base_model": DEMO_MODEL,
               "recipe": "dreambooth-lora", "steps": 300, "hardware": "t4-small", "learning_rate": 1e-4, "rank": 8,
               "resolution": 512, "output_repo": "dreambooth-sks", "private": True}  # fmt: skip
     values.update(changes)
@@ -131,9 +132,9 @@ def form_values(**changes):
 
 
 def test_submit_validates_before_enqueuing(local_ctx, tmp_path, monkeypatch):
-    import ui.form
+    import ui.submission
 
-    monkeypatch.setattr(ui.form, "WORKER_REPLY_S", 0.1)
+    monkeypatch.setattr(ui.submission, "WORKER_REPLY_S", 0.1)
     images = [str(p) for p in make_images(tmp_path / "photos", 3, size=128)]
     answer = submit_task(local_ctx, "local", images, form_values(instance_prompt=" ", resolution=500, steps=0))
     assert answer.startswith("**Nothing was queued")
@@ -169,7 +170,11 @@ def test_owner_changes_space_variables_through_the_hub(hub):
 
 
 def test_estimate_follows_steps_hardware_and_price():
-    assert auto_steps(1) == 200 and auto_steps(5) == 500 and auto_steps(100) == 2000
+    from scheduler.recipes_catalog import load_catalog
+
+    lora = load_catalog()["dreambooth-lora"]  # the form's default recipe sets the "auto" steps
+    assert auto_steps(1) == lora.min_steps and auto_steps(100) == lora.max_steps
+    assert auto_steps(5) == lora.auto_steps(5) == max(lora.min_steps, 5 * lora.steps_per_image)
     t4 = estimate(1000, "t4-small")
     assert t4.train_s == pytest.approx(1000 / 1.1)
     assert t4.usd == pytest.approx(t4.total_s / 3600 * 0.40)

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.queue.base import TaskQueue
 from scheduler.worker import Worker
+from ui.duplicates import RecentSubmissions
 
-# Recipe names of the built-in trainer (training/recipes.py) and how the form shows them. The UI does not import
-# ``training`` (it would pull in torch on the CPU Space); a customized recipe is added here too.
-RECIPES: dict[str, str] = {
-    "dreambooth-lora": "LoRA (small file, fast, fits a T4)",
-    "dreambooth-full": "Full fine-tune (large model, needs a big GPU)",
-}
-DEFAULT_LEARNING_RATE = {"dreambooth-lora": 1e-4, "dreambooth-full": 5e-6}  # the trainer's own defaults
+if TYPE_CHECKING:
+    from scheduler.recipes_catalog import RecipeInfo
+
+
+DEFAULT_RECIPE = "dreambooth-lora"
+
+
+def default_recipe(recipes: dict[str, RecipeInfo]) -> str:
+    """The recipe the form starts with: the built-in LoRA when installed, else the catalog's first."""
+    return DEFAULT_RECIPE if DEFAULT_RECIPE in recipes else next(iter(recipes))
+
+
+def default_recipes() -> dict[str, RecipeInfo]:
+    """The trainer's recipe catalog (built-in and TRAINING_RECIPES_MODULES ones), read once and cached. The UI does
+    not import ``training``'s recipes (torch on the CPU Space): the catalog asks ``python -m training``."""
+    from scheduler.recipes_catalog import load_catalog
+
+    return dict(load_catalog())
 
 
 @dataclass
@@ -26,7 +38,8 @@ class AppContext:
     worker: Worker
     api: Any = None  # HfApi on a Space (checks an output repo before a non-owner's task is queued); None locally
     public_space: bool = False  # the owner is warned while the Space is public
-    recipes: dict[str, str] = field(default_factory=lambda: dict(RECIPES))
+    recipes: dict[str, RecipeInfo] = field(default_factory=default_recipes)
+    recent: RecentSubmissions = field(default_factory=RecentSubmissions)  # asks before queueing the same task twice
 
     @property
     def local(self) -> bool:

@@ -1,26 +1,29 @@
-"""The training form: photos, prompts, model, recipe, hyper-parameters, hardware, estimate, output repo.
+"""The Train form: photos, prompts, model, recipe, hyper-parameters, hardware, estimate, output repo.
 
-``submit`` validates everything first (nothing is stored on error), enqueues the task with its photos in one
-atomic step and wakes the worker, which asks for the GPU.
+The recipe choices, their "auto" steps and their fields come from the trainer's recipe catalog; in local mode the
+built-in demo model is offered (and chosen on a machine without a GPU). Pressing Train runs ``ui.submission.submit``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from scheduler.flavors import FLAVORS, GPU_FLAVORS
-from scheduler.task import Task
-from scheduler.validation import submission_warnings, validate_submission
-from ui.auth import access_for, is_owner, require_allowed
-from ui.context import DEFAULT_LEARNING_RATE, AppContext
-from ui.estimate import auto_steps, describe, estimate, hardware_label
-from ui.limits import output_namespace, output_repo_problem, user_limit_problem
+from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
+from ui.auth import access_for, require_allowed
+from ui.context import AppContext, default_recipe
+from ui.estimate import auto_steps, describe, estimate, hardware_label, local_hardware
+from ui.limits import output_namespace
+from ui.local_device import LocalDevice, local_device
+from ui.output_names import default_output_repo
+from ui.submission import RECIPE_FIELDS, image_paths, lists_field, submit
+
+if TYPE_CHECKING:
+    pass
 
 RESOLUTIONS = [256, 512, 768, 1024]
 PROMPT_HELP = (
@@ -28,7 +31,11 @@ PROMPT_HELP = (
     "...) becomes your subject; use the same words when you generate images later."
 )
 CLASS_HELP = "Optional. E.g. `a photo of a dog`: enables prior preservation, so the model keeps knowing other dogs."
-WORKER_REPLY_S = 8.0
+BASE_MODEL_HELP = (
+    "A Hub model repo id (namespace/name, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a local folder holding "
+    "a diffusers Stable Diffusion pipeline (with model_index.json)."
+)
+LOCAL_BASE_MODEL_HELP = BASE_MODEL_HELP + " The demo model needs no download and trains in about a minute on a CPU."
 
 
 @dataclass
@@ -46,130 +53,91 @@ def hardware_choices() -> list[tuple[str, str]]:
     return [(hardware_label(n), n) for n in names]
 
 
-def image_paths(files: Any) -> list[Path]:
-    """Paths from a ``gr.File(file_count="multiple")`` value (strings or file objects)."""
-    paths = []
-    for item in files or []:
-        paths.append(Path(item if isinstance(item, str) else getattr(item, "name", item)))
-    return paths
+def base_model_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """(label, value) of the offered base models; locally the demo model first."""
+    offered = [(m, m) for m in ctx.settings.base_models]
+    return [(DEMO_LABEL, DEMO_MODEL), *offered] if ctx.local else offered
 
 
-def slug(text: str) -> str:
-    """A repo-name-friendly version of a prompt."""
-    words = re.sub(r"[^a-z0-9]+", "-", (text or "").lower()).strip("-")
-    return "-".join(words.split("-")[:4]) or "subject"
-
-
-def default_output_repo(user: str | None, prompt: str = "", local: bool = False, namespace: str | None = None) -> str:
-    """``alice/dreambooth-a-photo-of-sks`` (locally just the name; ``namespace`` instead of the user when set)."""
-    name = f"dreambooth-{slug(prompt)}" if prompt else "dreambooth-lora"
-    return name if local or not user else f"{namespace or user}/{name}"
-
-
-def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
-    """The Task for a validated submission; ``params`` holds only keys the trainer knows."""
-    recipe = values["recipe"]
-    class_prompt = (values.get("class_prompt") or "").strip() or None
-    params: dict[str, Any] = {
-        "steps": int(values["steps"]),
-        "learning_rate": float(values["learning_rate"]),
-        "resolution": int(values["resolution"]),
-        "prior_preservation": class_prompt is not None,
-        "validation_prompts": [values["instance_prompt"].strip()],
-    }
-    if recipe == "dreambooth-lora":
-        params["rank"] = int(values["rank"])
-    return Task(
-        instance_prompt=values["instance_prompt"].strip(),
-        submitted_by=user,
-        recipe=recipe,
-        base_model=values["base_model"],
-        class_prompt=class_prompt,
-        params=params,
-        hardware=values["hardware"],
-        output_repo=values["output_repo"].strip(),
-        private=bool(values["private"]),
-        max_attempts=int(ctx.settings.max_attempts),
-        deadline_s=float(ctx.settings.deadline_s),
-    )
-
-
-def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner: bool = True) -> list[str]:
-    """Every problem with the form's values (empty list: ready to enqueue). Non-owners get only the offered
-    base models."""
+def default_base_model(ctx: AppContext, device: LocalDevice) -> str:
+    """The demo model locally on a machine without a GPU (unless BASE_MODELS / DEFAULT_BASE_MODEL name the
+    models), else the configured default."""
     s = ctx.settings
-    return validate_submission(
-        instance_prompt=values["instance_prompt"],
-        class_prompt=values.get("class_prompt") or None,
-        images=images,
-        hardware=values["hardware"],
-        output_repo=values["output_repo"],
-        steps=values["steps"],
-        learning_rate=values["learning_rate"],
-        rank=values["rank"],
-        resolution=values["resolution"],
-        base_model=values["base_model"],
-        base_models=None if owner else list(s.base_models),  # the owner may name any model; others pick one offered
-        recipe=values["recipe"],
-        recipes=list(ctx.recipes),
-        allow_cpu_training=bool(s.allow_cpu_training or s.local),
-    )
+    sources = s.sources()
+    configured = sources.get("base_models") != "default" or sources.get("default_base_model") != "default"
+    if ctx.local and not device.gpu and not configured:
+        return DEMO_MODEL
+    return s.default_base_model
 
 
-def submit_task(ctx: AppContext, user: str, files: Any, values: dict[str, Any]) -> str:
-    """Validate, enqueue and wake the worker; returns the Markdown answer for the user."""
-    images = image_paths(files)
-    if ctx.local:
-        values = {**values, "hardware": values.get("hardware") or ctx.settings.train_hardware}
-    owner = is_owner(ctx.settings, user)
-    problems = validate(ctx, images, values, owner=owner)
-    if not owner:  # what a non-owner may spend and write, checked with the rest so every problem shows at once
-        tasks = ctx.queue.list()
-        for problem in (user_limit_problem(ctx.settings, user, tasks),
-                        output_repo_problem(ctx.settings, user, values["output_repo"].strip(), tasks, ctx.api)):  # fmt: skip
-            if problem:
-                problems.append(problem)
-    if problems:
-        return "**Nothing was queued. Please fix:**\n" + "\n".join(f"- {p}" for p in problems)
-    task = ctx.queue.enqueue(build_task(ctx, user, values), images)
-    remove_uploads(images)  # the queue holds the photos now; Gradio's upload copies go
-    after = ctx.worker.status.loops
-    ctx.worker.forget_refusal(task.id)
-    ctx.worker.wake()
-    ctx.worker.wait_for_loop(after, WORKER_REPLY_S)
-    notes = "".join(f"\n\n_{w}_" for w in submission_warnings(len(images)))
-    return queued_message(ctx, task) + notes
+def recipe_steps(ctx: AppContext, recipe: str | None, base_model: str | None, image_count: int) -> int:
+    """The "auto" steps: the demo model's own, else the chosen recipe's policy for ``image_count`` photos."""
+    if base_model == DEMO_MODEL:
+        return DEMO_STEPS
+    info = ctx.recipes.get(recipe or "") or ctx.recipes[default_recipe(ctx.recipes)]
+    return auto_steps(image_count, info)
 
 
-def remove_uploads(paths: list[Path]) -> None:
-    """Delete Gradio's copies of uploaded files (and their hashed folders, once empty)."""
-    for path in paths:
-        path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
+def field_state(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
+                *, recipe_changed: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+    """Constructor arguments of steps, learning rate, rank, resolution and the "set by this recipe" note for
+    ``recipe`` and ``base_model``.
+
+    A field the recipe ignores is hidden; one it fixes shows the recipe's value read-only. The demo model brings
+    its own resolution and steps. The learning rate is reset only when the recipe changed."""
+    info = ctx.recipes.get(recipe)
+    fixed = dict(info.fixed_params) if info else {}
+    demo = base_model == DEMO_MODEL
+    back_from_demo = not demo and _number(resolution) == DEMO_RESOLUTION
+    values: dict[str, Any] = {
+        "steps": recipe_steps(ctx, recipe, base_model, image_count),
+        "learning_rate": info.default_learning_rate if info and recipe_changed else None,
+        "rank": None,
+        "resolution": DEMO_RESOLUTION if demo else (512 if back_from_demo else None),
+    }
+    out: list[dict[str, Any]] = []
+    for name in RECIPE_FIELDS:
+        kwargs: dict[str, Any] = {"visible": lists_field(info, name) or name in fixed, "interactive": name not in fixed}
+        value = fixed.get(name, values[name])
+        if value is not None:
+            kwargs["value"] = value
+        out.append(kwargs)
+    note = ", ".join(f"{k.replace('_', ' ')} = {v}" for k, v in fixed.items())
+    out.append({"value": f"_Set by this recipe: {note}._" if note else "", "visible": bool(note)})
+    return out
 
 
-def queued_message(ctx: AppContext, task: Task) -> str:
-    """What happens next for a just-queued task."""
-    count = task.images.count if task.images else 0
-    head = f"**Task `{task.id}` queued** with {count} photos."
-    if ctx.local:
-        return head + " Training runs on this machine; follow it in the **Run** tab."
-    status = ctx.worker.status.snapshot()
-    hw = status.hardware
-    if status.phase == "refused":
-        return head + f" The GPU was not granted: {status.message}"
-    if hw is not None and hw.current == task.hardware:
-        return head + f" This Space already runs on {hardware_label(task.hardware)}: training starts shortly."
-    return head + (
-        f" The Space is moving to {hardware_label(task.hardware)}. It restarts there, so **this page will disconnect "
-        "and reconnect** in a few minutes; the task is safe in the queue and its progress shows in the **Run** tab."
-    )
+def field_updates(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
+                  *, recipe_changed: bool = True) -> list[Any]:  # fmt: skip
+    """``field_state`` as component updates (steps, learning rate, rank, resolution, note)."""
+    steps, lr, rank, res, note = field_state(ctx, recipe, base_model, image_count, resolution, recipe_changed=recipe_changed)
+    res = {"choices": resolution_choices(ctx.local), **res}  # the same choices, so the value is known to be one
+    return [gr.Number(**steps), gr.Number(**lr), gr.Number(**rank), gr.Dropdown(**res), gr.Markdown(**note)]
+
+
+def recipe_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """(label, name) of the catalog's recipes, the default one first."""
+    first = default_recipe(ctx.recipes)
+    names = [first, *(n for n in ctx.recipes if n != first)]
+    return [(ctx.recipes[n].label, n) for n in names]
+
+
+def resolution_choices(local: bool) -> list[tuple[str, int]]:
+    """The resolutions offered; locally the demo model's own first (the choices never change: a value outside the
+    choices the server knows would be refused)."""
+    demo = [(f"{DEMO_RESOLUTION} (demo model only)", DEMO_RESOLUTION)] if local else []
+    return [*demo, *((str(r), r) for r in RESOLUTIONS)]
 
 
 def build_form(ctx: AppContext) -> FormParts:
     """Render the form inside the current Blocks and wire its events."""
     s = ctx.settings
+    device = local_device(ctx.worker) if ctx.local else None
+    first_model = default_base_model(ctx, device or LocalDevice(True, "GPU"))
+    first_recipe = default_recipe(ctx.recipes)
+    first = field_state(ctx, first_recipe, first_model, 0, None)
+    demo = first_model == DEMO_MODEL
+    gpu_default = s.train_hardware if s.train_hardware in GPU_FLAVORS else "t4-small"
     with gr.Column():
         files = gr.File(
             label="Photos of your subject (3 to 20; varied backgrounds and angles)",
@@ -177,7 +145,8 @@ def build_form(ctx: AppContext) -> FormParts:
             file_types=["image"],
             type="filepath",
         )
-        preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False)
+        preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False,
+                             elem_id="photo-preview")
         instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog", info=None)
         gr.Markdown(PROMPT_HELP)
         class_prompt = gr.Textbox(label="Class prompt (optional)", placeholder="a photo of a dog")
@@ -185,31 +154,35 @@ def build_form(ctx: AppContext) -> FormParts:
         with gr.Row():
             base_model = gr.Dropdown(
                 label="Base model",
-                choices=list(s.base_models),
-                value=s.default_base_model,
+                choices=base_model_choices(ctx),
+                value=first_model,
                 allow_custom_value=True,
+                info=LOCAL_BASE_MODEL_HELP if ctx.local else BASE_MODEL_HELP,
                 min_width=240,
             )
             recipe = gr.Radio(
                 label="Recipe",
-                choices=[(label, name) for name, label in ctx.recipes.items()],
-                value=next(iter(ctx.recipes)),
+                choices=recipe_choices(ctx),
+                value=first_recipe,
                 min_width=240,
             )
         with gr.Row():
-            steps = gr.Number(label="Steps (auto from the photo count; editable)", value=auto_steps(0), precision=0, minimum=1, min_width=160)
+            steps = gr.Number(label="Steps (auto from the photo count; editable)", precision=0, minimum=1,
+                              min_width=160, **first[0])  # fmt: skip
             hardware = gr.Dropdown(
                 label="GPU",
                 choices=hardware_choices(),
-                value=s.train_hardware if s.train_hardware in GPU_FLAVORS else "t4-small",
+                value=gpu_default,
                 visible=not ctx.local,
                 min_width=200,
             )
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
-                learning_rate = gr.Number(label="Learning rate", value=DEFAULT_LEARNING_RATE["dreambooth-lora"], min_width=140)
-                rank = gr.Number(label="LoRA rank", value=4, precision=0, minimum=1, min_width=100)
-                resolution = gr.Dropdown(label="Resolution (px)", choices=RESOLUTIONS, value=512, min_width=120)
+                learning_rate = gr.Number(label="Learning rate", min_width=140, **first[1])
+                rank = gr.Number(label="LoRA rank", precision=0, minimum=1, min_width=100, **{"value": 4, **first[2]})
+                resolution = gr.Dropdown(label="Resolution (px)", min_width=120, choices=resolution_choices(ctx.local),
+                                         **{"value": DEMO_RESOLUTION if demo else 512, **first[3]})  # fmt: skip
+            fixed_note = gr.Markdown(**first[4])
         with gr.Row():
             output_repo = gr.Textbox(
                 label="Output model repo" if not ctx.local else "Output name (uploaded only when HF_TOKEN is set)",
@@ -217,38 +190,44 @@ def build_form(ctx: AppContext) -> FormParts:
                 min_width=240,
             )
             private = gr.Checkbox(label="Private repo", value=True, min_width=120)
-        initial = estimate(auto_steps(0), s.train_hardware if s.train_hardware in GPU_FLAVORS else "t4-small")
-        estimate_md = gr.Markdown(describe(initial, ctx.local))
-        submit = gr.Button("Train", variant="primary")
+        estimate_md = gr.Markdown()
+        with gr.Row():
+            submit_button = gr.Button("Train", variant="primary")
+            again = gr.Button("Queue it again", variant="secondary", visible=False, elem_id="queue-again")
         message = gr.Markdown(elem_id="submit-message")
 
-    def on_files(paths: Any) -> tuple[Any, Any]:
+    field_outputs = [steps, learning_rate, rank, resolution, fixed_note]
+
+    def on_files(paths: Any, name: str, model: str) -> tuple[Any, Any]:
         found = [str(p) for p in image_paths(paths)]
-        return gr.Gallery(value=found or None, visible=bool(found)), auto_steps(len(found))
+        return gr.Gallery(value=found or None, visible=bool(found)), recipe_steps(ctx, name, model, len(found))
 
-    def on_recipe(name: str) -> Any:
-        return DEFAULT_LEARNING_RATE.get(name, 1e-4)
+    def on_recipe(name: str, model: str, paths: Any, res: Any) -> list[Any]:
+        return field_updates(ctx, name, model, len(image_paths(paths)), res)
 
-    def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str) -> str:
+    def on_model(name: str, model: str, paths: Any, res: Any) -> list[Any]:
+        return field_updates(ctx, name, model, len(image_paths(paths)), res, recipe_changed=False)
+
+    def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str) -> str:
+        where = local_hardware(device) if device is not None else (flavor or s.train_hardware)
         try:
-            est = estimate(int(n_steps or 0), flavor or s.train_hardware, recipe=name, resolution=int(res or 512),
-                           prior_preservation=bool((klass or "").strip()))  # fmt: skip
+            est = estimate(int(n_steps or 0), where, recipe=name, resolution=int(res or 512),
+                           prior_preservation=bool((klass or "").strip()), base_model=model)  # fmt: skip
         except (TypeError, ValueError):
             return ""
-        return describe(est, ctx.local)
+        return describe(est, ctx.local, device)
 
-    files.change(on_files, files, [preview, steps], api_visibility="private", show_progress="hidden")
-    recipe.change(on_recipe, recipe, learning_rate, api_visibility="private", show_progress="hidden")
-    est_inputs = [steps, hardware, recipe, resolution, class_prompt]
+    files.change(on_files, [files, recipe, base_model], [preview, steps], api_visibility="private", show_progress="hidden")
+    for comp, fn in ((recipe, on_recipe), (base_model, on_model)):
+        comp.change(fn, [recipe, base_model, files, resolution], field_outputs, api_visibility="private",
+                    show_progress="hidden")  # fmt: skip
+    est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model]
     for comp in est_inputs:
         comp.change(on_estimate, est_inputs, estimate_md, api_visibility="private", show_progress="hidden")
+    estimate_md.value = on_estimate(steps.value, hardware.value, first_recipe, resolution.value, "", first_model)
 
-    def submit_handler(
-        files_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private,
-        profile: gr.OAuthProfile | None, request: gr.Request,
-    ) -> tuple[str, Any]:  # fmt: skip
-        access = require_allowed(s, profile, request)
-        values = {
+    def values_of(instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private) -> dict[str, Any]:  # fmt: skip
+        return {
             "instance_prompt": instance or "",
             "class_prompt": klass or "",
             "base_model": model or "",
@@ -261,30 +240,58 @@ def build_form(ctx: AppContext) -> FormParts:
             "output_repo": out_repo or "",
             "private": is_private,
         }
-        answer = submit_task(ctx, access.user or "", files_value, values)
-        kept = any(p.exists() for p in image_paths(files_value))  # a queued task's uploads are gone: clear the picker
-        return answer, (gr.skip() if kept else None)
 
-    submit.click(
-        submit_handler,
-        [files, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank, resolution,
-         output_repo, private],  # fmt: skip
-        [message, files],
-        api_name="submit",
-        api_visibility="private",
-        concurrency_limit=1,
-    )
+    def answer(files_value: Any, args: tuple, profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:
+        access = require_allowed(s, profile, request)
+        outcome = submit(ctx, access.user or "", files_value, values_of(*args), confirm=confirm)
+        if outcome.queued:  # the uploads are gone: clear the picker; Train waits for a change (no double task)
+            return outcome.message, None, gr.Button(interactive=False), gr.Button(visible=False)
+        return outcome.message, gr.skip(), gr.Button(interactive=True), gr.Button(visible=outcome.confirm)
 
-    def on_prompt(prompt: str, current: str, profile: gr.OAuthProfile | None) -> Any:
+    def submit_handler(confirm: bool) -> Callable[..., tuple[Any, ...]]:
+        """The Train handler (``confirm``: the "Queue it again" one). Gradio fills ``profile`` and ``request`` from
+        the annotations, so the signature is written out once, here."""
+
+        def handle(
+            files_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
+            is_private, profile: gr.OAuthProfile | None, request: gr.Request,
+        ) -> tuple[Any, ...]:  # fmt: skip
+            args = (instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private)
+            return answer(files_value, args, profile, request, confirm=confirm)
+
+        return handle
+
+    submit_inputs = [files, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank,
+                     resolution, output_repo, private]  # fmt: skip
+    submit_outputs = [message, files, submit_button, again]
+    submit_button.click(submit_handler(confirm=False), submit_inputs, submit_outputs, api_name="submit", api_visibility="private",
+                        concurrency_limit=1, concurrency_id="submit")  # fmt: skip
+    again.click(submit_handler(confirm=True), submit_inputs, submit_outputs, api_name="submit_again", api_visibility="private",
+                concurrency_limit=1, concurrency_id="submit")  # fmt: skip
+
+    def on_edit(profile: gr.OAuthProfile | None) -> tuple[Any, Any]:
+        """Something changed after a submit: Train again (for those allowed), no pending "Queue it again"."""
+        return gr.Button(interactive=access_for(s, profile).allowed), gr.Button(visible=False)
+
+    edits = [files.upload, files.clear, files.delete, instance_prompt.input, class_prompt.input, base_model.input,
+             recipe.input, steps.input, hardware.input, learning_rate.input, rank.input, resolution.input,
+             output_repo.input, private.input]  # fmt: skip
+    for event in edits:
+        event(on_edit, None, [submit_button, again], api_visibility="private", show_progress="hidden")
+
+    def on_prompt(prompt: str, klass: str, current: str, profile: gr.OAuthProfile | None) -> Any:
         user = access_for(s, profile).user
         ns = output_namespace(s, user)
         generated = {default_output_repo(user, "", ctx.local, ns), default_output_repo(None, "", ctx.local)}
-        if current and current not in generated and not current.startswith(f"{ns or user}/dreambooth-"):
+        prefix = "dreambooth-" if ctx.local or not user else f"{ns or user}/dreambooth-"
+        if current and current not in generated and not current.startswith(prefix):
             return gr.skip()
-        return default_output_repo(user, prompt, ctx.local, ns)
+        return default_output_repo(user, prompt, ctx.local, ns, class_prompt=klass)
 
-    instance_prompt.blur(on_prompt, [instance_prompt, output_repo], output_repo, api_visibility="private", show_progress="hidden")
-    return FormParts(submit=submit, output_repo=output_repo, message=message)
+    for box in (instance_prompt, class_prompt):
+        box.blur(on_prompt, [instance_prompt, class_prompt, output_repo], output_repo, api_visibility="private",
+                 show_progress="hidden")  # fmt: skip
+    return FormParts(submit=submit_button, output_repo=output_repo, message=message)
 
 
 def _number(value: Any, kind: type = int) -> Any:

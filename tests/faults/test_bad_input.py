@@ -17,7 +17,7 @@ from tests.e2e.harness import free_port
 from tests.faults.space import CAPTURED_TEXT, call_gradio
 from tests.tiny_models import make_images
 from ui.context import AppContext
-from ui.form import submit_task
+from ui.submission import submit_task
 
 pytestmark = pytest.mark.slow
 

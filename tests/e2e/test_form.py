@@ -1,0 +1,106 @@
+"""The Train form in a real browser (local mode, no GPU): the demo model by default, a base model that cannot be used
+refused with its cause, Train disabled after a queued submit, and a repeat of the same task asked about first.
+
+The app gets no token; its Hub endpoint is the emulator (so a missing base model is a real 404 of the Hub API).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.e2e.harness import DESKTOP, app_env, browser, free_port, open_phone_form, run_app, shot, wait_http
+from tests.tiny_models import make_images
+from training.demo import DEMO_LABEL, DEMO_RESOLUTION, DEMO_STEPS
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+
+def queued(workdir) -> list[dict]:
+    """The tasks of the app's local queue (none before the first enqueue writes the file)."""
+    path = workdir / "data" / "queue" / "queue.json"
+    return json.loads(path.read_text())["tasks"] if path.exists() else []
+
+
+def set_steps(page, steps: int) -> None:
+    box = page.get_by_label("Steps (auto from the photo count; editable)")
+    box.fill(str(steps))
+    box.blur()
+
+
+def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
+    from playwright.sync_api import expect
+
+    port = free_port()
+    env = app_env(GRADIO_SERVER_PORT=str(port), POLL_INTERVAL_S="0.5", HF_ENDPOINT=hub.url,
+                  DREAMBOOTH_DEMO_DIR=str(tmp_path / "demo-model"))  # fmt: skip
+    images = [str(p) for p in make_images(tmp_path / "photos", 3, size=128)]
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    url = f"http://127.0.0.1:{port}/"
+    with run_app(workdir, env, tmp_path / "app.log") as proc, browser() as b:
+        wait_http(url, 90, proc, tmp_path / "app.log")
+        open_phone_form(b, url, "form-phone-demo",
+                        lambda phone: expect(phone.get_by_label("Base model")).to_have_value(DEMO_LABEL))
+
+        page = b.new_page(viewport=DESKTOP)
+        page.goto(url)
+        model = page.get_by_label("Base model")
+        expect(model).to_have_value(DEMO_LABEL, timeout=30_000)
+        expect(page.get_by_text("a Hub model repo id (namespace/name", exact=False)).to_be_visible()
+        steps = page.get_by_label("Steps (auto from the photo count; editable)")
+        expect(steps).to_have_value(str(DEMO_STEPS))
+        expect(page.get_by_text("of training on this machine (CPU)", exact=False)).to_be_visible()
+        page.locator("input[type=file]").first.set_input_files(images)
+        expect(page.locator("#photo-preview")).to_be_visible(timeout=30_000)
+        page.get_by_label("Instance prompt").fill("a photo of sks dog")
+        page.get_by_label("Instance prompt").blur()
+        expect(page.get_by_label("Output name (uploaded only when HF_TOKEN is set)")).to_have_value("dreambooth-sks-dog")
+        page.get_by_text("Advanced").click()
+        expect(page.get_by_label("Resolution (px)")).to_have_value(f"{DEMO_RESOLUTION} (demo model only)")
+        shot(page, "form-demo-model")
+
+        # A base model that is not on the Hub: refused with its cause, nothing queued.
+        model.click()
+        model.fill("nobody/missing-model")
+        model.press("Enter")
+        expect(page.get_by_label("Resolution (px)")).to_have_value("512", timeout=10_000)  # back to a real model's size
+        page.get_by_role("button", name="Train").click()
+        expect(page.get_by_text("Nothing was queued.", exact=False)).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("nobody/missing-model' was not found", exact=False)).to_be_visible()
+        shot(page, "form-base-model-problem")
+        assert queued(workdir) == []
+
+        # Back to the demo model: queued at once; Train then waits for a change.
+        model.click()
+        page.get_by_role("option", name=DEMO_LABEL).click()
+        expect(steps).to_have_value(str(DEMO_STEPS), timeout=10_000)
+        set_steps(page, 4)
+        train = page.get_by_role("button", name="Train")
+        train.click()
+        expect(page.get_by_text(re.compile(r"Task \w+ queued with 3 photos"))).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Training runs on this machine (CPU)", exact=False)).to_be_visible()
+        expect(train).to_be_disabled()
+
+        # The same photos, prompt and settings again: Train asks first.
+        page.locator("input[type=file]").first.set_input_files(images)
+        expect(train).to_be_enabled(timeout=30_000)
+        expect(steps).to_have_value(str(DEMO_STEPS), timeout=10_000)
+        set_steps(page, 4)
+        train.click()
+        expect(page.get_by_text("this is the same task as", exact=False)).to_be_visible(timeout=30_000)
+        again = page.get_by_role("button", name="Queue it again")
+        expect(again).to_be_visible()
+        shot(page, "form-duplicate-confirm")
+        assert len(queued(workdir)) == 1
+        again.click()
+        expect(again).to_be_hidden(timeout=30_000)
+        expect(page.get_by_text(re.compile(r"Task \w+ queued with 3 photos"))).to_be_visible(timeout=30_000)
+        shot(page, "form-queued-again")
+
+    tasks = queued(workdir)
+    assert len(tasks) == 2 and {t["base_model"] for t in tasks} == {"builtin:demo"}
+    assert all(t["params"]["resolution"] == DEMO_RESOLUTION and t["params"]["steps"] == 4 for t in tasks)
+    assert {t["output_repo"] for t in tasks} == {"dreambooth-sks-dog"}

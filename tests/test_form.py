@@ -1,0 +1,266 @@
+"""The Train form without a browser: the demo model, base-model and output-repo checks at submit time, the answer's
+speed and wording, repeats, and the recipe catalog's steps and fields.
+
+Real queues (a local folder, or a Hub dataset repo on the emulator), real huggingface_hub, real recipe catalog
+(``python -m training --list-recipes``); nothing is mocked. The GPU of a test machine is "probed" through
+``LocalHardware``'s own ``gpu_probe`` argument, since this machine has none.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from huggingface_hub import HfApi
+
+from scheduler.hardware import make_hardware
+from scheduler.hardware.local import LocalHardware
+from scheduler.queue import make_queue
+from scheduler.recipes_catalog import load_catalog
+from scheduler.settings import load_settings
+from scheduler.task import Task, TaskStatus
+from scheduler.worker import Worker
+from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
+from tests.polling import free_port, wait_for
+from tests.tiny_models import make_images
+from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
+from ui.context import AppContext
+from ui.estimate import LOCAL_CPU, LOCAL_GPU, describe, estimate
+from ui.form import build_form, field_updates
+from ui.local_device import CPU, LocalDevice
+from ui.output_names import default_output_repo, subject_name
+from ui.submission import build_task, queued_message, submit, submit_task
+
+
+def local_ctx(tmp_path: Path, gpu: bool = False, recipes: dict | None = None, **env: str) -> AppContext:
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data"), **env})
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, LocalHardware(gpu_probe=lambda: gpu))  # not started unless a test does
+    return AppContext(settings=settings, queue=queue, worker=worker, **({"recipes": recipes} if recipes else {}))
+
+
+def space_ctx(hub, tmp_path: Path) -> AppContext:
+    repo = f"alice/form-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    settings = load_settings({"SPACE_ID": repo, "HF_ENDPOINT": hub.url, "HF_TOKEN": ALICE_TOKEN, "RETRY_BASE_S": "0.01",
+                              "DATA_DIR": str(tmp_path / "data"), **MOCK_SIGNIN})  # fmt: skip
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    queue = make_queue(settings, api=api)
+    worker = Worker(settings, queue, make_hardware(settings, api=api))
+    return AppContext(settings=settings, queue=queue, worker=worker, api=api)
+
+
+def form_blocks(ctx: AppContext) -> dict[str, gr.components.Component]:
+    """The form's components by label."""
+    with gr.Blocks() as demo:
+        build_form(ctx)
+    return {b.label: b for b in demo.blocks.values() if getattr(b, "label", None)}
+
+
+def values(**changes):
+    base = {"instance_prompt": "a photo of sks dog", "class_prompt": "", "base_model": DEMO_MODEL,
+            "recipe": "dreambooth-lora", "steps": 4, "hardware": "t4-small", "learning_rate": 1e-4, "rank": 4,
+            "resolution": DEMO_RESOLUTION, "output_repo": "dreambooth-sks-dog", "private": True}  # fmt: skip
+    return {**base, **changes}
+
+
+def photos(tmp_path: Path, n: int = 3, name: str = "photos") -> list[str]:
+    """Fresh copies of the same ``n`` photos (a queued submit removes its uploads)."""
+    source = tmp_path / "originals"
+    if not source.exists():
+        make_images(source, 3, size=128)
+    folder = tmp_path / f"{name}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    return [str(shutil.copy(p, folder)) for p in sorted(source.iterdir())[:n]]
+
+
+# ---------------------------------------------------------------- item 1 and 2: the demo model, the field's help
+def test_the_demo_model_is_offered_locally_and_chosen_on_a_machine_without_a_gpu(tmp_path):
+    form = form_blocks(local_ctx(tmp_path, gpu=False))
+    model = form["Base model"]
+    assert (DEMO_LABEL, DEMO_MODEL) in model.choices and model.value == DEMO_MODEL
+    assert DEMO_RESOLUTION in [v for _, v in form["Resolution (px)"].choices]
+    assert form["Resolution (px)"].value == DEMO_RESOLUTION and form["Steps (auto from the photo count; editable)"].value == DEMO_STEPS
+    # Item 2: the field says what it accepts.
+    assert "namespace/name" in model.info and "local folder" in model.info
+
+    with_gpu = form_blocks(local_ctx(tmp_path / "gpu", gpu=True))["Base model"]
+    assert (DEMO_LABEL, DEMO_MODEL) in with_gpu.choices and with_gpu.value == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    configured = form_blocks(local_ctx(tmp_path / "cfg", gpu=False, BASE_MODELS="me/my-model"))["Base model"]
+    assert configured.value == "me/my-model"  # BASE_MODELS set: the owner's choice wins, the demo is still offered
+
+
+def test_choosing_the_demo_model_sets_its_resolution_and_steps(tmp_path):
+    ctx = local_ctx(tmp_path)
+    steps, _lr, _rank, resolution, _note = field_updates(ctx, "dreambooth-lora", DEMO_MODEL, 3, 512, recipe_changed=False)
+    assert steps.constructor_args["value"] == DEMO_STEPS
+    assert resolution.constructor_args["value"] == DEMO_RESOLUTION
+    steps, _lr, _rank, resolution, _note = field_updates(ctx, "dreambooth-lora", "some/model", 3, DEMO_RESOLUTION,
+                                                          recipe_changed=False)  # fmt: skip
+    assert steps.constructor_args["value"] == ctx.recipes["dreambooth-lora"].auto_steps(3)
+    assert resolution.constructor_args["value"] == 512  # back to a real model's size
+    # A demo task at its own 64 px passes validation (other models keep the 256 px minimum).
+    answer = submit_task(ctx, "local", photos(tmp_path), values())
+    assert "queued" in answer, answer
+    assert "Resolution" in submit_task(ctx, "local", photos(tmp_path), values(base_model="x/y", resolution=64))
+
+
+def test_the_demo_model_is_not_offered_on_a_space(hub, tmp_path):
+    form = form_blocks(space_ctx(hub, tmp_path))
+    model = form["Base model"]
+    assert DEMO_RESOLUTION not in [v for _, v in form["Resolution (px)"].choices]
+    assert DEMO_MODEL not in [value for _, value in model.choices]
+    assert model.value == "stable-diffusion-v1-5/stable-diffusion-v1-5" and "namespace/name" in model.info
+
+
+# ---------------------------------------------------------------- item 4: the base model is checked at submit time
+def test_a_base_model_that_cannot_be_used_is_refused_before_anything_is_queued(hub, tmp_path, monkeypatch):
+    import ui.submission
+
+    monkeypatch.setattr(ui.submission, "WORKER_REPLY_S", 0.1)
+    ctx = space_ctx(hub, tmp_path)
+    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model="alice/no-such-model", resolution=512,
+                                                                 output_repo="alice/out"))  # fmt: skip
+    assert answer.startswith("**Nothing was queued.**") and "alice/no-such-model" in answer and "no such model repo" in answer
+    assert ctx.queue.list() == []
+
+    offline = local_ctx(tmp_path / "offline", HF_ENDPOINT=f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    answer = offline_answer = submit_task(offline, "local", photos(tmp_path), values(base_model="someone/model", resolution=512))
+    assert answer.startswith("**Nothing was queued.**") and "cannot be reached" in answer and "try again" in offline_answer.lower()
+    assert offline.queue.list() == []
+
+
+# ---------------------------------------------------------------- item 10: a local submit answers at once
+def test_a_local_submit_answers_at_once_while_the_worker_trains(tmp_path):
+    settings = load_settings({"DATA_DIR": str(tmp_path / "data"), "POLL_INTERVAL_S": "0.2"})
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, LocalHardware(gpu_probe=lambda: False), recipes_modules=("tests.test_worker_recipes",))
+    ctx = AppContext(settings=settings, queue=queue, worker=worker)
+    busy = queue.enqueue(Task(instance_prompt="a photo of zwx cat", submitted_by="local", base_model=DEMO_MODEL,
+                              recipe="test-slow", params={"steps": 200}), make_images(tmp_path / "busy", 1))  # fmt: skip
+    worker.start()
+    try:
+        wait_for(lambda: worker.status.snapshot().phase == "training", 60, "the worker trains the first task")
+        started = time.monotonic()
+        answer = submit_task(ctx, "local", photos(tmp_path), values())
+        took = time.monotonic() - started
+        assert "queued" in answer and "this machine (CPU)" in answer and "training now finishes" in answer, answer
+        assert took < 0.8, f"the answer took {took:.1f} s"
+        assert queue.get(busy.id).status is TaskStatus.RUNNING
+    finally:
+        worker.stop()
+
+
+# ---------------------------------------------------------------- item 11: output repo names
+@pytest.mark.parametrize(
+    ("prompt", "klass", "name"),
+    [
+        ("a photo of sks dog", None, "dreambooth-sks-dog"),
+        ("a photo of sks toy", None, "dreambooth-sks-toy"),
+        ("A photo of SKS dog, in a bucket", None, "dreambooth-sks-dog"),
+        ("zwx", None, "dreambooth-zwx"),
+        ("a portrait of ohwx man wearing a hat", "a photo of a man", "dreambooth-ohwx-man"),
+        ("", None, "dreambooth-lora"),
+    ],
+)
+def test_output_names_come_from_the_trigger_token_and_the_class(prompt, klass, name):
+    assert subject_name(prompt, klass) == name
+    assert default_output_repo("alice", prompt, class_prompt=klass) == f"alice/{name}"
+
+
+def test_an_existing_repo_not_made_for_this_subject_is_never_overwritten(hub, tmp_path, tiny_sd, monkeypatch):
+    import ui.submission
+
+    monkeypatch.setattr(ui.submission, "WORKER_REPLY_S", 0.1)
+    ctx = space_ctx(hub, tmp_path)
+    api = ctx.api
+    suffix = uuid.uuid4().hex[:4]
+    taken = f"alice/dreambooth-sks{suffix}-dog"
+    api.create_repo(taken)  # someone else's model (no card of this app)
+    common = {"base_model": str(tiny_sd), "resolution": 256, "steps": 4}
+    answer = submit_task(ctx, "alice", photos(tmp_path), values(instance_prompt=f"a photo of sks{suffix} dog", output_repo=taken, **common))
+    [task] = ctx.queue.list()
+    assert task.output_repo == f"{taken}-2" and f"**{taken}-2**" in answer and "already exists" in answer
+
+    # A repo this app trained for the same subject (its card: the dreambooth tag and the same instance prompt) is
+    # updated in place; the same card for another subject is not.
+    ours = f"alice/dreambooth-sks{suffix}-cat"
+    api.create_repo(ours)
+    card = "---\ntags:\n- dreambooth\n- lora\ninstance_prompt: a photo of sks{s} cat\n---\n# model\n"
+    api.upload_file(path_or_fileobj=card.format(s=suffix).encode(), path_in_repo="README.md", repo_id=ours)
+    submit_task(ctx, "alice", photos(tmp_path), values(instance_prompt=f"a photo of sks{suffix} cat", output_repo=ours, **common))
+    assert ctx.queue.list()[-1].output_repo == ours
+    answer = submit_task(ctx, "alice", photos(tmp_path), values(instance_prompt=f"a photo of sks{suffix} cat on a sofa",
+                                                                 output_repo=ours, **common))  # fmt: skip
+    assert ctx.queue.list()[-1].output_repo == f"{ours}-2", answer
+
+
+# ---------------------------------------------------------------- item 12: a repeat asks first
+def test_an_identical_task_queued_minutes_ago_is_queued_again_only_when_confirmed(tmp_path):
+    ctx = local_ctx(tmp_path)
+    first = submit(ctx, "local", photos(tmp_path), values())
+    assert first.queued
+    again = submit(ctx, "local", photos(tmp_path), values())  # the same photos (by content), prompt and settings
+    assert not again.queued and again.confirm
+    assert f"same task as `{first.task.id}`" in again.message and "Queue it again" in again.message
+    assert len(ctx.queue.list()) == 1
+    second = submit(ctx, "local", photos(tmp_path), values(), confirm=True)
+    assert second.queued
+    assert submit(ctx, "local", photos(tmp_path), values(steps=5)).queued  # a changed setting: a new task
+    assert submit(ctx, "local", photos(tmp_path, n=2), values()).queued  # other photos: a new task
+    assert len(ctx.queue.list()) == 4
+    ctx.queue.cancel(second.task.id)  # the latest identical task was cancelled: queueing it again needs no confirmation
+    assert submit(ctx, "local", photos(tmp_path), values()).queued
+
+
+# ---------------------------------------------------------------- item 13: the recipe catalog drives the form
+def test_steps_and_fields_come_from_the_recipe_catalog(tmp_path):
+    catalog = load_catalog(("tests.form_recipes",))
+    ctx = local_ctx(tmp_path, gpu=True, recipes=dict(catalog))
+    form = form_blocks(ctx)
+    assert ("LoRA for faces (rank 16)", "lora-faces") in form["Recipe"].choices
+    lora = catalog["dreambooth-lora"]
+    assert form["Steps (auto from the photo count; editable)"].value == lora.auto_steps(0)
+
+    steps, lr, rank, _res, note = field_updates(ctx, "lora-faces", "some/model", 6, 512)
+    assert steps.constructor_args["value"] == 6 * 120  # the README's custom recipe: 120 steps per photo
+    assert rank.constructor_args == {"visible": True, "interactive": False, "value": 16}  # fixed: shown read-only
+    assert "rank = 16" in note.constructor_args["value"]
+    steps, lr, rank, _res, note = field_updates(ctx, "dreambooth-full", "some/model", 6, 512)
+    full = catalog["dreambooth-full"]
+    assert steps.constructor_args["value"] == full.auto_steps(6) and lr.constructor_args["value"] == full.default_learning_rate
+    assert rank.constructor_args["visible"] is False and note.constructor_args["visible"] is False  # ignored: hidden
+
+    task = build_task(ctx, "local", values(recipe="lora-faces", rank=4, resolution=512))
+    assert "rank" not in task.params  # the recipe sets its own
+    assert "rank" not in build_task(ctx, "local", values(recipe="dreambooth-full", resolution=512)).params
+    assert build_task(ctx, "local", values(rank=8, resolution=512)).params["rank"] == 8
+
+
+# ---------------------------------------------------------------- item 14: local wording
+def test_the_local_estimate_and_answer_speak_of_this_machine(tmp_path):
+    cpu = describe(estimate(4, LOCAL_CPU, base_model=DEMO_MODEL), True, CPU)
+    assert "this machine (CPU)" in cpu and "T4" not in cpu and "about under" not in cpu and "under a minute" in cpu
+    gpu = describe(estimate(1000, LOCAL_GPU), True, LocalDevice(True, "NVIDIA H200"))
+    assert "this machine (NVIDIA H200)" in gpu and "T4" not in gpu and gpu.startswith("**Estimate:** about ")
+    slow = estimate(1000, LOCAL_CPU)
+    assert slow.train_s > estimate(1000, LOCAL_GPU).train_s * 10 and slow.usd == 0
+
+    ctx = local_ctx(tmp_path)
+    task = ctx.queue.enqueue(Task(instance_prompt="p", submitted_by="local", base_model=DEMO_MODEL), photos(tmp_path))
+    assert "Training runs on this machine (CPU)" in queued_message(ctx, task)
+
+
+# ---------------------------------------------------------------- item 15: fewer than three photos
+def test_one_or_two_photos_are_queued_with_a_clear_warning(tmp_path):
+    ctx = local_ctx(tmp_path)
+    one = submit_task(ctx, "local", photos(tmp_path, n=1), values())
+    assert "queued** with 1 photo." in one and "**Warning:** Only 1 photo" in one and "3 to 20 photos" in one
+    two = submit_task(ctx, "local", photos(tmp_path, n=2), values(steps=5))
+    assert "**Warning:** Only 2 photos" in two
+    three = submit_task(ctx, "local", photos(tmp_path, n=3), values(steps=6))
+    assert "Warning" not in three

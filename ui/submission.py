@@ -1,0 +1,284 @@
+"""What happens when Train is pressed: validate, ask before a repeat, check the base model and the output repo,
+enqueue, wake the worker and say what happens next.
+
+Nothing is stored on error; a task identical to one queued minutes ago waits for "Queue it again"; the base model
+and the output repo are checked on the Hub (one or two calls each) before any hardware is requested. Local mode
+answers at once; on a Space the answer waits briefly for the worker's hardware request, never while it trains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scheduler.task import Task, TaskStatus
+from scheduler.validation import submission_warnings, validate_submission
+from training.base_check import check_base_model
+from ui.auth import is_owner
+from ui.context import AppContext
+from ui.duplicates import submission_fingerprint
+from ui.estimate import hardware_label
+from ui.limits import output_repo_problem, user_limit_problem
+from ui.local_device import local_device
+from ui.output_names import OutputChoice, choose_output_repo
+
+if TYPE_CHECKING:
+    from scheduler.recipes_catalog import RecipeInfo
+
+WORKER_REPLY_S = 8.0  # on a Space: how long the answer waits for the worker's word on the hardware move
+# Worker phases during which the answer never waits (the worker's loop is busy with a training run).
+BUSY_PHASES = frozenset({"preparing", "downloading", "starting trainer", "training"})
+# The form's fields a recipe may fix (shown read-only); the common ones every recipe takes, the others only the
+# recipes that list them in their ``form_fields`` (the LoRA rank: hidden for the full fine-tune).
+RECIPE_FIELDS = ("steps", "learning_rate", "rank", "resolution")
+COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution"})
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """The answer to one submission: Markdown for the user, whether a task was queued, and whether the user is asked
+    to confirm a repeat of a recent identical task ("Queue it again")."""
+
+    message: str
+    task: Task | None = None
+    confirm: bool = False
+
+    @property
+    def queued(self) -> bool:
+        return self.task is not None
+
+
+
+def image_paths(files: Any) -> list[Path]:
+    """Paths from a ``gr.File(file_count="multiple")`` value (strings or file objects)."""
+    paths = []
+    for item in files or []:
+        paths.append(Path(item if isinstance(item, str) else getattr(item, "name", item)))
+    return paths
+
+
+
+def lists_field(info: RecipeInfo | None, name: str) -> bool:
+    """Whether a recipe reads form field ``name`` at all (a common field, or one in its ``form_fields``)."""
+    return name in COMMON_FIELDS or info is None or name in info.form_fields
+
+
+def uses_field(ctx: AppContext, recipe: str, name: str) -> bool:
+    """Whether ``recipe`` takes form field ``name`` from the user (not ignored, not fixed by the recipe)."""
+    info = ctx.recipes.get(recipe)
+    return lists_field(info, name) and (info is None or name not in info.fixed_params)
+
+
+def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
+    """The Task for a validated submission; ``params`` holds only keys the trainer knows, and none the recipe
+    ignores or fixes itself."""
+    recipe = values["recipe"]
+    class_prompt = (values.get("class_prompt") or "").strip() or None
+    params: dict[str, Any] = {
+        "prior_preservation": class_prompt is not None,
+        "validation_prompts": [values["instance_prompt"].strip()],
+    }
+    kinds = {"steps": int, "learning_rate": float, "rank": int, "resolution": int}
+    for name in RECIPE_FIELDS:
+        if uses_field(ctx, recipe, name) and values.get(name) is not None:
+            params[name] = kinds[name](values[name])
+    return Task(
+        instance_prompt=values["instance_prompt"].strip(),
+        submitted_by=user,
+        recipe=recipe,
+        base_model=values["base_model"],
+        class_prompt=class_prompt,
+        params=params,
+        hardware=values["hardware"],
+        output_repo=values["output_repo"].strip(),
+        private=bool(values["private"]),
+        max_attempts=int(ctx.settings.max_attempts),
+        deadline_s=float(ctx.settings.deadline_s),
+    )
+
+
+def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner: bool = True) -> list[str]:
+    """Every problem with the form's values (empty list: ready to enqueue). Non-owners get only the offered
+    base models; fields the recipe ignores or fixes are not checked."""
+    s = ctx.settings
+    recipe = values["recipe"]
+
+    def used(name: str) -> Any:
+        return values.get(name) if uses_field(ctx, recipe, name) else None
+
+    return validate_submission(
+        instance_prompt=values["instance_prompt"],
+        class_prompt=values.get("class_prompt") or None,
+        images=images,
+        hardware=values["hardware"],
+        output_repo=values["output_repo"],
+        steps=used("steps"),
+        learning_rate=used("learning_rate"),
+        rank=used("rank"),
+        resolution=used("resolution"),
+        base_model=values["base_model"],
+        base_models=None if owner else list(s.base_models),  # the owner may name any model; others pick one offered
+        recipe=recipe,
+        recipes=list(ctx.recipes),
+        allow_cpu_training=bool(s.allow_cpu_training or s.local),
+    )
+
+
+def nothing_queued(problems: list[str]) -> str:
+    return "**Nothing was queued. Please fix:**\n" + "\n".join(f"- {p}" for p in problems)
+
+
+def base_model_answer(ctx: AppContext, base_model: str) -> str | None:
+    """The answer when the base model cannot be used (one or two Hub calls, no weights), else None."""
+    s = ctx.settings
+    try:
+        problem = check_base_model(base_model, token=s.hf_token, endpoint=s.hf_endpoint)
+    except Exception as exc:  # noqa: BLE001 - an unclassified failure is still "could not check", never a crash
+        return (f"**Nothing was queued.** The base model {base_model!r} could not be checked "
+                f"({type(exc).__name__}: {exc}); try again.")  # fmt: skip
+    if problem is None:
+        return None
+    message = (problem.message[:1].upper() + problem.message[1:]).rstrip(".")
+    if problem.retryable:
+        advice = "" if "try again" in message.lower() else " Try again."
+    else:
+        advice = "" if "submit again" in message else " Choose another base model, or fix this one and submit again."
+    return f"**Nothing was queued.** {message}.{advice}"
+
+
+def output_api(ctx: AppContext) -> tuple[Any, str | None] | str:
+    """The HfApi that checks output repos and the namespace a bare name goes to: the Space's own api; locally one
+    made from HF_TOKEN (uploads happen only then). (None, None) when nothing is uploaded; a message on failure."""
+    s = ctx.settings
+    if not ctx.local:
+        return ctx.api, None
+    if not s.hf_token:
+        return None, None
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=s.hf_endpoint, token=s.hf_token)
+    try:
+        return api, api.whoami()["name"]
+    except Exception as exc:  # noqa: BLE001 - the upload would fail too: say so now
+        return f"Output model repo: could not ask {s.hf_endpoint} whose token HF_TOKEN is ({type(exc).__name__}); try again."
+
+
+def pick_output_repo(ctx: AppContext, user: str, owner: bool, values: dict[str, Any], tasks: list[Task] | None
+                     ) -> OutputChoice | str:  # fmt: skip
+    """Where the model goes: the asked repo, or a free ``-2``... name when it belongs to something else; a message
+    when no name can be used. Local runs without a token upload nothing and keep the name."""
+    repo_id = values["output_repo"].strip()
+    found = output_api(ctx)
+    if isinstance(found, str):
+        return found
+    api, namespace = found
+    if api is None:
+        return OutputChoice(repo_id)
+    tasks = ctx.queue.list() if tasks is None else tasks
+    choice = choose_output_repo(api, repo_id, values["instance_prompt"], tasks, namespace=namespace)
+    if isinstance(choice, OutputChoice) and not owner and choice.repo_id != repo_id:
+        problem = output_repo_problem(ctx.settings, user, choice.repo_id, tasks, api)
+        if problem:
+            return problem
+    return choice
+
+
+def worker_busy(ctx: AppContext) -> bool:
+    """Whether the worker is in a training run now (its loop will not answer for minutes)."""
+    status = ctx.worker.status.snapshot()
+    return status.phase in BUSY_PHASES or any(t.status is TaskStatus.RUNNING for t in status.tasks)
+
+
+def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, confirm: bool = False) -> SubmitOutcome:
+    """Validate, ask before a repeat, check the base model and the output repo, enqueue and wake the worker.
+
+    Local mode answers at once; on a Space the answer waits briefly for the worker's hardware request (never while
+    it trains). ``confirm`` queues a repeat of a recent identical task."""
+    images = image_paths(files)
+    if ctx.local:
+        values = {**values, "hardware": values.get("hardware") or ctx.settings.train_hardware}
+    owner = is_owner(ctx.settings, user)
+    problems = validate(ctx, images, values, owner=owner)
+    tasks: list[Task] | None = None
+    if not owner:  # what a non-owner may spend and write, checked with the rest so every problem shows at once
+        tasks = ctx.queue.list()
+        for problem in (user_limit_problem(ctx.settings, user, tasks),
+                        output_repo_problem(ctx.settings, user, values["output_repo"].strip(), tasks, ctx.api)):  # fmt: skip
+            if problem:
+                problems.append(problem)
+    if problems:
+        return SubmitOutcome(nothing_queued(problems))
+
+    fingerprint = submission_fingerprint(user, values, images)
+    if not confirm and ctx.recent.candidate(fingerprint) is not None:
+        tasks = ctx.queue.list() if tasks is None else tasks
+        earlier = ctx.recent.duplicate_of(fingerprint, tasks)
+        if earlier is not None:
+            return SubmitOutcome(duplicate_message(earlier), confirm=True)
+
+    answer = base_model_answer(ctx, values["base_model"])
+    if answer:
+        return SubmitOutcome(answer)
+    choice = pick_output_repo(ctx, user, owner, values, tasks)
+    if isinstance(choice, str):
+        return SubmitOutcome(nothing_queued([choice]))
+
+    task = ctx.queue.enqueue(build_task(ctx, user, {**values, "output_repo": choice.repo_id}), images)
+    ctx.recent.remember(fingerprint, task.id)
+    remove_uploads(images)  # the queue holds the photos now; Gradio's upload copies go
+    ctx.worker.forget_refusal(task.id)
+    busy = worker_busy(ctx)
+    after = ctx.worker.status.loops
+    ctx.worker.wake()
+    if not ctx.local and not busy:  # the answer can tell whether the GPU was granted
+        ctx.worker.wait_for_loop(after, WORKER_REPLY_S)
+    notes = [choice.note] if choice.note else []
+    notes += [f"**Warning:** {w[:1].upper()}{w[1:]} It was queued anyway: cancel it in the **Queue** tab to add photos."
+              for w in submission_warnings(len(images))]  # fmt: skip
+    return SubmitOutcome(queued_message(ctx, task, busy) + "".join(f"\n\n{n}" for n in notes), task=task)
+
+
+def submit_task(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, confirm: bool = False) -> str:
+    """``submit``'s Markdown answer."""
+    return submit(ctx, user, files, values, confirm=confirm).message
+
+
+def duplicate_message(task: Task, now: float | None = None) -> str:
+    """Asks before queueing the same task again."""
+    minutes = max(0, int(((time.time() if now is None else now) - task.created_at) // 60))
+    when = "less than a minute ago" if minutes < 1 else f"{minutes} min ago"
+    return (f"**Nothing was queued yet: this is the same task as `{task.id}`** (same prompt, photos and settings), "
+            f"queued {when} (now {task.status.value}). Press **Queue it again** to train it a second time, or change "
+            "something.")  # fmt: skip
+
+
+def remove_uploads(paths: list[Path]) -> None:
+    """Delete Gradio's copies of uploaded files (and their hashed folders, once empty)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+def queued_message(ctx: AppContext, task: Task, busy: bool = False) -> str:
+    """What happens next for a just-queued task (``busy``: the worker is training another task)."""
+    count = task.images.count if task.images else 0
+    head = f"**Task `{task.id}` queued** with {count} photo{'' if count == 1 else 's'}."
+    if ctx.local:
+        after = " It starts when the task training now finishes." if busy else ""
+        return head + f" Training runs on this machine ({local_device(ctx.worker).name}).{after} Follow it in the **Run** tab."
+    if busy:
+        return head + " It trains after the task training now; follow it in the **Queue** and **Run** tabs."
+    status = ctx.worker.status.snapshot()
+    hw = status.hardware
+    if status.phase == "refused":
+        return head + f" The GPU was not granted: {status.message}"
+    if hw is not None and hw.current == task.hardware:
+        return head + f" This Space already runs on {hardware_label(task.hardware)}: training starts shortly."
+    return head + (
+        f" The Space is moving to {hardware_label(task.hardware)}. It restarts there, so **this page will disconnect "
+        "and reconnect** in a few minutes; the task is safe in the queue and its progress shows in the **Run** tab."
+    )
