@@ -49,6 +49,8 @@ LOG_TAIL_LINES = 40
 ERROR_TAIL_LINES = 15
 LOSS_HISTORY = 2000
 SAMPLES_KEPT = 8
+#: phases that say how the last run ended: an idle worker keeps showing them until the next task starts
+ENDED_PHASES = frozenset({"done", "failed", "cancelled", "stopped"})
 REFUSAL_BACKOFF_S = 15 * 60
 #: Space stages that change on their own within seconds (huggingface_hub's intermediate stages)
 SETTLING_STAGES = frozenset({"BUILDING", "RUNNING_BUILDING", "APP_STARTING", "RUNNING_APP_STARTING"})
@@ -113,13 +115,23 @@ class WorkerStatus:
             self._data.samples = (self._data.samples + paths)[-SAMPLES_KEPT:]
 
     def start_task(self, task: Task) -> None:
-        """Reset the per-task fields for a new training run."""
+        """Reset every per-task field for a new training run: nothing of the previous task (its error, speed,
+        ETA, loss, samples or log) stays on the run view."""
         with self._lock:
             d = self._data
             d.task_id, d.phase, d.message = task.id, "preparing", f"Training task {task.id}"
             d.step, d.total = 0, int(task.params.get("steps", 0) or 0)
             d.loss = d.steps_per_s = d.eta_s = None
             d.loss_history, d.samples, d.log_tail = [], [], []
+            d.last_error = None
+            d.updated_at = time.time()
+
+    def end_task(self, phase: str, message: str, last_error: str | None = None) -> None:
+        """Record how the current run ended (``done``, ``failed``, ``cancelled``...): no ETA is left behind, and
+        ``last_error`` is the error of this run only."""
+        with self._lock:
+            d = self._data
+            d.phase, d.message, d.last_error, d.eta_s = phase, message, last_error, None
             d.updated_at = time.time()
 
     @property
@@ -340,7 +352,7 @@ class Worker:
         kind = action.kind
         if kind is ActionKind.WAIT:
             pending = any(t.status is TaskStatus.PENDING for t in snap.tasks)
-            if pending or self.status.snapshot().phase not in ("done", "failed", "stopped"):
+            if pending or self.status.snapshot().phase not in ENDED_PHASES:
                 self.status.update(phase="waiting" if pending else "idle", message=action.reason or "Waiting for tasks")
         elif kind is ActionKind.REQUEST_HARDWARE:
             self._request_hardware(action)
@@ -423,26 +435,29 @@ class Worker:
     def _record_outcome(self, task: Task, outcome: TrainOutcome) -> bool:
         """Write how the run ended to the queue; True when the task is finished (will not run again)."""
         try:
+            if outcome.stopped and outcome.error == "cancelled":
+                self.status.end_task(*self._why_stopped(task.id))
+                return True
             if outcome.stopped:
-                self.status.update(phase="stopped", message=f"Task {task.id} stopped: {outcome.error or ''}")
-                return outcome.error == "cancelled"
+                self.status.end_task("stopped", f"Task {task.id} stopped: {outcome.error or ''}")
+                return False
             if outcome.ok:
                 self.queue.complete(task.id, self.worker_id, outcome.result_url or "")
-                self.status.update(phase="done", message=f"Task {task.id} done: {outcome.result_url}")
+                self.status.end_task("done", f"Task {task.id} done: {outcome.result_url}")
                 return True
             if outcome.retryable:
                 after = self.queue.requeue(task.id, self.worker_id, outcome.error or "training failed")
                 if after.status is TaskStatus.PENDING:
                     note = f"Task {task.id} attempt {after.attempts} of {after.max_attempts} failed; it runs again"
-                    self.status.update(phase="retrying", message=note, last_error=outcome.error)
+                    self.status.end_task("retrying", note, last_error=outcome.error)
                     return False
-                self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=after.last_error)
+                self.status.end_task("failed", f"Task {task.id} failed", last_error=after.last_error)
                 return True
             self.queue.fail(task.id, self.worker_id, outcome.error or "training failed")
-            self.status.update(phase="failed", message=f"Task {task.id} failed", last_error=outcome.error)
+            self.status.end_task("failed", f"Task {task.id} failed", last_error=outcome.error)
             return True
         except InvalidTransition as exc:
-            self.status.update(message=f"Task {task.id} changed while training ({exc}); result not recorded")
+            self.status.end_task("stopped", f"Task {task.id} changed while training ({exc}); result not recorded")
             return True  # cancelled, deleted or taken over: this container has no more use for the folder
 
     # ----------------------------------------------------------------- training
@@ -626,6 +641,15 @@ class Worker:
         if task is None:
             return True
         return task.status is not TaskStatus.RUNNING or task.lease is None or task.lease.holder != self.worker_id
+
+    def _why_stopped(self, task_id: str) -> tuple[str, str]:
+        """The phase and message for a run stopped because its task is no longer ours (from the last queue read)."""
+        task = next((t for t in self.status.snapshot().tasks if t.id == task_id), None)
+        if task is None:
+            return "cancelled", f"Task {task_id} was deleted; its trainer was stopped."
+        if task.status is TaskStatus.CANCELLED:
+            return "cancelled", f"Task {task_id} was cancelled; its trainer was stopped."
+        return "stopped", f"Task {task_id} was taken over by another worker; this one stopped training it."
 
     def _read_hardware(self) -> HardwareState:
         """Read the hardware state (one Hub request on a Space), remember when, and show it in the status."""

@@ -110,7 +110,7 @@ def test_cancel_stops_the_trainer_and_heartbeats_renew_the_lease(local):
     queue.cancel(task.id)
 
     wait_for(lambda: proc.poll() is not None, 10, "the trainer to stop after cancel")
-    wait_for(lambda: worker.status.snapshot().phase in ("stopped", "idle"), 5, "the worker to go idle")
+    wait_for(lambda: worker.status.snapshot().phase == "cancelled", 5, "the run view to say the task was cancelled")
     assert queue.get(task.id).status is TaskStatus.CANCELLED
     assert worker.status.snapshot().step < 300
 
@@ -164,3 +164,30 @@ def test_status_snapshots_are_copies_safe_across_threads(local):
     snap = status.snapshot()
     snap.loss_history.clear()
     assert len(status.snapshot().loss_history) == 500
+
+
+def test_each_task_starts_clean_and_a_cancelled_one_says_so(local, tmp_path):
+    """A failed task's error does not stay on the next task's run view; a cancelled task is named as cancelled."""
+    settings, queue, worker, images = local
+    failing = queue.enqueue(new_task(str(tmp_path / "no-such-model")), images)
+    worker.step()
+    assert worker.status.snapshot().phase == "failed" and worker.status.snapshot().last_error
+
+    ok = queue.enqueue(new_task("unused", recipe="test-slow", steps=3), images)
+    worker.step()
+    s = worker.status.snapshot()
+    assert queue.get(ok.id).status is TaskStatus.DONE
+    assert (s.phase, s.task_id, s.last_error, s.eta_s) == ("done", ok.id, None, None)
+    assert failing.id not in s.message
+
+    slow = queue.enqueue(new_task("unused", recipe="test-slow", steps=300), images)
+    worker.start()
+    wait_for(lambda: worker.status.snapshot().task_id == slow.id and worker.status.snapshot().step >= 2, 30,
+             "the slow task to train")  # fmt: skip
+    queue.cancel(slow.id)
+    wait_for(lambda: worker.status.snapshot().phase == "cancelled", 15, "the run view to say cancelled")
+    s = worker.status.snapshot()
+    assert s.message == f"Task {slow.id} was cancelled; its trainer was stopped."
+    assert s.last_error is None and s.eta_s is None
+    time.sleep(1.0)  # the idle loops that follow keep saying so
+    assert worker.status.snapshot().phase == "cancelled"

@@ -10,10 +10,12 @@ import gradio as gr
 from scheduler.diagnostics import PUBLIC_SPACE_WARNING
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
-from ui.form import build_form, default_output_repo
+from ui.form import build_form
 from ui.limits import output_namespace
+from ui.output_names import default_output_repo
 from ui.queue_view import build_queue_view
 from ui.queue_view import refresh as refresh_queue
+from ui.results_view import build_results_view, default_pick, finished_tasks, pick_choices
 from ui.run_view import build_run_view, hardware_text, load_samples, run_values_for
 from ui.settings_view import build_settings_view, owner_values, visibility
 
@@ -24,6 +26,7 @@ CACHE_SWEEP = (900, 3600)  # (every s, older than s)
 CSS = """
 .gradio-container { max-width: 1100px !important; width: 100%; margin: auto; }
 @media (max-width: 640px) { .gradio-container { padding: 4px !important; } h1 { font-size: 1.4em !important; } }
+#results-files button[aria-label="Remove this file"] { display: none; }  /* a download list, not an upload */
 """
 
 
@@ -55,13 +58,16 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
                 gr.LoginButton(min_width=160, scale=0)
         banner = gr.Markdown(access_for(ctx.settings, None).banner(), elem_id="banner")
         hardware = gr.Markdown(elem_id="hardware")
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 form = build_form(ctx)
             with gr.Tab("Queue", id="queue"):
                 queue = build_queue_view(ctx)
             with gr.Tab("Run", id="run"):
                 run = build_run_view()
+                open_results = gr.Button("See the last finished task's results", size="sm", visible=False)
+            with gr.Tab("Results", id="results") as results_tab:
+                results = build_results_view(ctx)
             with gr.Tab("Settings", id="settings"):
                 settings_hint = gr.Markdown("Only the owner of this Space sees its settings.")
                 settings = build_settings_view(ctx)
@@ -95,9 +101,20 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             return tick_values(ctx, access, pick, ids, seen)
 
         tick_inputs = [queue.pick, known_ids, shown]
-        tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs(), shown]
+        tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs(), results.pick, open_results, shown]
         timer.tick(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
         demo.load(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
+
+        # Results are built when the tab opens or a task is picked (cached), never per tick.
+        results_tab.select(results.show, results.pick, results.outputs(), api_visibility="private",
+                           show_progress="minimal")  # fmt: skip
+
+        def on_open_results(profile: gr.OAuthProfile | None) -> list[Any]:
+            tasks = visible_tasks(access_for(ctx.settings, profile), ctx.worker.status.snapshot().tasks)
+            return [gr.Tabs(selected="results"), default_pick(tasks) or gr.skip()]
+
+        open_results.click(on_open_results, None, [tabs, results.pick], api_visibility="private",
+                           show_progress="hidden")  # fmt: skip
     return demo
 
 
@@ -115,4 +132,22 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
     updates, seen = only_changed(values, seen)
     if updates[SAMPLES_INDEX] != gr.skip():  # sample files go out as images, never as paths
         updates[SAMPLES_INDEX] = load_samples(updates[SAMPLES_INDEX])
-    return [updates[0], updates[1], choices, new_ids, *updates[2:], seen]
+    results_pick, open_results = results_picker_update(tasks, seen)
+    return [updates[0], updates[1], choices, new_ids, *updates[2:], results_pick, open_results, seen]
+
+
+def results_picker_update(tasks: list[Any], seen: dict) -> tuple[Any, Any]:
+    """New choices for the Results picker (and the Run tab's button to it) only when the finished tasks changed.
+
+    The picker gets a value (the newest finished task) the first time there is one; later it keeps the user's pick.
+    Kept in ``seen`` (the tab's fingerprints) under string keys, next to the values' integer ones."""
+    finished = [f"{t.id}:{t.status.value}:{t.finished_at}" for t in finished_tasks(tasks)]
+    digest = fingerprint(finished)
+    if seen.get("finished") == digest:
+        return gr.skip(), gr.skip()
+    seen["finished"] = digest
+    choices = pick_choices(tasks)
+    if seen.get("picked"):
+        return gr.Dropdown(choices=choices), gr.Button(visible=bool(choices))
+    seen["picked"] = default_pick(tasks)
+    return gr.Dropdown(choices=choices, value=seen["picked"]), gr.Button(visible=bool(choices))

@@ -18,9 +18,10 @@ from PIL import Image
 from scheduler.flavors import FLAVORS
 from scheduler.hardware.base import HardwareState
 from scheduler.task import Task
-from scheduler.worker import StatusData
+from scheduler.worker import ENDED_PHASES, StatusData
 from ui.auth import Access
 from ui.estimate import format_duration
+from ui.results_view import results_pointer
 
 
 @dataclass
@@ -71,7 +72,8 @@ def phase_text(s: StatusData) -> str:
         lines.append(s.message)
     if s.steps_per_s:
         speed = f"**Speed:** {s.steps_per_s:.2f} steps/s"
-        if s.total and s.step < s.total:  # no ETA once the last step is done (sampling and upload remain)
+        # No ETA once the last step is done (sampling and upload remain) nor once the run ended.
+        if s.total and s.step < s.total and s.phase not in ENDED_PHASES:
             speed += f" · **ETA:** {format_duration(s.eta_s)}"
         if s.loss is not None:
             speed += f" · **loss:** {s.loss:.4f}"
@@ -82,7 +84,8 @@ def phase_text(s: StatusData) -> str:
 
 
 def loss_frame(s: StatusData) -> pd.DataFrame:
-    return pd.DataFrame(s.loss_history or [], columns=["step", "loss"])
+    # Typed even when empty: an untyped empty frame can leave the plot's axes categorical for later updates.
+    return pd.DataFrame(s.loss_history or [], columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
 
 
 def render(s: StatusData) -> list[Any]:
@@ -97,17 +100,27 @@ def render(s: StatusData) -> list[Any]:
     ]
 
 
+#: nothing is training: the Run tab points to the Results tab of the last finished task
+POINTER_PHASES = (ENDED_PHASES - {"done"}) | {"starting", "idle", "waiting"}
 SIGN_IN_PROMPT = "Sign in as an allowed user to follow training runs."
 NOT_YOURS = "No task of yours is training right now."
 
 
 def run_values_for(access: Access, s: StatusData, visible: list[Task]) -> list[Any]:
     """The run view as ``access`` may see it: the whole run for the owner, a run of their own task for an allowed
-    user, and only the worker's phase otherwise (no task id, message, log, loss or sample)."""
+    user, and only the worker's phase otherwise (no task id, message, log, loss or sample). While nothing trains,
+    it points to the Results tab of the newest finished task ``access`` may see."""
     if access.owner or (s.task_id is not None and any(t.id == s.task_id for t in visible)):
-        return render(s)
-    text = SIGN_IN_PROMPT if not access.allowed else f"**Phase:** {s.phase if s.task_id is None else 'busy'}\n\n{NOT_YOURS}"
-    return [text, progress_html(0, 0), loss_frame(StatusData()), None, ""]
+        values = render(s)
+    else:
+        text = SIGN_IN_PROMPT if not access.allowed else f"**Phase:** {s.phase if s.task_id is None else 'busy'}\n\n{NOT_YOURS}"
+        values = [text, progress_html(0, 0), loss_frame(StatusData()), None, ""]
+    # Not while a run that just finished is shown ("done": its own samples are on screen, and the task list the
+    # worker last read may still call it RUNNING); never the task on screen itself.
+    others = [t for t in visible if t.id != s.task_id]
+    if (access.allowed or access.owner) and s.phase in POINTER_PHASES and (pointer := results_pointer(others)):
+        values[0] += "\n\n" + pointer
+    return values
 
 
 def load_samples(paths: list[str] | None) -> list[Image.Image] | None:
