@@ -19,6 +19,7 @@ from huggingface_hub import HfApi
 from scheduler.diagnostics import space_is_public
 from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.worker import Worker
+from ui import reconnect
 from ui.context import AppContext
 from ui.layout import CSS, build_ui
 from ui.setup_page import SetupProblem, build_setup_page
@@ -44,7 +45,9 @@ class App:
     def launch_options(self) -> dict[str, Any]:
         """``launch()`` arguments. Nothing of the data dir is served by URL (photos, weights, logs: samples reach
         the owner as event output). All interfaces only on a Space with the platform's sign-in; else 127.0.0.1."""
-        opts: dict[str, Any] = {"css": CSS, "footer_links": ["gradio"], "run_history": False, "max_file_size": "20mb"}
+        opts: dict[str, Any] = {"css": CSS, "footer_links": ["gradio"], "run_history": False, "max_file_size": "20mb",
+                                # a banner, then a reload, when the app restarts (a Space: on each hardware switch)
+                                "head": reconnect.head_html(local=self.settings is not None and self.settings.local)}
         if self.settings is not None:
             opts["blocked_paths"] = [str(self.settings.data_dir.resolve())]
         s = self.settings

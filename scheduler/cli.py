@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import getpass
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
 from scheduler.hardware.space import SpaceHardware
@@ -23,6 +27,10 @@ from scheduler.task import Task, TaskStatus
 from scheduler.validation import submission_warnings, validate_task
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4
+#: the built-in demo model's base-model value (``training.base_check.DEMO_MODEL``; scheduler imports no training code)
+DEMO_MODEL = "builtin:demo"
+#: what the hardware of a task in a local queue is: ``python app.py`` trains it where it runs
+THIS_MACHINE = "this machine"
 
 EPILOG = """\
 where the queue is:
@@ -38,8 +46,9 @@ exit codes:
   4  the task's state does not allow the change (e.g. cancel a DONE task)
 
 examples:
-  python -m scheduler --local data/queue submit --images photos/ --prompt "a photo of sks dog" --output-repo me/sks-dog
+  python -m scheduler --local data/queue submit --images photos/ --prompt "a photo of sks dog" --base-model builtin:demo
   python -m scheduler --queue me/trainer-queue list
+  python -m scheduler list --queue me/trainer-queue        # the queue options also go after the command
   python -m scheduler --queue me/trainer-queue cancel 3f2a9c1b7e4d
   python -m scheduler --queue me/trainer-queue squash   # photos removed from the queue leave its history too
   python -m scheduler --space me/trainer hardware
@@ -59,25 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--queue", metavar="REPO", help="Hub dataset repo of the queue (owner/name)")
-    where.add_argument("--local", metavar="DIR", type=Path, help="local queue folder")
-    parser.add_argument("--space", metavar="ID", help="Space id for `hardware`/`release` (default: SPACE_ID)")
+    add_where_options(parser, default=None)
+    # The same options after the command (``list --queue me/q``); SUPPRESS keeps a value given before it.
+    where_after = argparse.ArgumentParser(add_help=False)
+    add_where_options(where_after, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = functools.partial(sub.add_parser, parents=[where_after])
 
-    p = sub.add_parser("list", help="list tasks, oldest first")
+    p = add_parser("list", help="list tasks, oldest first")
     p.add_argument("--status", choices=[s.value for s in TaskStatus], help="only tasks in this state")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     for name, text in (("show", "print one task as JSON"), ("cancel", "cancel a PENDING or RUNNING task"), ("retry", "put a FAILED or CANCELLED task back to PENDING (or clear a PENDING task's note)"),
                        ("delete", "remove a DONE, FAILED or CANCELLED task with its images and checkpoints (not its model)")):
-        sub.add_parser(name, help=text).add_argument("task_id", metavar="ID")
+        add_parser(name, help=text).add_argument("task_id", metavar="ID")
 
-    p = sub.add_parser("submit", help="validate and enqueue a training task (images and task in one commit)")
+    p = add_parser("submit", help="validate and enqueue a training task (images and task in one commit)")
     p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder with the subject's photos")
     p.add_argument("--prompt", required=True, help='instance prompt, e.g. "a photo of sks dog"')
     p.add_argument("--class-prompt", help="class prompt for prior preservation, e.g. \"a photo of a dog\"")
     p.add_argument("--recipe", default="dreambooth-lora", help="training recipe (default: dreambooth-lora)")
-    p.add_argument("--base-model", help="base model (default: DEFAULT_BASE_MODEL)")
+    p.add_argument("--base-model", help="a Hub repo id (namespace/name), or in local mode a folder of a diffusers pipeline "
+                   f"or {DEMO_MODEL} (the tiny demo model); default: DEFAULT_BASE_MODEL")
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--learning-rate", type=float, help="learning rate")
     p.add_argument("--rank", type=int, help="LoRA rank")
@@ -88,10 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submitted-by", help="who submits (default: the Space owner, or your login name)")
     p.add_argument("--id", dest="task_id", help="task id (default: generated); a repeated id is not enqueued twice")
 
-    sub.add_parser("squash", help="squash the queue repo's history into one commit (removed photos leave the Hub)")
-    sub.add_parser("hardware", help="show the Space's current and requested hardware")
-    sub.add_parser("release", help="move the Space back to its idle hardware (pauses it if that keeps failing)")
+    add_parser("squash", help="squash the queue repo's history into one commit (removed photos leave the Hub)")
+    add_parser("hardware", help="show the Space's current and requested hardware")
+    add_parser("release", help="move the Space back to its idle hardware (pauses it if that keeps failing)")
     return parser
+
+
+def add_where_options(parser: argparse.ArgumentParser, default: object) -> None:
+    """``--queue`` / ``--local`` (one of them) and ``--space``, with ``default`` as their default."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--queue", metavar="REPO", default=default, help="Hub dataset repo of the queue (owner/name)")
+    where.add_argument("--local", metavar="DIR", type=Path, default=default, help="local queue folder")
+    parser.add_argument("--space", metavar="ID", default=default, help="Space id for `hardware`/`release` (default: SPACE_ID)")
 
 
 def _api(settings: Settings) -> HfApi:
@@ -123,19 +142,77 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M") if ts else "-"
 
 
-def format_table(tasks: Sequence[Task]) -> str:
+def is_local(args: argparse.Namespace, settings: Settings) -> bool:
+    """Whether the queue is a local folder (``--local``, or no queue repo in local mode): ``python app.py`` trains
+    its tasks on the machine it runs on, whatever their ``hardware`` field says."""
+    return args.local is not None or not (args.queue or settings.queue_repo)
+
+
+def hardware_shown(task: Task, local: bool) -> str:
+    return THIS_MACHINE if local else task.hardware
+
+
+def task_record(task: Task, local: bool) -> dict[str, Any]:
+    """The task as JSON for ``show`` and ``list --json`` (in local mode its hardware is "this machine")."""
+    record = task.to_dict()
+    if local:
+        record["hardware"] = THIS_MACHINE
+    return record
+
+
+def format_table(tasks: Sequence[Task], local: bool = False) -> str:
     rows = [("ID", "STATUS", "TRIES", "HARDWARE", "SUBMITTED", "BY", "PROMPT")]
     for t in tasks:
         prompt = t.instance_prompt if len(t.instance_prompt) <= 40 else t.instance_prompt[:37] + "..."
-        rows.append((t.id, t.status.value, f"{t.attempts}/{t.max_attempts}", t.hardware, _when(t.created_at), t.submitted_by, prompt))
+        rows.append((t.id, t.status.value, f"{t.attempts}/{t.max_attempts}", hardware_shown(t, local), _when(t.created_at), t.submitted_by, prompt))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def resolve_base_model(model: str, *, local: bool, offered: Collection[str]) -> tuple[str, str | None]:
+    """The base model as the task stores it, and why it cannot be used (None when it can).
+
+    The form's rules for the owner (who runs this CLI): one of BASE_MODELS or any Hub repo id; in local mode also
+    a folder of a diffusers pipeline (stored as an absolute path, since ``python app.py`` may run elsewhere) or the
+    demo model. A Space trains from the Hub, so a folder of this machine is refused for a Hub queue."""
+    if model in offered or (local and model == DEMO_MODEL):
+        return model, None
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        if not local:
+            return model, (f"Base model: {model!r} is a folder on this machine, which the Space cannot read; give a "
+                           "Hub repo id (namespace/name).")  # fmt: skip
+        if not (folder / "model_index.json").is_file():
+            return model, f"Base model: the folder {model} has no model_index.json (not a diffusers pipeline)."
+        return str(folder.resolve()), None
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        accepted = f"a Hub repo id (namespace/name), a folder of a diffusers pipeline or {DEMO_MODEL}" if local else "a Hub repo id (namespace/name)"
+        return model, f"Base model: {model!r} is not a folder here nor a valid Hub repo id; give {accepted}."
+    return model, None
+
+
+def next_step(queue: TaskQueue, settings: Settings, local: bool) -> str:
+    """What happens to a just-enqueued task."""
+    if not local:
+        return "A running Space picks it up at its next poll and asks for the GPU."
+    folder = Path(getattr(queue, "folder", settings.local_queue_dir)).resolve()
+    if folder == settings.local_queue_dir.resolve():
+        return "`python app.py` started in this folder trains it on this machine (a running one picks it up at its next poll)."
+    if folder.name == "queue":
+        return f"`DATA_DIR={folder.parent} python app.py` trains it on this machine (a running one picks it up at its next poll)."
+    return (f"`python app.py` trains the tasks of DATA_DIR/queue on this machine; this queue is {folder}, so it runs "
+            "only once that folder is the queue/ folder of the app's DATA_DIR.")  # fmt: skip
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.images.is_dir():
         raise CliError(f"--images {args.images}: not a folder.", EXIT_USAGE)
     images = list_images(args.images)
+    local = is_local(args, settings)
+    base_model, model_problem = resolve_base_model(args.base_model or settings.default_base_model, local=local,
+                                                   offered=settings.base_models)  # fmt: skip
     submitted_by = args.submitted_by or settings.space_author or getpass.getuser()
     params = {k: v for k, v in (("steps", args.steps), ("learning_rate", args.learning_rate), ("rank", args.rank), ("resolution", args.resolution)) if v is not None}
     task = Task(
@@ -143,7 +220,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         class_prompt=args.class_prompt,
         submitted_by=submitted_by,
         recipe=args.recipe,
-        base_model=args.base_model or settings.default_base_model,
+        base_model=base_model,
         params=params,
         hardware=args.hardware or settings.train_hardware,
         private=not args.public,
@@ -155,15 +232,18 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"--id {args.task_id!r}: use letters, digits, - and _ only (at most 64).", EXIT_USAGE)
         task.id = args.task_id
     task.output_repo = args.output_repo or f"{settings.space_author or submitted_by}/dreambooth-{task.id}"
-    problems = validate_task(task, images, base_models=settings.base_models, allow_cpu_training=settings.allow_cpu_training)
+    # As the form validates the owner's submission: any base model (checked above), CPU flavors in local mode.
+    problems = validate_task(task, images, allow_cpu_training=settings.allow_cpu_training or local)
+    if model_problem:
+        problems.append(model_problem)
     if problems:
         raise CliError("The task was not enqueued:\n" + "\n".join(f"  - {p}" for p in problems), EXIT_USAGE)
     for warning in submission_warnings(len(images)):
         print(f"warning: {warning}", file=sys.stderr)
     queue = open_queue(args, settings)
     stored = queue.enqueue(task, images)
-    print(f"Enqueued task {stored.id} ({len(images)} images, {stored.hardware}) in {queue!r}.")
-    print("A running Space picks it up at its next poll and asks for the GPU.")
+    print(f"Enqueued task {stored.id} ({len(images)} images, {hardware_shown(stored, local)}) in {queue!r}.")
+    print(next_step(queue, settings, local))
     return EXIT_OK
 
 
@@ -180,12 +260,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"current: {s.current or 'unknown'}\nrequested: {s.requested or 'unknown'}\nstage: {s.stage}")
         return EXIT_OK
     queue = open_queue(args, settings)
+    local = is_local(args, settings)
     if command == "list":
         tasks = [t for t in queue.list() if args.status is None or t.status.value == args.status]
-        print(json.dumps([t.to_dict() for t in tasks], indent=2) if args.json else format_table(tasks) if tasks else "No tasks.")
+        if args.json:
+            print(json.dumps([task_record(t, local) for t in tasks], indent=2))
+        else:
+            print(format_table(tasks, local) if tasks else "No tasks.")
         return EXIT_OK
     if command == "show":
-        print(json.dumps(queue.get(args.task_id).to_dict(), indent=2))
+        print(json.dumps(task_record(queue.get(args.task_id), local), indent=2))
         return EXIT_OK
     if command == "squash":
         print(queue.squash_history())
@@ -204,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see --help)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.queue is not None and args.local is not None:  # one before the command, the other after it
+        parser.error("argument --local: not allowed with argument --queue")
     try:
         settings = load_settings()
         return run(args, settings)

@@ -1,7 +1,8 @@
-"""The queue view: every task with its status, attempts, times, cost so far and result; cancel, retry, delete.
+"""The queue view: every task with its status, attempts, hardware, times, cost so far and result; cancel, retry,
+delete.
 
-The table is built from the worker's last read of the queue (no Hub request per browser refresh). Cancel, retry
-and delete write to the queue and are checked server-side.
+The table is HTML built from the worker's last read of the queue (no Hub request per browser refresh), every value
+escaped. Cancel, retry and delete write to the queue and are checked server-side.
 """
 
 from __future__ import annotations
@@ -11,26 +12,55 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from html import escape
 from typing import Any
 
 import gradio as gr
 
 from scheduler.flavors import FLAVORS
 from scheduler.queue.base import QueueError
+from scheduler.settings import DEFAULT_ENDPOINT
 from scheduler.task import Task, TaskStatus
 from ui.auth import may_act_on, require_allowed_or_owner
 from ui.context import AppContext
 from ui.estimate import format_duration
 from ui.limits import user_limit_problem
 
-HEADERS = ["Task", "Status", "Prompt", "Tries", "Submitted (UTC)", "Time", "Cost", "Result", "Note"]
-WIDTHS = ["110px", "90px", "160px", "60px", "130px", "90px", "70px", "200px", "200px"]
-DATATYPES = ["str", "str", "str", "number", "str", "str", "str", "markdown", "str"]
+MAX_NOTE_CHARS = 1000
+
+HEADERS = ["Task", "Status", "Prompt", "Tries", "Submitted (UTC)", "Hardware", "Time", "Cost", "Result", "Note"]
+EMPTY_HTML = '<p class="queue-empty">No tasks to show.</p>'
+# The table wraps every cell (long URLs and notes break anywhere instead of being clipped); under 640 px each task
+# is a card of "label: value" lines. Scoped to the component by Gradio (``css_template``).
+QUEUE_CSS = """
+.queue-table { width: 100%; border-collapse: collapse; font-size: 0.9em; margin: 0; }
+.queue-table caption { text-align: left; font-weight: 600; padding: 4px 0; }
+.queue-table th, .queue-table td { text-align: left; vertical-align: top; padding: 6px 8px; white-space: normal;
+  border-bottom: 1px solid var(--border-color-primary, #ddd); }
+.queue-table th { font-weight: 600; background: var(--background-fill-secondary, #f5f5f5); }
+.queue-table td.q-prompt, .queue-table td.q-result, .queue-table td.q-note { overflow-wrap: anywhere; min-width: 9em; }
+.queue-table td.q-id, .queue-table td.q-status, .queue-table td.q-tries, .queue-table td.q-cost { white-space: nowrap; }
+.queue-table a { display: inline; padding: 0; text-align: left; color: var(--link-text-color, #2563eb);
+  text-decoration: underline; }
+.queue-table code { overflow-wrap: anywhere; white-space: normal; }
+@media (max-width: 640px) {
+  .queue-table thead { display: none; }
+  .queue-table, .queue-table caption, .queue-table tbody, .queue-table tr, .queue-table td {
+    display: block; width: 100%; box-sizing: border-box; }
+  .queue-table { border: none; padding: 0; }
+  .queue-table tr { border: 1px solid var(--border-color-primary, #ddd); border-radius: 8px; margin-bottom: 10px; padding: 4px 0; }
+  .queue-table td, .queue-table td.q-prompt, .queue-table td.q-result, .queue-table td.q-note {
+    display: grid; grid-template-columns: 7.5em minmax(0, 1fr); gap: 6px; border: none; padding: 3px 10px;
+    margin: 0; min-width: 0; white-space: normal; overflow-wrap: anywhere; }
+  .queue-table td::before { content: attr(data-label); font-weight: 600; }
+  .queue-table td:empty { display: none; }
+}
+"""
 
 
 @dataclass
 class QueueParts:
-    table: gr.Dataframe
+    table: gr.HTML  # receives ``tick_values``' queue value (an HTML string)
     pick: gr.Dropdown
 
 
@@ -51,14 +81,20 @@ def cost_usd(task: Task, now: float, local: bool) -> float:
     return seconds / 3600 * flavor.usd_per_hour
 
 
-def result_cell(task: Task) -> str:
-    """Markdown link to the result (a Hub URL, or a local folder)."""
+def is_hub_url(url: str, endpoint: str) -> bool:
+    """Whether ``url`` is a page of the configured Hub (``endpoint``) or of https://huggingface.co."""
+    return any(url.startswith(base.rstrip("/") + "/") for base in {endpoint, DEFAULT_ENDPOINT} if base)
+
+
+def result_cell(task: Task, endpoint: str = DEFAULT_ENDPOINT) -> str:
+    """HTML of the result: a link that opens a new tab for a Hub URL, else the text (a local folder)."""
     url = task.result_url
     if not url:
         return ""
-    if url.startswith("http"):
-        return f"[{url.rstrip('/').split('/', 3)[-1]}]({url})"
-    return f"`{url}`"
+    if is_hub_url(url, endpoint):
+        label = url.rstrip("/").split("/", 3)[-1]
+        return f'<a href="{escape(url)}" target="_blank" rel="noopener noreferrer">{escape(label)}</a>'
+    return f"<code>{escape(url)}</code>"
 
 
 def status_cell(task: Task) -> str:
@@ -67,26 +103,61 @@ def status_cell(task: Task) -> str:
     return task.status.value
 
 
-def rows(tasks: list[Task], local: bool, now: float | None = None) -> list[list[Any]]:
-    """Table rows, newest first."""
+def hardware_cell(task: Task, local: bool) -> str:
+    """In local mode "this machine" (``python app.py`` trains where it runs), else the flavor's name."""
+    if local:
+        return "this machine"
+    flavor = FLAVORS.get(task.hardware)
+    return flavor.label if flavor else task.hardware
+
+
+def note_text(task: Task) -> str:
+    """The task's note, else the first line of its last error (whole, up to ``MAX_NOTE_CHARS``)."""
+    note = task.note or ((task.last_error or "").strip().splitlines() or [""])[0]
+    return note if len(note) <= MAX_NOTE_CHARS else note[: MAX_NOTE_CHARS - 1] + "…"
+
+
+def rows(tasks: list[Task], local: bool, now: float | None = None) -> list[list[str]]:
+    """Plain-text cells of each task (the Result cell as its URL or folder), newest first."""
     now = time.time() if now is None else now
     out = []
     for t in sorted(tasks, key=lambda t: t.created_at, reverse=True):
         submitted = datetime.fromtimestamp(t.created_at, UTC).strftime("%Y-%m-%d %H:%M")
-        note = t.note or ((t.last_error or "").strip().splitlines() or [""])[0]
         out.append([
-            t.id, status_cell(t), t.instance_prompt[:60], t.attempts, submitted,
+            t.id, status_cell(t), t.instance_prompt, f"{t.attempts}/{t.max_attempts}", submitted, hardware_cell(t, local),
             format_duration(duration_s(t, now)) if t.started_at else "-",
             "free" if local else f"${cost_usd(t, now, local):.2f}",
-            result_cell(t), note[:160],
+            t.result_url or "", note_text(t),
         ])  # fmt: skip
     return out
 
 
+CELL_CLASSES = ["q-id", "q-status", "q-prompt", "q-tries", "q-submitted", "q-hardware", "q-time", "q-cost", "q-result", "q-note"]
+RESULT = HEADERS.index("Result")
+
+
+def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT, now: float | None = None) -> str:
+    """The queue as an HTML table, newest first. Every value is escaped (prompts and notes are user input); only
+    Hub URLs become links."""
+    if not tasks:
+        return EMPTY_HTML
+    ordered = sorted(tasks, key=lambda t: t.created_at, reverse=True)
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in HEADERS)
+    body = []
+    for task, cells in zip(ordered, rows(tasks, local, now), strict=True):
+        tds = []
+        for i, (header, cls, value) in enumerate(zip(HEADERS, CELL_CLASSES, cells, strict=True)):
+            html = result_cell(task, endpoint) if i == RESULT else escape(value)
+            tds.append(f'<td class="{cls}" data-label="{escape(header)}">{html}</td>')
+        body.append(f'<tr data-task="{escape(task.id)}">{"".join(tds)}</tr>')
+    return (f'<table class="queue-table"><caption>Tasks (newest first)</caption><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')  # fmt: skip
+
+
 def build_queue_view(ctx: AppContext) -> QueueParts:
     """Render the queue table and the cancel/retry controls inside the current Blocks."""
-    table = gr.Dataframe(headers=HEADERS, datatype=DATATYPES, interactive=False, wrap=True, value=[],
-                         column_widths=WIDTHS, label="Tasks (newest first)")  # fmt: skip
+    # Built server-side (``table_html``): wrapped cells, real links, a card per task on a phone.
+    table = gr.HTML(EMPTY_HTML, css_template=QUEUE_CSS, js_on_load=None, elem_id="queue-table", padding=False)
     with gr.Row():
         # Custom values: the handlers check the id themselves (an API call has no session that saw the choices).
         pick = gr.Dropdown(label="Task", choices=[], min_width=200, allow_custom_value=True)
@@ -146,7 +217,7 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
 def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_ids: list[str]) -> tuple[Any, Any]:
     """New table value, and new task choices only when the set of tasks changed (keeps an open dropdown still)."""
     ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
-    table = rows(tasks, ctx.local)
+    table = table_html(tasks, ctx.local, ctx.settings.hf_endpoint)
     if ids == known_ids:
         return table, gr.skip()
     return table, gr.Dropdown(choices=ids, value=current_pick if current_pick in ids else None)
