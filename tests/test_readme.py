@@ -47,3 +47,28 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert test_command.strip() in ci.splitlines()
     assert "pip install -r requirements.txt && python app.py" in commands
+
+
+def _variable_default(name: str) -> str:
+    row = re.search(rf"^\s*\| `{name}` \| (.*?) \|", README, re.M)
+    assert row, f"no row for {name} in the README's variables table"
+    return row.group(1)
+
+
+def test_readme_says_which_base_models_are_offered_by_default():
+    from scheduler.settings import Settings
+
+    offered = Settings().base_models
+    assert _variable_default("BASE_MODELS") == ", ".join(f"`{m}`" for m in offered)
+
+
+def test_every_scheduler_command_in_the_readme_parses():
+    import shlex
+
+    from scheduler.cli import build_parser
+
+    lines = [line.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)\n```", README, re.S)
+             for line in block.splitlines() if line.startswith("python -m scheduler") and "--help" not in line]  # fmt: skip
+    assert len(lines) >= 2
+    for line in lines:
+        build_parser().parse_args(shlex.split(line)[3:])  # argparse exits (SystemExit) on what it does not accept

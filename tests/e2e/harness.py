@@ -79,6 +79,36 @@ def browser() -> Iterator[object]:
             b.close()
 
 
+def create_app_space(hub, repo: str, cwd: Path, port: int, *, switch_delay_s: float, variables: dict[str, str],
+                     env: dict[str, str] | None = None) -> None:
+    """An emulated Space of alice's that runs this project's ``app.py`` in ``cwd`` on ``port`` with her token."""
+    from tests.conftest import ALICE_TOKEN
+
+    hub.create_space(
+        repo,
+        owner_token=ALICE_TOKEN,
+        command=[sys.executable, str(APP)],
+        cwd=cwd,
+        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
+        switch_delay_s=switch_delay_s,
+        secrets={"HF_TOKEN": ALICE_TOKEN},
+        variables=variables,
+    )
+
+
+def open_phone_form(b, url: str, name: str, check=None) -> None:
+    """Open the app at phone width, wait for the Train button, run ``check(page)``, screenshot ``name``, close."""
+    from playwright.sync_api import expect
+
+    phone = b.new_page(viewport=PHONE)
+    phone.goto(url)
+    expect(phone.get_by_role("button", name="Train")).to_be_visible(timeout=30_000)
+    if check is not None:
+        check(phone)
+    shot(phone, name)
+    phone.close()
+
+
 def shot(page, name: str, timeout_s: float = 90.0) -> Path:
     """Save a full-page screenshot under tests/artifacts/screenshots/ (it waits for the page to settle)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -88,13 +118,22 @@ def shot(page, name: str, timeout_s: float = 90.0) -> Path:
     return path
 
 
+def upload_photos(page, images: list[Path]) -> None:
+    """Upload photos and wait until the upload handler has answered (its preview shows them all): the steps it sets
+    may equal the ones already shown, so the steps box alone cannot tell."""
+    from playwright.sync_api import expect
+
+    page.locator("input[type=file]").first.set_input_files([str(p) for p in images])
+    expect(page.locator("#photo-preview img")).to_have_count(len(images), timeout=30_000)
+
+
 def fill_form(page, images: list[Path], prompt: str, steps: int, resolution: int = 256) -> None:
     """Upload photos and fill the training form (waits for the upload handler before editing the steps)."""
     from playwright.sync_api import expect
 
     from ui.estimate import auto_steps
 
-    page.locator("input[type=file]").first.set_input_files([str(p) for p in images])
+    upload_photos(page, images)
     steps_box = page.get_by_label("Steps (auto from the photo count; editable)")
     expect(steps_box).to_have_value(str(auto_steps(len(images))), timeout=30_000)
     page.get_by_label("Instance prompt").fill(prompt)

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.e2e.harness import DESKTOP, PHONE, app_env, browser, fill_form, free_port, run_app, shot, wait_http
+from tests.e2e.harness import DESKTOP, app_env, browser, fill_form, free_port, open_phone_form, run_app, shot, wait_http
 from tests.tiny_models import make_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -27,11 +27,7 @@ def test_local_mode_trains_a_task_submitted_in_the_browser(tmp_path, tiny_sd):
     url = f"http://127.0.0.1:{port}/"
     with run_app(workdir, env, tmp_path / "app.log") as proc, browser() as b:
         wait_http(url, 90, proc, tmp_path / "app.log")
-        phone = b.new_page(viewport=PHONE)
-        phone.goto(url)
-        expect(phone.get_by_role("button", name="Train")).to_be_visible(timeout=30_000)
-        shot(phone, "local-form-phone")
-        phone.close()
+        open_phone_form(b, url, "local-form-phone")
 
         page = b.new_page(viewport=DESKTOP)
         page.goto(url)
@@ -55,7 +51,7 @@ def test_local_mode_trains_a_task_submitted_in_the_browser(tmp_path, tiny_sd):
         shot(page, "local-submitted")
 
         page.get_by_role("tab", name="Queue").click()
-        expect(page.get_by_role("gridcell", name="DONE")).to_be_visible(timeout=150_000)
+        expect(page.get_by_role("cell", name="DONE", exact=True)).to_be_visible(timeout=150_000)
         shot(page, "local-queue-done")
         page.get_by_role("tab", name="Run").click()
         expect(page.get_by_text("4 / 4 steps (100%)")).to_be_visible(timeout=10_000)
@@ -79,7 +75,7 @@ def test_local_mode_trains_a_task_submitted_in_the_browser(tmp_path, tiny_sd):
         page.get_by_role("option", name=task["id"]).click()
         page.get_by_role("button", name="Delete task and photos").click()
         expect(page.get_by_text(re.compile(rf"Task {task['id']} was deleted with its photos"))).to_be_visible(timeout=30_000)
-        expect(page.get_by_role("gridcell", name="DONE")).to_have_count(0, timeout=30_000)
+        expect(page.get_by_role("cell", name="DONE", exact=True)).to_have_count(0, timeout=30_000)
         shot(page, "local-queue-deleted")
 
     assert json.loads((workdir / "data" / "queue" / "queue.json").read_text())["tasks"] == []

@@ -10,7 +10,6 @@ period, upload their LoRA, card and samples; the app asks for cpu-basic once and
 from __future__ import annotations
 
 import re
-import sys
 import time
 import uuid
 
@@ -21,7 +20,17 @@ from scheduler.queue import make_queue
 from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN
-from tests.e2e.harness import APP, DESKTOP, browser, fill_form, free_port, shot, wait_for, wait_http
+from tests.e2e.harness import (
+    DESKTOP,
+    browser,
+    create_app_space,
+    fill_form,
+    free_port,
+    shot,
+    upload_photos,
+    wait_for,
+    wait_http,
+)
 from tests.tiny_models import make_images
 from ui.estimate import auto_steps
 
@@ -75,16 +84,11 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     url = f"http://127.0.0.1:{port}/"
     cwd = tmp_path / "space"
     cwd.mkdir()
-    hub.create_space(
-        repo,
-        owner_token=ALICE_TOKEN,
-        command=[sys.executable, str(APP)],
-        cwd=cwd,
-        # One torch thread: the CPU-trained "GPU" then leaves a core to the browser (screenshots while training).
-        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"},
-        switch_delay_s=SWITCH_DELAY_S,
-        secrets={"HF_TOKEN": ALICE_TOKEN},
+    create_app_space(
+        hub, repo, cwd, port, switch_delay_s=SWITCH_DELAY_S,
         variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120"},
+        # One torch thread: the CPU-trained "GPU" then leaves a core to the browser (screenshots while training).
+        env={"OMP_NUM_THREADS": "1"},
     )
     images = make_images(tmp_path / "photos", 3, size=128)
     hub_requests_before = len(hub.requests("POST", rf"^/api/spaces/{repo}/hardware$"))
@@ -105,7 +109,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             expect(page.get_by_role("button", name="Train")).to_be_enabled()
 
             fill_form(page, images, "a photo of sks dog", steps=4)
-            expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-a-photo-of-sks")
+            expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-sks-dog")
             shot(page, "space-form-filled")
             page.get_by_role("button", name="Train").click()
             message = page.locator("#submit-message")
@@ -117,14 +121,14 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             # The queue holds the first task's photos now and the app removed its upload copies (the picker is
             # empty): upload them again for the second task.
             expect(page.get_by_text("Drop File Here", exact=False).first).to_be_visible(timeout=20_000)
-            page.locator("input[type=file]").first.set_input_files([str(p) for p in images])
+            upload_photos(page, images)
             steps_box = page.get_by_label("Steps (auto from the photo count; editable)")
             expect(steps_box).to_have_value(str(auto_steps(len(images))), timeout=30_000)
             steps_box.fill("4")
             steps_box.blur()
             page.get_by_label("Instance prompt").fill("a photo of zwx cat")
             page.get_by_label("Instance prompt").blur()
-            expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-a-photo-of-zwx")
+            expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-zwx-cat")
             page.get_by_role("button", name="Train").click()
             expect(message).not_to_have_text(first_message, timeout=20_000)
             expect(message).to_have_text(re.compile(r"Task \w+ queued with 3 photos"), timeout=20_000)
@@ -154,7 +158,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             expect(page.get_by_text("CPU basic", exact=False).first).to_be_visible(timeout=30_000)
             page.get_by_role("tab", name="Queue").click()
             page.wait_for_timeout(3_000)  # a few refreshes of the timer
-            expect(page.get_by_role("gridcell", name="DONE")).to_have_count(0)
+            expect(page.get_by_role("cell", name="DONE", exact=True)).to_have_count(0)
             shot(page, "space-anonymous-with-tasks")
             content = page.content()  # (the form's own help mentions "sks dog"; the tasks' second prompt does not)
             assert "zwx cat" not in content and "alice/dreambooth-a-photo-of" not in content
@@ -163,8 +167,8 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
             expect(page.get_by_role("button", name=re.compile(r"Logout \(alice\)"))).to_be_visible(timeout=30_000)
             page.get_by_role("tab", name="Queue").click()
-            expect(page.get_by_role("gridcell", name="DONE")).to_have_count(2, timeout=30_000)
-            expect(page.get_by_role("link", name="alice/dreambooth-a-photo-of-sks")).to_be_visible()
+            expect(page.get_by_role("cell", name="DONE", exact=True)).to_have_count(2, timeout=30_000)
+            expect(page.get_by_role("link", name="alice/dreambooth-sks-dog")).to_be_visible()
             expect(page.get_by_text("CPU basic", exact=False).first).to_be_visible()
             shot(page, "space-queue-done")
     except Exception:
