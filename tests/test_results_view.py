@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
+from scheduler.flavors import FLAVORS
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
 from scheduler.settings import load_settings
@@ -73,7 +74,7 @@ def test_a_local_result_has_samples_loss_curve_settings_and_the_output_files(tra
     assert result.problems == []
     settings = settings_markdown(result)
     assert "| steps | 4 |" in settings and "| resolution | 64 |" in settings and "| rank | 4 |" in settings
-    assert f"| base model | {task.base_model} |" in settings
+    assert f"| base model | {task.base_model} |" in settings and "| hardware | this machine |" in settings
     summary = summary_markdown(result)
     assert f"Task `{task.id}`: DONE" in summary and "a photo of sks dog" in summary and str(result.output_dir) in summary
 
@@ -123,6 +124,7 @@ def test_a_result_from_the_model_repo_is_downloaded_once_and_cached(trained, hub
     assert [(s.step, s.index) for s in result.samples] == [(4, 0), (4, 1), (2, 0), (2, 1)]
     assert result.loss_curve == [(int(s), float(v)) for s, v in metrics["loss_curve"]]
     assert result.model_url == url and repo in summary_markdown(result)
+    assert f"| hardware | {FLAVORS[on_space.hardware].label} |" in settings_markdown(result)
     assert all(p.is_relative_to(tmp_path / "cache") for p in (tmp_path / "cache").rglob("*.png"))
 
     # Built once per version of the task: picking it again makes no Hub request.

@@ -30,6 +30,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from scheduler.flavors import FLAVORS
 from scheduler.task import Task, TaskStatus
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
@@ -239,7 +240,9 @@ def summary_markdown(result: TaskResult) -> str:
 def settings_markdown(result: TaskResult) -> str:
     """The task's settings as a two-column table: recipe, base model, hardware, then every parameter."""
     t = result.task
-    rows = [("recipe", t.recipe), ("base model", t.base_model), ("hardware", t.hardware)]
+    local = result.output_dir is not None  # only local mode has an output folder here
+    hardware = "this machine" if local else (FLAVORS[t.hardware].label if t.hardware in FLAVORS else t.hardware)
+    rows = [("recipe", t.recipe), ("base model", t.base_model), ("hardware", hardware)]
     if t.class_prompt:
         rows.append(("class prompt", t.class_prompt))
     rows += sorted(t.params.items())
