@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
 from scheduler.hardware.space import SpaceHardware
@@ -25,10 +23,9 @@ from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.stored import is_safe_task_id
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import submission_warnings, validate_task
+from training.base_check import DEMO_MODEL, id_problem  # torch-free
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4
-#: the built-in demo model's base-model value (``training.base_check.DEMO_MODEL``; scheduler imports no training code)
-DEMO_MODEL = "builtin:demo"
 #: what the hardware of a task in a local queue is: ``python app.py`` trains it where it runs
 THIS_MACHINE = "this machine"
 
@@ -185,9 +182,7 @@ def resolve_base_model(model: str, *, local: bool, offered: Collection[str]) -> 
         if not (folder / "model_index.json").is_file():
             return model, f"Base model: the folder {model} has no model_index.json (not a diffusers pipeline)."
         return str(folder.resolve()), None
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
+    if id_problem(model) is not None:
         accepted = f"a Hub repo id (namespace/name), a folder of a diffusers pipeline or {DEMO_MODEL}" if local else "a Hub repo id (namespace/name)"
         return model, f"Base model: {model!r} is not a folder here nor a valid Hub repo id; give {accepted}."
     return model, None

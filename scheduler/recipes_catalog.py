@@ -1,7 +1,7 @@
 """What the installed training recipes are, for the form: asked of ``python -m training --list-recipes``.
 
 The control plane never imports the trainer (torch); it runs the trainer's CLI once per set of recipe modules and
-caches the answer. ``auto_steps`` is the one steps policy: the trainer imports it for its own default.
+caches the answer. ``RecipeInfo.auto_steps`` is the trainer's own steps policy (``training.recipe_base.clamp_steps``).
 """
 
 from __future__ import annotations
@@ -14,17 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.recipe_base import clamp_steps  # torch-free; the trainer's own steps policy
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIST_TIMEOUT_S = 300
 
 
 class RecipeCatalogError(RuntimeError):
     """``python -m training --list-recipes`` failed; the message ends with its stderr tail."""
-
-
-def clamp_steps(image_count: int, steps_per_image: int, min_steps: int, max_steps: int) -> int:
-    """Training steps for ``image_count`` photos: ``steps_per_image`` each (at least one photo), clamped."""
-    return int(min(max_steps, max(min_steps, steps_per_image * max(int(image_count), 1))))
 
 
 @dataclass(frozen=True)

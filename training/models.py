@@ -14,13 +14,7 @@ from typing import Any
 
 import torch
 
-from training.base_check import (  # noqa: F401 - the allow-lists live there; re-exported for callers of this module
-    ALLOWED_COMPONENTS,
-    PIPELINES,
-    SCHEDULERS,
-    TEXT_ENCODERS,
-    TOKENIZERS,
-    WEIGHT_COMPONENTS,
+from training.base_check import (  # the allow-lists and the checks live there
     BaseModelProblem,
     component_names,
     component_problem,

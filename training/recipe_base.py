@@ -35,6 +35,12 @@ class RunContext:
         return self.workdir / "class_images"
 
 
+def clamp_steps(image_count: int, steps_per_image: int, min_steps: int, max_steps: int) -> int:
+    """Training steps for ``image_count`` photos: ``steps_per_image`` each (at least one photo), clamped. The one
+    steps policy: the trainer's default and the form's "auto" (``scheduler.recipes_catalog``) both use it."""
+    return int(min(max_steps, max(min_steps, steps_per_image * max(int(image_count), 1))))
+
+
 class Recipe(ABC):
     """A training recipe. ``run`` trains and leaves the uploadable result in ``ctx.output_dir``.
 

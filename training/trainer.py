@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from scheduler.recipes_catalog import clamp_steps as default_steps  # one steps policy, shared with the form
 from training import checkpoint as ckpt_mod
 from training import data
 from training.demo import resolve_demo
@@ -47,6 +46,7 @@ from training.precision import (
     weight_dtype_for,
 )
 from training.recipe_base import Recipe, RunContext, ensure_dirs
+from training.recipe_base import clamp_steps as default_steps  # one steps policy, shared with the form
 from training.stopping import Terminated, deferred_stop
 
 log = logging.getLogger(__name__)

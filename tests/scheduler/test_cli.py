@@ -196,13 +196,6 @@ def test_submit_to_a_hub_queue_refuses_a_folder_of_this_machine(hub, tmp_path, c
     assert "A running Space picks it up at its next poll and asks for the GPU." in capsys.readouterr().out
 
 
-def test_demo_model_name_is_the_trainers():
-    from scheduler.cli import DEMO_MODEL as CLI_DEMO_MODEL
-    from training.base_check import DEMO_MODEL
-
-    assert CLI_DEMO_MODEL == DEMO_MODEL
-
-
 def test_local_mode_says_this_machine_and_who_trains(tmp_path, monkeypatch, capsys):
     images = tmp_path / "photos"
     make_images(images, 3)
