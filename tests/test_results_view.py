@@ -18,7 +18,7 @@ from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import StatusData, Worker
 from tests.conftest import ALICE_TOKEN
-from tests.results_fixtures import ensure_metrics
+from tests.results_fixtures import read_metrics
 from tests.tiny_models import make_images
 from ui.auth import Access
 from ui.context import AppContext
@@ -55,7 +55,7 @@ def trained(tmp_path_factory, tiny_sd):
     ctx.worker.step()
     done = ctx.queue.get(task.id)
     assert done.status is TaskStatus.DONE, done.last_error
-    metrics = ensure_metrics(done, ctx.worker.run_dir(done.id))
+    metrics = read_metrics(ctx.worker.run_dir(done.id))
     return root / "data", done, metrics
 
 

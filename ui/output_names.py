@@ -102,5 +102,5 @@ def default_output_repo(user: str | None, prompt: str = "", local: bool = False,
                         class_prompt: str | None = None) -> str:  # fmt: skip
     """``alice/dreambooth-sks-dog`` from the trigger token and class (locally just the name; ``namespace``
     instead of the user when set)."""
-    name = subject_name(prompt, class_prompt) if prompt else "dreambooth-lora"
+    name = subject_name(prompt, class_prompt)  # "dreambooth-lora" when the prompt names nothing
     return name if local or not user else f"{namespace or user}/{name}"

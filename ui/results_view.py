@@ -32,13 +32,14 @@ from PIL import Image
 
 from scheduler.flavors import FLAVORS
 from scheduler.task import Task, TaskStatus
+from training.metrics import METRICS_NAME, downsample  # torch-free
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.estimate import format_duration
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "training_metrics.json"
+METRICS_FILE = METRICS_NAME  # what the trainer writes into its output folder
 SAMPLES_DIR = "samples"
 MAX_SAMPLES = 12  # newest first
 MAX_CURVE_POINTS = 2000
@@ -81,7 +82,8 @@ def _sample_order(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def _open_image(path: Path) -> Image.Image | None:
+def open_image(path: str | Path) -> Image.Image | None:
+    """The image in ``path`` read into memory (it goes out as event output), or None when it is gone or unreadable."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -100,9 +102,7 @@ def metrics_from(data: Any) -> tuple[list[tuple[int, float]], dict[str, Any], st
         if (isinstance(point, list | tuple) and len(point) == 2 and all(isinstance(v, int | float) for v in point)
                 and not isinstance(point[0], bool)):  # fmt: skip
             curve.append((int(point[0]), float(point[1])))
-    if len(curve) > MAX_CURVE_POINTS:  # thin it out evenly, keeping the last point
-        stride = -(-len(curve) // MAX_CURVE_POINTS)
-        curve = curve[::stride] + ([curve[-1]] if (len(curve) - 1) % stride else [])
+    curve = downsample(curve, MAX_CURVE_POINTS)  # the repo's file is not trusted to keep the trainer's bound
     rest = {k: data[k] for k in ("steps", "steps_per_s", "resolution", "recipe", "base_model")
             if isinstance(data.get(k), str | int | float) and not isinstance(data.get(k), bool)}  # fmt: skip
     return curve, rest, None
@@ -126,10 +126,15 @@ def _read_samples(paths: list[Path]) -> list[Sample]:
     ordered = sorted(((_sample_order(p.name), p) for p in paths if _sample_order(p.name)), reverse=True)
     samples = []
     for (step, index), path in ordered[:MAX_SAMPLES]:
-        image = _open_image(path)
+        image = open_image(path)
         if image is not None:
             samples.append(Sample(image, step, index))
     return sorted(samples, key=lambda s: (-s.step, s.index))
+
+
+def hub_url(task: Task) -> str | None:
+    """The task's ``result_url`` when it is a URL (a model repo), else None (a local folder)."""
+    return task.result_url if (task.result_url or "").startswith("http") else None
 
 
 def local_output_dir(ctx: AppContext, task: Task) -> Path:
@@ -139,8 +144,7 @@ def local_output_dir(ctx: AppContext, task: Task) -> Path:
 
 def result_from_folder(task: Task, output_dir: Path) -> TaskResult:
     """A task's result from its local output folder (local mode: ``task.result_url`` is that folder)."""
-    url = task.result_url if (task.result_url or "").startswith("http") else None
-    result = TaskResult(task=task, model_url=url, output_dir=output_dir)
+    result = TaskResult(task=task, model_url=hub_url(task), output_dir=output_dir)
     if not output_dir.is_dir():
         if task.status is TaskStatus.DONE:
             result.problems.append(f"The output folder {output_dir} is gone (deleted from this machine?).")
@@ -166,8 +170,7 @@ def repo_id_of(task: Task) -> str | None:
 def result_from_repo(task: Task, api: Any, cache_dir: Path) -> TaskResult:
     """A task's result from its model repo: one listing, then the samples and the metrics file (cached on disk)."""
     repo_id = repo_id_of(task)
-    url = task.result_url if (task.result_url or "").startswith("http") else None
-    result = TaskResult(task=task, model_url=url)
+    result = TaskResult(task=task, model_url=hub_url(task))
     if task.status is not TaskStatus.DONE or repo_id is None:
         return result
     try:
@@ -252,8 +255,14 @@ def settings_markdown(result: TaskResult) -> str:
     return f"**Settings**\n\n| setting | value |\n|---|---|\n{body}"
 
 
+def loss_table(points: list[tuple[int, float]]) -> pd.DataFrame:
+    """(step, loss) points as the loss plots take them: typed even when empty (an untyped empty frame can leave the
+    plot's axes categorical for later updates)."""
+    return pd.DataFrame(points, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+
+
 def loss_frame(result: TaskResult) -> pd.DataFrame:
-    return pd.DataFrame(result.loss_curve, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    return loss_table(result.loss_curve)
 
 
 def gallery_value(result: TaskResult) -> list[tuple[Image.Image, str]] | None:
@@ -357,7 +366,7 @@ class ResultsCache:
 
 
 def empty_values(text: str) -> list[Any]:
-    return [text, None, pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64")}), "", None]
+    return [text, None, loss_table([]), "", None]
 
 
 def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], task_id: str | None) -> list[Any]:

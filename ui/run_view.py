@@ -21,7 +21,7 @@ from scheduler.task import Task
 from scheduler.worker import ENDED_PHASES, StatusData
 from ui.auth import Access
 from ui.estimate import format_duration
-from ui.results_view import results_pointer
+from ui.results_view import loss_table, open_image, results_pointer
 
 
 @dataclass
@@ -84,8 +84,7 @@ def phase_text(s: StatusData) -> str:
 
 
 def loss_frame(s: StatusData) -> pd.DataFrame:
-    # Typed even when empty: an untyped empty frame can leave the plot's axes categorical for later updates.
-    return pd.DataFrame(s.loss_history or [], columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
+    return loss_table(s.loss_history or [])
 
 
 def render(s: StatusData) -> list[Any]:
@@ -126,14 +125,8 @@ def run_values_for(access: Access, s: StatusData, visible: list[Task]) -> list[A
 def load_samples(paths: list[str] | None) -> list[Image.Image] | None:
     """Sample files read into images: the browser gets them as event output (copied to Gradio's cache under a
     hashed name), never as a URL into the data folder."""
-    images = []
-    for path in paths or []:
-        try:
-            with Image.open(path) as img:
-                images.append(img.copy())
-        except OSError:
-            continue  # removed with its run folder meanwhile
-    return images or None
+    images = [open_image(path) for path in paths or []]  # None: removed with its run folder meanwhile
+    return [image for image in images if image is not None] or None
 
 
 def build_run_view() -> RunParts:
