@@ -41,10 +41,16 @@ def open_tab(page, name: str) -> None:
 
 
 def wait_for_images(page, selector: str) -> None:
-    """Until every image under ``selector`` has loaded and decoded (before a screenshot)."""
+    """Until every image under ``selector`` has loaded and decoded (before a screenshot).
+
+    Gradio's gallery marks its images ``loading="lazy"``: one below the fold of a phone-sized page is never
+    fetched, so each image not loaded yet is scrolled into view while waiting.
+    """
     page.wait_for_function(
         f"() => {{ const imgs = [...document.querySelectorAll({selector!r} + ' img')];"
-        " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+        " const waiting = imgs.filter(i => !(i.complete && i.naturalWidth > 0));"
+        " if (waiting.length) waiting[0].scrollIntoView({block: 'center'});"
+        " return imgs.length > 0 && waiting.length === 0; }",
         timeout=30_000,
     )
 
