@@ -15,7 +15,7 @@ import pytest
 
 from training.demo import build_tiny_sd, ddpm_scheduler, text_config, tiny_unet, tiny_vae, write_char_tokenizer
 
-__all__ = ["build_tiny_sd", "build_tiny_sdxl", "make_images"]
+__all__ = ["DECOYS", "add_hub_layout", "build_tiny_sd", "build_tiny_sdxl", "make_images"]
 
 
 def build_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
@@ -109,3 +109,46 @@ def tiny_sd(tmp_path_factory) -> Path:
 def tiny_sdxl(tmp_path_factory) -> Path:
     """Folder of a tiny random SDXL-style diffusers pipeline (built once per session)."""
     return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl") / "model")
+
+
+#: files a real Stable Diffusion repo holds beside the ones training reads (never fetched): pickles, a root
+#: single-file checkpoint, a safety checker, exports for other runtimes
+DECOYS = {
+    "v1-5-pruned-emaonly.safetensors": b"a single-file checkpoint: training never fetches it",
+    "v1-5-pruned-emaonly.ckpt": b"a pickle: never fetched",
+    "unet/diffusion_pytorch_model.bin": b"a pickle: never fetched",
+    "unet/diffusion_pytorch_model.fp16.bin": b"a pickle: never fetched",
+    "unet/diffusion_flax_model.msgpack": b"flax weights: never fetched",
+    "unet/model.onnx": b"an ONNX export: never fetched",
+    "vae/diffusion_pytorch_model.bin": b"a pickle: never fetched",
+    "text_encoder/pytorch_model.bin": b"a pickle: never fetched",
+    "text_encoder/pytorch_model.fp16.bin": b"a pickle: never fetched",
+    "safety_checker/config.json": b"{}",
+    "safety_checker/model.safetensors": b"safety checker weights: never fetched",
+    "feature_extractor/preprocessor_config.json": b"{}",
+}
+
+
+def add_hub_layout(folder: str | Path, *, fp16: bool = True, decoys: bool = True) -> Path:
+    """Make a saved pipeline folder look like a real Hub repo, in place. ``fp16``: every weights file gets its fp16
+    variant (``<name>.fp16.safetensors``, the fp32 values rounded to fp16) and the UNet a non-EMA copy; ``decoys``:
+    the ``DECOYS`` files, which training must never fetch."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    if fp16:
+        for plain in sorted(folder.glob("*/*.safetensors")):
+            if plain.name.count(".") != 1:  # already a variant
+                continue
+            half = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(plain)).items()}
+            fp16_file = plain.with_name(plain.name.replace(".safetensors", ".fp16.safetensors"))
+            save_file(half, str(fp16_file), metadata={"format": "pt"})
+        unet = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        shutil.copyfile(unet, unet.with_name("diffusion_pytorch_model.non_ema.safetensors"))
+    if decoys:
+        for path, data in DECOYS.items():
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (folder / path).write_bytes(data)
+    return folder

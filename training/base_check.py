@@ -55,13 +55,15 @@ class BaseModelProblem:
 
 @dataclass
 class Probe:
-    """What the check found: the parsed ``model_index.json`` and the repo's file list (when it got that far)."""
+    """What the check found: the parsed ``model_index.json``, the repo's file list (repo-relative paths, a local
+    folder's files two levels deep) and, on the Hub, the commit they were listed at (when it got that far)."""
 
     base_model: str
     local: bool
     index: dict[str, Any] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     problem: BaseModelProblem | None = None
+    revision: str | None = None
 
 
 # ---------------------------------------------------------------- the model_index.json rules
@@ -122,12 +124,17 @@ def safetensors_problem(base_model: str, index: dict[str, Any], files: Iterable[
     have = {f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(".safetensors")}
     for name in (c for c in WEIGHT_COMPONENTS if c in component_names(index)):
         if name not in have:
-            return BaseModelProblem(
-                "no_safetensors",
-                f"base model {base_model!r}: component {name!r} has no .safetensors weights; safetensors are required "
-                "(pickle-based .bin/.ckpt weights are never loaded)",
-            )
+            return no_safetensors(base_model, name)
     return None
+
+
+def no_safetensors(base_model: str, name: str) -> BaseModelProblem:
+    """The problem of a weight-bearing component without usable ``.safetensors`` weights (also ``training.files``)."""
+    return BaseModelProblem(
+        "no_safetensors",
+        f"base model {base_model!r}: component {name!r} has no .safetensors weights; safetensors are required "
+        "(pickle-based .bin/.ckpt weights are never loaded)",
+    )
 
 
 def parse_json_object(base_model: str, filename: str, text: str) -> dict[str, Any] | BaseModelProblem:
@@ -254,7 +261,7 @@ def probe_base_model(base_model: str, *, token: str | None = None, endpoint: str
             probe.problem = not_a_pipeline(base_model, "model_index.json cannot be read")
             return probe
         root = Path(base_model)
-        probe.files = [p.relative_to(root).as_posix() for p in root.glob("*/*.safetensors")]
+        probe.files = sorted(p.relative_to(root).as_posix() for g in ("*", "*/*") for p in root.glob(g) if p.is_file())
     else:
         text_or_problem = _hub_index(base_model, probe, token, endpoint)
         if isinstance(text_or_problem, BaseModelProblem):
@@ -281,6 +288,7 @@ def _hub_index(base_model: str, probe: Probe, token: str | None, endpoint: str |
             raise
         return problem
     probe.files = [s.rfilename for s in info.siblings or []]
+    probe.revision = info.sha
     if "model_index.json" not in probe.files:
         return BaseModelProblem(
             "missing", f"base model {base_model!r} has no model_index.json: it is not a diffusers pipeline repo"

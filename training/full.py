@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from training.files import TEXT_ENCODER_COMPONENTS
 from training.models import Components, build_pipeline
 from training.recipe_base import RunContext
 from training.recipes import register_recipe
+from training.spec import TrainParams
 from training.trainer import DreamBoothRecipe
 
 
@@ -19,9 +21,13 @@ class DreamBoothFull(DreamBoothRecipe):
     form_fields = ()
     default_learning_rate = 5e-6
     steps_per_image, min_steps, max_steps = 200, 400, 4000
-    trains_unet_fully = True
     hub_checkpoints = False  # GBs of weights and optimizer state: too big for the queue repo
     max_checkpoints_kept = 1
+
+    @classmethod
+    def trainable_components(cls, params: TrainParams) -> frozenset[str]:
+        """The UNet, and the text encoders when ``train_text_encoder`` (names a pipeline lacks are ignored)."""
+        return frozenset({"unet", *(TEXT_ENCODER_COMPONENTS if params.train_text_encoder else ())})
 
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
         comps.unet.requires_grad_(True)

@@ -20,7 +20,8 @@ KOHYA_NAME = "pytorch_lora_weights_kohya.safetensors"
 @register_recipe("dreambooth-lora")
 class DreamBoothLoRA(DreamBoothRecipe):
     """DreamBooth with LoRA (rank ``params.rank``, alpha ``params.alpha`` or the rank). Frozen weights stay in the
-    mixed-precision dtype; the adapters train in fp32."""
+    mixed-precision dtype; the adapters train in fp32. No base component trains in place
+    (``trainable_components`` is empty), so every one loads from its fp16 variant where the repo has it."""
 
     checkpoint_family = "dreambooth-lora"
     label = "DreamBooth LoRA (small adapter file; the default)"

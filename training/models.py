@@ -4,10 +4,16 @@ A base model is untrusted input, checked by ``training.base_check`` (the one hom
 safetensors rule): an existing folder or a valid Hub repo id; ``model_index.json`` may only name allow-listed
 pipeline and component classes (looked up in fixed tables, never imported by the name read from the repo); weights
 load from ``.safetensors`` only (``.bin``/``.ckpt`` pickles can run code); no remote code, no custom pipeline.
+
+Only the files ``training.files.choose_files`` picks are downloaded (into the normal Hugging Face cache, where a
+Space's ``preload_from_hub`` puts them), at the commit the repo was inspected at; every component then loads from
+that local snapshot with the variant chosen for it (frozen: fp16 where the repo has it; trainable: fp32).
 """
 
 from __future__ import annotations
 
+import glob
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from training.base_check import (  # the allow-lists and the checks live there
     probe_base_model,
 )
 from training.exitcodes import BadInputError, HubUnreachableError, TrainingError
+from training.files import FileChoice, FileChoiceError, choose_files
 
 
 @dataclass
@@ -36,6 +43,9 @@ class ModelInfo:
     index: dict[str, Any]
     unet_config: dict[str, Any]
     vae_config: dict[str, Any]
+    #: the repo's (or folder's) files, repo-relative, and the Hub commit they were listed at (None: a local folder)
+    files: list[str] = field(default_factory=list)
+    revision: str | None = None
 
     @property
     def is_sdxl(self) -> bool:
@@ -75,7 +85,18 @@ def check_base_model_id(base_model: str) -> bool:
     return Path(base_model).is_dir()
 
 
-def _read_json(base_model: str, filename: str) -> dict[str, Any]:
+def _hub_call(base_model: str, call, *args, **kwargs):
+    """``call(*args, **kwargs)`` with Hub failures classified as ``training.base_check`` does."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as e:
+        problem = hub_problem(base_model, e)
+        if problem is None:
+            raise
+        raise problem_error(problem) from e
+
+
+def _read_json(base_model: str, filename: str, revision: str | None = None) -> dict[str, Any]:
     local = Path(base_model)
     if local.is_dir():
         path = local / filename
@@ -84,13 +105,7 @@ def _read_json(base_model: str, filename: str) -> dict[str, Any]:
     else:
         from huggingface_hub import hf_hub_download
 
-        try:
-            path = Path(hf_hub_download(base_model, filename))
-        except Exception as e:
-            problem = hub_problem(base_model, e)
-            if problem is None:
-                raise
-            raise problem_error(problem) from e
+        path = Path(_hub_call(base_model, hf_hub_download, base_model, filename, revision=revision))
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -116,10 +131,40 @@ def inspect_base_model(base_model: str) -> ModelInfo:
     probe = probe_base_model(base_model)
     if probe.problem is not None:
         raise problem_error(probe.problem)
-    info = ModelInfo(base_model, probe.index, {}, {})
-    info.unet_config = _read_json(base_model, "unet/config.json")
-    info.vae_config = _read_json(base_model, "vae/config.json")
+    info = ModelInfo(base_model, probe.index, {}, {}, files=probe.files, revision=probe.revision)
+    info.unet_config = _read_json(base_model, "unet/config.json", info.revision)
+    info.vae_config = _read_json(base_model, "vae/config.json", info.revision)
     return info
+
+
+def choose_model_files(info: ModelInfo, trainable: Collection[str] = frozenset()) -> FileChoice:
+    """``training.files.choose_files`` for this model (a sharded checkpoint's index is read to list its shards);
+    ``BadInputError`` when a needed file is missing."""
+    try:
+        return choose_files(
+            info.files,
+            info.index,
+            trainable=trainable,
+            base_model=info.base_model,
+            read_index=lambda path: _read_json(info.base_model, path, info.revision),
+        )
+    except FileChoiceError as e:
+        raise problem_error(e.problem) from e
+
+
+def fetch_model_files(info: ModelInfo, choice: FileChoice) -> Path:
+    """The local folder holding ``choice.files``: a local base model as it is; for a Hub repo, exactly those files
+    downloaded (at ``info.revision``) into the Hugging Face cache, whose snapshot folder is returned. Files already
+    there (a Space's ``preload_from_hub``, an earlier run) are not downloaded again."""
+    if Path(info.base_model).is_dir():
+        return Path(info.base_model)
+    from huggingface_hub import snapshot_download
+
+    exact = [glob.escape(f) for f in choice.files]  # patterns that match these names only
+    folder = _hub_call(
+        info.base_model, snapshot_download, info.base_model, revision=info.revision, allow_patterns=exact
+    )
+    return Path(folder)
 
 
 def _transformers_class(name: str) -> type:
@@ -156,22 +201,37 @@ class Components:
         return self.noise_scheduler.config.prediction_type
 
 
-def load_components(info: ModelInfo, *, unet_dtype: torch.dtype, text_dtype: torch.dtype) -> Components:
-    """Load UNet, VAE (always fp32: fp16 SD/SDXL VAEs overflow), text encoders, tokenizers and the DDPM scheduler.
+def load_components(
+    info: ModelInfo, *, unet_dtype: torch.dtype, text_dtype: torch.dtype, trainable: Collection[str] = frozenset()
+) -> Components:
+    """Load UNet, VAE, text encoders, tokenizers and the DDPM scheduler from the files ``choose_model_files`` picks
+    (downloaded first for a Hub repo): ``trainable`` components from their fp32 files, the others from their fp16
+    variants where the repo has them, each cast to its dtype here.
 
-    Weights from safetensors only; classes from the allow-list only (tokenizers and the scheduler hold no weights).
+    The VAE always runs in fp32 (fp16 SD/SDXL VAE activations overflow); being frozen, its weights may still come
+    from the fp16 file: they are upcast on load. Weights from safetensors only; classes from the allow-list only
+    (tokenizers and the scheduler hold no weights).
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    src, index = info.base_model, info.index
+    index = info.index
     for name in info.component_names:  # again here: ``info`` may not come from inspect_base_model
-        check_component(src, index, name)
-    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=unet_dtype, use_safetensors=True)
-    vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True)
+        check_component(info.base_model, index, name)
+    choice = choose_model_files(info, trainable)
+    src = str(fetch_model_files(info, choice))
+    var = choice.variants
+    unet = UNet2DConditionModel.from_pretrained(
+        src, subfolder="unet", torch_dtype=unet_dtype, use_safetensors=True, variant=var["unet"]
+    )
+    vae = AutoencoderKL.from_pretrained(
+        src, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, variant=var["vae"]
+    )
     encoders, tokenizers = [], []
     for i, name in enumerate(info.text_encoder_names):
         cls = _transformers_class(index[name][1])  # allow-listed just above
-        encoders.append(cls.from_pretrained(src, subfolder=name, torch_dtype=text_dtype, use_safetensors=True))
+        encoders.append(
+            cls.from_pretrained(src, subfolder=name, torch_dtype=text_dtype, use_safetensors=True, variant=var[name])
+        )
         tok_name = "tokenizer" if i == 0 else f"tokenizer_{i + 1}"
         tok_cls = _transformers_class(index[tok_name][1])
         tokenizers.append(tok_cls.from_pretrained(src, subfolder=tok_name))
@@ -184,7 +244,9 @@ def load_components(info: ModelInfo, *, unet_dtype: torch.dtype, text_dtype: tor
 def tokenize(components: Components, prompt: str) -> list[torch.Tensor]:
     """Token ids ([1, max_len]) of ``prompt`` for each text encoder."""
     return [
-        tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        tok(
+            prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         for tok in components.tokenizers
     ]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from training.progress import Progress
-from training.spec import TrainSpec
+from training.spec import TrainParams, TrainSpec
 
 
 @dataclass
@@ -69,6 +69,14 @@ class Recipe(ABC):
     def output_files_hint(self) -> list[str]:
         """Names of the main weight files (for logs and the model card)."""
         return []
+
+    @classmethod
+    def trainable_components(cls, params: TrainParams) -> frozenset[str]:
+        """The base-model components this recipe trains in place ("unet", "text_encoder", ...): they load from their
+        fp32 files, every other one from its fp16 variant where the repo has it (``training.files.choose_files``).
+        Asked by the trainer and by the preload list (``python -m training.preload``). Adapters (LoRA) are new
+        weights: their base stays frozen, so the default is none."""
+        return frozenset()
 
     @classmethod
     def catalog_entry(cls) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from training.metrics import RunMetrics
 from training.models import (
     Components,
     build_pipeline,
+    choose_model_files,
     encode_tokens,
     inspect_base_model,
     load_components,
@@ -100,7 +101,6 @@ def sample_every(steps: int, validation_every: int | None) -> int | None:
 class DreamBoothRecipe(Recipe):
     """Base of the DreamBooth recipes. Subclasses set what trains (``configure_trainable``) and how it saves."""
 
-    trains_unet_fully = False
     #: checkpoints resume across recipes of the same family (e.g. a subclass adding hooks); set by subclasses
     checkpoint_family = "dreambooth"
     #: full fine-tune checkpoints are several GB (weights + Adam state): kept locally only, one at a time
@@ -141,6 +141,8 @@ class DreamBoothRecipe(Recipe):
         # 1. input, before any weights are loaded
         prog.phase("validating_input")
         info = inspect_base_model(resolve_demo(spec.base_model))  # the demo model is built here on first use
+        trainable = self.trainable_components(p)  # fp32 master weights from fp32 files; the rest fp16 files
+        choose_model_files(info, trainable)  # every file training needs is there (no download yet)
         resolution = p.resolution or info.native_resolution
         with acc.main_process_first():
             folder = data.fetch_images(spec.images, ctx.workdir / "inputs" / "instance")
@@ -159,8 +161,9 @@ class DreamBoothRecipe(Recipe):
         train_te = p.train_text_encoder
         comps = load_components(
             info,
-            unet_dtype=torch.float32 if self.trains_unet_fully else wdtype,
-            text_dtype=torch.float32 if (train_te and self.trains_unet_fully) else wdtype,
+            unet_dtype=torch.float32 if "unet" in trainable else wdtype,
+            text_dtype=torch.float32 if trainable & set(info.text_encoder_names) else wdtype,
+            trainable=trainable,
         )
         comps.unet.to(device)
         comps.vae.to(device)

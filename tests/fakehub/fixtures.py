@@ -159,6 +159,31 @@ class FakeHub:
         runner.kill()
 
     # ------------------------------------------------------------------ storage
+    def commit_files(
+        self,
+        repo_id: str,
+        files: Mapping[str, Path | bytes],
+        *,
+        author: str,
+        repo_type: str = "model",
+        summary: str = "add files",
+        private: bool = False,
+    ) -> str:
+        """Commit ``files`` (repo path -> bytes, or a local file linked in without being read into memory: large
+        and sparse files) straight into the store, creating the repo for ``author`` if needed; the commit id.
+
+        The client's uploads go through base64 commit lines (no LFS here), so files of GBs are put this way."""
+        from tests.fakehub.storage import Operation
+
+        storage = self.emulator.storage
+        if storage.get_repo(repo_type, repo_id) is None:
+            storage.create_repo(repo_type, repo_id, private=private, owner=author)
+        ops = [
+            Operation("add", path, content=data) if isinstance(data, bytes) else Operation("add", path, source=data)
+            for path, data in files.items()
+        ]
+        return storage.commit(repo_type, repo_id, "main", ops, summary=summary, author=author).id
+
     def stored_bytes(self) -> Iterator[tuple[str, bytes]]:
         """Every file version and commit message stored in any repo (not the Spaces' secret vault)."""
         return self.emulator.storage.stored_bytes()

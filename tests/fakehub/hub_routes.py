@@ -255,22 +255,23 @@ class HubRoutes:
             raise HttpError(
                 404, "EntryNotFound", f'{path} does not exist on "{revision}"', headers={"X-Repo-Commit": commit.id}
             )
-        data = self.storage.blob_path(entry.oid).read_bytes()
         headers = {
             "Content-Type": "application/octet-stream",
             "X-Repo-Commit": commit.id,
             "ETag": f'"{entry.oid}"',
             "Accept-Ranges": "bytes",
         }
-        status = 200
+        status, start, end = 200, 0, entry.size - 1
         range_header = req.headers.get("range", "")
         if req.method == "GET" and range_header.startswith("bytes="):
             first, _, last = range_header[len("bytes=") :].partition("-")
             start = int(first or 0)
-            end = min(int(last), len(data) - 1) if last else len(data) - 1
-            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
-            data, status = data[start : end + 1], 206
-        return Response(status, headers, data, head_length=entry.size)
+            end = min(int(last), entry.size - 1) if last else entry.size - 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+            status = 206
+        # streamed from the blob file: a file of any size is served without reading it into memory
+        body_file = (self.storage.blob_path(entry.oid), start, max(0, end + 1 - start))
+        return Response(status, headers, head_length=entry.size, body_file=body_file)
 
     # ------------------------------------------------------------------ writing
     def preupload(self, req: Request, repo_type: str, repo_id: str, revision: str) -> Response:

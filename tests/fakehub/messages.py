@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs
 
 from tests.fakehub.auth import User
@@ -56,6 +57,8 @@ class Response:
     body: bytes = b""
     # Size announced on HEAD (the body itself is not sent); None = len(body).
     head_length: int | None = None
+    # A body streamed from disk instead of ``body``: (path, offset, length).
+    body_file: tuple[Path, int, int] | None = None
 
     @classmethod
     def json(cls, data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

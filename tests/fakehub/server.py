@@ -283,14 +283,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
-        length = (
-            response.head_length
-            if (self.command == "HEAD" and response.head_length is not None)
-            else len(response.body)
-        )
+        if self.command == "HEAD" and response.head_length is not None:
+            length = response.head_length
+        elif response.body_file is not None:
+            length = response.body_file[2]
+        else:
+            length = len(response.body)
         self.send_header("Content-Length", str(length))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if response.body_file is None:
             self.wfile.write(response.body)
+            return
+        path, offset, count = response.body_file
+        if count:
+            with open(path, "rb") as f:  # sendfile: the kernel copies, holes of a sparse file read as zeros
+                self.connection.sendfile(f, offset, count)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -41,6 +42,15 @@ class StoreError(Exception):
 def git_blob_sha1(data: bytes) -> str:
     """The git blob id of ``data`` (what the Hub uses as a regular file's etag)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def git_blob_sha1_of_file(path: Path, chunk: int = 8 << 20) -> str:
+    """The git blob id of a file's contents, read in chunks (a file of any size, never whole in memory)."""
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -118,11 +128,14 @@ class Repo:
 
 @dataclass
 class Operation:
-    """One commit operation: ``add`` (with content), ``delete`` (file) or ``delete_folder``."""
+    """One commit operation: ``add`` (with ``content``, or the file at ``source``), ``delete`` (file) or
+    ``delete_folder``. A ``source`` file is hard-linked into the blob store (copied across file systems), so a
+    large or sparse file is never read into memory and keeps its holes."""
 
     kind: str
     path: str
     content: bytes = b""
+    source: Path | None = None
 
 
 class Storage:
@@ -215,6 +228,20 @@ class Storage:
             _write_atomic(path, data)
         return oid
 
+    def put_blob_file(self, source: Path) -> tuple[str, int]:
+        """Store the file at ``source`` as a blob (hard link, else a copy); its ``(oid, size)``."""
+        source = Path(source)
+        oid, size = git_blob_sha1_of_file(source), source.stat().st_size
+        path = self.root / "blobs" / oid
+        if not path.exists():
+            tmp = path.with_name(f".{oid}.{uuid.uuid4().hex}.tmp")
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, path)
+        return oid, size
+
     def blob_path(self, oid: str) -> Path:
         return self.root / "blobs" / oid
 
@@ -272,7 +299,9 @@ class Storage:
             files = dict(head.files)
             for op in operations:
                 path = op.path.lstrip("/")
-                if op.kind == "add":
+                if op.kind == "add" and op.source is not None:
+                    files[path] = FileEntry(*self.put_blob_file(op.source))
+                elif op.kind == "add":
                     files[path] = FileEntry(self.put_blob(op.content), len(op.content))
                 elif op.kind == "delete":
                     if files.pop(path, None) is None:

@@ -1,0 +1,175 @@
+"""The downloads benchmark (``benchmarks/downloads.py``): its stand-in files and layouts are what they claim, and its
+``--tiny`` run measures the real trainer (a subprocess: emulator, fresh caches, the previous and the new loading)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from tests.tiny_models import add_hub_layout
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "downloads.py"
+RECORD_KEYS = set("benchmark model_shape recipe bytes files preloaded variant device date phase".split())
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("downloads_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tensors(path: Path) -> list[tuple[str, str, list[int]]]:
+    """(name, dtype as safetensors spells it, shape) of every tensor in a safetensors file."""
+    with safe_open(str(path), "pt") as f:
+        return [(k, f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()]
+
+
+def test_the_header_builder_writes_what_safetensors_writes(bench, tiny_sd, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_sd, folder)
+    add_hub_layout(folder, decoys=False)  # fp16 variants written by safetensors itself
+    for rel in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/model.safetensors",
+    ):
+        path = folder / rel
+        header, data = bench.safetensors_header(_tensors(path))
+        raw = path.read_bytes()
+        assert raw[: len(header)] == header and len(raw) == len(header) + data, rel
+
+
+def test_meta_models_give_the_saved_tensors_and_the_stand_ins_are_sparse_loadable_files(bench, tiny_sd, tmp_path):
+    config = json.loads((tiny_sd / "unet" / "config.json").read_text())
+    config = {k: v for k, v in config.items() if not k.startswith("_")}
+    model = bench._model("diffusers", "UNet2DConditionModel", config)
+    saved = sorted(_tensors(tiny_sd / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert sorted(bench.tensor_specs(model, "F32")) == saved
+    header, data = bench.safetensors_header(bench.tensor_specs(model, "F16"))
+    layout = {
+        "models": {"unet": model},
+        "files": [
+            {
+                "path": "unet/diffusion_pytorch_model.fp16.safetensors",
+                "size": len(header) + data,
+                "weights": {"model": "unet", "dtype": "F16"},
+            },
+            {"path": "unet/config.json", "size": 2, "text": "{}"},
+            {"path": "big.ckpt", "size": 50_000_000},
+        ],
+    }
+    files = bench.write_standins(layout, tmp_path / "standins")
+    big = files["big.ckpt"].stat()
+    assert big.st_size == 50_000_000 and big.st_blocks * 512 < 1_000_000  # a hole, not 50 MB of disk
+    from diffusers import UNet2DConditionModel
+
+    (tmp_path / "standins" / "unet" / "config.json").write_text(
+        json.dumps({"_class_name": "UNet2DConditionModel", **config})
+    )
+    unet = UNet2DConditionModel.from_pretrained(str(tmp_path / "standins"), subfolder="unet", variant="fp16")
+    assert all(int(p.detach().count_nonzero()) == 0 for p in unet.parameters())  # zeros, of the right shapes
+
+
+@pytest.mark.parametrize("shape", ["sd15", "sdxl"])
+def test_the_committed_layouts_hold_every_file_kind_and_computed_weight_sizes(bench, shape):
+    layout = json.loads((ROOT / "benchmarks" / "layouts" / f"{shape}.json").read_text())
+    paths = {f["path"] for f in layout["files"]}
+    assert {
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+    } <= paths
+    assert any(p.count("/") == 0 and p.endswith((".ckpt", ".safetensors")) for p in paths)  # root checkpoints
+    if shape == "sd15":
+        assert {
+            "unet/diffusion_pytorch_model.non_ema.safetensors",
+            "safety_checker/model.safetensors",
+            "unet/diffusion_pytorch_model.bin",
+            "feature_extractor/preprocessor_config.json",
+        } <= paths
+    else:
+        assert {
+            "unet/model.onnx_data",
+            "unet/openvino_model.bin",
+            "unet/diffusion_flax_model.msgpack",
+            "vae_1_0/diffusion_pytorch_model.safetensors",
+            "vae_decoder/model.onnx",
+        } <= paths
+    assert layout["about"] and all(f["size"] > 0 and f["size_is"] for f in layout["files"])
+    for f in (f for f in layout["files"] if f["size_is"] == "computed"):  # recomputed here from the meta models
+        header, data = bench.safetensors_header(
+            bench.tensor_specs(layout["models"][f["weights"]["model"]], f["weights"]["dtype"])
+        )
+        assert len(header) + data == f["size"], f["path"]
+    fp32 = {f["path"]: f["size"] for f in layout["files"]}["unet/diffusion_pytorch_model.safetensors"]
+    assert fp32 == pytest.approx({"sd15": 3_438_167_540, "sdxl": 10_270_077_736}[shape], abs=16)  # the Hub's sizes
+
+
+def test_the_tiny_run_measures_the_previous_and_the_new_downloads(tmp_path):
+    out = tmp_path / "downloads.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--tmp", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(RECORD_KEYS <= set(r) and r["benchmark"] == "downloads" for r in records)
+    by = {(r["phase"], r["recipe"], r["preloaded"]): r for r in records}
+    before = by[("before", "dreambooth-lora", False)]
+    lora = by[("after", "dreambooth-lora", False)]
+    full = by[("after", "dreambooth-full", False)]
+    preloaded = by[("after", "dreambooth-lora", True)]
+    # the previous loading code fetched exactly the plain-file plan the full-size "before" runs download
+    assert before["files"] == before["chosen_files"] and before["variant"] is None
+    assert set(before["variants"].values()) == {None}
+    assert lora["files"] == lora["chosen_files"] and set(lora["variants"].values()) == {"fp16"}
+    assert full["variants"]["unet"] is None and full["variants"]["vae"] == "fp16"
+    assert 0.4 * before["bytes"] < lora["bytes"] < 0.6 * before["bytes"]  # fp16 weights: about half
+    assert lora["bytes"] < full["bytes"] < before["bytes"]
+    assert all(r["cache_bytes_added"] == r["bytes"] for r in records)
+    assert preloaded["bytes"] == 0 and preloaded["files"] == [] and preloaded["preload_list_bytes"] > 0
+    fetched = {f for r in records for f in r["files"]}
+    assert not [f for f in fetched if f.endswith((".bin", ".ckpt")) or ("/" not in f and f != "model_index.json")]
+
+
+def test_the_committed_full_size_figures_agree_with_the_current_file_choice():
+    from training.files import choose_files
+    from training.full import DreamBoothFull
+    from training.spec import TrainParams
+
+    results = sorted((ROOT / "benchmarks" / "results").glob("downloads-*-cpu.jsonl"))
+    assert results, "run python benchmarks/downloads.py"
+    records = [json.loads(line) for line in results[-1].read_text().splitlines()]
+    assert all(RECORD_KEYS <= set(r) for r in records)
+    for shape in ("sd15", "sdxl"):
+        files = [
+            f["path"] for f in json.loads((ROOT / "benchmarks" / "layouts" / f"{shape}.json").read_text())["files"]
+        ]
+        index = json.loads((ROOT / "benchmarks" / "layouts" / f"{shape}.json").read_text())["model_index"]
+        by = {(r["phase"], r["recipe"], r["preloaded"]): r for r in records if r["model_shape"] == shape}
+        before, lora = by[("before", "dreambooth-lora", False)], by[("after", "dreambooth-lora", False)]
+        assert lora["chosen_files"] == choose_files(files, index).files
+        assert before["chosen_files"] == choose_files(files, index, variant=None).files
+        full = by[("after", "dreambooth-full", False)]
+        assert (
+            full["chosen_files"]
+            == choose_files(files, index, trainable=DreamBoothFull.trainable_components(TrainParams())).files
+        )
+        assert 0.45 * before["bytes"] < lora["bytes"] < 0.55 * before["bytes"] and lora["bytes"] > 1e9
+    preloaded = [r for r in records if r["preloaded"]]
+    assert preloaded and all(r["bytes"] == 0 and r["files"] == [] for r in preloaded)
+    assert preloaded[0]["preload_list_bytes"] < 0.15 * preloaded[0]["whole_repo_bytes"]

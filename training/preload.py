@@ -1,0 +1,108 @@
+"""The README's ``preload_from_hub`` item for a base model: the files the recipes load, and nothing else.
+
+    python -m training.preload stable-diffusion-v1-5/stable-diffusion-v1-5 --layout benchmarks/layouts/sd15.json
+    python -m training.preload REPO --files listing.txt --index model_index.json
+    python -m training.preload REPO                # asks the Hub for the file list and model_index.json
+
+prints ``REPO f1,f2,...`` (with ``--revision SHA``: ``REPO f1,f2,... SHA``), the item form a Space's
+``preload_from_hub`` takes. The files are the union, over the recipes (default: every registered one, the built-in
+``dreambooth-lora`` and ``dreambooth-full``) and over ``train_text_encoder`` off and on, of what
+``training.files.choose_files`` picks for them: LoRA reads fp16 weights throughout, a full fine-tune the fp32 UNet
+(and the fp32 text encoders when it trains them), so one preloaded Space serves every built-in recipe without a
+download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from training.files import FROZEN_VARIANT, FileChoiceError, choose_files
+from training.spec import TrainParams
+
+
+def recipe_trainable_sets(recipes: Iterable[type]) -> list[frozenset[str]]:
+    """The distinct ``trainable_components`` of ``recipes`` (Recipe classes), text encoder training off and on."""
+    sets = {cls.trainable_components(TrainParams(train_text_encoder=te)) for cls in recipes for te in (False, True)}
+    return sorted(sets, key=sorted)
+
+
+def preload_files(
+    repo_files: Iterable[str],
+    index: dict[str, Any],
+    trainable_sets: Iterable[frozenset[str]],
+    *,
+    base_model: str = "base model",
+    variant: str | None = FROZEN_VARIANT,
+) -> list[str]:
+    """Every file ``choose_files`` picks for any of ``trainable_sets`` (sorted)."""
+    repo_files = list(repo_files)
+    chosen: set[str] = set()
+    for trainable in trainable_sets:
+        choice = choose_files(repo_files, index, trainable=trainable, variant=variant, base_model=base_model)
+        chosen.update(choice.files)
+    return sorted(chosen)
+
+
+def preload_item(repo_id: str, files: Sequence[str], revision: str | None = None) -> str:
+    """``"repo f1,f2"`` or ``"repo f1,f2 <sha>"``: one ``preload_from_hub`` entry."""
+    item = f"{repo_id} {','.join(files)}"
+    return f"{item} {revision}" if revision else item
+
+
+def read_layout(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The file paths and ``model_index.json`` of a layout file (``benchmarks/layouts/*.json``)."""
+    layout = json.loads(Path(path).read_text())
+    return [f["path"] for f in layout["files"]], layout["model_index"]
+
+
+def _from_hub(repo_id: str) -> tuple[list[str], dict[str, Any]]:
+    from training.base_check import probe_base_model
+
+    probe = probe_base_model(repo_id)
+    if probe.problem is not None:
+        raise SystemExit(f"error: {probe.problem.message}")
+    return probe.files, probe.index
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.preload", description=__doc__.splitlines()[0])
+    ap.add_argument("repo_id")
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--layout", type=Path, help="a layout file (benchmarks/layouts/*.json): files + model_index")
+    source.add_argument("--files", type=Path, help="a file listing the repo's paths, one a line (needs --index)")
+    ap.add_argument("--index", type=Path, help="the repo's model_index.json (with --files)")
+    ap.add_argument("--recipe", action="append", default=[], help="only these recipes (repeatable; default: all)")
+    ap.add_argument("--recipes-module", action="append", default=[], help="extra module registering recipes")
+    ap.add_argument("--revision", help="pin the item to this commit sha")
+    args = ap.parse_args(argv)
+
+    if args.layout is not None:
+        files, index = read_layout(args.layout)
+    elif args.files is not None:
+        if args.index is None:
+            ap.error("--files needs --index")
+        files = [line.strip() for line in args.files.read_text().splitlines() if line.strip()]
+        index = json.loads(args.index.read_text())
+    else:
+        files, index = _from_hub(args.repo_id)
+
+    from training.recipes import get_recipe, load_recipe_modules, registered_recipes
+
+    load_recipe_modules(args.recipes_module)
+    recipes = [type(get_recipe(name)) for name in args.recipe] if args.recipe else registered_recipes()
+    try:
+        chosen = preload_files(files, index, recipe_trainable_sets(recipes), base_model=args.repo_id)
+    except FileChoiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(preload_item(args.repo_id, chosen, args.revision))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
