@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.full_size import build_full_size  # noqa: E402 (the random-init full-size folders, shared)
+
 
 @dataclass
 class Config:
@@ -70,102 +72,7 @@ TINY_CONFIGS = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------- full-size models
-def _synthetic_clip_tokenizer(folder: Path) -> None:
-    """A CLIPTokenizer over a synthetic 49,408-entry vocab (characters and filler tokens, empty merges)."""
-    import string
-
-    from transformers import CLIPTokenizer
-
-    vocab: dict[str, int] = {}
-    for c in string.printable.strip():
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    i = 0
-    while len(vocab) < 49406:
-        vocab[f"tok{i}</w>"] = len(vocab)
-        i += 1
-    vocab["<|startoftext|>"] = 49406
-    vocab["<|endoftext|>"] = 49407
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77).save_pretrained(folder)
-
-
-def _clip_config(hidden: int, inter: int, layers: int, heads: int, act: str, proj: int = 768):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                          num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=proj,
-                          bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)  # fmt: skip
-
-
-def build_full_size(shape: str, path: Path) -> Path:
-    """Random-init SD 1.5 or SDXL shapes (README of ../shared/benchmarks), built on the GPU, saved in fp16."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    if (path / "model_index.json").exists():
-        return path
-    sdxl = shape == "sdxl"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        torch.manual_seed(0)
-        if sdxl:
-            unet = UNet2DConditionModel(
-                sample_size=128,
-                block_out_channels=(320, 640, 1280),
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10),
-                attention_head_dim=(5, 10, 20),
-                cross_attention_dim=2048,
-                use_linear_projection=True,
-                addition_embed_type="text_time",
-                addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816,
-            )
-        else:
-            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                        block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)  # fmt: skip
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=1024 if sdxl else 512,
-        )
-        te = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
-        te2 = CLIPTextModelWithProjection(_clip_config(1280, 5120, 32, 20, "gelu", 1280)) if sdxl else None
-    sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                          clip_sample=False)
-    _synthetic_clip_tokenizer(path / "_tok")
-    tok = CLIPTokenizer.from_pretrained(path / "_tok")
-    for m in (unet, vae, te, te2):
-        if m is not None:
-            m.to(torch.float16)
-    if sdxl:
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=te, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
-                                         unet=unet, scheduler=sched)  # fmt: skip
-    else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
-    pipe.save_pretrained(path, safe_serialization=True)
-    del pipe, unet, vae, te, te2
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return path
-
-
+# ---------------------------------------------------------------------------------------------- models
 def model_for(shape: str, cache: Path) -> Path:
     from tests.tiny_models import build_tiny_sd, build_tiny_sdxl
 
