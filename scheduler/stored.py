@@ -18,8 +18,9 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from scheduler.billing import GpuPeriod
 from scheduler.flavors import FLAVORS, is_gpu
-from scheduler.task import Task, TaskStatus
+from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.validation import LIMITS, check_prompt
 
 IMAGES_DIR = "images"
@@ -30,6 +31,8 @@ RECIPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 MAX_PARAMS, MAX_PARAM_CHARS, MAX_PARAM_ITEMS = 64, 10_000, 100
 MAX_TEXT_CHARS = 2000  # submitted_by, result_url
+# Bounds of a run record that may feed an estimate (a forged or broken one must not skew the median).
+MAX_STEPS_PER_S, MAX_RUN_S, MAX_RESOLUTION, MAX_BATCH = 1000.0, 7 * 24 * 3600.0, 8192, 1024
 
 
 @dataclasses.dataclass
@@ -217,3 +220,30 @@ def queue_checker(queue: Any, settings: Any) -> Callable[[Task], str | None]:
 def vetted_tasks(queue: Any, settings: Any) -> list[Task]:
     """``queue.list()`` with every task that fails ``stored_task_problem`` replaced by its rejected copy."""
     return vet_tasks(queue.list(), queue_checker(queue, settings))
+
+
+def vetted_with_billing(queue: Any, settings: Any) -> tuple[list[Task], list[GpuPeriod]]:
+    """``vetted_tasks`` and the queue's GPU periods, from one read (``TaskQueue.list_with_billing``)."""
+    tasks, billing = queue.list_with_billing()
+    return vet_tasks(tasks, queue_checker(queue, settings)), billing
+
+
+def run_problem(run: RunRecord) -> str | None:
+    """Why a stored run record must not feed an estimate (no measured speed, or values out of any real range)."""
+    if run.steps_per_s is None or not 0 < run.steps_per_s <= MAX_STEPS_PER_S:
+        return f"steps_per_s {run.steps_per_s!r} is not a measured speed in (0, {MAX_STEPS_PER_S:g}]"
+    for name in ("startup_s", "wrapup_s", "switch_s", "release_s"):
+        value = getattr(run, name)
+        if value is not None and not 0 <= value <= MAX_RUN_S:
+            return f"{name} {value!r} is outside [0, {MAX_RUN_S:g}]"
+    if run.resolution is not None and not 0 < run.resolution <= MAX_RESOLUTION:
+        return f"resolution {run.resolution} is outside (0, {MAX_RESOLUTION}]"
+    if not 0 < run.batch_size <= MAX_BATCH:
+        return f"batch_size {run.batch_size} is outside (0, {MAX_BATCH}]"
+    return None
+
+
+def past_runs(tasks: Iterable[Task]) -> list[RunRecord]:
+    """The run records of the DONE tasks that may feed an estimate, oldest first."""
+    done = sorted((t for t in tasks if t.status is TaskStatus.DONE), key=lambda t: t.finished_at or 0)
+    return [t.run for t in done if t.run is not None and run_problem(t.run) is None]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
+
+LOCAL_CPU, LOCAL_GPU = "local-cpu", "local-gpu"  # the flavor of a run on a workstation (local mode), by its device
 
 
 class MalformedTask(ValueError):
@@ -56,6 +58,46 @@ class Lease:
 
 
 @dataclass
+class RunRecord:
+    """What a finished run measured, and the settings it ran with: the estimates of later runs use it.
+
+    Times are unix seconds, durations seconds. ``startup_s`` runs from this container's start on the GPU (from the
+    claim for a task that is not the container's first, and always in local mode) to the first training step;
+    ``wrapup_s`` from the last step to the task's completion in the queue; ``switch_s`` (the first task of a GPU
+    period) from the GPU request to this container's start; ``release_s`` (the last task of a GPU period) from the
+    completion to the release request. ``family`` is ``sd15``, ``sd2``, ``sdxl`` or None when the trainer could not
+    tell (a tiny or custom model): then only runs of the same ``base_model`` compare.
+    """
+
+    flavor: str  # the hardware it really ran on (a Space flavor; ``local-cpu`` / ``local-gpu`` on a workstation)
+    recipe: str
+    base_model: str
+    family: str | None = None
+    resolution: int | None = None
+    batch_size: int = 1
+    steps: int | None = None
+    prior_preservation: bool = False
+    train_text_encoder: bool = False
+    steps_per_s: float | None = None  # the trainer's steady rate (samples and checkpoints left out)
+    first_step_at: float | None = None
+    last_step_at: float | None = None
+    startup_s: float | None = None
+    wrapup_s: float | None = None
+    switch_s: float | None = None
+    release_s: float | None = None
+
+    @property
+    def overhead_s(self) -> float:
+        """Every measured second that was not training."""
+        return sum(s for s in (self.switch_s, self.startup_s, self.wrapup_s, self.release_s) if s is not None)
+
+    def completed(self, now: float) -> RunRecord:
+        """This record with ``wrapup_s`` measured up to ``now`` (the completion)."""
+        wrapup = None if self.last_step_at is None else round(max(0.0, now - self.last_step_at), 3)
+        return replace(self, wrapup_s=wrapup)
+
+
+@dataclass
 class Task:
     """One training job. ``params`` holds the recipe's parameters (steps, learning_rate, rank, ...)."""
 
@@ -85,6 +127,7 @@ class Task:
     updated_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    run: RunRecord | None = None  # what the run measured (DONE tasks; written with the completion)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (status as its string value)."""
@@ -112,6 +155,7 @@ class Task:
             known["images"] = ImageRef(**_record(known["images"], ImageRef, _IMAGE_TYPES, "images"))
         if known.get("lease") is not None:
             known["lease"] = Lease(**_record(known["lease"], Lease, _LEASE_TYPES, "lease"))
+        known["run"] = run_record_from_dict(known.get("run"))
         return cls(**known)
 
     @property
@@ -137,6 +181,24 @@ _TASK_TYPES: dict[str, tuple[type, ...]] = {
 }  # fmt: skip
 _IMAGE_TYPES = {"path": _STR, "repo_id": _OPT_STR, "revision": _OPT_STR, "count": _INT, "removed": (bool,)}
 _LEASE_TYPES = {"holder": _STR, "expires_at": _NUM}
+_OPT_INT, _BOOL = (int, type(None)), (bool,)
+_RUN_TYPES = {
+    "flavor": _STR, "recipe": _STR, "base_model": _STR, "family": _OPT_STR, "resolution": _OPT_INT, "batch_size": _INT,
+    "steps": _OPT_INT, "prior_preservation": _BOOL, "train_text_encoder": _BOOL, "steps_per_s": _OPT_NUM,
+    "first_step_at": _OPT_NUM, "last_step_at": _OPT_NUM, "startup_s": _OPT_NUM, "wrapup_s": _OPT_NUM,
+    "switch_s": _OPT_NUM, "release_s": _OPT_NUM,
+}  # fmt: skip
+
+
+def run_record_from_dict(data: Any) -> RunRecord | None:
+    """The stored ``run`` of a task, or None when there is none or it is malformed: a run record only feeds
+    estimates and costs, so a bad one is dropped rather than making its task unreadable."""
+    if data is None:
+        return None
+    try:
+        return RunRecord(**_record(data, RunRecord, _RUN_TYPES, "run"))
+    except MalformedTask:
+        return None
 
 
 def _check_types(values: dict[str, Any], types: dict[str, tuple[type, ...]], what: str) -> None:

@@ -6,6 +6,10 @@ task, or release paid hardware. Training runs ``python -m training`` as a subpro
 (``accelerate launch`` on multi-GPU flavors) under a watchdog that renews the lease, enforces the deadline and
 stops on cancel. The UI never talks to the Hub to show progress: it reads ``WorkerStatus``.
 
+Costs and speeds: a granted GPU request opens a GPU period in the queue, each claim on a GPU joins it in the claim's
+commit and the release request is preceded by the commit that closes it (``scheduler.billing``); each finished task's
+completion carries its run record (``scheduler.task.RunRecord``: the trainer's steady speed, start-up, wrap-up).
+
 Hub request budget: every loop costs one queue read (plus a runtime read when the hardware matters) and the
 worker then sleeps ``poll_interval_s`` per request made, so idle polling stays at or below one request per
 ``poll_interval_s``.
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scheduler.billing import RECOVERED, GpuPeriod, open_period
 from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState
 from scheduler.lifecycle import Action, ActionKind, Snapshot, decide
@@ -35,8 +40,8 @@ from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.queue.document import CHECKPOINTS_DIR
 from scheduler.redact import redact
 from scheduler.settings import child_environment
-from scheduler.stored import is_safe_task_id, vetted_tasks
-from scheduler.task import Task, TaskStatus
+from scheduler.stored import is_safe_task_id, vetted_with_billing
+from scheduler.task import LOCAL_CPU, LOCAL_GPU, RunRecord, Task, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,21 @@ REFUSAL_BACKOFF_S = 15 * 60
 #: Space stages that change on their own within seconds (huggingface_hub's intermediate stages)
 SETTLING_STAGES = frozenset({"BUILDING", "RUNNING_BUILDING", "APP_STARTING", "RUNNING_APP_STARTING"})
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m training`` finds the package
+_IMPORTED_AT = time.time()
+
+
+def process_started_at() -> float:
+    """Unix time this process started (Linux: from /proc; elsewhere when this module was imported). On a Space the
+    app starts with its container, so this is the container's start."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # starttime: clock ticks after boot (field 22 of proc(5))
+        stat = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in stat if line.startswith("btime"))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+    return started if started <= _IMPORTED_AT else _IMPORTED_AT
 
 
 @dataclass
@@ -74,6 +94,7 @@ class StatusData:
     log_tail: list[str] = field(default_factory=list)
     hardware: HardwareState | None = None
     tasks: list[Task] = field(default_factory=list)
+    billing: list[GpuPeriod] = field(default_factory=list)  # the queue's GPU periods, as last read
     last_action: str = ""
     last_action_at: float | None = None
     last_error: str | None = None
@@ -133,6 +154,11 @@ class WorkerStatus:
             d = self._data
             d.phase, d.message, d.last_error, d.eta_s = phase, message, last_error, None
             d.updated_at = time.time()
+
+    def periods(self) -> list[GpuPeriod]:
+        """A copy of the queue's GPU periods as last read (cheaper than a whole ``snapshot``)."""
+        with self._lock:
+            return copy.deepcopy(self._data.billing)
 
     @property
     def loops(self) -> int:
@@ -204,6 +230,63 @@ class TrainOutcome:
     error: str | None = None
     stopped: bool = False  # cancelled or the lease was lost: leave the task alone
     retryable: bool = False  # another attempt may succeed (killed, crashed, upload failed): requeue if attempts left
+    report: dict[str, Any] | None = None  # the "run" of the trainer's done event (speed, step times, settings)
+    resumed_step: int = 0  # the step this attempt resumed from (its "resumed" event)
+
+
+@dataclass(frozen=True)
+class ClaimInfo:
+    """How this worker claimed a task: where startup is measured from, and what the GPU switch before it took."""
+
+    flavor: str  # the hardware it trains on (``LOCAL_CPU``/``LOCAL_GPU`` in local mode)
+    claimed_at: float
+    since: float  # this container's start (its first task on a GPU), else the claim
+    switch_s: float | None = None  # GPU request -> this container's start (the first task of a GPU period)
+
+
+def run_record(task: Task, outcome: TrainOutcome, claim: ClaimInfo) -> RunRecord:
+    """The run record of a task trained to the end (``wrapup_s`` is filled in by the completion itself).
+
+    ``startup_s`` runs from ``claim.since`` to the start of the first training step: the first logged step's time
+    less the steady time of the steps logged with it."""
+    report = outcome.report if isinstance(outcome.report, dict) else {}
+
+    def number(key: str) -> float | None:
+        value = report.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    def whole(key: str) -> int | None:
+        value = report.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    rate, first_at, first_step = number("steps_per_s"), number("first_step_at"), whole("first_step")
+    startup = None
+    if first_at is not None:
+        before_first = (first_step - outcome.resumed_step) / rate if rate and first_step else 0.0
+        startup = round(max(0.0, first_at - claim.since - max(0.0, before_first)), 3)
+    family = report.get("family")
+    params = task.params
+    return RunRecord(
+        flavor=claim.flavor,
+        recipe=task.recipe,
+        base_model=task.base_model,
+        family=family if isinstance(family, str) else None,
+        resolution=whole("resolution") or _int_param(params, "resolution"),
+        batch_size=whole("batch_size") or _int_param(params, "batch_size") or 1,
+        steps=whole("steps") or _int_param(params, "steps"),
+        prior_preservation=bool(report.get("prior_preservation", params.get("prior_preservation", False))),
+        train_text_encoder=bool(report.get("train_text_encoder", params.get("train_text_encoder", False))),
+        steps_per_s=rate if rate and rate > 0 else None,
+        first_step_at=first_at,
+        last_step_at=number("last_step_at"),
+        startup_s=startup,
+        switch_s=claim.switch_s,
+    )
+
+
+def _int_param(params: dict[str, Any], key: str) -> int | None:
+    value = params.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class Worker:
@@ -243,6 +326,9 @@ class Worker:
         self._refused: dict[str, float] = {}  # task id -> when its hardware request was refused
         self._loop_done = threading.Condition()
         self._last_logged = ""
+        self._started_at = process_started_at()  # this container's start (startup_s of its first task on a GPU)
+        self._claims = 0  # tasks this worker claimed
+        self._billing: list[GpuPeriod] = []  # the queue's GPU periods, as last read
 
     # ----------------------------------------------------------------- thread control
     def start(self) -> threading.Thread:
@@ -306,7 +392,7 @@ class Worker:
 
         Stored tasks that fail ``stored_task_problem`` (forged or beyond the settings) are shown and decided on as
         FAILED "rejected: ..." copies, so nothing acts on them."""
-        tasks = vetted_tasks(self.queue, self.settings)
+        tasks, self._billing = vetted_with_billing(self.queue, self.settings)
         requests = 1
         now = time.time()
         # Re-read the runtime every loop while something moves (tasks to run, or the Space between stages); at
@@ -317,7 +403,7 @@ class Worker:
         if hw is None or stale or is_gpu(hw.current):
             hw = self._read_hardware()
             requests += 0 if self.settings.local else 1
-        self.status.update(tasks=tasks)
+        self.status.update(tasks=tasks, billing=self._billing)
         snap = Snapshot(
             tasks=tuple(tasks),
             now=now,
@@ -344,8 +430,32 @@ class Worker:
             )
             self._last_logged = described
         self.status.update(last_action=described, last_action_at=time.time())
+        self._close_stale_period(snap)
         self.execute(action, snap)
         return action, requests
+
+    def _close_stale_period(self, snap: Snapshot) -> None:
+        """A CPU container that finds a GPU period open while no GPU is current or requested: the container that
+        trained in it died without closing it. Close it now (the best guess of its end; no request when none is
+        open, since the snapshot's read already brought the periods)."""
+        if snap.local or open_period(self._billing) is None or snap.accelerator not in ("", "none"):
+            return
+        if snap.current_hardware is None or is_gpu(snap.current_hardware) or is_gpu(snap.requested_hardware):
+            return
+        try:
+            self.queue.close_period(RECOVERED)
+            log.warning("closed a GPU period left open by a container that stopped")
+        except QueueError:
+            log.exception("could not close the GPU period left open")
+
+    def _close_period(self) -> None:
+        """Close the open GPU period before the release request; a queue failure never holds the release back."""
+        if self.settings.local:
+            return
+        try:
+            self.queue.close_period()
+        except Exception:  # noqa: BLE001 - the release must happen whatever the queue does
+            log.exception("could not close the GPU period before releasing the hardware")
 
     def execute(self, action: Action, snap: Snapshot) -> None:
         """Carry out one action."""
@@ -368,6 +478,7 @@ class Worker:
             self._kill_trainer()
         elif kind is ActionKind.RELEASE_HARDWARE:
             self.status.update(phase="releasing", message="Nothing left to train: going back to idle hardware")
+            self._close_period()
             done = self.hardware.release()
             self._hw_state = None
             self.status.update(message=f"Released the GPU: {done}")
@@ -382,6 +493,7 @@ class Worker:
         task = next((t for t in self.status.snapshot().tasks if t.id == action.task_id), None)
         if task is not None:
             deadline_s = task.deadline_s
+        requested_at = time.time()
         try:
             self.hardware.request(flavor, sleep_time_s=int(deadline_s + 1800))
         except HardwareRefused as refused:
@@ -394,14 +506,35 @@ class Worker:
                 except QueueError:
                     log.exception("could not store the refusal on task %s", action.task_id)
             return
+        if is_gpu(flavor) and not self.settings.local:
+            try:  # the GPU is billed from now: record the period (idempotent when it is already recorded)
+                self.queue.open_period(flavor, requested_at)
+            except QueueError:
+                log.exception("could not record the GPU period of %s (the claim records it instead)", flavor)
         self._hw_state = None
         label = FLAVORS[flavor].label if flavor in FLAVORS else flavor
         self.status.update(phase="switching", message=f"Moving to {label}; the app restarts there and trains")
 
     def _claim_and_train(self, action: Action) -> None:
-        task = self.queue.claim(action.task_id, self.worker_id, self.settings.lease_s)
+        hw = self._hw_state
+        paid = not self.settings.local and hw is not None and is_gpu(hw.current)
+        bill_to = hw.current if paid and hw is not None else None
+        period = open_period(self._billing) if paid else None  # as the snapshot read it, before this claim
+        task = self.queue.claim(action.task_id, self.worker_id, self.settings.lease_s, bill_to=bill_to)
         if task is None:
             return  # another container won the claim
+        first = self._claims == 0
+        self._claims += 1
+        claimed_at = task.started_at or time.time()
+        switch_s = None
+        if paid and first and period is not None and period.hardware == bill_to and not period.claims:
+            switch_s = round(max(0.0, self._started_at - period.requested_at), 3)
+        claim = ClaimInfo(
+            flavor=self._run_flavor(task),
+            claimed_at=claimed_at,
+            since=self._started_at if paid and first else claimed_at,
+            switch_s=switch_s,
+        )
         self.status.start_task(task)
         try:
             outcome = self.train(task)
@@ -410,7 +543,14 @@ class Worker:
             outcome = TrainOutcome(ok=False, error=f"worker error: {type(exc).__name__}: {exc}", retryable=True)
         finally:
             self._proc = None
-        self._finish_task(task, outcome)
+        self._finish_task(task, outcome, claim)
+
+    def _run_flavor(self, task: Task) -> str:
+        """The hardware a run really happens on: the Space's current flavor, or this machine in local mode."""
+        hw = self._hw_state
+        if self.settings.local:
+            return LOCAL_GPU if hw is not None and hw.gpu_visible else LOCAL_CPU
+        return hw.current if hw is not None and hw.current else task.hardware
 
     def _redacted(self, lines: list[str]) -> list[str]:
         """Log lines as the UI may show them: the token (or anything shaped like one) masked."""
@@ -425,14 +565,14 @@ class Worker:
         elif finished and not self.settings.keep_run_folders:
             shutil.rmtree(self.run_dir(task.id), ignore_errors=True)
 
-    def _finish_task(self, task: Task, outcome: TrainOutcome) -> None:
+    def _finish_task(self, task: Task, outcome: TrainOutcome, claim: ClaimInfo | None = None) -> None:
         finished = False
         try:
-            finished = self._record_outcome(task, outcome)
+            finished = self._record_outcome(task, outcome, claim)
         finally:
             self._clean_up_run(task, finished)
 
-    def _record_outcome(self, task: Task, outcome: TrainOutcome) -> bool:
+    def _record_outcome(self, task: Task, outcome: TrainOutcome, claim: ClaimInfo | None = None) -> bool:
         """Write how the run ended to the queue; True when the task is finished (will not run again)."""
         try:
             if outcome.stopped and outcome.error == "cancelled":
@@ -442,7 +582,8 @@ class Worker:
                 self.status.end_task("stopped", f"Task {task.id} stopped: {outcome.error or ''}")
                 return False
             if outcome.ok:
-                self.queue.complete(task.id, self.worker_id, outcome.result_url or "")
+                run = run_record(task, outcome, claim) if claim is not None else None
+                self.queue.complete(task.id, self.worker_id, outcome.result_url or "", run=run)
                 self.status.end_task("done", f"Task {task.id} done: {outcome.result_url}")
                 return True
             if outcome.retryable:
@@ -542,11 +683,14 @@ class Worker:
         last_check = started
         done_event: dict[str, Any] | None = None
         error_event: dict[str, Any] | None = None
+        resumed = 0
         tick = min(1.0, self.settings.poll_interval_s)
         while True:
             code = proc.poll()
             for event in reader.read_new():
                 done_event, error_event = self._apply_event(event, done_event, error_event)
+                if event.get("event") == "resumed" and isinstance(event.get("step"), int):
+                    resumed = max(0, event["step"])
             self.status.update(log_tail=self._redacted(tail_lines(log_path, LOG_TAIL_LINES)))
             if code is not None:
                 break
@@ -575,7 +719,9 @@ class Worker:
                 except QueueError:
                     log.exception("heartbeat failed for %s (will retry)", task.id)
             time.sleep(tick)
-        return self._outcome(code, done_event, error_event, log_path)
+        outcome = self._outcome(code, done_event, error_event, log_path)
+        outcome.resumed_step = resumed
+        return outcome
 
     def _apply_event(
         self, event: dict[str, Any], done: dict[str, Any] | None, error: dict[str, Any] | None
@@ -603,7 +749,9 @@ class Worker:
         self, code: int, done: dict[str, Any] | None, error: dict[str, Any] | None, log_path: Path
     ) -> TrainOutcome:
         if code == 0 and done is not None:
-            return TrainOutcome(ok=True, result_url=done.get("repo_url") or done.get("output_dir"))
+            report = done.get("run")
+            return TrainOutcome(ok=True, result_url=done.get("repo_url") or done.get("output_dir"),
+                                report=report if isinstance(report, dict) else None)  # fmt: skip
         lines = tail_lines(log_path, ERROR_TAIL_LINES)
         head = EXIT_MESSAGES.get(code, f"the trainer exited with code {code}")
         if code == 0:
@@ -633,10 +781,10 @@ class Worker:
     def _cancelled(self, task_id: str) -> bool:
         """Re-read the queue (one request; it also refreshes the UI's task list): is the task no longer ours?"""
         try:
-            tasks = vetted_tasks(self.queue, self.settings)
+            tasks, self._billing = vetted_with_billing(self.queue, self.settings)
         except QueueError:
             return False
-        self.status.update(tasks=tasks)
+        self.status.update(tasks=tasks, billing=self._billing)
         task = next((t for t in tasks if t.id == task_id), None)
         if task is None:
             return True
@@ -692,6 +840,7 @@ class Worker:
             return
         hw = self._hw_state
         if hw is not None and is_gpu(hw.current) and self._proc is None:
+            self._close_period()
             try:
                 self.hardware.release()
             except Exception:  # noqa: BLE001

@@ -22,7 +22,7 @@ from scheduler.hardware.local import LocalHardware
 from scheduler.queue import make_queue
 from scheduler.recipes_catalog import load_catalog
 from scheduler.settings import load_settings
-from scheduler.task import Task, TaskStatus
+from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.polling import free_port, wait_for
@@ -30,7 +30,7 @@ from tests.tiny_models import make_images
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from ui.context import AppContext
 from ui.estimate import LOCAL_CPU, LOCAL_GPU, describe, estimate
-from ui.form import build_form, field_updates
+from ui.form import build_form, field_updates, form_estimate
 from ui.local_device import CPU, LocalDevice
 from ui.output_names import default_output_repo, subject_name
 from ui.submission import build_task, queued_message, submit, submit_task
@@ -264,3 +264,74 @@ def test_one_or_two_photos_are_queued_with_a_clear_warning(tmp_path):
     assert "**Warning:** Only 2 photos" in two
     three = submit_task(ctx, "local", photos(tmp_path, n=3), values(steps=6))
     assert "Warning" not in three
+
+
+# ---------------------------------------------------------------- estimates from this Space's own runs
+def past(base_model: str = "org/sd15-a", steps_per_s: float = 2.0, **changes) -> RunRecord:
+    fields = {"flavor": "t4-small", "recipe": "dreambooth-lora", "base_model": base_model, "family": "sd15",
+              "resolution": 512, "batch_size": 1, "steps": 1000, "steps_per_s": steps_per_s}  # fmt: skip
+    return RunRecord(**{**fields, **changes})
+
+
+def test_the_estimate_uses_the_median_of_the_matching_earlier_runs_and_says_so():
+    history = [
+        past(steps_per_s=1.0, switch_s=60.0, startup_s=100.0, wrapup_s=40.0, release_s=5.0),
+        past(steps_per_s=2.0, startup_s=10.0, wrapup_s=30.0),  # a later task of a period: no switch, quick start
+        past("org/sd15-b", steps_per_s=4.0, switch_s=80.0, startup_s=120.0, wrapup_s=50.0, release_s=7.0),
+        # Not like the task asked for: another GPU, resolution, recipe, prior preservation, text encoder, batch size,
+        # model family; and a run without a measured speed.
+        past(steps_per_s=40.0, flavor="a10g-small"), past(steps_per_s=40.0, resolution=768),
+        past(steps_per_s=40.0, recipe="dreambooth-full"), past(steps_per_s=40.0, prior_preservation=True),
+        past(steps_per_s=40.0, train_text_encoder=True), past(steps_per_s=40.0, batch_size=2),
+        past("org/sdxl", steps_per_s=40.0, family="sdxl"), past(steps_per_s=None),
+    ]  # fmt: skip
+    est = estimate(1000, "t4-small", base_model="org/sd15-a", history=history)
+    assert (est.source, est.runs) == ("history", 3)
+    assert est.train_s == pytest.approx(1000 / 2.0)  # the median speed of the three
+    # Medians: switch (60, 80) + start-up of the runs that started a period (100, 120) + wrap-up + release (5, 7).
+    assert est.overhead_s == pytest.approx(70 + 110 + 40 + 6)
+    assert est.usd == pytest.approx((500 + 226) / 3600 * 0.40)
+    text = describe(est, local=False)
+    assert "from 3 earlier runs on this Space" in text and "$0.08" in text and "8 min training" in text
+
+    # A model whose family no run told: only the runs of that very model count.
+    custom = [past("me/custom", steps_per_s=3.0, family=None), past("me/other", steps_per_s=9.0, family=None)]
+    one = estimate(300, "t4-small", base_model="me/custom", history=custom)
+    assert (one.runs, one.train_s) == (1, pytest.approx(100.0))
+    assert "from 1 earlier run on this Space" in describe(one, local=False)
+    # The family of a model no run trained yet can still be given (e.g. a known model id).
+    assert estimate(300, "t4-small", base_model="org/new-sd15", family="sd15", history=history).runs == 3
+
+    # Nothing matches: the built-in figures, labelled.
+    table = estimate(1000, "t4-small", base_model="org/sd15-a", resolution=1024, history=history)
+    assert (table.source, table.runs) == ("built-in", 0)
+    assert table == estimate(1000, "t4-small", base_model="org/sd15-a", resolution=1024)
+    assert "from the built-in figures" in describe(table, local=False)
+    assert "from the built-in figures" in describe(estimate(4, LOCAL_CPU, base_model=DEMO_MODEL), True, CPU)
+
+
+def test_the_form_estimate_comes_from_the_finished_runs_in_the_queue(tmp_path):
+    """A real local queue holding past runs (claimed and completed with their records), read by the worker's loop;
+    the form's estimate (and its first value in a new page) is the median of the matching ones."""
+    ctx = local_ctx(tmp_path)
+    local = {"flavor": LOCAL_CPU, "base_model": DEMO_MODEL, "family": None, "resolution": DEMO_RESOLUTION}
+    runs = [past(steps_per_s=s, startup_s=20.0, **local) for s in (4.0, 5.0, 10.0)]
+    runs += [past(steps_per_s=50.0, **{**local, "resolution": 256}),  # not the resolution asked for
+             past(steps_per_s=1e9, **local)]  # implausible (a forged record): never feeds an estimate  # fmt: skip
+    for i, run in enumerate(runs):
+        task = ctx.queue.enqueue(Task(instance_prompt=f"a photo of sks{i} dog", submitted_by="local", base_model=DEMO_MODEL),
+                                 photos(tmp_path))  # fmt: skip
+        ctx.queue.claim(task.id, "old-worker", 60)
+        ctx.queue.complete(task.id, "old-worker", "/data/out", run=run)
+    ctx.worker.step()  # one loop: the worker's read of the queue is what the form uses (no read of its own)
+
+    est = form_estimate(ctx, 100, LOCAL_CPU, "dreambooth-lora", DEMO_RESOLUTION, False, DEMO_MODEL)
+    assert (est.source, est.runs, est.train_s, est.overhead_s) == ("history", 3, 20.0, 20.0)  # 100 steps / 5 steps/s
+    text = describe(est, local=True, device=CPU)
+    assert "from 3 earlier runs on this machine" in text and "free" in text
+    with gr.Blocks() as page:  # a form built now starts with it (and each page load computes it again)
+        build_form(ctx)
+    (shown,) = [b.value for b in page.blocks.values() if isinstance(b, gr.Markdown) and "**Estimate:**" in str(b.value)]
+    assert "from 3 earlier runs on this machine" in shown, shown
+    table = form_estimate(ctx, 100, LOCAL_CPU, "dreambooth-lora", 512, False, DEMO_MODEL)
+    assert table.source == "built-in" and "from the built-in figures" in describe(table, local=True, device=CPU)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import gradio as gr
+import pytest
 
 from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
@@ -114,3 +115,27 @@ def test_the_table_is_sent_only_when_it_changed(tmp_path):
     (third,), _ = only_changed([changed], seen)
     assert third == changed and third.index('data-task="t2"') < third.index('data-task="t1"')  # newest first
     assert refresh(ctx, [], None, [])[0] == '<p class="queue-empty">No tasks to show.</p>'
+
+
+def test_the_cost_is_the_tasks_share_of_the_billed_gpu_period():
+    from scheduler.billing import Claim, GpuPeriod
+    from ui.queue_view import cost_usd
+
+    # One T4 period of 1000 s (request to release): a held the GPU 200 s, b 600 s (the 200 s before the first claim,
+    # the switch and the start-up, are spread in the same proportions).
+    claims = [Claim("a", 1_700_000_200.0), Claim("b", 1_700_000_400.0)]
+    period = GpuPeriod("t4-small", 1_700_000_000.0, 1_700_001_000.0, claims)
+    a = finished(TaskStatus.DONE, id="a", hardware="t4-small")
+    b = finished(TaskStatus.DONE, id="b", hardware="t4-small")
+    old = finished(TaskStatus.DONE, id="old", hardware="t4-small")  # trained before periods were recorded
+    now = 1_800_000_000.0
+    assert cost_usd(a, now, False, [period]) == pytest.approx(1000 / 3600 * 0.40 * 0.25)
+    assert cost_usd(b, now, False, [period]) == pytest.approx(1000 / 3600 * 0.40 * 0.75)
+    assert cost_usd(old, now, False, [period]) == pytest.approx(360 / 3600 * 0.40)  # its own training time
+    assert cost_usd(a, now, True, [period]) == 0.0  # local mode: free
+    # A running task: the open period up to now.
+    running = task(id="r", status=TaskStatus.RUNNING, started_at=1_700_000_100.0, hardware="t4-small")
+    live = GpuPeriod("t4-small", 1_700_000_000.0, None, [Claim("r", 1_700_000_100.0)])
+    assert cost_usd(running, 1_700_003_600.0, False, [live]) == pytest.approx(0.40)
+    text = "".join(Elements(table_html([a, b], local=False, endpoint=HUB, now=now, periods=[period])).text)
+    assert "$0.03" in text and "$0.08" in text  # 0.0278 and 0.0833

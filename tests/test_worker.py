@@ -63,6 +63,17 @@ def test_trains_a_task_to_done_with_progress_and_samples(local, tiny_sd):
     assert [s for s, _ in status.loss_history] == [1, 2, 3, 4]
     assert status.samples and all(Path(p).is_file() for p in status.samples)
     assert status.log_tail, "the trainer's log tail is shown"
+    # The run record, written with the completion: the trainer's measured speed and step times, the settings.
+    run = done.run
+    assert run is not None and run.flavor == "local-cpu" and run.base_model == str(tiny_sd)
+    assert (run.recipe, run.resolution, run.steps, run.batch_size) == ("dreambooth-lora", 64, 4, 1)
+    assert (run.prior_preservation, run.train_text_encoder, run.family) == (False, False, None)  # tiny: no family
+    assert run.steps_per_s and run.steps_per_s > 0
+    assert done.started_at < run.first_step_at < run.last_step_at < done.finished_at
+    assert run.startup_s is not None and 0 <= run.startup_s <= run.first_step_at - done.started_at
+    assert run.wrapup_s == pytest.approx(done.finished_at - run.last_step_at, abs=1e-3)
+    assert run.switch_s is None and run.release_s is None  # local mode: no GPU period
+    assert queue.list_with_billing()[1] == []
 
 
 def test_trainer_error_marks_the_task_failed_with_the_log_tail(local, tmp_path):

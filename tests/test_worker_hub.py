@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
+from huggingface_hub import HfApi
+
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
 from scheduler.settings import load_settings
@@ -43,6 +45,34 @@ def test_refused_gpu_request_is_stored_on_the_task_and_not_retried_in_a_loop(hub
     assert "payment" in worker.status.snapshot().message.lower()  # the run view shows why nothing happens
     assert len(hub.requests("POST", rf"^/api/spaces/{repo}/hardware$")) == 1
     assert hub.space_runtime(repo)["hardware"]["current"] == "cpu-basic"
+    assert queue.list_with_billing()[1] == []  # nothing is billed: no GPU period was opened
+
+
+def test_a_granted_gpu_request_opens_a_period_and_a_later_cpu_container_closes_one_left_open(hub, tmp_path):
+    repo, queue, worker = space_worker(hub)
+    task = queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model="m"),
+                         make_images(tmp_path, 3, size=128))  # fmt: skip
+    action, _ = worker.step()
+    assert action.kind.value == "request_hardware"
+    [post] = hub.requests("POST", rf"^/api/spaces/{repo}/hardware$")
+    [period] = queue.list_with_billing()[1]
+    assert period.hardware == "t4-small" and period.is_open and period.claims == []
+    assert post.time - 1.0 < period.requested_at <= post.time  # taken just before the request was sent
+    worker.step()  # the switch is under way: this container waits and leaves the period open
+    assert queue.list_with_billing()[1][0].is_open
+
+    # The GPU container dies before it closes the period, and the Space ends up on cpu-basic again.
+    wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "t4-small", 10, "the switch to t4-small")
+    HfApi(endpoint=hub.url, token=ALICE_TOKEN).request_space_hardware(repo, "cpu-basic")
+    wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "cpu-basic", 10, "the switch back")
+    queue.cancel(task.id)
+    found_at = time.time()
+    fresh = Worker(worker.settings, make_queue(worker.settings), make_hardware(worker.settings))  # the new container
+    fresh.step()
+    [closed] = queue.list_with_billing()[1]
+    assert closed.closed_by == "recovered" and found_at <= closed.released_at <= time.time()
+    fresh.step()
+    assert queue.list_with_billing()[1] == [closed]  # closed once
 
 
 def test_idle_worker_stays_under_one_hub_request_per_poll_interval(hub, tmp_path):

@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from training.exitcodes import ExitCode, TrainingError, is_out_of_memory
 
@@ -128,5 +129,54 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
         progress.phase("uploading")
         repo_url = upload_outputs(ctx.output_dir, spec.output, commit_message=f"DreamBooth task {spec.task_id}")
     progress.phase("done")
-    progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url)
+    report = run_report(recipe, spec) if is_main else {}
+    progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url, run=report)
     return ExitCode.OK
+
+
+# The UNet's cross-attention width tells the Stable Diffusion families apart (the text encoders' hidden size).
+FAMILY_BY_CROSS_ATTENTION = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
+
+
+def model_family(recipe: Any, base_model: str) -> str | None:
+    """``sd15``, ``sd2`` or ``sdxl`` for a full-size Stable Diffusion base model; None for anything else (a tiny
+    test model, another family) or when it cannot be read. Uses the recipe's ``model_info`` when the trainer kept
+    it, else reads the model's configs again (cached files, no weights)."""
+    info = getattr(recipe, "model_info", None)
+    try:
+        if info is None:
+            from training.demo import resolve_demo
+            from training.models import inspect_base_model
+
+            info = inspect_base_model(resolve_demo(base_model))
+        family = FAMILY_BY_CROSS_ATTENTION.get(info.unet_config.get("cross_attention_dim"))
+        sdxl = bool(info.is_sdxl)
+    except Exception:  # noqa: BLE001 - the family only refines later estimates; it never fails a finished run
+        return None
+    return family if family is not None and (family == "sdxl") == sdxl else None
+
+
+def run_report(recipe: Any, spec: Any) -> dict[str, Any]:
+    """What the "done" event says of the run, for the app's run record: the steady steps/s and the wall-clock times
+    of the first and last logged steps (``RunMetrics.timing``; None for a recipe that keeps no ``metrics``), the
+    settings it really trained with (steps, resolution, batch size, prior preservation, text encoder) and the model
+    family."""
+    from training.metrics import RunMetrics
+
+    metrics = getattr(recipe, "metrics", None)
+    p = spec.params
+    trained = isinstance(metrics, RunMetrics)
+    timing = metrics.timing() if trained else {}
+    return {
+        **timing,
+        "steps": _int(getattr(recipe, "steps", None)) or p.steps,
+        "resolution": _int(getattr(recipe, "resolution", None)) or p.resolution,
+        "batch_size": int(p.batch_size),
+        "prior_preservation": bool(p.prior_preservation),
+        "train_text_encoder": bool(p.train_text_encoder),
+        "family": model_family(recipe, spec.base_model) if trained else None,
+    }
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

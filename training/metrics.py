@@ -4,6 +4,9 @@ Written before the upload, so it lands in the model repo's root and stays in the
 ``{"loss_curve": [[step, loss], ...] (at most MAX_POINTS), "steps": int, "steps_per_s": float | null,
 "resolution": int, "recipe": str, "base_model": str}``. ``steps_per_s`` is the steady rate: from the first logged
 step to the last, not counting time spent on samples and checkpoints; null when the run logged fewer than two points.
+
+``RunMetrics.timing`` is what the trainer's "done" event reports of the run for the app's run records: the steady
+rate and the wall-clock times (unix seconds) of the first and the last logged step.
 """
 
 from __future__ import annotations
@@ -34,13 +37,18 @@ class RunMetrics:
     _first: tuple[int, float] | None = None  # (step, time) of the first logged step
     _last: tuple[int, float] | None = None
     _paused_s: float = 0.0  # sampling / checkpoint time after the first logged step
+    _first_wall: float | None = None  # unix time of the first logged step (``now`` may be a perf_counter value)
+    _last_wall: float | None = None
 
     def log(self, step: int, loss: float, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
+        wall = time.time()
         self.points.append((int(step), float(loss)))
         if self._first is None:
             self._first = (step, now)
+            self._first_wall = wall
         self._last = (step, now)
+        self._last_wall = wall
 
     def paused(self, seconds: float) -> None:
         """Time not spent training (samples, checkpoints), left out of the steady rate."""
@@ -53,6 +61,18 @@ class RunMetrics:
             return None
         elapsed = self._last[1] - self._first[1] - self._paused_s
         return round((self._last[0] - self._first[0]) / max(elapsed, 1e-9), 4)
+
+    def timing(self) -> dict[str, float | int | None]:
+        """``steps_per_s`` (steady), ``first_step``/``last_step`` (the logged step numbers) and ``first_step_at``/
+        ``last_step_at`` (their unix times); all None before the first logged step."""
+        first, last = self._first, self._last
+        return {
+            "steps_per_s": self.steady_steps_per_s,
+            "first_step": first[0] if first else None,
+            "first_step_at": round(self._first_wall, 3) if self._first_wall is not None else None,
+            "last_step": last[0] if last else None,
+            "last_step_at": round(self._last_wall, 3) if self._last_wall is not None else None,
+        }
 
     def write(self, output_dir: Path, *, steps: int, resolution: int, recipe: str, base_model: str) -> Path:
         record = {

@@ -5,14 +5,25 @@ published ~1 step/s; bigger GPUs scaled from the project's H100 benchmark). Full
 preservation, the text encoder and higher resolutions slow it down by the factors below. In local mode the
 estimate is for "this machine": its CPU, or its GPU (at the T4 figure, a conservative guess for an unknown GPU), and
 the built-in demo model has its own measured speed. The "auto" steps come from the recipe catalog.
+
+Once this Space (or this machine) has finished runs like the one asked for, their measurements replace the table:
+the runs that match (same flavor, model family or, when the family is unknown, the same base model, recipe,
+resolution, batch size, prior preservation and text encoder) give the median steady steps/s (training time = steps
+/ that speed) and the median of each measured overhead (GPU switch, start-up, wrap-up, release). The estimate says
+which it used (``Estimate.source``, ``Estimate.runs``).
 """
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from scheduler.flavors import FLAVORS
+from scheduler.task import LOCAL_CPU as LOCAL_CPU  # ``estimate`` hardware names of local mode (run records use them)
+from scheduler.task import LOCAL_GPU as LOCAL_GPU
+from scheduler.task import RunRecord
 from training.base_check import DEMO_MODEL
 from ui.local_device import LocalDevice
 
@@ -34,14 +45,13 @@ LORA_STEPS_PER_S = {
 CPU_STEPS_PER_S = 0.05
 LOCAL_GPU_STEPS_PER_S = LORA_STEPS_PER_S["t4-small"]  # a GPU of this machine whose speed is unknown
 DEMO_STEPS_PER_S = 5.0  # the demo model on a laptop CPU (training/demo.py measured about 7 on two shared cores)
-LOCAL_CPU = "local-cpu"  # ``estimate`` hardware names of local mode
-LOCAL_GPU = "local-gpu"
 FULL_FACTOR = 0.5
 PRIOR_FACTOR = 0.55
 TEXT_ENCODER_FACTOR = 0.8
 MULTI_GPU_EFFICIENCY = 0.85
 OVERHEAD_S = 6 * 60  # hardware switch, start-up, model download, samples, upload, switch back
 CLASS_IMAGE_S = 2.0  # per generated class image (prior preservation)
+BUILT_IN, HISTORY = "built-in", "history"  # where an estimate's figures come from
 
 
 def auto_steps(image_count: int, recipe: RecipeInfo | None = None) -> int:
@@ -58,16 +68,76 @@ def auto_steps(image_count: int, recipe: RecipeInfo | None = None) -> int:
 
 @dataclass(frozen=True)
 class Estimate:
-    """Seconds of training and of overhead on ``hardware``, and the price of both."""
+    """Seconds of training and of overhead on ``hardware``, and the price of both; ``source`` is ``BUILT_IN`` (the
+    table above) or ``HISTORY`` (the median of ``runs`` earlier matching runs)."""
 
     hardware: str
     train_s: float
     overhead_s: float
     usd: float
+    source: str = BUILT_IN
+    runs: int = 0
 
     @property
     def total_s(self) -> float:
         return self.train_s + self.overhead_s
+
+
+def model_family(base_model: str | None, history: Sequence[RunRecord]) -> str | None:
+    """The family the trainer reported for ``base_model`` in an earlier run (None when no run told)."""
+    return next((r.family for r in reversed(history) if r.base_model == base_model and r.family), None)
+
+
+def matching_runs(
+    history: Sequence[RunRecord],
+    *,
+    hardware: str,
+    recipe: str,
+    resolution: int,
+    batch_size: int = 1,
+    prior_preservation: bool = False,
+    train_text_encoder: bool = False,
+    base_model: str | None = None,
+    family: str | None = None,
+) -> list[RunRecord]:
+    """The runs of ``history`` with a measured speed and the same settings; the model matches by family when it is
+    known (given, or told by an earlier run of ``base_model``), else by base model id."""
+    family = family or model_family(base_model, history)
+
+    def same_model(run: RunRecord) -> bool:
+        return run.base_model == base_model or (family is not None and run.family == family)
+
+    return [
+        r
+        for r in history
+        if r.steps_per_s is not None and r.steps_per_s > 0 and r.flavor == hardware and r.recipe == recipe
+        and r.resolution == resolution and r.batch_size == batch_size and r.prior_preservation == prior_preservation
+        and r.train_text_encoder == train_text_encoder and same_model(r)
+    ]  # fmt: skip
+
+
+def _median(values: Sequence[float | None], fallback: Sequence[float | None] = ()) -> float:
+    """The median of the known ``values`` (of ``fallback`` when none is known; 0 when neither has any)."""
+    known = [v for v in values if v is not None] or [v for v in fallback if v is not None]
+    return float(statistics.median(known)) if known else 0.0
+
+
+def from_history(steps: int, hardware: str, runs: Sequence[RunRecord]) -> Estimate:
+    """The estimate from matching ``runs``: steps / their median speed, and each overhead's median, for a task that
+    starts a GPU period of its own (switch there, start-up of the container, wrap-up, release). Start-up is taken
+    from the runs that started a period when there are any (a later task of a period starts faster)."""
+    speed = statistics.median(r.steps_per_s for r in runs if r.steps_per_s)
+    starters = [r for r in runs if r.switch_s is not None]
+    overhead = (
+        _median([r.switch_s for r in runs])
+        + _median([r.startup_s for r in starters], [r.startup_s for r in runs])
+        + _median([r.wrapup_s for r in runs])
+        + _median([r.release_s for r in runs])
+    )
+    train_s = max(steps, 0) / speed
+    flavor = FLAVORS.get(hardware)
+    price = flavor.usd_per_hour if flavor else 0.0
+    return Estimate(hardware, train_s, overhead, (train_s + overhead) / 3600 * price, HISTORY, len(runs))
 
 
 def estimate(
@@ -80,8 +150,19 @@ def estimate(
     train_text_encoder: bool = False,
     num_class_images: int = 50,
     base_model: str | None = None,
+    batch_size: int = 1,
+    family: str | None = None,
+    history: Sequence[RunRecord] = (),
 ) -> Estimate:
-    """Estimated duration and cost of one task (``LOCAL_CPU``/``LOCAL_GPU`` for this machine, free)."""
+    """Estimated duration and cost of one task (``LOCAL_CPU``/``LOCAL_GPU`` for this machine, free): from the
+    matching runs of ``history`` (earlier runs of this Space or machine) when there are any, else from the table."""
+    runs = matching_runs(
+        history, hardware=hardware, recipe=recipe, resolution=resolution, batch_size=batch_size,
+        prior_preservation=prior_preservation, train_text_encoder=train_text_encoder, base_model=base_model,
+        family=family,
+    )  # fmt: skip
+    if runs:
+        return from_history(steps, hardware, runs)
     flavor = FLAVORS.get(hardware)
     if base_model == DEMO_MODEL:  # tiny: its speed is its own, whatever the resolution
         train_s = max(steps, 0) / DEMO_STEPS_PER_S
@@ -134,13 +215,30 @@ def hardware_label(name: str) -> str:
     return f"{flavor.label} (${flavor.usd_per_hour:.2f}/h)"
 
 
+def source_text(est: Estimate, local: bool) -> str:
+    """``from 3 earlier runs on this Space`` (``on this machine`` locally), or ``from the built-in figures``."""
+    if est.source != HISTORY:
+        return "from the built-in figures"
+    where = "this machine" if local else "this Space"
+    return f"from {est.runs} earlier run{'' if est.runs == 1 else 's'} on {where}"
+
+
 def describe(est: Estimate, local: bool, device: LocalDevice | None = None) -> str:
-    """Markdown shown under the form; in local mode about ``device`` (this machine)."""
+    """Markdown shown under the form; in local mode about ``device`` (this machine). It says where the figures come
+    from: this Space's (this machine's) earlier runs, or the built-in table."""
+    source = source_text(est, local)
     if local:
         where = f"this machine ({device.name if device else 'CPU'})"
-        return f"**Estimate:** {approx_duration(est.train_s)} of training on {where}; free, nothing is rented."
+        if est.source == HISTORY:
+            return (
+                f"**Estimate:** {approx_duration(est.total_s)} on {where} ({format_duration(est.train_s)} training +"
+                f" {format_duration(est.overhead_s)} loading and saving), {source}; free, nothing is rented."
+            )
+        return (
+            f"**Estimate:** {approx_duration(est.train_s)} of training on {where}, {source}; free, nothing is rented."
+        )
     return (
         f"**Estimate:** {approx_duration(est.total_s)} on {hardware_label(est.hardware)}"
         f" ({format_duration(est.train_s)} training + {format_duration(est.overhead_s)} start-up and upload),"
-        f" about **${est.usd:.2f}**. The GPU is released when the queue is empty."
+        f" about **${est.usd:.2f}**, {source}. The GPU is released when the queue is empty."
     )

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from scheduler.flavors import FLAVORS, GPU_FLAVORS
+from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext, default_recipe
-from ui.estimate import auto_steps, describe, estimate, hardware_label, local_hardware
+from ui.estimate import Estimate, auto_steps, describe, estimate, hardware_label, local_hardware
 from ui.limits import output_namespace
 from ui.local_device import LocalDevice, local_device
 from ui.output_names import default_output_repo
@@ -115,6 +116,21 @@ def field_updates(ctx: AppContext, recipe: str, base_model: str | None, image_co
     return [gr.Number(**steps), gr.Number(**lr), gr.Number(**rank), gr.Dropdown(**res), gr.Markdown(**note)]
 
 
+def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resolution: int, prior: bool,
+                  base_model: str | None) -> Estimate:  # fmt: skip
+    """The estimate for the form's values, from this Space's (this machine's) finished runs that match when there
+    are any (``scheduler.stored.past_runs`` of the worker's last read of the queue: no request), else the built-in
+    figures. Batch size and text encoder are the recipe's fixed values, else the trainer's defaults."""
+    info = ctx.recipes.get(recipe)
+    fixed = dict(info.fixed_params) if info else {}
+    batch, text_encoder = fixed.get("batch_size", 1), fixed.get("train_text_encoder", False)
+    history = past_runs(ctx.worker.status.snapshot().tasks)
+    return estimate(steps, hardware, recipe=recipe, resolution=resolution, prior_preservation=prior,
+                    train_text_encoder=bool(text_encoder), base_model=base_model,
+                    batch_size=batch if isinstance(batch, int) and not isinstance(batch, bool) else 1,
+                    history=history)  # fmt: skip
+
+
 def recipe_choices(ctx: AppContext) -> list[tuple[str, str]]:
     """(label, name) of the catalog's recipes, the default one first."""
     first = default_recipe(ctx.recipes)
@@ -190,7 +206,7 @@ def build_form(ctx: AppContext) -> FormParts:
                 min_width=240,
             )
             private = gr.Checkbox(label="Private repo", value=True, min_width=120)
-        estimate_md = gr.Markdown()
+        estimate_md = gr.Markdown(elem_id="estimate")
         with gr.Row():
             submit_button = gr.Button("Train", variant="primary")
             again = gr.Button("Queue it again", variant="secondary", visible=False, elem_id="queue-again")
@@ -211,8 +227,8 @@ def build_form(ctx: AppContext) -> FormParts:
     def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str) -> str:
         where = local_hardware(device) if device is not None else (flavor or s.train_hardware)
         try:
-            est = estimate(int(n_steps or 0), where, recipe=name, resolution=int(res or 512),
-                           prior_preservation=bool((klass or "").strip()), base_model=model)  # fmt: skip
+            prior = bool((klass or "").strip())
+            est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model)
         except (TypeError, ValueError):
             return ""
         return describe(est, ctx.local, device)
@@ -224,7 +240,10 @@ def build_form(ctx: AppContext) -> FormParts:
     est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model]
     for comp in est_inputs:
         comp.change(on_estimate, est_inputs, estimate_md, api_visibility="private", show_progress="hidden")
-    estimate_md.value = on_estimate(steps.value, hardware.value, first_recipe, resolution.value, "", first_model)
+    initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model)
+    estimate_md.value = on_estimate(*initial)
+    # Again at each page load: the runs finished since the app started change it.
+    gr.on(None, lambda: on_estimate(*initial), None, estimate_md, api_visibility="private", show_progress="hidden")
 
     def values_of(instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private) -> dict[str, Any]:  # fmt: skip
         return {

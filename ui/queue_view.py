@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -17,6 +17,7 @@ from typing import Any
 
 import gradio as gr
 
+from scheduler.billing import GpuPeriod, task_cost_usd
 from scheduler.flavors import FLAVORS
 from scheduler.queue.base import QueueError
 from scheduler.settings import DEFAULT_ENDPOINT
@@ -72,8 +73,16 @@ def duration_s(task: Task, now: float) -> float | None:
     return max(0.0, end - task.started_at)
 
 
-def cost_usd(task: Task, now: float, local: bool) -> float:
-    """Training time times the hourly price of the task's hardware (0 in local mode)."""
+def cost_usd(task: Task, now: float, local: bool, periods: Sequence[GpuPeriod] = ()) -> float:
+    """The task's share of the GPU time billed in the periods it was trained in (``scheduler.billing``: from the GPU
+    request to the release, shared in proportion to the time each task held the GPU; a running task's open period
+    counts up to ``now``). A task that no period names (trained before periods were recorded, or the record was
+    lost): its training time times the hourly price of its hardware. 0 in local mode."""
+    if local:
+        return 0.0
+    share = task_cost_usd(task.id, periods, now)
+    if share is not None:
+        return share
     seconds = duration_s(task, now)
     flavor = FLAVORS.get(task.hardware)
     if local or seconds is None or flavor is None:
@@ -117,8 +126,11 @@ def note_text(task: Task) -> str:
     return note if len(note) <= MAX_NOTE_CHARS else note[: MAX_NOTE_CHARS - 1] + "…"
 
 
-def rows(tasks: list[Task], local: bool, now: float | None = None) -> list[list[str]]:
-    """Plain-text cells of each task (the Result cell as its URL or folder), newest first."""
+def rows(
+    tasks: list[Task], local: bool, now: float | None = None, periods: Sequence[GpuPeriod] = ()
+) -> list[list[str]]:
+    """Plain-text cells of each task (the Result cell as its URL or folder), newest first; the cost from the GPU
+    ``periods`` (see ``cost_usd``)."""
     now = time.time() if now is None else now
     out = []
     for t in sorted(tasks, key=lambda t: t.created_at, reverse=True):
@@ -126,7 +138,7 @@ def rows(tasks: list[Task], local: bool, now: float | None = None) -> list[list[
         out.append([
             t.id, status_cell(t), t.instance_prompt, f"{t.attempts}/{t.max_attempts}", submitted, hardware_cell(t, local),
             format_duration(duration_s(t, now)) if t.started_at else "-",
-            "free" if local else f"${cost_usd(t, now, local):.2f}",
+            "free" if local else f"${cost_usd(t, now, local, periods):.2f}",
             t.result_url or "", note_text(t),
         ])  # fmt: skip
     return out
@@ -136,15 +148,16 @@ CELL_CLASSES = ["q-id", "q-status", "q-prompt", "q-tries", "q-submitted", "q-har
 RESULT = HEADERS.index("Result")
 
 
-def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT, now: float | None = None) -> str:
+def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT, now: float | None = None,
+               periods: Sequence[GpuPeriod] = ()) -> str:  # fmt: skip
     """The queue as an HTML table, newest first. Every value is escaped (prompts and notes are user input); only
-    Hub URLs become links."""
+    Hub URLs become links. Costs come from the GPU ``periods`` (see ``cost_usd``)."""
     if not tasks:
         return EMPTY_HTML
     ordered = sorted(tasks, key=lambda t: t.created_at, reverse=True)
     head = "".join(f'<th scope="col">{escape(h)}</th>' for h in HEADERS)
     body = []
-    for task, cells in zip(ordered, rows(tasks, local, now), strict=True):
+    for task, cells in zip(ordered, rows(tasks, local, now, periods), strict=True):
         tds = []
         for i, (header, cls, value) in enumerate(zip(HEADERS, CELL_CLASSES, cells, strict=True)):
             html = result_cell(task, endpoint) if i == RESULT else escape(value)
@@ -217,7 +230,8 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
 def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_ids: list[str]) -> tuple[Any, Any]:
     """New table value, and new task choices only when the set of tasks changed (keeps an open dropdown still)."""
     ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
-    table = table_html(tasks, ctx.local, ctx.settings.hf_endpoint)
+    periods = ctx.worker.status.periods() if ctx.worker is not None and not ctx.local else []
+    table = table_html(tasks, ctx.local, ctx.settings.hf_endpoint, periods=periods)
     if ids == known_ids:
         return table, gr.skip()
     return table, gr.Dropdown(choices=ids, value=current_pick if current_pick in ids else None)

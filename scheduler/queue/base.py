@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scheduler.task import Task
+from scheduler.billing import GpuPeriod
+from scheduler.task import RunRecord, Task
 
 
 class QueueError(Exception):
@@ -49,12 +50,17 @@ class TaskQueue(ABC):
     def get(self, task_id: str) -> Task:
         """One task by id."""
 
+    def list_with_billing(self) -> tuple[list[Task], list[GpuPeriod]]:
+        """``list()`` and the recorded GPU periods (``scheduler.billing``), from one read of the queue."""
+        return self.list(), []
+
     @abstractmethod
-    def claim(self, task_id: str, holder: str, lease_s: float) -> Task | None:
+    def claim(self, task_id: str, holder: str, lease_s: float, bill_to: str | None = None) -> Task | None:
         """PENDING -> RUNNING with attempts+1, started_at and a lease for ``holder``.
 
         Returns None when the task is not PENDING any more (someone else won); exactly one of several concurrent
-        claimers gets the task.
+        claimers gets the task. ``bill_to`` (the paid flavor the task trains on) adds the claim to the open GPU
+        period in the same atomic change (a period is opened now when none of that flavor is open).
         """
 
     @abstractmethod
@@ -62,9 +68,20 @@ class TaskQueue(ABC):
         """Renew ``holder``'s lease and optionally store a progress summary. InvalidTransition if not the holder."""
 
     @abstractmethod
-    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
-        """RUNNING (held by ``holder``) -> DONE with ``result_url``; unless the queue keeps photos, the task's photos
-        are removed in the same atomic change (``images.removed`` records it)."""
+    def complete(self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None) -> Task:
+        """RUNNING (held by ``holder``) -> DONE with ``result_url`` and ``run`` (what the run measured; its
+        ``wrapup_s`` ends at this change); unless the queue keeps photos, the task's photos are removed in the same
+        atomic change (``images.removed`` records it)."""
+
+    def open_period(self, hardware: str, requested_at: float) -> GpuPeriod | None:
+        """Record a GPU period on ``hardware`` requested at ``requested_at`` (idempotent: an open one of the same
+        flavor is kept). A queue that records no periods returns None."""
+        return None
+
+    def close_period(self, closed_by: str = "release") -> GpuPeriod | None:
+        """Close the open GPU period now (before the release request, or ``"recovered"`` by a CPU container that
+        found one left open); None when none was open."""
+        return None
 
     @abstractmethod
     def fail(self, task_id: str, holder: str | None, error: str) -> Task:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from scheduler.billing import RECOVERED, RELEASED, Claim, GpuPeriod, open_period, parse_periods
 from scheduler.queue.base import InvalidTransition, QueueError, TaskNotFound, TaskQueue
 from scheduler.stored import IMAGES_DIR as IMAGES_DIR  # re-exported: the queues lay out images/<id>/
 from scheduler.stored import UnreadableTask, unreadable
-from scheduler.task import ImageRef, Lease, MalformedTask, Task, TaskStatus
+from scheduler.task import ImageRef, Lease, MalformedTask, RunRecord, Task, TaskStatus
 
 R = TypeVar("R")
 
@@ -27,6 +28,7 @@ QUEUE_FILE = "queue.json"
 CHECKPOINTS_DIR = "checkpoints"  # the trainer's resumable state, mirrored next to the queue (see scheduler.worker)
 FORMAT_VERSION = 1
 RECENT_OPS_KEPT = 200
+PERIODS_KEPT = 500  # GPU periods kept (the oldest go first; a task of a dropped period falls back to its own time)
 ABOUT = (
     "Task queue of a self-upgrading DreamBooth Space. Every change is a compare-and-swap commit made by the app; "
     "edit by hand only while the Space is paused."
@@ -36,12 +38,16 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".
 
 @dataclass
 class QueueDoc:
-    """The parsed queue file: tasks in submission order, plus the ids of the latest operations
-    (used to tell whether a write whose answer was lost did land)."""
+    """The parsed queue file: tasks in submission order, the GPU periods (``scheduler.billing``), plus the ids of
+    the latest operations (used to tell whether a write whose answer was lost did land).
+
+    Format 1 without a ``billing`` key (files written before GPU periods were recorded) reads as no period."""
 
     tasks: list[Task] = field(default_factory=list)
     recent_ops: list[str] = field(default_factory=list)
     revision: str | None = None  # the commit this document was read at (Hub only; not stored in the file)
+    billing: list[GpuPeriod] = field(default_factory=list)
+    unreadable_billing: list[Any] = field(default_factory=list)  # stored entries that are not periods, kept as is
 
     def find(self, task_id: str) -> Task | None:
         return next((t for t in self.tasks if t.id == task_id), None)
@@ -57,6 +63,7 @@ class QueueDoc:
             "format": FORMAT_VERSION,
             "about": ABOUT,
             "tasks": [t.raw if isinstance(t, UnreadableTask) else t.to_dict() for t in self.tasks],
+            "billing": [p.to_dict() for p in self.billing[-PERIODS_KEPT:]] + self.unreadable_billing,
             "recent_ops": self.recent_ops[-RECENT_OPS_KEPT:],
         }
         return json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n"
@@ -79,7 +86,13 @@ class QueueDoc:
             except MalformedTask as exc:
                 tasks.append(unreadable(entry, index, str(exc)))
         ops = data.get("recent_ops", [])
-        return cls(tasks=tasks, recent_ops=[op for op in ops if isinstance(op, str)] if isinstance(ops, list) else [])
+        billing, skipped = parse_periods(data.get("billing"))
+        return cls(
+            tasks=tasks,
+            recent_ops=[op for op in ops if isinstance(op, str)] if isinstance(ops, list) else [],
+            billing=billing,
+            unreadable_billing=skipped,
+        )
 
 
 def new_op_id() -> str:
@@ -108,7 +121,10 @@ def op_enqueue(doc: QueueDoc, task: Task, images: ImageRef, now: float) -> Task:
     return stored
 
 
-def op_claim(doc: QueueDoc, task_id: str, holder: str, lease_s: float, now: float) -> Task | None:
+def op_claim(
+    doc: QueueDoc, task_id: str, holder: str, lease_s: float, now: float, bill_to: str | None = None
+) -> Task | None:
+    """PENDING -> RUNNING; with ``bill_to`` (the paid flavor it trains on) the claim joins the open GPU period."""
     task = doc.require(task_id)
     if task.status is TaskStatus.RUNNING and task.lease is not None and task.lease.holder == holder:
         return task  # already ours: a claim repeated after an answer was lost
@@ -125,6 +141,12 @@ def op_claim(doc: QueueDoc, task_id: str, holder: str, lease_s: float, now: floa
     task.note = None
     if doc.revision and task.images is not None and task.images.repo_id and not task.images.revision:
         task.images.revision = doc.revision  # pin the images to a commit that contains them
+    if bill_to is not None:
+        period = open_period(doc.billing)
+        if period is None or period.hardware != bill_to:
+            # The record of the GPU request is missing (its commit was lost) or names another flavor: bill from now.
+            period = op_open_period(doc, bill_to, now)
+        period.claims.append(Claim(task_id, now))
     return task
 
 
@@ -148,7 +170,10 @@ def op_heartbeat(doc: QueueDoc, task_id: str, holder: str, lease_s: float, progr
     return task
 
 
-def op_complete(doc: QueueDoc, task_id: str, holder: str, result_url: str, now: float) -> Task:
+def op_complete(
+    doc: QueueDoc, task_id: str, holder: str, result_url: str, now: float, run: RunRecord | None = None
+) -> Task:
+    """RUNNING -> DONE; ``run`` (what the run measured) is stored with its ``wrapup_s`` measured up to ``now``."""
     task = doc.require(task_id)
     if task.status is TaskStatus.DONE and task.result_url == result_url:
         return task  # idempotent: a repeated completion changes nothing
@@ -158,6 +183,8 @@ def op_complete(doc: QueueDoc, task_id: str, holder: str, result_url: str, now: 
     task.lease = None
     task.finished_at = now
     task.updated_at = now
+    if run is not None:
+        task.run = run.completed(now)
     return task
 
 
@@ -264,6 +291,36 @@ def op_set_note(doc: QueueDoc, task_id: str, note: str | None, now: float) -> Ta
     return task
 
 
+def op_open_period(doc: QueueDoc, hardware: str, requested_at: float) -> GpuPeriod:
+    """Record that ``hardware`` was requested at ``requested_at``. Idempotent: an open period of the same flavor is
+    kept (its start moved back to ``requested_at`` if that is earlier); one of another flavor (a move to a bigger
+    GPU) is closed at ``requested_at`` first."""
+    period = open_period(doc.billing)
+    if period is not None and period.hardware == hardware:
+        period.requested_at = min(period.requested_at, requested_at)
+        return period
+    if period is not None:
+        period.released_at, period.closed_by = max(requested_at, period.requested_at), RELEASED
+    period = GpuPeriod(hardware=hardware, requested_at=requested_at)
+    doc.billing.append(period)
+    return period
+
+
+def op_close_period(doc: QueueDoc, now: float, closed_by: str = RELEASED) -> GpuPeriod | None:
+    """Close the open GPU period at ``now`` (None when none is open). On a release, the task that finished last in
+    it gets ``run.release_s`` (its completion -> now); a recovered period's end is a guess, so nothing is measured."""
+    period = open_period(doc.billing)
+    if period is None:
+        return None
+    period.released_at, period.closed_by = max(now, period.requested_at), closed_by
+    last = max(period.claims, key=lambda c: c.at, default=None)
+    task = doc.find(last.task_id) if last is not None else None
+    if closed_by != RECOVERED and task is not None and task.status is TaskStatus.DONE and task.run is not None:
+        if task.finished_at is not None and task.finished_at >= last.at:
+            task.run.release_s = round(max(0.0, now - task.finished_at), 3)
+    return period
+
+
 def op_mark_photos_removed(task: Task) -> Task:
     """Record on a DONE task that its photos left the queue (the count stays, for the record)."""
     if task.status is TaskStatus.DONE and task.images is not None and not task.images.removed:
@@ -300,9 +357,11 @@ class DocumentQueue(TaskQueue):
         self.vet = vet
         self.keep_photos = keep_photos
 
-    def _done_removing_photos(self, task_id: str, holder: str, result_url: str) -> Callable[[QueueDoc], Task]:
+    def _done_removing_photos(
+        self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None
+    ) -> Callable[[QueueDoc], Task]:
         """The edit of ``complete`` when photos go: DONE, and ``images.removed`` recorded in the same change."""
-        return lambda doc: op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock()))
+        return lambda doc: op_mark_photos_removed(op_complete(doc, task_id, holder, result_url, self._clock(), run))
 
     def _problem(self, task: Task) -> str | None:
         if isinstance(task, UnreadableTask):
@@ -320,23 +379,40 @@ class DocumentQueue(TaskQueue):
     def list(self) -> list[Task]:
         return sorted(self._read().tasks, key=lambda t: t.created_at)
 
+    def list_with_billing(self) -> tuple[list[Task], list[GpuPeriod]]:
+        doc = self._read()
+        return sorted(doc.tasks, key=lambda t: t.created_at), doc.billing
+
+    def open_period(self, hardware: str, requested_at: float) -> GpuPeriod | None:
+        def edit(doc: QueueDoc) -> GpuPeriod:
+            return op_open_period(doc, hardware, requested_at)
+
+        return self._transact(edit, f"GPU period on {hardware} opens")
+
+    def close_period(self, closed_by: str = RELEASED) -> GpuPeriod | None:
+        if open_period(self._read().billing) is None:
+            return None  # the common case costs a read, not a write
+        return self._transact(lambda doc: op_close_period(doc, self._clock(), closed_by), "GPU period closes")
+
     def get(self, task_id: str) -> Task:
         return self._read().require(task_id)
 
-    def claim(self, task_id: str, holder: str, lease_s: float) -> Task | None:
+    def claim(self, task_id: str, holder: str, lease_s: float, bill_to: str | None = None) -> Task | None:
         def edit(doc: QueueDoc) -> Task | None:
             problem = self._problem(doc.require(task_id))
             if problem:
                 raise InvalidTransition(f"Task {task_id} was rejected: {problem}.")
-            return op_claim(doc, task_id, holder, lease_s, self._clock())
+            return op_claim(doc, task_id, holder, lease_s, self._clock(), bill_to)
 
         return self._transact(edit, f"Claim task {task_id}")
 
     def heartbeat(self, task_id: str, holder: str, lease_s: float, progress: dict[str, Any] | None = None) -> Task:
         return self._transact(lambda doc: op_heartbeat(doc, task_id, holder, lease_s, progress, self._clock()), f"Heartbeat task {task_id}")
 
-    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
-        return self._transact(lambda doc: op_complete(doc, task_id, holder, result_url, self._clock()), f"Complete task {task_id}")
+    def complete(self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None) -> Task:
+        return self._transact(
+            lambda doc: op_complete(doc, task_id, holder, result_url, self._clock(), run), f"Complete task {task_id}"
+        )
 
     def fail(self, task_id: str, holder: str | None, error: str) -> Task:
         return self._transact(lambda doc: op_fail(doc, task_id, holder, error, self._clock()), f"Fail task {task_id}")

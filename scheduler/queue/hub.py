@@ -2,7 +2,8 @@
 
 Layout of the dataset repo::
 
-    queue.json                 every task, pretty-printed JSON (readable in the Hub's file viewer)
+    queue.json                 every task (with the run record of each finished one) and the GPU periods
+                               (``scheduler.billing``), pretty-printed JSON (readable in the Hub's file viewer)
     images/<task id>/NNN.ext   the training images of each task, committed together with the task; removed in the
                                commit that marks the task DONE unless ``keep_photos`` (they stay in the history
                                until ``squash_history``)
@@ -57,7 +58,7 @@ from scheduler.queue.document import (
 )
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
 from scheduler.stored import hub_images_problem, images_folder, is_safe_task_id
-from scheduler.task import ImageRef, Task, TaskStatus
+from scheduler.task import ImageRef, RunRecord, Task, TaskStatus
 
 CONFLICT_STATUSES = frozenset({409, 412})
 
@@ -283,12 +284,13 @@ class HubQueue(DocumentQueue):
 
         return self._transact(edit, f"Delete task {task_id} with its images and checkpoints", delete_folders=present)
 
-    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
-        """DONE; unless ``keep_photos``, the same commit deletes ``images/<id>/`` and records ``images.removed``."""
+    def complete(self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None) -> Task:
+        """DONE (with ``run``); unless ``keep_photos``, the same commit deletes ``images/<id>/`` and records
+        ``images.removed``."""
         if self.keep_photos or not is_safe_task_id(task_id):
-            return super().complete(task_id, holder, result_url)
+            return super().complete(task_id, holder, result_url, run)
         folder = images_folder(task_id)
-        edit = self._done_removing_photos(task_id, holder, result_url)
+        edit = self._done_removing_photos(task_id, holder, result_url, run)
 
         def photos(doc: QueueDoc) -> list[str]:  # enqueue committed them with the task: there when it has any
             task = doc.find(task_id)

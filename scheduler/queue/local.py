@@ -2,7 +2,7 @@
 
 Layout (same ``queue.json`` as on the Hub)::
 
-    <folder>/queue.json          the tasks, pretty-printed JSON
+    <folder>/queue.json          the tasks (and their run records), pretty-printed JSON
     <folder>/images/<task id>/   the training images of each task (removed once it is DONE, unless ``keep_photos``)
     <folder>/.queue.lock         cross-process lock (filelock)
 
@@ -38,7 +38,7 @@ from scheduler.queue.document import (
     op_enqueue,
 )
 from scheduler.stored import is_safe_task_id, local_images_problem
-from scheduler.task import ImageRef, Task
+from scheduler.task import ImageRef, RunRecord, Task
 
 
 class LocalQueue(DocumentQueue):
@@ -134,12 +134,13 @@ class LocalQueue(DocumentQueue):
 
         return self._transact(edit, f"Delete task {task_id}")
 
-    def complete(self, task_id: str, holder: str, result_url: str) -> Task:
-        """DONE; unless ``keep_photos``, ``images/<id>/`` is removed under the lock once the queue file says so."""
+    def complete(self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None) -> Task:
+        """DONE (with ``run``); unless ``keep_photos``, ``images/<id>/`` is removed under the lock once the queue
+        file says so."""
         if self.keep_photos:
-            return super().complete(task_id, holder, result_url)
+            return super().complete(task_id, holder, result_url, run)
 
-        edit = self._done_removing_photos(task_id, holder, result_url)
+        edit = self._done_removing_photos(task_id, holder, result_url, run)
         return self._transact(edit, f"Complete task {task_id}", after=lambda: self._remove_own(task_id, IMAGES_DIR))
 
     def fetch_images(self, task: Task, dest: Path) -> Path:

@@ -1,5 +1,6 @@
 """The Train form in a real browser (local mode, no GPU): the demo model by default, a base model that cannot be used
-refused with its cause, Train disabled after a queued submit, and a repeat of the same task asked about first.
+refused with its cause, Train disabled after a queued submit, a repeat of the same task asked about first, and an
+estimate from the earlier runs in the queue once there are some.
 
 The app gets no token; its Hub endpoint is the emulator (so a missing base model is a real 404 of the Hub API).
 """
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
+from scheduler.queue.local import LocalQueue
+from scheduler.task import LOCAL_CPU, RunRecord, Task
 from tests.e2e.harness import DESKTOP, app_env, browser, free_port, open_phone_form, run_app, shot, wait_http
 from tests.tiny_models import make_images
-from training.demo import DEMO_LABEL, DEMO_RESOLUTION, DEMO_STEPS
+from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -22,6 +26,19 @@ def queued(workdir) -> list[dict]:
     """The tasks of the app's local queue (none before the first enqueue writes the file)."""
     path = workdir / "data" / "queue" / "queue.json"
     return json.loads(path.read_text())["tasks"] if path.exists() else []
+
+
+def add_earlier_runs(queue_dir, images, speeds: tuple[float, ...]) -> None:
+    """Finished demo-model tasks at 256 px with their run records, as an earlier app would have left them (claimed
+    and completed through the queue; each is held back by a note until claimed, so the running app never takes one)."""
+    queue = LocalQueue(queue_dir)
+    for i, speed in enumerate(speeds):
+        task = queue.enqueue(Task(instance_prompt=f"a photo of zwx{i} cat", submitted_by="earlier", base_model=DEMO_MODEL,
+                                  params={"steps": 100, "resolution": 256}, note="seeded by the test"), images)  # fmt: skip
+        queue.claim(task.id, "earlier-worker", 60)
+        run = RunRecord(flavor=LOCAL_CPU, recipe="dreambooth-lora", base_model=DEMO_MODEL, resolution=256, steps=100,
+                        steps_per_s=speed, startup_s=60.0)  # fmt: skip
+        queue.complete(task.id, "earlier-worker", "/earlier/output", run=run)
 
 
 def set_steps(page, steps: int) -> None:
@@ -52,7 +69,8 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
         expect(page.get_by_text("a Hub model repo id (namespace/name", exact=False)).to_be_visible()
         steps = page.get_by_label("Steps (auto from the photo count; editable)")
         expect(steps).to_have_value(str(DEMO_STEPS))
-        expect(page.get_by_text("of training on this machine (CPU)", exact=False)).to_be_visible()
+        built_in = "of training on this machine (CPU), from the built-in figures"  # no run finished yet
+        expect(page.locator("#estimate")).to_contain_text(built_in)
         page.locator("input[type=file]").first.set_input_files(images)
         expect(page.locator("#photo-preview")).to_be_visible(timeout=30_000)
         page.get_by_label("Instance prompt").fill("a photo of sks dog")
@@ -100,7 +118,27 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
         expect(page.get_by_text(re.compile(r"Task \w+ queued with 3 photos"))).to_be_visible(timeout=30_000)
         shot(page, "form-queued-again")
 
-    tasks = queued(workdir)
+        # Three finished runs like this one in the queue: the estimate is their median, and says so.
+        add_earlier_runs(workdir / "data" / "queue", images, speeds=(2.0, 4.0, 8.0))
+        page.get_by_label("Resolution (px)").click()
+        page.get_by_role("option", name="256", exact=True).click()
+        estimate = page.locator("#estimate")
+        deadline = time.monotonic() + 60
+        while True:  # the worker's next read of the queue brings the runs; each edit recomputes the estimate
+            set_steps(page, 481)
+            set_steps(page, 480)
+            try:
+                expect(estimate).to_contain_text("from 3 earlier runs on this machine", timeout=3_000)
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+        # 480 steps at the median 4 steps/s, plus the median 60 s of start-up.
+        expected = "about 3 min on this machine (CPU) (2 min training + 1 min loading and saving)"
+        expect(estimate).to_contain_text(expected)
+        shot(page, "estimate-from-earlier-runs")
+
+    tasks = [t for t in queued(workdir) if t["submitted_by"] != "earlier"]
     assert len(tasks) == 2 and {t["base_model"] for t in tasks} == {"builtin:demo"}
     assert all(t["params"]["resolution"] == DEMO_RESOLUTION and t["params"]["steps"] == 4 for t in tasks)
     assert {t["output_repo"] for t in tasks} == {"dreambooth-sks-dog"}

@@ -4,7 +4,8 @@ The emulator runs ``app.py`` as the Space ``alice/...`` on cpu-basic (HF_TOKEN s
 signs in (Gradio's local OAuth mock resolves the user through the emulator's whoami), uploads 3 photos and submits
 two tasks while the Space is still on the CPU. The app asks for t4-small once; the emulator restarts it there
 (CUDA is absent, ALLOW_CPU_TRAINING=1 lets the tiny model train on the CPU); both tasks train in that one GPU
-period, upload their LoRA, card and samples; the app asks for cpu-basic once and the emulator moves it back.
+period, upload their LoRA, card and samples; the app asks for cpu-basic once and the emulator moves it back. The
+queue's cost of the two tasks is the GPU time the emulator billed, and each task has its run record.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import uuid
 import pytest
 from huggingface_hub import HfApi
 
+from scheduler.flavors import FLAVORS
 from scheduler.queue import make_queue
 from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
@@ -33,6 +35,7 @@ from tests.e2e.harness import (
 )
 from tests.tiny_models import make_images
 from ui.estimate import auto_steps
+from ui.queue_view import cost_usd
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -206,3 +209,30 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     gpu_end = gpu_periods[-1]["ended_at"]
     for task in tasks:
         assert gpu_start <= task.started_at and task.finished_at <= gpu_end
+
+    # The queue recorded that one GPU period, from the upgrade request to the release request, with both claims.
+    tasks, periods = make_queue(settings).list_with_billing()
+    [period] = periods
+    assert (period.hardware, period.closed_by) == ("t4-small", "release")
+    assert [c.task_id for c in period.claims] == [t.id for t in sorted(tasks, key=lambda t: t.started_at)]
+    # The queue's cost of the two tasks is what the Hub billed for the GPU. The ledger bills t4-small from the
+    # switch (request + SWITCH_DELAY_S) to the end of the switch back (release request + SWITCH_DELAY_S: the old
+    # flavor is billed while a switch is under way), so the two delays cancel and the period's length is the billed
+    # time up to how far each recorded time lies from its request: one runtime read before the upgrade request, one
+    # queue commit and a runtime read before the release request (well under a second on the emulator; 2 s allows
+    # for two loaded cores).
+    billed_s = hub.billed_seconds(repo)["t4-small"]
+    price_per_s = FLAVORS["t4-small"].usd_per_hour / 3600
+    costs = [cost_usd(t, time.time(), False, periods) for t in tasks]
+    assert sum(costs) == pytest.approx(period.seconds(time.time()) * price_per_s)
+    assert sum(costs) == pytest.approx(billed_s * price_per_s, abs=2.0 * price_per_s), (period, billed_s)
+    assert all(c > 0 for c in costs)
+    # Each task's run record: the speed it measured, its start-up and wrap-up; the first one also the switch to the
+    # GPU, the last one the wait for the release.
+    first, last = sorted(tasks, key=lambda t: t.started_at)
+    for task in (first, last):
+        run = task.run
+        assert run is not None and run.flavor == "t4-small" and run.steps_per_s and run.steps == 4
+        assert run.startup_s is not None and run.startup_s >= 0 and run.wrapup_s is not None and run.wrapup_s > 0
+    assert SWITCH_DELAY_S - 1 <= first.run.switch_s <= SWITCH_DELAY_S + 30 and last.run.switch_s is None
+    assert last.run.release_s is not None and first.run.release_s is None
