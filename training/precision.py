@@ -1,4 +1,6 @@
-"""Mixed precision and memory policy: which dtype, and whether gradient checkpointing / 8-bit Adam are needed."""
+"""Mixed precision and memory policy: which dtype, and whether gradient checkpointing / 8-bit Adam are needed.
+
+The memory policy reads the fake-CUDA estimator's table (``training.memory``, torch-free lookup)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ def has_real_bf16(device: torch.device) -> bool:
 
 
 def resolve_mixed_precision(requested: str, device: torch.device) -> str:
-    """"no", "fp16" or "bf16" for this device: fp32 on CPU, bf16 where it is real, fp16 otherwise."""
+    """ "no", "fp16" or "bf16" for this device: fp32 on CPU, bf16 where it is real, fp16 otherwise."""
     if device.type != "cuda":
         return "no"
     if requested == "auto":
@@ -38,6 +40,9 @@ class MemoryPlan:
     use_8bit_adam: bool
     estimate_gib: float
     budget_gib: float | None
+    #: where ``estimate_gib`` comes from: "table" (``training/memory_table.json``, the fake-CUDA estimator's) or
+    #: "formula" (the rough scaling below, for configurations the table does not cover)
+    source: str = "formula"
 
 
 def device_budget_gib(device: torch.device, requested: float | None) -> float | None:
@@ -47,6 +52,10 @@ def device_budget_gib(device: torch.device, requested: float | None) -> float | 
     if device.type != "cuda":
         return None
     return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+#: bytes per trainable parameter beyond the table's rank-4 rows: fp32 weight + fp32 gradient + Adam state
+_TRAIN_BYTES = {False: 4 + 4 + 8, True: 4 + 4 + 2}
 
 
 def plan_memory(
@@ -61,21 +70,82 @@ def plan_memory(
     gradient_checkpointing: bool | str,
     use_8bit_adam: bool | str,
     budget_gib: float | None,
+    model_shape: str | None = None,
+    recipe: str | None = None,
+    prior_preservation: bool | None = None,
+    train_text_encoder: bool | None = None,
+    batch_size: int | None = None,
 ) -> MemoryPlan:
-    """Decide "auto" gradient checkpointing and 8-bit Adam from a rough peak-memory estimate.
+    """Decide "auto" gradient checkpointing and 8-bit Adam from the peak-memory estimate: the first of (as asked,
+    + gradient checkpointing, + 8-bit Adam) whose estimate fits ``training.memory.usable_allocated_gib(budget)``.
 
-    Activation memory is scaled from measurements of SD 1.5 at 512 px (about 2 GiB per sample in half precision),
-    proportional to UNet size and latent area; gradient checkpointing keeps about a quarter of it.
-    """
+    The estimate is the table's (``training.memory.lookup``: the trainer's phases run on fake CUDA tensors, an
+    instant lookup) when the configuration has a row: the model shape is recognised by its UNet size, the recipe
+    (full fine-tune when every UNet weight trains) and the text encoder (its weights among the trained modules')
+    from the parameter counts, unless given. With ``samples_per_step`` and no ``batch_size``/``prior_preservation``
+    the larger of "batch of that many" and "half as many with prior preservation" is used. Extra trainable
+    parameters over the table's rank-4 LoRA are added at their weight + gradient + optimizer bytes. A live fake
+    estimate at trainer start (``python -m training.memory --model DIR``) would cost 10-40 s of GPU-machine time
+    per task, so it is not run here. Otherwise (another shape, a custom recipe, fp32) the rough formula below."""
+    from training import memory
+
+    gc, adam8 = gradient_checkpointing, use_8bit_adam
+    # the table holds half-precision runs (fp16 and bf16 take the same memory); fp32 runs use the formula
+    shape = (model_shape or memory.shape_for_unet_params(unet_params)) if weight_bytes == 2 else None
+    full = trainable_params >= 0.9 * unet_params
+    recipe = recipe or ("dreambooth-full" if full else "dreambooth-lora")
+    if train_text_encoder is None:
+        train_text_encoder = frozen_params + trainable_params > 1.02 * unet_params
+    resolution = latent_size * 8  # both SD VAEs scale by 8
+    table = memory.load_table() if shape else {"rows": []}
+
+    def table_gib(with_gc: bool, with_adam8: bool) -> float | None:
+        if not shape:
+            return None
+        layouts = [(batch_size or samples_per_step, bool(prior_preservation))]
+        if batch_size is None and prior_preservation is None and samples_per_step % 2 == 0:
+            layouts.append((samples_per_step // 2, True))
+        found = [memory.lookup(shape, recipe, resolution, b, pr, train_text_encoder, with_gc, with_adam8, table=table)
+                 for b, pr in layouts]  # fmt: skip
+        if any(g is None for g in found):
+            return None
+        row = memory.table_row(shape, recipe, table=table, train_text_encoder=train_text_encoder)
+        extra = (trainable_params - row["trainable_params"]) * _TRAIN_BYTES[with_adam8] / 2**30 if row else 0.0
+        return max(found) + max(extra, 0.0)  # type: ignore[type-var]
+
+    if table_gib(False, False) is None:
+        return _formula_plan(frozen_params, trainable_params, unet_params, latent_size, samples_per_step,
+                             weight_bytes, gc, adam8, budget_gib)  # fmt: skip
+    if budget_gib is None:  # CPU: nothing to save
+        return MemoryPlan(gc is True, adam8 is True, table_gib(gc is True, adam8 is True), None, "table")  # type: ignore[arg-type]
+    usable = memory.usable_allocated_gib(budget_gib)
+    tries = [(gc is True, adam8 is True)]
+    if gc == "auto":
+        tries.append((True, tries[-1][1]))
+    if adam8 == "auto":
+        tries.append((tries[-1][0], True))
+    for with_gc, with_adam8 in tries:
+        gib = table_gib(with_gc, with_adam8)
+        if gib is not None and gib <= usable:
+            return MemoryPlan(with_gc, with_adam8, gib, budget_gib, "table")
+    with_gc, with_adam8 = tries[-1]
+    gib = table_gib(with_gc, with_adam8)
+    log.warning("the estimated peak GPU memory (%.1f GiB) exceeds what %.1f GiB leaves for training (%.1f GiB)",
+                gib, budget_gib, usable)  # fmt: skip
+    return MemoryPlan(with_gc, with_adam8, gib, budget_gib, "table")  # type: ignore[arg-type]
+
+
+def _formula_plan(frozen_params, trainable_params, unet_params, latent_size, samples_per_step, weight_bytes, gc,
+                  adam8, budget_gib) -> MemoryPlan:  # fmt: skip
+    """The rough estimate for configurations the table does not cover: activations scaled from SD 1.5 at 512 px
+    (about 2 GiB per sample in half precision), proportional to UNet size and latent area; gradient checkpointing
+    keeps about a quarter of them."""
     gib = 2**30
     act_per_sample = 2.0 * (unet_params / 860e6) * (latent_size / 64) ** 2 * (weight_bytes / 2)
     weights = frozen_params * weight_bytes / gib
     train_state_adam = trainable_params * (4 + 4 + 8) / gib
     train_state_8bit = trainable_params * (4 + 4 + 2) / gib
     activations = act_per_sample * samples_per_step
-
-    gc = gradient_checkpointing
-    adam8 = use_8bit_adam
     if budget_gib is None:  # CPU: nothing to save, keep it simple and fast
         return MemoryPlan(gc is True, adam8 is True, weights + train_state_adam + activations, None)
     usable = 0.85 * budget_gib

@@ -235,8 +235,6 @@ class DreamBoothRecipe(Recipe):
         # 7. train
         prog.phase("training")
         prog.start_bar(steps, initial=start)
-        scaling = comps.vae.config.scaling_factor
-        shift = getattr(comps.vae.config, "shift_factor", None) or 0.0
         world, rank, bs = acc.num_processes, acc.process_index, p.batch_size
         log_every = p.log_every or (1 if steps <= 100 else 10)
         # The Hub mirror is a commit to the queue repo: at most about four per run (plus the final one and a stop).
@@ -254,34 +252,9 @@ class DreamBoothRecipe(Recipe):
                 batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, sched.config.num_train_timesteps)
                 if device.type == "cuda":  # pinned: the copies below then never wait for the GPU queue to drain
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                latents = (batch["latents"].to(device, non_blocking=True) - shift) * scaling
-                noise = batch["noise"].to(device, non_blocking=True)
-                timesteps = batch["timesteps"].to(device, non_blocking=True)
-                noisy = sched.add_noise(latents, noise, timesteps)
-                with autocast:
-                    embeds, pooled = self._conditioning(comps, wrapped, inst_cond, cls_cond, bs, device, train_te)
-                    kwargs = {}
-                    if comps.is_sdxl:
-                        kwargs["added_cond_kwargs"] = {
-                            "text_embeds": pooled,
-                            "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
-                        }
-                    pred = unet(noisy.to(comps.unet.dtype), timesteps, embeds, **kwargs).sample
-                if comps.prediction_type == "v_prediction":
-                    target = sched.get_velocity(latents, noise, timesteps)
-                else:
-                    target = noise
-                loss = self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, class_images != [])
-                scaler = self.scaler
-                (scaler.scale(loss) if scaler else loss).backward()
-                if scaler:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                loss = self._step_loss(comps, unet, wrapped, batch, inst_cond, cls_cond, device, alphas, autocast, p,
+                                       prior=class_images != [])  # fmt: skip
+                optimizer_step(loss, optimizer, params, self.scaler, device)
                 lr_sched.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -404,6 +377,31 @@ class DreamBoothRecipe(Recipe):
             "timesteps": torch.tensor(ts, dtype=torch.long),
             "time_ids": torch.stack(tids),
         }
+
+    def _step_loss(self, comps: Components, unet, modules, batch: dict[str, torch.Tensor], inst_cond: TextCond,
+                   cls_cond: TextCond | None, device: torch.device, alphas: torch.Tensor, autocast, p,
+                   *, prior: bool) -> torch.Tensor:  # fmt: skip
+        """The loss of one batch (from ``_make_batch``): scaled latents noised at the batch's timesteps, the UNet's
+        prediction under ``autocast`` and the recipe's loss against the scheduler's target. ``training.memory``
+        runs this very step on fake CUDA tensors."""
+        sched, vae_config = comps.noise_scheduler, comps.vae.config
+        scaling, shift = vae_config.scaling_factor, getattr(vae_config, "shift_factor", None) or 0.0
+        bs = p.batch_size
+        latents = (batch["latents"].to(device, non_blocking=True) - shift) * scaling
+        noise = batch["noise"].to(device, non_blocking=True)
+        timesteps = batch["timesteps"].to(device, non_blocking=True)
+        noisy = sched.add_noise(latents, noise, timesteps)
+        with autocast:
+            embeds, pooled = self._conditioning(comps, modules, inst_cond, cls_cond, bs, device, p.train_text_encoder)
+            kwargs = {}
+            if comps.is_sdxl:
+                kwargs["added_cond_kwargs"] = {
+                    "text_embeds": pooled,
+                    "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
+                }
+            pred = unet(noisy.to(comps.unet.dtype), timesteps, embeds, **kwargs).sample
+        target = sched.get_velocity(latents, noise, timesteps) if comps.prediction_type == "v_prediction" else noise
+        return self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, prior)
 
     def _loss(self, pred, target, timesteps, alphas, bs, comps, p, prior: bool) -> torch.Tensor:
         per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
@@ -590,6 +588,20 @@ def _peak_mem_gib(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
     except Exception:  # noqa: BLE001
         return 0.0
+
+
+def optimizer_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], scaler, device: torch.device) -> None:
+    """Backward (through the fp16 loss scaler when there is one), unscale, clip the gradient norm to 1, step.
+    Gradients stay until the caller's ``zero_grad``."""
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=device.type == "cuda")
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def _free_memory() -> None:
