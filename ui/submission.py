@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import submission_warnings, validate_submission
-from training.base_check import check_base_model
+from training.base_check import Probe, probe_base_model
 from ui.auth import is_owner
 from ui.context import AppContext
 from ui.duplicates import submission_fingerprint
 from ui.estimate import hardware_label
+from ui.fit_check import check_fit
 from ui.limits import output_repo_problem, user_limit_problem
 from ui.local_device import local_device
 from ui.output_names import OutputChoice, choose_output_repo
@@ -131,22 +132,24 @@ def nothing_queued(problems: list[str]) -> str:
     return "**Nothing was queued. Please fix:**\n" + "\n".join(f"- {p}" for p in problems)
 
 
-def base_model_answer(ctx: AppContext, base_model: str) -> str | None:
-    """The answer when the base model cannot be used (one or two Hub calls, no weights), else None."""
+def base_model_answer(ctx: AppContext, base_model: str) -> tuple[str | None, Probe | None]:
+    """The answer when the base model cannot be used (one or two Hub calls, no weights), else None; and what the
+    check found (its ``model_index.json`` and file list, for ``ui.fit_check``)."""
     s = ctx.settings
     try:
-        problem = check_base_model(base_model, token=s.hf_token, endpoint=s.hf_endpoint)
+        probe = probe_base_model(base_model, token=s.hf_token, endpoint=s.hf_endpoint)
     except Exception as exc:  # noqa: BLE001 - an unclassified failure is still "could not check", never a crash
         return (f"**Nothing was queued.** The base model {base_model!r} could not be checked "
-                f"({type(exc).__name__}: {exc}); try again.")  # fmt: skip
+                f"({type(exc).__name__}: {exc}); try again."), None  # fmt: skip
+    problem = probe.problem
     if problem is None:
-        return None
+        return None, probe
     message = (problem.message[:1].upper() + problem.message[1:]).rstrip(".")
     if problem.retryable:
         advice = "" if "try again" in message.lower() else " Try again."
     else:
         advice = "" if "submit again" in message else " Choose another base model, or fix this one and submit again."
-    return f"**Nothing was queued.** {message}.{advice}"
+    return f"**Nothing was queued.** {message}.{advice}", probe
 
 
 def output_api(ctx: AppContext) -> tuple[Any, str | None] | str:
@@ -219,9 +222,12 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
         if earlier is not None:
             return SubmitOutcome(duplicate_message(earlier), confirm=True)
 
-    answer = base_model_answer(ctx, values["base_model"])
+    answer, probe = base_model_answer(ctx, values["base_model"])
     if answer:
         return SubmitOutcome(answer)
+    fits = check_fit(build_task(ctx, user, values), probe)
+    if fits.problem:
+        return SubmitOutcome(nothing_queued([fits.problem]))
     choice = pick_output_repo(ctx, user, owner, values, tasks)
     if isinstance(choice, str):
         return SubmitOutcome(nothing_queued([choice]))
@@ -235,7 +241,7 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     ctx.worker.wake()
     if not ctx.local and not busy:  # the answer can tell whether the GPU was granted
         ctx.worker.wait_for_loop(after, WORKER_REPLY_S)
-    notes = [choice.note] if choice.note else []
+    notes = ([choice.note] if choice.note else []) + fits.notes
     notes += [f"**Warning:** {w[:1].upper()}{w[1:]} It was queued anyway: cancel it in the **Queue** tab to add photos."
               for w in submission_warnings(len(images))]  # fmt: skip
     return SubmitOutcome(queued_message(ctx, task, busy) + "".join(f"\n\n{n}" for n in notes), task=task)

@@ -1,0 +1,106 @@
+"""The form refuses a task that cannot fit its GPU flavor (GPU memory, host RAM) before anything is enqueued.
+
+The figures are the committed ones: ``training/memory_table.json`` (the fake-CUDA estimator) and the full-size
+``host_ram`` benchmark records. The submit test uses the real queue on the emulator and the real base-model check
+(its file list decides which loading path, fp16 variant or fp32 files, the host-RAM check looks at).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+from huggingface_hub import HfApi
+
+from scheduler.flavors import FLAVORS
+from scheduler.host_ram import MARGIN, host_ram_gib
+from scheduler.task import Task
+from tests.conftest import ALICE_TOKEN
+from tests.test_form import photos, space_ctx, values
+from tests.tiny_models import add_hub_layout
+from training.base_check import Probe
+from ui.fit_check import FP16_WEIGHTS, FP32_WEIGHTS, check_fit, model_shape
+from ui.submission import submit_task
+
+SDXL_INDEX = {"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+              "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}  # fmt: skip
+
+
+def task(base_model: str, recipe: str = "dreambooth-lora", hardware: str = "t4-small", **params) -> Task:
+    return Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model=base_model, recipe=recipe,
+                hardware=hardware, params=params)  # fmt: skip
+
+
+def sdxl_probe(fp16: bool) -> Probe:
+    files = ["model_index.json", "unet/diffusion_pytorch_model.safetensors"]
+    if fp16:
+        files.append("unet/diffusion_pytorch_model.fp16.safetensors")
+    return Probe("alice/my-xl-finetune", local=False, index=SDXL_INDEX, files=files)
+
+
+def test_the_committed_figures_say_what_the_checks_below_rely_on():
+    # If a re-measurement moves these, the expectations of this file must be revisited (they are data, not code).
+    usable_ram = MARGIN * FLAVORS["t4-small"].ram_gib
+    assert host_ram_gib("sdxl", weights=FP32_WEIGHTS) > usable_ram  # fp32 files: too much for 15 GB
+    assert host_ram_gib("sdxl", weights=FP16_WEIGHTS) < usable_ram
+    assert host_ram_gib("sd15", weights=FP32_WEIGHTS) < usable_ram
+
+
+def test_a_configuration_that_cannot_fit_the_gpu_is_refused_with_the_reason():
+    refused = check_fit(task("stabilityai/stable-diffusion-xl-base-1.0", resolution=1024, prior_preservation=True))
+    assert refused.problem and "Nvidia T4 small" in refused.problem and "GiB" in refused.problem
+    assert "even with gradient checkpointing" in refused.problem and "a GPU with more memory" in refused.problem
+    # the same task on an 80 GB GPU is fine
+    assert check_fit(task("stabilityai/stable-diffusion-xl-base-1.0", hardware="a100-large", resolution=1024,
+                          prior_preservation=True)).problem is None  # fmt: skip
+
+
+def test_a_configuration_that_fits_only_with_memory_savings_is_queued_with_a_note():
+    result = check_fit(task("stable-diffusion-v1-5/stable-diffusion-v1-5", recipe="dreambooth-full", resolution=512))
+    assert result.problem is None
+    assert result.notes and "8-bit Adam" in result.notes[0] and "turns that on by itself" in result.notes[0]
+    plain = check_fit(task("stable-diffusion-v1-5/stable-diffusion-v1-5", resolution=512))
+    assert plain.problem is None and plain.notes == []  # a LoRA at 512 px fits a T4 as it is
+
+
+def test_host_ram_decides_by_the_files_the_trainer_will_read():
+    # SDXL LoRA at 1024 px fits a T4's GPU memory (with the trainer's own checkpointing); the host RAM decides.
+    without_fp16 = check_fit(task("alice/my-xl-finetune", resolution=1024), sdxl_probe(fp16=False))
+    assert without_fp16.problem and "host RAM" in without_fp16.problem and "15 GB" in without_fp16.problem
+    assert "Nvidia T4 medium" in without_fp16.problem  # the first GPU flavor with enough RAM
+    assert check_fit(task("alice/my-xl-finetune", resolution=1024), sdxl_probe(fp16=True)).problem is None
+    assert check_fit(task("alice/my-xl-finetune", hardware="t4-medium", resolution=1024),
+                     sdxl_probe(fp16=False)).problem is None  # fmt: skip
+
+
+def test_models_the_tables_do_not_know_and_cpu_flavors_are_not_checked(tiny_sd):
+    assert model_shape(str(tiny_sd), None) is None
+    assert check_fit(task(str(tiny_sd), recipe="dreambooth-full", resolution=4096)) == check_fit(task(str(tiny_sd)))
+    assert check_fit(task(str(tiny_sd), recipe="dreambooth-full", resolution=4096)).problem is None
+    big = task("stabilityai/stable-diffusion-xl-base-1.0", hardware="cpu-upgrade", resolution=1024, prior_preservation=True)
+    assert check_fit(big).problem is None
+    # an SDXL pipeline with a name that says nothing is recognised by its model_index.json
+    assert model_shape("alice/my-xl-finetune", sdxl_probe(fp16=False)) == "sdxl"
+
+
+def test_submit_refuses_a_model_whose_weights_would_not_fit_the_flavors_ram(hub, tmp_path, tiny_sdxl, monkeypatch):
+    import ui.submission
+
+    monkeypatch.setattr(ui.submission, "WORKER_REPLY_S", 0.1)
+    ctx = space_ctx(hub, tmp_path)
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    plain = f"alice/xl-{uuid.uuid4().hex[:6]}"  # an SDXL pipeline with fp32 files only
+    api.create_repo(plain)
+    api.upload_folder(repo_id=plain, folder_path=str(tiny_sdxl))
+    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=plain, resolution=1024, output_repo="alice/o1"))
+    assert answer.startswith("**Nothing was queued.") and "host RAM" in answer and "Nvidia T4 medium" in answer
+    assert ctx.queue.list() == []
+
+    with_fp16 = f"alice/xl-{uuid.uuid4().hex[:6]}"  # the same with fp16 variant files, as the real SDXL repo has
+    folder = shutil.copytree(tiny_sdxl, tmp_path / "xl-fp16")
+    add_hub_layout(folder, decoys=False)
+    api.create_repo(with_fp16)
+    api.upload_folder(repo_id=with_fp16, folder_path=str(folder))
+    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=with_fp16, resolution=1024, output_repo="alice/o2"))
+    assert "queued" in answer and "Nothing was queued" not in answer
+    assert [t.base_model for t in ctx.queue.list()] == [with_fp16]
