@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakehub.auth import User
-from tests.fakehub.faults import Fault, RequestRecord
+from tests.fakehub.faults import Fault, JobFault, RequestRecord
+from tests.fakehub.jobs import JOB_FLAVORS
 from tests.fakehub.runner import SpaceCommand
 from tests.fakehub.server import Emulator
 from tests.fakehub.spaces import BILLED_STAGES
@@ -46,19 +47,29 @@ class FakeHub:
         body: str | None = None,
         headers: dict | None = None,
         retry_after: float | None = None,
+        probability: float = 1.0,
     ) -> None:
         """Disturb the next ``count`` requests whose method and raw path (no query) match ``path_regex``.
 
         Fail with ``status`` (500 when omitted), or with ``delay_s`` alone only delay them; ``land_then_fail``
-        applies the request and then answers ``status``. ``method="*"`` matches any method.
+        applies the request and then answers ``status``. ``method="*"`` matches any method. ``probability`` < 1:
+        each matching request is hit with that chance only (random 5xx; ``count`` counts the hits).
         """
         headers = dict(headers or {})
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        self.emulator.faults.add(Fault(method, path_regex, status, count, delay_s, land_then_fail, body, headers))
+        self.emulator.faults.add(
+            Fault(method, path_regex, status, count, delay_s, land_then_fail, body, headers, probability)
+        )
 
     def clear_faults(self) -> None:
+        """Drop the pending request faults and Job faults."""
         self.emulator.faults.clear()
+        self.emulator.jobs.faults.clear()
+
+    def seed_faults(self, seed: int) -> None:
+        """Reseed the draws of faults injected with ``probability`` < 1."""
+        self.emulator.faults.seed(seed)
 
     def requests(self, method: str | None = None, path_regex: str | None = None) -> list[RequestRecord]:
         """Requests served so far (``/_emu/`` excluded), optionally filtered by method and path regex."""
@@ -158,6 +169,89 @@ class FakeHub:
             raise ValueError(f"{repo_id} has no runner")
         runner.kill()
 
+    # ------------------------------------------------------------------ Jobs
+    def configure_jobs(
+        self,
+        *,
+        scheduling_s: float | None = None,
+        image_root: Path | None = None,
+        images: Mapping[str, Path] | None = None,
+        flavor_env: Mapping[str, Mapping[str, str]] | None = None,
+        stop_grace_s: float | None = None,
+    ) -> None:
+        """Set how Jobs run (reset after each test): ``scheduling_s`` in SCHEDULING before RUNNING (default
+        0.2); ``image_root`` the working directory of every Job (default this checkout: "the Space's image");
+        ``images`` a directory per image or Space id; ``flavor_env`` env added on a flavor; ``stop_grace_s``
+        between SIGTERM and SIGKILL on cancel (default 2)."""
+        jobs = self.emulator.jobs
+        if scheduling_s is not None:
+            jobs.scheduling_s = scheduling_s
+        if image_root is not None:
+            jobs.image_root = Path(image_root)
+        if images is not None:
+            jobs.images = {k: Path(v) for k, v in images.items()}
+        if flavor_env is not None:
+            jobs.flavor_env = {k: dict(v) for k, v in flavor_env.items()}
+        if stop_grace_s is not None:
+            jobs.stop_grace_s = stop_grace_s
+
+    def inject_job_fault(
+        self,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        skip: int = 0,
+        count: int = 1,
+        at_s: float = 0.0,
+        status: int | None = None,
+        message: str | None = None,
+        exit_code: int = 1,
+    ) -> None:
+        """Hit the Jobs created from now on (see :class:`tests.fakehub.faults.JobFault`): ``kind`` is
+        ``refuse`` (creation answered ``status``, default 402), ``crash`` (killed ``at_s`` after RUNNING, stage
+        ERROR), ``cancel``/``delete`` (stopped from outside at ``at_s``), ``logs_unavailable`` (logs answer
+        ``status``, default 503). Matching: ``namespace``, all ``labels``; skip ``skip`` then hit ``count``."""
+        self.emulator.jobs.faults.add(
+            JobFault(kind, namespace, dict(labels or {}), skip, count, at_s, status, message, exit_code)
+        )
+
+    def jobs(self, namespace: str | None = None) -> list[dict]:
+        """Every Job (of ``namespace``), oldest first, as ``inspect_job`` JSON."""
+        now = time.time()
+        return [j.to_json(now) for j in self.emulator.jobs.all() if namespace in (None, j.namespace)]
+
+    def jobs_ledger(self, namespace: str | None = None) -> list[dict]:
+        """Billed Job periods, one per Job that reached RUNNING: ``{job_id, namespace, flavor, stage, labels,
+        started_at, ended_at, seconds}`` (billed from RUNNING to the end; ``ended_at`` None while it runs)."""
+        return self.emulator.jobs.ledger(namespace)
+
+    def job_billed_seconds(self, namespace: str | None = None) -> dict[str, float]:
+        """Billed Job seconds per flavor (running ones up to now)."""
+        totals: dict[str, float] = {}
+        for p in self.jobs_ledger(namespace):
+            totals[p["flavor"]] = totals.get(p["flavor"], 0.0) + p["seconds"]
+        return totals
+
+    def job_cost_usd(self, namespace: str | None = None) -> float:
+        """What the billed Job time costs at the emulator's list prices (pro rata, not rounded to minutes)."""
+        return sum(s * JOB_FLAVORS[f].usd_per_hour / 3600 for f, s in self.job_billed_seconds(namespace).items())
+
+    def job_log(self, job_id: str) -> str:
+        """Everything the Job's command printed so far (stdout and stderr), plus the start banner."""
+        path = self.root / "jobs" / job_id / "job.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop_jobs(self) -> int:
+        """Kill every Job still alive (stage DELETED); how many there were."""
+        return self.emulator.jobs.stop_all("stopped by the emulator at the end of the test")
+
+    def reset_jobs(self) -> None:
+        """End-of-test clean-up: stop live Jobs, drop Job faults, restore the default Job settings."""
+        self.stop_jobs()
+        self.emulator.jobs.faults.clear()
+        self.emulator.jobs.reset_settings()
+
     # ------------------------------------------------------------------ storage
     def commit_files(
         self,
@@ -232,11 +326,14 @@ def hub(fakehub: FakeHub) -> Iterator[FakeHub]:
     fakehub.clear_faults()
     yield fakehub
     fakehub.clear_faults()
+    fakehub.reset_jobs()
 
 
 @pytest.fixture(autouse=True)
 def _clear_fakehub_faults(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a test that used the emulator, drop the faults it injected."""
+    """After a test that used the emulator, drop the faults it injected and stop the Jobs it left running."""
     yield
     if "fakehub" in request.fixturenames:
-        request.getfixturevalue("fakehub").clear_faults()
+        hub = request.getfixturevalue("fakehub")
+        hub.clear_faults()
+        hub.reset_jobs()

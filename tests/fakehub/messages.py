@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -59,6 +60,8 @@ class Response:
     head_length: int | None = None
     # A body streamed from disk instead of ``body``: (path, offset, length).
     body_file: tuple[Path, int, int] | None = None
+    # A body of unknown length sent chunked as it is produced (server-sent events that follow a Job's logs).
+    stream: Iterator[bytes] | None = None
 
     @classmethod
     def json(cls, data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:

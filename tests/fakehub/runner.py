@@ -32,13 +32,18 @@ class SpaceCommand:
         return {**self.env, **self.hardware_env.get(flavor or "", {})}
 
 
-def space_env(state: SpaceState, endpoint: str, owner_id: str, home: Path, extra: dict[str, str]) -> dict[str, str]:
-    """The environment a Space container gets (never ``SYSTEM=spaces``: see testing-recipes.md)."""
-    env = {
+def clean_env() -> dict[str, str]:
+    """The test process's environment minus what a fresh container would not have (tokens, Space and test vars)."""
+    return {
         k: v
         for k, v in os.environ.items()
         if k not in _NOT_INHERITED and not k.startswith(("SPACE_", "OAUTH_", "PYTEST_"))
     }
+
+
+def space_env(state: SpaceState, endpoint: str, owner_id: str, home: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment a Space container gets (never ``SYSTEM=spaces``: see testing-recipes.md)."""
+    env = clean_env()
     author, name = state.repo_id.split("/")
     cores, memory = RESOURCES.get(state.current or "", (8, "30Gi"))
     env.update(
@@ -125,10 +130,7 @@ class SpaceRunner:
         """SIGKILL the whole process group, as a crashing container would die (the clock then restarts it)."""
         with self._lock:
             if self.process is not None:
-                inside = _descendants(self.process.pid)
-                _signal_group(self.process.pid, signal.SIGKILL)
-                _kill_all(inside)
-                self.process.wait()
+                kill_process_tree(self.process)
 
     def close(self) -> None:
         """Stop the current container for good: no later ``start`` runs anything."""
@@ -140,16 +142,7 @@ class SpaceRunner:
         """SIGTERM the process group, SIGKILL it after the grace period, and close the log."""
         with self._lock:
             if self.process is not None:
-                pid = self.process.pid
-                inside = _descendants(pid)  # before SIGTERM: an exiting app re-parents its children to init
-                _signal_group(pid, signal.SIGTERM)
-                try:
-                    self.process.wait(timeout=self.spec.stop_grace_s)
-                except subprocess.TimeoutExpired:
-                    pass
-                _signal_group(pid, signal.SIGKILL)  # also any child left in the group
-                _kill_all(inside | _descendants(pid))  # and those in sessions of their own (the trainer)
-                self.process.wait()
+                stop_process_tree(self.process, self.spec.stop_grace_s)
                 self.process = None
             self.container = None
             if self._log_file is not None:
@@ -158,6 +151,29 @@ class SpaceRunner:
 
     def logs(self) -> list[Path]:
         return sorted(self.log_dir.glob("container-*.log"))
+
+
+def stop_process_tree(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM ``process``'s group, SIGKILL it after ``grace_s``, then every process left below it (a container
+    stopping takes everything in it, even children in sessions of their own)."""
+    pid = process.pid
+    inside = _descendants(pid)  # before SIGTERM: an exiting app re-parents its children to init
+    _signal_group(pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(pid, signal.SIGKILL)  # also any child left in the group
+    _kill_all(inside | _descendants(pid))  # and those in sessions of their own (the trainer)
+    process.wait()
+
+
+def kill_process_tree(process: subprocess.Popen) -> None:
+    """SIGKILL ``process``'s group and everything below it at once, as a crashing container dies."""
+    inside = _descendants(process.pid)
+    _signal_group(process.pid, signal.SIGKILL)
+    _kill_all(inside)
+    process.wait()
 
 
 def _signal_group(pid: int, sig: int) -> None:

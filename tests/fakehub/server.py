@@ -2,7 +2,8 @@
 
 Emulator-only endpoints (never faulted nor logged) live under ``/_emu/``:
 ``GET|DELETE /_emu/requests``, ``GET|POST|DELETE /_emu/faults``, ``POST /_emu/users``,
-``GET /_emu/spaces/{ns}/{name}/ledger``, ``GET /_emu/health``.
+``GET /_emu/spaces/{ns}/{name}/ledger``, ``GET /_emu/health``; Jobs: ``GET /_emu/jobs[/{ns}]/ledger``,
+``GET|POST|DELETE /_emu/job-faults``, ``POST /_emu/jobs/stop``, ``POST /_emu/jobs/config``.
 
 Hub endpoints: see ``_route``/``_repo_route`` below and the package README.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from tests.fakehub.auth import User, Users
-from tests.fakehub.faults import Fault, FaultBook
+from tests.fakehub.faults import Fault, FaultBook, JobFault
 from tests.fakehub.hub_routes import INVALID_CREDENTIALS, TYPE_BY_PLURAL, HubRoutes
+from tests.fakehub.jobs import JobHost
+from tests.fakehub.jobs_routes import JobRoutes
 from tests.fakehub.messages import HttpError, Request, Response
 from tests.fakehub.space_host import SpaceHost
 from tests.fakehub.space_routes import SpaceRoutes
@@ -55,6 +58,8 @@ class Emulator:
         self.spaces = SpaceHost(self.root, self.url, self._user_id, switch_delay_s)
         self.hub = HubRoutes(self.storage, self.spaces, tree_page_size)
         self.space_routes = SpaceRoutes(self.hub, self.spaces)
+        self.jobs = JobHost(self.root, self.url)
+        self.job_routes = JobRoutes(self.hub, self.jobs)
         self._thread: threading.Thread | None = None
 
     @property
@@ -75,6 +80,7 @@ class Emulator:
 
     def stop(self) -> None:
         self.spaces.close()
+        self.jobs.close()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5)
@@ -138,6 +144,8 @@ class Emulator:
                 return hub.validate_yaml(req)
             if api == ["spaces", "hardware"] and m == "GET":
                 return self.space_routes.hardware_list(req)
+            if api[:1] == ["jobs"] and len(api) >= 2:
+                return self.job_routes.handle(req, api[1:])
             if len(api) >= 3 and api[0] in TYPE_BY_PLURAL:
                 return self._repo_route(req, TYPE_BY_PLURAL[api[0]], f"{api[1]}/{api[2]}", api[3:])
         # Downloads: /[datasets/|spaces/]{ns}/{name}/resolve/{rev}/{path}
@@ -208,6 +216,37 @@ class Emulator:
             return Response.json({})
         if len(seg) == 4 and seg[0] == "spaces" and seg[3] == "ledger":
             return Response.json(self.spaces.ledger(f"{seg[1]}/{seg[2]}"))
+        if seg[:1] == ["jobs"] or seg == ["job-faults"]:
+            return self._emu_jobs(req, seg)
+        raise HttpError(404, None, f"No emulator route for {m} {req.raw_path}")
+
+    def _emu_jobs(self, req: Request, seg: list[str]) -> Response:
+        jobs, m = self.jobs, req.method
+        if seg == ["job-faults"]:
+            if m == "DELETE":
+                jobs.faults.clear()
+            elif m == "POST":
+                body = req.json()
+                try:
+                    jobs.faults.add(JobFault(**body))
+                except (TypeError, ValueError) as e:
+                    raise HttpError(400, None, f"Invalid job fault: {e}") from e
+            return Response.json([f.__dict__ for f in jobs.faults.pending()])
+        if seg == ["jobs", "ledger"] and m == "GET":
+            return Response.json(jobs.ledger())
+        if len(seg) == 3 and seg[2] == "ledger" and m == "GET":
+            return Response.json(jobs.ledger(seg[1]))
+        if seg == ["jobs", "stop"] and m == "POST":
+            return Response.json({"stopped": jobs.stop_all("stopped by the emulator")})
+        if seg == ["jobs", "config"] and m == "POST":
+            body = req.json()
+            if "scheduling_s" in body:
+                jobs.scheduling_s = float(body["scheduling_s"])
+            if "stop_grace_s" in body:
+                jobs.stop_grace_s = float(body["stop_grace_s"])
+            if "image_root" in body:
+                jobs.image_root = Path(body["image_root"])
+            return Response.json({})
         raise HttpError(404, None, f"No emulator route for {m} {req.raw_path}")
 
 
@@ -225,6 +264,7 @@ def fault_from_json(d: dict) -> Fault:
         land_then_fail=bool(d.get("land_then_fail", False)),
         body=d.get("body"),
         headers=headers,
+        probability=float(d.get("probability", 1.0)),
     )
 
 
@@ -283,6 +323,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
+        if response.stream is not None:
+            self._send_stream(response)
+            return
         if self.command == "HEAD" and response.head_length is not None:
             length = response.head_length
         elif response.body_file is not None:
@@ -300,5 +343,24 @@ class _Handler(BaseHTTPRequestHandler):
         if count:
             with open(path, "rb") as f:  # sendfile: the kernel copies, holes of a sparse file read as zeros
                 self.connection.sendfile(f, offset, count)
+
+    def _send_stream(self, response: Response) -> None:
+        """Send ``response.stream`` chunked, each piece as soon as it is produced; stop if the client leaves."""
+        assert response.stream is not None
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for piece in response.stream:
+                if piece:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        finally:
+            close = getattr(response.stream, "close", None)
+            if close is not None:
+                close()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
