@@ -7,6 +7,7 @@ import datetime as dt
 import functools
 import getpass
 import json
+import logging
 import sys
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public", action="store_true", help="make the output repo public (default: private)")
     p.add_argument("--submitted-by", help="who submits (default: the Space owner, or your login name)")
     p.add_argument("--id", dest="task_id", help="task id (default: generated); a repeated id is not enqueued twice")
+
+    p = add_parser("run-task", help="inside a Job (TRAINING_BACKEND=jobs): claim, train, upload and complete one task")
+    p.add_argument("task_id", metavar="ID")
+    p.add_argument("--holder", help="the lease holder id (the Job's dreambooth-holder label; default: generated)")
 
     add_parser("squash", help="squash the queue repo's history into one commit (removed photos leave the Hub)")
     add_parser("hardware", help="show the Space's current and requested hardware")
@@ -242,10 +247,36 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_run_task(args: argparse.Namespace, settings: Settings) -> int:
+    """The Job's entry point: the same claim / train / upload / complete path as the GPU container of a Space.
+
+    Exit 0 when the task is DONE or was not claimable (cancelled, finished, held by another holder); 1 when this
+    attempt failed (the task is requeued or FAILED in the queue)."""
+    from scheduler.worker import Worker  # the trainer's supervisor (no torch): only this command needs it
+
+    if not is_safe_task_id(args.task_id):
+        raise CliError(f"run-task {args.task_id!r}: not a task id.", EXIT_USAGE)
+    if settings.local or not settings.queue_repo:
+        raise CliError("run-task runs inside a Job: it needs SPACE_ID and QUEUE_REPO (the Space's queue).", EXIT_USAGE)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "huggingface_hub"):  # one line per Hub request would bury the trainer's
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, LocalHardware(settings.accelerator), worker_id=args.holder, dispatch_jobs=False)
+    code = worker.run_one(args.task_id)
+    status = worker.status.snapshot()
+    print(f"run-task {args.task_id}: {status.phase}: {status.message}")
+    if status.last_error:
+        print(status.last_error, file=sys.stderr)
+    return code
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command
     if command == "submit":
         return cmd_submit(args, settings)
+    if command == "run-task":
+        return cmd_run_task(args, settings)
     if command in ("hardware", "release"):
         hardware = open_hardware(args, settings)
         if command == "release":

@@ -1,9 +1,13 @@
-"""Space hardware flavors the template knows, with their price, GPU count, GPU memory and host RAM.
+"""Hardware flavors the template knows (Spaces and Jobs), with their price, GPU count, GPU memory and host RAM.
 
 Prices are the Hub's public list prices in USD per hour (they change; the UI labels them as estimates).
 Host RAM (``ram_gib``) is each flavor's "Memory" in the Hub's hardware table (huggingface.co/docs/hub/spaces-gpus,
 checked for every flavor below; the Hub writes GB). A trainer that needs more host RAM than that is killed (SIGKILL),
 so ``scheduler.host_ram`` compares it with the measured peak of a model's loading.
+
+Jobs cost the same per hour as Spaces on the shared flavors; ``jobs_only`` flavors (H200, RTX PRO 6000) exist for
+Jobs alone (hub-docs ``jobs-pricing.md``, 2026-08; their host RAM is not published there, hence None). At run time
+the Jobs backend reads the prices from ``list_jobs_hardware`` and falls back to this table (``jobs_prices``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class Flavor:
     gpu_memory_gib: int
     #: host RAM; ``None`` where unknown (a flavor added without it)
     ram_gib: int | None = None
+    #: a Hugging Face Jobs flavor that a Space cannot run on
+    jobs_only: bool = False
 
 
 FLAVORS: dict[str, Flavor] = {
@@ -39,13 +45,44 @@ FLAVORS: dict[str, Flavor] = {
         Flavor("a10g-largex4", "Nvidia 4xA10G large", 5.00, 4, 96, 184),
         Flavor("l40sx1", "Nvidia 1xL40S", 1.80, 1, 48, 62),
         Flavor("a100-large", "Nvidia A100 large", 2.50, 1, 80, 142),
+        Flavor("h200", "Nvidia H200", 5.00, 1, 141, jobs_only=True),
+        Flavor("rtx-pro-6000", "Nvidia RTX PRO 6000", 2.75, 1, 96, jobs_only=True),
     )
 }
 
 IDLE_FLAVORS = frozenset({"cpu-basic", "cpu-upgrade"})
-GPU_FLAVORS = frozenset(name for name, f in FLAVORS.items() if f.gpus > 0)
+#: the GPU flavors a Space can be moved to (the self-upgrade backend and its form)
+GPU_FLAVORS = frozenset(name for name, f in FLAVORS.items() if f.gpus > 0 and not f.jobs_only)
+#: the GPU flavors a Job can run on (the Jobs backend)
+JOBS_GPU_FLAVORS = frozenset(name for name, f in FLAVORS.items() if f.gpus > 0)
 
 
 def is_gpu(flavor: str | None) -> bool:
-    """True when ``flavor`` is a known GPU flavor (paid, must be released)."""
-    return flavor in GPU_FLAVORS
+    """True when ``flavor`` is a known GPU flavor (paid: a Space on it must be released, a Job on it is billed)."""
+    return flavor in JOBS_GPU_FLAVORS
+
+
+def is_jobs_only(flavor: str | None) -> bool:
+    """True for a flavor that only Jobs offer (a Space cannot be moved to it)."""
+    known = FLAVORS.get(flavor or "")
+    return known is not None and known.jobs_only
+
+
+def jobs_prices(hardware: list[dict[str, object]] | None) -> tuple[dict[str, float], str]:
+    """USD per hour of each flavor for Jobs, and where the figures come from.
+
+    ``hardware`` holds ``list_jobs_hardware`` rows as ``{"name", "unit_cost_usd", "unit_label"}``; a flavor the
+    Hub does not price (or no answer at all: None) keeps this module's list price, and the source says "fallback"."""
+    prices = {name: f.usd_per_hour for name, f in FLAVORS.items()}
+    per_hour = {"second": 3600.0, "minute": 60.0, "hour": 1.0}
+    priced: set[str] = set()
+    for row in hardware or []:
+        name, cost, unit = row.get("name"), row.get("unit_cost_usd"), str(row.get("unit_label") or "minute").lower()
+        if isinstance(name, str) and isinstance(cost, int | float) and not isinstance(cost, bool) and unit in per_hour:
+            if 0 <= cost < 1e6:
+                prices[name] = round(float(cost) * per_hour[unit], 6)
+                priced.add(name)
+    source = "list_jobs_hardware" if priced else "fallback table (scheduler/flavors.py)"
+    if priced and not priced >= set(FLAVORS):
+        source += " + fallback table for the rest"
+    return prices, source

@@ -16,11 +16,13 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from scheduler.flavors import FLAVORS, IDLE_FLAVORS
+from scheduler.flavors import FLAVORS, IDLE_FLAVORS, is_jobs_only
 
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SLEEP_TIME_MARGIN_S = 1800  # the Space's sleep_time backstop = task deadline + this margin
+TRAINING_BACKENDS = ("space", "jobs")  # where training runs: the Space upgrades itself, or one HF Job per task
+DEFAULT_JOBS_GPU_HOURS_PER_DAY = 24.0  # JOBS_GPU_HOURS_PER_DAY default: a day of one GPU, in any 24 h
 # Tests only: let Gradio's mocked sign-in (anyone becomes the token's owner) serve a Space-mode app.
 MOCK_SIGNIN_VAR = "DREAMBOOTH_TEST_MOCK_SIGNIN"
 
@@ -53,6 +55,14 @@ class Settings:
     data_dir: Path = Path("data")
     accelerator: str = "none"
     allow_cpu_training: bool = False
+    # Where training runs (DESIGN.md §4 and §4.1). "jobs": the Space stays on its idle hardware and runs each task
+    # as a Hugging Face Job; never used in local mode.
+    training_backend: str = "space"
+    max_parallel_jobs: int = 2  # Jobs running at once (jobs backend)
+    jobs_gpu_hours_per_day: float | None = DEFAULT_JOBS_GPU_HOURS_PER_DAY  # GPU hours of Jobs run in any 24 h; None: no cap
+    job_image: str | None = None  # the Jobs' image: this Space's own (hf.co/spaces/<SPACE_ID>) unless JOB_IMAGE is set
+    jobs_namespace: str | None = None  # who runs (and pays for) the Jobs: the Space's owner unless JOBS_NAMESPACE is set
+    recipes_modules: tuple[str, ...] = ()  # TRAINING_RECIPES_MODULES, forwarded to each Job (the trainer reads its own)
     # Privacy and per-user limits (see README "Privacy").
     keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
     keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
@@ -70,6 +80,11 @@ class Settings:
     def sleep_time_s(self) -> int:
         """``sleep_time`` sent with a GPU request: a backstop that outlives the task deadline."""
         return int(self.deadline_s + SLEEP_TIME_MARGIN_S)
+
+    @property
+    def uses_jobs(self) -> bool:
+        """Whether training runs on Hugging Face Jobs (``TRAINING_BACKEND=jobs``; never in local mode)."""
+        return self.training_backend == "jobs" and not self.local
 
     @property
     def oauth_ready(self) -> bool:
@@ -240,6 +255,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if cpu is not None:
         values["allow_cpu_training"] = _parse_bool("ALLOW_CPU_TRAINING", cpu)
 
+    _load_jobs_settings(values, sources, take, space_id=space_id, author=author)
+
     keep = take("keep_photos", "KEEP_PHOTOS")
     if keep is not None:
         values["keep_photos"] = _parse_bool("KEEP_PHOTOS", keep)
@@ -271,6 +288,45 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["mock_signin_for_tests"] = _parse_bool(MOCK_SIGNIN_VAR, mock)
 
     return Settings(**values, _sources=MappingProxyType(sources))
+
+
+def _load_jobs_settings(values: dict[str, Any], sources: dict[str, str], take: Any, *, space_id: str | None,
+                        author: str | None) -> None:  # fmt: skip
+    """TRAINING_BACKEND and the settings of the Jobs backend (checked even when unused, so a typo shows early)."""
+    backend = take("training_backend", "TRAINING_BACKEND")
+    if backend is not None:
+        backend = backend.lower()
+        if backend not in TRAINING_BACKENDS:
+            raise SettingsError(f"TRAINING_BACKEND={backend!r} is not a training backend. Use one of: {', '.join(TRAINING_BACKENDS)}.")
+        if backend == "jobs" and space_id is None:
+            raise SettingsError("TRAINING_BACKEND='jobs' needs a Space (SPACE_ID): local mode trains on this machine.")
+        values["training_backend"] = backend
+    raw = take("max_parallel_jobs", "MAX_PARALLEL_JOBS")
+    if raw is not None:
+        values["max_parallel_jobs"] = _parse_number("MAX_PARALLEL_JOBS", raw, int, 1)
+    raw = take("jobs_gpu_hours_per_day", "JOBS_GPU_HOURS_PER_DAY")
+    if raw is not None:
+        no_cap = raw.lower() in ("none", "off", "unlimited")
+        values["jobs_gpu_hours_per_day"] = None if no_cap else _parse_number("JOBS_GPU_HOURS_PER_DAY", raw, float, 0)
+    image = take("job_image", "JOB_IMAGE")
+    if image is None and space_id is not None:
+        image, sources["job_image"] = f"hf.co/spaces/{space_id}", "derived"
+    values["job_image"] = image
+    namespace = take("jobs_namespace", "JOBS_NAMESPACE")
+    if namespace is not None:
+        try:
+            validate_repo_id(f"{namespace}/x")
+        except HFValidationError:
+            raise SettingsError(f"JOBS_NAMESPACE={namespace!r} is not a user or organization name.") from None
+    elif author is not None and space_id is not None:
+        namespace, sources["jobs_namespace"] = author, "derived"
+    values["jobs_namespace"] = namespace
+    modules = take("recipes_modules", "TRAINING_RECIPES_MODULES")
+    if modules is not None:
+        values["recipes_modules"] = _parse_list(modules)
+    train_hw = values.get("train_hardware")
+    if is_jobs_only(train_hw) and values.get("training_backend") != "jobs":
+        raise SettingsError(f"TRAIN_HARDWARE={train_hw!r} exists only on Jobs: set TRAINING_BACKEND=jobs or choose a Space flavor.")
 
 
 SECRET_PREFIXES = ("OAUTH_",)

@@ -19,7 +19,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from scheduler.billing import GpuPeriod
-from scheduler.flavors import FLAVORS, is_gpu
+from scheduler.flavors import FLAVORS, is_gpu, is_jobs_only
 from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.validation import LIMITS, check_prompt
 
@@ -147,6 +147,8 @@ def _limits_problem(task: Task, settings: Any) -> str | None:
         return f"hardware {task.hardware!r} is not a known flavor"
     if not is_gpu(task.hardware) and not (settings.allow_cpu_training or settings.local):
         return f"hardware {task.hardware!r} has no GPU"
+    if is_jobs_only(task.hardware) and not getattr(settings, "uses_jobs", False):
+        return f"hardware {task.hardware!r} runs only on Jobs (TRAINING_BACKEND=jobs)"
     if not 0 < task.deadline_s <= settings.deadline_s:
         return f"deadline_s {task.deadline_s:g} is outside (0, {settings.deadline_s:g}] (TASK_DEADLINE_S)"
     if not 1 <= task.max_attempts <= settings.max_attempts:

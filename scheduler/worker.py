@@ -35,6 +35,7 @@ from typing import Any
 from scheduler.billing import RECOVERED, GpuPeriod, open_period
 from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState
+from scheduler.hardware.probe import cuda_visible
 from scheduler.lifecycle import Action, ActionKind, Snapshot, decide
 from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.queue.document import CHECKPOINTS_DIR
@@ -95,6 +96,11 @@ class StatusData:
     hardware: HardwareState | None = None
     tasks: list[Task] = field(default_factory=list)
     billing: list[GpuPeriod] = field(default_factory=list)  # the queue's GPU periods, as last read
+    # Jobs backend: this Space's Jobs as last listed (``scheduler.backends.jobs.JobView``: task id, stage, flavor,
+    # times, log tail for the alive ones), and the Jobs price per flavor (USD/h) with where it was read.
+    jobs: list[Any] = field(default_factory=list)
+    job_prices: dict[str, float] = field(default_factory=dict)
+    job_prices_source: str = ""
     last_action: str = ""
     last_action_at: float | None = None
     last_error: str | None = None
@@ -304,6 +310,8 @@ class Worker:
         heartbeat_s: float | None = None,
         kill_grace_s: float = 10.0,
         recipes_modules: tuple[str, ...] = (),
+        job_python: str = "python",
+        dispatch_jobs: bool = True,
     ) -> None:
         self.settings = settings
         self.queue = queue
@@ -329,6 +337,12 @@ class Worker:
         self._started_at = process_started_at()  # this container's start (startup_s of its first task on a GPU)
         self._claims = 0  # tasks this worker claimed
         self._billing: list[GpuPeriod] = []  # the queue's GPU periods, as last read
+        self._in_job = False  # ``run_one`` inside a Job: the Space records the Job's period, claims bill nothing
+        self._jobs = None
+        if dispatch_jobs and getattr(settings, "uses_jobs", False):  # TRAINING_BACKEND=jobs: the Space dispatches Jobs
+            from scheduler.backends.jobs_runner import JobsRunner
+
+            self._jobs = JobsRunner(settings, queue, self.status, python=job_python)
 
     # ----------------------------------------------------------------- thread control
     def start(self) -> threading.Thread:
@@ -421,6 +435,8 @@ class Worker:
 
     def step(self) -> tuple[Action, int]:
         """One loop: snapshot, decide, execute. Returns the action and the Hub requests made."""
+        if self._jobs is not None:
+            return self._jobs_step()
         snap, requests = self.snapshot()
         action = decide(snap)
         described = f"{action.kind.value}: {action.reason}".strip(": ")
@@ -433,6 +449,45 @@ class Worker:
         self._close_stale_period(snap)
         self.execute(action, snap)
         return action, requests
+
+    def _jobs_step(self) -> tuple[Action, int]:
+        """One loop of the Jobs backend (``scheduler.backends.jobs_runner``); the Space's own hardware is only read
+        (once a minute, for the header), never changed."""
+        requests = 0
+        if self._hw_state is None or time.time() - self._hw_read_at > 60.0:
+            self._read_hardware()
+            requests += 1
+        jobs = self._jobs
+        assert jobs is not None
+        if not jobs.prices:
+            jobs.read_prices()
+            self.status.update(job_prices=dict(jobs.prices), job_prices_source=jobs.prices_source)
+        actions, made = jobs.step()
+        # Always a WAIT for the loop: it sleeps by the requests made (the Hub budget), whatever was done.
+        return Action(ActionKind.WAIT, reason=actions[-1].reason if actions else ""), requests + made
+
+    def run_one(self, task_id: str) -> int:
+        """Inside a Job: claim ``task_id`` (lease held by this worker's id), train it under the watchdog, upload and
+        complete it, as the GPU container of the self-upgrade backend does. Returns 0 when the task ended DONE or
+        there was nothing to do (cancelled, finished, held by another holder), 1 when this attempt failed."""
+        self._in_job = True
+        tasks, self._billing = vetted_with_billing(self.queue, self.settings)
+        task = next((t for t in tasks if t.id == task_id), None)
+        if task is None or not task.runnable:
+            why = "not in the queue" if task is None else f"{task.status.value}, attempt {task.attempts} of {task.max_attempts}"
+            log.warning("task %s is not claimable (%s): nothing to do", task_id, why)
+            return 0
+        flavor = FLAVORS.get(task.hardware)
+        multi = flavor is not None and flavor.gpus > 1
+        self._hw_state = HardwareState(current=task.hardware, requested=task.hardware, stage="RUNNING",
+                                       accelerator=self.settings.accelerator, gpu_visible=multi and cuda_visible())  # fmt: skip
+        self.status.update(hardware=self._hw_state, tasks=tasks)
+        self._claim_and_train(Action(ActionKind.CLAIM_AND_TRAIN, task_id=task_id, hardware=task.hardware))
+        try:
+            final = self.queue.get(task_id)
+        except QueueError:
+            return 1
+        return 0 if final.status in (TaskStatus.DONE, TaskStatus.CANCELLED) else 1
 
     def _close_stale_period(self, snap: Snapshot) -> None:
         """A CPU container that finds a GPU period open while no GPU is current or requested: the container that
@@ -518,8 +573,8 @@ class Worker:
     def _claim_and_train(self, action: Action) -> None:
         hw = self._hw_state
         paid = not self.settings.local and hw is not None and is_gpu(hw.current)
-        bill_to = hw.current if paid and hw is not None else None
-        period = open_period(self._billing) if paid else None  # as the snapshot read it, before this claim
+        bill_to = hw.current if paid and hw is not None and not self._in_job else None
+        period = open_period(self._billing) if bill_to else None  # as the snapshot read it, before this claim
         task = self.queue.claim(action.task_id, self.worker_id, self.settings.lease_s, bill_to=bill_to)
         if task is None:
             return  # another container won the claim
@@ -685,8 +740,11 @@ class Worker:
         error_event: dict[str, Any] | None = None
         resumed = 0
         tick = min(1.0, self.settings.poll_interval_s)
+        echoed = 0
         while True:
             code = proc.poll()
+            if self._in_job:  # the trainer's output goes to the Job's own log too (its tail shows in the Run view)
+                echoed = self._echo_log(log_path, echoed)
             for event in reader.read_new():
                 done_event, error_event = self._apply_event(event, done_event, error_event)
                 if event.get("event") == "resumed" and isinstance(event.get("step"), int):
@@ -723,6 +781,20 @@ class Worker:
         outcome.resumed_step = resumed
         return outcome
 
+    def _echo_log(self, log_path: Path, offset: int) -> int:
+        """Copy what the trainer wrote to ``log_path`` since ``offset`` to stdout, token masked; the new offset."""
+        try:
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return offset
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        if complete:
+            lines = complete.decode("utf-8", errors="replace").splitlines()
+            print("\n".join(self._redacted(lines)), flush=True)
+        return offset + len(complete)
+
     def _apply_event(
         self, event: dict[str, Any], done: dict[str, Any] | None, error: dict[str, Any] | None
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -738,6 +810,7 @@ class Worker:
         elif kind == "checkpoint":
             self.status.update(message=f"Checkpoint saved at step {event.get('step', '?')}")
         elif kind == "resumed":
+            log.info("the trainer resumed from the checkpoint of step %s", event.get("step", "?"))
             self.status.update(message=f"Resumed from step {event.get('step', '?')}")
         elif kind == "done":
             done = event

@@ -83,6 +83,11 @@ class TaskQueue(ABC):
         found one left open); None when none was open."""
         return None
 
+    def record_period(self, period: GpuPeriod) -> GpuPeriod | None:
+        """Record a closed period as it is (a Job's, from its creation to its end); idempotent by ``closed_by``.
+        A queue that records no periods returns None."""
+        return None
+
     @abstractmethod
     def fail(self, task_id: str, holder: str | None, error: str) -> Task:
         """-> FAILED with ``error``. ``holder`` None fails a task nobody holds (e.g. PENDING, refused input)."""

@@ -306,6 +306,15 @@ def op_open_period(doc: QueueDoc, hardware: str, requested_at: float) -> GpuPeri
     return period
 
 
+def op_record_period(doc: QueueDoc, period: GpuPeriod) -> GpuPeriod:
+    """Add a closed period (a Job's), unless one with its ``closed_by`` is there already."""
+    found = next((p for p in doc.billing if p.closed_by == period.closed_by), None)
+    if found is not None:
+        return found
+    doc.billing.append(period)
+    return period
+
+
 def op_close_period(doc: QueueDoc, now: float, closed_by: str = RELEASED) -> GpuPeriod | None:
     """Close the open GPU period at ``now`` (None when none is open). On a release, the task that finished last in
     it gets ``run.release_s`` (its completion -> now); a recovered period's end is a guess, so nothing is measured."""
@@ -393,6 +402,14 @@ class DocumentQueue(TaskQueue):
         if open_period(self._read().billing) is None:
             return None  # the common case costs a read, not a write
         return self._transact(lambda doc: op_close_period(doc, self._clock(), closed_by), "GPU period closes")
+
+    def record_period(self, period: GpuPeriod) -> GpuPeriod | None:
+        def edit(doc: QueueDoc) -> GpuPeriod:
+            return op_record_period(doc, period)
+
+        if any(p.closed_by == period.closed_by for p in self._read().billing):
+            return period  # recorded already: a read, not a write
+        return self._transact(edit, f"GPU period on {period.hardware} recorded ({period.closed_by})")
 
     def get(self, task_id: str) -> Task:
         return self._read().require(task_id)

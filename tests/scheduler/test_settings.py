@@ -107,3 +107,48 @@ def test_empty_values_mean_default():
 def test_reads_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("TRAIN_HARDWARE", "l4x1")
     assert load_settings().train_hardware == "l4x1"
+
+
+# --------------------------------------------------------------------------- training backend (issue 12)
+def test_training_backend_defaults_to_the_self_upgrading_space():
+    s = load_settings({"SPACE_ID": "alice/trainer"})
+    assert s.training_backend == "space" and not s.uses_jobs
+    assert (s.max_parallel_jobs, s.jobs_gpu_hours_per_day) == (2, 24.0)
+    # The Jobs settings are derived anyway (shown in the settings view; used once TRAINING_BACKEND=jobs).
+    assert s.job_image == "hf.co/spaces/alice/trainer" and s.jobs_namespace == "alice"
+    assert s.sources()["job_image"] == "derived" and s.sources()["training_backend"] == "default"
+
+
+def test_jobs_backend_settings():
+    s = load_settings({"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "Jobs", "MAX_PARALLEL_JOBS": "4",
+                       "JOBS_GPU_HOURS_PER_DAY": "6.5", "JOB_IMAGE": "hf.co/spaces/alice/other",
+                       "JOBS_NAMESPACE": "alice-org", "TRAINING_RECIPES_MODULES": "my_recipes, more",
+                       "TRAIN_HARDWARE": "h200"})  # fmt: skip
+    assert s.uses_jobs and s.training_backend == "jobs"
+    assert (s.max_parallel_jobs, s.jobs_gpu_hours_per_day, s.job_image, s.jobs_namespace) == (
+        4, 6.5, "hf.co/spaces/alice/other", "alice-org")  # fmt: skip
+    assert s.recipes_modules == ("my_recipes", "more") and s.train_hardware == "h200"
+    assert load_settings({"SPACE_ID": "a/b", "JOBS_GPU_HOURS_PER_DAY": "none"}).jobs_gpu_hours_per_day is None
+
+
+def test_local_mode_is_unchanged_by_the_backend_settings():
+    s = load_settings({"MAX_PARALLEL_JOBS": "3"})
+    assert s.local and not s.uses_jobs and s.job_image is None and s.jobs_namespace is None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SPACE_ID": "a/b", "TRAINING_BACKEND": "cloud"}, "TRAINING_BACKEND='cloud' is not a training backend. Use one of: space, jobs"),
+        ({"TRAINING_BACKEND": "jobs"}, "TRAINING_BACKEND='jobs' needs a Space (SPACE_ID)"),
+        ({"SPACE_ID": "a/b", "MAX_PARALLEL_JOBS": "0"}, "MAX_PARALLEL_JOBS='0' must be at least 1"),
+        ({"SPACE_ID": "a/b", "MAX_PARALLEL_JOBS": "many"}, "MAX_PARALLEL_JOBS='many' is not an integer"),
+        ({"SPACE_ID": "a/b", "JOBS_GPU_HOURS_PER_DAY": "-1"}, "JOBS_GPU_HOURS_PER_DAY='-1' must be at least 0"),
+        ({"SPACE_ID": "a/b", "JOBS_GPU_HOURS_PER_DAY": "lots"}, "JOBS_GPU_HOURS_PER_DAY='lots' is not a number"),
+        ({"SPACE_ID": "a/b", "JOBS_NAMESPACE": "bad name"}, "JOBS_NAMESPACE='bad name' is not a user or organization"),
+        ({"SPACE_ID": "a/b", "TRAIN_HARDWARE": "h200"}, "TRAIN_HARDWARE='h200' exists only on Jobs: set TRAINING_BACKEND=jobs"),
+    ],
+)
+def test_invalid_backend_values_raise_clear_errors(env, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(env)
