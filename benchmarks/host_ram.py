@@ -306,7 +306,7 @@ def measure(model: Path, shape: str, images_dir: Path, work: Path, trainer: str 
 
     get_scheduler(p.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=10)
     batch = recipe._make_batch(0, p.batch_size, inst_lat, None, p, comps.noise_scheduler.config.num_train_timesteps)
-    embeds, _ = recipe._conditioning(comps, modules, inst_cond, None, p.batch_size, torch.device("cpu"), False)
+    embeds = recipe._conditioning(comps, modules, inst_cond, None, p.batch_size, torch.device("cpu"), False)["embeds"]
     assert batch["latents"].shape[0] == p.batch_size and embeds.shape[0] == p.batch_size
     peaks["first_step"] = meter.stop()
 

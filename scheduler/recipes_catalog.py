@@ -1,7 +1,10 @@
-"""What the installed training recipes are, for the form: asked of ``python -m training --list-recipes``.
+"""What the installed training recipes and model families are, for the form: asked of
+``python -m training --list-recipes`` (one line of JSON holding both).
 
-The control plane never imports the trainer (torch); it runs the trainer's CLI once per set of recipe modules and
-caches the answer. ``RecipeInfo.auto_steps`` is the trainer's own steps policy (``training.recipe_base.clamp_steps``).
+The control plane never imports the trainer (torch); it runs the trainer's CLI once per set of recipe / family
+modules and caches the answer. ``RecipeInfo.auto_steps`` is the trainer's own steps policy
+(``training.recipe_base.clamp_steps``); ``FamilyInfo`` holds a model family's pipelines and defaults (hardware,
+resolution, steps, learning rate, rank), so the form can follow the chosen base model.
 """
 
 from __future__ import annotations
@@ -55,13 +58,68 @@ class RecipeInfo:
         )
 
 
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """A model family's defaults for the form (None: the recipe's / the model's own)."""
+
+    hardware: str = "t4-small"
+    resolution: int | None = None
+    steps_per_image: int | None = None
+    learning_rate: float | None = None
+    rank: int | None = None
+    hardware_note: str = ""
+
+
+@dataclass(frozen=True)
+class FamilyInfo:
+    """One registered model family as the form sees it (``training.families.base.ModelFamily.catalog_entry``)."""
+
+    name: str
+    label: str
+    pipelines: tuple[str, ...]
+    denoiser: str = "unet"
+    denoiser_params: int = 0
+    supports_text_encoder_training: bool = True
+    defaults: FamilyDefaults = field(default_factory=FamilyDefaults)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FamilyInfo:
+        d = data.get("defaults") or {}
+
+        def opt(key: str, typ: type) -> Any:
+            return None if d.get(key) is None else typ(d[key])
+
+        return cls(
+            name=str(data["name"]),
+            label=str(data.get("label") or data["name"]),
+            pipelines=tuple(str(p) for p in data.get("pipelines") or ()),
+            denoiser=str(data.get("denoiser") or "unet"),
+            denoiser_params=int(data.get("denoiser_params") or 0),
+            supports_text_encoder_training=bool(data.get("supports_text_encoder_training", True)),
+            defaults=FamilyDefaults(
+                hardware=str(d.get("hardware") or "t4-small"),
+                resolution=opt("resolution", int),
+                steps_per_image=opt("steps_per_image", int),
+                learning_rate=opt("learning_rate", float),
+                rank=opt("rank", int),
+                hardware_note=str(d.get("hardware_note") or ""),
+            ),
+        )
+
+
+def family_for_pipeline(families: dict[str, FamilyInfo], pipeline: str | None) -> FamilyInfo | None:
+    """The family whose pipelines include ``pipeline`` (a model_index.json ``_class_name``), or None."""
+    return next((f for f in families.values() if pipeline in f.pipelines), None)
+
+
 @functools.cache
-def load_catalog(modules: tuple[str, ...] = (), python: str = sys.executable) -> dict[str, RecipeInfo]:
-    """Name -> ``RecipeInfo`` of the built-in recipes and those registered by ``modules`` (run from the project
-    root, cached per ``modules``); ``RecipeCatalogError`` with the stderr tail if the listing fails."""
+def _listing(modules: tuple[str, ...], family_modules: tuple[str, ...], python: str) -> dict[str, Any]:
+    """The parsed ``python -m training --list-recipes`` line for these modules (cached)."""
     cmd = [python, "-m", "training", "--list-recipes"]
     for module in modules:
         cmd += ["--recipes-module", module]
+    for module in family_modules:
+        cmd += ["--families-module", module]
     try:
         proc = subprocess.run(
             cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=LIST_TIMEOUT_S, check=False
@@ -72,7 +130,35 @@ def load_catalog(modules: tuple[str, ...] = (), python: str = sys.executable) ->
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
         raise RecipeCatalogError(f"listing the training recipes failed (exit code {proc.returncode}):\n{tail}")
     try:
-        recipes = json.loads(proc.stdout.strip().splitlines()[-1])["recipes"]
-        return {r["name"]: RecipeInfo.from_dict(r) for r in recipes}
+        listing = json.loads(proc.stdout.strip().splitlines()[-1])
+        if not isinstance(listing, dict) or not isinstance(listing["recipes"], list):
+            raise TypeError("no recipes list")
+        return listing
     except (IndexError, KeyError, TypeError, ValueError) as e:
         raise RecipeCatalogError(f"the recipe list is not readable: {e}: {proc.stdout[-500:]!r}") from e
+
+
+@functools.cache
+def load_catalog(
+    modules: tuple[str, ...] = (), python: str = sys.executable, family_modules: tuple[str, ...] = ()
+) -> dict[str, RecipeInfo]:
+    """Name -> ``RecipeInfo`` of the built-in recipes and those registered by ``modules`` (run from the project
+    root, cached per ``modules``); ``RecipeCatalogError`` with the stderr tail if the listing fails."""
+    recipes = _listing(tuple(modules), tuple(family_modules), python)["recipes"]
+    try:
+        return {r["name"]: RecipeInfo.from_dict(r) for r in recipes}
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecipeCatalogError(f"the recipe list is not readable: {e}") from e
+
+
+@functools.cache
+def load_families(
+    modules: tuple[str, ...] = (), python: str = sys.executable, family_modules: tuple[str, ...] = ()
+) -> dict[str, FamilyInfo]:
+    """Name -> ``FamilyInfo`` of the built-in model families and those of ``family_modules`` (or registered by the
+    recipe ``modules``), from the same cached listing as ``load_catalog``."""
+    families = _listing(tuple(modules), tuple(family_modules), python).get("families") or []
+    try:
+        return {f["name"]: FamilyInfo.from_dict(f) for f in families}
+    except (KeyError, TypeError, ValueError) as e:
+        raise RecipeCatalogError(f"the model family list is not readable: {e}") from e

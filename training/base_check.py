@@ -1,9 +1,10 @@
 """Is a base model usable? One torch-free check shared by the form (CPU Space, local mode) and the trainer.
 
 A base model is untrusted input: an existing local folder or a valid Hub repo id; its ``model_index.json`` may only
-name the pipeline and component classes allowed below; every weight-bearing component must ship ``.safetensors``
+name a pipeline class some model family trains and the component classes that family allows (the Stable Diffusion
+family's lists are below; every family in ``training.families`` declares its own, torch-free); every weight-bearing component must ship ``.safetensors``
 (``.bin``/``.ckpt`` pickles can run code). This module imports only the standard library and huggingface_hub, so
-the control plane can call it before any hardware is requested. It is the one home of the allow-lists and of the
+the control plane can call it before any hardware is requested. It is the one home of the checks and of the
 safetensors rule; ``training.models`` imports them.
 """
 
@@ -72,10 +73,31 @@ def is_sdxl_index(index: dict[str, Any]) -> bool:
     return isinstance(entry, list) and bool(entry) and entry[0] is not None
 
 
-def component_names(index: dict[str, Any]) -> list[str]:
-    """Every component the trainer loads for a pipeline with this ``model_index.json``."""
+def sd_component_names(index: dict[str, Any]) -> list[str]:
+    """Every component the trainer loads for a Stable Diffusion pipeline with this ``model_index.json``."""
     sdxl = ["text_encoder_2", "tokenizer_2"] if is_sdxl_index(index) else []
     return ["unet", "vae", "scheduler", "text_encoder", "tokenizer", *sdxl]
+
+
+def _family(index: dict[str, Any]):
+    """The registered model family (``training.families``, torch-free) that trains this pipeline, or None."""
+    from training.families import find_family
+
+    return find_family(index) if isinstance(index, dict) else None
+
+
+def component_names(index: dict[str, Any]) -> list[str]:
+    """Every component the trainer loads for a pipeline with this ``model_index.json`` (its family's rule)."""
+    family = _family(index)
+    return family.component_names(index) if family is not None else sd_component_names(index)
+
+
+def weight_components(index: dict[str, Any]) -> list[str]:
+    """The weight-bearing components among ``component_names`` (not tokenizers or the scheduler)."""
+    family = _family(index)
+    if family is None:
+        return [c for c in WEIGHT_COMPONENTS if c in component_names(index)]
+    return family.weight_components(index)
 
 
 def not_a_pipeline(base_model: str, why: str) -> BaseModelProblem:
@@ -86,7 +108,8 @@ def not_a_pipeline(base_model: str, why: str) -> BaseModelProblem:
 
 def component_problem(base_model: str, index: dict[str, Any], name: str) -> BaseModelProblem | None:
     """None if ``model_index.json`` names an allow-listed class for component ``name``."""
-    library, allowed = ALLOWED_COMPONENTS[name]
+    family = _family(index)
+    library, allowed = (family.components if family is not None else ALLOWED_COMPONENTS)[name]
     entry = index.get(name)
     if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(x, str) for x in entry)):
         return not_a_pipeline(base_model, f"model_index.json has no usable {name!r} entry: {entry!r}")
@@ -100,16 +123,21 @@ def component_problem(base_model: str, index: dict[str, Any], name: str) -> Base
 
 
 def index_problem(base_model: str, index: dict[str, Any]) -> BaseModelProblem | None:
-    """The pipeline class and every component the trainer loads must be on the allow-lists."""
-    if "unet" not in index or "text_encoder" not in index:
-        return not_a_pipeline(base_model, "no UNet/text encoder: only SD 1.x/2.x and SDXL train here")
+    """The pipeline class must be one a registered model family trains (``training.families``), and every
+    component the trainer loads must be on that family's allow-list."""
     pipeline = index.get("_class_name")
-    if not isinstance(pipeline, str) or pipeline not in PIPELINES:
+    family = _family(index) if isinstance(pipeline, str) else None
+    if family is None:
+        from training.families import supported_pipelines
+
         return BaseModelProblem(
             "not_allowed",
             f"base model {base_model!r}: pipeline {pipeline!r} is not allowed (custom pipelines are refused; "
-            f"allowed: {', '.join(sorted(PIPELINES))})",
+            f"supported model families and their pipelines: {supported_pipelines()})",
         )
+    problem = family.index_problem(base_model, index)
+    if problem is not None:
+        return problem
     for name in component_names(index):
         problem = component_problem(base_model, index, name)
         if problem is not None:
@@ -122,7 +150,7 @@ def safetensors_problem(base_model: str, index: dict[str, Any], files: Iterable[
 
     ``files`` are repo-relative paths ("unet/diffusion_pytorch_model.safetensors", ...)."""
     have = {f.split("/")[0] for f in files if f.count("/") == 1 and f.endswith(".safetensors")}
-    for name in (c for c in WEIGHT_COMPONENTS if c in component_names(index)):
+    for name in weight_components(index):
         if name not in have:
             return no_safetensors(base_model, name)
     return None

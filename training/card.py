@@ -19,12 +19,17 @@ def _is_hub_id(base_model: str) -> bool:
     return not Path(base_model).exists() and base_model.count("/") == 1 and not base_model.startswith(("/", "."))
 
 
+def _file_notes(notes: dict[str, str]) -> str:
+    """``a.safetensors`` is in diffusers format; ``b.safetensors`` is ...: one sentence per weights file."""
+    return "; ".join(f"`{name}` is {what}" for name, what in notes.items()) + ("." if notes else "")
+
+
 def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Components) -> Path:
     """Write ``ctx.output_dir/README.md`` describing the base model, trigger prompt, settings and samples."""
     spec, p = ctx.spec, ctx.spec.params
     lora = spec.recipe.endswith("lora") or "lora" in recipe.name
-    family = "stable-diffusion-xl" if comps.is_sdxl else "stable-diffusion"
-    tags = ["text-to-image", "diffusers", "dreambooth", family, "diffusers-training"] + (["lora"] if lora else [])
+    card_info = comps.family.card_info(comps)  # the model family's licence, tags and file notes
+    tags = ["text-to-image", "diffusers", "dreambooth", *card_info.tags, "diffusers-training"] + (["lora"] if lora else [])
     samples = getattr(recipe, "sample_paths", {})
     widget = [
         {"text": prompt, "output": {"url": Path(path).relative_to(ctx.output_dir.resolve()).as_posix()}}
@@ -33,7 +38,8 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
     data = ModelCardData(
         base_model=spec.base_model if _is_hub_id(spec.base_model) else None,
         library_name="diffusers",
-        license="openrail++" if comps.is_sdxl else "creativeml-openrail-m",
+        license=card_info.license,
+        **{k: v for k, v in (("license_name", card_info.license_name), ("license_link", card_info.license_link)) if v},
         tags=tags,
         instance_prompt=spec.instance_prompt,
         widget=widget or None,
@@ -60,20 +66,20 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
     if lora:
         settings.update({"LoRA rank": p.rank, "LoRA alpha": p.alpha or p.rank})
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+    call = "prompt=" if card_info.prompt_keyword else ""
     if lora:
         usage = (
-            "```python\nfrom diffusers import AutoPipelineForText2Image\n\n"
-            f'pipe = AutoPipelineForText2Image.from_pretrained("{spec.base_model}")\n'
+            f"```python\nfrom diffusers import {card_info.pipeline_class}\n\n"
+            f'pipe = {card_info.pipeline_class}.from_pretrained("{spec.base_model}")\n'
             f'pipe.load_lora_weights("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
-            f'image = pipe("{spec.instance_prompt}").images[0]\n```\n\n'
-            "`pytorch_lora_weights.safetensors` is in diffusers format; `pytorch_lora_weights_kohya.safetensors` "
-            "is the same LoRA in the kohya/A1111 layout for AUTOMATIC1111 and ComfyUI."
+            f'image = pipe({call}"{spec.instance_prompt}").images[0]\n```\n\n'
+            + _file_notes(card_info.weight_notes)
         )
     else:
         usage = (
-            "```python\nfrom diffusers import AutoPipelineForText2Image\n\n"
-            f'pipe = AutoPipelineForText2Image.from_pretrained("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
-            f'image = pipe("{spec.instance_prompt}").images[0]\n```'
+            f"```python\nfrom diffusers import {card_info.pipeline_class}\n\n"
+            f'pipe = {card_info.pipeline_class}.from_pretrained("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
+            f'image = pipe({call}"{spec.instance_prompt}").images[0]\n```'
         )
     demo_note = ""
     if spec.base_model == DEMO_MODEL:

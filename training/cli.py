@@ -1,7 +1,9 @@
 """``python -m training --task TASK.json --workdir DIR [--progress EVENTS.jsonl] [--recipes-module MOD]``.
 
-``python -m training --list-recipes [--recipes-module MOD ...]`` prints the registered recipes as one JSON line
-(``{"recipes": [{"name", "label", "steps_per_image", ...}]}``; read by ``scheduler.recipes_catalog``).
+``python -m training --list-recipes [--recipes-module MOD ...] [--families-module MOD ...]`` prints the registered
+recipes and model families as one JSON line (``{"recipes": [{"name", "label", "steps_per_image", ...}],
+"families": [{"name", "label", "pipelines", "defaults", ...}]}``; read by ``scheduler.recipes_catalog``);
+``--list-families`` prints only ``{"families": [...]}``.
 
 Runs one task end to end (train, write outputs, upload) and exits with a code from ``training.exitcodes``. Under
 ``accelerate launch`` / ``torchrun`` every process runs this; only the main one writes events, outputs and uploads.
@@ -20,6 +22,7 @@ from typing import Any
 from training.exitcodes import ExitCode, TrainingError, is_out_of_memory
 
 RECIPES_ENV = "TRAINING_RECIPES_MODULES"
+FAMILIES_ENV = "TRAINING_FAMILY_MODULES"  # the same name as training.families.FAMILIES_ENV
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,10 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--progress", default=None, help="append JSON-lines progress events to this file")
     ap.add_argument("--recipes-module", action="append", default=[], help="extra module registering recipes")
     ap.add_argument("--progress-bar", choices=["auto", "on", "off"], default="auto", help="console bar (auto: tty)")
-    ap.add_argument("--list-recipes", action="store_true", help="print the registered recipes as JSON and exit")
+    ap.add_argument("--families-module", action="append", default=[], help="extra module registering model families")
+    ap.add_argument("--list-recipes", action="store_true", help="print the registered recipes (and families) as JSON")
+    ap.add_argument("--list-families", action="store_true", help="print the registered model families as JSON")
     args = ap.parse_args(argv)
-    if not args.list_recipes and not (args.task and args.workdir):
-        ap.error("--task and --workdir are required (unless --list-recipes)")
+    if not (args.list_recipes or args.list_families) and not (args.task and args.workdir):
+        ap.error("--task and --workdir are required (unless --list-recipes / --list-families)")
     return args
 
 
@@ -40,14 +45,33 @@ def _recipe_modules(args: argparse.Namespace) -> list[str]:
     return [m for m in [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")] if m.strip()]
 
 
+def _family_modules(args: argparse.Namespace) -> list[str]:
+    return [m for m in [*args.families_module, *os.environ.get(FAMILIES_ENV, "").split(",")] if m.strip()]
+
+
+def _load_plugins(args: argparse.Namespace) -> None:
+    """The built-in and extra model families, then the recipes (a recipe module may register families too)."""
+    from training.families import load_family_modules
+    from training.recipes import load_recipe_modules
+
+    load_family_modules(_family_modules(args))
+    load_recipe_modules(_recipe_modules(args))
+
+
 def list_recipes(args: argparse.Namespace) -> int:
-    """Print ``{"recipes": [...]}`` (one line) for the built-in recipes and those of the extra modules."""
+    """Print ``{"recipes": [...], "families": [...]}`` (one line) for the built-in recipes and model families and
+    those of the extra modules (``--list-families``: only the families)."""
     import json
 
-    from training.recipes import load_recipe_modules, registered_recipes
+    from training.families import registered_families
+    from training.recipes import registered_recipes
 
-    load_recipe_modules(_recipe_modules(args))
-    print(json.dumps({"recipes": [cls.catalog_entry() for cls in registered_recipes()]}))
+    _load_plugins(args)
+    families = [cls.catalog_entry() for cls in registered_families()]
+    if args.list_families and not args.list_recipes:
+        print(json.dumps({"families": families}))
+    else:
+        print(json.dumps({"recipes": [cls.catalog_entry() for cls in registered_recipes()], "families": families}))
     return ExitCode.OK
 
 
@@ -74,7 +98,7 @@ def _quiet_import_noise() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run a task; return the exit code."""
     args = parse_args(argv)
-    if args.list_recipes:
+    if args.list_recipes or args.list_families:
         _quiet_import_noise()
         return list_recipes(args)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -113,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
     from training.recipe_base import RunContext
-    from training.recipes import get_recipe, load_recipe_modules
+    from training.recipes import get_recipe
     from training.spec import TrainSpec
 
-    load_recipe_modules(_recipe_modules(args))
+    _load_plugins(args)
     spec = TrainSpec.load(args.task)
     recipe = get_recipe(spec.recipe)
     spec = spec.with_params(recipe.fixed_params, where=f"recipe {spec.recipe!r} fixed_params")
@@ -139,9 +163,9 @@ FAMILY_BY_CROSS_ATTENTION = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 
 
 def model_family(recipe: Any, base_model: str) -> str | None:
-    """``sd15``, ``sd2`` or ``sdxl`` for a full-size Stable Diffusion base model; None for anything else (a tiny
-    test model, another family) or when it cannot be read. Uses the recipe's ``model_info`` when the trainer kept
-    it, else reads the model's configs again (cached files, no weights)."""
+    """``sd15``, ``sd2`` or ``sdxl`` for a full-size Stable Diffusion base model, the family's name (``flux1``, ...)
+    for another model family; None for a tiny SD test model or when it cannot be read. Uses the recipe's
+    ``model_info`` when the trainer kept it, else reads the model's configs again (cached files, no weights)."""
     info = getattr(recipe, "model_info", None)
     try:
         if info is None:
@@ -149,6 +173,9 @@ def model_family(recipe: Any, base_model: str) -> str | None:
             from training.models import inspect_base_model
 
             info = inspect_base_model(resolve_demo(base_model))
+        other = getattr(info, "family", None)  # the detected model family (ModelInfo.family)
+        if other is not None and other.name != "sd":
+            return other.name
         family = FAMILY_BY_CROSS_ATTENTION.get(info.unet_config.get("cross_attention_dim"))
         sdxl = bool(info.is_sdxl)
     except Exception:  # noqa: BLE001 - the family only refines later estimates; it never fails a finished run

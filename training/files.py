@@ -2,7 +2,8 @@
 
 A Stable Diffusion repo holds far more than training reads: single-file checkpoints at the root, ``.bin`` copies,
 fp32, fp16 and non-EMA variants, ONNX/OpenVINO/Flax exports, the safety checker. ``choose_files`` picks, from the
-repo's file list alone, ``model_index.json`` and for each component the trainer loads (``component_names``):
+repo's file list alone, ``model_index.json`` and for each component the trainer loads (``component_names``: the
+model family's components, ``training.families``):
 
 - its config (``config.json``; the scheduler's ``scheduler_config.json``; the tokenizer's text files);
 - its weights, ``.safetensors`` only: a frozen component takes the ``fp16`` variant when the repo has one (half the
@@ -24,23 +25,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training.base_check import (
-    WEIGHT_COMPONENTS,
     BaseModelProblem,
     component_names,
     index_problem,
     no_safetensors,
     not_a_pipeline,
+    weight_components,
 )
 
 #: the variant frozen weights are read from when the repo has it
 FROZEN_VARIANT = "fp16"
 #: weights file stem per library (diffusers models / transformers models)
 WEIGHT_STEMS = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}
-#: the tokenizer files loaded when present (CLIP: vocab.json + merges.txt, or a fast tokenizer.json)
+#: the tokenizer files loaded when present (CLIP / Qwen: vocab.json + merges.txt, or a fast tokenizer.json; T5: its
+#: sentencepiece model; Qwen: a chat template)
 TOKENIZER_FILES = (
     "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
     "merges.txt",
     "special_tokens_map.json",
+    "spiece.model",
     "tokenizer.json",
     "tokenizer_config.json",
     "vocab.json",
@@ -131,8 +136,9 @@ def choose_files(
         )
     files: set[str] = {"model_index.json"}
     variants: dict[str, str | None] = {}
+    weights = set(weight_components(index))  # the model family's (``training.families``)
     for name in component_names(index):
-        if name in WEIGHT_COMPONENTS:
+        if name in weights:
             config = f"{name}/config.json"
             if config not in have:
                 raise FileChoiceError(not_a_pipeline(base_model, f"{config} is missing"))

@@ -1,11 +1,11 @@
-"""``dreambooth-full``: fine-tune all UNet weights (and optionally the text encoders); saves a pipeline folder."""
+"""``dreambooth-full``: fine-tune every weight of the model family's denoiser (the UNet, or a transformer) and
+optionally the text encoders; saves a pipeline folder."""
 
 from __future__ import annotations
 
 import torch
 
-from training.files import TEXT_ENCODER_COMPONENTS
-from training.models import Components, build_pipeline
+from training.families.base import Components, ModelFamily
 from training.recipe_base import RunContext
 from training.recipes import register_recipe
 from training.spec import TrainParams
@@ -14,7 +14,7 @@ from training.trainer import DreamBoothRecipe
 
 @register_recipe("dreambooth-full")
 class DreamBoothFull(DreamBoothRecipe):
-    """Classic DreamBooth: every UNet weight trains (fp32 master weights under mixed precision)."""
+    """Classic DreamBooth: every denoiser weight trains (fp32 master weights under mixed precision)."""
 
     checkpoint_family = "dreambooth-full"
     label = "DreamBooth full fine-tune (all UNet weights; a whole pipeline, several GB)"
@@ -25,13 +25,17 @@ class DreamBoothFull(DreamBoothRecipe):
     max_checkpoints_kept = 1
 
     @classmethod
-    def trainable_components(cls, params: TrainParams) -> frozenset[str]:
-        """The UNet, and the text encoders when ``train_text_encoder`` (names a pipeline lacks are ignored)."""
-        return frozenset({"unet", *(TEXT_ENCODER_COMPONENTS if params.train_text_encoder else ())})
+    def trainable_components(cls, params: TrainParams, family: type[ModelFamily] | None = None) -> frozenset[str]:
+        """The family's denoiser, and its text encoders when ``train_text_encoder`` (names a pipeline lacks are
+        ignored). ``family`` None: Stable Diffusion's names."""
+        if family is None:
+            from training.families.sd import StableDiffusion as family
+        encoders = family.text_encoder_components if params.train_text_encoder else ()
+        return frozenset({family.denoiser_name, *encoders})
 
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
-        comps.unet.requires_grad_(True)
-        modules: dict[str, torch.nn.Module] = {"unet": comps.unet}
+        comps.denoiser.requires_grad_(True)
+        modules: dict[str, torch.nn.Module] = {comps.family.denoiser_name: comps.denoiser}
         if ctx.spec.params.train_text_encoder:
             for name, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True):
                 te.to(torch.float32).requires_grad_(True)
@@ -40,7 +44,7 @@ class DreamBoothFull(DreamBoothRecipe):
 
     def save_outputs(self, comps: Components, modules: dict[str, torch.nn.Module], ctx: RunContext) -> list[str]:
         tes = [modules.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
-        pipe = build_pipeline(comps, unet=modules["unet"], text_encoders=tes)
+        pipe = comps.family.build_pipeline(comps, denoiser=modules[comps.family.denoiser_name], text_encoders=tes)
         pipe.save_pretrained(str(ctx.output_dir), safe_serialization=True)
         return ["model_index.json"]
 

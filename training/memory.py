@@ -34,9 +34,10 @@ What a CUDA run does differently, and how it is modelled:
 - Order: ``configure_trainable`` runs on the meta modules before they get GPU tensors (peft moves its adapters
   with ``.to()``, which fake parameters refuse); class-image generation then sees the trainable weights as
   frozen, as it does in the trainer, where they are made trainable later.
-- The step is the trainer's own: ``_training_step`` draws a batch with ``_make_batch`` and runs
-  ``DreamBoothRecipe._step_loss`` and ``training.trainer.optimizer_step``, the two functions the training loop calls
-  (the fingerprint below covers them).
+- The step is the trainer's own: ``_training_step`` draws a batch with ``_make_batch`` (the family's
+  ``draw_time``) and runs ``DreamBoothRecipe._step_loss`` (the family's ``noisy_and_target``, ``predict``,
+  ``loss_weights``) and ``training.trainer.optimizer_step``, the functions the training loop calls (the fingerprint
+  below covers them).
   accelerate's wrapping of the UNet (fp32 copies of its outputs) is left out: a prediction-sized tensor.
 - Not counted: cuBLAS/cuDNN workspaces (tens of MB) and anything outside PyTorch's allocator.
 - Accuracy: run in the layout of diffusers' example scripts (``layout="diffusers-script"``) on SD 1.5 at 512 px,
@@ -356,9 +357,17 @@ FINGERPRINT_FUNCTIONS = (
     "training.trainer:DreamBoothRecipe._encode_images",
     "training.trainer:DreamBoothRecipe._make_batch",
     "training.trainer:DreamBoothRecipe._text_cond",
-    "training.trainer:_encode_with",
+    "training.trainer:_draw",
     "training.trainer:trainable_named_parameters",
     "training.models:encode_tokens",
+    "training.families.sd:StableDiffusion.encode_images",
+    "training.families.sd:StableDiffusion.tokenize",
+    "training.families.sd:StableDiffusion.encode_prompt",
+    "training.families.sd:StableDiffusion.draw_time",
+    "training.families.sd:StableDiffusion.noisy_and_target",
+    "training.families.sd:StableDiffusion.predict",
+    "training.families.sd:StableDiffusion.loss_weights",
+    "training.families.sd:StableDiffusion.lora_targets",
     "training.lora:DreamBoothLoRA.configure_trainable",
     "training.lora:add_text_encoder_adapter",
     "training.full:DreamBoothFull.configure_trainable",
@@ -705,29 +714,29 @@ def _meta_modules_from_folder(folder: Path) -> tuple[dict[str, Any], dict[str, A
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from training.base_check import is_sdxl_index
-    from training.models import _transformers_class
+    from training.families import family_for
+    from training.families.classes import component_class
 
     index = json.loads((folder / "model_index.json").read_text())
-    names = ["text_encoder", "text_encoder_2"] if is_sdxl_index(index) else ["text_encoder"]
+    names = family_for(index).text_encoder_names(index)
     with torch.device("meta"):
         mods: dict[str, Any] = {
             "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
             "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
         }
         for name in names:
-            cls = _transformers_class(index[name][1])
+            cls = component_class(index[name][1])
             mods[name] = cls(cls.config_class.from_pretrained(folder / name))
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     sched = {k: v for k, v in sched.items() if not k.startswith("_")}
     return mods, index, sched
 
 
-def _trainable_components(recipe: Any, params: Any, text_encoder_names: list[str]) -> set[str]:
+def _trainable_components(recipe: Any, params: Any, text_encoder_names: list[str], family: Any = None) -> set[str]:
     """The components the recipe trains in place (``trainable_components``; older recipes: ``trains_unet_fully``)."""
     fn = getattr(recipe, "trainable_components", None)
     if callable(fn):
-        return set(fn(params))
+        return set(fn(params, family))
     if getattr(recipe, "trains_unet_fully", False):
         return {"unet", *(text_encoder_names if params.train_text_encoder else [])}
     return set()
@@ -743,7 +752,7 @@ def _meta_components(cfg: MemoryConfig, recipe: Any, params: Any, wdtype: Any) -
     built = _meta_modules(cfg.model)
     mods, index = built["modules"], built["index"]
     info = ModelInfo(cfg.model, index, dict(mods["unet"].config), dict(mods["vae"].config))
-    trainable = _trainable_components(recipe, params, info.text_encoder_names)
+    trainable = _trainable_components(recipe, params, info.text_encoder_names, type(info.family))
     diffusers_script = cfg.layout == "diffusers-script"
     unet_dtype = torch.float32 if "unet" in trainable else wdtype
     text_dtype = torch.float32 if trainable & set(info.text_encoder_names) else wdtype
@@ -909,6 +918,8 @@ def _run_phases(cfg, recipe, comps, modules, params, mp, wdtype, tracker) -> dic
 def _training_step(cfg, recipe, comps, modules, p, params_list, optimizer, scaler, inst_cond, cls_cond, mp, wdtype):
     """One step as ``DreamBoothRecipe.run`` does it, with the trainer's own functions (``_make_batch``,
     ``_step_loss``, ``optimizer_step``, then ``zero_grad(set_to_none=True)``)."""
+    import functools
+
     import torch
 
     from training.trainer import LatentSet, optimizer_step
@@ -920,13 +931,11 @@ def _training_step(cfg, recipe, comps, modules, p, params_list, optimizer, scale
         zeros = torch.zeros(1, comps.unet.config.in_channels, h, h)
         tids = torch.zeros(1, 6)
         inst = LatentSet(zeros, zeros, zeros, zeros, tids)
-        batch = recipe._make_batch(
-            0, bs, inst, inst if prior else None, p, comps.noise_scheduler.config.num_train_timesteps
-        )
-    alphas = comps.noise_scheduler.alphas_cumprod.to(device)
+        draw_time = functools.partial(comps.family.draw_time, comps=comps, params=p)
+        batch = recipe._make_batch(0, bs, inst, inst if prior else None, p, draw_time)
     autocast = torch.autocast(device.type, dtype=wdtype, enabled=mp != "no")
     modules["unet"].train()
-    loss = recipe._step_loss(comps, modules["unet"], modules, batch, inst_cond, cls_cond, device, alphas, autocast, p,
+    loss = recipe._step_loss(comps, modules["unet"], modules, batch, inst_cond, cls_cond, device, autocast, p,
                              prior=prior)  # fmt: skip
     optimizer_step(loss, optimizer, params_list, scaler, device)
     del loss

@@ -1,9 +1,10 @@
-"""Loading Stable Diffusion 1.x/2.x and SDXL pipeline parts from a Hub repo id or a local folder, and using them.
+"""Loading a base model's pipeline parts from a Hub repo id or a local folder (the model family does the loading).
 
-A base model is untrusted input, checked by ``training.base_check`` (the one home of the allow-lists and of the
-safetensors rule): an existing folder or a valid Hub repo id; ``model_index.json`` may only name allow-listed
-pipeline and component classes (looked up in fixed tables, never imported by the name read from the repo); weights
-load from ``.safetensors`` only (``.bin``/``.ckpt`` pickles can run code); no remote code, no custom pipeline.
+A base model is untrusted input, checked by ``training.base_check`` (the one home of the checks and of the
+safetensors rule) against its model family's allow-list (``training.families``): an existing folder or a valid Hub
+repo id; ``model_index.json`` may only name allow-listed pipeline and component classes (looked up in fixed tables,
+never imported by the name read from the repo); weights load from ``.safetensors`` only (``.bin``/``.ckpt``
+pickles can run code); no remote code, no custom pipeline.
 
 Only the files ``training.files.choose_files`` picks are downloaded (into the normal Hugging Face cache, where a
 Space's ``preload_from_hub`` puts them), at the commit the repo was inspected at; every component then loads from
@@ -14,59 +15,26 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.base_check import (  # the allow-lists and the checks live there
+from training.base_check import (  # the checks live there
     BaseModelProblem,
-    component_names,
     component_problem,
     hub_problem,
     id_problem,
-    is_sdxl_index,
     not_a_pipeline,
     parse_json_object,
     probe_base_model,
 )
 from training.exitcodes import BadInputError, HubUnreachableError, TrainingError
+from training.families.base import Components, ModelInfo
 from training.files import FileChoice, FileChoiceError, choose_files
 
-
-@dataclass
-class ModelInfo:
-    """What the trainer needs to know about a base model before loading any weights."""
-
-    base_model: str
-    index: dict[str, Any]
-    unet_config: dict[str, Any]
-    vae_config: dict[str, Any]
-    #: the repo's (or folder's) files, repo-relative, and the Hub commit they were listed at (None: a local folder)
-    files: list[str] = field(default_factory=list)
-    revision: str | None = None
-
-    @property
-    def is_sdxl(self) -> bool:
-        return is_sdxl_index(self.index)
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae_config.get("block_out_channels", [1, 1, 1, 1])) - 1)
-
-    @property
-    def native_resolution(self) -> int:
-        return int(self.unet_config.get("sample_size", 64)) * self.vae_scale_factor
-
-    @property
-    def text_encoder_names(self) -> list[str]:
-        return ["text_encoder", "text_encoder_2"] if self.is_sdxl else ["text_encoder"]
-
-    @property
-    def component_names(self) -> list[str]:
-        """Every component the trainer loads."""
-        return component_names(self.index)
+__all__ = ["Components", "ModelInfo", "build_pipeline", "choose_model_files", "encode_tokens", "fetch_model_files",
+           "inspect_base_model", "load_components", "pipeline_class", "sdxl_time_ids", "tokenize"]  # fmt: skip
 
 
 def problem_error(problem: BaseModelProblem) -> TrainingError:
@@ -125,15 +93,17 @@ def check_component(base_model: str, index: dict[str, Any], name: str) -> str:
 
 
 def inspect_base_model(base_model: str) -> ModelInfo:
-    """Check the id, model_index.json (allow-listed classes), the weight files (safetensors) and read the UNet/VAE
-    configs, classifying failures as ``training.base_check`` does: Hub unreachable -> ``HubUnreachableError``
-    (exit 1, retried), anything else unusable -> ``BadInputError`` (exit 2). Downloads no weights."""
+    """Check the id, model_index.json (a known model family, its allow-listed classes), the weight files
+    (safetensors) and read the denoiser's and the VAE's configs, classifying failures as ``training.base_check``
+    does: Hub unreachable -> ``HubUnreachableError`` (exit 1, retried), anything else unusable -> ``BadInputError``
+    (exit 2). Downloads no weights."""
     probe = probe_base_model(base_model)
     if probe.problem is not None:
         raise problem_error(probe.problem)
     info = ModelInfo(base_model, probe.index, {}, {}, files=probe.files, revision=probe.revision)
-    info.unet_config = _read_json(base_model, "unet/config.json", info.revision)
-    info.vae_config = _read_json(base_model, "vae/config.json", info.revision)
+    denoiser, vae = info.family.config_components()
+    info.denoiser_config = _read_json(base_model, f"{denoiser}/config.json", info.revision)
+    info.vae_config = _read_json(base_model, f"{vae}/config.json", info.revision)
     return info
 
 
@@ -167,141 +137,56 @@ def fetch_model_files(info: ModelInfo, choice: FileChoice) -> Path:
     return Path(folder)
 
 
-def _transformers_class(name: str) -> type:
-    """The transformers class for an allow-listed name (a fixed table: nothing is looked up by a repo's string)."""
-    import transformers
-
-    table = {
-        "CLIPTextModel": transformers.CLIPTextModel,
-        "CLIPTextModelWithProjection": transformers.CLIPTextModelWithProjection,
-        "CLIPTokenizer": transformers.CLIPTokenizer,
-        "CLIPTokenizerFast": transformers.CLIPTokenizerFast,
-    }
-    return table[name]
-
-
-@dataclass
-class Components:
-    """The loaded parts of a pipeline. Text encoders and tokenizers are lists (two for SDXL)."""
-
-    info: ModelInfo
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoders: list[torch.nn.Module]
-    tokenizers: list[Any]
-    noise_scheduler: Any
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_sdxl(self) -> bool:
-        return self.info.is_sdxl
-
-    @property
-    def prediction_type(self) -> str:
-        return self.noise_scheduler.config.prediction_type
-
-
 def load_components(
-    info: ModelInfo, *, unet_dtype: torch.dtype, text_dtype: torch.dtype, trainable: Collection[str] = frozenset()
+    info: ModelInfo,
+    *,
+    unet_dtype: torch.dtype,
+    text_dtype: torch.dtype,
+    trainable: Collection[str] = frozenset(),
+    weight_dtype: torch.dtype | None = None,
+    parts: Collection[str] | None = None,
+    into: Components | None = None,
+    quantization_config: Any = None,
 ) -> Components:
-    """Load UNet, VAE, text encoders, tokenizers and the DDPM scheduler from the files ``choose_model_files`` picks
-    (downloaded first for a Hub repo): ``trainable`` components from their fp32 files, the others from their fp16
-    variants where the repo has them, each cast to its dtype here.
-
-    The VAE always runs in fp32 (fp16 SD/SDXL VAE activations overflow); being frozen, its weights may still come
-    from the fp16 file: they are upcast on load. Weights from safetensors only; classes from the allow-list only
-    (tokenizers and the scheduler hold no weights).
-    """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
+    """Load the model family's components from the files ``choose_model_files`` picks (downloaded first for a Hub
+    repo): ``trainable`` components from their fp32 files, the others from their fp16 variants where the repo has
+    them, each cast to its dtype by the family (``unet_dtype``: the denoiser's, whatever the family calls it;
+    ``weight_dtype``: frozen weights', default ``text_dtype``). ``parts``/``into``: staged loading;
+    ``quantization_config``: a quantized frozen denoiser (``ModelFamily.load``). Weights from safetensors only; classes from the allow-list only."""
     index = info.index
     for name in info.component_names:  # again here: ``info`` may not come from inspect_base_model
         check_component(info.base_model, index, name)
     choice = choose_model_files(info, trainable)
     src = str(fetch_model_files(info, choice))
-    var = choice.variants
-    unet = UNet2DConditionModel.from_pretrained(
-        src, subfolder="unet", torch_dtype=unet_dtype, use_safetensors=True, variant=var["unet"]
-    )
-    vae = AutoencoderKL.from_pretrained(
-        src, subfolder="vae", torch_dtype=torch.float32, use_safetensors=True, variant=var["vae"]
-    )
-    encoders, tokenizers = [], []
-    for i, name in enumerate(info.text_encoder_names):
-        cls = _transformers_class(index[name][1])  # allow-listed just above
-        encoders.append(
-            cls.from_pretrained(src, subfolder=name, torch_dtype=text_dtype, use_safetensors=True, variant=var[name])
-        )
-        tok_name = "tokenizer" if i == 0 else f"tokenizer_{i + 1}"
-        tok_cls = _transformers_class(index[tok_name][1])
-        tokenizers.append(tok_cls.from_pretrained(src, subfolder=tok_name))
-    scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
-    for m in (unet, vae, *encoders):
-        m.requires_grad_(False)
-    return Components(info, unet, vae, encoders, tokenizers, scheduler)
+    return info.family.load(
+        src, choice.variants, denoiser_dtype=unet_dtype, text_dtype=text_dtype,
+        weight_dtype=weight_dtype or text_dtype, parts=parts, into=into, quantization_config=quantization_config,
+    )  # fmt: skip
 
 
+# ---------------------------------------------------------------- the family's pieces under their older names
 def tokenize(components: Components, prompt: str) -> list[torch.Tensor]:
     """Token ids ([1, max_len]) of ``prompt`` for each text encoder."""
-    return [
-        tok(
-            prompt, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        for tok in components.tokenizers
-    ]
+    return components.family.tokenize(components, prompt)
 
 
 def encode_tokens(components: Components, token_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Prompt embeddings (and SDXL's pooled embedding) from token ids, as the matching pipeline computes them."""
-    if not components.is_sdxl:
-        te = components.text_encoders[0]
-        return te(token_ids[0].to(te.device))[0], None
-    embeds, pooled = [], None
-    for te, ids in zip(components.text_encoders, token_ids, strict=True):
-        out = te(ids.to(te.device), output_hidden_states=True)
-        pooled = out[0]  # the last encoder (with projection) gives SDXL's pooled embedding
-        embeds.append(out.hidden_states[-2])
-    return torch.cat(embeds, dim=-1), pooled
+    """SD prompt embeddings (and SDXL's pooled embedding) from token ids, as the matching pipeline computes them."""
+    out = components.family.encode_prompt(components, components.text_encoders, token_ids)
+    return out["embeds"], out.get("pooled")
 
 
 def sdxl_time_ids(original_hw: tuple[int, int], crop_tl: tuple[int, int], resolution: int) -> torch.Tensor:
     """SDXL micro-conditioning: original size, crop top-left, target size."""
-    return torch.tensor([*original_hw, *crop_tl, resolution, resolution], dtype=torch.float32)
+    from training.families.sd import sdxl_time_ids as time_ids
+
+    return time_ids(original_hw, crop_tl, resolution)
 
 
 def build_pipeline(components: Components, *, unet: torch.nn.Module | None = None, text_encoders=None):
-    """An inference pipeline sharing the live modules (no copies, no dtype casts) with a fast DPM-Solver scheduler."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    unet = unet or components.unet
-    tes = text_encoders or components.text_encoders
-    sched = DPMSolverMultistepScheduler.from_config(components.noise_scheduler.config)
-    if components.is_sdxl:
-        pipe = StableDiffusionXLPipeline(
-            vae=components.vae,
-            text_encoder=tes[0],
-            text_encoder_2=tes[1],
-            tokenizer=components.tokenizers[0],
-            tokenizer_2=components.tokenizers[1],
-            unet=unet,
-            scheduler=sched,
-        )
-    else:
-        pipe = StableDiffusionPipeline(
-            vae=components.vae,
-            text_encoder=tes[0],
-            tokenizer=components.tokenizers[0],
-            unet=unet,
-            scheduler=sched,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    """The family's inference pipeline sharing the live modules (no copies, no dtype casts)."""
+    return components.family.build_pipeline(components, denoiser=unet, text_encoders=text_encoders)
 
 
 def pipeline_class(components: Components):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if components.is_sdxl else StableDiffusionPipeline
+    return components.family.pipeline_class()

@@ -5,10 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from training.progress import Progress
 from training.spec import TrainParams, TrainSpec
+
+if TYPE_CHECKING:
+    from training.families.base import ModelFamily
 
 
 @dataclass
@@ -71,11 +74,12 @@ class Recipe(ABC):
         return []
 
     @classmethod
-    def trainable_components(cls, params: TrainParams) -> frozenset[str]:
-        """The base-model components this recipe trains in place ("unet", "text_encoder", ...): they load from their
-        fp32 files, every other one from its fp16 variant where the repo has it (``training.files.choose_files``).
-        Asked by the trainer and by the preload list (``python -m training.preload``). Adapters (LoRA) are new
-        weights: their base stays frozen, so the default is none."""
+    def trainable_components(cls, params: TrainParams, family: type[ModelFamily] | None = None) -> frozenset[str]:
+        """The base-model components this recipe trains in place ("unet", "text_encoder", ...) for a model of
+        ``family`` (None: Stable Diffusion): they load from their fp32 files, every other one from its fp16 variant
+        where the repo has it (``training.files.choose_files``). Asked by the trainer and by the preload list
+        (``python -m training.preload``). Adapters (LoRA) are new weights: their base stays frozen, so the default is
+        none."""
         return frozenset()
 
     @classmethod

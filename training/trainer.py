@@ -1,7 +1,9 @@
-"""The DreamBooth training loop shared by the LoRA and full fine-tune recipes.
+"""The DreamBooth training loop shared by the LoRA and full fine-tune recipes, over any model family.
 
 One linear ``run``: validate input -> load -> (class images) -> cache latents and text embeddings -> train ->
-sample -> save. Recipes subclass ``DreamBoothRecipe`` and decide what is trainable and how it is saved.
+sample -> save. Everything model-specific (loading, latents, conditioning, noising and loss target, the forward
+call, sampling, output formats) is the model family's (``training.families``, detected from the base model);
+recipes subclass ``DreamBoothRecipe`` and decide what is trainable and how it is saved.
 
 Speed by design: the VAE encodes every image once (latent distributions cached); frozen text encoders run once per
 prompt; frozen modules leave the GPU during training; attention is PyTorch SDPA (diffusers' default); no image is
@@ -14,12 +16,12 @@ and the optimizer / LR-scheduler / grad-scaler states.
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,17 +30,10 @@ import torch.nn.functional as F
 from training import checkpoint as ckpt_mod
 from training import data
 from training.demo import resolve_demo
+from training.families.base import Components, LatentSet, TextCond
+from training.families.sd import uniform_timestep
 from training.metrics import RunMetrics
-from training.models import (
-    Components,
-    build_pipeline,
-    choose_model_files,
-    encode_tokens,
-    inspect_base_model,
-    load_components,
-    sdxl_time_ids,
-    tokenize,
-)
+from training.models import choose_model_files, inspect_base_model, load_components
 from training.precision import (
     device_budget_gib,
     make_optimizer,
@@ -51,29 +46,6 @@ from training.recipe_base import clamp_steps as default_steps  # one steps polic
 from training.stopping import Terminated, deferred_stop
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LatentSet:
-    """Cached VAE latent distributions (mean and std, fp32, CPU) for a set of images, optionally with flips."""
-
-    mean: torch.Tensor  # [N, C, h, w]
-    std: torch.Tensor
-    flip_mean: torch.Tensor | None
-    flip_std: torch.Tensor | None
-    time_ids: torch.Tensor  # [N, 6] SDXL micro-conditioning (unused for SD 1.x/2.x)
-
-    def __len__(self) -> int:
-        return self.mean.shape[0]
-
-
-@dataclass
-class TextCond:
-    """Conditioning for one prompt: cached embeddings (frozen encoders) or token ids (trained encoders)."""
-
-    token_ids: list[torch.Tensor]
-    embeds: torch.Tensor | None = None
-    pooled: torch.Tensor | None = None
 
 
 def sample_generator(seed: int, index: int) -> torch.Generator:
@@ -141,7 +113,9 @@ class DreamBoothRecipe(Recipe):
         # 1. input, before any weights are loaded
         prog.phase("validating_input")
         info = inspect_base_model(resolve_demo(spec.base_model))  # the demo model is built here on first use
-        trainable = self.trainable_components(p)  # fp32 master weights from fp32 files; the rest fp16 files
+        self.model_info, family = info, info.family  # the model family, detected from model_index.json
+        family.check_params(p)
+        trainable = self.trainable_components(p, type(family))  # fp32 master weights from fp32 files; the rest fp16
         choose_model_files(info, trainable)  # every file training needs is there (no download yet)
         resolution = p.resolution or info.native_resolution
         with acc.main_process_first():
@@ -156,19 +130,18 @@ class DreamBoothRecipe(Recipe):
         warmup = min(p.lr_warmup_steps, steps // 5)  # warm-up can never eat the run
         self.resolution, self.steps = resolution, steps
 
-        # 2. models
+        # 2. models (a staged family loads its denoiser only after caching, when the text encoders are gone)
         prog.phase("loading")
         train_te = p.train_text_encoder
-        comps = load_components(
-            info,
-            unet_dtype=torch.float32 if "unet" in trainable else wdtype,
+        staged = family.staged_loading and not train_te and not (p.prior_preservation and user_class is None)
+        load = functools.partial(
+            load_components, info, trainable=trainable, weight_dtype=wdtype,
+            unet_dtype=torch.float32 if family.denoiser_name in trainable else wdtype,
             text_dtype=torch.float32 if trainable & set(info.text_encoder_names) else wdtype,
-            trainable=trainable,
-        )
-        comps.unet.to(device)
-        comps.vae.to(device)
-        for te in comps.text_encoders:
-            te.to(device)
+        )  # fmt: skip
+        comps = load(parts=("vae", "text", "scheduler") if staged else None)
+        for module in family.training_device_modules(comps):
+            module.to(device)
 
         # 3. class images for prior preservation
         class_images: list[data.PreparedImage] = []
@@ -181,11 +154,14 @@ class DreamBoothRecipe(Recipe):
         cls_lat = self._encode_images(comps, class_images, resolution, p.random_flip) if class_images else None
         inst_cond = self._text_cond(comps, spec.instance_prompt, frozen=not train_te)
         cls_cond = self._text_cond(comps, spec.class_prompt or "", frozen=not train_te) if class_images else None
+        if family.free_text_encoders_after_caching and not train_te:  # samples then use cached conditioning
+            self.sample_conds = {q: self._text_cond(comps, q, frozen=True) for q in p.validation_prompts}
         comps.vae.to("cpu")  # only needed again for samples
         if not train_te:
-            for te in comps.text_encoders:
-                te.to("cpu")
+            family.release_text_encoders(comps)
         _free_memory()
+        if staged:
+            load(parts=("denoiser",), into=comps).denoiser.to(device)
 
         # 5. trainable parameters, optimizer, schedule
         set_seed(p.seed)
@@ -198,7 +174,7 @@ class DreamBoothRecipe(Recipe):
             device=device,
             frozen_params=n_frozen,
             trainable_params=n_trainable,
-            unet_params=sum(t.numel() for t in comps.unet.parameters()),
+            unet_params=sum(t.numel() for t in comps.denoiser.parameters()),
             latent_size=resolution // info.vae_scale_factor,
             samples_per_step=p.batch_size * (2 if class_images else 1),
             weight_bytes=torch.finfo(wdtype).bits // 8,
@@ -208,7 +184,7 @@ class DreamBoothRecipe(Recipe):
         )
         self.memory_plan = plan
         if plan.gradient_checkpointing:
-            comps.unet.enable_gradient_checkpointing()
+            comps.denoiser.enable_gradient_checkpointing()
             if train_te:
                 for te in comps.text_encoders:
                     te.gradient_checkpointing_enable()
@@ -224,10 +200,10 @@ class DreamBoothRecipe(Recipe):
         wrapped = dict(zip(names, prepared if len(names) > 1 else [prepared], strict=True))
         self.scaler = torch.amp.GradScaler(device.type) if mp == "fp16" else None
         autocast = torch.autocast(device.type, dtype=wdtype, enabled=mp != "no")
-        unet = wrapped["unet"]
+        denoiser = wrapped[family.denoiser_name]
         if p.compile and device.type == "cuda":
-            unet = torch.compile(unet)
-        unet.train()
+            denoiser = torch.compile(denoiser)
+        denoiser.train()
 
         # 6. resume
         start = self._resume(ctx, named, optimizer, lr_sched, acc)
@@ -239,8 +215,7 @@ class DreamBoothRecipe(Recipe):
         log_every = p.log_every or (1 if steps <= 100 else 10)
         # The Hub mirror is a commit to the queue repo: at most about four per run (plus the final one and a stop).
         hub_every = (p.checkpoint_every or 1) * max(1, math.ceil(steps / (4 * (p.checkpoint_every or steps))))
-        sched = comps.noise_scheduler
-        alphas = sched.alphas_cumprod.to(device)
+        draw_time = functools.partial(family.draw_time, comps=comps, params=p)
         loss_sum, loss_n, t_last, s_last = torch.zeros((), device=device), 0, time.perf_counter(), start
         every_sample = sample_every(steps, p.validation_every) if p.validation_prompts else None
         self.metrics = metrics = RunMetrics()
@@ -249,10 +224,10 @@ class DreamBoothRecipe(Recipe):
         with deferred_stop(acc.num_processes == 1) as stop:
             for step in range(start, steps):
                 base_index = (step * world + rank) * bs
-                batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, sched.config.num_train_timesteps)
+                batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, draw_time)
                 if device.type == "cuda":  # pinned: the copies below then never wait for the GPU queue to drain
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                loss = self._step_loss(comps, unet, wrapped, batch, inst_cond, cls_cond, device, alphas, autocast, p,
+                loss = self._step_loss(comps, denoiser, wrapped, batch, inst_cond, cls_cond, device, autocast, p,
                                        prior=class_images != [])  # fmt: skip
                 optimizer_step(loss, optimizer, params, self.scaler, device)
                 lr_sched.step()
@@ -286,7 +261,7 @@ class DreamBoothRecipe(Recipe):
                     self._checkpoint(ctx, done, named, optimizer, lr_sched, acc, mirror=done % hub_every == 0)
                 if every_sample and done % every_sample == 0 and done < steps:
                     self._samples(comps, wrapped, ctx, done, acc)
-                    unet.train()
+                    denoiser.train()
                 metrics.paused(time.perf_counter() - pause_start)
                 if stop.requested:  # SIGTERM: keep this step's progress, then stop
                     self._checkpoint(ctx, done, named, optimizer, lr_sched, acc)
@@ -310,61 +285,41 @@ class DreamBoothRecipe(Recipe):
         acc.wait_for_everyone()
 
     # ---- pieces ----------------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def _encode_images(self, comps: Components, images: list[data.PreparedImage], resolution: int, flip: bool) -> LatentSet:
-        import numpy as np
-
-        vae = comps.vae
-        means, stds, fmeans, fstds = [], [], [], []
-        for img in images:
-            arr = torch.from_numpy(np.asarray(img.image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-            pix = arr.unsqueeze(0)
-            if flip:
-                pix = torch.cat([pix, torch.flip(pix, dims=[3])])
-            dist = vae.encode(pix.to(vae.device, vae.dtype)).latent_dist
-            means.append(dist.mean[:1].float().cpu())
-            stds.append(dist.std[:1].float().cpu())
-            if flip:
-                fmeans.append(dist.mean[1:].float().cpu())
-                fstds.append(dist.std[1:].float().cpu())
-        time_ids = torch.stack([sdxl_time_ids(i.original_size, i.crop_top_left, resolution) for i in images])
-        return LatentSet(
-            torch.cat(means),
-            torch.cat(stds),
-            torch.cat(fmeans) if flip else None,
-            torch.cat(fstds) if flip else None,
-            time_ids,
-        )
+        return comps.family.encode_images(comps, images, resolution, flip)
 
     @torch.no_grad()
     def _text_cond(self, comps: Components, prompt: str, frozen: bool) -> TextCond:
-        ids = tokenize(comps, prompt)
+        family = comps.family
+        ids = family.tokenize(comps, prompt)
         if not frozen:
             return TextCond(ids)
-        embeds, pooled = encode_tokens(comps, ids)
-        return TextCond(ids, embeds.detach(), None if pooled is None else pooled.detach())
+        out = family.encode_prompt(comps, comps.text_encoders, ids)
+        return TextCond(ids, {k: v.detach() for k, v in out.items() if v is not None})
 
     def _conditioning(self, comps, wrapped, inst: TextCond, cls: TextCond | None, bs: int, device, train_te: bool):
-        """Prompt embeddings for the batch: instance block then class block, each repeated ``bs`` times."""
+        """The batch's conditioning tensors: instance block then class block, each repeated ``bs`` times."""
         conds = [inst] + ([cls] if cls is not None else [])
         if train_te:  # one forward per encoder for all prompts (a DDP module may run only once per step)
             encs = [wrapped.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
             ids = [torch.cat([c.token_ids[i] for c in conds]) for i in range(len(encs))]
-            e, pl = _encode_with(comps, encs, ids)
+            tensors = {k: v for k, v in comps.family.encode_prompt(comps, encs, ids).items() if v is not None}
         else:
-            e = torch.cat([c.embeds for c in conds])
-            pl = torch.cat([c.pooled for c in conds]) if conds[0].pooled is not None else None
-        e = e.repeat_interleave(bs, dim=0).to(device)
-        return e, (pl.repeat_interleave(bs, dim=0).to(device) if pl is not None else None)
+            tensors = {k: torch.cat([c.tensors[k] for c in conds]) for k in conds[0].tensors}
+        return {k: v.repeat_interleave(bs, dim=0).to(device) for k, v in tensors.items()}
 
-    def _make_batch(self, base_index: int, bs: int, inst: LatentSet, cls: LatentSet | None, p, n_timesteps: int):
-        """Per-sample draws from ``sample_generator``; instance samples first, then class samples (prior)."""
+    def _make_batch(self, base_index: int, bs: int, inst: LatentSet, cls: LatentSet | None, p, draw_time):
+        """Per-sample draws from ``sample_generator``; instance samples first, then class samples (prior).
+        ``draw_time(g)`` draws a sample's time (the family's ``draw_time``); an int n draws uniform DDPM timesteps
+        in [0, n)."""
+        if isinstance(draw_time, int):
+            draw_time = functools.partial(uniform_timestep, n_timesteps=draw_time)
         lat, noise, ts, tids = [], [], [], []
         groups = [inst] + ([cls] if cls is not None else [])
         draws = []
         for i in range(bs):
             g = sample_generator(p.seed, base_index + i)
-            draws.append([_draw(g, s, p, n_timesteps) for s in groups])
+            draws.append([_draw(g, s, p, draw_time) for s in groups])
         for gi in range(len(groups)):  # instance block, then class block (loss splits the batch in halves)
             for d in draws:
                 lat.append(d[gi][0])
@@ -374,44 +329,32 @@ class DreamBoothRecipe(Recipe):
         return {
             "latents": torch.stack(lat),
             "noise": torch.stack(noise),
-            "timesteps": torch.tensor(ts, dtype=torch.long),
+            "timesteps": torch.tensor(ts),  # int64 for integer timesteps, float32 for sigmas
             "time_ids": torch.stack(tids),
         }
 
-    def _step_loss(self, comps: Components, unet, modules, batch: dict[str, torch.Tensor], inst_cond: TextCond,
-                   cls_cond: TextCond | None, device: torch.device, alphas: torch.Tensor, autocast, p,
-                   *, prior: bool) -> torch.Tensor:  # fmt: skip
-        """The loss of one batch (from ``_make_batch``): scaled latents noised at the batch's timesteps, the UNet's
-        prediction under ``autocast`` and the recipe's loss against the scheduler's target. ``training.memory``
-        runs this very step on fake CUDA tensors."""
-        sched, vae_config = comps.noise_scheduler, comps.vae.config
-        scaling, shift = vae_config.scaling_factor, getattr(vae_config, "shift_factor", None) or 0.0
-        bs = p.batch_size
-        latents = (batch["latents"].to(device, non_blocking=True) - shift) * scaling
+    def _step_loss(self, comps: Components, denoiser, modules, batch: dict[str, torch.Tensor], inst_cond: TextCond,
+                   cls_cond: TextCond | None, device: torch.device, autocast, p, *, prior: bool) -> torch.Tensor:  # fmt: skip
+        """The loss of one batch (from ``_make_batch``): the family's noisy input and target, its denoiser
+        prediction under ``autocast`` and the recipe's loss with the family's per-sample weights.
+        ``training.memory`` runs this very step on fake CUDA tensors."""
+        family = comps.family
+        latents = batch["latents"].to(device, non_blocking=True)
         noise = batch["noise"].to(device, non_blocking=True)
-        timesteps = batch["timesteps"].to(device, non_blocking=True)
-        noisy = sched.add_noise(latents, noise, timesteps)
+        times = batch["timesteps"].to(device, non_blocking=True)
+        noisy, target = family.noisy_and_target(comps, latents, noise, times)
         with autocast:
-            embeds, pooled = self._conditioning(comps, modules, inst_cond, cls_cond, bs, device, p.train_text_encoder)
-            kwargs = {}
-            if comps.is_sdxl:
-                kwargs["added_cond_kwargs"] = {
-                    "text_embeds": pooled,
-                    "time_ids": batch["time_ids"].to(device, dtype=pooled.dtype),
-                }
-            pred = unet(noisy.to(comps.unet.dtype), timesteps, embeds, **kwargs).sample
-        target = sched.get_velocity(latents, noise, timesteps) if comps.prediction_type == "v_prediction" else noise
-        return self._loss(pred.float(), target.float(), timesteps, alphas, bs, comps, p, prior)
+            cond = self._conditioning(comps, modules, inst_cond, cls_cond, p.batch_size, device, p.train_text_encoder)
+            pred = family.predict(comps, denoiser, noisy, times, cond, batch["time_ids"])
+        return self._loss(pred.float(), target.float(), family.loss_weights(comps, times, p), p, prior)
 
-    def _loss(self, pred, target, timesteps, alphas, bs, comps, p, prior: bool) -> torch.Tensor:
-        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
-        if p.snr_gamma:
-            a = alphas[timesteps]
-            snr = a / (1 - a)
-            w = torch.clamp(snr, max=p.snr_gamma) / snr
-            if comps.prediction_type == "v_prediction":
-                w = torch.clamp(snr, max=p.snr_gamma) / (snr + 1)
-            per_sample = per_sample * w
+    def _loss(self, pred, target, weights, p, prior: bool) -> torch.Tensor:
+        """Mean squared error per sample, times the family's weights; with prior preservation the class half is
+        weighted by ``prior_loss_weight``."""
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+        if weights is not None:
+            per_sample = per_sample * weights
+        bs = p.batch_size
         if prior:
             return per_sample[:bs].mean() + p.prior_loss_weight * per_sample[bs:].mean()
         return per_sample.mean()
@@ -426,12 +369,12 @@ class DreamBoothRecipe(Recipe):
         if have < p.num_class_images:
             ctx.progress.phase("generating_class_images")
             if acc.is_main_process:
-                pipe = build_pipeline(comps)
+                pipe = comps.family.build_pipeline(comps)
                 batch = 4
                 for start in range(have, p.num_class_images, batch):
                     n = min(batch, p.num_class_images - start)
                     g = torch.Generator().manual_seed(p.seed + 7 + start)
-                    imgs = _generate(pipe, comps, [spec.class_prompt] * n, resolution, p, g, acc)
+                    imgs = comps.family.generate(pipe, comps, [spec.class_prompt] * n, resolution, p, g, acc)
                     for j, im in enumerate(imgs):
                         im.save(folder / f"class_{start + j:05d}.png")
                 del pipe
@@ -441,30 +384,35 @@ class DreamBoothRecipe(Recipe):
         return [data._resize_crop(_open_rgb(f), resolution, f) for f in files]
 
     def _samples(self, comps: Components, wrapped, ctx: RunContext, step: int, acc) -> None:
-        p = ctx.spec.params
+        p, family = ctx.spec.params, comps.family
         ctx.progress.phase("sampling")
         if acc.is_main_process:
             comps.vae.to(acc.device)
             for te in comps.text_encoders:
-                te.to(acc.device)
-            unet = acc.unwrap_model(wrapped["unet"])
-            tes = [acc.unwrap_model(wrapped.get(n, te)) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
-            pipe = build_pipeline(comps, unet=unet, text_encoders=tes)
+                if te is not None:  # None: freed after caching (the family samples from cached conditioning)
+                    te.to(acc.device)
+            denoiser = acc.unwrap_model(wrapped[family.denoiser_name])
+            tes = [te if te is None else acc.unwrap_model(wrapped.get(n, te))
+                   for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]  # fmt: skip
+            pipe = family.build_pipeline(comps, denoiser=denoiser, text_encoders=tes)
             out = ctx.output_dir / "samples"
             out.mkdir(parents=True, exist_ok=True)
             paths = []
-            unet.eval()
+            denoiser.eval()
+            cached = getattr(self, "sample_conds", None)
             for i, prompt in enumerate(p.validation_prompts):
                 g = torch.Generator().manual_seed(p.seed + i)
-                (img,) = _generate(pipe, comps, [prompt], self.resolution, p, g, acc)
+                conds = [cached[prompt]] if cached else None
+                (img,) = family.generate(pipe, comps, [prompt], self.resolution, p, g, acc, conds=conds)
                 path = out / f"step{step}_{i}.png"
                 img.save(path)
                 paths.append(str(path.resolve()))
-            unet.train()
+            denoiser.train()
             del pipe
             if not ctx.spec.params.train_text_encoder:
                 for te in comps.text_encoders:
-                    te.to("cpu")
+                    if te is not None:
+                        te.to("cpu")
             comps.vae.to("cpu")
             _free_memory()
             ctx.progress.emit("sample", step=step, paths=paths)
@@ -520,51 +468,17 @@ class DreamBoothRecipe(Recipe):
         return min(found.step, self.steps)
 
 
-def _draw(g: torch.Generator, s: LatentSet, p, n_timesteps: int):
+def _draw(g: torch.Generator, s: LatentSet, p, draw_time):
     idx = int(torch.randint(len(s), (1,), generator=g))
     flip = p.random_flip and s.flip_mean is not None and bool(torch.rand((), generator=g) < 0.5)
     mean, std = (s.flip_mean, s.flip_std) if flip else (s.mean, s.std)
-    t = int(torch.randint(0, n_timesteps, (1,), generator=g))
+    t = draw_time(g)
     eps = torch.randn(mean.shape[1:], generator=g)
     latent = mean[idx] + std[idx] * eps
     noise = torch.randn(mean.shape[1:], generator=g)
     if p.noise_offset:
         noise = noise + p.noise_offset * torch.randn((mean.shape[1], 1, 1), generator=g)
     return latent, noise, t, s.time_ids[idx]
-
-
-def _encode_with(comps: Components, encoders, token_ids):
-    """Like ``models.encode_tokens`` but through the given (possibly DDP-wrapped) encoders."""
-    if not comps.is_sdxl:
-        return encoders[0](token_ids[0].to(comps.unet.device))[0], None
-    embeds, pooled = [], None
-    for te, ids in zip(encoders, token_ids, strict=True):
-        out = te(ids.to(comps.unet.device), output_hidden_states=True)
-        pooled = out[0]
-        embeds.append(out.hidden_states[-2])
-    return torch.cat(embeds, dim=-1), pooled
-
-
-def _generate(pipe, comps: Components, prompts: list[str], resolution: int, p, g, acc):
-    """Denoise under autocast, then decode with the fp32 VAE outside autocast (fp16 SD/SDXL VAEs overflow)."""
-    from PIL import Image
-
-    with torch.no_grad(), acc.autocast():
-        latents = pipe(
-            prompts,
-            height=resolution,
-            width=resolution,
-            num_inference_steps=p.sample_inference_steps,
-            generator=g,
-            output_type="latent",
-        ).images
-    with torch.no_grad(), torch.autocast(acc.device.type, enabled=False):
-        vae = comps.vae
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        z = latents.to(vae.device, torch.float32) / vae.config.scaling_factor + shift
-        img = vae.decode(z).sample
-    arr = ((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def _open_rgb(path: Path):

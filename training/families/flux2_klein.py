@@ -1,0 +1,243 @@
+"""The Flux.2 [klein] family (``Flux2KleinPipeline``: FLUX.2 [klein] 4B / 9B, base or step-distilled).
+
+Differences from Flux.1 (``training.families.flux``, whose flow matching it shares):
+
+- one text encoder, a Qwen3 causal LM: the prompt goes through its chat template, and the conditioning is its
+  hidden states 9, 18 and 27 side by side ([B, L, 3 x hidden]); no pooled embedding, no guidance embedding;
+- a 32-channel VAE (``AutoencoderKLFlux2``) whose latents are patchified 2x2 into 128 channels and normalised by
+  the VAE's batch-norm running statistics; the posterior's mode is used (as diffusers' Flux.2 scripts do);
+- 4-axis position ids (time, height, width, layer) for image and text tokens;
+- LoRA on the double blocks' attention (q/k/v/out) and the single blocks' fused projection and output (the default
+  of diffusers' ``train_dreambooth_lora_flux2_klein.py``);
+- the ComfyUI copy is ``diffusion_model.<BFL name>.lora_A/lora_B.weight`` (what ComfyUI reads, and what diffusers'
+  Flux.2 loader converts), the LoRA scale baked into ``lora_B``;
+- samples: the base model with true CFG (guidance 4.0, the empty prompt as negative); a distilled one without.
+
+Imports no torch / diffusers at import time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from training.families import register_family
+from training.families.base import CardInfo, Components, FamilyDefaults
+from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of, fuse_to_bfl
+
+if TYPE_CHECKING:
+    import torch
+
+#: the Qwen3 hidden states Flux2KleinPipeline stacks into the prompt embedding
+TEXT_ENCODER_LAYERS = (9, 18, 27)
+
+KLEIN_4B_LICENSE = {"license": "apache-2.0"}
+KLEIN_9B_LICENSE = {
+    "license": "other",
+    "license_name": "flux-non-commercial-license",
+    "license_link": "https://huggingface.co/black-forest-labs/FLUX.2-klein-9B/blob/main/LICENSE.md",
+}
+#: the 9B transformer's text width (3 x Qwen3-8B's 4096); the 4B one reads 3 x Qwen3-4B's 2560
+KLEIN_9B_JOINT_DIM = 12288
+
+
+@register_family("flux2-klein")
+class Flux2Klein(FlowMatchingFamily):
+    """FLUX.2 [klein]: Qwen3 conditioning, patchified batch-normalised latents, no guidance embedding."""
+
+    label = "FLUX.2 [klein]"
+    pipelines = frozenset({"Flux2KleinPipeline"})
+    components = {
+        "transformer": ("diffusers", frozenset({"Flux2Transformer2DModel"})),
+        "vae": ("diffusers", frozenset({"AutoencoderKLFlux2"})),
+        "text_encoder": ("transformers", frozenset({"Qwen3ForCausalLM"})),
+        "tokenizer": ("transformers", frozenset({"Qwen2TokenizerFast", "Qwen2Tokenizer"})),
+        "scheduler": ("diffusers", frozenset({"FlowMatchEulerDiscreteScheduler"})),
+    }
+    text_encoder_components = ("text_encoder",)
+    latent_mode = True
+    defaults = FamilyDefaults(
+        hardware="l4x1", resolution=512, learning_rate=1e-4, rank=16,
+        hardware_note="FLUX.2 [klein] 4B trains in bf16 on an L4 (about 12 GB); 9B needs an 8-bit base there",
+    )  # fmt: skip
+    denoiser_params = 0  # 4B or 9B: read from the config (``denoiser_size``)
+    #: true-CFG scale for samples of the base model (the pipeline's default); distilled models take none
+    sample_guidance: ClassVar[float] = 4.0
+
+    @property
+    def is_distilled(self) -> bool:
+        return bool(self.info.index.get("is_distilled", False))
+
+    @property
+    def is_9b(self) -> bool:
+        joint = int(self.info.denoiser_config.get("joint_attention_dim", 0) or 0)
+        return joint >= KLEIN_9B_JOINT_DIM or "9b" in self.info.base_model.lower()
+
+    # ---- loading
+    def on_vae_loaded(self, comps: Components) -> None:
+        """The batch-norm statistics latents are normalised with (kept: the VAE leaves the GPU after caching)."""
+        import torch
+
+        bn, eps = comps.vae.bn, comps.vae.config.batch_norm_eps
+        comps.extra["bn_mean"] = bn.running_mean.detach().float().cpu().view(1, -1, 1, 1)
+        comps.extra["bn_std"] = torch.sqrt(bn.running_var.detach().float().cpu() + eps).view(1, -1, 1, 1)
+
+    # ---- caching
+    def tokenize(self, comps: Components, prompt: str) -> list[torch.Tensor]:
+        """The prompt as one user turn of the chat template (generation prompt, thinking off), padded to
+        ``max_sequence_length``, as ``Flux2KleinPipeline`` tokenizes it."""
+        tok = comps.tokenizers[0]
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True, enable_thinking=False)  # fmt: skip
+        ids = tok(text, return_tensors="pt", padding="max_length", truncation=True, max_length=self.max_sequence_length)
+        return [ids["input_ids"]]
+
+    def encode_prompt(self, comps: Components, encoders: list[Any], token_ids: list[torch.Tensor]) -> dict:
+        """{"embeds": hidden states 9, 18, 27 side by side [B, L, 3 x hidden]} (attention mask: the non-pad
+        tokens, as the tokenizer's own mask)."""
+        import torch
+
+        te = encoders[0]
+        ids = token_ids[0].to(_device_of(te))
+        mask = (ids != comps.tokenizers[0].pad_token_id).long()
+        out = te(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        h = torch.stack([out.hidden_states[k] for k in TEXT_ENCODER_LAYERS], dim=1)  # [B, 3, L, H]
+        b, n, length, hidden = h.shape
+        return {"embeds": h.permute(0, 2, 1, 3).reshape(b, length, n * hidden)}
+
+    def cache_before_release(self, comps: Components) -> None:
+        """The empty prompt's conditioning: the negative of the base model's CFG samples."""
+        import torch
+
+        if self.is_distilled or comps.text_encoders[0] is None:
+            return
+        with torch.no_grad():
+            cond = self.encode_prompt(comps, comps.text_encoders, self.tokenize(comps, ""))
+        comps.extra["negative_embeds"] = cond["embeds"].detach()
+
+    # ---- the step
+    def to_model_space(self, comps, latents):
+        """Patchified 2x2 ([B, 4C, h/2, w/2]) and normalised by the VAE's batch-norm statistics."""
+        from diffusers import Flux2KleinPipeline
+
+        x = Flux2KleinPipeline._patchify_latents(latents)
+        mean = comps.extra["bn_mean"].to(x.device, x.dtype)
+        std = comps.extra["bn_std"].to(x.device, x.dtype)
+        return (x - mean) / std
+
+    def noise_to_model_space(self, comps, noise):
+        from diffusers import Flux2KleinPipeline
+
+        return Flux2KleinPipeline._patchify_latents(noise)
+
+    def image_seq_len(self, model_shape) -> int:
+        return model_shape[-2] * model_shape[-1]
+
+    def predict(self, comps, denoiser, noisy, times, cond, time_ids):
+        """Pack the patchified latents into tokens, call the transformer at ``timestep = sigma`` with the 4-axis
+        image and text ids (no guidance), unpack the velocity to [B, 4C, h/2, w/2]."""
+        from diffusers import Flux2KleinPipeline
+
+        b, c, h, w = noisy.shape
+        dtype, dev = self.model_dtype(comps), noisy.device
+        sigma = self.sigmas(comps, times.to(dev), noisy.shape)
+        embeds = cond["embeds"].to(dev, dtype)
+        out = denoiser(
+            hidden_states=Flux2KleinPipeline._pack_latents(noisy).to(dtype), timestep=sigma.to(dtype), guidance=None,
+            encoder_hidden_states=embeds, txt_ids=Flux2KleinPipeline._prepare_text_ids(embeds).to(dev),
+            img_ids=Flux2KleinPipeline._prepare_latent_ids(noisy).to(dev), return_dict=False,
+        )[0]  # fmt: skip
+        return out[:, : h * w].permute(0, 2, 1).reshape(b, c, h, w)
+
+    # ---- LoRA
+    def lora_targets(self, component: str) -> list[str]:
+        """The double blocks' q/k/v/out, the single blocks' fused q/k/v/mlp projection and (named one by one: a
+        bare ``to_out`` would also match the double blocks' ``to_out`` list) their output projections."""
+        if component != self.denoiser_name:
+            raise ValueError(f"{self.label}: LoRA trains the transformer only, not {component!r}")
+        n_single = int(self.info.denoiser_config.get("num_single_layers", 24))
+        return ["to_k", "to_q", "to_v", "to_out.0", "to_qkv_mlp_proj"] + [
+            f"single_transformer_blocks.{i}.attn.to_out" for i in range(n_single)
+        ]
+
+    # ---- sampling
+    def pipeline_class(self) -> type:
+        from diffusers import Flux2KleinPipeline
+
+        return Flux2KleinPipeline
+
+    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
+        from diffusers import Flux2KleinPipeline
+
+        tes = text_encoders or comps.text_encoders
+        pipe = Flux2KleinPipeline(
+            scheduler=self.scheduler_for_sampling(comps), vae=comps.vae, text_encoder=tes[0],
+            tokenizer=comps.tokenizers[0], transformer=denoiser or comps.denoiser, is_distilled=self.is_distilled,
+        )  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sampling_defaults(self) -> dict[str, Any]:
+        return {"guidance_scale": 1.0 if self.is_distilled else self.sample_guidance}
+
+    def cond_kwargs(self, comps, conds, device):
+        import torch
+
+        embeds = torch.cat([c.tensors["embeds"] for c in conds]).to(device)
+        kwargs = {"prompt_embeds": embeds}
+        negative = comps.extra.get("negative_embeds")
+        if negative is not None:
+            kwargs["negative_prompt_embeds"] = negative.to(device).expand(embeds.shape[0], -1, -1)
+        return kwargs
+
+    # ---- outputs
+    def comfy_state_dict(self, diffusers_sd: dict, scales) -> dict:
+        """``diffusion_model.<BFL name>.lora_A/B.weight`` (scale baked into lora_B)."""
+        cfg = self.info.denoiser_config
+        inner = int(cfg.get("num_attention_heads", 24)) * int(cfg.get("attention_head_dim", 128))
+        groups = flux2_bfl_groups(int(cfg.get("num_layers", 5)), int(cfg.get("num_single_layers", 20)), inner)
+        return fuse_to_bfl(diffusers_sd, scales, groups, kohya=False)
+
+    def card_info(self, comps: Components) -> CardInfo:
+        return CardInfo(
+            **self.card_license(),
+            tags=("flux2", "flux2-klein", "flux-diffusers"),
+            pipeline_class="Flux2KleinPipeline",
+            prompt_keyword=True,  # its first argument is the reference image
+            weight_notes={
+                WEIGHTS_NAME: "in diffusers format (`Flux2KleinPipeline.load_lora_weights`)",
+                COMFY_NAME: "the same LoRA over the original FLUX.2 module names (`diffusion_model.*`), the layout "
+                "ComfyUI reads (diffusers loads it too)",
+            },
+        )
+
+    def card_license(self) -> dict[str, str]:
+        """[klein] 4B: Apache 2.0; 9B: the FLUX non-commercial licence."""
+        return dict(KLEIN_9B_LICENSE if self.is_9b else KLEIN_4B_LICENSE)
+
+
+def flux2_bfl_groups(n_double: int, n_single: int, inner: int) -> dict[str, list]:
+    """BFL module name -> [(diffusers module, output rows)] of the diffusers modules fused into it (FLUX.2). The
+    final layer's modulation is left out: BFL and diffusers order its shift/scale halves differently and diffusers'
+    converter does not swap them, so a copy could not load the same in both."""
+    groups: dict[str, list] = {
+        "img_in": [("x_embedder", None)], "txt_in": [("context_embedder", None)],
+        "final_layer.linear": [("proj_out", None)],
+        "time_in.in_layer": [("time_guidance_embed.timestep_embedder.linear_1", None)],
+        "time_in.out_layer": [("time_guidance_embed.timestep_embedder.linear_2", None)],
+        "single_stream_modulation.lin": [("single_stream_modulation.linear", None)],
+        "double_stream_modulation_img.lin": [("double_stream_modulation_img.linear", None)],
+        "double_stream_modulation_txt.lin": [("double_stream_modulation_txt.linear", None)],
+    }  # fmt: skip
+    for i in range(n_double):
+        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        groups[f"{b}.img_attn.qkv"] = [(f"{d}.attn.to_{x}", inner) for x in "qkv"]
+        groups[f"{b}.txt_attn.qkv"] = [(f"{d}.attn.add_{x}_proj", inner) for x in "qkv"]
+        for bfl, dif in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
+                         ("img_mlp.0", "ff.linear_in"), ("img_mlp.2", "ff.linear_out"),
+                         ("txt_mlp.0", "ff_context.linear_in"), ("txt_mlp.2", "ff_context.linear_out")):  # fmt: skip
+            groups[f"{b}.{bfl}"] = [(f"{d}.{dif}", None)]
+    for i in range(n_single):
+        s, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        groups[f"{b}.linear1"] = [(f"{s}.attn.to_qkv_mlp_proj", None)]
+        groups[f"{b}.linear2"] = [(f"{s}.attn.to_out", None)]
+    return groups
