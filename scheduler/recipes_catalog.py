@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.families.base import FamilyDefaults  # torch-free; the families' own defaults record
 from training.recipe_base import clamp_steps  # torch-free; the trainer's own steps policy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -56,18 +57,6 @@ class RecipeInfo:
             form_fields=tuple(data.get("form_fields") or ()),
             default_learning_rate=float(data["default_learning_rate"]),
         )
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    """A model family's defaults for the form (None: the recipe's / the model's own)."""
-
-    hardware: str = "t4-small"
-    resolution: int | None = None
-    steps_per_image: int | None = None
-    learning_rate: float | None = None
-    rank: int | None = None
-    hardware_note: str = ""
 
 
 @dataclass(frozen=True)
