@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.task import Task
 from training.demo import DEMO_MODEL, DEMO_RESOLUTION  # torch-free constants
+from training.spec import FULL_RECIPES, QUANTIZE_BASE_CHOICES  # torch-free: the trainer's own choices
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def validate_submission(
     recipe: str | None = None,
     recipes: Collection[str] | None = None,
     allow_cpu_training: bool = False,
+    quantize_base: str | None = None,
     limits: Limits = LIMITS,
 ) -> list[str]:
     """Every problem with a submission, one message each; empty when it can be enqueued. Touches nothing.
@@ -146,6 +148,14 @@ def validate_submission(
             res_problems = [f"Resolution: {int(resolution)} must be a multiple of {multiple}."]
         problems += res_problems
 
+    if quantize_base is not None:
+        if quantize_base not in QUANTIZE_BASE_CHOICES:
+            choices = ", ".join(QUANTIZE_BASE_CHOICES)
+            problems.append(f"Quantized base: {quantize_base!r} is not a choice; use one of {choices}.")
+        elif recipe in FULL_RECIPES and quantize_base not in ("auto", "none"):
+            problems.append(f"Quantized base: {quantize_base} is for LoRA; a full fine-tune trains the base weights "
+                            "themselves, which cannot be quantized. Choose the LoRA recipe or 'none'.")  # fmt: skip
+
     if base_models is not None and base_model not in base_models:
         problems.append(f"Base model: {base_model!r} is not offered here; choose one of {', '.join(base_models)}.")
     if recipes is not None and recipe not in recipes:
@@ -163,7 +173,7 @@ def validate_task(
     limits: Limits = LIMITS,
 ) -> list[str]:
     """``validate_submission`` for a built Task; numbers are read from ``task.params`` keys
-    ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present."""
+    ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present, and ``quantize_base``."""
     params = task.params
     return validate_submission(
         instance_prompt=task.instance_prompt,
@@ -180,6 +190,7 @@ def validate_task(
         recipe=task.recipe,
         recipes=recipes,
         allow_cpu_training=allow_cpu_training,
+        quantize_base=params.get("quantize_base"),
         limits=limits,
     )
 

@@ -62,6 +62,7 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
         "random flip": p.random_flip,
         "gradient checkpointing": plan.gradient_checkpointing if plan else None,
         "8-bit Adam": plan.use_8bit_adam if plan else None,
+        "base weights while training": _quantized_note(plan),
     }
     if lora:
         settings.update({"LoRA rank": p.rank, "LoRA alpha": p.alpha or p.rank})
@@ -112,3 +113,14 @@ Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`
     path = ctx.output_dir / "README.md"
     card.save(str(path))
     return path
+
+
+def _quantized_note(plan) -> str | None:
+    """How the frozen base model was held while training (QLoRA: NF4 / int8 / fp8; the LoRA itself trains and is
+    saved in full precision and applies to the unquantized base)."""
+    kind = getattr(plan, "quantized_base", None)
+    if kind is None:
+        return None
+    if kind == "none":
+        return "not quantized"
+    return f"quantized to {kind} (QLoRA); the LoRA is full precision and loads into the unquantized base model"

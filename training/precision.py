@@ -1,4 +1,5 @@
-"""Mixed precision and memory policy: which dtype, and whether gradient checkpointing / 8-bit Adam are needed.
+"""Mixed precision and memory policy: which dtype, whether the frozen denoiser loads quantized (QLoRA), and whether
+gradient checkpointing / 8-bit Adam are needed.
 
 The memory policy reads the fake-CUDA estimator's table (``training.memory``, torch-free lookup)."""
 
@@ -43,6 +44,152 @@ class MemoryPlan:
     #: where ``estimate_gib`` comes from: "table" (``training/memory_table.json``, the fake-CUDA estimator's) or
     #: "formula" (the rough scaling below, for configurations the table does not cover)
     source: str = "formula"
+    #: how the frozen denoiser is stored: "none" (the mixed-precision dtype), "nf4", "int8" or "fp8"
+    quantized_base: str = "none"
+    #: why (``plan_quantization``'s sentence), for the log and the model card
+    quantization_reason: str = ""
+
+
+# ============================================================================================== quantized base (QLoRA)
+#: the ``quantize_base`` param's values (``training.spec.QUANTIZE_BASE_CHOICES`` is the same tuple, torch-free)
+QUANTIZED_KINDS = ("nf4", "int8", "fp8")
+#: bytes per frozen denoiser parameter in each storage: NF4 packs two weights a byte, plus its double-quantized
+#: block scales (about 0.13 bit a weight); LLM.int8 and fp8 one byte plus per-row scales
+QUANT_BYTES = {"nf4": 0.52, "int8": 1.01, "fp8": 1.01}
+#: fp8 matmuls need Ada / Hopper (compute capability 8.9): L4, L40S, H100/H200; not a T4 (7.5) or an A10G (8.6)
+FP8_MIN_CAPABILITY = (8, 9)
+#: transformer activations per sample with gradient checkpointing, GiB per (billion denoiser parameters x
+#: megapixel): anchored on FLUX.1 [dev] LoRA at 512x768, batch 1 (blog ``flux-qlora``: ~9 GB peak with an NF4
+#: base, 26 GB in bf16, i.e. about 2.5 GiB beyond the weights for 11.9 B parameters at 0.39 MP)
+ACT_GIB_PER_BPARAM_MP = 2.5 / (11.9 * 0.393)
+#: without gradient checkpointing the blocks keep about four times as much (``_formula_plan``'s ratio)
+NO_CHECKPOINTING_FACTOR = 4.0
+#: what a run holds besides the frozen weights and the activations: the adapters with their gradients and Adam
+#: state, the cached conditioning, cuBLAS workspaces. Set so the choices agree with the trainers' published
+#: figures per flavor (shared/reference/modern-models.md): FLUX.1 on a T4 only in NF4, on an L4 / A10G in
+#: 8-bit, on an L40S in bf16; FLUX.2 [klein] 4B in bf16 on an L4, 9B 8-bit there
+FIXED_OVERHEAD_GIB = 1.5
+
+
+@dataclass(frozen=True)
+class QuantizationChoice:
+    """How the frozen denoiser loads ("none" or one of ``QUANTIZED_KINDS``), the peak estimate it was chosen on
+    (GiB; None when no budget was known) and the sentence the trainer logs."""
+
+    kind: str
+    estimate_gib: float | None
+    reason: str
+
+
+def lora_peak_gib(denoiser_params: int, kind: str, *, weight_bytes: int, megapixels: float, samples_per_step: int,
+                  gradient_checkpointing: bool = True) -> float:  # fmt: skip
+    """Rough peak GPU memory of a LoRA run on a denoiser of ``denoiser_params`` stored as ``kind``: its frozen
+    weights, activations (``ACT_GIB_PER_BPARAM_MP``) and ``FIXED_OVERHEAD_GIB``."""
+    per_param = QUANT_BYTES.get(kind, weight_bytes)
+    weights = denoiser_params * per_param / 2**30
+    act = ACT_GIB_PER_BPARAM_MP * denoiser_params / 1e9 * megapixels * samples_per_step
+    return weights + act * (1.0 if gradient_checkpointing else NO_CHECKPOINTING_FACTOR) + FIXED_OVERHEAD_GIB
+
+
+def plan_quantization(
+    requested: str,
+    *,
+    lora: bool,
+    denoiser_params: int,
+    budget_gib: float | None,
+    compute_capability: tuple[int, int] | None,
+    fp8_available: bool,
+    weight_bytes: int,
+    resolution: int,
+    samples_per_step: int,
+    gradient_checkpointing: bool | str = "auto",
+) -> QuantizationChoice:
+    """Whether the frozen denoiser loads quantized (pure; the trainer calls it before loading).
+
+    An explicit ``requested`` kind is kept (``BadInputError`` for a full fine-tune, which trains those very
+    weights, and for fp8 without a GPU of compute capability >= 8.9 or without torchao). "auto" keeps a full
+    fine-tune and a run without a GPU budget unquantized, and otherwise takes the first of none, 8-bit (fp8 where
+    the GPU and torchao allow it, else bitsandbytes' int8), NF4 whose ``lora_peak_gib`` fits
+    ``training.memory.usable_allocated_gib(budget_gib)``; NF4 when none fits (the memory plan then warns)."""
+    from training import memory
+    from training.exitcodes import BadInputError
+
+    if requested not in ("auto", "none", *QUANTIZED_KINDS):
+        raise BadInputError(f"params.quantize_base must be one of auto, none, {', '.join(QUANTIZED_KINDS)}")
+    fp8_gpu = compute_capability is not None and tuple(compute_capability) >= FP8_MIN_CAPABILITY
+    if requested in QUANTIZED_KINDS and not lora:
+        raise BadInputError(f"quantize_base={requested!r}: a full fine-tune trains the base weights themselves, "
+                            "which cannot be quantized; use the LoRA recipe or quantize_base 'none'")  # fmt: skip
+    if requested == "fp8" and not fp8_gpu:
+        cc = compute_capability
+        where = "no GPU" if cc is None else f"a GPU of compute capability {cc[0]}.{cc[1]}"
+        raise BadInputError(f"quantize_base='fp8' needs a GPU of compute capability >= 8.9 (L4, L40S, H100/H200); "
+                            f"this run has {where}. Use 'int8' or 'nf4' instead")  # fmt: skip
+    if requested == "fp8" and not fp8_available:
+        raise BadInputError("quantize_base='fp8' loads the base through torchao, which is not installed here; "
+                            "use 'int8' or 'nf4', or install torchao>=0.15")  # fmt: skip
+    gc_on = gradient_checkpointing is not False
+    mp = (resolution / 1024) ** 2 * 1.048576  # megapixels of a square image
+
+    def estimate(kind: str) -> float:
+        return lora_peak_gib(denoiser_params, kind, weight_bytes=weight_bytes, megapixels=mp,
+                             samples_per_step=samples_per_step, gradient_checkpointing=gc_on)  # fmt: skip
+
+    if requested != "auto":
+        est = estimate(requested) if budget_gib else None
+        return QuantizationChoice(requested, est, f"quantize_base={requested!r} as the task asks")
+    if not lora:
+        return QuantizationChoice("none", None, "a full fine-tune trains the base weights: not quantized")
+    if budget_gib is None:
+        return QuantizationChoice("none", None, "no GPU memory budget (CPU run): not quantized")
+    usable = memory.usable_allocated_gib(budget_gib)
+    eight_bit = "fp8" if fp8_gpu and fp8_available else "int8"
+    size = f"{denoiser_params / 1e9:.1f} B-parameter denoiser at {resolution} px"
+    for kind in ("none", eight_bit, "nf4"):
+        est = estimate(kind)
+        if est <= usable:
+            how = "unquantized" if kind == "none" else kind
+            return QuantizationChoice(kind, est, f"{size}: about {est:.1f} GiB {how}, within the {usable:.1f} GiB "
+                                                 f"that {budget_gib:.1f} GiB of GPU memory leave")  # fmt: skip
+    est = estimate("nf4")
+    return QuantizationChoice("nf4", est, f"{size}: about {est:.1f} GiB even in nf4 (the smallest), more than the "
+                                          f"{usable:.1f} GiB that {budget_gib:.1f} GiB of GPU memory leave")  # fmt: skip
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype):
+    """The diffusers quantization config for ``from_pretrained(quantization_config=...)`` of the frozen denoiser:
+    bitsandbytes NF4 (double-quantized, computing in ``compute_dtype``) or LLM.int8, or torchao fp8 weights
+    (``Float8WeightOnlyConfig``); None for "none"."""
+    if kind == "none":
+        return None
+    if kind in ("nf4", "int8"):
+        from diffusers import BitsAndBytesConfig
+
+        if kind == "nf4":
+            return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=compute_dtype)  # fmt: skip
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if kind == "fp8":
+        from diffusers import TorchAoConfig
+        from torchao.quantization import Float8WeightOnlyConfig
+
+        return TorchAoConfig(Float8WeightOnlyConfig())
+    raise ValueError(f"unknown quantization {kind!r}")
+
+
+def logical_numel(t: torch.Tensor) -> int:
+    """The weights a parameter stands for: a bitsandbytes 4-bit parameter packs two in a byte (its
+    ``quant_state`` keeps the original shape); others are their ``numel``."""
+    state = getattr(t, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else t.numel()
+
+
+def torchao_available() -> bool:
+    """Whether torchao (the fp8 path) is importable."""
+    import importlib.util
+
+    return importlib.util.find_spec("torchao") is not None
 
 
 def device_budget_gib(device: torch.device, requested: float | None) -> float | None:
@@ -75,6 +222,8 @@ def plan_memory(
     prior_preservation: bool | None = None,
     train_text_encoder: bool | None = None,
     batch_size: int | None = None,
+    quantized_base: str = "none",
+    quantization_reason: str = "",
 ) -> MemoryPlan:
     """Decide "auto" gradient checkpointing and 8-bit Adam from the peak-memory estimate: the first of (as asked,
     + gradient checkpointing, + 8-bit Adam) whose estimate fits ``training.memory.usable_allocated_gib(budget)``.
@@ -86,12 +235,31 @@ def plan_memory(
     the larger of "batch of that many" and "half as many with prior preservation" is used. Extra trainable
     parameters over the table's rank-4 LoRA are added at their weight + gradient + optimizer bytes. A live fake
     estimate at trainer start (``python -m training.memory --model DIR``) would cost 10-40 s of GPU-machine time
-    per task, so it is not run here. Otherwise (another shape, a custom recipe, fp32) the rough formula below."""
+    per task, so it is not run here. Otherwise (another shape, a custom recipe, fp32, a quantized base) the rough
+    formula below, with the frozen weights at ``QUANT_BYTES`` per parameter when ``quantized_base`` is one of
+    ``QUANTIZED_KINDS`` (``frozen_params`` / ``unet_params`` then count logical weights: ``logical_numel``).
+    The plan records ``quantized_base`` and ``quantization_reason``."""
+    import dataclasses
+
+    plan = _plan_memory(frozen_params=frozen_params, trainable_params=trainable_params, unet_params=unet_params,
+                        latent_size=latent_size, samples_per_step=samples_per_step, weight_bytes=weight_bytes,
+                        gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
+                        budget_gib=budget_gib, model_shape=model_shape, recipe=recipe,
+                        prior_preservation=prior_preservation, train_text_encoder=train_text_encoder,
+                        batch_size=batch_size, quantized_base=quantized_base)  # fmt: skip
+    return dataclasses.replace(plan, quantized_base=quantized_base, quantization_reason=quantization_reason)
+
+
+def _plan_memory(*, frozen_params, trainable_params, unet_params, latent_size, samples_per_step, weight_bytes,
+                 gradient_checkpointing, use_8bit_adam, budget_gib, model_shape, recipe, prior_preservation,
+                 train_text_encoder, batch_size, quantized_base) -> MemoryPlan:  # fmt: skip
+    """``plan_memory``'s decision, before the quantization fields are filled in."""
     from training import memory
 
     gc, adam8 = gradient_checkpointing, use_8bit_adam
     # the table holds half-precision runs (fp16 and bf16 take the same memory); fp32 runs use the formula
-    shape = (model_shape or memory.shape_for_unet_params(unet_params)) if weight_bytes == 2 else None
+    table_ok = weight_bytes == 2 and quantized_base not in QUANTIZED_KINDS  # the table has no quantized rows
+    shape = (model_shape or memory.shape_for_unet_params(unet_params)) if table_ok else None
     full = trainable_params >= 0.9 * unet_params
     recipe = recipe or ("dreambooth-full" if full else "dreambooth-lora")
     if train_text_encoder is None:
@@ -115,7 +283,7 @@ def plan_memory(
 
     if table_gib(False, False) is None:
         return _formula_plan(frozen_params, trainable_params, unet_params, latent_size, samples_per_step,
-                             weight_bytes, gc, adam8, budget_gib)  # fmt: skip
+                             weight_bytes, gc, adam8, budget_gib, QUANT_BYTES.get(quantized_base))  # fmt: skip
     if budget_gib is None:  # CPU: nothing to save
         return MemoryPlan(gc is True, adam8 is True, table_gib(gc is True, adam8 is True), None, "table")  # type: ignore[arg-type]
     usable = memory.usable_allocated_gib(budget_gib)
@@ -136,13 +304,14 @@ def plan_memory(
 
 
 def _formula_plan(frozen_params, trainable_params, unet_params, latent_size, samples_per_step, weight_bytes, gc,
-                  adam8, budget_gib) -> MemoryPlan:  # fmt: skip
+                  adam8, budget_gib, frozen_bytes: float | None = None) -> MemoryPlan:  # fmt: skip
     """The rough estimate for configurations the table does not cover: activations scaled from SD 1.5 at 512 px
     (about 2 GiB per sample in half precision), proportional to UNet size and latent area; gradient checkpointing
-    keeps about a quarter of them."""
+    keeps about a quarter of them. ``frozen_bytes``: bytes per frozen weight when quantized (else
+    ``weight_bytes``)."""
     gib = 2**30
     act_per_sample = 2.0 * (unet_params / 860e6) * (latent_size / 64) ** 2 * (weight_bytes / 2)
-    weights = frozen_params * weight_bytes / gib
+    weights = frozen_params * (frozen_bytes or weight_bytes) / gib
     train_state_adam = trainable_params * (4 + 4 + 8) / gib
     train_state_8bit = trainable_params * (4 + 4 + 2) / gib
     activations = act_per_sample * samples_per_step

@@ -17,6 +17,14 @@ from training.exitcodes import BadInputError
 Auto = Literal["auto"]
 TriState = bool | Auto
 
+#: ``params.quantize_base``: how the frozen denoiser of a LoRA run loads. "auto": the memory plan decides from the
+#: GPU's memory and the model's size (``training.precision.plan_quantization``); "none": the mixed-precision
+#: dtype; "nf4" / "int8": bitsandbytes; "fp8": torchao, compute capability >= 8.9 only. Torch-free: the
+#: control plane's validation reads it too.
+QUANTIZE_BASE_CHOICES = ("auto", "none", "nf4", "int8", "fp8")
+#: recipes that train the base weights themselves (an explicit quantization is refused for them)
+FULL_RECIPES = ("dreambooth-full",)
+
 
 @dataclass
 class HubFolder:
@@ -67,6 +75,7 @@ class TrainParams:
     compile: bool = False
     memory_budget_gib: float | None = None
     log_every: int | None = None
+    quantize_base: str = "auto"
 
 
 @dataclass
@@ -170,6 +179,11 @@ class TrainSpec:
         for key in ("gradient_checkpointing", "use_8bit_adam"):
             if getattr(p, key) not in (True, False, "auto"):
                 raise BadInputError(f"params.{key} must be true, false or 'auto'")
+        if p.quantize_base not in QUANTIZE_BASE_CHOICES:
+            raise BadInputError(f"params.quantize_base must be one of {', '.join(QUANTIZE_BASE_CHOICES)}")
+        if self.recipe in FULL_RECIPES and p.quantize_base not in ("auto", "none"):
+            raise BadInputError(f"params.quantize_base={p.quantize_base!r}: {self.recipe} trains the base weights "
+                                "themselves, which cannot be quantized; use a LoRA recipe or 'none'")  # fmt: skip
         if p.lr_scheduler not in ("constant", "linear", "cosine", "polynomial"):
             raise BadInputError("params.lr_scheduler must be one of constant, linear, cosine, polynomial")
         for key in ("checkpoint_every", "validation_every", "log_every"):
@@ -220,6 +234,8 @@ _INT_KEYS = {
     "steps", "rank", "resolution", "seed", "batch_size", "lr_warmup_steps", "num_class_images",
     "checkpoint_every", "checkpoints_to_keep", "validation_every", "sample_inference_steps", "log_every",
 }  # fmt: skip
+#: keys with a concrete default that null stands for
+_NULL_IS_DEFAULT = {"rank", "seed", "batch_size", "lr_warmup_steps", "num_class_images", "quantize_base"}
 _FLOAT_KEYS = {"learning_rate", "alpha", "snr_gamma", "noise_offset", "prior_loss_weight", "memory_budget_gib"}
 
 
@@ -227,7 +243,7 @@ def _params(raw: dict[str, Any]) -> TrainParams:
     values: dict[str, Any] = {}
     for key, v in raw.items():
         if v is None:
-            if key in _BOOL_KEYS or key in ("rank", "seed", "batch_size", "lr_warmup_steps", "num_class_images"):
+            if key in _BOOL_KEYS or key in _NULL_IS_DEFAULT:
                 continue  # null means "default" for keys that have a concrete default
             values[key] = None
             continue
@@ -239,6 +255,8 @@ def _params(raw: dict[str, Any]) -> TrainParams:
             if isinstance(v, bool) or not isinstance(v, int | float):
                 raise BadInputError(f"params.{key} must be a number (got {v!r})")
             v = float(v)
+        if key == "quantize_base" and not isinstance(v, str):
+            raise BadInputError(f"params.quantize_base must be a string, one of {', '.join(QUANTIZE_BASE_CHOICES)}")
         if key == "validation_prompts" and not isinstance(v, list):
             raise BadInputError("params.validation_prompts must be a list of strings")
         values[key] = v

@@ -35,10 +35,15 @@ from training.families.sd import uniform_timestep
 from training.metrics import RunMetrics
 from training.models import choose_model_files, inspect_base_model, load_components
 from training.precision import (
+    QuantizationChoice,
     device_budget_gib,
+    logical_numel,
     make_optimizer,
     plan_memory,
+    plan_quantization,
+    quantization_config,
     resolve_mixed_precision,
+    torchao_available,
     weight_dtype_for,
 )
 from training.recipe_base import Recipe, RunContext, ensure_dirs
@@ -130,6 +135,10 @@ class DreamBoothRecipe(Recipe):
         warmup = min(p.lr_warmup_steps, steps // 5)  # warm-up can never eat the run
         self.resolution, self.steps = resolution, steps
 
+        # the frozen denoiser of a LoRA run may load quantized (QLoRA): decided before any weight is loaded
+        self.quantization = quant = self.choose_quantization(info, p, trainable, device, wdtype, resolution)
+        log.info("base model weights: %s (%s)", quant.kind, quant.reason)
+
         # 2. models (a staged family loads its denoiser only after caching, when the text encoders are gone)
         prog.phase("loading")
         train_te = p.train_text_encoder
@@ -138,6 +147,7 @@ class DreamBoothRecipe(Recipe):
             load_components, info, trainable=trainable, weight_dtype=wdtype,
             unet_dtype=torch.float32 if family.denoiser_name in trainable else wdtype,
             text_dtype=torch.float32 if trainable & set(info.text_encoder_names) else wdtype,
+            quantization_config=quantization_config(quant.kind, wdtype),
         )  # fmt: skip
         comps = load(parts=("vae", "text", "scheduler") if staged else None)
         for module in family.training_device_modules(comps):
@@ -169,18 +179,20 @@ class DreamBoothRecipe(Recipe):
         named = trainable_named_parameters(modules)
         params = [t for _, t in named]
         n_trainable = sum(t.numel() for t in params)
-        n_frozen = sum(t.numel() for m in modules.values() for t in m.parameters()) - n_trainable
+        n_frozen = sum(logical_numel(t) for m in modules.values() for t in m.parameters()) - n_trainable
         plan = plan_memory(
             device=device,
             frozen_params=n_frozen,
             trainable_params=n_trainable,
-            unet_params=sum(t.numel() for t in comps.denoiser.parameters()),
+            unet_params=sum(logical_numel(t) for t in comps.denoiser.parameters()),
             latent_size=resolution // info.vae_scale_factor,
             samples_per_step=p.batch_size * (2 if class_images else 1),
             weight_bytes=torch.finfo(wdtype).bits // 8,
             gradient_checkpointing=p.gradient_checkpointing,
             use_8bit_adam=p.use_8bit_adam,
             budget_gib=device_budget_gib(device, p.memory_budget_gib),
+            quantized_base=quant.kind,
+            quantization_reason=quant.reason,
         )
         self.memory_plan = plan
         if plan.gradient_checkpointing:
@@ -285,6 +297,27 @@ class DreamBoothRecipe(Recipe):
         acc.wait_for_everyone()
 
     # ---- pieces ----------------------------------------------------------------------------------------------------
+    def choose_quantization(self, info, p, trainable: frozenset[str], device: torch.device, wdtype: torch.dtype,
+                            resolution: int) -> QuantizationChoice:  # fmt: skip
+        """``plan_quantization`` for this run: a LoRA run when the recipe trains no denoiser weight in place, the
+        device budget (the task's ``memory_budget_gib`` or the GPU's memory; none without a GPU, where diffusers
+        cannot quantize, so "auto" stays unquantized), the GPU's compute capability and the family's denoiser size
+        (``denoiser_param_count``)."""
+        family = info.family
+        cuda = device.type == "cuda"
+        return plan_quantization(
+            p.quantize_base,
+            lora=family.denoiser_name not in trainable,
+            denoiser_params=denoiser_param_count(info),
+            budget_gib=device_budget_gib(device, p.memory_budget_gib) if cuda else None,
+            compute_capability=tuple(torch.cuda.get_device_capability(device)) if cuda else None,
+            fp8_available=torchao_available(),
+            weight_bytes=torch.finfo(wdtype).bits // 8,
+            resolution=resolution,
+            samples_per_step=p.batch_size * (2 if p.prior_preservation else 1),
+            gradient_checkpointing=p.gradient_checkpointing,
+        )  # fmt: skip
+
     def _encode_images(self, comps: Components, images: list[data.PreparedImage], resolution: int, flip: bool) -> LatentSet:
         return comps.family.encode_images(comps, images, resolution, flip)
 
@@ -466,6 +499,21 @@ class DreamBoothRecipe(Recipe):
             return 0
         ctx.progress.emit("resumed", step=found.step)
         return min(found.step, self.steps)
+
+
+def denoiser_param_count(info) -> int:
+    """The family's denoiser size: its ``denoiser_params`` class attribute, or, where that is 0 (a family whose
+    size varies, e.g. FLUX.2 [klein] 4B / 9B), the parameters of the denoiser built from the model's config on the
+    meta device (no memory, no weights read)."""
+    family = info.family
+    if family.denoiser_params:
+        return int(family.denoiser_params)
+    from accelerate import init_empty_weights
+
+    cls = family.component_class(family.denoiser_name, info.index[family.denoiser_name][1])
+    with init_empty_weights():
+        model = cls.from_config(info.denoiser_config)
+    return sum(t.numel() for t in model.parameters())
 
 
 def _draw(g: torch.Generator, s: LatentSet, p, draw_time):
