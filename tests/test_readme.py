@@ -72,3 +72,44 @@ def test_every_scheduler_command_in_the_readme_parses():
     assert len(lines) >= 2
     for line in lines:
         build_parser().parse_args(shlex.split(line)[3:])  # argparse exits (SystemExit) on what it does not accept
+
+
+def _section(title: str) -> str:
+    start = README.index(f"## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def test_readme_documents_the_jobs_backend_as_the_settings_and_the_runner_have_it():
+    from huggingface_hub import HfApi
+
+    from scheduler.backends.jobs_runner import JOB_STARTUP_MARGIN_S, JobsRunner, job_timeout_s
+    from scheduler.flavors import FLAVORS, JOBS_GPU_FLAVORS
+    from scheduler.settings import Settings, load_settings
+
+    defaults = Settings()
+    assert _variable_default("TRAINING_BACKEND") == f"`{defaults.training_backend}`"
+    assert _variable_default("MAX_PARALLEL_JOBS") == f"`{defaults.max_parallel_jobs}`"
+    assert _variable_default("JOBS_GPU_HOURS_PER_DAY") == f"`{defaults.jobs_gpu_hours_per_day:g}`"
+    assert _variable_default("JOB_IMAGE") == "`hf.co/spaces/<SPACE_ID>`"
+    jobs = load_settings({"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "jobs", "JOBS_GPU_HOURS_PER_DAY": "none"})
+    assert jobs.uses_jobs and jobs.job_image == "hf.co/spaces/alice/trainer" and jobs.jobs_namespace == "alice"
+    assert jobs.jobs_gpu_hours_per_day is None  # "`none` for no cap"
+
+    section = _section("Training on Hugging Face Jobs")
+    for variable in ("TRAINING_BACKEND=jobs", "MAX_PARALLEL_JOBS", "JOBS_GPU_HOURS_PER_DAY", "JOB_IMAGE"):
+        assert variable in section, variable
+    runner = JobsRunner(jobs, queue=None, status=None, api=HfApi(endpoint="http://127.0.0.1:9"))  # type: ignore[arg-type]
+    command = " ".join(runner.job_command("<task id>", "<lease holder>"))
+    assert f"command `{command}`" in section
+    # "the task deadline plus up to 10 minutes for start-up (at most twice the deadline)"
+    assert JOB_STARTUP_MARGIN_S == 600 and "plus up to 10 minutes" in section and "at most twice" in section
+    assert job_timeout_s(60) == 120 and job_timeout_s(3600) == 3600 + 600
+    # The Jobs-only flavors the section names, at the list prices the fallback table has.
+    for name in ("h200", "rtx-pro-6000"):
+        flavor = FLAVORS[name]
+        assert name in JOBS_GPU_FLAVORS and flavor.jobs_only
+        named = f"**{flavor.label.removeprefix('Nvidia ')}** ({flavor.gpu_memory_gib} GB, ${flavor.usd_per_hour:.2f}/h)"
+        assert named in " ".join(section.split()), named
+    for claim in ("positive credit balance", "per minute", "timeout", "Not verified on the real platform"):
+        assert claim in section, claim

@@ -41,6 +41,9 @@ LORA_STEPS_PER_S = {
     "a10g-largex4": 2.2,
     "l40sx1": 3.5,
     "a100-large": 3.8,
+    # Jobs-only flavors: guesses scaled from the H100 benchmark (unmeasured: a finished run's figures replace them)
+    "h200": 5.0,
+    "rtx-pro-6000": 4.0,
 }
 CPU_STEPS_PER_S = 0.05
 LOCAL_GPU_STEPS_PER_S = LORA_STEPS_PER_S["t4-small"]  # a GPU of this machine whose speed is unknown
@@ -122,7 +125,30 @@ def _median(values: Sequence[float | None], fallback: Sequence[float | None] = (
     return float(statistics.median(known)) if known else 0.0
 
 
-def from_history(steps: int, hardware: str, runs: Sequence[RunRecord]) -> Estimate:
+def jobs_price(hardware: str, prices: dict[str, float] | None = None) -> float:
+    """USD per hour of ``hardware`` as a Job: the Hub's price (``list_jobs_hardware``, via the worker's status) when
+    known, else the list price of ``scheduler.flavors``."""
+    if prices and hardware in prices:
+        return prices[hardware]
+    flavor = FLAVORS.get(hardware)
+    return flavor.usd_per_hour if flavor else 0.0
+
+
+def price_source_text(source: str) -> str:
+    """Where the Jobs prices come from, in words (``StatusData.job_prices_source``)."""
+    if source.startswith("list_jobs_hardware"):
+        return "the Hub's Jobs prices (list_jobs_hardware)" + (", the list price for the rest" if "fallback" in source else "")
+    return "the built-in fallback price table (the Hub's Jobs prices could not be read yet)"
+
+
+def _price(hardware: str, usd_per_hour: float | None) -> float:
+    if usd_per_hour is not None:
+        return usd_per_hour
+    flavor = FLAVORS.get(hardware)
+    return flavor.usd_per_hour if flavor else 0.0
+
+
+def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_hour: float | None = None) -> Estimate:
     """The estimate from matching ``runs``: steps / their median speed, and each overhead's median, for a task that
     starts a GPU period of its own (switch there, start-up of the container, wrap-up, release). Start-up is taken
     from the runs that started a period when there are any (a later task of a period starts faster)."""
@@ -135,8 +161,7 @@ def from_history(steps: int, hardware: str, runs: Sequence[RunRecord]) -> Estima
         + _median([r.release_s for r in runs])
     )
     train_s = max(steps, 0) / speed
-    flavor = FLAVORS.get(hardware)
-    price = flavor.usd_per_hour if flavor else 0.0
+    price = _price(hardware, usd_per_hour)
     return Estimate(hardware, train_s, overhead, (train_s + overhead) / 3600 * price, HISTORY, len(runs))
 
 
@@ -153,16 +178,18 @@ def estimate(
     batch_size: int = 1,
     family: str | None = None,
     history: Sequence[RunRecord] = (),
+    usd_per_hour: float | None = None,
 ) -> Estimate:
     """Estimated duration and cost of one task (``LOCAL_CPU``/``LOCAL_GPU`` for this machine, free): from the
-    matching runs of ``history`` (earlier runs of this Space or machine) when there are any, else from the table."""
+    matching runs of ``history`` (earlier runs of this Space or machine) when there are any, else from the table.
+    ``usd_per_hour`` overrides the flavor's list price (the Jobs price of the Jobs backend)."""
     runs = matching_runs(
         history, hardware=hardware, recipe=recipe, resolution=resolution, batch_size=batch_size,
         prior_preservation=prior_preservation, train_text_encoder=train_text_encoder, base_model=base_model,
         family=family,
     )  # fmt: skip
     if runs:
-        return from_history(steps, hardware, runs)
+        return from_history(steps, hardware, runs, usd_per_hour)
     flavor = FLAVORS.get(hardware)
     if base_model == DEMO_MODEL:  # tiny: its speed is its own, whatever the resolution
         train_s = max(steps, 0) / DEMO_STEPS_PER_S
@@ -179,7 +206,7 @@ def estimate(
     speed *= (512 / max(resolution, 64)) ** 2
     train_s = max(steps, 0) / speed
     overhead_s = OVERHEAD_S + (num_class_images * CLASS_IMAGE_S if prior_preservation else 0)
-    price = flavor.usd_per_hour if flavor else 0.0
+    price = _price(hardware, usd_per_hour)
     return Estimate(hardware, train_s, overhead_s, (train_s + overhead_s) / 3600 * price)
 
 
@@ -207,12 +234,12 @@ def local_hardware(device: LocalDevice) -> str:
     return LOCAL_GPU if device.gpu else LOCAL_CPU
 
 
-def hardware_label(name: str) -> str:
-    """``Nvidia T4 small ($0.40/h)``."""
+def hardware_label(name: str, usd_per_hour: float | None = None) -> str:
+    """``Nvidia T4 small ($0.40/h)`` (at ``usd_per_hour`` when given: the Jobs price)."""
     flavor = FLAVORS.get(name)
     if flavor is None:
         return name
-    return f"{flavor.label} (${flavor.usd_per_hour:.2f}/h)"
+    return f"{flavor.label} (${_price(name, usd_per_hour):.2f}/h)"
 
 
 def source_text(est: Estimate, local: bool) -> str:
@@ -223,10 +250,21 @@ def source_text(est: Estimate, local: bool) -> str:
     return f"from {est.runs} earlier run{'' if est.runs == 1 else 's'} on {where}"
 
 
-def describe(est: Estimate, local: bool, device: LocalDevice | None = None) -> str:
+def describe(est: Estimate, local: bool, device: LocalDevice | None = None, *, job_usd_per_hour: float | None = None,
+             jobs_prices_source: str = "") -> str:  # fmt: skip
     """Markdown shown under the form; in local mode about ``device`` (this machine). It says where the figures come
-    from: this Space's (this machine's) earlier runs, or the built-in table."""
+    from: this Space's (this machine's) earlier runs, or the built-in table. ``job_usd_per_hour`` (not None): the
+    task trains as a Hugging Face Job at that price, read from ``jobs_prices_source`` (``price_source_text``)."""
     source = source_text(est, local)
+    if job_usd_per_hour is not None and not local:
+        label = hardware_label(est.hardware, job_usd_per_hour)
+        return (
+            f"**Estimate:** {approx_duration(est.total_s)} as a Hugging Face Job on {label}"
+            f" ({format_duration(est.train_s)} training + {format_duration(est.overhead_s)} start-up and upload),"
+            f" about **${est.usd:.2f}**, {source}; price from {price_source_text(jobs_prices_source)}. Billed per"
+            " minute while the Job runs, never past its timeout (the task deadline plus start-up); this Space stays"
+            " on CPU."
+        )
     if local:
         where = f"this machine ({device.name if device else 'CPU'})"
         if est.source == HISTORY:

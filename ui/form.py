@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from scheduler.flavors import FLAVORS, GPU_FLAVORS
+from scheduler.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext, default_recipe
-from ui.estimate import Estimate, auto_steps, describe, estimate, hardware_label, local_hardware
+from ui.estimate import Estimate, auto_steps, describe, estimate, hardware_label, jobs_price, local_hardware
 from ui.limits import output_namespace
 from ui.local_device import LocalDevice, local_device
 from ui.output_names import default_output_repo
@@ -46,12 +46,29 @@ class FormParts:
     submit: gr.Button
     output_repo: gr.Textbox
     message: gr.Markdown
+    hardware: gr.Dropdown | None = None
 
 
-def hardware_choices() -> list[tuple[str, str]]:
-    """GPU flavors, cheapest first, as (label with price, name)."""
-    names = sorted(GPU_FLAVORS, key=lambda n: (FLAVORS[n].usd_per_hour, n))
-    return [(hardware_label(n), n) for n in names]
+def uses_jobs(ctx: AppContext) -> bool:
+    """Whether this app trains on Hugging Face Jobs (``TRAINING_BACKEND=jobs``) instead of upgrading its Space."""
+    return bool(getattr(ctx.settings, "uses_jobs", False))
+
+
+def hardware_choices(jobs: bool = False, prices: dict[str, float] | None = None) -> list[tuple[str, str]]:
+    """GPU flavors, cheapest first, as (label with price, name): the Space's GPU flavors, or with ``jobs`` the Jobs
+    GPU flavors (H200 and RTX PRO 6000 included) at the Jobs price (``prices``: the Hub's, else the list price)."""
+    if not jobs:
+        names = sorted(GPU_FLAVORS, key=lambda n: (FLAVORS[n].usd_per_hour, n))
+        return [(hardware_label(n), n) for n in names]
+    names = sorted(JOBS_GPU_FLAVORS, key=lambda n: (jobs_price(n, prices), n))
+    return [(hardware_label(n, jobs_price(n, prices)), n) for n in names]
+
+
+def jobs_hardware_info(ctx: AppContext) -> str:
+    """The hardware field's help in Jobs mode."""
+    n = ctx.settings.max_parallel_jobs
+    return (f"This Space stays on CPU: each task trains on Hugging Face Jobs, {n} at once (billed per minute; "
+            "needs a positive credit balance).")  # fmt: skip
 
 
 def base_model_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -124,11 +141,13 @@ def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resol
     info = ctx.recipes.get(recipe)
     fixed = dict(info.fixed_params) if info else {}
     batch, text_encoder = fixed.get("batch_size", 1), fixed.get("train_text_encoder", False)
-    history = past_runs(ctx.worker.status.snapshot().tasks)
+    status = ctx.worker.status.snapshot()
+    history = past_runs(status.tasks)
+    price = jobs_price(hardware, status.job_prices) if uses_jobs(ctx) else None
     return estimate(steps, hardware, recipe=recipe, resolution=resolution, prior_preservation=prior,
                     train_text_encoder=bool(text_encoder), base_model=base_model,
                     batch_size=batch if isinstance(batch, int) and not isinstance(batch, bool) else 1,
-                    history=history)  # fmt: skip
+                    history=history, usd_per_hour=price)  # fmt: skip
 
 
 def recipe_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -153,7 +172,9 @@ def build_form(ctx: AppContext) -> FormParts:
     first_recipe = default_recipe(ctx.recipes)
     first = field_state(ctx, first_recipe, first_model, 0, None)
     demo = first_model == DEMO_MODEL
-    gpu_default = s.train_hardware if s.train_hardware in GPU_FLAVORS else "t4-small"
+    jobs = uses_jobs(ctx)
+    offered = JOBS_GPU_FLAVORS if jobs else GPU_FLAVORS
+    gpu_default = s.train_hardware if s.train_hardware in offered else "t4-small"
     with gr.Column():
         files = gr.File(
             label="Photos of your subject (3 to 20; varied backgrounds and angles)",
@@ -186,11 +207,13 @@ def build_form(ctx: AppContext) -> FormParts:
             steps = gr.Number(label="Steps (auto from the photo count; editable)", precision=0, minimum=1,
                               min_width=160, **first[0])  # fmt: skip
             hardware = gr.Dropdown(
-                label="GPU",
-                choices=hardware_choices(),
+                label="GPU (a Hugging Face Job)" if jobs else "GPU",
+                choices=hardware_choices(jobs, ctx.worker.status.snapshot().job_prices if jobs else None),
                 value=gpu_default,
                 visible=not ctx.local,
+                info=jobs_hardware_info(ctx) if jobs else None,
                 min_width=200,
+                elem_id="hardware-choice",
             )
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
@@ -231,6 +254,10 @@ def build_form(ctx: AppContext) -> FormParts:
             est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model)
         except (TypeError, ValueError):
             return ""
+        if jobs:
+            status = ctx.worker.status.snapshot()
+            return describe(est, ctx.local, device, job_usd_per_hour=jobs_price(where, status.job_prices),
+                            jobs_prices_source=status.job_prices_source)  # fmt: skip
         return describe(est, ctx.local, device)
 
     files.change(on_files, [files, recipe, base_model], [preview, steps], api_visibility="private", show_progress="hidden")
@@ -310,7 +337,7 @@ def build_form(ctx: AppContext) -> FormParts:
     for box in (instance_prompt, class_prompt):
         box.blur(on_prompt, [instance_prompt, class_prompt, output_repo], output_repo, api_visibility="private",
                  show_progress="hidden")  # fmt: skip
-    return FormParts(submit=submit_button, output_repo=output_repo, message=message)
+    return FormParts(submit=submit_button, output_repo=output_repo, message=message, hardware=hardware)
 
 
 def _number(value: Any, kind: type = int) -> Any:

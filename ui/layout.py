@@ -10,13 +10,13 @@ import gradio as gr
 from scheduler.diagnostics import PUBLIC_SPACE_WARNING
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
-from ui.form import build_form
+from ui.form import build_form, hardware_choices, uses_jobs
 from ui.limits import output_namespace
 from ui.output_names import default_output_repo
 from ui.queue_view import build_queue_view
 from ui.queue_view import refresh as refresh_queue
 from ui.results_view import build_results_view, default_pick, finished_tasks, pick_choices
-from ui.run_view import build_run_view, hardware_text, load_samples, run_values_for
+from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_samples, run_values_for
 from ui.settings_view import build_settings_view, owner_values, visibility
 
 REFRESH_S = 2.0
@@ -64,7 +64,7 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             with gr.Tab("Queue", id="queue"):
                 queue = build_queue_view(ctx)
             with gr.Tab("Run", id="run"):
-                run = build_run_view()
+                run = build_run_view(jobs=uses_jobs(ctx))
                 open_results = gr.Button("See the last finished task's results", size="sm", visible=False)
             with gr.Tab("Results", id="results") as results_tab:
                 results = build_results_view(ctx)
@@ -82,14 +82,17 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             banner_text = access.banner()
             if access.owner and ctx.public_space:
                 banner_text += "\n\n" + PUBLIC_SPACE_WARNING
+            # Jobs mode: the flavors at the Hub's Jobs prices once the worker has read them (the page was built before).
+            prices = ctx.worker.status.snapshot().job_prices if uses_jobs(ctx) else None
+            hardware_update = gr.Dropdown(choices=hardware_choices(True, prices)) if prices else gr.skip()
             return [banner_text, gr.Button(interactive=access.allowed), repo, panel, owner_box,
-                    gr.Markdown(visible=not access.owner), *owner_values(ctx, access)]  # fmt: skip
+                    gr.Markdown(visible=not access.owner), hardware_update, *owner_values(ctx, access)]  # fmt: skip
 
         demo.load(
             on_load,
             None,
-            [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint, settings.table,
-             *settings.fields],  # fmt: skip
+            [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint, form.hardware,
+             settings.table, *settings.fields],  # fmt: skip
             api_visibility="private",
             show_progress="hidden",
         )
@@ -126,9 +129,11 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
     the tasks ``access`` may see (none for anonymous and non-allowed visitors)."""
     status = ctx.worker.status.snapshot()
     tasks = visible_tasks(access, status.tasks)
-    table, choices = refresh_queue(ctx, tasks, pick, ids)
+    table, choices = refresh_queue(ctx, tasks, pick, ids, status.job_prices, owner=access.owner)
     new_ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
-    values = [hardware_text(status.hardware, ctx.local), table, *run_values_for(access, status, tasks)]
+    run = jobs_run_values(access, status, tasks, ctx.settings) if uses_jobs(ctx) else run_values_for(access, status, tasks)
+    header = hardware_text(status.hardware, ctx.local) + (" · training runs on Hugging Face Jobs" if uses_jobs(ctx) else "")
+    values = [header, table, *run]
     updates, seen = only_changed(values, seen)
     if updates[SAMPLES_INDEX] != gr.skip():  # sample files go out as images, never as paths
         updates[SAMPLES_INDEX] = load_samples(updates[SAMPLES_INDEX])

@@ -17,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from scheduler.billing import GpuPeriod, task_cost_usd
+from scheduler.billing import GpuPeriod, shares, task_cost_usd
 from scheduler.flavors import FLAVORS
 from scheduler.queue.base import QueueError
 from scheduler.settings import DEFAULT_ENDPOINT
@@ -73,21 +73,36 @@ def duration_s(task: Task, now: float) -> float | None:
     return max(0.0, end - task.started_at)
 
 
-def cost_usd(task: Task, now: float, local: bool, periods: Sequence[GpuPeriod] = ()) -> float:
+def cost_usd(task: Task, now: float, local: bool, periods: Sequence[GpuPeriod] = (),
+             prices: dict[str, float] | None = None) -> float:  # fmt: skip
     """The task's share of the GPU time billed in the periods it was trained in (``scheduler.billing``: from the GPU
     request to the release, shared in proportion to the time each task held the GPU; a running task's open period
     counts up to ``now``). A task that no period names (trained before periods were recorded, or the record was
-    lost): its training time times the hourly price of its hardware. 0 in local mode."""
+    lost): its training time times the hourly price of its hardware. 0 in local mode. ``prices`` (USD/h per
+    flavor: the Jobs prices of the Jobs backend) replace the list prices."""
     if local:
         return 0.0
-    share = task_cost_usd(task.id, periods, now)
+    share = task_cost_usd(task.id, periods, now) if prices is None else _share_at(task.id, periods, now, prices)
     if share is not None:
         return share
     seconds = duration_s(task, now)
     flavor = FLAVORS.get(task.hardware)
     if local or seconds is None or flavor is None:
         return 0.0
-    return seconds / 3600 * flavor.usd_per_hour
+    return seconds / 3600 * (prices or {}).get(task.hardware, flavor.usd_per_hour)
+
+
+def _share_at(task_id: str, periods: Sequence[GpuPeriod], now: float, prices: dict[str, float]) -> float | None:
+    """``task_cost_usd`` at ``prices`` (a flavor they do not name keeps its list price)."""
+    found = [p for p in periods if any(c.task_id == task_id for c in p.claims)]
+    if not found:
+        return None
+    total = 0.0
+    for p in found:
+        flavor = FLAVORS.get(p.hardware)
+        price = prices.get(p.hardware, flavor.usd_per_hour if flavor else 0.0)
+        total += p.seconds(now) / 3600 * price * shares(p, now).get(task_id, 0.0)
+    return total
 
 
 def is_hub_url(url: str, endpoint: str) -> bool:
@@ -120,17 +135,25 @@ def hardware_cell(task: Task, local: bool) -> str:
     return flavor.label if flavor else task.hardware
 
 
-def note_text(task: Task) -> str:
-    """The task's note, else the first line of its last error (whole, up to ``MAX_NOTE_CHARS``)."""
+HELD_FOR_OWNER = "Waiting for the Space's owner: its Job could not be started yet."
+
+
+def note_text(task: Task, hide_hold: bool = False) -> str:
+    """The task's note, else the first line of its last error (whole, up to ``MAX_NOTE_CHARS``). ``hide_hold``: a
+    note that holds the task (a refused Job: the owner's credit, token or flavor) reads ``HELD_FOR_OWNER``."""
+    if hide_hold and task.note:
+        return HELD_FOR_OWNER
     note = task.note or ((task.last_error or "").strip().splitlines() or [""])[0]
     return note if len(note) <= MAX_NOTE_CHARS else note[: MAX_NOTE_CHARS - 1] + "…"
 
 
 def rows(
-    tasks: list[Task], local: bool, now: float | None = None, periods: Sequence[GpuPeriod] = ()
+    tasks: list[Task], local: bool, now: float | None = None, periods: Sequence[GpuPeriod] = (),
+    prices: dict[str, float] | None = None,
+    hide_holds: bool = False,
 ) -> list[list[str]]:
     """Plain-text cells of each task (the Result cell as its URL or folder), newest first; the cost from the GPU
-    ``periods`` (see ``cost_usd``)."""
+    ``periods`` (see ``cost_usd``); ``hide_holds``: see ``note_text``."""
     now = time.time() if now is None else now
     out = []
     for t in sorted(tasks, key=lambda t: t.created_at, reverse=True):
@@ -138,8 +161,8 @@ def rows(
         out.append([
             t.id, status_cell(t), t.instance_prompt, f"{t.attempts}/{t.max_attempts}", submitted, hardware_cell(t, local),
             format_duration(duration_s(t, now)) if t.started_at else "-",
-            "free" if local else f"${cost_usd(t, now, local, periods):.2f}",
-            t.result_url or "", note_text(t),
+            "free" if local else f"${cost_usd(t, now, local, periods, prices):.2f}",
+            t.result_url or "", note_text(t, hide_holds),
         ])  # fmt: skip
     return out
 
@@ -149,7 +172,8 @@ RESULT = HEADERS.index("Result")
 
 
 def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT, now: float | None = None,
-               periods: Sequence[GpuPeriod] = ()) -> str:  # fmt: skip
+               periods: Sequence[GpuPeriod] = (), prices: dict[str, float] | None = None,
+               hide_holds: bool = False) -> str:  # fmt: skip
     """The queue as an HTML table, newest first. Every value is escaped (prompts and notes are user input); only
     Hub URLs become links. Costs come from the GPU ``periods`` (see ``cost_usd``)."""
     if not tasks:
@@ -157,7 +181,7 @@ def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT,
     ordered = sorted(tasks, key=lambda t: t.created_at, reverse=True)
     head = "".join(f'<th scope="col">{escape(h)}</th>' for h in HEADERS)
     body = []
-    for task, cells in zip(ordered, rows(tasks, local, now, periods), strict=True):
+    for task, cells in zip(ordered, rows(tasks, local, now, periods, prices, hide_holds), strict=True):
         tds = []
         for i, (header, cls, value) in enumerate(zip(HEADERS, CELL_CLASSES, cells, strict=True)):
             html = result_cell(task, endpoint) if i == RESULT else escape(value)
@@ -227,11 +251,17 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
     return QueueParts(table=table, pick=pick)
 
 
-def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_ids: list[str]) -> tuple[Any, Any]:
-    """New table value, and new task choices only when the set of tasks changed (keeps an open dropdown still)."""
+def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_ids: list[str],
+            job_prices: dict[str, float] | None = None, owner: bool = True) -> tuple[Any, Any]:  # fmt: skip
+    """New table value, and new task choices only when the set of tasks changed (keeps an open dropdown still).
+    ``job_prices``: the worker's Jobs prices (the Jobs backend prices its tasks with them); in Jobs mode why a Job
+    was refused is for the ``owner`` only."""
     ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
     periods = ctx.worker.status.periods() if ctx.worker is not None and not ctx.local else []
-    table = table_html(tasks, ctx.local, ctx.settings.hf_endpoint, periods=periods)
+    jobs = bool(getattr(ctx.settings, "uses_jobs", False))
+    prices = (job_prices or None) if jobs else None  # a Job costs its flavor's Jobs price
+    table = table_html(tasks, ctx.local, ctx.settings.hf_endpoint, periods=periods, prices=prices,
+                       hide_holds=jobs and not owner)  # fmt: skip
     if ids == known_ids:
         return table, gr.skip()
     return table, gr.Dropdown(choices=ids, value=current_pick if current_pick in ids else None)

@@ -1,7 +1,8 @@
 """The run view: what the worker does right now, refreshed by a ``gr.Timer`` from ``WorkerStatus``.
 
 Phase, a progress bar, steps/s and ETA, a loss plot, the newest sample images, the tail of the trainer's log and
-the hardware state (current / requested / stage).
+the hardware state (current / requested / stage). With ``TRAINING_BACKEND=jobs`` the tab shows one panel per
+running task instead (``ui.jobs_view``): the Space itself does not train.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scheduler.task import Task
 from scheduler.worker import ENDED_PHASES, StatusData
 from ui.auth import Access
 from ui.estimate import format_duration
+from ui.jobs_view import JOBS_CSS, jobs_panels
 from ui.results_view import loss_table, open_image, results_pointer
 
 
@@ -31,9 +33,10 @@ class RunParts:
     loss: gr.LinePlot
     samples: gr.Gallery
     log: gr.Textbox
+    panels: gr.HTML  # Jobs mode: one panel per running task (hidden in the other modes)
 
     def outputs(self) -> list[Any]:
-        return [self.phase, self.bar, self.loss, self.samples, self.log]
+        return [self.phase, self.bar, self.loss, self.samples, self.log, self.panels]
 
 
 def hardware_text(hw: HardwareState | None, local: bool) -> str:
@@ -96,6 +99,7 @@ def render(s: StatusData) -> list[Any]:
         loss_frame(s),
         samples or None,
         "\n".join(s.log_tail),
+        "",
     ]
 
 
@@ -113,7 +117,7 @@ def run_values_for(access: Access, s: StatusData, visible: list[Task]) -> list[A
         values = render(s)
     else:
         text = SIGN_IN_PROMPT if not access.allowed else f"**Phase:** {s.phase if s.task_id is None else 'busy'}\n\n{NOT_YOURS}"
-        values = [text, progress_html(0, 0), loss_frame(StatusData()), None, ""]
+        values = [text, progress_html(0, 0), loss_frame(StatusData()), None, "", ""]
     # Not while a run that just finished is shown ("done": its own samples are on screen, and the task list the
     # worker last read may still call it RUNNING); never the task on screen itself.
     others = [t for t in visible if t.id != s.task_id]
@@ -129,12 +133,20 @@ def load_samples(paths: list[str] | None) -> list[Image.Image] | None:
     return [image for image in images if image is not None] or None
 
 
-def build_run_view() -> RunParts:
-    """Render the run view's components inside the current Blocks."""
-    phase = gr.Markdown("**Phase:** starting")
-    bar = gr.HTML(progress_html(0, 0))
-    with gr.Row():
+def jobs_run_values(access: Access, s: StatusData, visible: list[Task], settings: Any) -> list[Any]:
+    """``RunParts.outputs()`` values in Jobs mode: the summary and one panel per running task (``ui.jobs_view``),
+    the single-run components left empty (hidden)."""
+    summary, panels = jobs_panels(access, s, visible, settings)
+    return [summary, progress_html(0, 0), loss_frame(StatusData()), None, "", panels]
+
+
+def build_run_view(jobs: bool = False) -> RunParts:
+    """Render the run view's components inside the current Blocks (``jobs``: the panels of ``ui.jobs_view``)."""
+    phase = gr.Markdown("**Phase:** starting", elem_id="run-phase")
+    bar = gr.HTML(progress_html(0, 0), visible=not jobs)
+    with gr.Row(visible=not jobs):
         loss = gr.LinePlot(pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", title="Training loss", min_width=280)
         samples = gr.Gallery(label="Latest samples", columns=2, height=280, interactive=False, min_width=280)
-    log = gr.Textbox(label="Trainer log (tail)", lines=8, max_lines=12, interactive=False, autoscroll=True)
-    return RunParts(phase=phase, bar=bar, loss=loss, samples=samples, log=log)
+    log = gr.Textbox(label="Trainer log (tail)", lines=8, max_lines=12, interactive=False, autoscroll=True, visible=not jobs)
+    panels = gr.HTML("", css_template=JOBS_CSS, visible=jobs, elem_id="jobs-panels", padding=False)
+    return RunParts(phase=phase, bar=bar, loss=loss, samples=samples, log=log, panels=panels)

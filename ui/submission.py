@@ -276,6 +276,8 @@ def queued_message(ctx: AppContext, task: Task, busy: bool = False) -> str:
     if ctx.local:
         after = " It starts when the task training now finishes." if busy else ""
         return head + f" Training runs on this machine ({local_device(ctx.worker).name}).{after} Follow it in the **Run** tab."
+    if getattr(ctx.settings, "uses_jobs", False):
+        return head + jobs_next_step(ctx, task)
     if busy:
         return head + " It trains after the task training now; follow it in the **Queue** and **Run** tabs."
     status = ctx.worker.status.snapshot()
@@ -288,3 +290,14 @@ def queued_message(ctx: AppContext, task: Task, busy: bool = False) -> str:
         f" The Space is moving to {hardware_label(task.hardware)}. It restarts there, so **this page will disconnect "
         "and reconnect** in a few minutes; the task is safe in the queue and its progress shows in the **Run** tab."
     )
+
+
+def jobs_next_step(ctx: AppContext, task: Task) -> str:
+    """What happens next in Jobs mode: the task trains as a Hugging Face Job (this Space stays on CPU), now or when
+    a Job slot is free. Why a Job was refused (the owner's credit, token or flavor) is told to the owner only."""
+    status = ctx.worker.status.snapshot()
+    where = hardware_label(task.hardware, status.job_prices.get(task.hardware))
+    if status.phase == "refused" and is_owner(ctx.settings, task.submitted_by):
+        return f" Its Job was not started: {status.message}"
+    return (f" It trains as a Hugging Face Job on {where}, up to {ctx.settings.max_parallel_jobs} at once; this Space"
+            " stays on CPU and does not restart. Follow it in the **Run** tab.")  # fmt: skip
