@@ -150,6 +150,14 @@ def _follow_running(task: Task, jobs: list[JobView], now: float) -> JobAction | 
     return None  # no Job of its holder seen while the lease lives (a listing that lags, or another backend): wait
 
 
+def unclaimed_jobs(task: Task, jobs: list[JobView]) -> list[JobView]:
+    """The task's Jobs that ended since the task last changed: they never claimed it (a claim writes the task), so
+    each died before training started (an image that does not start, a download that fails). Counted against the
+    task's attempts, so such Jobs are not started again without end; a retry or requeue writes the task and starts
+    the count again."""
+    return [j for j in jobs if not j.alive and (j.created_at or 0.0) >= task.updated_at]
+
+
 def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
     """The actions of this loop, from the snapshot alone (no I/O), in the order to carry them out:
 
@@ -159,7 +167,8 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
        CANCELED, DELETED, timeout, or even COMPLETED without completing the task): requeue it (FAIL with the Job's
        last log lines when out of attempts). No such Job at all (lost): once its lease lapsed, requeue it as a dead
        container (``REQUEUE_EXPIRED``); while the lease lives, wait (the listing may lag).
-    3. A PENDING task out of attempts (and no Job alive): FAIL with its last error.
+    3. A PENDING task out of attempts (and no Job alive): FAIL with its last error; one whose last
+       ``max_attempts`` Jobs all ended without claiming it (``unclaimed_jobs``): FAIL with the last one's log lines.
     4. A terminal Job whose period is not in the queue's billing yet: ``RECORD_COST`` (once per Job).
     5. Runnable tasks (PENDING, attempts left, no note) without an alive Job, oldest first, each once: DISPATCH while
        a Job slot is free and the daily GPU-hours cap is not reached; a task refused less than ``refusal_backoff_s``
@@ -172,6 +181,7 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
         by_task.setdefault(job.task_id, []).append(job)
     actions = _cancellations(snap, by_id)
     cancelling = {a.job_id for a in actions}
+    failing: set[str] = set()
 
     for task in tasks:
         jobs = by_task.get(task.id, [])
@@ -184,6 +194,14 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
             last = f" Last error: {task.last_error}" if task.last_error else ""
             reason = f"Gave up after {task.attempts} of {task.max_attempts} attempts.{last}"
             actions.append(JobAction(JobActionKind.FAIL, task_id=task.id, reason=reason))
+            failing.add(task.id)
+        elif task.status is TaskStatus.PENDING and not has_alive:
+            unclaimed = unclaimed_jobs(task, jobs)
+            if len(unclaimed) >= task.max_attempts:
+                reason = (f"{len(unclaimed)} Jobs ended before they could claim the task (none started training; "
+                          f"the last: {_ended(unclaimed[-1]).removeprefix('its ')}).")  # fmt: skip
+                actions.append(JobAction(JobActionKind.FAIL, task_id=task.id, reason=_with_log(reason, unclaimed[-1])))
+                failing.add(task.id)
 
     for job in snap.jobs:
         if not job.alive and job.job_id not in snap.recorded_jobs and job.created_at is not None and job.flavor:
@@ -194,7 +212,7 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
     free = max(0, snap.max_parallel - alive)
     waits: list[str] = []
     for task in tasks:
-        if not task.runnable or any(j.alive for j in by_task.get(task.id, [])):
+        if not task.runnable or task.id in failing or any(j.alive for j in by_task.get(task.id, [])):
             continue
         refused_at = snap.refused.get(task.id)
         if refused_at is not None and snap.now - refused_at < snap.refusal_backoff_s:

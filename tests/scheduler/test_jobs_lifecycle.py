@@ -184,6 +184,23 @@ ROWS = [
     ("jobs-only-flavor-dispatch", snap([task("a", hardware="h200")]), [(K.DISPATCH, "a")]),
     ("running-task-of-another-backend-wait", snap([running("a", "space:worker")]), [(K.WAIT, None)]),
     ("empty-wait", snap(), [(K.WAIT, None)]),
+    # Jobs that die before they claim the task (the task never changes): counted against its attempts
+    (
+        "one-job-ended-unclaimed-dispatch-again",
+        snap([task("a")], [job("j1", "a", "ERROR", created=50)]),
+        [(K.DISPATCH, "a")],
+    ),
+    (
+        "max-attempts-jobs-ended-unclaimed-fail",
+        snap([task("a")], [job("j1", "a", "ERROR", created=50), job("j2", "a", "ERROR", created=20)]),
+        [(K.FAIL, "a")],
+    ),
+    (
+        "jobs-ended-before-the-last-retry-do-not-count",
+        snap([task("a", created=300, updated_at=NOW - 10)],
+             [job("j1", "a", "ERROR", created=200), job("j2", "a", "ERROR", created=100)]),
+        [(K.DISPATCH, "a")],
+    ),  # fmt: skip
 ]
 
 
@@ -245,3 +262,11 @@ def test_decide_jobs_is_pure():
 
 def test_registry_names_both_backends():
     assert DECIDERS == {"space": decide, "jobs": decide_jobs}
+
+
+def test_jobs_that_never_claim_their_task_fail_it_with_the_last_jobs_log():
+    ended = (job("j1", "a", "ERROR", created=50), job("j2", "a", "ERROR", created=20, message="Job failed with exit code: 1",
+             log_tail=("python: No module named scheduler",)))  # fmt: skip
+    [action] = decide_jobs(snap([task("a")], ended))
+    assert action.kind is K.FAIL and "2 Jobs ended before they could claim the task" in action.reason
+    assert "exit code: 1" in action.reason and "No module named scheduler" in action.reason
