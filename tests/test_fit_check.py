@@ -83,6 +83,31 @@ def test_models_the_tables_do_not_know_and_cpu_flavors_are_not_checked(tiny_sd):
     assert model_shape("alice/my-xl-finetune", sdxl_probe(fp16=False)) == "sdxl"
 
 
+def flux_probe(pipeline: str = "FluxPipeline") -> Probe:
+    index = {"_class_name": pipeline, "transformer": ["diffusers", "FluxTransformer2DModel"]}
+    return Probe("alice/my-flux", local=False, index=index, files=["model_index.json"])
+
+
+def test_a_family_without_estimates_is_queued_with_a_note_and_on_a_small_gpu_with_its_hardware_note():
+    from training.families.flux import Flux1
+
+    on_l4 = check_fit(task("alice/my-flux", hardware="l4x1", resolution=512), flux_probe())
+    assert on_l4.problem is None
+    assert len(on_l4.notes) == 1 and on_l4.notes[0].startswith("**Memory:** no estimate for the FLUX.1 ")
+    on_t4 = check_fit(task("alice/my-flux", hardware="t4-small", resolution=512), flux_probe())
+    assert on_t4.problem is None and len(on_t4.notes) == 2
+    assert Flux1.defaults.hardware_note.rstrip(".") in on_t4.notes[1] and "NF4" in on_t4.notes[1]
+    assert "Nvidia 1xL4" in on_t4.notes[1]
+    klein_t4 = check_fit(task("alice/my-klein", hardware="t4-small"), flux_probe("Flux2KleinPipeline"))
+    assert klein_t4.problem is None and "FLUX.2 [klein]" in klein_t4.notes[1]
+    # a bigger GPU than the default: no hardware warning; a CPU flavor: nothing at all
+    assert len(check_fit(task("alice/my-flux", hardware="a100-large"), flux_probe()).notes) == 1
+    assert check_fit(task("alice/my-flux", hardware="cpu-upgrade"), flux_probe()).notes == []
+    # a Flux repo whose name reads like SDXL is not estimated (nor refused) with SDXL's figures
+    assert model_shape("alice/sdxl-look-flux", flux_probe()) is None
+    assert model_shape("alice/sdxl-look-flux", None) == "sdxl"
+
+
 def test_submit_refuses_a_model_whose_weights_would_not_fit_the_flavors_ram(hub, tmp_path, tiny_sdxl, monkeypatch):
     import ui.submission
 
@@ -104,3 +129,21 @@ def test_submit_refuses_a_model_whose_weights_would_not_fit_the_flavors_ram(hub,
     answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=with_fp16, resolution=1024, output_repo="alice/o2"))
     assert "queued" in answer and "Nothing was queued" not in answer
     assert [t.base_model for t in ctx.queue.list()] == [with_fp16]
+
+
+def test_submit_queues_a_flux_task_on_a_t4_with_the_familys_speed_and_nf4_warning(hub, tmp_path, monkeypatch):
+    """A tiny FLUX.1 pipeline on the emulator, submitted for t4-small: queued (no estimate is no refusal), and the
+    answer says there is no estimate and gives the family's hardware note."""
+    import ui.submission
+    from tests.tiny_flux import build_tiny_flux1
+
+    monkeypatch.setattr(ui.submission, "WORKER_REPLY_S", 0.1)
+    ctx = space_ctx(hub, tmp_path)
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    repo = f"alice/flux-{uuid.uuid4().hex[:6]}"
+    api.create_repo(repo)
+    api.upload_folder(repo_id=repo, folder_path=str(build_tiny_flux1(tmp_path / "flux")))
+    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=repo, resolution=512, output_repo="alice/f1"))
+    assert "queued" in answer and "Nothing was queued" not in answer, answer
+    assert "no estimate for the FLUX.1" in answer and "NF4" in answer and "Nvidia 1xL4" in answer
+    assert [(t.base_model, t.hardware) for t in ctx.queue.list()] == [(repo, "t4-small")]

@@ -54,7 +54,8 @@ class DreamBoothLoRA(DreamBoothRecipe):
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        layers = {name: convert_state_dict_to_diffusers(get_peft_model_state_dict(m)) for name, m in modules.items()}
+        rename = convert_state_dict_to_diffusers if comps.family.lora_file_uses_diffusers_names else dict
+        layers = {name: rename(get_peft_model_state_dict(m)) for name, m in modules.items()}
         meta = {name: m.peft_config["default"].to_dict() for name, m in modules.items()}
         written = comps.family.save_lora(comps, layers, meta, ctx.output_dir)
         return written + comps.family.extra_lora_outputs(ctx.output_dir, written)

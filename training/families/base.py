@@ -230,6 +230,10 @@ class ModelFamily(ABC):
     #: whether ``train_text_encoder`` is supported (``BadInputError`` at validation otherwise)
     supports_text_encoder_training: ClassVar[bool] = True
     defaults: ClassVar[FamilyDefaults] = FamilyDefaults()
+    #: save the LoRA under diffusers' older ``lora.down`` / ``lora.up`` names (what SD's training scripts write and
+    #: the kohya copy reads); False: peft's ``lora_A`` / ``lora_B`` names, which every pipeline's loader reads
+    #: (diffusers' Flux.2 loader reads only some of the older names: half a LoRA would load)
+    lora_file_uses_diffusers_names: ClassVar[bool] = False
     #: approximate denoiser size (parameters) for the catalog and the form's warnings; 0 when it varies
     denoiser_params: ClassVar[int] = 0
 

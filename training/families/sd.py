@@ -33,6 +33,7 @@ class StableDiffusion(ModelFamily):
     denoiser_name = "unet"
     text_encoder_components = ("text_encoder", "text_encoder_2")
     defaults = FamilyDefaults(hardware="t4-small")
+    lora_file_uses_diffusers_names = True
     denoiser_params = 860_000_000  # SD 1.5 (SDXL: 2.6 B)
 
     # ---------------------------------------------------------------------------------------- torch-free
