@@ -96,6 +96,24 @@ def create_app_space(hub, repo: str, cwd: Path, port: int, *, switch_delay_s: fl
     )
 
 
+def open_page(b, url: str, viewport: dict[str, int] = DESKTOP):
+    """A new page (a fresh browser context) at ``url``; navigations may take a minute on two busy cores."""
+    page = b.new_page(viewport=viewport)
+    page.set_default_navigation_timeout(60_000)
+    page.goto(url)
+    return page
+
+
+def sign_in_owner(page) -> None:
+    """Sign in through the (emulated) Hugging Face button and wait until the page greets alice as the owner."""
+    import re
+
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
+    expect(page.get_by_text("Signed in as alice (owner).")).to_be_visible(timeout=30_000)
+
+
 def open_phone_form(b, url: str, name: str, check=None) -> None:
     """Open the app at phone width, wait for the Train button, run ``check(page)``, screenshot ``name``, close."""
     from playwright.sync_api import expect

@@ -24,12 +24,13 @@ from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN
 from tests.e2e.harness import (
-    DESKTOP,
     browser,
     create_app_space,
     fill_form,
     free_port,
+    open_page,
     shot,
+    sign_in_owner,
     upload_photos,
     wait_for,
     wait_http,
@@ -91,11 +92,8 @@ def test_space_trains_flux1_and_flux2_klein_tasks_on_their_flavor_and_goes_back(
         hub.wait_for_stage(repo, "RUNNING", timeout_s=60)
         wait_http(url, 90)
         with browser() as b:
-            page = b.new_page(viewport=DESKTOP)
-            page.set_default_navigation_timeout(60_000)
-            page.goto(url)
-            page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
-            expect(page.get_by_text("Signed in as alice (owner).")).to_be_visible(timeout=30_000)
+            page = open_page(b, url)
+            sign_in_owner(page)
 
             # FLUX.1 [dev]: the first offered base model, on the family's default flavor.
             fill_form(page, images, "a photo of sks dog", steps=3)
@@ -132,9 +130,7 @@ def test_space_trains_flux1_and_flux2_klein_tasks_on_their_flavor_and_goes_back(
             wait_for(lambda: hardware_sequence(hub.ledger(repo))[-1:] == ["cpu-basic"]
                      and hub.space_runtime(repo)["stage"] == "RUNNING", 240, "the release to cpu-basic")  # fmt: skip
             wait_http(url, 90)
-            page = b.new_page(viewport=DESKTOP)
-            page.set_default_navigation_timeout(60_000)
-            page.goto(url)
+            page = open_page(b, url)
             page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
             expect(page.get_by_role("button", name=re.compile(r"Logout \(alice\)"))).to_be_visible(timeout=30_000)
             page.get_by_role("tab", name="Queue").click()

@@ -22,7 +22,18 @@ from scheduler.queue.hub import HubQueue
 from scheduler.retry import RetryPolicy
 from scheduler.task import Task, TaskStatus
 from tests.conftest import ALICE_TOKEN
-from tests.e2e.harness import APP, DESKTOP, browser, create_app_space, fill_form, free_port, shot, wait_for, wait_http
+from tests.e2e.harness import (
+    APP,
+    browser,
+    create_app_space,
+    fill_form,
+    free_port,
+    open_page,
+    shot,
+    sign_in_owner,
+    wait_for,
+    wait_http,
+)
 from tests.faults.space import tiny_params
 from tests.tiny_models import make_images
 
@@ -83,11 +94,8 @@ def test_three_tasks_train_as_two_parallel_jobs_then_one_while_the_space_stays_o
         hub.wait_for_stage(repo, "RUNNING", timeout_s=60)
         wait_http(url, 90)
         with browser() as b:
-            page = b.new_page(viewport=DESKTOP)
-            page.set_default_navigation_timeout(60_000)
-            page.goto(url)
-            page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
-            expect(page.get_by_text("Signed in as alice (owner).")).to_be_visible(timeout=30_000)
+            page = open_page(b, url)
+            sign_in_owner(page)
             # The form offers the Jobs flavors (an H200 too) and says where training runs.
             hardware = page.locator("#hardware-choice")
             expect(hardware).to_contain_text("trains on Hugging Face Jobs, 2 at once")
@@ -126,9 +134,7 @@ def test_three_tasks_train_as_two_parallel_jobs_then_one_while_the_space_stays_o
             done = wait_for(all_ended, 480, "the three tasks to end", every=1.0)
 
             # An anonymous visitor (a fresh browser context) sees the public header, and nothing of the tasks or Jobs.
-            page = b.new_page(viewport=DESKTOP)
-            page.set_default_navigation_timeout(60_000)
-            page.goto(url)
+            page = open_page(b, url)
             expect(page.locator("#hardware")).to_contain_text("training runs on Hugging Face Jobs", timeout=30_000)
             page.get_by_role("tab", name="Run").click()
             expect(page.get_by_text("Sign in as an allowed user to follow training runs.")).to_be_visible()
