@@ -712,6 +712,7 @@ class Worker:
         workdir = self.run_dir(task.id)
         workdir.mkdir(parents=True, exist_ok=True)
         self.status.update(phase="downloading", message="Fetching the training images")
+        log.info("task %s attempt %d: fetching its photos from the queue", task.id, task.attempts)  # a hang here shows
         images = Path(self.queue.fetch_images(task, workdir / "images")).resolve()
         spec_path = workdir / "task.json"
         spec_path.write_text(json.dumps(self.task_spec(task, images), indent=2))
