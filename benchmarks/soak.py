@@ -413,21 +413,6 @@ def space_jobs(hub, repo: str) -> list[dict]:
     return [j for j in hub.jobs(OWNER) if (j.get("labels") or {}).get(LABEL_SPACE) == repo]
 
 
-def job_trainer_pids(data_dir: Path, task_id: str) -> list[int]:
-    """Pids of the trainers (``python -m training``) working on ``task_id`` inside the Jobs (their disk: ``data_dir``)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"training" in cmd and any(str(data_dir).encode() in c and task_id.encode() in c for c in cmd):
-            pids.append(int(proc.name))
-    return pids
-
-
 def job_events(data_dir: Path, task_id: str) -> list[dict]:
     out = []
     for f in sorted((data_dir / "runs" / task_id).glob("events-*.jsonl")):
@@ -440,7 +425,7 @@ def job_events(data_dir: Path, task_id: str) -> list[dict]:
 def run_batch_jobs(run, hub, rng: random.Random, images, steps: list[int], faults: Counter, deal) -> list[str]:
     """Jobs mode: enqueue the batch, inject random Job faults (and queue/Jobs API noise), wait until every task ends
     and no Job of the Space is alive."""
-    from tests.faults.space import wait_for
+    from tests.faults.space import trainer_pids, wait_for
 
     data = job_data(run.cwd.parent)
     chosen = deal()
@@ -473,7 +458,7 @@ def run_batch_jobs(run, hub, rng: random.Random, images, steps: list[int], fault
             if "container_kill" in chosen:
                 run.kill_container()  # the Space's container (its worker); the Jobs run on
             if "trainer_sigkill" in chosen:  # independent of the Space's container in jobs mode: both can happen
-                for pid in job_trainer_pids(data, first):
+                for pid in trainer_pids(str(data), first):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
         run.wait_terminal([t.id for t in tasks], 600)

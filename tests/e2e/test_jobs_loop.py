@@ -12,7 +12,6 @@ one period per task, and the queue's billing records each Job's period.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 
 import pytest
@@ -35,20 +34,12 @@ from tests.e2e.harness import (
     wait_http,
 )
 from tests.faults.space import tiny_params
+from tests.test_jobs_backend import max_concurrency
 from tests.tiny_models import make_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 FLAVOR = "t4-small"  # a GPU flavor: the emulator runs its Jobs on this machine's CPU
-
-
-def max_concurrency(periods: list[dict]) -> int:
-    edges = sorted([(p["started_at"], 1) for p in periods] + [(p["ended_at"] or time.time(), -1) for p in periods])
-    now = peak = 0
-    for _, step in edges:
-        now += step
-        peak = max(peak, now)
-    return peak
 
 
 def diagnosis(hub, repo: str, queue: HubQueue) -> str:

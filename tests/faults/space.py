@@ -179,17 +179,7 @@ class SpaceRun:
 
     def trainer_pids(self) -> list[int]:
         """Pids of trainer processes (``python -m training``) started by this Space's containers."""
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"training" in cmd and any(str(self.cwd).encode() in c for c in cmd):
-                pids.append(int(proc.name))
-        return pids
+        return trainer_pids(str(self.cwd))
 
     def kill_container(self) -> None:
         """SIGKILL the app container and everything in it (the trainer included), as a crash would."""
@@ -302,3 +292,19 @@ def space(hub: Any, tmp_path: Path, base_model: Path | str, **kw: Any) -> Iterat
         raise
     finally:
         run.stop()
+
+
+def trainer_pids(*needles: str) -> list[int]:
+    """Pids of trainer processes (``python -m training``) with one argument that contains every one of ``needles``
+    (e.g. a container's folder, a task id)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"training" in cmd and any(all(n.encode() in c for n in needles) for c in cmd):
+            pids.append(int(proc.name))
+    return pids
