@@ -115,6 +115,15 @@ class Settings:
         return rows
 
 
+def _parse_namespace(name: str, value: str) -> str:
+    """A user or organization name (what may stand before the ``/`` of a repo id)."""
+    try:
+        validate_repo_id(f"{value}/x")
+    except HFValidationError:
+        raise SettingsError(f"{name}={value!r} is not a user or organization name.") from None
+    return value
+
+
 def _parse_bool(var: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -265,11 +274,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["keep_run_folders"] = _parse_bool("KEEP_RUN_FOLDERS", keep_runs)
     namespace = take("output_namespace", "OUTPUT_NAMESPACE")
     if namespace is not None:
-        try:
-            validate_repo_id(f"{namespace}/x")
-        except HFValidationError:
-            raise SettingsError(f"OUTPUT_NAMESPACE={namespace!r} is not a user or organization name.") from None
-        values["output_namespace"] = namespace
+        values["output_namespace"] = _parse_namespace("OUTPUT_NAMESPACE", namespace)
     for name, var, kind, minimum in (
         ("max_queued_per_user", "MAX_QUEUED_PER_USER", int, 0),
         ("max_gpu_hours_per_user_day", "MAX_GPU_HOURS_PER_USER_DAY", float, 0),
@@ -314,10 +319,7 @@ def _load_jobs_settings(values: dict[str, Any], sources: dict[str, str], take: A
     values["job_image"] = image
     namespace = take("jobs_namespace", "JOBS_NAMESPACE")
     if namespace is not None:
-        try:
-            validate_repo_id(f"{namespace}/x")
-        except HFValidationError:
-            raise SettingsError(f"JOBS_NAMESPACE={namespace!r} is not a user or organization name.") from None
+        _parse_namespace("JOBS_NAMESPACE", namespace)
     elif author is not None and space_id is not None:
         namespace, sources["jobs_namespace"] = author, "derived"
     values["jobs_namespace"] = namespace
