@@ -2,6 +2,10 @@
 
 The UI and the CLI call ``validate_submission`` before anything is uploaded or enqueued; an empty list means the
 submission is acceptable. ``submission_warnings`` gives advice that does not block (e.g. very few images).
+
+An upload may hold per-image captions besides its images: a ``.txt`` with the stem of an image of the same upload
+(``dog1.jpg`` + ``dog1.txt``; the rules are ``training.data``'s), passed as ``captions`` (``split_captions`` sorts an
+upload). The image limits count images only.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.task import Task
+from training.data import MAX_CAPTION_BYTES, MAX_CAPTION_CHARS, caption_files, decode_caption  # torch-free
 from training.demo import DEMO_MODEL, DEMO_RESOLUTION  # torch-free constants
 from training.spec import FULL_RECIPES, QUANTIZE_BASE_CHOICES  # torch-free: the trainer's own choices
 
@@ -75,6 +80,38 @@ def check_image(path: Path, limits: Limits = LIMITS) -> str | None:
     return None
 
 
+def split_captions(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(images, captions) of an upload: the ``.txt`` files are captions, everything else is an image."""
+    captions = caption_files(Path(p) for p in paths)
+    return [Path(p) for p in paths if Path(p) not in captions], captions
+
+
+def check_captions(images: Sequence[Path], captions: Sequence[Path]) -> list[str]:
+    """The problems of an upload's captions: each is UTF-8 text of at most ``MAX_CAPTION_CHARS`` characters, names
+    an image of the upload by its stem, and is that image's only caption."""
+    stems = {Path(p).stem for p in images}
+    problems, seen = [], set()
+    for path in map(Path, captions):
+        name = path.name
+        if path.stem not in stems:
+            problems.append(f"Caption {name}: no photo named {path.stem}.* in this upload; a caption goes with its "
+                            "photo (same name, .txt), so add the photo or remove the caption.")  # fmt: skip
+        elif path.stem in seen:
+            problems.append(f"Caption {name}: a second caption for {path.stem}.*; keep one.")
+        elif not path.is_file():
+            problems.append(f"Caption {name}: file not found.")
+        elif path.stat().st_size > MAX_CAPTION_BYTES:
+            problems.append(f"Caption {name}: {path.stat().st_size:,} bytes; a caption has at most "
+                            f"{MAX_CAPTION_CHARS} characters.")  # fmt: skip
+        else:
+            try:
+                decode_caption(path.read_bytes(), name)
+            except ValueError as exc:
+                problems.append(f"{str(exc)[:1].upper()}{str(exc)[1:]}.")
+        seen.add(path.stem)
+    return problems
+
+
 def _check_int(label: str, value: object, low: int, high: int) -> list[str]:
     if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
         return [f"{label}: must be a whole number between {low} and {high}."]
@@ -101,11 +138,12 @@ def validate_submission(
     allow_cpu_training: bool = False,
     quantize_base: str | None = None,
     limits: Limits = LIMITS,
+    captions: Sequence[Path] = (),
 ) -> list[str]:
     """Every problem with a submission, one message each; empty when it can be enqueued. Touches nothing.
 
-    Numbers left as None are not checked (the recipe's defaults apply). ``base_models``/``recipes``, when given,
-    are the allowed choices.
+    ``captions``: the ``.txt`` captions uploaded with ``images`` (``check_captions``). Numbers left as None are not
+    checked (the recipe's defaults apply). ``base_models``/``recipes``, when given, are the allowed choices.
     """
     problems = check_prompt("Instance prompt", instance_prompt, limits, required=True)
     problems += check_prompt("Class prompt", class_prompt, limits, required=False)
@@ -116,6 +154,7 @@ def validate_submission(
         problems.append(f"Images: at most {limits.max_images} allowed, got {len(images)}.")
     else:
         problems += [p for p in (check_image(Path(image), limits) for image in images) if p]
+    problems += check_captions(images, captions)
 
     if hardware not in FLAVORS:
         problems.append(f"Hardware: unknown flavor {hardware!r}; choose one of {', '.join(FLAVORS)}.")

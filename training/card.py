@@ -45,6 +45,11 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
         widget=widget or None,
     )
     plan = getattr(recipe, "memory_plan", None)
+    captions = _captions_note(getattr(recipe, "captioned", None))
+    captions_line = "" if captions == "no" else (
+        " It was trained with per-image captions (each image's own `.txt` description, the trigger word added where "
+        "it was missing)."
+    )  # fmt: skip
     settings = {
         "recipe": recipe.name,
         "base model": spec.base_model,
@@ -64,6 +69,8 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
         "8-bit Adam": plan.use_8bit_adam if plan else None,
         "base weights while training": _quantized_note(plan),
     }
+    if captions_line:
+        settings["per-image captions"] = captions
     if lora:
         settings.update({"LoRA rank": p.rank, "LoRA alpha": p.alpha or p.rank})
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
@@ -94,7 +101,7 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
     body = f"""
 # DreamBooth {"LoRA" if lora else "fine-tune"} of {spec.base_model}
 
-Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`{spec.instance_prompt}`**.
+Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`{spec.instance_prompt}`**.{captions_line}
 
 {demo_note}
 {gallery}
@@ -124,3 +131,12 @@ def _quantized_note(plan) -> str | None:
     if kind == "none":
         return "not quantized"
     return f"quantized to {kind} (QLoRA); the LoRA is full precision and loads into the unquantized base model"
+
+
+def _captions_note(captioned: tuple[int, int] | None) -> str:
+    """"yes (2 of 3 images; the others: the instance prompt)" when some images had a ``.txt`` caption, else "no"."""
+    if not captioned or not captioned[0]:
+        return "no"
+    with_caption, total = captioned
+    rest = "" if with_caption == total else "; the others: the instance prompt"
+    return f"yes ({with_caption} of {total} images{rest})"

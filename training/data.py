@@ -1,10 +1,21 @@
-"""Instance and class images: fetching (local folder or Hub dataset), validation and preprocessing.
+"""Instance and class images: fetching (local folder or Hub dataset), validation and preprocessing; per-image captions.
 
 Everything here runs before any model is loaded, so a bad upload fails in seconds with a clear message.
+
+Captions: a ``.txt`` beside an instance image with the same stem (``dog1.jpg`` + ``dog1.txt``) is that image's
+caption (UTF-8, one caption per file, whitespace collapsed to single spaces, at most ``MAX_CAPTION_CHARS``
+characters; an empty file means no caption). ``caption_prompt`` makes the prompt an image trains with: its caption
+as written when it names the subject's trigger word (``trigger_word``: "sks" in "a photo of sks dog"), else
+"<instance prompt>, <caption>"; an image without a caption trains with the instance prompt. A ``.txt`` without an
+image is ignored here with a warning (the app's upload refuses it). Class images never take captions (prior
+preservation trains them with the class prompt). Torch-free: the control plane's validation uses these rules too.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +24,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from training.exitcodes import BadInputError
 from training.spec import HubFolder
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MIN_IMAGES = 1
+CAPTION_SUFFIX = ".txt"
+MAX_CAPTION_CHARS = 1000  # the same bound as a prompt's (scheduler.validation.Limits.max_prompt_chars)
+MAX_CAPTION_BYTES = 4 * MAX_CAPTION_CHARS + 3  # every character 4 bytes of UTF-8, and a byte-order mark
+#: words of a prompt that are not the subject's trigger word (the rule of ``ui.output_names.subject_words``)
+COMMON_WORDS = frozenset(
+    "a an the of in on at with and or by for to from photo photograph picture image portrait shot close up closeup "
+    "style my our your this that sitting standing wearing high quality detailed".split()
+)
 
 
 @dataclass
@@ -25,6 +46,7 @@ class PreparedImage:
     source: Path
     original_size: tuple[int, int]  # (height, width) after EXIF transpose, before resizing (SDXL micro-conditioning)
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
+    caption: str | None = None  # from the image's ``.txt`` (instance images only); None: the instance prompt
 
 
 def fetch_images(source: str | HubFolder, cache_dir: Path) -> Path:
@@ -68,9 +90,12 @@ def min_side_for(resolution: int) -> int:
     return max(16, resolution // 8)
 
 
-def load_images(folder: Path, resolution: int, *, min_images: int = MIN_IMAGES, what: str = "instance") -> list[PreparedImage]:
-    """Open, validate and preprocess every image in ``folder``; raise ``BadInputError`` naming every bad file."""
+def load_images(folder: Path, resolution: int, *, min_images: int = MIN_IMAGES, what: str = "instance",
+                captions: bool | None = None) -> list[PreparedImage]:  # fmt: skip
+    """Open, validate and preprocess every image in ``folder``; raise ``BadInputError`` naming every bad file.
+    ``captions`` (default: for instance images only) reads each image's ``.txt`` caption (``read_captions``)."""
     files = list_image_files(folder)
+    found = read_captions(folder, files) if (what == "instance" if captions is None else captions) else {}
     if len(files) < min_images:
         raise BadInputError(
             f"found {len(files)} {what} image(s) in the upload, need at least {min_images} "
@@ -93,6 +118,7 @@ def load_images(folder: Path, resolution: int, *, min_images: int = MIN_IMAGES, 
             problems.append(f"{path.name}: too small ({w}x{h} px; need at least {need} px on the shorter side)")
             continue
         prepared.append(_resize_crop(im, resolution, path))
+        prepared[-1].caption = found.get(path.stem)
     if problems:
         raise BadInputError(f"{len(problems)} bad {what} image(s): " + "; ".join(problems))
     return prepared
@@ -106,3 +132,77 @@ def _resize_crop(im: Image.Image, resolution: int, path: Path) -> PreparedImage:
     top, left = (nh - resolution) // 2, (nw - resolution) // 2
     cropped = resized.crop((left, top, left + resolution, top + resolution))
     return PreparedImage(cropped, path, (h, w), (top, left))
+
+
+# ============================================================================================== captions
+def caption_files(paths: Iterable[Path]) -> list[Path]:
+    """The caption files (``.txt``, any case) among ``paths``."""
+    return [p for p in paths if p.suffix.lower() == CAPTION_SUFFIX]
+
+
+def decode_caption(raw: bytes, name: str) -> str | None:
+    """The caption in a ``.txt`` file's bytes: UTF-8 (a byte-order mark is dropped), whitespace collapsed to single
+    spaces; None when it is empty. ``ValueError`` naming the file when it is not UTF-8 or too long."""
+    if len(raw) > MAX_CAPTION_BYTES:
+        raise ValueError(f"caption {name}: {len(raw):,} bytes; a caption has at most {MAX_CAPTION_CHARS} characters")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ValueError(f"caption {name}: not UTF-8 text") from None
+    caption = " ".join(text.split())
+    if len(caption) > MAX_CAPTION_CHARS:
+        raise ValueError(f"caption {name}: {len(caption)} characters; at most {MAX_CAPTION_CHARS} are allowed")
+    return caption or None
+
+
+def read_captions(folder: Path, images: list[Path]) -> dict[str, str]:
+    """Image stem -> caption, from the ``.txt`` files directly in ``folder`` (``BadInputError`` naming every bad
+    one); a caption file without an image of its stem is ignored with a warning."""
+    stems = {p.stem for p in images}
+    found: dict[str, str] = {}
+    problems: list[str] = []
+    seen: set[str] = set()
+    for path in sorted(caption_files(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))):
+        if path.stem not in stems:
+            log.warning("ignoring caption %s: no image named %s.* beside it", path.name, path.stem)
+            continue
+        if path.stem in seen:
+            problems.append(f"caption {path.name}: a second caption for the images named {path.stem}.*")
+            continue
+        seen.add(path.stem)
+        try:
+            with path.open("rb") as f:
+                caption = decode_caption(f.read(MAX_CAPTION_BYTES + 1), path.name)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        if caption is not None:
+            found[path.stem] = caption
+    if problems:
+        raise BadInputError(f"{len(problems)} bad caption(s): " + "; ".join(problems))
+    return found
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def trigger_word(instance_prompt: str, class_prompt: str | None = None) -> str | None:
+    """The subject's trigger word in the instance prompt: its first word that is neither a common word ("a",
+    "photo", "of", ...) nor a word of the class prompt ("sks" in "a photo of sks dog"); None when there is none."""
+    skip = COMMON_WORDS | set(_words(class_prompt or ""))
+    return next((w for w in _words(instance_prompt) if w not in skip), None)
+
+
+def caption_prompt(caption: str | None, instance_prompt: str, class_prompt: str | None = None) -> str:
+    """The prompt an image trains with: the instance prompt without a caption; the caption as written when it has
+    the trigger word (or, with no trigger word, the whole instance prompt) as a word; else
+    "<instance prompt>, <caption>"."""
+    if caption is None:
+        return instance_prompt
+    trigger = trigger_word(instance_prompt, class_prompt)
+    if trigger is not None and trigger in _words(caption):
+        return caption
+    if trigger is None and instance_prompt.lower() in caption.lower():
+        return caption
+    return f"{instance_prompt}, {caption}"

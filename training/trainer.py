@@ -12,6 +12,9 @@ decoded in the loop; losses are read back from the GPU only at logging steps.
 Exact resume: all per-sample randomness (which image, flip, timestep, noise) comes from a generator seeded by
 (seed, global sample index), so a resumed run replays the same samples; checkpoints hold the trainable weights
 and the optimizer / LR-scheduler / grad-scaler states.
+
+Per-image captions (``training.data``): each instance sample is conditioned on the prompt of the image it drew (its
+caption, or the instance prompt); a run without captions conditions every instance sample on the instance prompt.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from training import checkpoint as ckpt_mod
-from training import data
+from training import data, memory
 from training.demo import resolve_demo
 from training.families.base import Components, LatentSet, TextCond
 from training.families.sd import uniform_timestep
@@ -163,6 +166,7 @@ class DreamBoothRecipe(Recipe):
         inst_lat = self._encode_images(comps, images, resolution, p.random_flip)
         cls_lat = self._encode_images(comps, class_images, resolution, p.random_flip) if class_images else None
         inst_cond = self._text_cond(comps, spec.instance_prompt, frozen=not train_te)
+        image_conds = self._caption_conds(comps, images, spec, inst_cond, frozen=not train_te)  # None: no captions
         cls_cond = self._text_cond(comps, spec.class_prompt or "", frozen=not train_te) if class_images else None
         if family.free_text_encoders_after_caching and not train_te:  # samples then use cached conditioning
             self.sample_conds = {q: self._text_cond(comps, q, frozen=True) for q in p.validation_prompts}
@@ -195,6 +199,8 @@ class DreamBoothRecipe(Recipe):
             quantization_reason=quant.reason,
         )
         self.memory_plan = plan
+        prog.emit("memory_plan", quantized_base=quant.kind, gradient_checkpointing=plan.gradient_checkpointing,
+                  use_8bit_adam=plan.use_8bit_adam, estimate_gib=round(plan.estimate_gib, 2), source=plan.source)  # fmt: skip
         if plan.gradient_checkpointing:
             comps.denoiser.enable_gradient_checkpointing()
             if train_te:
@@ -237,9 +243,10 @@ class DreamBoothRecipe(Recipe):
             for step in range(start, steps):
                 base_index = (step * world + rank) * bs
                 batch = self._make_batch(base_index, bs, inst_lat, cls_lat, p, draw_time)
+                cond = inst_cond if image_conds is None else [image_conds[i] for i in batch["image_index"].tolist()]
                 if device.type == "cuda":  # pinned: the copies below then never wait for the GPU queue to drain
                     batch = {k: v.pin_memory() for k, v in batch.items()}
-                loss = self._step_loss(comps, denoiser, wrapped, batch, inst_cond, cls_cond, device, autocast, p,
+                loss = self._step_loss(comps, denoiser, wrapped, batch, cond, cls_cond, device, autocast, p,
                                        prior=class_images != [])  # fmt: skip
                 optimizer_step(loss, optimizer, params, self.scaler, device)
                 lr_sched.step()
@@ -316,6 +323,7 @@ class DreamBoothRecipe(Recipe):
             resolution=resolution,
             samples_per_step=p.batch_size * (2 if p.prior_preservation else 1),
             gradient_checkpointing=p.gradient_checkpointing,
+            model_shape=memory.shape_for_unet_params(denoiser_param_count(info)),  # the memory table's, if any
         )  # fmt: skip
 
     def _encode_images(self, comps: Components, images: list[data.PreparedImage], resolution: int, flip: bool) -> LatentSet:
@@ -330,9 +338,29 @@ class DreamBoothRecipe(Recipe):
         out = family.encode_prompt(comps, comps.text_encoders, ids)
         return TextCond(ids, {k: v.detach() for k, v in out.items() if v is not None})
 
-    def _conditioning(self, comps, wrapped, inst: TextCond, cls: TextCond | None, bs: int, device, train_te: bool):
-        """The batch's conditioning tensors: instance block then class block, each repeated ``bs`` times."""
+    def _caption_conds(self, comps: Components, images: list[data.PreparedImage], spec, inst: TextCond,
+                       frozen: bool) -> list[TextCond] | None:  # fmt: skip
+        """Each instance image's conditioning (``data.caption_prompt``; one ``_text_cond`` per distinct prompt, the
+        instance prompt's is ``inst``) when any image has a caption; None when none has (every sample: ``inst``)."""
+        self.captioned = (sum(im.caption is not None for im in images), len(images))  # (with a caption, all): the card
+        self.caption_digest = None
+        if not self.captioned[0]:
+            return None
+        prompts = [data.caption_prompt(im.caption, spec.instance_prompt, spec.class_prompt) for im in images]
+        self.caption_digest = hashlib.sha256("\0".join(prompts).encode()).hexdigest()[:16]
+        conds = {spec.instance_prompt: inst}
+        for prompt in prompts:
+            if prompt not in conds:
+                conds[prompt] = self._text_cond(comps, prompt, frozen)
+        return [conds[prompt] for prompt in prompts]
+
+    def _conditioning(self, comps, wrapped, inst: TextCond | list[TextCond], cls: TextCond | None, bs: int, device,
+                      train_te: bool):  # fmt: skip
+        """The batch's conditioning tensors: instance block then class block, each repeated ``bs`` times; ``inst``
+        may instead be one TextCond per instance sample (per-image captions)."""
         conds = [inst] + ([cls] if cls is not None else [])
+        if isinstance(inst, list):  # one per instance sample, then the class prompt once per class sample
+            conds, bs = inst + [cls] * len(inst) * (cls is not None), 1
         if train_te:  # one forward per encoder for all prompts (a DDP module may run only once per step)
             encs = [wrapped.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
             ids = [torch.cat([c.token_ids[i] for c in conds]) for i in range(len(encs))]
@@ -364,12 +392,15 @@ class DreamBoothRecipe(Recipe):
             "noise": torch.stack(noise),
             "timesteps": torch.tensor(ts),  # int64 for integer timesteps, float32 for sigmas
             "time_ids": torch.stack(tids),
+            "image_index": torch.tensor([d[0][4] for d in draws]),  # each instance sample's image (its caption)
         }
 
-    def _step_loss(self, comps: Components, denoiser, modules, batch: dict[str, torch.Tensor], inst_cond: TextCond,
-                   cls_cond: TextCond | None, device: torch.device, autocast, p, *, prior: bool) -> torch.Tensor:  # fmt: skip
+    def _step_loss(self, comps: Components, denoiser, modules, batch: dict[str, torch.Tensor],
+                   inst_cond: TextCond | list[TextCond], cls_cond: TextCond | None, device: torch.device, autocast, p,
+                   *, prior: bool) -> torch.Tensor:  # fmt: skip
         """The loss of one batch (from ``_make_batch``): the family's noisy input and target, its denoiser
-        prediction under ``autocast`` and the recipe's loss with the family's per-sample weights.
+        prediction under ``autocast`` and the recipe's loss with the family's per-sample weights. ``inst_cond``:
+        the instance prompt's conditioning, or one per instance sample (``_conditioning``).
         ``training.memory`` runs this very step on fake CUDA tensors."""
         family = comps.family
         latents = batch["latents"].to(device, non_blocking=True)
@@ -478,6 +509,8 @@ class DreamBoothRecipe(Recipe):
         p = ctx.spec.params
         parts = (self.checkpoint_family, ctx.spec.base_model, ctx.spec.instance_prompt, p.rank, p.alpha, p.seed, p.batch_size,
                  p.train_text_encoder, p.prior_preservation, self.resolution)  # fmt: skip  (steps may change: extend a run)
+        if getattr(self, "caption_digest", None):  # the images' prompts (unchanged fingerprint without captions)
+            parts += (self.caption_digest,)
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     def _resume(self, ctx: RunContext, named, optimizer, lr_sched, acc) -> int:
@@ -526,7 +559,7 @@ def _draw(g: torch.Generator, s: LatentSet, p, draw_time):
     noise = torch.randn(mean.shape[1:], generator=g)
     if p.noise_offset:
         noise = noise + p.noise_offset * torch.randn((mean.shape[1], 1, 1), generator=g)
-    return latent, noise, t, s.time_ids[idx]
+    return latent, noise, t, s.time_ids[idx], idx
 
 
 def _open_rgb(path: Path):

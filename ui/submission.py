@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler.task import Task, TaskStatus
-from scheduler.validation import submission_warnings, validate_submission
+from scheduler.validation import split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
 from ui.auth import is_owner
 from ui.context import AppContext
@@ -53,12 +53,19 @@ class SubmitOutcome:
 
 
 
-def image_paths(files: Any) -> list[Path]:
-    """Paths from a ``gr.File(file_count="multiple")`` value (strings or file objects)."""
+def uploaded_paths(files: Any) -> list[Path]:
+    """Paths from a ``gr.File(file_count="multiple")`` value (strings or file objects): images and ``.txt``
+    captions."""
     paths = []
     for item in files or []:
         paths.append(Path(item if isinstance(item, str) else getattr(item, "name", item)))
     return paths
+
+
+def image_paths(files: Any) -> list[Path]:
+    """The images of an upload (``uploaded_paths`` without the ``.txt`` captions): what the preview shows and the
+    photo counts count."""
+    return split_captions(uploaded_paths(files))[0]
 
 
 
@@ -101,9 +108,10 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
     )
 
 
-def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner: bool = True) -> list[str]:
-    """Every problem with the form's values (empty list: ready to enqueue). Non-owners get only the offered
-    base models; fields the recipe ignores or fixes are not checked."""
+def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner: bool = True,
+             captions: list[Path] | None = None) -> list[str]:  # fmt: skip
+    """Every problem with the form's values and the uploaded photos and ``.txt`` captions (empty list: ready to
+    enqueue). Non-owners get only the offered base models; fields the recipe ignores or fixes are not checked."""
     s = ctx.settings
     recipe = values["recipe"]
 
@@ -125,6 +133,7 @@ def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner:
         recipe=recipe,
         recipes=list(ctx.recipes),
         allow_cpu_training=bool(s.allow_cpu_training or s.local),
+        captions=captions or (),
     )
 
 
@@ -200,11 +209,12 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
 
     Local mode answers at once; on a Space the answer waits briefly for the worker's hardware request (never while
     it trains). ``confirm`` queues a repeat of a recent identical task."""
-    images = image_paths(files)
+    uploads = uploaded_paths(files)  # the photos and their .txt captions, stored together
+    images, captions = split_captions(uploads)
     if ctx.local:
         values = {**values, "hardware": values.get("hardware") or ctx.settings.train_hardware}
     owner = is_owner(ctx.settings, user)
-    problems = validate(ctx, images, values, owner=owner)
+    problems = validate(ctx, images, values, owner=owner, captions=captions)
     tasks: list[Task] | None = None
     if not owner:  # what a non-owner may spend and write, checked with the rest so every problem shows at once
         tasks = ctx.queue.list()
@@ -215,7 +225,7 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     if problems:
         return SubmitOutcome(nothing_queued(problems))
 
-    fingerprint = submission_fingerprint(user, values, images)
+    fingerprint = submission_fingerprint(user, values, uploads)
     if not confirm and ctx.recent.candidate(fingerprint) is not None:
         tasks = ctx.queue.list() if tasks is None else tasks
         earlier = ctx.recent.duplicate_of(fingerprint, tasks)
@@ -232,9 +242,9 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     if isinstance(choice, str):
         return SubmitOutcome(nothing_queued([choice]))
 
-    task = ctx.queue.enqueue(build_task(ctx, user, {**values, "output_repo": choice.repo_id}), images)
+    task = ctx.queue.enqueue(build_task(ctx, user, {**values, "output_repo": choice.repo_id}), uploads)
     ctx.recent.remember(fingerprint, task.id)
-    remove_uploads(images)  # the queue holds the photos now; Gradio's upload copies go
+    remove_uploads(uploads)  # the queue holds the photos and captions now; Gradio's upload copies go
     ctx.worker.forget_refusal(task.id)
     busy = worker_busy(ctx)
     after = ctx.worker.status.loops

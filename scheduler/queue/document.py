@@ -21,6 +21,7 @@ from scheduler.queue.base import InvalidTransition, QueueError, TaskNotFound, Ta
 from scheduler.stored import IMAGES_DIR as IMAGES_DIR  # re-exported: the queues lay out images/<id>/
 from scheduler.stored import UnreadableTask, unreadable
 from scheduler.task import ImageRef, Lease, MalformedTask, RunRecord, Task, TaskStatus
+from scheduler.validation import split_captions
 
 R = TypeVar("R")
 
@@ -103,6 +104,21 @@ def image_name(index: int, source: Path) -> str:
     """Stored file name of the ``index``-th image: ordered, collision-free, original suffix kept."""
     suffix = source.suffix.lower() if source.suffix.lower() in IMAGE_SUFFIXES else ".img"
     return f"{index:03d}{suffix}"
+
+
+def stored_files(uploads: Sequence[Path]) -> tuple[list[tuple[str, Path]], int]:
+    """(stored name, source) of every uploaded file, and the number of images: the images as ``image_name`` names
+    them, each ``.txt`` caption beside every image of its stem (``000.jpg`` + ``000.txt``). ValueError for a
+    caption without an image (``scheduler.validation.check_captions`` refuses it first)."""
+    images, captions = split_captions(uploads)
+    numbered = [(image_name(i, p), p) for i, p in enumerate(images)]
+    files = list(numbered)
+    for caption in captions:
+        names = [Path(name).stem + ".txt" for name, image in numbered if image.stem == caption.stem]
+        if not names:
+            raise ValueError(f"Caption {caption.name} has no image named {caption.stem}.* in the upload.")
+        files += [(name, caption) for name in names]
+    return files, len(images)
 
 
 # --- transitions: each edits ``doc`` in place and returns its result; raising leaves the stored queue untouched ---

@@ -51,10 +51,10 @@ from scheduler.queue.document import (
     QueueDoc,
     R,
     check_image_paths,
-    image_name,
     new_op_id,
     op_delete,
     op_enqueue,
+    stored_files,
 )
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
 from scheduler.stored import hub_images_problem, images_folder, is_safe_task_id
@@ -253,10 +253,10 @@ class HubQueue(DocumentQueue):
     # --- operations that need files --------------------------------------------------------------------------
 
     def enqueue(self, task: Task, images: Sequence[Path]) -> Task:
-        paths = check_image_paths(images)
+        uploads, count = stored_files(check_image_paths(images))  # the images and their .txt captions
         folder = f"{IMAGES_DIR}/{task.id}"
-        files = [(f"{folder}/{image_name(i, p)}", p) for i, p in enumerate(paths)]
-        ref = ImageRef(path=folder, repo_id=self.repo_id, count=len(paths))
+        files = [(f"{folder}/{name}", p) for name, p in uploads]
+        ref = ImageRef(path=folder, repo_id=self.repo_id, count=count)
 
         def edit(doc: QueueDoc) -> Task:
             return op_enqueue(doc, task, ref, self._clock())

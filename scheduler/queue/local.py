@@ -32,10 +32,10 @@ from scheduler.queue.document import (
     QueueDoc,
     R,
     check_image_paths,
-    image_name,
     list_images,
     op_delete,
     op_enqueue,
+    stored_files,
 )
 from scheduler.stored import is_safe_task_id, local_images_problem
 from scheduler.task import ImageRef, RunRecord, Task
@@ -97,14 +97,14 @@ class LocalQueue(DocumentQueue):
             raise QueueUnavailable(f"The local queue in {self.folder} stayed locked for {self._lock.timeout} s.") from None
 
     def enqueue(self, task: Task, images: Sequence[Path]) -> Task:
-        paths = check_image_paths(images)
+        files, count = stored_files(check_image_paths(images))  # the images and their .txt captions
         final_dir = self.folder / IMAGES_DIR / task.id
         staging = self.folder / IMAGES_DIR / f".staging-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            for index, source in enumerate(paths):
-                shutil.copyfile(source, staging / image_name(index, source))
-            ref = ImageRef(path=str(final_dir), count=len(paths))
+            for name, source in files:
+                shutil.copyfile(source, staging / name)
+            ref = ImageRef(path=str(final_dir), count=count)
 
             def edit(doc: QueueDoc) -> Task:
                 if doc.find(task.id) is None:  # images and task become visible together, under the lock
