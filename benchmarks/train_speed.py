@@ -1,9 +1,16 @@
 """Training speed and memory of ``python -m training`` per recipe (see ../shared/benchmarks/README.md).
 
-GPU run (builds random-init full-size SD 1.5 / SDXL folders on the GPU, then trains from them)::
+GPU run (builds random-init full-size SD 1.5 / SDXL folders on the GPU and FLUX.1 / FLUX.2 [klein] folders
+streamed to disk (``benchmarks/full_size_flux.py``, 16-34 GB each), then trains from them)::
 
-    python benchmarks/train_speed.py                      # SD 1.5 recipes, then the T4 profile
+    python benchmarks/train_speed.py                      # SD 1.5 recipes, the T4 profile, then FLUX
     python benchmarks/train_speed.py --only sd15-lora     # one configuration
+    python benchmarks/train_speed.py --family flux        # only the FLUX configurations
+
+FLUX configurations train LoRA rank 16 in bf16 at 512 and 1024 px, with the base unquantized or quantized
+(``quantize_base``), under a 24 GB (L4) or a 16 GB (T4) memory cap: ``torch.cuda.set_per_process_memory_fraction``
+on a bigger GPU, and ``memory_budget_gib`` so the trainer's memory plan decides as on that card. Precision stays
+bf16 under the T4 cap (a real T4 has no bf16: its speed is not what a T4 does; the cap shows what fits).
 
 CPU check of the same code path with tiny models::
 
@@ -38,7 +45,7 @@ class Config:
     """One measured configuration."""
 
     name: str
-    model_shape: str  # sd15 | sdxl | tiny-sd | tiny-sdxl
+    model_shape: str  # sd15 | sdxl | flux1 | klein4b | klein9b | tiny-sd | tiny-sdxl | tiny-flux1 | tiny-klein
     recipe: str = "dreambooth-lora"
     resolution: int = 512
     prior_preservation: bool = False
@@ -47,6 +54,34 @@ class Config:
     use_8bit_adam: bool | str = False
     t4_profile: bool = False
     params: dict = field(default_factory=dict)
+    #: GPU memory cap (GB of the emulated card: 16 = T4, 24 = L4) and the budget the memory plan gets; None: none
+    memory_cap_gb: float | None = None
+    #: the LoRA's frozen base ("none", "int8", "nf4", "fp8" or "auto"); None: the task default
+    quantize_base: str | None = None
+
+    @property
+    def is_flux(self) -> bool:
+        return self.model_shape in FLUX_SHAPES or self.model_shape in ("tiny-flux1", "tiny-klein")
+
+
+FLUX_SHAPES = ("flux1", "klein4b", "klein9b")
+#: GiB torch sees per nominal GB of a card (scheduler.memory_fit.GIB_PER_NOMINAL_GB)
+GIB_PER_GB = 15 / 16
+
+
+def flux_configs() -> list[Config]:
+    """FLUX LoRA (rank 16, bf16, gradient checkpointing by the plan) at 512 and 1024 px, base unquantized and
+    quantized (8-bit under the L4 cap, NF4 under the T4 cap), per shape; klein 4B also unquantized on a T4 cap."""
+    out = []
+    for shape in FLUX_SHAPES:
+        for res in (512, 1024):
+            for cap, quant in ((24, "none"), (24, "int8"), (16, "nf4")):
+                if shape == "klein4b" and cap == 16:
+                    quant = "none" if res == 512 else "nf4"
+                out.append(Config(f"{shape}-lora-{res}-{quant}-{cap}gb", shape, resolution=res,
+                                  gradient_checkpointing="auto", use_8bit_adam="auto", memory_cap_gb=cap,
+                                  quantize_base=quant, params={"rank": 16}))  # fmt: skip
+    return out
 
 
 GPU_CONFIGS = [
@@ -63,24 +98,32 @@ GPU_CONFIGS = [
            t4_profile=True),  # fmt: skip
     Config("t4-sdxl-lora-1024", "sdxl", resolution=1024, gradient_checkpointing="auto", use_8bit_adam="auto",
            t4_profile=True),  # fmt: skip
+    *flux_configs(),
 ]
 TINY_CONFIGS = [
     Config("tiny-sd-lora", "tiny-sd", resolution=32),
     Config("tiny-sd-lora-te-prior", "tiny-sd", resolution=32, prior_preservation=True, train_text_encoder=True),
     Config("tiny-sd-full-gc", "tiny-sd", "dreambooth-full", resolution=32, gradient_checkpointing=True),
     Config("tiny-sdxl-lora", "tiny-sdxl", resolution=64),
+    Config("tiny-flux1-lora", "tiny-flux1", resolution=64, params={"rank": 16}),
+    Config("tiny-klein-lora", "tiny-klein", resolution=64, params={"rank": 16}),
 ]
 
 
 # ---------------------------------------------------------------------------------------------- models
 def model_for(shape: str, cache: Path) -> Path:
+    from tests.tiny_flux import build_tiny_flux1, build_tiny_flux2_klein
     from tests.tiny_models import build_tiny_sd, build_tiny_sdxl
 
     path = cache / shape
-    if shape == "tiny-sd":
-        return build_tiny_sd(path)
-    if shape == "tiny-sdxl":
-        return build_tiny_sdxl(path)
+    tiny = {"tiny-sd": build_tiny_sd, "tiny-sdxl": build_tiny_sdxl, "tiny-flux1": build_tiny_flux1,
+            "tiny-klein": build_tiny_flux2_klein}  # fmt: skip
+    if shape in tiny:
+        return tiny[shape](path)
+    if shape in FLUX_SHAPES:
+        from benchmarks.full_size_flux import build_full_size_flux
+
+        return build_full_size_flux(shape, path)
     return build_full_size(shape, path)
 
 
@@ -94,20 +137,24 @@ def run_one(cfg: Config, model: Path, work: Path, warmup: int, timed: int) -> di
     from training.cli import main
 
     cuda = torch.cuda.is_available()
-    if cfg.t4_profile and cuda:
+    cap_gib = 15.0 if cfg.t4_profile else (cfg.memory_cap_gb * GIB_PER_GB if cfg.memory_cap_gb else None)
+    if cap_gib and cuda:
         total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, 15 / total))
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib / total))
     imgs = make_images(work / "instance", 5, size=cfg.resolution)
     cls = make_images(work / "class", 10, size=cfg.resolution) if cfg.prior_preservation else None
     steps = warmup + timed
     params = {
         "steps": steps, "learning_rate": 1e-4, "resolution": cfg.resolution, "batch_size": 1,
-        "mixed_precision": "fp16" if cuda else "no", "prior_preservation": cfg.prior_preservation,
+        "mixed_precision": ("bf16" if cfg.is_flux else "fp16") if cuda else "no",
+        "prior_preservation": cfg.prior_preservation,
         "num_class_images": 10, "train_text_encoder": cfg.train_text_encoder,
         "gradient_checkpointing": cfg.gradient_checkpointing, "use_8bit_adam": cfg.use_8bit_adam,
         "checkpoint_every": 0, "log_every": 10 if steps >= 50 else 1, "random_flip": True,
-        "memory_budget_gib": 15.0 if cfg.t4_profile else None, **cfg.params,
+        "memory_budget_gib": cap_gib, **cfg.params,
     }  # fmt: skip
+    if cfg.quantize_base is not None:
+        params["quantize_base"] = cfg.quantize_base
     task = {"task_id": cfg.name, "recipe": cfg.recipe, "base_model": str(model), "instance_prompt": "a photo of sks dog",
             "class_prompt": "a photo of a dog" if cfg.prior_preservation else None, "images": str(imgs[0].parent),
             "class_images": str(cls[0].parent) if cls else None, "params": params, "output": None, "checkpoint": None}  # fmt: skip
@@ -135,6 +182,10 @@ def run_one(cfg: Config, model: Path, work: Path, warmup: int, timed: int) -> di
         "batch_size": 1,
         "precision": params["mixed_precision"] if cuda else "fp32",
         "t4_profile": cfg.t4_profile,
+        "memory_cap_gb": cfg.memory_cap_gb,
+        "quantize_base": cfg.quantize_base,
+        "memory_plan": next(({k: v for k, v in e.items() if k not in ("event", "time")} for e in events
+                             if e["event"] == "memory_plan"), None),  # fmt: skip
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "steps_per_s": round(rate, 3),
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
@@ -157,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models on the CPU (checks the script, not the GPU)")
     ap.add_argument("--only", action="append", default=[], help="configuration name(s) to run")
+    ap.add_argument("--family", choices=("sd", "flux"), default=None, help="only this family's configurations")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps (default 20 GPU, 3 tiny)")
     ap.add_argument("--timed", type=int, default=None, help="timed steps (default 100 GPU, 10 tiny)")
     ap.add_argument("--cache", default=os.environ.get("BENCH_MODEL_CACHE", str(Path(tempfile.gettempdir()) / "bench-models")))
@@ -176,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = TINY_CONFIGS if args.tiny else GPU_CONFIGS
     if args.only:
         configs = [c for c in configs if c.name in args.only]
+    if args.family:
+        configs = [c for c in configs if c.is_flux == (args.family == "flux")]
     warmup = args.warmup if args.warmup is not None else (3 if args.tiny else 20)
     timed = args.timed if args.timed is not None else (10 if args.tiny else 100)
     device = "cpu-tiny" if args.tiny else re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(0)).strip("-")

@@ -57,6 +57,19 @@ GPU_FLAVORS = frozenset(name for name, f in FLAVORS.items() if f.gpus > 0 and no
 JOBS_GPU_FLAVORS = frozenset(name for name, f in FLAVORS.items() if f.gpus > 0)
 
 
+#: CUDA compute capability of each flavor's GPU (what fp8 and bf16 need: shared/reference/modern-models.md)
+_CAPABILITY = {"t4": (7, 5), "a10g": (8, 6), "a100": (8, 0), "l4": (8, 9), "l40s": (8, 9), "h200": (9, 0),
+               "rtx-pro-6000": (12, 0)}  # fmt: skip
+
+
+def compute_capability(flavor: str) -> tuple[int, int] | None:
+    """The compute capability of ``flavor``'s GPU (None: a CPU or unknown flavor)."""
+    for gpu in sorted(_CAPABILITY, key=len, reverse=True):  # "l40s" before "l4"
+        if flavor.startswith(gpu):
+            return _CAPABILITY[gpu]
+    return None
+
+
 def is_gpu(flavor: str | None) -> bool:
     """True when ``flavor`` is a known GPU flavor (paid: a Space on it must be released, a Job on it is billed)."""
     return flavor in JOBS_GPU_FLAVORS

@@ -78,6 +78,19 @@ def process_started_at() -> float:
     return started if started <= _IMPORTED_AT else _IMPORTED_AT
 
 
+def memory_plan_message(event: dict[str, Any]) -> str:
+    """The run view's line for the trainer's ``memory_plan`` event, e.g. "Memory plan: NF4 base, gradient
+    checkpointing, about 9.9 GiB of GPU memory"."""
+    kind = str(event.get("quantized_base") or "none")
+    parts = ["bf16/fp16 base" if kind == "none" else f"{kind.upper()} base"]
+    parts += [name for key, name in (("gradient_checkpointing", "gradient checkpointing"),
+                                     ("use_8bit_adam", "8-bit Adam")) if event.get(key) is True]  # fmt: skip
+    est = event.get("estimate_gib")
+    if isinstance(est, int | float):
+        parts.append(f"about {est:.1f} GiB of GPU memory")
+    return "Memory plan: " + ", ".join(parts)
+
+
 @dataclass
 class StatusData:
     """A copy of what the worker is doing, for the UI (see ``WorkerStatus.snapshot``)."""
@@ -810,6 +823,8 @@ class Worker:
             self.status.add_samples([str(p) for p in paths])
         elif kind == "checkpoint":
             self.status.update(message=f"Checkpoint saved at step {event.get('step', '?')}")
+        elif kind == "memory_plan":
+            self.status.update(message=memory_plan_message(event))
         elif kind == "resumed":
             log.info("the trainer resumed from the checkpoint of step %s", event.get("step", "?"))
             self.status.update(message=f"Resumed from step {event.get('step', '?')}")

@@ -77,7 +77,9 @@ def test_models_the_tables_do_not_know_and_cpu_flavors_are_not_checked(tiny_sd):
     assert model_shape(str(tiny_sd), None) is None
     assert check_fit(task(str(tiny_sd), recipe="dreambooth-full", resolution=4096)) == check_fit(task(str(tiny_sd)))
     assert check_fit(task(str(tiny_sd), recipe="dreambooth-full", resolution=4096)).problem is None
-    big = task("stabilityai/stable-diffusion-xl-base-1.0", hardware="cpu-upgrade", resolution=1024, prior_preservation=True)
+    big = task(
+        "stabilityai/stable-diffusion-xl-base-1.0", hardware="cpu-upgrade", resolution=1024, prior_preservation=True
+    )
     assert check_fit(big).problem is None
     # an SDXL pipeline with a name that says nothing is recognised by its model_index.json
     assert model_shape("alice/my-xl-finetune", sdxl_probe(fp16=False)) == "sdxl"
@@ -88,24 +90,49 @@ def flux_probe(pipeline: str = "FluxPipeline") -> Probe:
     return Probe("alice/my-flux", local=False, index=index, files=["model_index.json"])
 
 
-def test_a_family_without_estimates_is_queued_with_a_note_and_on_a_small_gpu_with_its_hardware_note():
+def test_a_flux_task_gets_the_quantized_base_its_trainer_will_pick_and_the_figures_behind_it():
+    """FLUX.1 LoRA at 512 px, as the trainer's own plan decides it from the memory table: 8-bit on an L4, bf16 on
+    an A100; on a T4 medium NF4 with the family's speed warning; on a T4 small the host RAM of loading it refuses it."""
     from training.families.flux import Flux1
+    from training.memory import lookup
+
+    def tabled(kind):
+        return lookup("flux1", "dreambooth-lora", 512, gradient_checkpointing=True, precision="bf16",
+                      quantized_base=kind)  # fmt: skip
 
     on_l4 = check_fit(task("alice/my-flux", hardware="l4x1", resolution=512), flux_probe())
-    assert on_l4.problem is None
-    assert len(on_l4.notes) == 1 and on_l4.notes[0].startswith("**Memory:** no estimate for the FLUX.1 ")
-    on_t4 = check_fit(task("alice/my-flux", hardware="t4-small", resolution=512), flux_probe())
-    assert on_t4.problem is None and len(on_t4.notes) == 2
-    assert Flux1.defaults.hardware_note.rstrip(".") in on_t4.notes[1] and "NF4" in on_t4.notes[1]
-    assert "Nvidia 1xL4" in on_t4.notes[1]
-    klein_t4 = check_fit(task("alice/my-klein", hardware="t4-small"), flux_probe("Flux2KleinPipeline"))
-    assert klein_t4.problem is None and "FLUX.2 [klein]" in klein_t4.notes[1]
-    # a bigger GPU than the default: no hardware warning; a CPU flavor: nothing at all
-    assert len(check_fit(task("alice/my-flux", hardware="a100-large"), flux_probe()).notes) == 1
+    assert on_l4.problem is None and len(on_l4.notes) == 1
+    assert "FLUX.1" in on_l4.notes[0] and "with a INT8 base" in on_l4.notes[0]
+    assert f"about {tabled('int8'):.1f} GiB" in on_l4.notes[0] and tabled(None) > 18.3 > tabled("int8")
+    on_a100 = check_fit(task("alice/my-flux", hardware="a100-large", resolution=512), flux_probe())
+    assert on_a100.problem is None and "in bf16" in on_a100.notes[0] and len(on_a100.notes) == 1
+    on_t4 = check_fit(task("alice/my-flux", hardware="t4-medium", resolution=512), flux_probe())
+    assert on_t4.problem is None and "with a NF4 base" in on_t4.notes[0]
+    assert Flux1.defaults.hardware_note.rstrip(".") in on_t4.notes[1] and "Nvidia 1xL4" in on_t4.notes[1]
+    small = check_fit(task("alice/my-flux", hardware="t4-small", resolution=512), flux_probe())
+    assert small.problem and "host RAM" in small.problem and "Nvidia T4 medium" in small.problem
+    assert host_ram_gib("flux1") > MARGIN * FLAVORS["t4-small"].ram_gib  # the measured figure behind it
     assert check_fit(task("alice/my-flux", hardware="cpu-upgrade"), flux_probe()).notes == []
-    # a Flux repo whose name reads like SDXL is not estimated (nor refused) with SDXL's figures
+    # a Flux repo whose name reads like SDXL is estimated as FLUX.1, never with SDXL's figures
     assert model_shape("alice/sdxl-look-flux", flux_probe()) is None
     assert model_shape("alice/sdxl-look-flux", None) == "sdxl"
+    assert "FLUX.1" in check_fit(task("alice/sdxl-look-flux", hardware="l4x1"), flux_probe()).notes[0]
+
+
+def test_a_flux_task_that_cannot_fit_even_quantized_is_refused_and_an_explicit_choice_is_checked():
+    klein9b_1024 = task("alice/klein-9b", hardware="t4-medium", resolution=1024, gradient_checkpointing=False)
+    refused = check_fit(klein9b_1024, flux_probe("Flux2KleinPipeline"))
+    assert refused.problem and "would not fit Nvidia T4 medium" in refused.problem and "NF4" in refused.problem
+    # the task asks for bf16 (no quantization) on an L4: its estimate is too big for 24 GB
+    plain = check_fit(task("alice/my-flux", hardware="l4x1", quantize_base="none"), flux_probe())
+    assert plain.problem and "in bf16" in plain.problem and "more than 24 GB" in plain.problem
+    # fp8 needs compute capability 8.9: refused on a T4 with the trainer's own reason
+    fp8 = check_fit(task("alice/my-flux", hardware="t4-medium", quantize_base="fp8"), flux_probe())
+    assert fp8.problem and "compute capability" in fp8.problem and "7.5" in fp8.problem
+    klein4b = check_fit(task("alice/my-klein", hardware="l4x1"), flux_probe("Flux2KleinPipeline"))
+    assert klein4b.problem is None and "in bf16" in klein4b.notes[0] and "FLUX.2 [klein]" in klein4b.notes[0]
+    full = check_fit(task("alice/my-flux", recipe="dreambooth-full", hardware="l4x1"), flux_probe())
+    assert full.problem is None and "no estimate for a FLUX.1" in full.notes[0]
 
 
 def test_submit_refuses_a_model_whose_weights_would_not_fit_the_flavors_ram(hub, tmp_path, tiny_sdxl, monkeypatch):
@@ -117,7 +144,9 @@ def test_submit_refuses_a_model_whose_weights_would_not_fit_the_flavors_ram(hub,
     plain = f"alice/xl-{uuid.uuid4().hex[:6]}"  # an SDXL pipeline with fp32 files only
     api.create_repo(plain)
     api.upload_folder(repo_id=plain, folder_path=str(tiny_sdxl))
-    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=plain, resolution=1024, output_repo="alice/o1"))
+    answer = submit_task(
+        ctx, "alice", photos(tmp_path), values(base_model=plain, resolution=1024, output_repo="alice/o1")
+    )
     assert answer.startswith("**Nothing was queued.") and "host RAM" in answer and "Nvidia T4 medium" in answer
     assert ctx.queue.list() == []
 
@@ -126,14 +155,19 @@ def test_submit_refuses_a_model_whose_weights_would_not_fit_the_flavors_ram(hub,
     add_hub_layout(folder, decoys=False)
     api.create_repo(with_fp16)
     api.upload_folder(repo_id=with_fp16, folder_path=str(folder))
-    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=with_fp16, resolution=1024, output_repo="alice/o2"))
+    answer = submit_task(
+        ctx, "alice", photos(tmp_path), values(base_model=with_fp16, resolution=1024, output_repo="alice/o2")
+    )
     assert "queued" in answer and "Nothing was queued" not in answer
     assert [t.base_model for t in ctx.queue.list()] == [with_fp16]
 
 
-def test_submit_queues_a_flux_task_on_a_t4_with_the_familys_speed_and_nf4_warning(hub, tmp_path, monkeypatch):
-    """A tiny FLUX.1 pipeline on the emulator, submitted for t4-small: queued (no estimate is no refusal), and the
-    answer says there is no estimate and gives the family's hardware note."""
+def test_submit_answers_a_flux_task_with_the_trainers_plan_and_refuses_a_t4_small_for_its_host_ram(
+    hub, tmp_path, monkeypatch
+):
+    """A tiny FLUX.1 pipeline on the emulator (checked as the full-size FLUX.1 it is a family member of): on a T4
+    small nothing is queued (loading FLUX.1 needs more host RAM than 15 GB); on a T4 medium it is queued with the
+    NF4 base and the family's speed warning."""
     import ui.submission
     from tests.tiny_flux import build_tiny_flux1
 
@@ -143,7 +177,13 @@ def test_submit_queues_a_flux_task_on_a_t4_with_the_familys_speed_and_nf4_warnin
     repo = f"alice/flux-{uuid.uuid4().hex[:6]}"
     api.create_repo(repo)
     api.upload_folder(repo_id=repo, folder_path=str(build_tiny_flux1(tmp_path / "flux")))
-    answer = submit_task(ctx, "alice", photos(tmp_path), values(base_model=repo, resolution=512, output_repo="alice/f1"))
+    answer = submit_task(
+        ctx, "alice", photos(tmp_path), values(base_model=repo, resolution=512, output_repo="alice/f1")
+    )
+    assert answer.startswith("**Nothing was queued.") and "host RAM" in answer and "Nvidia T4 medium" in answer
+    assert ctx.queue.list() == []
+    answer = submit_task(ctx, "alice", photos(tmp_path),
+                         values(base_model=repo, resolution=512, hardware="t4-medium", output_repo="alice/f2"))  # fmt: skip
     assert "queued" in answer and "Nothing was queued" not in answer, answer
-    assert "no estimate for the FLUX.1" in answer and "NF4" in answer and "Nvidia 1xL4" in answer
-    assert [(t.base_model, t.hardware) for t in ctx.queue.list()] == [(repo, "t4-small")]
+    assert "NF4 base" in answer and "Nvidia 1xL4" in answer
+    assert [(t.base_model, t.hardware) for t in ctx.queue.list()] == [(repo, "t4-medium")]

@@ -78,8 +78,12 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 GIB = 2**30
 #: the CUDA caching allocator hands out blocks in multiples of 512 bytes (what max_memory_allocated counts)
 ALLOC_GRANULE = 512
-SHAPES = ("sd15", "sdxl")
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024}
+SD_SHAPES = ("sd15", "sdxl")
+#: full-size FLUX shapes (``benchmarks/full_size_flux.py``): FLUX.1 [dev], FLUX.2 [klein] 4B and 9B
+FLUX_SHAPES = ("flux1", "klein4b", "klein9b")
+SHAPES = SD_SHAPES + FLUX_SHAPES
+#: the resolution a configuration of a built-in shape defaults to (SD: native; FLUX: its family's 512 px default)
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux1": 512, "klein4b": 512, "klein9b": 512}
 PHASES = ("class_images", "caching", "training", "sampling")
 DEVICE_LABEL = "cpu (fake CUDA)"
 #: images per class-image batch (``DreamBoothRecipe._class_images``)
@@ -107,6 +111,9 @@ class MemoryConfig:
     #: mixed-precision dtype during the step and only the step is estimated, as diffusers' example scripts run (to
     #: compare with their published peaks)
     layout: str = "trainer"
+    #: the frozen denoiser stored quantized (QLoRA: "nf4", "int8", "fp8"; None: in the mixed-precision dtype). Fake
+    #: tensors cannot run bitsandbytes: such a configuration is derived from its unquantized twin (``_quantized``)
+    quantized_base: str | None = None
 
     @property
     def model_shape(self) -> str:
@@ -128,7 +135,8 @@ class MemoryConfig:
     def row_key(self) -> tuple:
         """The values of ``ROW_KEYS`` for this configuration (how its table row is found)."""
         return (self.model_shape, self.recipe, self.effective_resolution, self.batch_size, self.precision,
-                self.prior_preservation, self.train_text_encoder, self.gradient_checkpointing, self.use_8bit_adam)  # fmt: skip
+                self.prior_preservation, self.train_text_encoder, self.gradient_checkpointing, self.use_8bit_adam,
+                self.quantized_base)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,6 +168,13 @@ class MemoryEstimate:
     optimizer: str
     seconds: float
     versions: dict[str, str] = field(default_factory=dict)
+    #: the frozen denoiser's parameters, the bytes of its frozen Linear weights (what a quantized base stores in
+    #: fewer bits) and of the largest of them (dequantized for each matmul)
+    denoiser_params: int = 0
+    denoiser_linear_bytes: int = 0
+    largest_linear_bytes: int = 0
+    #: how a quantized configuration was derived from its unquantized twin (None: estimated itself)
+    derived: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -186,7 +201,7 @@ class MemoryEstimate:
             "train_text_encoder": c.train_text_encoder,
             "gradient_checkpointing": c.gradient_checkpointing,
             "use_8bit_adam": c.use_8bit_adam,
-            "quantized_base": None,
+            "quantized_base": c.quantized_base,
             "estimated_peak_gib": round(self.peak_gib, 3),
             "measured_peak_gib": measured_peak_gib,
             "device": DEVICE_LABEL,
@@ -197,7 +212,10 @@ class MemoryEstimate:
 # ================================================================================================ the table (no torch)
 #: the keys a table row is matched on (``lookup``)
 ROW_KEYS = ("model_shape", "recipe", "resolution", "batch_size", "precision", "prior_preservation",
-            "train_text_encoder", "gradient_checkpointing", "use_8bit_adam")  # fmt: skip
+            "train_text_encoder", "gradient_checkpointing", "use_8bit_adam", "quantized_base")  # fmt: skip
+#: the quantized storages the table holds rows for; fp8 stores a byte per weight as int8 does (its row is int8's)
+TABLE_QUANTIZED = ("int8", "nf4")
+FLUX_RANK = 16  # the FLUX families' default LoRA rank (``FamilyDefaults.rank``)
 
 
 def _grid() -> list[MemoryConfig]:
@@ -216,6 +234,12 @@ def _grid() -> list[MemoryConfig]:
     for gc in (False, True):  # T4: SD 1.5 LoRA + text encoder + prior preservation (and without prior)
         for prior in (False, True):
             rows.append(MemoryConfig("sd15", "dreambooth-lora", 512, 1, "fp16", prior, True, gc, False))
+    for model in FLUX_SHAPES:  # FLUX LoRA in bf16 at rank 16, unquantized and with a quantized base
+        for res in (512, 1024):
+            for gc in (False, True):
+                for quant in (None, *TABLE_QUANTIZED):
+                    rows.append(MemoryConfig(model, "dreambooth-lora", res, 1, "bf16", False, False, gc, False,
+                                             FLUX_RANK, quantized_base=quant))  # fmt: skip
     return rows
 
 
@@ -227,6 +251,7 @@ CI_SUBSET: tuple[MemoryConfig, ...] = (
     MemoryConfig("sd15", "dreambooth-full", 512),
     MemoryConfig("sdxl", "dreambooth-lora", 1024),
     MemoryConfig("sd15", "dreambooth-lora", 512, 1, "fp16", True, True, True, False),
+    MemoryConfig("klein4b", "dreambooth-lora", 512, 1, "bf16", rank=FLUX_RANK),
 )
 
 
@@ -242,12 +267,18 @@ def row_of(estimate: MemoryEstimate) -> dict[str, Any]:
         "floor_gib": round(estimate.fixed_gib + estimate.grad_bytes / GIB, 3),
         "trainable_params": estimate.trainable_params,
         "optimizer": estimate.optimizer,
+        **({"derived": estimate.derived} if estimate.derived else {}),
     }
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    """The values of ``ROW_KEYS`` of a table row or a ``memory_estimate`` record."""
-    return tuple(row[k] for k in ROW_KEYS)
+    """The values of ``ROW_KEYS`` of a table row or a ``memory_estimate`` record (no ``quantized_base``: None)."""
+    return tuple(row.get(k) for k in ROW_KEYS)
+
+
+def _table_quantized(kind: str | None) -> str | None:
+    """The table's storage for a quantized base: fp8 is looked up as int8 (a byte per weight too); "none" is None."""
+    return None if kind in (None, "none") else "int8" if kind == "fp8" else kind
 
 
 def load_table(path: Path = TABLE_PATH) -> dict[str, Any]:
@@ -279,6 +310,7 @@ def lookup(
     gradient_checkpointing: bool = False,
     use_8bit_adam: bool = False,
     precision: str = "fp16",
+    quantized_base: str | None = None,
     *,
     table: dict[str, Any] | None = None,
 ) -> float | None:
@@ -292,8 +324,8 @@ def lookup(
     want = {"model_shape": model_shape, "recipe": recipe, "resolution": int(resolution), "batch_size": int(batch_size),
             "precision": precision, "prior_preservation": bool(prior_preservation),
             "train_text_encoder": bool(train_text_encoder), "gradient_checkpointing": bool(gradient_checkpointing),
-            "use_8bit_adam": bool(use_8bit_adam)}  # fmt: skip
-    same = [r for r in rows if all(r[k] == want[k] for k in ROW_KEYS if k not in ("resolution", "batch_size"))]
+            "use_8bit_adam": bool(use_8bit_adam), "quantized_base": _table_quantized(quantized_base)}  # fmt: skip
+    same = [r for r in rows if all(r.get(k) == want[k] for k in ROW_KEYS if k not in ("resolution", "batch_size"))]
     if not same:
         return None
     for r in same:
@@ -305,11 +337,12 @@ def lookup(
 
 def table_row(model_shape: str, recipe: str, *, table: dict[str, Any] | None = None, **keys: Any) -> dict | None:
     """The exact table row with these keys (defaults: 512/1024 px native, batch 1, fp16, everything off)."""
-    want = {"resolution": NATIVE_RESOLUTION.get(model_shape, 512), "batch_size": 1, "precision": "fp16",
-            "prior_preservation": False, "train_text_encoder": False, "gradient_checkpointing": False,
-            "use_8bit_adam": False, **keys, "model_shape": model_shape, "recipe": recipe}  # fmt: skip
+    want = {"resolution": NATIVE_RESOLUTION.get(model_shape, 512), "batch_size": 1,
+            "precision": "bf16" if model_shape in FLUX_SHAPES else "fp16", "prior_preservation": False,
+            "train_text_encoder": False, "gradient_checkpointing": False, "use_8bit_adam": False,
+            "quantized_base": None, **keys, "model_shape": model_shape, "recipe": recipe}  # fmt: skip
     for r in (table if table is not None else load_table())["rows"]:
-        if all(r[k] == want[k] for k in ROW_KEYS):
+        if all(r.get(k) == want[k] for k in ROW_KEYS):
             return r
     return None
 
@@ -341,9 +374,14 @@ def usable_allocated_gib(device_gib: float) -> float:
 #: functions whose code decides what the estimate runs (a change makes the committed table stale)
 FINGERPRINT_FUNCTIONS = (
     "training.memory:_estimate_here",
+    "training.memory:_estimate_fake",
+    "training.memory:_quantized",
     "training.memory:_run_phases",
     "training.memory:_training_step",
     "training.memory:_generate_like",
+    "training.memory:_generate_like_flow",
+    "training.memory:_vae_loaded",
+    "training.memory:_FixedTokenizer",
     "training.memory:_make_tracker",
     "training.memory:_cuda_sdpa",
     "training.memory:_place",
@@ -372,6 +410,18 @@ FINGERPRINT_FUNCTIONS = (
     "training.lora:add_text_encoder_adapter",
     "training.full:DreamBoothFull.configure_trainable",
     "benchmarks.full_size:full_size_modules",
+    "benchmarks.full_size_flux:flux_modules",
+    "training.families.flux:FlowMatchingFamily.encode_images",
+    "training.families.flux:FlowMatchingFamily.noisy_and_target",
+    "training.families.flux:FlowMatchingFamily.draw_time",
+    "training.families.flux:Flux1.tokenize",
+    "training.families.flux:Flux1.encode_prompt",
+    "training.families.flux:Flux1.predict",
+    "training.families.flux:Flux1.lora_targets",
+    "training.families.flux2_klein:Flux2Klein.tokenize",
+    "training.families.flux2_klein:Flux2Klein.encode_prompt",
+    "training.families.flux2_klein:Flux2Klein.predict",
+    "training.families.flux2_klein:Flux2Klein.lora_targets",
 )
 
 
@@ -380,7 +430,7 @@ def _source_of(ref: str) -> str:
     import ast
 
     module, qualname = ref.split(":")
-    spec = importlib.util.find_spec(module) if module != "benchmarks.full_size" else None
+    spec = importlib.util.find_spec(module) if not module.startswith("benchmarks.") else None
     path = Path(spec.origin) if spec and spec.origin else ROOT / (module.replace(".", "/") + ".py")
     text = path.read_text()
     node: Any = ast.parse(text)
@@ -666,19 +716,36 @@ def _place(modules: Iterable[Any], device: str) -> None:
                     m._buffers[name] = memo[id(b)]
 
 
+class _Tokens(dict):
+    """A tokenizer's answer: ``input_ids`` as an attribute and as a key."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self[name]
+
+
 class _FixedTokenizer:
-    """Stands in for a CLIP tokenizer: every prompt is ``model_max_length`` token ids (shapes are what matter)."""
+    """Stands in for a tokenizer: every prompt is ``max_length`` (default ``model_max_length``) token ids, none of
+    them padding (shapes are what matter; attention covers every token, the worst case)."""
 
-    model_max_length = 77
+    pad_token_id = -1
 
-    def __call__(self, prompt: Any, **kwargs: Any) -> Any:
+    def __init__(self, model_max_length: int = 77):
+        self.model_max_length = model_max_length
+
+    def __call__(self, prompt: Any, max_length: int | None = None, **kwargs: Any) -> Any:
         import torch
 
         n = len(prompt) if isinstance(prompt, list) else 1
-        return type("Tokens", (), {"input_ids": torch.zeros(n, self.model_max_length, dtype=torch.long)})()
+        return _Tokens(input_ids=torch.zeros(n, max_length or self.model_max_length, dtype=torch.long))
+
+    def apply_chat_template(self, messages: list[dict], **kwargs: Any) -> str:
+        return " ".join(m["content"] for m in messages)
 
 
 _META_CACHE: dict[str, dict[str, Any]] = {}
+#: the FLUX repos' FlowMatchEulerDiscreteScheduler config (dynamic shift)
+FLOW_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+                  "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # fmt: skip
 
 
 def _meta_modules(model: str) -> dict[str, Any]:
@@ -689,9 +756,16 @@ def _meta_modules(model: str) -> dict[str, Any]:
     import torch
 
     if model not in _META_CACHE:
-        if model in SHAPES:
-            if str(ROOT) not in sys.path:
-                sys.path.insert(0, str(ROOT))
+        if model in SHAPES and str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        if model in FLUX_SHAPES:
+            from benchmarks.full_size_flux import flux_modules, model_index
+
+            with torch.device("meta"):
+                mods = flux_modules(model)
+            index = model_index(model)
+            sched = dict(FLOW_SCHEDULER)
+        elif model in SHAPES:
             from benchmarks.full_size import full_size_modules
 
             with torch.device("meta"):
@@ -744,28 +818,56 @@ def _trainable_components(recipe: Any, params: Any, text_encoder_names: list[str
 
 def _meta_components(cfg: MemoryConfig, recipe: Any, params: Any, wdtype: Any) -> tuple[Any, set[str]]:
     """``training.models.Components`` on the meta device, in the dtypes the trainer loads them in."""
+    import diffusers
     import torch
-    from diffusers import DDPMScheduler
 
+    from training.families import family_for
     from training.models import Components, ModelInfo
 
     built = _meta_modules(cfg.model)
     mods, index = built["modules"], built["index"]
-    info = ModelInfo(cfg.model, index, dict(mods["unet"].config), dict(mods["vae"].config))
-    trainable = _trainable_components(recipe, params, info.text_encoder_names, type(info.family))
+    den = family_for(index).denoiser_name
+    info = ModelInfo(cfg.model, index, dict(mods[den].config), dict(mods["vae"].config))
+    family = info.family
+    trainable = _trainable_components(recipe, params, info.text_encoder_names, type(family))
     diffusers_script = cfg.layout == "diffusers-script"
-    unet_dtype = torch.float32 if "unet" in trainable else wdtype
+    unet_dtype = torch.float32 if den in trainable else wdtype
     text_dtype = torch.float32 if trainable & set(info.text_encoder_names) else wdtype
-    vae_dtype = wdtype if diffusers_script and not info.is_sdxl else torch.float32  # the trainer: VAE always fp32
-    unet = mods["unet"].to(unet_dtype)
+    if family.name == "sd":
+        vae_dtype = wdtype if diffusers_script and not info.is_sdxl else torch.float32  # the trainer: VAE fp32
+    else:
+        vae_dtype = family.vae_dtype(wdtype)
+    unet = mods[den].to(unet_dtype)
     vae = mods["vae"].to(vae_dtype)
     encoders = [mods[n].to(text_dtype) for n in info.text_encoder_names]
     for m in (unet, vae, *encoders):
         m.requires_grad_(False)
+    # token lengths: CLIP's 77 (SD's encoders, FLUX.1's first), the family's sequence length for T5 / Qwen3
+    seq = getattr(family, "max_sequence_length", 77)
+    lengths = {"sd": [77] * len(encoders), "flux1": [77, seq]}.get(family.name, [seq] * len(encoders))
+    scheduler_cls = getattr(diffusers, index["scheduler"][1]) if "scheduler" in index else diffusers.DDPMScheduler
     comps = Components(
-        info, unet, vae, encoders, [_FixedTokenizer() for _ in encoders], DDPMScheduler(**built["scheduler"])
+        info, unet, vae, encoders, [_FixedTokenizer(n) for n in lengths], scheduler_cls(**built["scheduler"])
     )
+    comps.extra["weight_dtype"] = wdtype
+    _vae_loaded(comps)
     return comps, trainable
+
+
+def _vae_loaded(comps: Any) -> None:
+    """The family's ``on_vae_loaded`` where it has one (what it keeps of the VAE for the step), with the VAE's
+    buffers given real CPU values first (a meta tensor has none to copy): FLUX.2's batch-norm statistics."""
+    import torch
+
+    hook = getattr(comps.family, "on_vae_loaded", None)
+    if hook is None:
+        return
+    for m in comps.vae.modules():
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_meta:
+                fill = torch.ones if "var" in name else torch.zeros
+                m._buffers[name] = fill(b.shape, dtype=b.dtype)
+    hook(comps)
 
 
 def estimate(config: MemoryConfig) -> MemoryEstimate:
@@ -791,7 +893,45 @@ def estimate_many(configs: list[MemoryConfig], timeout: float = 1800) -> list[Me
     return [MemoryEstimate.from_dict(r) for r in results]
 
 
+_ESTIMATED: dict[MemoryConfig, MemoryEstimate] = {}
+
+
 def _estimate_here(cfg: MemoryConfig) -> MemoryEstimate:
+    """Estimate ``cfg`` in this process (fake CUDA must work here); a quantized base is derived from its twin."""
+    if cfg.quantized_base:
+        twin = dataclasses.replace(cfg, quantized_base=None)
+        if twin not in _ESTIMATED:
+            _ESTIMATED[twin] = _estimate_fake(twin)
+        return _quantized(_ESTIMATED[twin], cfg)
+    return _estimate_fake(cfg)
+
+
+def _quantized(e: MemoryEstimate, cfg: MemoryConfig) -> MemoryEstimate:
+    """``cfg`` (a quantized base) from ``e``, the estimate of the same configuration unquantized: the frozen
+    denoiser's Linear weights (what bitsandbytes / torchao quantize) take ``QUANT_BYTES`` a weight instead of the
+    mixed-precision dtype's bytes in every phase that holds the denoiser, and one dequantized copy of the largest
+    weight is live during each matmul. Activations, adapters and optimizer state are those of the twin."""
+    from training.families import family_for
+    from training.precision import QUANT_BYTES
+
+    per = QUANT_BYTES[cfg.quantized_base]
+    wbytes = 4 if cfg.precision == "fp32" else 2
+    saved = e.denoiser_linear_bytes * (1.0 - per / wbytes)
+    family = family_for(_meta_modules(cfg.model)["index"])
+    staged = family.staged_loading and not cfg.train_text_encoder and not cfg.prior_preservation
+    holding = [k for k in e.phases_gib if not (staged and k == "caching")]
+    delta = (e.largest_linear_bytes - saved) / GIB
+    phases = {k: (v + delta if k in holding else v) for k, v in e.phases_gib.items()}
+    how = (f"derived from the unquantized estimate: the frozen denoiser's Linear weights "
+           f"({e.denoiser_linear_bytes / GIB:.2f} GiB) at {per} bytes a weight instead of {wbytes}, plus one "
+           f"dequantized {e.largest_linear_bytes / 2**20:.0f} MiB weight")  # fmt: skip
+    return dataclasses.replace(
+        e, config=cfg, peak_gib=max(phases.values()), phases_gib=phases, fixed_gib=e.fixed_gib - saved / GIB,
+        frozen_bytes=int(e.frozen_bytes - saved), derived=how, seconds=0.0,
+    )  # fmt: skip
+
+
+def _estimate_fake(cfg: MemoryConfig) -> MemoryEstimate:
     import torch
     from diffusers.utils import logging as diffusers_logging
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -820,6 +960,14 @@ def _estimate_here(cfg: MemoryConfig) -> MemoryEstimate:
     wdtype = weight_dtype_for(mp)
     comps, _ = _meta_components(cfg, recipe, params, wdtype)
     modules = recipe.configure_trainable(comps, ctx)  # the recipe's own wrapping (LoRA targets, rank, fp32 casts)
+    base = [(n, t) for n, t in comps.unet.named_parameters() if "lora_" not in n]
+    frozen_linear = [m.weight for m in comps.unet.modules()
+                     if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]  # fmt: skip
+    sizes = {
+        "denoiser_params": sum(t.numel() for _, t in base),
+        "denoiser_linear_bytes": sum(w.numel() * w.element_size() for w in frozen_linear),
+        "largest_linear_bytes": max((w.numel() * w.element_size() for w in frozen_linear), default=0),
+    }
     tracker = _make_tracker()()
 
     class _FakeCuda(FakeTensorMode):
@@ -830,7 +978,7 @@ def _estimate_here(cfg: MemoryConfig) -> MemoryEstimate:
     import diffusers
 
     versions = {"torch": torch.__version__, "diffusers": diffusers.__version__}
-    return MemoryEstimate(config=cfg, seconds=round(time.perf_counter() - t0, 1), versions=versions, **result)
+    return MemoryEstimate(config=cfg, seconds=round(time.perf_counter() - t0, 1), versions=versions, **result, **sizes)
 
 
 def _run_phases(cfg, recipe, comps, modules, params, mp, wdtype, tracker) -> dict[str, Any]:
@@ -848,8 +996,13 @@ def _run_phases(cfg, recipe, comps, modules, params, mp, wdtype, tracker) -> dic
     res = cfg.effective_resolution
     phases: dict[str, float] = {}
     encoders = comps.text_encoders
+    family = comps.family
+    # a staged family (FLUX) caches with its text side on the GPU and loads the denoiser only after that
+    staged = family.staged_loading and not train_te and not cfg.prior_preservation
+    # encoders the family frees after caching (samples then use cached conditioning): not back for samples
+    freed = family.free_text_encoders_after_caching and not train_te
 
-    _place([comps.unet, comps.vae, *encoders], "cuda")  # load: everything to the GPU
+    _place([comps.vae, *encoders] if staged else [comps.unet, comps.vae, *encoders], "cuda")  # load
     if cfg.prior_preservation and not diffusers_script:  # generate class images (a batch of 4, CFG doubles it)
         tracker.begin_phase()
         trains = [t for m in modules.values() for t in m.parameters() if t.requires_grad]
@@ -866,9 +1019,13 @@ def _run_phases(cfg, recipe, comps, modules, params, mp, wdtype, tracker) -> dic
         recipe._encode_images(comps, [image], res, params.random_flip)
     inst_cond = recipe._text_cond(comps, "a photo of sks dog", frozen=not train_te)
     cls_cond = recipe._text_cond(comps, "a photo of a dog", frozen=not train_te) if cfg.prior_preservation else None
+    if freed:
+        family.cache_before_release(comps)  # e.g. FLUX.2 [klein]'s empty negative prompt
     if not diffusers_script:
         phases["caching"] = tracker.phase_peak / GIB
         _place([comps.vae, *([] if train_te else encoders)], "meta")  # the trainer moves them to the CPU
+    if staged:
+        _place([comps.unet], "cuda")  # load(parts=("denoiser",)).denoiser.to(device)
 
     named = trainable_named_parameters(modules)
     params_list = [t for _, t in named]
@@ -895,12 +1052,16 @@ def _run_phases(cfg, recipe, comps, modules, params, mp, wdtype, tracker) -> dic
 
     if cfg.samples and not diffusers_script:  # a validation sample with the training state on the GPU
         tracker.begin_phase()
-        _place([comps.vae, *([] if train_te else encoders)], "cuda")
+        back = [comps.vae, *([] if train_te or freed else encoders)]
+        _place(back, "cuda")
         comps.unet.eval()
-        _generate_like(comps, 1, res, mp, wdtype)
+        if family.name == "sd":
+            _generate_like(comps, 1, res, mp, wdtype)
+        else:
+            _generate_like_flow(comps, inst_cond, res, mp, wdtype)
         comps.unet.train()
         phases["sampling"] = tracker.phase_peak / GIB
-        _place([comps.vae, *([] if train_te else encoders)], "meta")
+        _place(back, "meta")
 
     return {
         "peak_gib": max(phases.values()),
@@ -928,14 +1089,15 @@ def _training_step(cfg, recipe, comps, modules, p, params_list, optimizer, scale
     bs, h = cfg.batch_size, cfg.effective_resolution // comps.info.vae_scale_factor
     prior = cls_cond is not None
     with torch._subclasses.fake_tensor.unset_fake_temporarily():  # the batch is drawn on the CPU from real latents
-        zeros = torch.zeros(1, comps.unet.config.in_channels, h, h)
+        zeros = torch.zeros(1, comps.vae.config.latent_channels, h, h)
         tids = torch.zeros(1, 6)
         inst = LatentSet(zeros, zeros, zeros, zeros, tids)
         draw_time = functools.partial(comps.family.draw_time, comps=comps, params=p)
         batch = recipe._make_batch(0, bs, inst, inst if prior else None, p, draw_time)
     autocast = torch.autocast(device.type, dtype=wdtype, enabled=mp != "no")
-    modules["unet"].train()
-    loss = recipe._step_loss(comps, modules["unet"], modules, batch, inst_cond, cls_cond, device, autocast, p,
+    denoiser = modules[comps.family.denoiser_name]
+    denoiser.train()
+    loss = recipe._step_loss(comps, denoiser, modules, batch, inst_cond, cls_cond, device, autocast, p,
                              prior=prior)  # fmt: skip
     optimizer_step(loss, optimizer, params_list, scaler, device)
     del loss
@@ -976,6 +1138,28 @@ def _generate_like(comps, n_images: int, res: int, mp: str, wdtype) -> None:
             del img
 
 
+def _generate_like_flow(comps, cond, res: int, mp: str, wdtype) -> None:
+    """What a FLUX pipeline keeps on the GPU for one sample from cached conditioning: one transformer step on a
+    batch of one (``family.predict`` under no_grad; the base models' true CFG runs its two passes one after the
+    other), then the VAE decode of the latents in the VAE's dtype."""
+    import torch
+
+    device = torch.device("cuda")
+    family = comps.family
+    h = res // comps.info.vae_scale_factor
+    with torch.no_grad():
+        with torch.autocast("cuda", dtype=wdtype, enabled=mp != "no"):
+            raw = torch.zeros(1, comps.vae.config.latent_channels, h, h, device=device)
+            x = family.to_model_space(comps, raw)
+            t = torch.zeros(1, device=device)
+            tensors = {k: v.to(device) for k, v in cond.tensors.items() if v is not None}
+            velocity = family.predict(comps, comps.unet, x, t, tensors, None)
+            del velocity, x
+        with torch.autocast("cuda", enabled=False):
+            img = comps.vae.decode(raw.to(comps.vae.dtype)).sample
+            del img
+
+
 # ================================================================================================ writing the table
 def write_table(estimates: list[MemoryEstimate], path: Path = TABLE_PATH) -> dict[str, Any]:
     from importlib.metadata import version
@@ -986,15 +1170,15 @@ def write_table(estimates: list[MemoryEstimate], path: Path = TABLE_PATH) -> dic
         except Exception:  # noqa: BLE001
             return "not installed"
 
-    unet_params = {}
+    unet_params = {}  # the denoiser's parameters per built-in shape (``shape_for_unet_params``)
     for e in estimates:
         c = e.config
-        if c.recipe == "dreambooth-full" and not c.train_text_encoder and c.model in SHAPES:
-            unet_params[c.model] = e.trainable_params
+        if c.model in SHAPES and e.denoiser_params:
+            unet_params[c.model] = e.denoiser_params
     table = {
         "about": "Estimated peak GPU memory (GiB, max_memory_allocated) per configuration, from "
         "python -m training.memory --write-table (fake CUDA tensors on the CPU; see training/memory.py). "
-        "rank 4 LoRA; phases_gib: per trainer phase; fixed_gib: the part that does not grow with resolution.",
+        "LoRA rank 4 (SD) / 16 (FLUX); phases_gib: per trainer phase; fixed_gib: the part that does not grow with resolution.",
         "fingerprint": fingerprint(),
         "versions": {n: v(n) for n in ("torch", "diffusers", "transformers", "peft", "bitsandbytes")},
         "unet_params": unet_params,
@@ -1029,6 +1213,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rank", type=int, default=4)
     ap.add_argument("--no-samples", action="store_true", help="no validation sample during training")
     ap.add_argument("--layout", choices=("trainer", "diffusers-script"), default="trainer")
+    ap.add_argument(
+        "--quantized-base",
+        choices=("nf4", "int8", "fp8"),
+        default=None,
+        help="the frozen denoiser quantized (derived from the unquantized estimate)",
+    )
     ap.add_argument("--json", action="store_true", help="print the whole estimate as JSON")
     ap.add_argument("--write-table", action="store_true", help=f"re-estimate every table row into {TABLE_PATH.name}")
     ap.add_argument("--records", default=None, help="with --write-table: the memory_estimate records file")
@@ -1059,7 +1249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = MemoryConfig(args.model, args.recipe, args.resolution, args.batch_size, args.precision, args.prior,
                        args.text_encoder, args.gradient_checkpointing, args.adam8, args.rank, not args.no_samples,
-                       args.layout)  # fmt: skip
+                       args.layout, args.quantized_base)  # fmt: skip
     e = _estimate_here(cfg)
     if args.json:
         print(json.dumps(e.to_dict(), indent=1))
@@ -1081,6 +1271,11 @@ RECORD_CONFIGS: tuple[MemoryConfig, ...] = (
     MemoryConfig("sd15", "dreambooth-lora", 512, prior_preservation=True, train_text_encoder=True,
                  gradient_checkpointing=True),
     MemoryConfig("sdxl", "dreambooth-lora", 1024, gradient_checkpointing=True),
+    *(MemoryConfig("flux1", "dreambooth-lora", 512, precision="bf16", gradient_checkpointing=True, rank=FLUX_RANK,
+                   quantized_base=q) for q in (None, *TABLE_QUANTIZED)),
+    MemoryConfig("klein4b", "dreambooth-lora", 512, precision="bf16", rank=FLUX_RANK),
+    *(MemoryConfig("klein9b", "dreambooth-lora", 512, precision="bf16", gradient_checkpointing=True, rank=FLUX_RANK,
+                   quantized_base=q) for q in (None, "int8")),
 )  # fmt: skip
 
 

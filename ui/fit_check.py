@@ -5,21 +5,26 @@ Two limits, both from committed measurements and no GPU: the GPU memory of the t
 (``scheduler.host_ram``, the full-size ``host_ram`` benchmark records). A configuration that fits only with gradient
 checkpointing or 8-bit Adam is queued: the trainer's memory plan turns them on by itself ("auto"), and the answer says
 so. One that cannot fit is refused with the reason. Models the tables do not know (a custom or tiny model) are not
-checked; a model of another family (``training.families``: Flux.1, Flux.2 [klein]) is not refused either: the answer
-says that there is no estimate for the family yet and, on a flavor with less GPU memory than the family's default
-one, gives the family's ``hardware_note`` (a Flux task on a T4: its speed and the 4-bit base it needs). Torch-free.
+checked. A model of another family (``training.families``: FLUX.1, FLUX.2 [klein]) with a full-size shape in the tables
+(``ModelFamily.memory_shape``) is checked the way its trainer will run it: the quantized base the trainer's own plan
+(``training.quantization_plan``) picks for the flavor's GPU, that estimate against the GPU, the host RAM of loading
+it; on a flavor with less GPU memory than the family's default one the answer adds the family's ``hardware_note``
+(a FLUX task on a T4: its speed). Such a family without tabled shapes is only warned about. Torch-free.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.flavors import FLAVORS, is_gpu
+from scheduler.flavors import FLAVORS, compute_capability, is_gpu
 from scheduler.host_ram import MARGIN, fits_host_ram, host_ram_gib
-from scheduler.memory_fit import fit_flavor, shape_for_base_model
+from scheduler.memory_fit import GIB_PER_NOMINAL_GB, fit_flavor, shape_for_base_model, usable_gib
 from scheduler.task import Task
 from training.base_check import Probe, is_sdxl_index
+from training.exitcodes import BadInputError
 from training.families import find_family
+from training.memory import load_table
+from training.quantization_plan import plan_quantization
 
 FP16_WEIGHTS, FP32_WEIGHTS = "fp16 variant", "fp32 files"  # the ``weights`` labels of the host_ram records
 LORA = "dreambooth-lora"
@@ -68,11 +73,61 @@ def family_notes(task: Task, probe: Probe | None) -> list[str] | None:
     family = find_family(probe.index) if probe is not None and probe.index else None
     if family is None or family.name == "sd":
         return None
-    notes = [f"**Memory:** no estimate for the {family.label or family.name} family yet: not checked."]
+    return [f"**Memory:** no estimate for the {family.label or family.name} family yet: not checked.",
+            *hardware_warning(family, task.hardware)]  # fmt: skip
+
+
+def hardware_warning(family, flavor: str) -> list[str]:
+    """The family's hardware note, as a warning, on a flavor with less GPU memory than the family's default."""
     default, note = family.defaults.hardware, family.defaults.hardware_note
-    if note and per_gpu_memory(task.hardware) < per_gpu_memory(default):
-        notes.append(f"**Warning:** {note.rstrip('.')}. Its default GPU is {FLAVORS[default].label}.")
-    return notes
+    if note and per_gpu_memory(flavor) < per_gpu_memory(default):
+        return [f"**Warning:** {note.rstrip('.')}. Its default GPU is {FLAVORS[default].label}."]
+    return []
+
+
+def family_fit(task: Task, family, shape: str) -> FitCheck:
+    """A LoRA task of a non-SD family with a tabled ``shape`` on ``task.hardware``: the quantized base the
+    trainer's plan picks for that GPU (``plan_quantization`` with the memory table), refused when even that does
+    not fit, and the host RAM of loading the model; a full fine-tune of such a family is not estimated."""
+    flavor, p = FLAVORS[task.hardware], task.params
+    name = family.label or family.name
+    if task.recipe != LORA:
+        return FitCheck(notes=[f"**Memory:** no estimate for a {name} full fine-tune: not checked.",
+                               *hardware_warning(family, task.hardware)])  # fmt: skip
+    gpu_gb = per_gpu_memory(task.hardware)
+    res = int(p.get("resolution") or family.defaults.resolution or 512)
+    samples = int(p.get("batch_size", 1) or 1) * (2 if p.get("prior_preservation") else 1)
+    try:
+        choice = plan_quantization(
+            str(p.get("quantize_base") or "auto"), lora=True,
+            denoiser_params=int(load_table().get("unet_params", {}).get(shape) or family.denoiser_params or 0),
+            budget_gib=gpu_gb * GIB_PER_NOMINAL_GB, compute_capability=compute_capability(task.hardware),
+            fp8_available=False, weight_bytes=2, resolution=res, samples_per_step=samples,
+            gradient_checkpointing=p.get("gradient_checkpointing", "auto"), model_shape=shape,
+        )  # fmt: skip
+    except BadInputError as e:
+        return FitCheck(problem=f"It cannot run on {flavor.label}: {e}.")
+    usable = usable_gib(gpu_gb)
+    base = "in bf16" if choice.kind == "none" else f"with a {choice.kind.upper()} base"
+    est = choice.estimate_gib or 0.0
+    what = f"{name} LoRA at {res} px {base} needs about {est:.1f} GiB"
+    room = f"{gpu_gb:g} GB of GPU memory leave about {usable:.1f} GiB for training"
+    if est > usable:
+        return FitCheck(problem=f"It would not fit {flavor.label}: {what}, more than {room}. Choose a GPU with more "
+                                "memory or a lower resolution.")  # fmt: skip
+    result = FitCheck(notes=[f"**Memory:** {what}; {room}.", *hardware_warning(family, task.hardware)])
+    if fits_host_ram(shape, flavor) is False:
+        result.problem = host_ram_problem(shape, flavor, None)
+    return result
+
+
+def host_ram_problem(shape: str, flavor, weights: str | None) -> str:
+    """Why ``flavor``'s host RAM cannot load ``shape`` (the measured peak), with a flavor that can."""
+    peak = host_ram_gib(shape, weights=weights) or 0.0
+    bigger = [f.label for f in FLAVORS.values() if f.gpus and f.ram_gib and peak <= MARGIN * f.ram_gib]
+    advice = f" Choose a flavor with more RAM, e.g. {bigger[0]}." if bigger else ""
+    return (f"It would not fit {flavor.label}: loading this model takes about {peak:.1f} GiB of host RAM "
+            f"(measured), more than {MARGIN:.0%} of the {flavor.ram_gib} GB it has.{advice}")  # fmt: skip
 
 
 def check_fit(task: Task, probe: Probe | None = None) -> FitCheck:
@@ -80,6 +135,9 @@ def check_fit(task: Task, probe: Probe | None = None) -> FitCheck:
     family without estimates: notes only, see ``family_notes``)."""
     if not is_gpu(task.hardware):
         return FitCheck()
+    family = find_family(probe.index) if probe is not None and probe.index else None
+    if family is not None and family.name != "sd" and family.memory_shape(task.base_model):
+        return family_fit(task, family, family.memory_shape(task.base_model))
     shape = model_shape(task.base_model, probe)
     if shape is None:
         return FitCheck(notes=family_notes(task, probe) or [])
@@ -104,11 +162,5 @@ def check_fit(task: Task, probe: Probe | None = None) -> FitCheck:
     if task.recipe == LORA:
         weights = weights_read(probe)
         if fits_host_ram(shape, flavor, weights=weights) is False:
-            peak = host_ram_gib(shape, weights=weights) or 0.0
-            bigger = [f.label for f in FLAVORS.values() if f.gpus and f.ram_gib and peak <= MARGIN * f.ram_gib]
-            advice = f" Choose a flavor with more RAM, e.g. {bigger[0]}." if bigger else ""
-            result.problem = (
-                f"It would not fit {flavor.label}: loading this model takes about {peak:.1f} GiB of host RAM "
-                f"(measured), more than {MARGIN:.0%} of the {flavor.ram_gib} GB it has.{advice}"
-            )
+            result.problem = host_ram_problem(shape, flavor, weights)
     return result

@@ -104,8 +104,10 @@ def test_space_trains_flux1_and_flux2_klein_tasks_on_their_flavor_and_goes_back(
             expect(message).to_have_text(re.compile(rf"Task \w+ queued with 3 photos\. The Space is moving to "
                                                     rf"{FLAVOR_LABEL}"), timeout=30_000)  # fmt: skip
             first_message = message.inner_text()
-            # Queued on the family's default flavor: no memory estimate for FLUX.1 yet, and no T4 warning.
-            assert "no estimate for the FLUX.1" in first_message and "NF4" not in first_message, first_message
+            # Queued on the family's default flavor (an L4) with the trainer's plan for it: an 8-bit base from the
+            # memory table's FLUX.1 rows, and no T4 warning.
+            assert "FLUX.1" in first_message and "INT8 base" in first_message, first_message
+            assert "NF4" not in first_message, first_message
 
             # FLUX.2 [klein]: the second offered base model, in the same GPU period.
             expect(page.get_by_text("Drop File Here", exact=False).first).to_be_visible(timeout=20_000)

@@ -280,6 +280,12 @@ class ModelFamily(ABC):
         return None
 
     @classmethod
+    def memory_shape(cls, base_model: str) -> str | None:
+        """The full-size shape of the memory table and host-RAM records (``training.memory.SHAPES``) that a base
+        model of this family has, or None (not tabled: the fit check then only warns)."""
+        return None
+
+    @classmethod
     def catalog_entry(cls) -> dict[str, Any]:
         """This family as ``python -m training --list-families`` prints it (read by ``scheduler.recipes_catalog``)."""
         d = cls.defaults

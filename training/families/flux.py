@@ -303,6 +303,11 @@ class Flux1(FlowMatchingFamily):
     train_guidance: ClassVar[float] = 1.0
     sample_guidance: ClassVar[float] = 3.5
 
+    @classmethod
+    def memory_shape(cls, base_model: str) -> str | None:
+        """[dev] and [schnell] share the 11.9 B transformer: "flux1"."""
+        return "flux1"
+
     @property
     def has_guidance(self) -> bool:
         return bool(self.info.denoiser_config.get("guidance_embeds", False))

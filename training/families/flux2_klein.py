@@ -57,11 +57,17 @@ class Flux2Klein(FlowMatchingFamily):
     latent_mode = True
     defaults = FamilyDefaults(
         hardware="l4x1", resolution=512, learning_rate=1e-4, rank=16,
-        hardware_note="FLUX.2 [klein] 4B trains in bf16 on an L4 (about 12 GB); 9B needs an 8-bit base there",
+        hardware_note="FLUX.2 [klein] trains in bf16 on an L4 (4B: about 8 GiB, 9B: about 18 GiB at 512 px); a T4 has "
+        "no bf16 hardware, and 9B's text encoder alone (16 GiB while caching) does not fit it",
     )  # fmt: skip
     denoiser_params = 0  # 4B or 9B: read from the config (``denoiser_size``)
     #: true-CFG scale for samples of the base model (the pipeline's default); distilled models take none
     sample_guidance: ClassVar[float] = 4.0
+
+    @classmethod
+    def memory_shape(cls, base_model: str) -> str | None:
+        """ "klein9b" for a 9B repo (by its name, as ``is_9b`` falls back to), else "klein4b"."""
+        return "klein9b" if "9b" in base_model.lower() else "klein4b"
 
     @property
     def is_distilled(self) -> bool:
