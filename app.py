@@ -16,7 +16,7 @@ from typing import Any
 import gradio as gr
 from huggingface_hub import HfApi
 
-from scheduler.diagnostics import space_is_public
+from scheduler.diagnostics import OfferedModelsCheck, space_is_public
 from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.worker import Worker
 from ui import reconnect
@@ -137,7 +137,9 @@ def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: d
     worker = Worker(settings, queue, hardware, **(worker_kwargs or {}))
     public = not settings.local and space_is_public(api, settings.space_id)
     ctx = AppContext(settings=settings, queue=queue, worker=worker, api=api, public_space=public)
-    demo = build_ui(ctx, login=not settings.local)
+    # The offered base models the token cannot use (gated, private, missing): told to the owner on the page.
+    offered_check = None if settings.local else OfferedModelsCheck(settings)
+    demo = build_ui(ctx, login=not settings.local, offered_check=offered_check)
     return App(demo, settings, worker=worker)
 
 

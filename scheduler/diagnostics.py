@@ -1,13 +1,20 @@
-"""Set-up diagnostics for the Space: is the token usable, and does its user own this Space?
+"""Set-up diagnostics for the Space: is the token usable, does its user own this Space, and can it use the offered
+base models?
 
-Both return None when all is well and a problem (with the fix spelled out) otherwise, so the app can show a setup
-page instead of crashing. Token values never appear in the messages.
+The first two return None when all is well and a problem (with the fix spelled out) otherwise, so the app can show a
+setup page instead of crashing. The base-model check (``check_offered_base_models``) does not stop the app: it
+tells the owner which offered models this token cannot train on (gated with a licence its account has not accepted,
+private, missing...) and where to accept a licence. Token values never appear in the messages.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import LocalTokenNotFoundError
@@ -126,3 +133,90 @@ def check_space_ownership(api: HfApi, space: Settings | str) -> str | None:
         "queue work on or change the hardware of a Space it does not own. If you duplicated this Space, make sure "
         "no variable overrides SPACE_ID, and save your own write token as HF_TOKEN."
     )
+
+
+# ---------------------------------------------------------------- the offered base models
+UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True)
+class OfferedModelProblem:
+    """An offered base model this token cannot train on: ``kind`` is ``training.base_check``'s (gated, private,
+    missing, not_allowed, ...), or ``UNREACHABLE`` when it could not be checked now (not an error). ``url``: its
+    page on the Hub, where a gated model's licence is accepted (empty for a local folder)."""
+
+    base_model: str
+    kind: str
+    message: str
+    url: str = ""
+
+    @property
+    def checked(self) -> bool:
+        return self.kind != UNREACHABLE
+
+
+def offered_base_models(settings: Settings) -> list[str]:
+    """The form's base models: the default first, then the rest of ``BASE_MODELS``."""
+    return list(dict.fromkeys((settings.default_base_model, *settings.base_models)))
+
+
+def check_offered_base_models(settings: Settings) -> list[OfferedModelProblem]:
+    """What stops this token from training on each offered base model (at most two Hub calls per model, no weights
+    downloaded; ``training.base_check``, torch-free, imported here so the control plane loads it only when asked)."""
+    from training.base_check import endpoint_of, probe_base_model
+
+    problems = []
+    for model in offered_base_models(settings):
+        url = "" if Path(model).is_dir() else f"{endpoint_of(settings.hf_endpoint)}/{model}"
+        try:
+            problem = probe_base_model(model, token=settings.hf_token, endpoint=settings.hf_endpoint).problem
+        except Exception as exc:  # noqa: BLE001 - an answer the check does not know: not a verdict on the model
+            problems.append(OfferedModelProblem(model, UNREACHABLE, f"{type(exc).__name__}: {exc}", url))
+            continue
+        if problem is not None:
+            kind = UNREACHABLE if problem.retryable else problem.kind
+            problems.append(OfferedModelProblem(model, kind, problem.message, url))
+    for p in problems:
+        log.warning("offered base model %s: %s: %s", p.base_model, p.kind, p.message)
+    return problems
+
+
+def offered_models_markdown(problems: list[OfferedModelProblem], default_model: str | None = None) -> str:
+    """The owner's notice about ``problems`` (empty when there are none)."""
+    if not problems:
+        return ""
+    lines = []
+    for p in problems:
+        name = f"**{p.base_model}**" + (" (the form's default)" if p.base_model == default_model else "")
+        if p.kind == "gated":
+            lines.append(f"- {name} is gated and this Space's token (HF_TOKEN) may not download it yet: open "
+                         f"[{p.url}]({p.url}), sign in with the token's account and accept the licence there.")  # fmt: skip
+        elif not p.checked:
+            lines.append(f"- Could not check {name} now (it is checked again at submit): {p.message}")
+        else:
+            lines.append(f"- {name} cannot be used with this token: {p.message}")
+    refused = any(p.checked for p in problems)
+    head = ("**Offered base models:** tasks on these are refused at submit, before any GPU is requested."
+            if refused else "**Offered base models:**")  # fmt: skip
+    return "\n".join([head, *lines])
+
+
+class OfferedModelsCheck:
+    """``check_offered_base_models`` of ``settings`` at most once per ``ttl_s`` (the owner's page asks at each load);
+    an answer with a model that could not be checked is not kept."""
+
+    def __init__(self, settings: Settings, ttl_s: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings, self.ttl_s, self.clock = settings, ttl_s, clock
+        self._lock = threading.Lock()
+        self._kept: tuple[float, list[OfferedModelProblem]] | None = None
+
+    def problems(self) -> list[OfferedModelProblem]:
+        with self._lock:
+            if self._kept is not None and self.clock() - self._kept[0] < self.ttl_s:
+                return self._kept[1]
+            problems = check_offered_base_models(self.settings)
+            self._kept = (self.clock(), problems) if all(p.checked for p in problems) else None
+            return problems
+
+    def markdown(self) -> str:
+        return offered_models_markdown(self.problems(), self.settings.default_base_model)

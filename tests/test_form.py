@@ -8,6 +8,7 @@ Real queues (a local folder, or a Hub dataset repo on the emulator), real huggin
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -17,6 +18,7 @@ import gradio as gr
 import pytest
 from huggingface_hub import HfApi
 
+from scheduler.flavors import GPU_FLAVORS, JOBS_GPU_FLAVORS
 from scheduler.hardware import make_hardware
 from scheduler.hardware.local import LocalHardware
 from scheduler.queue import make_queue
@@ -26,12 +28,23 @@ from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.polling import free_port, wait_for
+from tests.tiny_flux import build_tiny_flux1
 from tests.tiny_models import make_images
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from ui.context import AppContext
 from ui.estimate import LOCAL_CPU, LOCAL_GPU, describe, estimate
-from ui.form import build_form, field_updates, form_estimate
+from ui.form import (
+    APPLY_DEFAULTS_JS,
+    FOLLOWED_FIELDS,
+    HardwareChoice,
+    build_form,
+    field_updates,
+    follow_base_model,
+    form_estimate,
+    toucher,
+)
 from ui.local_device import CPU, LocalDevice
+from ui.model_family import family_hardware, family_of, hardware_note, mark_applied
 from ui.output_names import default_output_repo, subject_name
 from ui.submission import build_task, queued_message, submit, submit_task
 
@@ -43,11 +56,11 @@ def local_ctx(tmp_path: Path, gpu: bool = False, recipes: dict | None = None, **
     return AppContext(settings=settings, queue=queue, worker=worker, **({"recipes": recipes} if recipes else {}))
 
 
-def space_ctx(hub, tmp_path: Path) -> AppContext:
+def space_ctx(hub, tmp_path: Path, **env: str) -> AppContext:
     repo = f"alice/form-{uuid.uuid4().hex[:6]}"
     hub.create_space(repo, owner_token=ALICE_TOKEN)
     settings = load_settings({"SPACE_ID": repo, "HF_ENDPOINT": hub.url, "HF_TOKEN": ALICE_TOKEN, "RETRY_BASE_S": "0.01",
-                              "DATA_DIR": str(tmp_path / "data"), **MOCK_SIGNIN})  # fmt: skip
+                              "DATA_DIR": str(tmp_path / "data"), **MOCK_SIGNIN, **env})  # fmt: skip
     api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
     queue = make_queue(settings, api=api)
     worker = Worker(settings, queue, make_hardware(settings, api=api))
@@ -335,3 +348,132 @@ def test_the_form_estimate_comes_from_the_finished_runs_in_the_queue(tmp_path):
     assert "from 3 earlier runs on this machine" in shown, shown
     table = form_estimate(ctx, 100, LOCAL_CPU, "dreambooth-lora", 512, False, DEMO_MODEL)
     assert table.source == "built-in" and "from the built-in figures" in describe(table, local=True, device=CPU)
+
+
+# ---------------------------------------------------------------- the form follows the base model's family
+LORA = "dreambooth-lora"
+T4_CHOICE = HardwareChoice("t4-small", GPU_FLAVORS)
+
+
+def on_the_hub(hub, folder: Path, name: str) -> str:
+    """``folder`` (a saved pipeline) as alice's public model repo on the emulator."""
+    repo = f"alice/{name}-{uuid.uuid4().hex[:6]}"
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    api.create_repo(repo)
+    api.upload_folder(repo_id=repo, folder_path=str(folder))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def tiny_flux1(tmp_path_factory) -> Path:
+    """A tiny random FLUX.1 [dev]-shaped pipeline folder (``tests.tiny_flux``)."""
+    return build_tiny_flux1(tmp_path_factory.mktemp("form-flux1") / "model")
+
+
+def test_a_flux_base_model_brings_its_familys_defaults_and_back_to_sd_brings_sds(hub, tmp_path, tiny_sd, tiny_flux1):
+    sd_repo, flux_repo = on_the_hub(hub, tiny_sd, "form-sd"), on_the_hub(hub, tiny_flux1, "form-flux")
+    ctx = space_ctx(hub, tmp_path, BASE_MODELS=f"{sd_repo},{flux_repo}")
+    hub.clear_requests()
+    flux = family_of(ctx.settings, flux_repo)  # its model_index.json, read with the app's token
+    assert (flux.name, flux.defaults.hardware, flux.defaults.rank) == ("flux1", "l4x1", 16)
+    asked = len(hub.requests())
+    assert asked >= 2
+    assert family_of(ctx.settings, flux_repo) == flux and len(hub.requests()) == asked  # picked again: no request
+
+    auto = ctx.recipes[LORA].auto_steps(3)
+    proposal, holds, applied = follow_base_model(ctx, LORA, flux_repo, 3, 512, flux, "sd", {}, {}, T4_CHOICE)
+    assert proposal == {"steps": auto, "learning_rate": 1e-4, "rank": 16, "resolution": 512, "hardware": "l4x1"}
+    assert holds == "flux1" and set(applied) == set(FOLLOWED_FIELDS)
+    # Beside the hardware, on a GPU smaller than the family's L4: the family's hardware note (none on the L4).
+    on_t4 = hardware_note(ctx.settings, flux_repo, "t4-small")
+    assert on_t4.startswith("**Warning:**") and "NF4" in on_t4 and "Nvidia 1xL4" in on_t4
+    assert hardware_note(ctx.settings, flux_repo, "l4x1") == hardware_note(ctx.settings, flux_repo, "a100-large") == ""
+    assert hardware_note(ctx.settings, sd_repo, "t4-small") == ""  # SD: nothing new
+
+    # Back to SD: SD's defaults.
+    sd = family_of(ctx.settings, sd_repo)
+    assert sd.name == "sd"
+    proposal, holds, _ = follow_base_model(ctx, LORA, sd_repo, 3, 512, sd, "flux1", {}, applied, T4_CHOICE)
+    lr = ctx.recipes[LORA].default_learning_rate
+    assert proposal == {"steps": auto, "learning_rate": lr, "rank": 4, "resolution": 512, "hardware": "t4-small"}
+    assert holds == "sd"
+
+    # SD to SD: today's behaviour exactly (the auto steps; hardware, rank and learning rate stay as they are).
+    proposal, holds, _ = follow_base_model(ctx, LORA, sd_repo, 5, 768, sd, "sd", {}, {}, T4_CHOICE)
+    today = field_updates(ctx, LORA, sd_repo, 5, 768, recipe_changed=False)
+    assert proposal == {n: u.constructor_args["value"] for n, u in zip(FOLLOWED_FIELDS[:4], today[:4], strict=True)
+                        if "value" in u.constructor_args} == {"steps": ctx.recipes[LORA].auto_steps(5)}  # fmt: skip
+    assert holds == "sd"
+    # Back from the demo model: a real model's 512 px, as today.
+    assert follow_base_model(ctx, LORA, sd_repo, 5, DEMO_RESOLUTION, sd, "sd", {}, {}, T4_CHOICE)[0]["resolution"] == 512
+
+    # A model whose family cannot be read (not on the Hub): nothing new, the Flux values stay.
+    assert family_of(ctx.settings, "alice/no-such-model") is None
+    proposal, holds, _ = follow_base_model(ctx, LORA, "alice/no-such-model", 3, 512, None, "flux1", {}, {}, T4_CHOICE)
+    assert proposal == {"steps": auto} and holds == "flux1"
+    # The page's first load with an SD default: nothing; with a Flux default: Flux's.
+    assert follow_base_model(ctx, LORA, sd_repo, 0, 512, sd, "sd", {}, {}, T4_CHOICE, model_changed=False)[0] == {}
+    first, holds, _ = follow_base_model(ctx, LORA, flux_repo, 0, 512, flux, "sd", {}, {}, T4_CHOICE, model_changed=False)
+    assert (first["hardware"], first["rank"], holds) == ("l4x1", 16, "flux1")
+
+
+def test_a_value_the_user_typed_is_kept_by_the_base_models_defaults(hub, tmp_path, tiny_flux1):
+    """Edits before the base model changed: counted by the fields' ``.input`` handlers, left out of the proposal.
+    Edits while the change is answered: the proposal is applied in the browser (``APPLY_DEFAULTS_JS``) only to fields
+    that still show what they showed when the model changed (the browser test types during a slow answer)."""
+    flux_repo = on_the_hub(hub, tiny_flux1, "form-flux-race")
+    ctx = space_ctx(hub, tmp_path, BASE_MODELS=flux_repo)
+    flux = family_of(ctx.settings, flux_repo)
+    sd = family_of(ctx.settings, DEMO_MODEL)  # the demo model is the SD family's (no request)
+    touched: dict = {}
+    for field in ("steps", "rank", "steps"):  # the fields' .input handlers
+        touched = toucher(field)(touched)
+    assert touched == {"steps": 2, "rank": 1}
+    proposal, _holds, applied = follow_base_model(ctx, LORA, flux_repo, 3, 512, flux, "sd", touched, {}, T4_CHOICE)
+    assert proposal == {"learning_rate": 1e-4, "resolution": 512, "hardware": "l4x1"}  # steps and rank: the user's
+    assert "steps" not in applied and "rank" not in applied
+
+    # Back to SD: the typed values are still the user's; the hardware Flux set is not, so SD's comes back.
+    proposal, _holds, _ = follow_base_model(ctx, LORA, "stable-diffusion-v1-5/stable-diffusion-v1-5", 3, 512, sd,
+                                            "flux1", touched, applied, T4_CHOICE)  # fmt: skip
+    assert "steps" not in proposal and "rank" not in proposal and proposal["hardware"] == "t4-small"
+    # A user's pick of the GPU is kept too.
+    picked = toucher("hardware")(touched)
+    assert "hardware" not in follow_base_model(ctx, LORA, flux_repo, 3, 512, flux, "sd", picked, {}, T4_CHOICE)[0]
+    # Once a default was set in a field (the photo count's auto steps), the next default replaces it again.
+    applied = mark_applied(applied, touched, ["steps"])
+    proposal, _holds, _ = follow_base_model(ctx, LORA, flux_repo, 4, 512, flux, "sd", touched, applied, T4_CHOICE)
+    assert proposal["steps"] == ctx.recipes[LORA].auto_steps(4) and "rank" not in proposal
+    # The browser step's rule, spelled out in its script: a proposal only where the field equals its snapshot.
+    assert "snapshot[i] === current[i]" in APPLY_DEFAULTS_JS and json.dumps(list(FOLLOWED_FIELDS)) in APPLY_DEFAULTS_JS
+
+
+def test_the_familys_gpu_is_one_the_form_offers_and_the_owners_bigger_choice_wins(tmp_path, tiny_flux1):
+    ctx = local_ctx(tmp_path, gpu=True, BASE_MODELS=str(tiny_flux1))
+    flux = family_of(ctx.settings, str(tiny_flux1))  # a local folder, read on disk
+    assert flux is not None and flux.name == "flux1"
+    s = ctx.settings
+    assert family_hardware(s, flux, GPU_FLAVORS, "t4-small") == "l4x1"
+    assert family_hardware(s, flux, JOBS_GPU_FLAVORS, "t4-small") == "l4x1"  # Jobs mode: a Jobs flavor too
+    assert family_hardware(s, flux, {"t4-small", "a10g-small"}, "t4-small") == "t4-small"  # not offered: the default
+    assert family_hardware(s, family_of(s, DEMO_MODEL), GPU_FLAVORS, "a10g-small") == "a10g-small"  # SD: the form's
+    bigger = load_settings({"DATA_DIR": str(tmp_path / "b"), "TRAIN_HARDWARE": "a100-large"})
+    smaller = load_settings({"DATA_DIR": str(tmp_path / "c"), "TRAIN_HARDWARE": "t4-medium"})
+    assert family_hardware(bigger, flux, GPU_FLAVORS, "a100-large") == "a100-large"
+    assert family_hardware(smaller, flux, GPU_FLAVORS, "t4-medium") == "l4x1"
+    assert hardware_note(s, str(tiny_flux1), "t4-small") and "NF4" in hardware_note(s, str(tiny_flux1), "t4-small")
+
+    # The estimate of a Flux model from the built-in (SD) figures says so; a Flux run of this machine replaces them.
+    est = form_estimate(ctx, 500, LOCAL_GPU, LORA, 512, False, str(tiny_flux1), family="flux1")
+    text = describe(est, local=True, device=LocalDevice(True, "GPU"), family_label=flux.label)
+    assert "built-in figures are Stable Diffusion's" in text and f"a {flux.label} task trains slower" in text
+    flux_run = past("other/flux", steps_per_s=0.5, flavor=LOCAL_GPU, family="flux1")
+    from_runs = estimate(500, LOCAL_GPU, base_model=str(tiny_flux1), family="flux1", history=[flux_run])
+    assert (from_runs.source, from_runs.train_s) == ("history", 1000.0)
+    assert "Stable Diffusion's" not in describe(from_runs, local=True, device=CPU, family_label=flux.label)
+
+    # The form has the note beside the hardware choice, hidden until a family has something to say.
+    with gr.Blocks() as page:
+        build_form(ctx)
+    [note] = [b for b in page.blocks.values() if getattr(b, "elem_id", None) == "hardware-note"]
+    assert note.visible is False

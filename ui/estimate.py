@@ -137,7 +137,7 @@ def jobs_price(hardware: str, prices: dict[str, float] | None = None) -> float:
 def price_source_text(source: str) -> str:
     """Where the Jobs prices come from, in words (``StatusData.job_prices_source``)."""
     if source.startswith("list_jobs_hardware"):
-        return "the Hub's Jobs prices (list_jobs_hardware)" + (", the list price for the rest" if "fallback" in source else "")
+        return "the Hub's Jobs prices (list_jobs_hardware)" + (", the list price for the rest" if "fallback" in source else "")  # fmt: skip
     return "the built-in fallback price table (the Hub's Jobs prices could not be read yet)"
 
 
@@ -250,11 +250,26 @@ def source_text(est: Estimate, local: bool) -> str:
     return f"from {est.runs} earlier run{'' if est.runs == 1 else 's'} on {where}"
 
 
+def family_caveat(est: Estimate, family_label: str | None) -> str:
+    """For a base model of another family than Stable Diffusion (``family_label``) estimated from the built-in
+    figures: that they are Stable Diffusion's; empty otherwise."""
+    if not family_label or est.source == HISTORY:
+        return ""
+    return (f" These built-in figures are Stable Diffusion's: a {family_label} task trains slower; this Space's own"
+            f" finished {family_label} runs replace them.")  # fmt: skip
+
+
 def describe(est: Estimate, local: bool, device: LocalDevice | None = None, *, job_usd_per_hour: float | None = None,
-             jobs_prices_source: str = "") -> str:  # fmt: skip
+             jobs_prices_source: str = "", family_label: str | None = None) -> str:  # fmt: skip
     """Markdown shown under the form; in local mode about ``device`` (this machine). It says where the figures come
-    from: this Space's (this machine's) earlier runs, or the built-in table. ``job_usd_per_hour`` (not None): the
-    task trains as a Hugging Face Job at that price, read from ``jobs_prices_source`` (``price_source_text``)."""
+    from: this Space's (this machine's) earlier runs, or the built-in table (for a base model of another family,
+    ``family_label``, with ``family_caveat``). ``job_usd_per_hour`` (not None): the task trains as a Hugging Face
+    Job at that price, read from ``jobs_prices_source`` (``price_source_text``)."""
+    return _describe(est, local, device, job_usd_per_hour, jobs_prices_source) + family_caveat(est, family_label)
+
+
+def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_per_hour: float | None,
+              jobs_prices_source: str) -> str:  # fmt: skip
     source = source_text(est, local)
     if job_usd_per_hour is not None and not local:
         label = hardware_label(est.hardware, job_usd_per_hour)

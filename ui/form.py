@@ -6,6 +6,7 @@ built-in demo model is offered (and chosen on a machine without a GPU). Pressing
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,18 +14,33 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from scheduler.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
+from scheduler.recipes_catalog import FamilyInfo
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
+from training.recipe_base import clamp_steps
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext, default_recipe
 from ui.estimate import Estimate, auto_steps, describe, estimate, hardware_label, jobs_price, local_hardware
 from ui.limits import output_namespace
 from ui.local_device import LocalDevice, local_device
+from ui.model_family import (
+    FORM_RANK,
+    FORM_RESOLUTION,
+    SD_FAMILY,
+    EditCounts,
+    edited,
+    family_hardware,
+    family_of,
+    hardware_note,
+    mark_applied,
+    other_family,
+    touch,
+)
 from ui.output_names import default_output_repo
 from ui.submission import RECIPE_FIELDS, image_paths, lists_field, submit
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Collection
 
 RESOLUTIONS = [256, 512, 768, 1024]
 PROMPT_HELP = (
@@ -88,30 +104,42 @@ def default_base_model(ctx: AppContext, device: LocalDevice) -> str:
     return s.default_base_model
 
 
-def recipe_steps(ctx: AppContext, recipe: str | None, base_model: str | None, image_count: int) -> int:
-    """The "auto" steps: the demo model's own, else the chosen recipe's policy for ``image_count`` photos."""
+def recipe_steps(ctx: AppContext, recipe: str | None, base_model: str | None, image_count: int,
+                 family: FamilyInfo | None = None) -> int:  # fmt: skip
+    """The "auto" steps: the demo model's own, else the chosen recipe's policy for ``image_count`` photos (with the
+    model family's steps per photo when it has its own, within the recipe's limits)."""
     if base_model == DEMO_MODEL:
         return DEMO_STEPS
     info = ctx.recipes.get(recipe or "") or ctx.recipes[default_recipe(ctx.recipes)]
+    per_image = family.defaults.steps_per_image if family is not None else None
+    if per_image:
+        return clamp_steps(image_count, per_image, info.min_steps, info.max_steps)
     return auto_steps(image_count, info)
 
 
 def field_state(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
-                *, recipe_changed: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+                *, recipe_changed: bool = True, family: FamilyInfo | None = None,
+                family_changed: bool = False) -> list[dict[str, Any]]:  # fmt: skip
     """Constructor arguments of steps, learning rate, rank, resolution and the "set by this recipe" note for
-    ``recipe`` and ``base_model``.
+    ``recipe`` and ``base_model`` (of model family ``family`` when known).
 
     A field the recipe ignores is hidden; one it fixes shows the recipe's value read-only. The demo model brings
-    its own resolution and steps. The learning rate is reset only when the recipe changed."""
+    its own resolution and steps. The learning rate is reset only when the recipe or the family changed (the
+    family's own rate for a LoRA recipe, else the recipe's); rank and resolution only when the family changed (to
+    the family's, else the form's 4 and 512 px)."""
     info = ctx.recipes.get(recipe)
     fixed = dict(info.fixed_params) if info else {}
     demo = base_model == DEMO_MODEL
     back_from_demo = not demo and _number(resolution) == DEMO_RESOLUTION
+    d = family.defaults if family is not None else None
+    family_lr = d.learning_rate if d is not None and lists_field(info, "rank") else None
+    learning_rate = family_lr or (info.default_learning_rate if info else None)
+    family_resolution = (d.resolution if d is not None else None) or FORM_RESOLUTION
     values: dict[str, Any] = {
-        "steps": recipe_steps(ctx, recipe, base_model, image_count),
-        "learning_rate": info.default_learning_rate if info and recipe_changed else None,
-        "rank": None,
-        "resolution": DEMO_RESOLUTION if demo else (512 if back_from_demo else None),
+        "steps": recipe_steps(ctx, recipe, base_model, image_count, family),
+        "learning_rate": learning_rate if recipe_changed or family_changed else None,
+        "rank": ((d.rank if d is not None else None) or FORM_RANK) if family_changed else None,
+        "resolution": DEMO_RESOLUTION if demo else (family_resolution if family_changed or back_from_demo else None),
     }
     out: list[dict[str, Any]] = []
     for name in RECIPE_FIELDS:
@@ -126,18 +154,77 @@ def field_state(ctx: AppContext, recipe: str, base_model: str | None, image_coun
 
 
 def field_updates(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
-                  *, recipe_changed: bool = True) -> list[Any]:  # fmt: skip
-    """``field_state`` as component updates (steps, learning rate, rank, resolution, note)."""
-    steps, lr, rank, res, note = field_state(ctx, recipe, base_model, image_count, resolution, recipe_changed=recipe_changed)
+                  *, recipe_changed: bool = True, family: FamilyInfo | None = None, family_changed: bool = False,
+                  keep: Collection[str] = ()) -> list[Any]:  # fmt: skip
+    """``field_state`` as component updates (steps, learning rate, rank, resolution, note); the fields named in
+    ``keep`` keep their value."""
+    state = field_state(ctx, recipe, base_model, image_count, resolution, recipe_changed=recipe_changed,
+                        family=family, family_changed=family_changed)  # fmt: skip
+    for name, kwargs in zip(RECIPE_FIELDS, state, strict=False):
+        if name in keep:
+            kwargs.pop("value", None)
+    steps, lr, rank, res, note = state
     res = {"choices": resolution_choices(ctx.local), **res}  # the same choices, so the value is known to be one
     return [gr.Number(**steps), gr.Number(**lr), gr.Number(**rank), gr.Dropdown(**res), gr.Markdown(**note)]
 
 
+def values_set(updates: list[Any]) -> list[str]:
+    """The fields (of ``RECIPE_FIELDS``) whose value ``field_updates``' ``updates`` set."""
+    return [n for n, u in zip(RECIPE_FIELDS, updates, strict=False) if "value" in getattr(u, "constructor_args", {})]
+
+
+@dataclass(frozen=True)
+class HardwareChoice:
+    """The hardware field's default (``gpu_default``) and offered flavors, for ``follow_base_model``."""
+
+    gpu_default: str
+    offered: Collection[str]
+
+
+#: the fields a base model's defaults may set, in the order ``APPLY_DEFAULTS_JS`` receives them
+FOLLOWED_FIELDS = (*RECIPE_FIELDS, "hardware")
+#: The last step of a base-model change, run in the browser: each proposed default replaces a field's value only if
+#: the field still shows what it showed when the base model changed (the user typed nothing meanwhile). Done there,
+#: not in the server's reply, so no answer arriving late can overwrite what was just typed.
+APPLY_DEFAULTS_JS = (
+    "(proposal, snapshot, ...current) => " + json.dumps(list(FOLLOWED_FIELDS)) + ".map((name, i) =>"
+    " (proposal && name in proposal && Array.isArray(snapshot) && snapshot[i] === current[i])"
+    " ? proposal[name] : current[i])"
+)
+SNAPSHOT_JS = "(...values) => [values]"
+
+
+def follow_base_model(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
+                      family: FamilyInfo | None, applied_family: str | None, touched: EditCounts | None,
+                      applied: EditCounts | None, choice: HardwareChoice,
+                      *, model_changed: bool = True) -> tuple[dict[str, Any], str | None, EditCounts]:  # fmt: skip
+    """The defaults the form proposes for a base model of family ``family`` (None: unknown), as field name ->
+    value (``FOLLOWED_FIELDS``), with the family whose defaults the fields then hold and the new ``applied`` counts.
+
+    A family other than ``applied_family`` brings its defaults (hardware, resolution, learning rate, rank, steps);
+    the same or an unknown family changes what a model change changed before (the auto steps, the demo model's
+    size). A field the user edited since its last default (``touched`` / ``applied``) is left out.
+    ``model_changed`` False (the page's first load): nothing but a new family's defaults."""
+    changed = family is not None and family.name != applied_family
+    if not model_changed and not changed:
+        return {}, applied_family, dict(applied or {})
+    state = field_state(ctx, recipe, base_model, image_count, resolution, recipe_changed=False, family=family,
+                        family_changed=changed)  # fmt: skip
+    proposal = {n: kw["value"] for n, kw in zip(RECIPE_FIELDS, state, strict=False) if "value" in kw}
+    if proposal.get("resolution") not in [v for _, v in resolution_choices(ctx.local)]:
+        proposal.pop("resolution", None)  # a family's size the form does not offer: the field keeps its own
+    if changed:
+        proposal["hardware"] = family_hardware(ctx.settings, family, choice.offered, choice.gpu_default)
+    proposal = {n: v for n, v in proposal.items() if not edited(n, touched, applied)}
+    return proposal, family.name if changed else applied_family, mark_applied(applied, touched, proposal)
+
+
 def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resolution: int, prior: bool,
-                  base_model: str | None) -> Estimate:  # fmt: skip
+                  base_model: str | None, family: str | None = None) -> Estimate:  # fmt: skip
     """The estimate for the form's values, from this Space's (this machine's) finished runs that match when there
-    are any (``scheduler.stored.past_runs`` of the worker's last read of the queue: no request), else the built-in
-    figures. Batch size and text encoder are the recipe's fixed values, else the trainer's defaults."""
+    are any (``scheduler.stored.past_runs`` of the worker's last read of the queue: no request; runs of the same
+    model ``family`` count too), else the built-in figures. Batch size and text encoder are the recipe's fixed
+    values, else the trainer's defaults."""
     info = ctx.recipes.get(recipe)
     fixed = dict(info.fixed_params) if info else {}
     batch, text_encoder = fixed.get("batch_size", 1), fixed.get("train_text_encoder", False)
@@ -145,7 +232,7 @@ def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resol
     history = past_runs(status.tasks)
     price = jobs_price(hardware, status.job_prices) if uses_jobs(ctx) else None
     return estimate(steps, hardware, recipe=recipe, resolution=resolution, prior_preservation=prior,
-                    train_text_encoder=bool(text_encoder), base_model=base_model,
+                    train_text_encoder=bool(text_encoder), base_model=base_model, family=family,
                     batch_size=batch if isinstance(batch, int) and not isinstance(batch, bool) else 1,
                     history=history, usd_per_hour=price)  # fmt: skip
 
@@ -179,11 +266,11 @@ def build_form(ctx: AppContext) -> FormParts:
         files = gr.File(
             label="Photos of your subject (3 to 20; varied backgrounds and angles)",
             file_count="multiple",
-            file_types=["image"],
+            file_types=["image", ".txt"],  # .txt: per-image captions (ui.submission)
             type="filepath",
         )
         preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False,
-                             elem_id="photo-preview")
+                             elem_id="photo-preview")  # fmt: skip
         instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog", info=None)
         gr.Markdown(PROMPT_HELP)
         class_prompt = gr.Textbox(label="Class prompt (optional)", placeholder="a photo of a dog")
@@ -215,12 +302,13 @@ def build_form(ctx: AppContext) -> FormParts:
                 min_width=200,
                 elem_id="hardware-choice",
             )
+            hw_note = gr.Markdown(visible=False, elem_id="hardware-note", min_height=0)
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 learning_rate = gr.Number(label="Learning rate", min_width=140, **first[1])
-                rank = gr.Number(label="LoRA rank", precision=0, minimum=1, min_width=100, **{"value": 4, **first[2]})
+                rank = gr.Number(label="LoRA rank", precision=0, minimum=1, min_width=100, **{"value": FORM_RANK, **first[2]})  # fmt: skip
                 resolution = gr.Dropdown(label="Resolution (px)", min_width=120, choices=resolution_choices(ctx.local),
-                                         **{"value": DEMO_RESOLUTION if demo else 512, **first[3]})  # fmt: skip
+                                         **{"value": DEMO_RESOLUTION if demo else FORM_RESOLUTION, **first[3]})  # fmt: skip
             fixed_note = gr.Markdown(**first[4])
         with gr.Row():
             output_repo = gr.Textbox(
@@ -236,41 +324,91 @@ def build_form(ctx: AppContext) -> FormParts:
         message = gr.Markdown(elem_id="submit-message")
 
     field_outputs = [steps, learning_rate, rank, resolution, fixed_note]
+    # The base model's family (None: unknown), the family whose defaults the fields hold, and per field the count of
+    # the user's edits (``.input``) and that count when a default was last set: an edited field keeps its value.
+    family_state = gr.State(None)
+    # What the followed fields showed when the base model changed, and the defaults proposed for it (browser-side).
+    snapshot, proposal = gr.JSON(visible=False), gr.JSON(visible=False)
+    applied_family = gr.State(SD_FAMILY)
+    touched, applied = gr.State({}), gr.State({})
+    choice = HardwareChoice(gpu_default, offered)
 
-    def on_files(paths: Any, name: str, model: str) -> tuple[Any, Any]:
+    def on_files(paths: Any, name: str, model: str, family: FamilyInfo | None, edits: EditCounts,
+                 done: EditCounts) -> tuple[Any, Any, Any]:  # fmt: skip
         found = [str(p) for p in image_paths(paths)]
-        return gr.Gallery(value=found or None, visible=bool(found)), recipe_steps(ctx, name, model, len(found))
+        steps_value = recipe_steps(ctx, name, model, len(found), family)
+        return gr.Gallery(value=found or None, visible=bool(found)), steps_value, mark_applied(done, edits, ["steps"])
 
-    def on_recipe(name: str, model: str, paths: Any, res: Any) -> list[Any]:
-        return field_updates(ctx, name, model, len(image_paths(paths)), res)
+    def on_recipe(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, edits: EditCounts,
+                  done: EditCounts) -> list[Any]:  # fmt: skip
+        updates = field_updates(ctx, name, model, len(image_paths(paths)), res, family=family)
+        return [*updates, mark_applied(done, edits, values_set(updates))]
 
-    def on_model(name: str, model: str, paths: Any, res: Any) -> list[Any]:
-        return field_updates(ctx, name, model, len(image_paths(paths)), res, recipe_changed=False)
+    def on_family(model: str) -> FamilyInfo | None:
+        return family_of(ctx.settings, model)
+
+    def follow(model_changed: bool) -> Callable[..., tuple[Any, ...]]:
+        def handle(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, holds: str | None,
+                   edits: EditCounts, done: EditCounts) -> tuple[Any, ...]:  # fmt: skip
+            return follow_base_model(ctx, name, model, len(image_paths(paths)), res, family, holds, edits, done, choice,
+                                     model_changed=model_changed)  # fmt: skip
+
+        return handle
+
+    def on_hardware(model: str, flavor: str) -> Any:
+        note = "" if ctx.local else hardware_note(ctx.settings, model, flavor)
+        return gr.Markdown(value=note, visible=bool(note))
 
     def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str) -> str:
         where = local_hardware(device) if device is not None else (flavor or s.train_hardware)
+        family = other_family(family_of(s, model, fetch=False))  # known once the base model's change found it
         try:
             prior = bool((klass or "").strip())
-            est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model)
+            est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model,
+                                family.name if family else None)  # fmt: skip
         except (TypeError, ValueError):
             return ""
+        label = family.label if family else None
         if jobs:
             status = ctx.worker.status.snapshot()
             return describe(est, ctx.local, device, job_usd_per_hour=jobs_price(where, status.job_prices),
-                            jobs_prices_source=status.job_prices_source)  # fmt: skip
-        return describe(est, ctx.local, device)
+                            jobs_prices_source=status.job_prices_source, family_label=label)  # fmt: skip
+        return describe(est, ctx.local, device, family_label=label)
 
-    files.change(on_files, [files, recipe, base_model], [preview, steps], api_visibility="private", show_progress="hidden")
-    for comp, fn in ((recipe, on_recipe), (base_model, on_model)):
-        comp.change(fn, [recipe, base_model, files, resolution], field_outputs, api_visibility="private",
-                    show_progress="hidden")  # fmt: skip
+    private_event = {"api_visibility": "private", "show_progress": "hidden"}
+    files.change(on_files, [files, recipe, base_model, family_state, touched, applied], [preview, steps, applied],
+                 **private_event)  # fmt: skip
+    recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
+                  [*field_outputs, applied], **private_event)  # fmt: skip
     est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model]
+    followed = [steps, learning_rate, rank, resolution, hardware]  # FOLLOWED_FIELDS
+    follow_inputs = [recipe, base_model, files, resolution, family_state, applied_family, touched, applied]
+    follow_outputs = [proposal, applied_family, applied]
+
+    def then_defaults(event: Any, model_changed: bool) -> None:
+        """After ``event`` (which set ``snapshot``): the family (a Hub request the first time), the defaults it
+        proposes (without the fields edited before), applied in the browser to the fields not edited meanwhile,
+        then the hardware note and the estimate."""
+        event.then(on_family, base_model, family_state, **private_event).then(
+            follow(model_changed), follow_inputs, follow_outputs, **private_event
+        ).then(None, [proposal, snapshot, *followed], followed, js=APPLY_DEFAULTS_JS, **private_event).then(
+            on_hardware, [base_model, hardware], hw_note, **private_event
+        ).then(on_estimate, est_inputs, estimate_md, **private_event)
+
+    then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
+    for name, comp in (("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("resolution", resolution),
+                       ("hardware", hardware)):  # fmt: skip
+        comp.input(toucher(name), touched, touched, **private_event)
+    hardware.change(on_hardware, [base_model, hardware], hw_note, **private_event)
     for comp in est_inputs:
-        comp.change(on_estimate, est_inputs, estimate_md, api_visibility="private", show_progress="hidden")
+        comp.change(on_estimate, est_inputs, estimate_md, **private_event)
     initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model)
     estimate_md.value = on_estimate(*initial)
     # Again at each page load: the runs finished since the app started change it.
-    gr.on(None, lambda: on_estimate(*initial), None, estimate_md, api_visibility="private", show_progress="hidden")
+    gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **private_event)
+    if first_model != DEMO_MODEL:  # the first base model's family: its defaults when it is not the SD family's
+        shown = [c.value for c in followed]
+        then_defaults(gr.on(None, lambda: shown, None, snapshot, **private_event), False)
 
     def values_of(instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private) -> dict[str, Any]:  # fmt: skip
         return {
@@ -287,7 +425,7 @@ def build_form(ctx: AppContext) -> FormParts:
             "private": is_private,
         }
 
-    def answer(files_value: Any, args: tuple, profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:
+    def answer(files_value: Any, args: tuple, profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:  # fmt: skip
         access = require_allowed(s, profile, request)
         outcome = submit(ctx, access.user or "", files_value, values_of(*args), confirm=confirm)
         if outcome.queued:  # the uploads are gone: clear the picker; Train waits for a change (no double task)
@@ -338,6 +476,15 @@ def build_form(ctx: AppContext) -> FormParts:
         box.blur(on_prompt, [instance_prompt, class_prompt, output_repo], output_repo, api_visibility="private",
                  show_progress="hidden")  # fmt: skip
     return FormParts(submit=submit_button, output_repo=output_repo, message=message, hardware=hardware)
+
+
+def toucher(name: str) -> Callable[[EditCounts | None], EditCounts]:
+    """The ``.input`` handler of field ``name``: one more edit in the ``touched`` counts."""
+
+    def on_input(edits: EditCounts | None) -> EditCounts:
+        return touch(edits, name)
+
+    return on_input
 
 
 def _number(value: Any, kind: type = int) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from scheduler.diagnostics import PUBLIC_SPACE_WARNING
+from scheduler.diagnostics import PUBLIC_SPACE_WARNING, OfferedModelsCheck
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, hardware_choices, uses_jobs
@@ -47,8 +47,16 @@ def only_changed(values: list[Any], seen: dict[int, str]) -> tuple[list[Any], di
     return out, seen
 
 
-def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
-    """The main page. ``login`` adds the Hugging Face sign-in button (on a Space)."""
+def offered_models_notice(check: OfferedModelsCheck | None, access: Access) -> Any:
+    """The owner's notice of the offered base models this Space's token cannot use (hidden for everyone else, and
+    when all are usable or nothing checks them)."""
+    text = check.markdown() if check is not None and access.owner else ""
+    return gr.Markdown(value=text, visible=bool(text))
+
+
+def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck | None = None) -> gr.Blocks:
+    """The main page. ``login`` adds the Hugging Face sign-in button (on a Space); ``offered_check`` tells the
+    owner which offered base models the token cannot use (``scheduler.diagnostics``)."""
     # Gradio's cache (uploads, outputs sent to browsers) is swept every 15 minutes of files older than an hour, so
     # anonymous uploads cannot pile up; a submitted task's uploads are removed at once (``form.remove_uploads``).
     with gr.Blocks(title="DreamBooth trainer", delete_cache=CACHE_SWEEP) as demo:
@@ -57,6 +65,7 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             if login:
                 gr.LoginButton(min_width=160, scale=0)
         banner = gr.Markdown(access_for(ctx.settings, None).banner(), elem_id="banner")
+        offered_notice = gr.Markdown(visible=False, elem_id="base-model-check")
         hardware = gr.Markdown(elem_id="hardware")
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
@@ -96,6 +105,12 @@ def build_ui(ctx: AppContext, *, login: bool) -> gr.Blocks:
             api_visibility="private",
             show_progress="hidden",
         )
+
+        # Its own event: the check asks the Hub (once per ten minutes), and the banner should not wait for it.
+        def on_load_offered(profile: gr.OAuthProfile | None) -> Any:
+            return offered_models_notice(offered_check, access_for(ctx.settings, profile))
+
+        demo.load(on_load_offered, None, offered_notice, api_visibility="private", show_progress="hidden")
 
         shown = gr.State({})  # fingerprints of what this browser tab already shows
 

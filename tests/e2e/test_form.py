@@ -3,6 +3,10 @@ refused with its cause, Train disabled after a queued submit, a repeat of the sa
 estimate from the earlier runs in the queue once there are some.
 
 The app gets no token; its Hub endpoint is the emulator (so a missing base model is a real 404 of the Hub API).
+
+And as the owner of an emulated Space: the form follows the chosen base model's family (a tiny FLUX.1 repo brings
+the L4 and rank 16, with the family's note beside the GPU), keeps a steps value typed while the Hub was slow to
+answer, and the owner is told about an offered base model that cannot be used.
 """
 
 from __future__ import annotations
@@ -10,12 +14,26 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 
 import pytest
 
 from scheduler.queue.local import LocalQueue
 from scheduler.task import LOCAL_CPU, RunRecord, Task
-from tests.e2e.harness import DESKTOP, app_env, browser, free_port, open_phone_form, run_app, shot, wait_http
+from tests.e2e.harness import (
+    DESKTOP,
+    app_env,
+    browser,
+    create_app_space,
+    free_port,
+    open_page,
+    open_phone_form,
+    run_app,
+    shot,
+    sign_in_owner,
+    wait_http,
+)
+from tests.tiny_flux import build_tiny_flux1
 from tests.tiny_models import make_images
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 
@@ -105,6 +123,8 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
         # The same photos, prompt and settings again: Train asks first.
         page.locator("input[type=file]").first.set_input_files(images)
         expect(train).to_be_enabled(timeout=30_000)
+        # The upload handler answered (its preview and auto steps come together) before the steps are typed.
+        expect(page.locator("#photo-preview img")).to_have_count(len(images), timeout=30_000)
         expect(steps).to_have_value(str(DEMO_STEPS), timeout=10_000)
         set_steps(page, 4)
         train.click()
@@ -142,3 +162,66 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
     assert len(tasks) == 2 and {t["base_model"] for t in tasks} == {"builtin:demo"}
     assert all(t["params"]["resolution"] == DEMO_RESOLUTION and t["params"]["steps"] == 4 for t in tasks)
     assert {t["output_repo"] for t in tasks} == {"dreambooth-sks-dog"}
+
+
+def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path, tiny_sd):
+    from huggingface_hub import HfApi
+    from playwright.sync_api import expect
+
+    from tests.conftest import ALICE_TOKEN
+
+    suffix = uuid.uuid4().hex[:6]
+    api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    sd_repo, flux_repo, missing = f"alice/form-sd-{suffix}", f"alice/form-flux-{suffix}", f"alice/form-gone-{suffix}"
+    for repo, folder in ((sd_repo, tiny_sd), (flux_repo, build_tiny_flux1(tmp_path / "tiny-flux1"))):
+        api.create_repo(repo)
+        api.upload_folder(repo_id=repo, folder_path=str(folder))
+    space = f"alice/form-space-{suffix}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cwd = tmp_path / "space"
+    cwd.mkdir()
+    create_app_space(hub, space, cwd, port, switch_delay_s=1.0,
+                     variables={"BASE_MODELS": f"{sd_repo},{flux_repo},{missing}"})  # fmt: skip
+    try:
+        hub.wait_for_stage(space, "RUNNING", timeout_s=60)
+        wait_http(url, 90)
+        with browser() as b:
+            page = open_page(b, url)
+            sign_in_owner(page)
+            # The set-up diagnostics: the owner is told which offered model this token cannot use.
+            expect(page.locator("#base-model-check")).to_contain_text(f"{missing} cannot be used", timeout=30_000)
+            gpu = page.locator("#hardware-choice input")
+            expect(gpu).to_have_value(re.compile(r"^Nvidia T4 small"))
+            page.get_by_text("Advanced").click()
+            rank = page.get_by_label("LoRA rank")
+            expect(rank).to_have_value("4")
+
+            # The Hub answers slowly about the Flux repo: the user types the steps while the form waits for it.
+            hub.inject_fault("GET", rf"^/api/models/{flux_repo}$", delay_s=4.0, count=1)
+            page.get_by_label("Base model").click()
+            page.get_by_role("option", name=flux_repo).click()
+            steps = page.get_by_label("Steps (auto from the photo count; editable)")
+            steps.fill("123")
+            steps.blur()
+            expect(gpu).to_have_value(re.compile(r"^Nvidia 1xL4"), timeout=30_000)
+            expect(rank).to_have_value("16")
+            expect(steps).to_have_value("123")  # typed before the defaults arrived: kept
+            note = page.locator("#hardware-note")
+            expect(note).to_be_hidden()  # on the family's own GPU: nothing to warn about
+            gpu.click()
+            page.get_by_role("option", name=re.compile(r"^Nvidia T4 small")).click()
+            expect(note).to_contain_text("NF4", timeout=10_000)  # smaller than the family's L4: its hardware note
+            expect(note).to_contain_text("Its default GPU is Nvidia 1xL4")
+            expect(page.locator("#estimate")).to_contain_text("built-in figures are Stable Diffusion's")
+            shot(page, "form-flux-defaults")
+
+            # Back to SD: SD's rank; the user's steps and GPU pick stay; no note.
+            page.get_by_label("Base model").click()
+            page.get_by_role("option", name=sd_repo).click()
+            expect(rank).to_have_value("4", timeout=30_000)
+            expect(note).to_be_hidden()
+            expect(steps).to_have_value("123")
+            expect(gpu).to_have_value(re.compile(r"^Nvidia T4 small"))
+    finally:
+        hub.stop_space(space)
