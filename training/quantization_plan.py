@@ -90,9 +90,10 @@ def plan_quantization(
                             "use 'int8' or 'nf4', or install torchao>=0.15")  # fmt: skip
     gc_on = gradient_checkpointing is not False
     mp = (resolution / 1024) ** 2 * 1.048576  # megapixels of a square image
+    table = memory.load_table() if model_shape is not None else None  # read once for every storage tried
 
     def estimate(kind: str) -> float:
-        tabled = table_estimate(model_shape, kind, resolution, samples_per_step, gc_on)
+        tabled = table_estimate(model_shape, kind, resolution, samples_per_step, gc_on, table=table)
         if tabled is not None:
             return tabled
         return lora_peak_gib(denoiser_params, kind, weight_bytes=weight_bytes, megapixels=mp,
@@ -114,15 +115,15 @@ def plan_quantization(
             how = "unquantized" if kind == "none" else kind
             return QuantizationChoice(kind, est, f"{size}: about {est:.1f} GiB {how}, within the {usable:.1f} GiB "
                                                  f"that {budget_gib:.1f} GiB of GPU memory leave")  # fmt: skip
-    est = estimate("nf4")
+    # the loop's last estimate is NF4's
     return QuantizationChoice("nf4", est, f"{size}: about {est:.1f} GiB even in nf4 (the smallest), more than the "
                                           f"{usable:.1f} GiB that {budget_gib:.1f} GiB of GPU memory leave")  # fmt: skip
 
 
 def table_estimate(model_shape: str | None, kind: str, resolution: int, samples_per_step: int,
-                   gradient_checkpointing: bool) -> float | None:  # fmt: skip
+                   gradient_checkpointing: bool, *, table: dict | None = None) -> float | None:  # fmt: skip
     """The memory table's peak (GiB) of a LoRA run of ``model_shape`` with its denoiser stored as ``kind``; None
-    when the shape or the configuration is not in the table."""
+    when the shape or the configuration is not in the table (``table``: the committed one when None)."""
     if model_shape is None:
         return None
     from training import memory
@@ -130,4 +131,4 @@ def table_estimate(model_shape: str | None, kind: str, resolution: int, samples_
     precision = "bf16" if model_shape in memory.FLUX_SHAPES else "fp16"
     return memory.lookup(model_shape, "dreambooth-lora", resolution, samples_per_step,
                          gradient_checkpointing=gradient_checkpointing, precision=precision,
-                         quantized_base=None if kind == "none" else kind)  # fmt: skip
+                         quantized_base=None if kind == "none" else kind, table=table)  # fmt: skip

@@ -16,9 +16,9 @@ from collections.abc import Collection
 from typing import Any
 
 from scheduler.recipes_catalog import FamilyInfo, RecipeCatalogError, family_for_pipeline, load_families
-from scheduler.task import Task
 from training.base_check import DEMO_MODEL, Probe, probe_base_model
-from ui.fit_check import family_notes, per_gpu_memory
+from training.families import find_family
+from ui.fit_check import hardware_warning, per_gpu_memory
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,14 @@ def family_hardware(settings: Any, family: FamilyInfo | None, offered: Collectio
 
 
 def hardware_note(settings: Any, base_model: str | None, flavor: str | None) -> str:
-    """The warning the fit check gives for ``base_model``'s family on ``flavor`` (``ui.fit_check.family_notes``: the
+    """The warning the fit check gives for ``base_model``'s family on ``flavor`` (``ui.fit_check.hardware_warning``: the
     family's hardware note on a GPU smaller than its default), from a kept probe only (no request); empty on a GPU
     as big as the family's default, for the SD family and for unknown models."""
     if not base_model or not flavor or base_model == DEMO_MODEL:
         return ""
     probe = cached_probe(settings, base_model, fetch=False)
-    task = Task(instance_prompt="", submitted_by="", base_model=base_model, hardware=flavor)
-    return "\n\n".join(n for n in family_notes(task, probe) or [] if n.startswith("**Warning:**"))
+    family = find_family(probe.index) if probe is not None and probe.index else None
+    return "\n\n".join(hardware_warning(family, flavor)) if family is not None else ""
 
 
 def edited(name: str, touched: EditCounts | None, applied: EditCounts | None) -> bool:
