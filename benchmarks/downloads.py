@@ -23,7 +23,7 @@ Bytes are counted from the emulator's request log (every 200 GET of a file of th
 against the size of the cache's blobs. ``files`` lists the files fetched, ``chosen_files`` the ones asked for: the
 client skips a file whose content it already holds (same blob id), e.g. SDXL's ``tokenizer_2`` stand-ins, byte for
 byte those of ``tokenizer`` (the real repo's ``vocab.json`` and ``merges.txt`` are too; its other two differ, ~1 KB).
-Records (``benchmark: downloads``, see /work/shared/benchmarks/README.md) go to
+Records (``benchmark: downloads``, the project's GPU benchmark method) go to
 ``benchmarks/results/downloads-<date>-cpu.jsonl`` (``--tiny``: ``...-cpu-tiny.jsonl``), one per case.
 """
 
@@ -299,7 +299,7 @@ SHAPES: dict[str, dict[str, Any]] = {
 ABOUT = (
     "Every file of the Hub repo {repo} as known to us (from its published file listing), with its size in bytes. "
     "size_is 'computed': a safetensors weights file, sized exactly as 8 + its JSON header + the sum of parameters "
-    "x dtype bytes, from the real architecture (the configs under 'models', from /work/shared/benchmarks/README.md) "
+    "x dtype bytes, from the real architecture (the configs under 'models', from the project's GPU benchmark method) "
     "built on torch's meta device with diffusers {diffusers} / transformers {transformers}; tensor names as the "
     "real checkpoints spell them (text_model./vision_model.vision_model. prefixes, the position_ids buffers the "
     "2022 conversions saved); benchmarks/downloads.py re-derives names and shapes from 'models'. Checked against "

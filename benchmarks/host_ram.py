@@ -9,13 +9,13 @@ Why: small Space flavors have 15 GB of host RAM (t4-small, a10g-small); a traine
 Each model shape is measured in a fresh process, through the trainer's own code. SD shapes: with the dtypes of a T4
 run (mixed precision fp16: frozen UNet and text encoders fp16, VAE fp32), in three phases, each with its own peak:
 
-- ``load``: ``training.models.load_components`` as ``training/trainer.py`` calls it for the LoRA recipe
-  (``load_for_lora``: the one place this script calls the trainer's loading), then the UNet's move to the GPU that
-  follows it in the trainer's loading phase;
-- ``cache``: ``DreamBoothRecipe._encode_images`` (5 instance images at the native resolution, flips on, as by
-  default) and ``_text_cond``, then the VAE and text encoders go "back" to the CPU as the trainer does;
-- ``first_step``: the LoRA adapters, optimizer and LR schedule on the device-resident UNet, then one batch
-  (``_make_batch``) and its conditioning.
+- ``load``: ``training.models.load_components`` as the training script (``training/train.py``) calls it for the
+  LoRA recipe (``load_for_lora``: the one place this script calls the trainer's loading), then the UNet's move to
+  the GPU that follows it in the script's loading phase;
+- ``cache``: the family's ``encode_images`` (5 instance images at the native resolution, flips on, as by default)
+  and ``training.utils.batches.text_cond``, then the VAE and text encoders go "back" to the CPU as the script does;
+- ``first_step``: the LoRA adapters, optimizer (``training.train.make_optimizer``) and LR schedule on the
+  device-resident UNet, then one batch (``batches.make_batch``) and its conditioning (``batches.conditioning``).
 
 FLUX shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, trained in bf16 on their default
 l4x1) load the way the trainer stages them, in four phases: ``load`` (VAE, text encoders, tokenizers), ``cache``
@@ -90,7 +90,7 @@ STAGED_NOTE = (
 
 # ---------------------------------------------------------------------------------------------- the trainer's loading
 def load_for_lora(info):
-    """The trainer's loading for the LoRA recipe under mixed precision fp16, exactly as ``DreamBoothRecipe.run``
+    """The trainer's loading for the LoRA recipe under mixed precision fp16, exactly as ``training.train.train``
     calls it (step 2). The one call into the trainer's loading: re-run this script after that code changes.
 
     Works with the trainer before ``training.files`` (``trains_unet_fully``, every plain file) and after it
@@ -293,7 +293,7 @@ def back_from_device(module) -> None:
 # ---------------------------------------------------------------------------------------------- one model shape
 def load_staged(info, parts: tuple[str, ...], into=None):
     """The trainer's loading of a staged family (FLUX.1, FLUX.2 [klein]) for the LoRA recipe in bf16, exactly as
-    ``DreamBoothRecipe.run`` calls ``load_components`` (step 2: the text side with ``parts``, the denoiser later)."""
+    ``training.train.train`` calls ``load_components`` (step 2: the text side with ``parts``, the denoiser later)."""
     import torch
 
     from training.lora import DreamBoothLoRA
@@ -326,11 +326,12 @@ def measure(model: Path, shape: str, images_dir: Path, work: Path, trainer: str 
     from training import data
     from training.lora import DreamBoothLoRA
     from training.models import inspect_base_model
-    from training.precision import make_optimizer
     from training.progress import Progress
     from training.recipe_base import RunContext
     from training.spec import TrainSpec
-    from training.trainer import _free_memory, trainable_named_parameters
+    from training.train import make_optimizer
+    from training.utils import batches
+    from training.utils.runtime import free_memory, trainable_named_parameters
 
     import_rss = rss_gib()
     spec = TrainSpec.from_dict({"task_id": f"host-ram-{shape}", "base_model": str(model), "instance_prompt": PROMPT,
@@ -347,20 +348,20 @@ def measure(model: Path, shape: str, images_dir: Path, work: Path, trainer: str 
     watch = OpenedFiles([model, *(d for d in sorted(model.iterdir()) if d.is_dir())])
     meter.start()
     comps = load_for_lora(info)
-    to_device(comps.unet)  # the trainer's comps.unet.to(device) right after loading; it stays there while training
+    to_device(comps.denoiser)  # the trainer's comps.denoiser.to(device) right after loading; it stays there while training
     peaks["load"] = meter.stop()
     opened = sorted(str(f.relative_to(model)) for f in watch.read() if f.name.endswith(".safetensors"))
-    dtypes = {"unet": str(comps.unet.dtype), "vae": str(comps.vae.dtype),
+    dtypes = {"unet": str(comps.denoiser.dtype), "vae": str(comps.vae.dtype),
               "text_encoders": [str(te.dtype) for te in comps.text_encoders]}  # fmt: skip
 
     meter.start()
     # the trainer moves the VAE and text encoders to the GPU too and caches there; here they compute on the CPU
-    inst_lat = recipe._encode_images(comps, images, resolution, p.random_flip)
-    inst_cond = recipe._text_cond(comps, spec.instance_prompt, frozen=True)
+    inst_lat = comps.family.encode_images(comps, images, resolution, p.random_flip)
+    inst_cond = batches.text_cond(comps, spec.instance_prompt, frozen=True)
     back_from_device(comps.vae)  # the trainer's comps.vae.to("cpu") after caching
     for te in comps.text_encoders:  # and te.to("cpu") for the frozen text encoders
         back_from_device(te)
-    _free_memory()
+    free_memory()
     peaks["cache"] = meter.stop()
 
     meter.start()
@@ -371,8 +372,9 @@ def measure(model: Path, shape: str, images_dir: Path, work: Path, trainer: str 
     from diffusers.optimization import get_scheduler
 
     get_scheduler(p.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=10)
-    batch = recipe._make_batch(0, p.batch_size, inst_lat, None, p, comps.noise_scheduler.config.num_train_timesteps)
-    embeds = recipe._conditioning(comps, modules, inst_cond, None, p.batch_size, torch.device("cpu"), False)["embeds"]
+    draw_time = functools.partial(comps.family.draw_time, comps=comps, params=p)
+    batch = batches.make_batch(0, p.batch_size, inst_lat, None, p, draw_time)
+    embeds = batches.conditioning(comps, modules, inst_cond, None, p.batch_size, torch.device("cpu"), False)["embeds"]
     assert batch["latents"].shape[0] == p.batch_size and embeds.shape[0] == p.batch_size
     peaks["first_step"] = meter.stop()
 
@@ -432,11 +434,12 @@ def measure_staged(model: Path, shape: str, images_dir: Path, work: Path, traine
     from training import data
     from training.lora import DreamBoothLoRA
     from training.models import inspect_base_model
-    from training.precision import make_optimizer
     from training.progress import Progress
     from training.recipe_base import RunContext
     from training.spec import TrainSpec
-    from training.trainer import _free_memory, trainable_named_parameters
+    from training.train import make_optimizer
+    from training.utils import batches
+    from training.utils.runtime import free_memory, trainable_named_parameters
 
     import_rss = rss_gib()
     params: dict = {"mixed_precision": STAGED_PRECISION}
@@ -461,11 +464,11 @@ def measure_staged(model: Path, shape: str, images_dir: Path, work: Path, traine
     dtypes = {"vae": str(comps.vae.dtype), "text_encoders": [str(te.dtype) for te in comps.text_encoders]}
 
     meter.start()  # caching on the CPU (an upper bound: on a GPU run the encoders and activations are on the GPU)
-    inst_lat = recipe._encode_images(comps, images, resolution, p.random_flip)
-    inst_cond = recipe._text_cond(comps, spec.instance_prompt, frozen=True)
+    inst_lat = comps.family.encode_images(comps, images, resolution, p.random_flip)
+    inst_cond = batches.text_cond(comps, spec.instance_prompt, frozen=True)
     back_from_device(comps.vae)  # the trainer's comps.vae.to("cpu")
     family.release_text_encoders(comps)  # big encoders leave the host RAM too
-    _free_memory()
+    free_memory()
     peaks["cache"] = meter.stop()
 
     meter.start()  # the trainer's load(parts=("denoiser",), into=comps).denoiser.to(device)
@@ -484,8 +487,8 @@ def measure_staged(model: Path, shape: str, images_dir: Path, work: Path, traine
 
     get_scheduler(p.lr_scheduler, optimizer, num_warmup_steps=0, num_training_steps=10)
     draw_time = functools.partial(family.draw_time, comps=comps, params=p)
-    batch = recipe._make_batch(0, p.batch_size, inst_lat, None, p, draw_time)
-    cond = recipe._conditioning(comps, modules, inst_cond, None, p.batch_size, torch.device("cpu"), False)
+    batch = batches.make_batch(0, p.batch_size, inst_lat, None, p, draw_time)
+    cond = batches.conditioning(comps, modules, inst_cond, None, p.batch_size, torch.device("cpu"), False)
     assert batch["latents"].shape[0] == p.batch_size and cond["embeds"].shape[0] == p.batch_size
     peaks["first_step"] = meter.stop()
     return phase_records(shape, peaks, opened=opened, trainer=trainer, flavor=family.defaults.hardware,

@@ -1,8 +1,9 @@
 """Will a training configuration fit a GPU? Torch-free: the form asks before anything is enqueued.
 
-The estimates come from ``training/memory_table.json``, which ``python -m training.memory --write-table`` fills
-by running the trainer's GPU phases on fake CUDA tensors on the CPU (see ``training.memory``). ``lookup`` reads a
-configuration's estimated peak allocated memory; ``fit`` says whether it fits a GPU of a given size as it is,
+The estimates come from ``training/memory_table.json``, which the developer tool
+``python -m tools.memory_estimate --write-table`` fills by running the training script's GPU phases on fake CUDA
+tensors on the CPU; ``training.memory`` reads it (torch-free, and says when the training script changed since:
+``stale_reason``). ``lookup`` reads a configuration's estimated peak allocated memory; ``fit`` says whether it fits a GPU of a given size as it is,
 with gradient checkpointing, with 8-bit Adam too, or not at all, with the reason as a sentence.
 
 Usable memory: a flavor's GPU memory is sold in GB (a T4: "16 GB"), of which torch sees

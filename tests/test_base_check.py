@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import BOB_TOKEN
 from tests.polling import free_port
 from tests.tiny_models import make_images
-from training.base_check import DEMO_MODEL, KINDS, check_base_model
+from training.base_check import DEMO_MODEL, check_base_model
+from training.families.rules import KINDS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

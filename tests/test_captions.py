@@ -29,37 +29,37 @@ from tests.tiny_models import make_images
 from training.data import MAX_CAPTION_CHARS, caption_prompt, decode_caption, load_images, trigger_word
 from training.exitcodes import BadInputError
 from training.families.base import LatentSet
-from training.lora import DreamBoothLoRA
-from training.recipes import register_recipe
 from training.spec import TrainParams
-from training.trainer import DreamBoothRecipe
+from training.utils.batches import make_batch
 from ui.submission import image_paths, submit
 
 PROMPT = "a photo of sks dog"
 FAST = {"resolution": 32, "checkpoint_every": 0, "sample_inference_steps": 2}
 
 
-# ---------------------------------------------------------------- a recipe that records what each step conditioned on
-RECORDED: list[dict] = []
+# ---------------------------------------------------------------- what each step conditioned on
+@pytest.fixture
+def recorded(monkeypatch) -> list[dict]:
+    """Records, for each run in this process, the images' caption conditioning (``batches.caption_conds``) and
+    each step's drawn images with the conditioning tensors ``compute_loss`` got. The real functions still run."""
+    from training import train
+    from training.utils import batches
 
+    runs: list[dict] = []
+    real_conds, real_loss = batches.caption_conds, train.compute_loss
 
-@register_recipe("test-lora-record-captions")
-class RecordingLoRA(DreamBoothLoRA):
-    """The LoRA recipe, recording each step's drawn images and the instance conditioning they got."""
+    def caption_conds(comps, images, spec, inst, *, frozen):
+        out = real_conds(comps, images, spec, inst, frozen=frozen)
+        runs.append({"sources": [im.source.name for im in images], "inst": inst, "conds": out.conds, "steps": []})
+        return out
 
-    checkpoint_family = "dreambooth"  # resumes LoRA's checkpoints
+    def compute_loss(comps, denoiser, batch, cond, params, *, prior, autocast):
+        runs[-1]["steps"].append({"index": batch["image_index"].tolist(), "cond": cond})
+        return real_loss(comps, denoiser, batch, cond, params, prior=prior, autocast=autocast)
 
-    def _caption_conds(self, comps, images, spec, inst, frozen):
-        conds = super()._caption_conds(comps, images, spec, inst, frozen)
-        RECORDED.append({"sources": [im.source.name for im in images], "inst": inst, "conds": conds, "steps": []})
-        return conds
-
-    def _step_loss(self, comps, denoiser, modules, batch, inst_cond, cls_cond, device, autocast, p, *, prior):
-        tensors = self._conditioning(comps, modules, inst_cond, cls_cond, p.batch_size, device, p.train_text_encoder)
-        RECORDED[-1]["steps"].append({"index": batch["image_index"].tolist(), "cond": tensors})
-        return super()._step_loss(
-            comps, denoiser, modules, batch, inst_cond, cls_cond, device, autocast, p, prior=prior
-        )
+    monkeypatch.setattr(batches, "caption_conds", caption_conds)
+    monkeypatch.setattr(train, "compute_loss", compute_loss)
+    return runs
 
 
 def captioned_photos(folder: Path, captions: dict[int, str], n: int = 3, size: int = 48) -> list[Path]:
@@ -121,7 +121,7 @@ def test_make_batch_names_the_image_each_instance_sample_drew():
     p = TrainParams(batch_size=bs)
     seen = set()
     for base in range(0, 40, bs):
-        batch = DreamBoothRecipe()._make_batch(base, bs, latents, latents, p, 1000)
+        batch = make_batch(base, bs, latents, latents, p, 1000)
         index = batch["image_index"]
         assert index.shape == (bs,)
         assert torch.equal(batch["latents"][:bs, 0, 0, 0], index.float())  # the instance block's drawn images
@@ -146,13 +146,12 @@ def _expected_embeds(model_dir: Path, prompt: str) -> torch.Tensor:
         return pipe.text_encoder(ids)[0][0]
 
 
-def test_each_drawn_sample_is_conditioned_on_its_own_images_caption(tiny_sd, tmp_path):
+def test_each_drawn_sample_is_conditioned_on_its_own_images_caption(tiny_sd, tmp_path, recorded):
     photos = captioned_photos(tmp_path / "photos", {0: "a dog on a red sofa", 2: "sks dog in the snow"})
-    RECORDED.clear()
     rc, events = run_task(tmp_path / "w", base_model=str(tiny_sd), images=str(tmp_path / "photos"),
-                          recipe="test-lora-record-captions", params={**FAST, "steps": 4, "batch_size": 2})  # fmt: skip
+                          params={**FAST, "steps": 4, "batch_size": 2})  # fmt: skip
     assert rc == 0, events[-1]
-    [run] = RECORDED
+    [run] = recorded
     assert run["sources"] == [p.name for p in photos]
     expected = [_expected_embeds(tiny_sd, q) for q in
                 ("a photo of sks dog, a dog on a red sofa", PROMPT, "sks dog in the snow")]  # fmt: skip
@@ -168,15 +167,15 @@ def test_each_drawn_sample_is_conditioned_on_its_own_images_caption(tiny_sd, tmp
     assert "per-image captions | yes (2 of 3 images; the others: the instance prompt)" in card
 
 
-def test_a_trained_text_encoder_reads_each_samples_caption_and_class_samples_keep_the_class_prompt(tiny_sd, tmp_path):
+def test_a_trained_text_encoder_reads_each_samples_caption_and_class_samples_keep_the_class_prompt(tiny_sd, tmp_path,
+                                                                                                  recorded):
     captioned_photos(tmp_path / "photos", {0: "a dog on a red sofa", 1: "a dog on a red sofa", 2: "sks dog in snow"})
-    RECORDED.clear()
     rc, events = run_task(tmp_path / "w", base_model=str(tiny_sd), images=str(tmp_path / "photos"),
-                          recipe="test-lora-record-captions", class_prompt="a photo of dog",
+                          class_prompt="a photo of dog",
                           params={**FAST, "steps": 2, "batch_size": 2, "train_text_encoder": True,
                                   "prior_preservation": True, "num_class_images": 2})  # fmt: skip
     assert rc == 0, events[-1]
-    [run] = RECORDED
+    [run] = recorded
     assert run["conds"][0] is run["conds"][1] and run["conds"][0].tensors is None  # one tokenization per caption
     first = run["steps"][0]  # before the first update the text encoder's LoRA is still zero: the base encoder
     prompts = ["a photo of sks dog, a dog on a red sofa"] * 2 + ["sks dog in snow"]
@@ -205,15 +204,13 @@ def test_captioned_run_resumes_to_the_uninterrupted_weights(tiny_sd, tmp_path):
     assert rc == 0 and not [e for e in events if e["event"] == "resumed"]
 
 
-def test_the_flux_conditioning_path_takes_the_captions(tmp_path):
+def test_the_flux_conditioning_path_takes_the_captions(tmp_path, recorded):
     model = build_tiny_flux1(tmp_path / "flux1")
     captioned_photos(tmp_path / "photos", {0: "a dog on a red sofa"}, n=2)
-    RECORDED.clear()
     rc, events = run_task(tmp_path / "w", base_model=str(model), images=str(tmp_path / "photos"),
-                          recipe="test-lora-record-captions",
                           params={**FAST, "steps": 3, "batch_size": 2, "checkpoint_every": 100})  # fmt: skip
     assert rc == 0, events[-3:]
-    [run] = RECORDED
+    [run] = recorded
     inst, captioned = run["inst"], run["conds"][0]
     assert run["conds"][1] is inst and captioned is not inst
     for key in ("embeds", "pooled"):  # T5's and CLIP's conditioning both follow the caption

@@ -1,7 +1,7 @@
 """The Flux.1 and Flux.2 [klein] families on tiny random models (``tests/tiny_flux.py``), on the CPU.
 
 The LoRA runs here drive the family interface directly with a short loop of the trainer's shape (cached latents
-and conditioning, per-sample generators, flow-matching step, AdamW, save): what ``training.trainer`` calls. The
+and conditioning, per-sample generators, flow-matching step, AdamW, save): what ``training/train.py`` calls. The
 saved files are then read back only through diffusers' own pipelines and converters.
 """
 
@@ -109,7 +109,7 @@ def train_lora(family_cls, model_dir: Path, image_dir: Path, out: Path, *, steps
     from peft.utils import get_peft_model_state_dict
 
     from training.data import load_images
-    from training.trainer import sample_generator
+    from training.utils.batches import sample_generator
 
     family = family_cls(model_info(model_dir))
     f32 = torch.float32
@@ -234,7 +234,7 @@ def test_sigma_shift_follows_the_scheduler_config():
 
 
 def test_time_draw_comes_from_the_sample_generator(flux1_dir):
-    from training.trainer import sample_generator
+    from training.utils.batches import sample_generator
 
     fam = Flux1(model_info(flux1_dir))
     draws = [fam.draw_time(sample_generator(0, i), None, None) for i in range(200)]
@@ -434,7 +434,7 @@ def test_flux1_comfy_layout_at_full_size_reads_back_through_diffusers_kohya_conv
     random vector), the untrained proj_mlp part as zeros."""
     from diffusers import FluxPipeline
 
-    from training.families.flux import flux1_bfl_groups, fuse_to_bfl
+    from training.export.bfl import flux1_bfl_groups, fuse_to_bfl
 
     g = torch.Generator().manual_seed(0)
     inner, mlp, rank = 3072, 12288, 4

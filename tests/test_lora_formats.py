@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tests.tiny_models import make_images
 from training.cli import main
 from training.exitcodes import ExitCode
-from training.kohya import adapter_configs_of, kohya_alpha, write_kohya_file
+from training.export.kohya import adapter_configs_of, kohya_alpha, write_kohya_file
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_NAME = "pytorch_lora_weights_kohya.safetensors"

@@ -1,4 +1,5 @@
-"""The CPU estimator of peak GPU memory (training.memory), its committed table, and the torch-free lookup / fit.
+"""The CPU estimator of peak GPU memory (tools.memory_estimate), its committed table, and the torch-free lookup
+(training.memory) and fit.
 
 Estimates run the trainer's phases on fake CUDA tensors in a child process (the fake-CUDA shim is loaded before
 torch there); one session fixture runs them all in one child, about two minutes on 2 cores. Nothing is mocked:
@@ -17,8 +18,9 @@ import pytest
 
 from scheduler import memory_fit
 from tests.conftest import need
+from tools import memory_estimate as estimator
+from tools.memory_estimate import CI_SUBSET, MemoryConfig
 from training import memory
-from training.memory import CI_SUBSET, MemoryConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -39,15 +41,15 @@ def _round(n: int) -> int:
 
 def _shim_or_skip() -> None:
     try:
-        memory.build_shim()
+        estimator.build_shim()
         ok, why = True, ""
-    except memory.FakeCudaUnavailable as e:
+    except estimator.FakeCudaUnavailable as e:
         ok, why = False, str(e)
-    need(ok or memory.torch_has_cuda_build(), f"the fake-CUDA shim cannot be built here: {why}")
+    need(ok or estimator.torch_has_cuda_build(), f"the fake-CUDA shim cannot be built here: {why}")
 
 
 @pytest.fixture(scope="module")
-def estimates(tiny_sd) -> dict[str, memory.MemoryEstimate]:
+def estimates(tiny_sd) -> dict[str, estimator.MemoryEstimate]:
     """Every estimate the tests below read, computed in one child process."""
     _shim_or_skip()
     tiny = {
@@ -56,15 +58,15 @@ def estimates(tiny_sd) -> dict[str, memory.MemoryEstimate]:
         "tiny-full-8bit": MemoryConfig(str(tiny_sd), "dreambooth-full", use_8bit_adam=True),
     }
     named = {**tiny, **SCRIPT, **{f"subset-{i}": c for i, c in enumerate(CI_SUBSET)}}
-    results = memory.estimate_many(list(named.values()))
+    results = estimator.estimate_many(list(named.values()))
     return dict(zip(named, results, strict=True))
 
 
 # ------------------------------------------------------------------------------ exact accounting
 CHILD = r"""
 import json
-from training import memory
-memory.ensure_fake_cuda()
+from tools import memory_estimate as estimator
+estimator.ensure_fake_cuda()
 import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -72,12 +74,12 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 class Fake(FakeTensorMode):
     avoid_device_init = True
 
-tracker = memory._make_tracker()()
+tracker = estimator._make_tracker()()
 with torch.device("meta"):
     model = torch.nn.Sequential(torch.nn.Linear(1000, 300), torch.nn.GELU(), torch.nn.Linear(300, 7))
 out = {}
-with memory._gpu_answers(), memory._cuda_attention(), Fake(allow_non_fake_inputs=True), tracker:
-    memory._place([model], "cuda")
+with estimator._gpu_answers(), estimator._cuda_attention(), Fake(allow_non_fake_inputs=True), tracker:
+    estimator._place([model], "cuda")
     out["weights"] = tracker.current
     x = torch.empty(64, 1000, device="cuda")
     out["input"] = tracker.current - out["weights"]
@@ -163,7 +165,7 @@ def test_tiny_full_fine_tune_with_8bit_adam_keeps_bitsandbytes_state(estimates, 
 def test_tiny_lora_trains_the_recipes_targets_at_its_rank(estimates, tiny_sd):
     import torch
 
-    from training.lora import UNET_TARGETS
+    from training.families.sd import UNET_TARGETS
 
     e = estimates["tiny-lora"]
     rank = e.config.rank
@@ -226,7 +228,7 @@ def test_quantized_rows_are_derived_from_their_unquantized_twin():
     Linear weights at QUANT_BYTES a weight and one dequantized copy of the largest in flight."""
     from training.precision import QUANT_BYTES
 
-    twin = memory.MemoryEstimate(
+    twin = estimator.MemoryEstimate(
         config=MemoryConfig("flux1", precision="bf16", gradient_checkpointing=True, rank=16), peak_gib=23.0,
         phases_gib={"caching": 9.9, "training": 23.0, "sampling": 22.9}, fixed_gib=22.4, trainable_params=1,
         param_bytes=4, grad_bytes=4, optimizer_bytes=8, frozen_bytes=22 * GIB, optimizer="AdamW", seconds=1.0,
@@ -234,7 +236,7 @@ def test_quantized_rows_are_derived_from_their_unquantized_twin():
     )  # fmt: skip
     for kind in ("int8", "nf4", "fp8"):
         cfg = MemoryConfig("flux1", precision="bf16", gradient_checkpointing=True, rank=16, quantized_base=kind)
-        q = memory._quantized(twin, cfg)
+        q = estimator._quantized(twin, cfg)
         saved = 20 * (1 - QUANT_BYTES[kind] / 2)
         assert q.config == cfg and q.derived and "derived" in q.derived
         assert q.phases_gib["caching"] == 9.9  # the staged text side holds no transformer
@@ -279,10 +281,10 @@ def test_estimates_run_within_a_minute_each(estimates):
 # ------------------------------------------------------------------------------ the committed table
 def test_committed_table_has_every_configuration_and_a_current_fingerprint():
     table = memory.load_table()
-    assert {memory.row_key(r) for r in table["rows"]} == {c.row_key() for c in memory.TABLE_CONFIGS}
-    assert table["fingerprint"] == memory.fingerprint(), (
-        "the estimator's code, the trainer pieces it runs or the table's configurations changed: "
-        "regenerate with `python -m training.memory --write-table`"
+    assert {memory.row_key(r) for r in table["rows"]} == {c.row_key() for c in estimator.TABLE_CONFIGS}
+    assert table["fingerprint"] == estimator.fingerprint(), (
+        "the estimator's code (tools/memory_estimate.py) or the table's configurations changed: "
+        "regenerate with `python -m tools.memory_estimate --write-table`"
     )
     for default in (
         ("sd15", "dreambooth-lora", 512),
@@ -290,6 +292,48 @@ def test_committed_table_has_every_configuration_and_a_current_fingerprint():
         ("sdxl", "dreambooth-lora", 1024),
     ):
         assert memory.table_row(default[0], default[1], resolution=default[2]) is not None, default
+
+
+def test_the_fingerprint_covers_the_estimators_own_code_not_the_training_script(monkeypatch, tmp_path):
+    edited = tmp_path / "memory_estimate.py"
+    edited.write_text(Path(estimator.__file__).read_text() + "\n# changed\n")
+    before = estimator.fingerprint()
+    monkeypatch.setattr(memory, "SCRIPT_PATH", tmp_path / "train.py")  # the training script plays no part
+    (tmp_path / "train.py").write_text("def train(ctx, recipe): ...\n")
+    assert estimator.fingerprint() == before
+    monkeypatch.setattr(estimator, "__file__", str(edited))
+    assert estimator.fingerprint() != before
+
+
+def test_a_changed_training_script_gives_a_stale_warning_not_a_failure(monkeypatch, tmp_path):
+    """The table records the training script's digest when it was estimated. A changed ``training/train.py`` (here
+    a copy with one more line, read in place of the real file) makes the lookup module and the form's fit check
+    warn that the figures may be stale; the figures are still used and nothing fails."""
+    from scheduler.task import Task
+    from ui.fit_check import check_fit
+
+    table = memory.load_table()
+    assert table.get("script_digest")  # written by --write-table (whether it is current is only ever a warning)
+    assert memory.stale_reason(table={"rows": [], "script_digest": memory.script_digest()}) is None
+    assert memory.stale_reason(table={"rows": []}) == memory.STALE_WARNING  # no digest recorded: unknown
+
+    changed = tmp_path / "train.py"
+    changed.write_text(memory.SCRIPT_PATH.read_text() + "\n# a customised loss\n")
+    monkeypatch.setattr(memory, "SCRIPT_PATH", changed)
+    stale = memory.stale_reason()
+    assert stale == memory.STALE_WARNING
+    assert stale == "estimated before training/train.py last changed: the figures may be stale"
+
+    # the fit check still answers from the table, with the warning in its memory note
+    full = Task(instance_prompt="a photo of sks dog", submitted_by="alice", recipe="dreambooth-full",
+                base_model="stable-diffusion-v1-5/stable-diffusion-v1-5", hardware="t4-small",
+                params={"resolution": 512})  # fmt: skip
+    result = check_fit(full)
+    assert result.problem is None and len(result.notes) == 1
+    assert "8-bit Adam" in result.notes[0] and result.notes[0].endswith(f"*Memory table {stale}.*")
+    assert memory_fit.fit_flavor("t4-small", "sd15", "dreambooth-full", 512).verdict == memory_fit.WITH_8BIT_ADAM
+    # a table estimated with the changed script is current again
+    assert memory.stale_reason(table={**table, "script_digest": memory.script_digest(changed)}) is None
 
 
 def test_committed_table_matches_a_fresh_estimate_of_the_ci_subset(estimates):
@@ -314,7 +358,7 @@ def test_committed_records_have_the_benchmark_format_and_the_table_values():
         assert r["device"] == "cpu (fake CUDA)" and r["measured_peak_gib"] is None
         row = memory.table_row(r["model_shape"], r["recipe"], **{k: r[k] for k in memory.ROW_KEYS[2:]})
         assert row is not None and row["estimated_peak_gib"] == r["estimated_peak_gib"]
-    assert {memory.row_key(r) for r in records} == {c.row_key() for c in memory.RECORD_CONFIGS}
+    assert {memory.row_key(r) for r in records} == {c.row_key() for c in estimator.RECORD_CONFIGS}
 
 
 # ------------------------------------------------------------------------------ lookup and fit (no torch)

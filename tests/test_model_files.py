@@ -263,18 +263,18 @@ def test_lora_loads_frozen_weights_from_fp16_and_a_full_finetune_the_unet_from_f
 
     info = inspect_base_model(repo)
     lora = load_components(info, unet_dtype=torch.float32, text_dtype=torch.float32, trainable=LORA)
-    assert lora.unet.dtype == torch.float32 and lora.vae.dtype == torch.float32  # fp16 files, upcast on load
-    assert torch.equal(lora.unet.state_dict()[key], _rounded(unet32[key]))
+    assert lora.denoiser.dtype == torch.float32 and lora.vae.dtype == torch.float32  # fp16 files, upcast on load
+    assert torch.equal(lora.denoiser.state_dict()[key], _rounded(unet32[key]))
     assert torch.equal(lora.text_encoders[0].state_dict()[te_key], _rounded(te32[te_key]))
 
     hub.clear_requests()
     full = load_components(info, unet_dtype=torch.float32, text_dtype=torch.float32, trainable=FULL)
-    assert torch.equal(full.unet.state_dict()[key], unet32[key])  # the fp32 master weights, exactly
+    assert torch.equal(full.denoiser.state_dict()[key], unet32[key])  # the fp32 master weights, exactly
     assert torch.equal(full.text_encoders[0].state_dict()[te_key], _rounded(te32[te_key]))  # still frozen: fp16
     assert _fetched(hub, repo) == ["unet/diffusion_pytorch_model.safetensors"]  # the rest is in the cache already
 
     weight_dtype = load_components(info, unet_dtype=torch.float16, text_dtype=torch.float16, trainable=LORA)
-    assert weight_dtype.unet.dtype == torch.float16 and weight_dtype.vae.dtype == torch.float32  # VAE runs in fp32
+    assert weight_dtype.denoiser.dtype == torch.float16 and weight_dtype.vae.dtype == torch.float32  # VAE runs in fp32
 
 
 def test_a_repo_without_fp16_variants_loads_its_plain_files(hub, tiny_sd, tmp_path):
@@ -282,7 +282,7 @@ def test_a_repo_without_fp16_variants_loads_its_plain_files(hub, tiny_sd, tmp_pa
     hub.clear_requests()
     comps = load_components(inspect_base_model(repo), unet_dtype=torch.float32, text_dtype=torch.float32)
     unet32 = load_file(str(folder / "unet/diffusion_pytorch_model.safetensors"))
-    assert torch.equal(comps.unet.state_dict()["conv_in.weight"], unet32["conv_in.weight"])
+    assert torch.equal(comps.denoiser.state_dict()["conv_in.weight"], unet32["conv_in.weight"])
     weights = sorted(f for f in _fetched(hub, repo) if f.endswith(".safetensors"))
     assert weights == [
         "text_encoder/model.safetensors",

@@ -213,7 +213,7 @@ def test_quantization_configs_are_diffusers_own():
 def test_denoiser_size_comes_from_the_config_when_the_family_does_not_fix_it(tmp_path):
     from diffusers import Flux2Transformer2DModel
 
-    from training.trainer import denoiser_param_count
+    from training.utils.runtime import denoiser_param_count
 
     folder = build_tiny_flux2_klein(tmp_path / "klein")
     read = lambda name: json.loads((folder / name).read_text())  # noqa: E731
@@ -288,7 +288,7 @@ def test_trainer_passes_the_nf4_config_to_the_family_load_and_records_it(capture
     from diffusers import BitsAndBytesConfig, FluxPipeline
 
     LOAD_CALLS.clear()
-    with caplog.at_level(logging.INFO, logger="training.trainer"):
+    with caplog.at_level(logging.INFO, logger="training.train"):
         rc, events = run_trainer(tmp_path, capture_model, quantize_base="nf4")
     assert rc == 0, events[-3:]
     denoiser_loads = [cfg for parts, cfg in LOAD_CALLS if parts is None or "denoiser" in parts]

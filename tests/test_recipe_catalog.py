@@ -41,9 +41,9 @@ def test_the_readme_custom_recipe_shows_its_label_fixed_rank_and_120_steps_per_p
 
 
 def test_the_trainer_and_the_form_share_one_steps_function():
-    from training.trainer import default_steps
+    from training import train
 
-    assert default_steps is clamp_steps
+    assert train.clamp_steps is clamp_steps
 
 
 def test_list_recipes_honours_the_environment_and_needs_no_task():

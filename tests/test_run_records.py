@@ -1,6 +1,6 @@
 """What a finished run reports and how the worker turns it into the task's run record: the trainer's steady rate and
 step times (``RunMetrics.timing``), its settings and model family (``training.cli.run_report``), and the start-up
-measured from the container's start or from the claim (``scheduler.worker.run_record``). Pure functions on plain
+measured from the container's start or from the claim (``scheduler.run_records.run_record``). Pure functions on plain
 values; the trainer's real "done" event is checked by tests/test_worker.py's happy path."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from types import SimpleNamespace
 
 import pytest
 
+from scheduler.run_records import ClaimInfo, process_started_at, run_record
 from scheduler.task import Task
-from scheduler.worker import ClaimInfo, TrainOutcome, process_started_at, run_record
+from scheduler.trainer_process import TrainOutcome
 from training.cli import model_family, run_report
 from training.metrics import RunMetrics
 from training.spec import TrainParams
+from training.utils.results import RunResult
 
 
 def test_run_metrics_report_the_steady_rate_and_the_wall_clock_of_the_first_and_last_logged_steps():
@@ -32,7 +34,7 @@ def test_run_metrics_report_the_steady_rate_and_the_wall_clock_of_the_first_and_
 
 
 def info(cross_attention_dim: int | None, sdxl: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(unet_config={"cross_attention_dim": cross_attention_dim}, is_sdxl=sdxl)
+    return SimpleNamespace(denoiser_config={"cross_attention_dim": cross_attention_dim}, is_sdxl=sdxl)
 
 
 @pytest.mark.parametrize(
@@ -41,22 +43,23 @@ def info(cross_attention_dim: int | None, sdxl: bool = False) -> SimpleNamespace
      (info(2048, sdxl=False), None), (info(768, sdxl=True), None), (info(None), None)],
 )  # fmt: skip
 def test_the_model_family_comes_from_the_unets_cross_attention_width(model, family):
-    assert model_family(SimpleNamespace(model_info=model), "org/any") == family
+    assert model_family(model, "org/any") == family
 
 
 def test_the_run_report_gives_the_settings_the_recipe_really_trained_with(tmp_path):
     metrics = RunMetrics()
     metrics.log(1, 0.5, now=0.0)
     metrics.log(4, 0.5, now=1.5)
-    recipe = SimpleNamespace(metrics=metrics, steps=4, resolution=64, model_info=info(768))
+    result = RunResult("dreambooth-lora", steps=4, resolution=64, learning_rate=1e-4, warmup_steps=0,
+                       mixed_precision="no", model_info=info(768), metrics=metrics)  # fmt: skip
     spec = SimpleNamespace(params=TrainParams(batch_size=2, prior_preservation=True), base_model="org/sd15")
-    report = run_report(recipe, spec)
+    report = run_report(result, spec)
     assert report["steps_per_s"] == 2.0 and report["first_step"] == 1 and report["last_step"] == 4
     assert {k: report[k] for k in ("steps", "resolution", "batch_size", "prior_preservation", "train_text_encoder",
                                    "family")} == {"steps": 4, "resolution": 64, "batch_size": 2,
                                                   "prior_preservation": True, "train_text_encoder": False,
                                                   "family": "sd15"}  # fmt: skip
-    custom = run_report(SimpleNamespace(), SimpleNamespace(params=TrainParams(steps=9), base_model="x"))
+    custom = run_report(None, SimpleNamespace(params=TrainParams(steps=9), base_model="x"))
     assert custom["steps"] == 9 and custom["family"] is None and "steps_per_s" not in custom  # no metrics kept
 
 

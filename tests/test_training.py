@@ -117,12 +117,12 @@ def test_spec_defaults_unknown_keys_and_ranges(tiny_sd, images):
         TrainSpec.from_dict({"task_id": "a", "base_model": "m", "instance_prompt": "p", "images": "/x",
                              "params": {"prior_preservation": True}})  # fmt: skip
     from training.lora import DreamBoothLoRA
-    from training.trainer import default_steps
+    from training.recipe_base import clamp_steps
 
     r = DreamBoothLoRA
-    assert default_steps(3, r.steps_per_image, r.min_steps, r.max_steps) == 500  # 3 x 150, clamped up
-    assert default_steps(8, r.steps_per_image, r.min_steps, r.max_steps) == 1200
-    assert default_steps(40, r.steps_per_image, r.min_steps, r.max_steps) == 2400  # clamped down
+    assert clamp_steps(3, r.steps_per_image, r.min_steps, r.max_steps) == 500  # 3 x 150, clamped up
+    assert clamp_steps(8, r.steps_per_image, r.min_steps, r.max_steps) == 1200
+    assert clamp_steps(40, r.steps_per_image, r.min_steps, r.max_steps) == 2400  # clamped down
     with pytest.raises(ValueError, match="absolute"):
         TrainSpec.from_dict({"task_id": "a", "base_model": "m", "instance_prompt": "p", "images": "rel/path"})
 

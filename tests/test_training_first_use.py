@@ -9,7 +9,7 @@ import pytest
 from tests.test_training import run_task
 from tests.tiny_models import make_images
 from training.metrics import MAX_POINTS, downsample
-from training.trainer import SAMPLES_PER_RUN, sample_every
+from training.utils.sampling import SAMPLES_PER_RUN, sample_every
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def test_a_checkpoint_of_other_settings_is_ignored_without_reading_its_tensors(
     read: list[str] = []
     real = statefile.load_file  # every tensor file of a checkpoint is read through statefile.load_tensors
     monkeypatch.setattr(statefile, "load_file", lambda path, **kw: read.append(path) or real(path, **kw))
-    with caplog.at_level(logging.WARNING, logger="training.trainer"):
+    with caplog.at_level(logging.WARNING, logger="training.checkpoint"):
         rc, events = run_task(work, **_fields(tiny_sd, images, 3))
     assert not [p for p in read if STEP2 in p]
     assert "belongs to different settings" in caplog.text

@@ -16,42 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.families.rules import (  # the model_index.json rules the families share (torch-free)
+    ALLOWED_COMPONENTS,
+    WEIGHT_COMPONENTS,
+    BaseModelProblem,
+    not_a_pipeline,
+    sd_component_names,
+)
+
 #: the base-model value of the built-in demo model (see ``training.demo``; kept here so this module needs no torch)
 DEMO_MODEL = "builtin:demo"
-
-PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusionImg2ImgPipeline",
-                       "StableDiffusionXLImg2ImgPipeline"})  # fmt: skip
-TEXT_ENCODERS = frozenset({"CLIPTextModel", "CLIPTextModelWithProjection"})
-TOKENIZERS = frozenset({"CLIPTokenizer", "CLIPTokenizerFast"})
-SCHEDULERS = frozenset({
-    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
-    "DPMSolverSDEScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler",
-    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
-})  # fmt: skip
-#: component -> (library, allowed classes) for every part the trainer loads
-ALLOWED_COMPONENTS: dict[str, tuple[str, frozenset[str]]] = {
-    "unet": ("diffusers", frozenset({"UNet2DConditionModel"})),
-    "vae": ("diffusers", frozenset({"AutoencoderKL"})),
-    "scheduler": ("diffusers", SCHEDULERS),
-    "text_encoder": ("transformers", TEXT_ENCODERS),
-    "text_encoder_2": ("transformers", TEXT_ENCODERS),
-    "tokenizer": ("transformers", TOKENIZERS),
-    "tokenizer_2": ("transformers", TOKENIZERS),
-}
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
-#: every kind of ``BaseModelProblem``
-KINDS = ("invalid", "unreachable", "missing", "gated", "private", "not_a_pipeline", "not_allowed", "no_safetensors")
-
-
-@dataclass(frozen=True)
-class BaseModelProblem:
-    """Why a base model cannot be used: ``kind`` (one of ``KINDS``), a message for people, and whether a later
-    retry may succeed (only "unreachable")."""
-
-    kind: str
-    message: str
-    retryable: bool = False
 
 
 @dataclass
@@ -68,17 +42,6 @@ class Probe:
 
 
 # ---------------------------------------------------------------- the model_index.json rules
-def is_sdxl_index(index: dict[str, Any]) -> bool:
-    entry = index.get("text_encoder_2")
-    return isinstance(entry, list) and bool(entry) and entry[0] is not None
-
-
-def sd_component_names(index: dict[str, Any]) -> list[str]:
-    """Every component the trainer loads for a Stable Diffusion pipeline with this ``model_index.json``."""
-    sdxl = ["text_encoder_2", "tokenizer_2"] if is_sdxl_index(index) else []
-    return ["unet", "vae", "scheduler", "text_encoder", "tokenizer", *sdxl]
-
-
 def _family(index: dict[str, Any]):
     """The registered model family (``training.families``, torch-free) that trains this pipeline, or None."""
     from training.families import find_family
@@ -98,12 +61,6 @@ def weight_components(index: dict[str, Any]) -> list[str]:
     if family is None:
         return [c for c in WEIGHT_COMPONENTS if c in component_names(index)]
     return family.weight_components(index)
-
-
-def not_a_pipeline(base_model: str, why: str) -> BaseModelProblem:
-    return BaseModelProblem(
-        "not_a_pipeline", f"base model {base_model!r} is not a diffusers Stable Diffusion pipeline ({why})"
-    )
 
 
 def component_problem(base_model: str, index: dict[str, Any], name: str) -> BaseModelProblem | None:

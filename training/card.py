@@ -10,9 +10,9 @@ from huggingface_hub import ModelCard, ModelCardData
 from training.base_check import DEMO_MODEL
 
 if TYPE_CHECKING:
-    from training.models import Components
+    from training.families.base import Components
     from training.recipe_base import RunContext
-    from training.trainer import DreamBoothRecipe
+    from training.utils.results import RunResult
 
 
 def _is_hub_id(base_model: str) -> bool:
@@ -24,13 +24,13 @@ def _file_notes(notes: dict[str, str]) -> str:
     return "; ".join(f"`{name}` is {what}" for name, what in notes.items()) + ("." if notes else "")
 
 
-def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Components) -> Path:
+def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> Path:
     """Write ``ctx.output_dir/README.md`` describing the base model, trigger prompt, settings and samples."""
     spec, p = ctx.spec, ctx.spec.params
-    lora = spec.recipe.endswith("lora") or "lora" in recipe.name
+    lora = spec.recipe.endswith("lora") or "lora" in result.recipe
     card_info = comps.family.card_info(comps)  # the model family's licence, tags and file notes
     tags = ["text-to-image", "diffusers", "dreambooth", *card_info.tags, "diffusers-training"] + (["lora"] if lora else [])
-    samples = getattr(recipe, "sample_paths", {})
+    samples = result.sample_paths
     widget = [
         {"text": prompt, "output": {"url": Path(path).relative_to(ctx.output_dir.resolve()).as_posix()}}
         for prompt, path in samples.items()
@@ -44,22 +44,22 @@ def write_model_card(ctx: RunContext, recipe: DreamBoothRecipe, comps: Component
         instance_prompt=spec.instance_prompt,
         widget=widget or None,
     )
-    plan = getattr(recipe, "memory_plan", None)
-    captions = _captions_note(getattr(recipe, "captioned", None))
+    plan = result.memory_plan
+    captions = _captions_note(result.captioned)
     captions_line = "" if captions == "no" else (
         " It was trained with per-image captions (each image's own `.txt` description, the trigger word added where "
         "it was missing)."
     )  # fmt: skip
     settings = {
-        "recipe": recipe.name,
+        "recipe": result.recipe,
         "base model": spec.base_model,
-        "steps": recipe.steps,
-        "learning rate": p.learning_rate or recipe.default_learning_rate,
-        "lr scheduler": f"{p.lr_scheduler} (warm-up {min(p.lr_warmup_steps, recipe.steps // 5)} steps)",
-        "resolution": recipe.resolution,
+        "steps": result.steps,
+        "learning rate": result.learning_rate,
+        "lr scheduler": f"{p.lr_scheduler} (warm-up {result.warmup_steps} steps)",
+        "resolution": result.resolution,
         "batch size": p.batch_size,
         "seed": p.seed,
-        "mixed precision": recipe.acc.mixed_precision,
+        "mixed precision": result.mixed_precision,
         "prior preservation": f"yes ({spec.class_prompt!r}, {p.num_class_images} images)" if p.prior_preservation else "no",
         "text encoder trained": "yes" if p.train_text_encoder else "no",
         "SNR gamma": p.snr_gamma,

@@ -11,6 +11,7 @@ Hub folder (``TrainSpec.checkpoint``); a downloaded checkpoint holding any other
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -222,3 +223,64 @@ def download_latest_checkpoint(where: HubFolder, root: Path) -> Checkpoint | Non
     shutil.move(str(tmp / base / name), str(dest))
     shutil.rmtree(tmp, ignore_errors=True)
     return Checkpoint(dest, step)
+
+
+# ============================================================================================== a run's checkpoints
+def settings_fingerprint(recipe, spec, resolution: int, caption_digest: str | None) -> str:
+    """What a checkpoint must share with the run that resumes it: the recipe's checkpoint family, base model,
+    instance prompt, rank, alpha, seed, batch size, text encoder, prior preservation, resolution and the images'
+    captions (``steps`` may change: a run can be extended)."""
+    p = spec.params
+    parts = (recipe.checkpoint_family, spec.base_model, spec.instance_prompt, p.rank, p.alpha, p.seed, p.batch_size,
+             p.train_text_encoder, p.prior_preservation, resolution)  # fmt: skip
+    if caption_digest:  # unchanged fingerprint without captions
+        parts += (caption_digest,)
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def save_run_checkpoint(ctx, step: int, named, optimizer, lr_sched, scaler, acc, *, recipe, fingerprint: str,
+                        mirror: bool = True) -> None:  # fmt: skip
+    """Save the trainable weights and optimizer / LR-scheduler / grad-scaler states at ``step`` (main process; the
+    others wait), keeping the task's ``checkpoints_to_keep``; mirror it to the task's Hub folder when ``mirror`` and
+    the recipe allows (a failed mirror only warns)."""
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        weights = {n: t.detach() for n, t in named}
+        states = {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_sched.state_dict()}
+        if scaler is not None:
+            states["scaler"] = scaler.state_dict()
+        path = save_checkpoint(
+            ctx.checkpoint_dir, step, weights, states, {"fingerprint": fingerprint},
+            keep=min(ctx.spec.params.checkpoints_to_keep, recipe.max_checkpoints_kept or 10**9),
+        )  # fmt: skip
+        ctx.progress.emit("checkpoint", step=step, path=str(path.resolve()))
+        if ctx.spec.checkpoint is not None and mirror and recipe.hub_checkpoints:
+            try:
+                upload_checkpoint(Checkpoint(path, step), ctx.spec.checkpoint)
+            except Exception as e:  # noqa: BLE001 - a failed mirror must not stop training
+                log.warning("could not mirror checkpoint %s to the Hub: %s", step, e)
+    acc.wait_for_everyone()
+
+
+def resume_run(ctx, named, optimizer, lr_sched, scaler, acc, *, fingerprint: str, steps: int) -> int:
+    """Restore the latest checkpoint of these settings (local, else the task's Hub folder) into ``named`` and the
+    states; return the step to start from (0: none usable; a checkpoint of other settings or a damaged one is
+    ignored with a warning)."""
+    found = latest_checkpoint(ctx.checkpoint_dir)
+    if found is None and ctx.spec.checkpoint is not None:
+        with acc.main_process_first():
+            found = latest_checkpoint(ctx.checkpoint_dir) or download_latest_checkpoint(
+                ctx.spec.checkpoint, ctx.checkpoint_dir
+            )
+    if found is None:
+        return 0
+    try:  # state.json first: a checkpoint of other settings is ignored before any tensor file is read
+        if found.meta().get("fingerprint") != fingerprint:
+            log.warning("ignoring checkpoint %s: it belongs to different settings", found.path)
+            return 0
+        restore(found, named, optimizer, lr_sched, scaler)
+    except CheckpointError as e:
+        log.warning("ignoring checkpoint %s: %s", found.path, e)
+        return 0
+    ctx.progress.emit("resumed", step=found.step)
+    return min(found.step, steps)

@@ -22,6 +22,7 @@ from typing import Any
 from training.exitcodes import ExitCode, TrainingError, is_out_of_memory
 
 RECIPES_ENV = "TRAINING_RECIPES_MODULES"
+SCRIPT_ENV = "TRAINING_SCRIPT"  # a copy of training/train.py to run instead (the app passes it as --script)
 FAMILIES_ENV = "TRAINING_FAMILY_MODULES"  # the same name as training.families.FAMILIES_ENV
 
 
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--recipes-module", action="append", default=[], help="extra module registering recipes")
     ap.add_argument("--progress-bar", choices=["auto", "on", "off"], default="auto", help="console bar (auto: tty)")
     ap.add_argument("--families-module", action="append", default=[], help="extra module registering model families")
+    ap.add_argument("--script", default=None,
+                    help="a copy of training/train.py to run instead (a .py path or a module; default: $TRAINING_SCRIPT)")
     ap.add_argument("--list-recipes", action="store_true", help="print the registered recipes (and families) as JSON")
     ap.add_argument("--list-families", action="store_true", help="print the registered model families as JSON")
     args = ap.parse_args(argv)
@@ -144,8 +147,9 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
     spec = TrainSpec.load(args.task)
     recipe = get_recipe(spec.recipe)
     spec = spec.with_params(recipe.fixed_params, where=f"recipe {spec.recipe!r} fixed_params")
-    ctx = RunContext(spec=spec, workdir=Path(args.workdir).resolve(), progress=progress)
-    recipe.run(ctx)
+    script = args.script or os.environ.get(SCRIPT_ENV) or None
+    ctx = RunContext(spec=spec, workdir=Path(args.workdir).resolve(), progress=progress, script=script)
+    result = recipe.run(ctx)
     repo_url = None
     if spec.output is not None and is_main:
         from training.upload import upload_outputs
@@ -153,7 +157,7 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
         progress.phase("uploading")
         repo_url = upload_outputs(ctx.output_dir, spec.output, commit_message=f"DreamBooth task {spec.task_id}")
     progress.phase("done")
-    report = run_report(recipe, spec) if is_main else {}
+    report = run_report(result, spec) if is_main else {}
     progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url, run=report)
     return ExitCode.OK
 
@@ -162,11 +166,10 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
 FAMILY_BY_CROSS_ATTENTION = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 
 
-def model_family(recipe: Any, base_model: str) -> str | None:
+def model_family(info: Any, base_model: str) -> str | None:
     """``sd15``, ``sd2`` or ``sdxl`` for a full-size Stable Diffusion base model, the family's name (``flux1``, ...)
-    for another model family; None for a tiny SD test model or when it cannot be read. Uses the recipe's
-    ``model_info`` when the trainer kept it, else reads the model's configs again (cached files, no weights)."""
-    info = getattr(recipe, "model_info", None)
+    for another model family; None for a tiny SD test model or when it cannot be read. Uses the run's ``info``
+    (``ModelInfo``) when there is one, else reads the model's configs again (cached files, no weights)."""
     try:
         if info is None:
             from training.demo import resolve_demo
@@ -176,34 +179,30 @@ def model_family(recipe: Any, base_model: str) -> str | None:
         other = getattr(info, "family", None)  # the detected model family (ModelInfo.family)
         if other is not None and other.name != "sd":
             return other.name
-        family = FAMILY_BY_CROSS_ATTENTION.get(info.unet_config.get("cross_attention_dim"))
+        family = FAMILY_BY_CROSS_ATTENTION.get(info.denoiser_config.get("cross_attention_dim"))
         sdxl = bool(info.is_sdxl)
     except Exception:  # noqa: BLE001 - the family only refines later estimates; it never fails a finished run
         return None
     return family if family is not None and (family == "sdxl") == sdxl else None
 
 
-def run_report(recipe: Any, spec: Any) -> dict[str, Any]:
+def run_report(result: Any, spec: Any) -> dict[str, Any]:
     """What the "done" event says of the run, for the app's run record: the steady steps/s and the wall-clock times
-    of the first and last logged steps (``RunMetrics.timing``; None for a recipe that keeps no ``metrics``), the
+    of the first and last logged steps (``RunMetrics.timing``; none for a recipe that returns no ``RunResult``), the
     settings it really trained with (steps, resolution, batch size, prior preservation, text encoder) and the model
     family."""
     from training.metrics import RunMetrics
+    from training.utils.results import RunResult
 
-    metrics = getattr(recipe, "metrics", None)
     p = spec.params
-    trained = isinstance(metrics, RunMetrics)
-    timing = metrics.timing() if trained else {}
+    trained = isinstance(result, RunResult) and isinstance(result.metrics, RunMetrics)
+    timing = result.metrics.timing() if trained else {}
     return {
         **timing,
-        "steps": _int(getattr(recipe, "steps", None)) or p.steps,
-        "resolution": _int(getattr(recipe, "resolution", None)) or p.resolution,
+        "steps": result.steps if trained else p.steps,
+        "resolution": result.resolution if trained else p.resolution,
         "batch_size": int(p.batch_size),
         "prior_preservation": bool(p.prior_preservation),
         "train_text_encoder": bool(p.train_text_encoder),
-        "family": model_family(recipe, spec.base_model) if trained else None,
+        "family": model_family(result.model_info, spec.base_model) if trained else None,
     }
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

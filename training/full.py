@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 
 from training.families.base import Components, ModelFamily
-from training.recipe_base import RunContext
+from training.recipe_base import DreamBoothRecipe, RunContext
 from training.recipes import register_recipe
 from training.spec import TrainParams
-from training.trainer import DreamBoothRecipe
 
 
 @register_recipe("dreambooth-full")
@@ -46,7 +45,4 @@ class DreamBoothFull(DreamBoothRecipe):
         tes = [modules.get(n, te) for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]
         pipe = comps.family.build_pipeline(comps, denoiser=modules[comps.family.denoiser_name], text_encoders=tes)
         pipe.save_pretrained(str(ctx.output_dir), safe_serialization=True)
-        return ["model_index.json"]
-
-    def output_files_hint(self) -> list[str]:
         return ["model_index.json"]

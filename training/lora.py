@@ -3,17 +3,11 @@ family's target modules; the default recipe."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from training.families.base import Components
-from training.families.sd import KOHYA_NAME, TEXT_TARGETS, UNET_TARGETS  # noqa: F401 - SD's targets, by their old names
-from training.recipe_base import RunContext
+from training.recipe_base import DreamBoothRecipe, RunContext
 from training.recipes import register_recipe
-from training.trainer import DreamBoothRecipe
-
-WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
 
 @register_recipe("dreambooth-lora")
@@ -60,9 +54,6 @@ class DreamBoothLoRA(DreamBoothRecipe):
         written = comps.family.save_lora(comps, layers, meta, ctx.output_dir)
         return written + comps.family.extra_lora_outputs(ctx.output_dir, written)
 
-    def output_files_hint(self) -> list[str]:
-        return [WEIGHTS_NAME, KOHYA_NAME]
-
 
 def add_text_encoder_adapter(text_encoder: torch.nn.Module, config) -> None:
     """Inject LoRA layers into a transformers text encoder with peft directly.
@@ -74,10 +65,3 @@ def add_text_encoder_adapter(text_encoder: torch.nn.Module, config) -> None:
     inject_adapter_in_model(config, text_encoder, adapter_name="default")
     text_encoder.peft_config = {"default": config}
 
-
-def write_kohya_copy(diffusers_file: Path, kohya_file: Path) -> None:
-    """Convert a diffusers-format LoRA file to the kohya/A1111/ComfyUI layout (``lora_unet_...lora_down.weight``,
-    the trained alphas read from the file's adapter metadata); see ``training.kohya``."""
-    from training.kohya import write_kohya_file
-
-    write_kohya_file(diffusers_file, kohya_file)

@@ -33,7 +33,7 @@ from training.exitcodes import BadInputError, HubUnreachableError, TrainingError
 from training.families.base import Components, ModelInfo
 from training.files import FileChoice, FileChoiceError, choose_files
 
-__all__ = ["Components", "ModelInfo", "build_pipeline", "choose_model_files", "encode_tokens", "fetch_model_files",
+__all__ = ["build_pipeline", "choose_model_files", "encode_tokens", "fetch_model_files",
            "inspect_base_model", "load_components", "pipeline_class", "sdxl_time_ids", "tokenize"]  # fmt: skip
 
 

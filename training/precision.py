@@ -1,7 +1,8 @@
 """Mixed precision and memory policy: which dtype, whether the frozen denoiser loads quantized (QLoRA), and whether
 gradient checkpointing / 8-bit Adam are needed.
 
-The memory policy reads the fake-CUDA estimator's table (``training.memory``, torch-free lookup)."""
+The memory policy reads the committed table of the fake-CUDA estimator (``tools/memory_estimate.py``) through the
+torch-free lookup ``training.memory``. The optimizer is the training script's (``training.train.make_optimizer``)."""
 
 from __future__ import annotations
 
@@ -134,14 +135,14 @@ def plan_memory(
     """Decide "auto" gradient checkpointing and 8-bit Adam from the peak-memory estimate: the first of (as asked,
     + gradient checkpointing, + 8-bit Adam) whose estimate fits ``training.memory.usable_allocated_gib(budget)``.
 
-    The estimate is the table's (``training.memory.lookup``: the trainer's phases run on fake CUDA tensors, an
-    instant lookup) when the configuration has a row: the model shape is recognised by its UNet size, the recipe
-    (full fine-tune when every UNet weight trains) and the text encoder (its weights among the trained modules')
-    from the parameter counts, unless given. With ``samples_per_step`` and no ``batch_size``/``prior_preservation``
-    the larger of "batch of that many" and "half as many with prior preservation" is used. Extra trainable
-    parameters over the table's rank-4 LoRA are added at their weight + gradient + optimizer bytes. A live fake
-    estimate at trainer start (``python -m training.memory --model DIR``) would cost 10-40 s of GPU-machine time
-    per task, so it is not run here. Otherwise (another shape, a custom recipe, fp32, a quantized base) the rough
+    The estimate is the table's (``training.memory.lookup``: the training script's phases run on fake CUDA tensors
+    by ``tools/memory_estimate.py``, an instant lookup) when the configuration has a row: the model shape is
+    recognised by its UNet size, the recipe (full fine-tune when every UNet weight trains) and the text encoder (its
+    weights among the trained modules') from the parameter counts, unless given. With ``samples_per_step`` and no
+    ``batch_size``/``prior_preservation`` the larger of "batch of that many" and "half as many with prior
+    preservation" is used. Extra trainable parameters over the table's rank-4 LoRA are added at their weight +
+    gradient + optimizer bytes. A live fake estimate at trainer start (``python -m tools.memory_estimate --model
+    DIR``) would cost 10-40 s of GPU-machine time per task, so it is not run here. Otherwise (another shape, a custom recipe, fp32, a quantized base) the rough
     formula below, with the frozen weights at ``QUANT_BYTES`` per parameter when ``quantized_base`` is one of
     ``QUANTIZED_KINDS`` (``frozen_params`` / ``unet_params`` then count logical weights: ``logical_numel``).
     The plan records ``quantized_base`` and ``quantization_reason``."""
@@ -235,24 +236,3 @@ def _formula_plan(frozen_params, trainable_params, unet_params, latent_size, sam
         adam8 = weights + train_state_adam + act > usable
     total = weights + (train_state_8bit if adam8 else train_state_adam) + act
     return MemoryPlan(bool(gc), bool(adam8), total, budget_gib)
-
-
-def make_optimizer(params: list[dict], lr: float, *, use_8bit: bool, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW (fused on CUDA), or bitsandbytes' 8-bit AdamW when asked and available (CUDA only).
-
-    Without bitsandbytes a memory-bound run falls back to transformers' Adafactor (factored second moments).
-    """
-    kwargs = dict(lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    if use_8bit and device.type == "cuda":
-        try:
-            import bitsandbytes as bnb
-
-            return bnb.optim.AdamW8bit(params, **kwargs)
-        except ImportError:
-            log.warning("bitsandbytes is not installed; using Adafactor to save optimizer memory instead of 8-bit Adam")
-            from transformers.optimization import Adafactor
-
-            return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False)
-    if device.type == "cuda":
-        return torch.optim.AdamW(params, fused=True, **kwargs)
-    return torch.optim.AdamW(params, foreach=True, **kwargs)

@@ -11,7 +11,10 @@ from training.progress import Progress
 from training.spec import TrainParams, TrainSpec
 
 if TYPE_CHECKING:
-    from training.families.base import ModelFamily
+    import torch
+
+    from training.families.base import Components, ModelFamily
+    from training.utils.results import RunResult
 
 
 @dataclass
@@ -21,6 +24,9 @@ class RunContext:
     spec: TrainSpec
     workdir: Path
     progress: Progress
+    #: the training script that runs a DreamBooth recipe: None for ``training/train.py``, else a copy's path
+    #: (``TRAINING_SCRIPT`` / ``--script``) or a module name
+    script: str | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -66,12 +72,9 @@ class Recipe(ABC):
     default_learning_rate: float = 1e-4
 
     @abstractmethod
-    def run(self, ctx: RunContext) -> None:
-        """Train according to ``ctx.spec`` and write the outputs into ``ctx.output_dir``."""
-
-    def output_files_hint(self) -> list[str]:
-        """Names of the main weight files (for logs and the model card)."""
-        return []
+    def run(self, ctx: RunContext) -> RunResult | None:
+        """Train according to ``ctx.spec`` and write the outputs into ``ctx.output_dir``; return what the run was
+        (``RunResult``: the model card and the app's run record read it), or None."""
 
     @classmethod
     def trainable_components(cls, params: TrainParams, family: type[ModelFamily] | None = None) -> frozenset[str]:
@@ -100,3 +103,30 @@ class Recipe(ABC):
 def ensure_dirs(ctx: RunContext) -> None:
     for d in (ctx.output_dir, ctx.checkpoint_dir, ctx.class_images_dir):
         Path(d).mkdir(parents=True, exist_ok=True)
+
+
+class DreamBoothRecipe(Recipe):
+    """A DreamBooth recipe: what trains (``configure_trainable``) and how it is saved (``save_outputs``); the
+    training script (``training/train.py``, or the copy named by ``TRAINING_SCRIPT``) runs the loop."""
+
+    #: checkpoints resume across recipes of the same family (e.g. a variant with other labels)
+    checkpoint_family = "dreambooth"
+    #: whether checkpoints are mirrored to the task's Hub folder (full fine-tunes are several GB: local only)
+    hub_checkpoints = True
+    max_checkpoints_kept: int | None = None
+
+    def run(self, ctx: RunContext) -> RunResult:
+        from training.script import load_training_script
+
+        return load_training_script(ctx.script).train(ctx, self)
+
+    def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
+        """Make parameters trainable; return the modules holding them by name ("unet", "text_encoder", ...)."""
+        raise NotImplementedError
+
+    def save_outputs(self, comps: Components, modules: dict[str, torch.nn.Module], ctx: RunContext) -> list[str]:
+        """Write the trained weights into ``ctx.output_dir``; return the written file names."""
+        raise NotImplementedError
+
+    def on_step(self, step: int, ctx: RunContext) -> None:
+        """Called after every optimizer step (1-based); a plug-in point for extra logging or fault injection."""

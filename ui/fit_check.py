@@ -20,10 +20,11 @@ from scheduler.flavors import FLAVORS, compute_capability, is_gpu
 from scheduler.host_ram import MARGIN, fits_host_ram, host_ram_gib
 from scheduler.memory_fit import GIB_PER_NOMINAL_GB, fit_flavor, shape_for_base_model, usable_gib
 from scheduler.task import Task
-from training.base_check import Probe, is_sdxl_index
+from training.base_check import Probe
 from training.exitcodes import BadInputError
 from training.families import find_family
-from training.memory import load_table
+from training.families.rules import is_sdxl_index
+from training.memory import load_table, stale_reason
 from training.quantization_plan import plan_quantization
 
 FP16_WEIGHTS, FP32_WEIGHTS = "fp16 variant", "fp32 files"  # the ``weights`` labels of the host_ram records
@@ -64,6 +65,13 @@ def per_gpu_memory(flavor: str) -> float:
     """GPU memory (GB) of one GPU of ``flavor`` (0 for an unknown or CPU flavor)."""
     f = FLAVORS.get(flavor)
     return f.gpu_memory_gib / f.gpus if f is not None and f.gpus else 0.0
+
+
+def memory_note(text: str) -> str:
+    """A note that quotes the memory table's estimate, with the table's staleness warning when the training script
+    changed after it was estimated (``training.memory.stale_reason``: a warning, the check still runs)."""
+    stale = stale_reason()
+    return f"{text} *Memory table {stale}.*" if stale else text
 
 
 def family_notes(task: Task, probe: Probe | None) -> list[str] | None:
@@ -115,7 +123,7 @@ def family_fit(task: Task, family, shape: str) -> FitCheck:
     if est > usable:
         return FitCheck(problem=f"It would not fit {flavor.label}: {what}, more than {room}. Choose a GPU with more "
                                 "memory or a lower resolution.")  # fmt: skip
-    result = FitCheck(notes=[f"**Memory:** {what}; {room}.", *hardware_warning(family, task.hardware)])
+    result = FitCheck(notes=[memory_note(f"**Memory:** {what}; {room}."), *hardware_warning(family, task.hardware)])
     if fits_host_ram(shape, flavor) is False:
         result.problem = host_ram_problem(shape, flavor, None)
     return result
@@ -158,7 +166,9 @@ def check_fit(task: Task, probe: Probe | None = None) -> FitCheck:
         return FitCheck(problem=f"It would not fit {flavor.label}: {memory.reason}")
     result = FitCheck()
     if memory.adjusted:
-        result.notes.append(f"**Memory:** {memory.reason} The trainer turns that on by itself (a little slower).")
+        result.notes.append(
+            memory_note(f"**Memory:** {memory.reason} The trainer turns that on by itself (a little slower).")
+        )
     if task.recipe == LORA:
         weights = weights_read(probe)
         if fits_host_ram(shape, flavor, weights=weights) is False:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from training.exitcodes import BadInputError
 
-if TYPE_CHECKING:
-    from training.families.base import ModelFamily
+#: a subclass of ``training.families.base.ModelFamily`` (not imported here: that module imports this registry)
+ModelFamily = Any
 
 #: the built-in families, one module each (a new family: a new file and a line here)
 BUILTIN_MODULES = ("training.families.sd", "training.families.flux", "training.families.flux2_klein")

@@ -2,7 +2,7 @@
 
 A family is one class in one file of ``training/families/`` (``sd.py``: Stable Diffusion 1.x/2.x/SDXL), registered
 with ``@register_family`` (``training.families``) and detected from the base model's ``model_index.json``
-``_class_name`` (``pipelines``). The loop in ``training.trainer`` is written against this class only:
+``_class_name`` (``pipelines``). The loop in ``training/train.py`` is written against this class only:
 
     validate: family_for(index) -> family(info)          allow-list, native resolution, files to fetch
     load:     family.load(...) -> Components             (text side first, denoiser later, when ``staged_loading``)
@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import torch
 
-    from training.base_check import BaseModelProblem
     from training.data import PreparedImage
+    from training.families.rules import BaseModelProblem
     from training.spec import TrainParams
 
 
@@ -75,13 +75,8 @@ class ModelInfo:
 
     # conveniences (what the loop, the memory plan and the CLI ask)
     @property
-    def unet_config(self) -> dict[str, Any]:
-        """The denoiser's config (the name predates transformer families)."""
-        return self.denoiser_config
-
-    @property
     def is_sdxl(self) -> bool:
-        from training.base_check import is_sdxl_index
+        from training.families.rules import is_sdxl_index
 
         return is_sdxl_index(self.index)
 
@@ -120,15 +115,6 @@ class Components:
     @property
     def family(self) -> ModelFamily:
         return self.info.family
-
-    @property
-    def unet(self) -> Any:
-        """The denoiser (SD's name for it)."""
-        return self.denoiser
-
-    @unet.setter
-    def unet(self, module: Any) -> None:
-        self.denoiser = module
 
     @property
     def is_sdxl(self) -> bool:
@@ -272,11 +258,11 @@ class ModelFamily(ABC):
     def index_problem(cls, base_model: str, index: dict[str, Any]) -> BaseModelProblem | None:
         """A structural problem of this family's ``model_index.json`` beyond the allow-list (e.g. no denoiser);
         None when it is fine. Class names are checked by ``training.base_check`` against ``components``."""
-        from training.base_check import not_a_pipeline
+        from training.families.rules import not_a_pipeline
 
         missing = [n for n in (cls.denoiser_name, cls.vae_name, *cls.text_encoder_components[:1]) if n not in index]
         if missing:
-            return not_a_pipeline(base_model, f"model_index.json has no {', '.join(missing)} for a {cls.label}")
+            return not_a_pipeline(base_model, f"model_index.json has no {', '.join(missing)}", f"{cls.label} pipeline")
         return None
 
     @classmethod

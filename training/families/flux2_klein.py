@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from training.families import register_family
 from training.families.base import CardInfo, Components, FamilyDefaults
-from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of, fuse_to_bfl
+from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +55,7 @@ class Flux2Klein(FlowMatchingFamily):
     }
     text_encoder_components = ("text_encoder",)
     latent_mode = True
+    comfy_kohya = False
     defaults = FamilyDefaults(
         hardware="l4x1", resolution=512, learning_rate=1e-4, rank=16,
         hardware_note="FLUX.2 [klein] trains in bf16 on an L4 (4B: about 8 GiB, 9B: about 18 GiB at 512 px); a T4 has "
@@ -196,12 +197,10 @@ class Flux2Klein(FlowMatchingFamily):
         return kwargs
 
     # ---- outputs
-    def comfy_state_dict(self, diffusers_sd: dict, scales) -> dict:
-        """``diffusion_model.<BFL name>.lora_A/B.weight`` (scale baked into lora_B)."""
-        cfg = self.info.denoiser_config
-        inner = int(cfg.get("num_attention_heads", 24)) * int(cfg.get("attention_head_dim", 128))
-        groups = flux2_bfl_groups(int(cfg.get("num_layers", 5)), int(cfg.get("num_single_layers", 20)), inner)
-        return fuse_to_bfl(diffusers_sd, scales, groups, kohya=False)
+    def bfl_groups(self) -> dict[str, list]:
+        from training.export.bfl import flux2_bfl_groups
+
+        return flux2_bfl_groups(*self.transformer_blocks((5, 20)))
 
     def card_info(self, comps: Components) -> CardInfo:
         return CardInfo(
@@ -219,31 +218,3 @@ class Flux2Klein(FlowMatchingFamily):
     def card_license(self) -> dict[str, str]:
         """[klein] 4B: Apache 2.0; 9B: the FLUX non-commercial licence."""
         return dict(KLEIN_9B_LICENSE if self.is_9b else KLEIN_4B_LICENSE)
-
-
-def flux2_bfl_groups(n_double: int, n_single: int, inner: int) -> dict[str, list]:
-    """BFL module name -> [(diffusers module, output rows)] of the diffusers modules fused into it (FLUX.2). The
-    final layer's modulation is left out: BFL and diffusers order its shift/scale halves differently and diffusers'
-    converter does not swap them, so a copy could not load the same in both."""
-    groups: dict[str, list] = {
-        "img_in": [("x_embedder", None)], "txt_in": [("context_embedder", None)],
-        "final_layer.linear": [("proj_out", None)],
-        "time_in.in_layer": [("time_guidance_embed.timestep_embedder.linear_1", None)],
-        "time_in.out_layer": [("time_guidance_embed.timestep_embedder.linear_2", None)],
-        "single_stream_modulation.lin": [("single_stream_modulation.linear", None)],
-        "double_stream_modulation_img.lin": [("double_stream_modulation_img.linear", None)],
-        "double_stream_modulation_txt.lin": [("double_stream_modulation_txt.linear", None)],
-    }  # fmt: skip
-    for i in range(n_double):
-        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        groups[f"{b}.img_attn.qkv"] = [(f"{d}.attn.to_{x}", inner) for x in "qkv"]
-        groups[f"{b}.txt_attn.qkv"] = [(f"{d}.attn.add_{x}_proj", inner) for x in "qkv"]
-        for bfl, dif in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
-                         ("img_mlp.0", "ff.linear_in"), ("img_mlp.2", "ff.linear_out"),
-                         ("txt_mlp.0", "ff_context.linear_in"), ("txt_mlp.2", "ff_context.linear_out")):  # fmt: skip
-            groups[f"{b}.{bfl}"] = [(f"{d}.{dif}", None)]
-    for i in range(n_single):
-        s, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
-        groups[f"{b}.linear1"] = [(f"{s}.attn.to_qkv_mlp_proj", None)]
-        groups[f"{b}.linear2"] = [(f"{s}.attn.to_out", None)]
-    return groups

@@ -7,15 +7,15 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.base_check import ALLOWED_COMPONENTS, PIPELINES, is_sdxl_index, not_a_pipeline, sd_component_names
 from training.families import register_family
 from training.families.base import CardInfo, Components, FamilyDefaults, LatentSet, ModelFamily
+from training.families.rules import ALLOWED_COMPONENTS, PIPELINES, is_sdxl_index, not_a_pipeline, sd_component_names
 
 if TYPE_CHECKING:
     import torch
 
-    from training.base_check import BaseModelProblem
     from training.data import PreparedImage
+    from training.families.rules import BaseModelProblem
     from training.spec import TrainParams
 
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
@@ -264,10 +264,10 @@ class StableDiffusion(ModelFamily):
     # ---------------------------------------------------------------------------------------- outputs
     def extra_lora_outputs(self, out_dir, written: list[str]) -> list[str]:
         """The kohya/A1111 layout of the LoRA (for AUTOMATIC1111 and ComfyUI)."""
-        from training.lora import write_kohya_copy
+        from training.export.kohya import write_kohya_file
 
         out = Path(out_dir)
-        write_kohya_copy(out / written[0], out / KOHYA_NAME)
+        write_kohya_file(out / written[0], out / KOHYA_NAME)
         return [KOHYA_NAME]
 
     def card_info(self, comps: Components) -> CardInfo:
