@@ -20,7 +20,7 @@ from scheduler.diagnostics import OfferedModelsCheck, space_is_public
 from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.worker import Worker
 from ui import reconnect
-from ui.context import AppContext
+from ui.context import AppContext, FamilyModuleError, load_family_modules
 from ui.layout import CSS, build_ui
 from ui.setup_page import SetupProblem, build_setup_page
 
@@ -115,6 +115,12 @@ def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: d
     from scheduler.hardware import make_hardware
     from scheduler.queue import make_queue
 
+    try:  # TRAINING_FAMILY_MODULES: the form's base-model check must know the families the trainer will load
+        load_family_modules(settings)
+    except FamilyModuleError as exc:
+        log.exception("a model family module could not be loaded")
+        problem = family_module_problem(exc)
+        return App(build_setup_page([problem], settings.space_id), settings, problems=[problem])
     if not settings.local:
         if not settings.oauth_ready:
             return App(build_setup_page([SIGNIN_PROBLEM], settings.space_id), settings, problems=[SIGNIN_PROBLEM])
@@ -141,6 +147,17 @@ def create_app(settings: Settings, api: HfApi | None = None, *, worker_kwargs: d
     offered_check = None if settings.local else OfferedModelsCheck(settings)
     demo = build_ui(ctx, login=not settings.local, offered_check=offered_check)
     return App(demo, settings, worker=worker)
+
+
+def family_module_problem(exc: FamilyModuleError) -> SetupProblem:
+    """The setup problem of a TRAINING_FAMILY_MODULES module that does not import in the app's process."""
+    return SetupProblem(
+        "A model family module cannot be loaded",
+        str(exc),
+        f"Make `{exc.module}` importable by the app (a `{exc.module.replace('.', '/')}.py` next to `app.py`, or on "
+        "`PYTHONPATH`), fix the error above (the app's log has the traceback) and keep `import torch` inside its "
+        "methods, or remove it from the `TRAINING_FAMILY_MODULES` variable.",
+    )
 
 
 def settings_problem_app(exc: SettingsError) -> App:

@@ -18,6 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from scheduler.flavors import FLAVORS, IDLE_FLAVORS, is_jobs_only
 
+APP_ROOT = Path(__file__).resolve().parent.parent  # the app's folder: where a relative TRAINING_SCRIPT is looked for
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SLEEP_TIME_MARGIN_S = 1800  # the Space's sleep_time backstop = task deadline + this margin
@@ -55,14 +56,20 @@ class Settings:
     data_dir: Path = Path("data")
     accelerator: str = "none"
     allow_cpu_training: bool = False
-    # Where training runs (DESIGN.md §4 and §4.1). "jobs": the Space stays on its idle hardware and runs each task
-    # as a Hugging Face Job; never used in local mode.
+    # Where training runs (README: "Use it as a Space" and "Training on Hugging Face Jobs"). "jobs": the Space stays
+    # on its idle hardware and runs each task as a Hugging Face Job; never used in local mode.
     training_backend: str = "space"
     max_parallel_jobs: int = 2  # Jobs running at once (jobs backend)
     jobs_gpu_hours_per_day: float | None = DEFAULT_JOBS_GPU_HOURS_PER_DAY  # GPU hours of Jobs run in any 24 h; None: no cap
     job_image: str | None = None  # the Jobs' image: this Space's own (hf.co/spaces/<SPACE_ID>) unless JOB_IMAGE is set
     jobs_namespace: str | None = None  # who runs (and pays for) the Jobs: the Space's owner unless JOBS_NAMESPACE is set
     recipes_modules: tuple[str, ...] = ()  # TRAINING_RECIPES_MODULES, forwarded to each Job (the trainer reads its own)
+    # TRAINING_SCRIPT: a customized copy of training/train.py (relative to the app's folder, or absolute) that every
+    # run uses instead: the worker passes it to ``python -m training --script``; forwarded to each Job.
+    training_script: str | None = None
+    # TRAINING_FAMILY_MODULES: modules registering extra model families (``training.families.register_family``),
+    # imported by the app (the form's base-model check) and passed to every trainer; forwarded to each Job.
+    family_modules: tuple[str, ...] = ()
     # Privacy and per-user limits (see README "Privacy").
     keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
     keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
@@ -90,6 +97,11 @@ class Settings:
     def oauth_ready(self) -> bool:
         """Whether sign-in is trustworthy: the platform's OAuth on a Space, or a test's explicit opt-in."""
         return self.local or self.mock_signin_for_tests or (self.on_space_platform and self.oauth_client_secret_set)
+
+    @property
+    def training_script_path(self) -> Path | None:
+        """``training_script`` as an absolute path (a relative one is in the app's folder), None when not set."""
+        return None if self.training_script is None else script_path(self.training_script)
 
     @property
     def local_queue_dir(self) -> Path:
@@ -158,6 +170,34 @@ def _check_repo_id(var: str, repo_id: str, *, need_namespace: bool) -> None:
 
 def _looks_like_path(value: str) -> bool:
     return value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep in value.replace("/", "")
+
+
+def script_path(value: str) -> Path:
+    """Where a TRAINING_SCRIPT value points: an absolute path as it is, a relative one inside the app's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else APP_ROOT / path
+
+
+def _parse_training_script(raw: str) -> str:
+    """TRAINING_SCRIPT: the path of an existing ``.py`` file (relative to the app's folder, or absolute)."""
+    fix = ("Set TRAINING_SCRIPT to the path of your copy of training/train.py (e.g. my_train.py), relative to the "
+           "app's folder or absolute, or leave it unset to use training/train.py.")  # fmt: skip
+    if not raw.endswith(".py"):
+        raise SettingsError(f"TRAINING_SCRIPT={raw!r} is not a Python file (it must end with .py). {fix}")
+    path = script_path(raw)
+    if not path.is_file():
+        raise SettingsError(f"TRAINING_SCRIPT={raw!r} names no file (looked for {path}). {fix}")
+    return raw
+
+
+def _parse_modules(var: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of importable module names (``my_family``, ``pkg.families``)."""
+    modules = _parse_list(raw)
+    for module in modules:
+        if module.endswith(".py") or not all(part.isidentifier() for part in module.split(".")):
+            raise SettingsError(f"{var}={raw!r}: {module!r} is not a Python module name (e.g. my_family or "
+                                "pkg.my_family; comma-separated, without .py).")  # fmt: skip
+    return modules
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -263,6 +303,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cpu = take("allow_cpu_training", "ALLOW_CPU_TRAINING")
     if cpu is not None:
         values["allow_cpu_training"] = _parse_bool("ALLOW_CPU_TRAINING", cpu)
+    script = take("training_script", "TRAINING_SCRIPT")
+    if script is not None:
+        values["training_script"] = _parse_training_script(script)
+    families = take("family_modules", "TRAINING_FAMILY_MODULES")
+    if families is not None:
+        values["family_modules"] = _parse_modules("TRAINING_FAMILY_MODULES", families)
 
     _load_jobs_settings(values, sources, take, space_id=space_id, author=author)
 

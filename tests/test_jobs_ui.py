@@ -22,8 +22,9 @@ from scheduler.billing import Claim, GpuPeriod
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
 from scheduler.settings import load_settings
+from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus
-from scheduler.worker import StatusData, Worker
+from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.polling import free_port, wait_for
 from tests.test_security import call
@@ -32,9 +33,8 @@ from ui.auth import Access
 from ui.context import AppContext
 from ui.estimate import describe, estimate
 from ui.form import build_form, form_estimate, hardware_choices
-from ui.jobs_view import jobs_panels, wait_reasons
+from ui.jobs_view import SIGN_IN_PROMPT, jobs_panels, wait_reasons
 from ui.queue_view import HELD_FOR_OWNER, cost_usd
-from ui.run_view import SIGN_IN_PROMPT
 
 TOKEN = "hf_jobsuisecret0123456789abcdef"
 HEARTBEAT_AT = 1796189705.0  # 2026-12-02 05:35:05 UTC

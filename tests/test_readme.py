@@ -80,6 +80,30 @@ def _section(title: str) -> str:
     return README[start : end if end != -1 else None]
 
 
+def test_readme_documents_the_training_script_setting():
+    from scheduler.settings import Settings
+
+    assert Settings().training_script is None
+    assert _variable_default("TRAINING_SCRIPT") == "none (`training/train.py`)"
+    row = re.search(r"^\s*\| `TRAINING_SCRIPT` \| .*? \| (.*) \|$", README, re.M)
+    assert row, "no row for TRAINING_SCRIPT in the README's variables table"
+    meaning = row.group(1)
+    assert "a copy of `training/train.py` that every run uses instead: the app, Jobs and `python -m training`" in meaning
+    assert "relative to the app's folder, or absolute" in meaning
+
+
+def test_readme_documents_the_family_modules_setting():
+    from scheduler.settings import Settings, load_settings
+
+    assert Settings().family_modules == ()
+    assert _variable_default("TRAINING_FAMILY_MODULES") == "none"
+    row = re.search(r"^\s*\| `TRAINING_FAMILY_MODULES` \| .*? \| (.*) \|$", README, re.M)
+    assert row, "no row for TRAINING_FAMILY_MODULES in the README's variables table"
+    assert "comma-separated" in row.group(1) and "the app's form, the trainer and Jobs load them" in row.group(1)
+    assert load_settings({"TRAINING_FAMILY_MODULES": "my_family, pkg.more"}).family_modules == ("my_family", "pkg.more")
+    assert "`TRAINING_FAMILY_MODULES=my_family`" in _section("Customize the training")
+
+
 def test_readme_documents_the_jobs_backend_as_the_settings_and_the_runner_have_it():
     from huggingface_hub import HfApi
 

@@ -15,8 +15,9 @@ from scheduler.flavors import FLAVORS
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
 from scheduler.settings import load_settings
+from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus
-from scheduler.worker import StatusData, Worker
+from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN
 from tests.results_fixtures import read_metrics
 from tests.tiny_models import make_images

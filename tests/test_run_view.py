@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from scheduler.status import StatusData, WorkerStatus
 from scheduler.task import Task
-from scheduler.worker import StatusData, WorkerStatus
 from ui.run_view import phase_text, progress_html
 
 

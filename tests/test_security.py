@@ -221,6 +221,7 @@ def test_non_owners_write_only_new_repos_of_their_own_within_their_caps(served, 
 
 def test_the_upload_cache_is_swept_and_log_lines_are_scrubbed(tmp_path):
     """Finding 9: uploads piled up in Gradio's cache forever; a token echoed in the trainer's log reached the page."""
+    from scheduler.trainer_process import trainer_outcome
     from scheduler.worker import Worker
     from ui.layout import CACHE_SWEEP
 
@@ -231,7 +232,7 @@ def test_the_upload_cache_is_swept_and_log_lines_are_scrubbed(tmp_path):
     log.write_text("loading\nTraceback: Authorization: Bearer hf_thisIsTheOwnersSecretToken1234\n"
                    "also hf_someOtherTokenThatLeaked9876 here\n")  # fmt: skip
     worker: Worker = app.worker
-    outcome = worker._outcome(1, None, None, log)
+    outcome = trainer_outcome(1, None, None, log, worker._redacted)  # the worker's own redaction
     assert "hf_thisIsTheOwnersSecretToken1234" not in (outcome.error or "")
     assert "hf_someOtherTokenThatLeaked9876" not in (outcome.error or "") and "***" in outcome.error
     shown = worker._redacted(log.read_text().splitlines())

@@ -18,7 +18,8 @@ from scheduler.hardware.base import HardwareState
 from scheduler.queue import make_queue
 from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
-from scheduler.worker import EventReader, Worker
+from scheduler.trainer_process import PROJECT_ROOT, EventReader
+from scheduler.worker import Worker
 from tests.polling import alive, wait_for
 from tests.tiny_models import make_images
 
@@ -146,6 +147,38 @@ def test_multi_gpu_flavors_launch_one_process_per_gpu(local, tmp_path):
     assert cmd[7] == "training"
     worker._hw_state = HardwareState("t4-small", "t4-small", "RUNNING", "t4-small", True)
     assert worker.trainer_command(tmp_path / "t.json", tmp_path / "w", tmp_path / "e.jsonl")[1:3] == ["-m", "training"]
+
+
+def test_a_training_script_setting_is_passed_to_the_trainer(local, tmp_path):
+    """TRAINING_SCRIPT: ``python -m training ... --script <its absolute path>``, on one GPU and on several."""
+    settings, queue, worker, images = local
+    args = (tmp_path / "t.json", tmp_path / "w", tmp_path / "e.jsonl")
+    assert "--script" not in worker.trainer_command(*args)  # not set: the trainer's own training/train.py
+    script = tmp_path / "my_train.py"
+    script.write_text("")
+    for value, expected in ((str(script), str(script)), ("app.py", str(PROJECT_ROOT / "app.py"))):
+        custom = Worker(load_settings({"DATA_DIR": str(tmp_path / "data"), "TRAINING_SCRIPT": value}), queue,
+                        make_hardware(settings), recipes_modules=(TEST_RECIPES,))  # fmt: skip
+        cmd = custom.trainer_command(*args)
+        assert cmd[1:3] == ["-m", "training"] and cmd[cmd.index("--script") + 1] == expected
+        assert cmd[cmd.index("--recipes-module") + 1] == TEST_RECIPES
+        custom._hw_state = HardwareState("l4x4", "l4x4", "RUNNING", "l4x4", True)
+        multi = custom.trainer_command(*args)
+        assert multi[1:3] == ["-m", "accelerate.commands.launch"] and multi[multi.index("--script") + 1] == expected
+
+
+def test_family_modules_are_passed_to_the_trainer(local, tmp_path):
+    """TRAINING_FAMILY_MODULES: ``--families-module M`` for each, on one GPU and on several."""
+    settings, queue, worker, images = local
+    args = (tmp_path / "t.json", tmp_path / "w", tmp_path / "e.jsonl")
+    assert "--families-module" not in worker.trainer_command(*args)
+    custom = Worker(load_settings({"DATA_DIR": str(tmp_path / "data"), "TRAINING_FAMILY_MODULES": "my_family,pkg.more"}),
+                    queue, make_hardware(settings), recipes_modules=(TEST_RECIPES,))  # fmt: skip
+    for hw in (None, HardwareState("l4x4", "l4x4", "RUNNING", "l4x4", True)):
+        custom._hw_state = hw
+        cmd = custom.trainer_command(*args)
+        assert [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--families-module"] == ["my_family", "pkg.more"]
+        assert cmd[cmd.index("--recipes-module") + 1] == TEST_RECIPES
 
 
 def test_event_reader_keeps_a_partial_last_line(tmp_path):

@@ -21,14 +21,16 @@ from typing import Any
 from scheduler.backends.jobs_runner import gpu_seconds_in_day
 from scheduler.flavors import FLAVORS
 from scheduler.redact import redact
+from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus
-from scheduler.worker import StatusData
 from ui.auth import Access
 from ui.estimate import format_duration, jobs_price, price_source_text
 from ui.results_view import results_pointer
 
 LOG_LINES_SHOWN = 12
 EMPTY_PANELS = ""
+#: what the Run tab (single run or Jobs panels) shows a visitor who is not signed in as an allowed user
+SIGN_IN_PROMPT = "Sign in as an allowed user to follow training runs."
 JOBS_CSS = """
 .jobs-run { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr)); gap: 12px; }
 .job-card { border: 1px solid var(--border-color-primary, #ddd); border-radius: 8px; padding: 10px 12px;
@@ -182,8 +184,6 @@ def jobs_panels(access: Access, status: StatusData, visible: Sequence[Task], set
                 now: float | None = None) -> tuple[str, str]:  # fmt: skip
     """(Markdown summary, HTML panels) of the Run tab in Jobs mode as ``access`` may see it."""
     if not (access.owner or access.allowed):
-        from ui.run_view import SIGN_IN_PROMPT  # (ui.run_view imports this module)
-
         return SIGN_IN_PROMPT, EMPTY_PANELS
     now = time.time() if now is None else now
     running = running_tasks(status, visible)

@@ -32,10 +32,11 @@ _probes: dict[tuple[str, str], Probe] = {}
 _lock = threading.Lock()
 
 
-def catalog_families() -> dict[str, FamilyInfo]:
-    """The trainer's model families (``python -m training --list-recipes``, cached); none if it cannot be read."""
+def catalog_families(settings: Any = None) -> dict[str, FamilyInfo]:
+    """The trainer's model families (``python -m training --list-recipes``, cached), with those of the settings'
+    TRAINING_FAMILY_MODULES; none if it cannot be read."""
     try:
-        return load_families()
+        return load_families(family_modules=tuple(getattr(settings, "family_modules", ())))
     except RecipeCatalogError as e:
         log.warning("the model families could not be listed: %s", e)
         return {}
@@ -64,7 +65,7 @@ def family_of(settings: Any, base_model: str | None, *, fetch: bool = True) -> F
     """The catalog family of ``base_model`` (the demo model: the SD family); None when unknown."""
     if not base_model:
         return None
-    families = catalog_families()
+    families = catalog_families(settings)
     if base_model == DEMO_MODEL:
         return families.get(SD_FAMILY)
     probe = cached_probe(settings, base_model, fetch=fetch)

@@ -18,11 +18,11 @@ from PIL import Image
 
 from scheduler.flavors import FLAVORS
 from scheduler.hardware.base import HardwareState
+from scheduler.status import ENDED_PHASES, StatusData
 from scheduler.task import Task
-from scheduler.worker import ENDED_PHASES, StatusData
 from ui.auth import Access
 from ui.estimate import format_duration
-from ui.jobs_view import JOBS_CSS, jobs_panels
+from ui.jobs_view import JOBS_CSS, SIGN_IN_PROMPT, jobs_panels
 from ui.results_view import loss_table, open_image, results_pointer
 
 
@@ -105,7 +105,6 @@ def render(s: StatusData) -> list[Any]:
 
 #: nothing is training: the Run tab points to the Results tab of the last finished task
 POINTER_PHASES = (ENDED_PHASES - {"done"}) | {"starting", "idle", "waiting"}
-SIGN_IN_PROMPT = "Sign in as an allowed user to follow training runs."
 NOT_YOURS = "No task of yours is training right now."
 
 

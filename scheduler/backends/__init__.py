@@ -1,4 +1,4 @@
-"""Where training runs (``TRAINING_BACKEND``), each backend one pure decision function (DESIGN.md §4, §4.1).
+"""Where training runs (``TRAINING_BACKEND``), each backend one pure decision function.
 
 - ``space``: the self-upgrading Space (``scheduler.lifecycle.decide``: one action per loop; the Space moves to the
   task's GPU and trains there).

@@ -1,6 +1,6 @@
 """The Jobs backend's decisions as one pure function: ``decide_jobs(snapshot) -> list[JobAction]``.
 
-The Space stays on its idle hardware and runs each task as one Hugging Face Job (DESIGN.md §4.1). Each loop the
+The Space stays on its idle hardware and runs each task as one Hugging Face Job (README: "Training on Hugging Face Jobs"). Each loop the
 executor (``scheduler.backends.jobs_runner``) builds a ``JobsSnapshot`` from one queue read and one listing of this
 Space's Jobs (by label), calls ``decide_jobs`` and carries out the actions. No I/O here: every row of the table is a
 plain table-driven test (tests/scheduler/test_jobs_lifecycle.py).

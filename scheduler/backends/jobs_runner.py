@@ -312,6 +312,10 @@ class JobsRunner:
             env["OUTPUT_NAMESPACE"] = s.output_namespace
         if s.recipes_modules:
             env["TRAINING_RECIPES_MODULES"] = ",".join(s.recipes_modules)
+        if s.training_script:
+            env["TRAINING_SCRIPT"] = s.training_script
+        if s.family_modules:
+            env["TRAINING_FAMILY_MODULES"] = ",".join(s.family_modules)
         return env
 
     def job_command(self, task_id: str, holder: str) -> list[str]:

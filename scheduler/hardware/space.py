@@ -1,6 +1,6 @@
 """``SpaceHardware``: the Space's own hardware, read and changed through huggingface_hub.
 
-Cost guards built in (see DESIGN.md §4):
+Cost guards built in:
 - ``request`` sends nothing when the flavor is already requested (no request loops across restarts) and passes a
   ``sleep_time`` backstop longer than the task deadline with every GPU request;
 - transient failures (5xx, 429, network) are retried with backoff; after an ambiguous failure the runtime is re-read,

@@ -26,7 +26,7 @@ from scheduler.validation import split_captions
 R = TypeVar("R")
 
 QUEUE_FILE = "queue.json"
-CHECKPOINTS_DIR = "checkpoints"  # the trainer's resumable state, mirrored next to the queue (see scheduler.worker)
+CHECKPOINTS_DIR = "checkpoints"  # the trainer's resumable state, mirrored next to the queue (see scheduler.trainer_process)
 FORMAT_VERSION = 1
 RECENT_OPS_KEPT = 200
 PERIODS_KEPT = 500  # GPU periods kept (the oldest go first; a task of a dropped period falls back to its own time)

@@ -15,7 +15,7 @@ from scheduler.backends.jobs_runner import (
 )
 from scheduler.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS, is_gpu, is_jobs_only, jobs_prices
 from scheduler.settings import load_settings
-from scheduler.worker import WorkerStatus
+from scheduler.status import WorkerStatus
 
 
 def http_error(status: int, body: str = "") -> HfHubHTTPError:
@@ -94,6 +94,26 @@ def test_the_job_gets_the_settings_it_needs_and_the_token_only_as_a_secret():
         "job:1",
     ]
     assert settings.job_image == "hf.co/spaces/alice/trainer" and runner.namespace == "alice"
+
+
+def test_the_job_runs_the_training_script_the_space_is_set_to():
+    space = {"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "jobs"}
+    settings = load_settings({**space, "TRAINING_SCRIPT": "app.py"})  # any .py in the app's folder (the Job's too)
+    env = JobsRunner(settings, queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert env["TRAINING_SCRIPT"] == "app.py"  # as set: relative to the app's folder in the Job's image as well
+    assert load_settings(env).training_script == "app.py"  # the Job's settings parse it like the Space's
+    unset = JobsRunner(load_settings(space), queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert "TRAINING_SCRIPT" not in unset
+
+
+def test_the_job_loads_the_model_families_the_space_is_set_to():
+    space = {"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "jobs"}
+    settings = load_settings({**space, "TRAINING_FAMILY_MODULES": "my_family, pkg.more"})
+    env = JobsRunner(settings, queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert env["TRAINING_FAMILY_MODULES"] == "my_family,pkg.more"
+    assert load_settings(env).family_modules == ("my_family", "pkg.more")  # the Job's worker passes them on
+    unset = JobsRunner(load_settings(space), queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert "TRAINING_FAMILY_MODULES" not in unset
 
 
 def test_a_jobs_period_is_recorded_once_and_is_its_tasks_whole_cost(tmp_path):

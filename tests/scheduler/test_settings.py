@@ -131,6 +131,47 @@ def test_jobs_backend_settings():
     assert load_settings({"SPACE_ID": "a/b", "JOBS_GPU_HOURS_PER_DAY": "none"}).jobs_gpu_hours_per_day is None
 
 
+def test_training_script_is_a_py_file_in_the_apps_folder_or_an_absolute_path(tmp_path, monkeypatch):
+    from scheduler.settings import APP_ROOT
+
+    monkeypatch.chdir(tmp_path)  # a relative path is the app's folder's, not the working directory's
+    default = load_settings({})
+    assert default.training_script is None and default.training_script_path is None
+    relative = load_settings({"TRAINING_SCRIPT": "app.py"})
+    assert relative.training_script == "app.py" and relative.training_script_path == APP_ROOT / "app.py"
+    assert relative.sources()["training_script"] == "TRAINING_SCRIPT"
+    mine = tmp_path / "my_train.py"
+    mine.write_text("")
+    assert load_settings({"TRAINING_SCRIPT": str(mine)}).training_script_path == mine
+
+
+def test_a_training_script_that_is_no_existing_py_file_is_refused_with_the_fix(tmp_path):
+    from scheduler.settings import APP_ROOT
+
+    (tmp_path / "folder.py").mkdir()
+    (tmp_path / "my_train.txt").write_text("")
+    fix = "Set TRAINING_SCRIPT to the path of your copy of training/train.py (e.g. my_train.py), relative to the app's folder or absolute"
+    cases = [
+        (str(tmp_path / "my_train.txt"), f"TRAINING_SCRIPT='{tmp_path / 'my_train.txt'}' is not a Python file (it must end with .py). {fix}"),
+        ("no_such_train.py", f"TRAINING_SCRIPT='no_such_train.py' names no file (looked for {APP_ROOT / 'no_such_train.py'}). {fix}"),
+        (str(tmp_path / "folder.py"), f"TRAINING_SCRIPT='{tmp_path / 'folder.py'}' names no file"),
+    ]  # fmt: skip
+    for value, message in cases:
+        with pytest.raises(SettingsError) as raised:
+            load_settings({"TRAINING_SCRIPT": value})
+        assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_family_modules_are_a_comma_separated_list_of_module_names():
+    assert load_settings({}).family_modules == ()
+    s = load_settings({"TRAINING_FAMILY_MODULES": " my_family, pkg.more_families ,"})
+    assert s.family_modules == ("my_family", "pkg.more_families")
+    assert s.sources()["family_modules"] == "TRAINING_FAMILY_MODULES"
+    for bad in ("my_family.py", "my-family", "pkg..mod"):
+        with pytest.raises(SettingsError, match="TRAINING_FAMILY_MODULES=.* is not a Python module name"):
+            load_settings({"TRAINING_FAMILY_MODULES": f"ok, {bad}"})
+
+
 def test_local_mode_is_unchanged_by_the_backend_settings():
     s = load_settings({"MAX_PARALLEL_JOBS": "3"})
     assert s.local and not s.uses_jobs and s.job_image is None and s.jobs_namespace is None

@@ -1,0 +1,146 @@
+"""What the worker is doing, for the UI: ``StatusData`` and its thread-safe holder ``WorkerStatus``.
+
+The worker (and the Jobs runner) write it; UI handlers read deep copies (``WorkerStatus.snapshot``), so the page
+never talks to the Hub to show progress.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.billing import GpuPeriod
+from scheduler.hardware.base import HardwareState
+from scheduler.task import Task, TaskStatus
+
+LOSS_HISTORY = 2000
+SAMPLES_KEPT = 8
+#: phases that say how the last run ended: an idle worker keeps showing them until the next task starts
+ENDED_PHASES = frozenset({"done", "failed", "cancelled", "stopped"})
+
+
+@dataclass
+class StatusData:
+    """A copy of what the worker is doing, for the UI (see ``WorkerStatus.snapshot``)."""
+
+    phase: str = "starting"
+    message: str = ""
+    task_id: str | None = None
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = None
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+    samples: list[str] = field(default_factory=list)
+    log_tail: list[str] = field(default_factory=list)
+    hardware: HardwareState | None = None
+    tasks: list[Task] = field(default_factory=list)
+    billing: list[GpuPeriod] = field(default_factory=list)  # the queue's GPU periods, as last read
+    # Jobs backend: this Space's Jobs as last listed (``scheduler.backends.jobs.JobView``: task id, stage, flavor,
+    # times, log tail for the alive ones), and the Jobs price per flavor (USD/h) with where it was read.
+    jobs: list[Any] = field(default_factory=list)
+    job_prices: dict[str, float] = field(default_factory=dict)
+    job_prices_source: str = ""
+    last_action: str = ""
+    last_action_at: float | None = None
+    last_error: str | None = None
+    loops: int = 0
+    updated_at: float = field(default_factory=time.time)
+
+
+class WorkerStatus:
+    """Thread-safe holder of ``StatusData``: the worker writes, UI handlers read copies."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data = StatusData()
+
+    def update(self, **changes: Any) -> None:
+        """Set fields of the status atomically."""
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._data, key, value)
+            self._data.updated_at = time.time()
+
+    def record_step(self, event: dict[str, Any]) -> None:
+        """Apply one ``step`` event of the trainer."""
+        with self._lock:
+            d = self._data
+            d.step = int(event.get("step", d.step))
+            d.total = int(event.get("total", d.total) or d.total)
+            d.steps_per_s = event.get("steps_per_s", d.steps_per_s)
+            d.eta_s = event.get("eta_s", d.eta_s)
+            if event.get("loss") is not None:
+                d.loss = float(event["loss"])
+                d.loss_history.append((d.step, d.loss))
+                del d.loss_history[:-LOSS_HISTORY]
+            d.updated_at = time.time()
+
+    def add_samples(self, paths: list[str]) -> None:
+        """Remember the newest sample images (kept: the last few)."""
+        with self._lock:
+            self._data.samples = (self._data.samples + paths)[-SAMPLES_KEPT:]
+
+    def start_task(self, task: Task) -> None:
+        """Reset every per-task field for a new training run: nothing of the previous task (its error, speed,
+        ETA, loss, samples or log) stays on the run view."""
+        with self._lock:
+            d = self._data
+            d.task_id, d.phase, d.message = task.id, "preparing", f"Training task {task.id}"
+            d.step, d.total = 0, int(task.params.get("steps", 0) or 0)
+            d.loss = d.steps_per_s = d.eta_s = None
+            d.loss_history, d.samples, d.log_tail = [], [], []
+            d.last_error = None
+            d.updated_at = time.time()
+
+    def end_task(self, phase: str, message: str, last_error: str | None = None) -> None:
+        """Record how the current run ended (``done``, ``failed``, ``cancelled``...): no ETA is left behind, and
+        ``last_error`` is the error of this run only."""
+        with self._lock:
+            d = self._data
+            d.phase, d.message, d.last_error, d.eta_s = phase, message, last_error, None
+            d.updated_at = time.time()
+
+    def progress(self) -> dict[str, Any]:
+        """The run's progress as a heartbeat stores it on the task (phase, step, loss, speed, ETA, when)."""
+        with self._lock:
+            d = self._data
+            return {"phase": d.phase, "step": d.step, "total": d.total, "loss": d.loss, "steps_per_s": d.steps_per_s,
+                    "eta_s": d.eta_s, "at": time.time()}  # fmt: skip
+
+    def why_stopped(self, task_id: str) -> tuple[str, str]:
+        """The phase and message for a run stopped because its task is no longer this worker's (from the last
+        queue read)."""
+        with self._lock:
+            task = next((t for t in self._data.tasks if t.id == task_id), None)
+            status = None if task is None else task.status
+        if status is None:
+            return "cancelled", f"Task {task_id} was deleted; its trainer was stopped."
+        if status is TaskStatus.CANCELLED:
+            return "cancelled", f"Task {task_id} was cancelled; its trainer was stopped."
+        return "stopped", f"Task {task_id} was taken over by another worker; this one stopped training it."
+
+    def periods(self) -> list[GpuPeriod]:
+        """A copy of the queue's GPU periods as last read (cheaper than a whole ``snapshot``)."""
+        with self._lock:
+            return copy.deepcopy(self._data.billing)
+
+    @property
+    def loops(self) -> int:
+        """How many worker loops have finished."""
+        with self._lock:
+            return self._data.loops
+
+    def count_loop(self) -> None:
+        """Note that one more worker loop finished."""
+        with self._lock:
+            self._data.loops += 1
+
+    def snapshot(self) -> StatusData:
+        """A deep copy, safe to read without the lock."""
+        with self._lock:
+            return copy.deepcopy(self._data)

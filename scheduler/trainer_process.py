@@ -1,0 +1,310 @@
+"""The trainer as a subprocess: ``python -m training`` in its own process group, under a watchdog.
+
+``trainer_command`` builds the command line (``accelerate launch`` on multi-GPU flavors, ``--script`` for a
+customized training script), ``start_trainer`` launches it, ``supervise`` watches it: it applies the trainer's
+progress events (a JSON-lines file read by ``EventReader``) to the ``WorkerStatus``, renews the lease, enforces the
+deadline, kills the whole process group on cancel, shutdown or a lost lease, and turns how it ended into a
+``TrainOutcome``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scheduler.queue.base import InvalidTransition, QueueError
+from scheduler.queue.document import CHECKPOINTS_DIR
+from scheduler.settings import child_environment
+from scheduler.status import WorkerStatus
+from scheduler.task import Task
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m training`` finds the package
+EXIT_MESSAGES = {
+    2: "the trainer refused the task's input",
+    3: "the GPU ran out of memory (try a lower resolution or rank, or a bigger GPU)",
+    4: "the model was trained but the upload failed",
+}
+LOG_TAIL_LINES = 40
+ERROR_TAIL_LINES = 15
+
+#: log lines as the UI may show them (the token masked)
+Redact = Callable[[list[str]], list[str]]
+
+
+@dataclass
+class TrainOutcome:
+    """How one training run ended."""
+
+    ok: bool
+    result_url: str | None = None
+    error: str | None = None
+    stopped: bool = False  # cancelled or the lease was lost: leave the task alone
+    retryable: bool = False  # another attempt may succeed (killed, crashed, upload failed): requeue if attempts left
+    report: dict[str, Any] | None = None  # the "run" of the trainer's done event (speed, step times, settings)
+    resumed_step: int = 0  # the step this attempt resumed from (its "resumed" event)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What the watchdog checks besides the trainer itself; the worker supplies the callbacks."""
+
+    task_id: str
+    deadline_s: float  # the trainer is killed once it ran this long
+    poll_interval_s: float  # how often ``cancelled`` and ``each_poll`` run
+    heartbeat_s: float  # how often ``heartbeat`` runs
+    kill_grace_s: float  # SIGTERM, then SIGKILL after this long
+    stopping: Callable[[], bool]  # the app is shutting down
+    cancelled: Callable[[], bool]  # (one queue read) the task is no longer this worker's
+    # renew the lease, storing the progress on the task: InvalidTransition when the task is no longer ours,
+    # QueueError to retry at the next beat
+    heartbeat: Callable[[dict[str, Any]], None]
+    each_poll: Callable[[], None] = lambda: None  # e.g. re-read a Space runtime whose stage still settles
+    echo: bool = False  # copy the trainer's log to stdout (inside a Job, whose own log then shows it)
+
+
+def memory_plan_message(event: dict[str, Any]) -> str:
+    """The run view's line for the trainer's ``memory_plan`` event, e.g. "Memory plan: NF4 base, gradient
+    checkpointing, about 9.9 GiB of GPU memory"."""
+    kind = str(event.get("quantized_base") or "none")
+    parts = ["bf16/fp16 base" if kind == "none" else f"{kind.upper()} base"]
+    parts += [name for key, name in (("gradient_checkpointing", "gradient checkpointing"),
+                                     ("use_8bit_adam", "8-bit Adam")) if event.get(key) is True]  # fmt: skip
+    est = event.get("estimate_gib")
+    if isinstance(est, int | float):
+        parts.append(f"about {est:.1f} GiB of GPU memory")
+    return "Memory plan: " + ", ".join(parts)
+
+
+class EventReader:
+    """Reads the trainer's JSON-lines progress file incrementally (tolerates partial last lines)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict[str, Any]]:
+        """Events appended since the last call."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def tail_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a text file (reads at most the last 64 KiB)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            text = f.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-n:]
+
+
+def task_spec(task: Task, images: Path, settings: Any) -> dict[str, Any]:
+    """The trainer's TASK.json for ``task`` (see ``python -m training --help``)."""
+    output = None
+    if task.output_repo and (not settings.local or settings.hf_token):
+        output = {"repo_id": task.output_repo, "private": bool(task.private)}
+    checkpoint = None
+    if not settings.local and settings.queue_repo:
+        checkpoint = {"repo_id": settings.queue_repo, "repo_type": "dataset", "path": f"{CHECKPOINTS_DIR}/{task.id}"}
+    base_model = task.base_model
+    if base_model.startswith(".") and Path(base_model).exists():
+        base_model = str(Path(base_model).resolve())  # the trainer runs in another folder
+    return {
+        "task_id": task.id,
+        "recipe": task.recipe,
+        "base_model": base_model,
+        "instance_prompt": task.instance_prompt,
+        "class_prompt": task.class_prompt,
+        "images": str(images),
+        "params": dict(task.params),
+        "output": output,
+        "checkpoint": checkpoint,
+    }
+
+
+def trainer_command(python: str, spec_path: Path, workdir: Path, events: Path, *, recipes_modules: Sequence[str] = (),
+                    family_modules: Sequence[str] = (), script: Path | None = None, gpus: int = 0) -> list[str]:  # fmt: skip
+    """``python -m training ...`` (``--recipes-module`` / ``--families-module`` load extra recipes and model
+    families, ``--script`` runs a customized copy of ``training/train.py``), under ``accelerate launch`` with one
+    process per GPU when ``gpus`` is more than one."""
+    args = ["-m", "training", "--task", str(spec_path), "--workdir", str(workdir), "--progress", str(events)]
+    for module in recipes_modules:
+        args += ["--recipes-module", module]
+    for module in family_modules:
+        args += ["--families-module", module]
+    if script is not None:
+        args += ["--script", str(script)]
+    if gpus > 1:
+        return [python, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus), *args]
+    return [python, *args]
+
+
+def start_trainer(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    """Start ``cmd`` in the project's folder, in a new session (its own process group), output to ``log_path``."""
+    with open(log_path, "ab") as logf:
+        return subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=child_environment(),  # HF_TOKEN yes; the Space's OAuth client secret never
+        )
+
+
+def kill_process_group(proc: subprocess.Popen | None, grace_s: float) -> None:
+    """Stop the trainer's whole process group: SIGTERM, then SIGKILL after ``grace_s``."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, status: WorkerStatus, watch: Watch,
+              redact: Redact) -> TrainOutcome:  # fmt: skip
+    """Watch the running trainer until it exits (or is killed) and return how it ended."""
+    started = time.monotonic()
+    last_beat = last_check = started
+    done_event: dict[str, Any] | None = None
+    error_event: dict[str, Any] | None = None
+    resumed = 0
+    tick = min(1.0, watch.poll_interval_s)
+    echoed = 0
+
+    def kill(**outcome: Any) -> TrainOutcome:
+        kill_process_group(proc, watch.kill_grace_s)
+        return TrainOutcome(ok=False, **outcome)
+
+    while True:
+        code = proc.poll()
+        if watch.echo:
+            echoed = echo_log(log_path, echoed, redact)
+        for event in reader.read_new():
+            done_event, error_event = apply_event(status, event, done_event, error_event)
+            if event.get("event") == "resumed" and isinstance(event.get("step"), int):
+                resumed = max(0, event["step"])
+        status.update(log_tail=redact(tail_lines(log_path, LOG_TAIL_LINES)))
+        if code is not None:
+            break
+        now = time.monotonic()
+        if now - started > watch.deadline_s:
+            return kill(error=f"deadline of {watch.deadline_s:.0f} s exceeded; the trainer was stopped")
+        if watch.stopping():
+            return kill(stopped=True, error="the app is shutting down")
+        if now - last_check >= watch.poll_interval_s:
+            last_check = now
+            if watch.cancelled():
+                return kill(stopped=True, error="cancelled")
+            watch.each_poll()
+        if now - last_beat >= watch.heartbeat_s:
+            last_beat = now
+            try:
+                watch.heartbeat(status.progress())
+            except InvalidTransition:
+                return kill(stopped=True, error="the task was cancelled or taken over")
+            except QueueError:
+                log.exception("heartbeat failed for %s (will retry)", watch.task_id)
+        time.sleep(tick)
+    outcome = trainer_outcome(code, done_event, error_event, log_path, redact)
+    outcome.resumed_step = resumed
+    return outcome
+
+
+def echo_log(log_path: Path, offset: int, redact: Redact) -> int:
+    """Copy what the trainer wrote to ``log_path`` since ``offset`` to stdout, token masked; the new offset."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    complete = chunk[: chunk.rfind(b"\n") + 1]
+    if complete:
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        print("\n".join(redact(lines)), flush=True)
+    return offset + len(complete)
+
+
+def apply_event(status: WorkerStatus, event: dict[str, Any], done: dict[str, Any] | None,
+                error: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:  # fmt: skip
+    """Show one trainer event in ``status``; return the (done, error) events seen so far."""
+    kind = event.get("event")
+    if kind == "step":
+        status.record_step(event)
+        status.update(phase="training")
+    elif kind == "phase":
+        status.update(phase=str(event.get("phase") or event.get("name") or "working"))
+    elif kind == "sample":
+        paths = event.get("paths") or event.get("images") or ([event["path"]] if event.get("path") else [])
+        status.add_samples([str(p) for p in paths])
+    elif kind == "checkpoint":
+        status.update(message=f"Checkpoint saved at step {event.get('step', '?')}")
+    elif kind == "memory_plan":
+        status.update(message=memory_plan_message(event))
+    elif kind == "resumed":
+        log.info("the trainer resumed from the checkpoint of step %s", event.get("step", "?"))
+        status.update(message=f"Resumed from step {event.get('step', '?')}")
+    elif kind == "done":
+        done = event
+    elif kind == "error":
+        error = event
+    return done, error
+
+
+def trainer_outcome(code: int, done: dict[str, Any] | None, error: dict[str, Any] | None, log_path: Path,
+                    redact: Redact) -> TrainOutcome:  # fmt: skip
+    """How a trainer that exited with ``code`` ended: its result, or an error with the (redacted) log's tail."""
+    if code == 0 and done is not None:
+        report = done.get("run")
+        return TrainOutcome(ok=True, result_url=done.get("repo_url") or done.get("output_dir"),
+                            report=report if isinstance(report, dict) else None)  # fmt: skip
+    lines = tail_lines(log_path, ERROR_TAIL_LINES)
+    head = EXIT_MESSAGES.get(code, f"the trainer exited with code {code}")
+    if code == 0:
+        head = "the trainer exited without reporting a result"
+    if error is not None:
+        head += f" ({error.get('kind', 'error')}: {error.get('message', '')})"
+    if code < 0:
+        head = f"the trainer was killed by signal {-code} (for example by the out-of-memory killer)"
+    # Bad input and out-of-memory fail the same way every time; anything else (a kill, a crash, a failed
+    # upload whose weights are checkpointed) gets another attempt, which resumes from the last checkpoint.
+    retryable = code not in (2, 3)
+    return TrainOutcome(ok=False, error="\n".join(redact([head, *lines])), retryable=retryable)
