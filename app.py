@@ -16,8 +16,8 @@ from typing import Any
 import gradio as gr
 from huggingface_hub import HfApi
 
+from contract.settings import Settings, SettingsError, load_settings
 from scheduler.diagnostics import OfferedModelsCheck, space_is_public
-from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.worker import Worker
 from ui import reconnect
 from ui.context import AppContext, FamilyModuleError, load_family_modules

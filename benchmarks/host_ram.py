@@ -390,7 +390,7 @@ def phase_records(shape: str, peaks: dict[str, PhasePeak], *, opened: list[str],
     import diffusers
     import torch
 
-    from scheduler.flavors import FLAVORS
+    from contract.flavors import FLAVORS
 
     common = {
         "benchmark": "host_ram",

@@ -67,8 +67,8 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
                       HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_XET="1", GRADIO_ANALYTICS_ENABLED="False")  # fmt: skip
     from huggingface_hub import HfApi
 
+    from contract.settings import load_settings
     from scheduler.queue import make_queue
-    from scheduler.settings import load_settings
     from scheduler.task import Task, TaskStatus
     from tests.fakehub.fixtures import run_fakehub
     from tests.tiny_models import build_tiny_sd, make_images

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
 
 MAX_CLAIMS = 1000  # claims kept per period (a forged period cannot make every read slow)
 MAX_TEXT = 64

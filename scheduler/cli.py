@@ -15,12 +15,12 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
+from contract.settings import Settings, SettingsError, load_settings
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
 from scheduler.hardware.space import SpaceHardware
 from scheduler.queue import HubQueue, InvalidTransition, LocalQueue, QueueError, TaskNotFound, TaskQueue, make_queue
 from scheduler.queue.document import list_images
 from scheduler.retry import RetryPolicy
-from scheduler.settings import Settings, SettingsError, load_settings
 from scheduler.stored import is_safe_task_id
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import submission_warnings, validate_task

@@ -19,8 +19,8 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import LocalTokenNotFoundError
 
+from contract.settings import Settings
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient
-from scheduler.settings import Settings
 
 log = logging.getLogger(__name__)
 TOKENS_URL = "https://huggingface.co/settings/tokens"

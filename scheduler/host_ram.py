@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.flavors import FLAVORS, Flavor
+from contract.flavors import FLAVORS, Flavor
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 #: a flavor holds a model when the measured peak is at most this share of its host RAM (room for CUDA's own host

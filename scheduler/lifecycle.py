@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from scheduler.flavors import FLAVORS, is_gpu
+from contract.flavors import FLAVORS, is_gpu
 from scheduler.task import Task, TaskStatus
 
 

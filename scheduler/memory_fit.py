@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
 from training.memory import NATIVE_RESOLUTION, usable_allocated_gib
 from training.memory import lookup as _table_lookup
 

@@ -18,8 +18,8 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from contract.flavors import FLAVORS, is_gpu, is_jobs_only
 from scheduler.billing import GpuPeriod
-from scheduler.flavors import FLAVORS, is_gpu, is_jobs_only
 from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.validation import LIMITS, check_prompt
 

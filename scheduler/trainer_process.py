@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.settings import child_environment
 from scheduler.queue.base import InvalidTransition, QueueError
 from scheduler.queue.document import CHECKPOINTS_DIR
-from scheduler.settings import child_environment
 from scheduler.status import WorkerStatus
 from scheduler.task import Task
 

@@ -6,12 +6,16 @@ submission is acceptable. ``submission_warnings`` gives advice that does not blo
 An upload may hold per-image captions besides its images: a ``.txt`` with the stem of an image of the same upload
 (``dog1.jpg`` + ``dog1.txt``; the rules are ``training.data``'s), passed as ``captions`` (``split_captions`` sorts an
 upload). The image limits count images only.
+
+The numbers' bounds are ``contract.params.PARAMS``, the very table the trainer (``training.spec``) checks, so the
+form, the CLI and the trainer accept the same values. One policy is narrower, and says so: ``Limits.resolution``,
+the resolutions offered for real models (the demo model gets the whole shared bound).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Sequence
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,29 +23,34 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image, UnidentifiedImageError
 
-from scheduler.flavors import FLAVORS, is_gpu
+from contract.flavors import FLAVORS, is_gpu
+from contract.params import (
+    FULL_RECIPES,
+    MAX_PROMPT_CHARS,
+    PARAMS,
+    QUANTIZE_BASE_CHOICES,
+    Bound,
+    validation_prompts_problem,
+)
 from scheduler.task import Task
 from training.data import MAX_CAPTION_BYTES, MAX_CAPTION_CHARS, caption_files, decode_caption  # torch-free
-from training.demo import DEMO_MODEL, DEMO_RESOLUTION  # torch-free constants
-from training.spec import FULL_RECIPES, QUANTIZE_BASE_CHOICES  # torch-free: the trainer's own choices
+from training.demo import DEMO_MODEL  # torch-free constants
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds a submission must respect."""
+    """Bounds a submission must respect besides the params' own (``contract.params.PARAMS``)."""
 
-    max_prompt_chars: int = 1000
+    max_prompt_chars: int = MAX_PROMPT_CHARS
     min_images: int = 1
     recommended_min_images: int = 3
     max_images: int = 100
     max_image_bytes: int = 20 * 1024 * 1024
     min_image_side: int = 64
     max_image_pixels: int = 64_000_000
-    steps: tuple[int, int] = (1, 10_000)
-    max_learning_rate: float = 1e-2
-    rank: tuple[int, int] = (1, 256)
-    resolution: tuple[int, int] = (256, 1024)
-    resolution_multiple: int = 64
+    #: policy for every model but the demo model: the resolutions a real model is worth training at (the form
+    #: offers 256 to 1024); a narrowing of the shared bound, so whatever it admits the trainer admits too
+    resolution: Bound = PARAMS["resolution"].narrowed(low=256, high=1024, multiple=64)
 
 
 LIMITS = Limits()
@@ -112,12 +121,32 @@ def check_captions(images: Sequence[Path], captions: Sequence[Path]) -> list[str
     return problems
 
 
-def _check_int(label: str, value: object, low: int, high: int) -> list[str]:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
-        return [f"{label}: must be a whole number between {low} and {high}."]
-    if not low <= int(value) <= high:
-        return [f"{label}: {int(value)} is out of range; use {low} to {high}."]
-    return []
+def check_param(bound: Bound, value: object) -> list[str]:
+    """The problem with one param's value under ``bound`` (the form's wording), as a list of at most one message.
+    A whole float (2.0, from a number field) counts as an int."""
+    if bound.kind is int:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
+            return [f"{bound.label}: must be a whole number from {bound.span()}."]
+        value = int(value)
+    if bound.admits(value):
+        return []
+    if bound.multiple > 1 and dataclasses.replace(bound, multiple=1).admits(value):
+        return [f"{bound.label}: {value} must be a multiple of {bound.multiple}."]
+    return [f"{bound.label}: {value!r} is out of range; use {bound.span()}."]
+
+
+def check_params(params: Mapping[str, object], skip: Collection[str] = ()) -> list[str]:
+    """The problems of a task's ``params`` under the shared bounds (the keys it holds, but ``skip``; null is
+    "auto"), and of its ``validation_prompts``."""
+    problems: list[str] = []
+    for key, bound in PARAMS.items():
+        if key not in skip and params.get(key) is not None:
+            problems += check_param(bound, params[key])
+    if "validation_prompts" not in skip and params.get("validation_prompts") is not None:
+        problem = validation_prompts_problem(params["validation_prompts"])
+        if problem:
+            problems.append(f"Validation prompts: {problem}.")
+    return problems
 
 
 def validate_submission(
@@ -169,23 +198,11 @@ def validate_submission(
         except HFValidationError as exc:
             problems.append(f"Output repo: {output_repo!r} is not a valid repo id ({exc}).")
 
-    if steps is not None:
-        problems += _check_int("Steps", steps, *limits.steps)
-    if learning_rate is not None:
-        ok = isinstance(learning_rate, int | float) and not isinstance(learning_rate, bool)
-        if not ok or not math.isfinite(learning_rate) or not 0 < learning_rate <= limits.max_learning_rate:
-            problems.append(f"Learning rate: {learning_rate!r} is out of range; use a value above 0 and at most {limits.max_learning_rate:g}.")
-    if rank is not None:
-        problems += _check_int("LoRA rank", rank, *limits.rank)
+    problems += check_params({"steps": steps, "learning_rate": learning_rate, "rank": rank})
     if resolution is not None:
-        low, high = limits.resolution
-        if base_model == DEMO_MODEL:  # the tiny demo model trains at its own native size
-            low = min(low, DEMO_RESOLUTION)
-        multiple = limits.resolution_multiple
-        res_problems = _check_int("Resolution", resolution, low, high)
-        if not res_problems and int(resolution) % multiple:
-            res_problems = [f"Resolution: {int(resolution)} must be a multiple of {multiple}."]
-        problems += res_problems
+        # the tiny demo model trains at its own native size (DEMO_RESOLUTION): it gets the whole shared bound
+        bound = PARAMS["resolution"] if base_model == DEMO_MODEL else limits.resolution
+        problems += check_param(bound, resolution)
 
     if quantize_base is not None:
         if quantize_base not in QUANTIZE_BASE_CHOICES:
@@ -212,9 +229,11 @@ def validate_task(
     limits: Limits = LIMITS,
 ) -> list[str]:
     """``validate_submission`` for a built Task; numbers are read from ``task.params`` keys
-    ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present, and ``quantize_base``."""
+    ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present, and ``quantize_base``; every other
+    param it holds is checked against the shared bounds too (``check_params``)."""
     params = task.params
-    return validate_submission(
+    named = ("steps", "learning_rate", "rank", "resolution")
+    problems = validate_submission(
         instance_prompt=task.instance_prompt,
         class_prompt=task.class_prompt,
         images=images,
@@ -232,6 +251,7 @@ def validate_task(
         quantize_base=params.get("quantize_base"),
         limits=limits,
     )
+    return problems + check_params(params, skip=named)
 
 
 def submission_warnings(image_count: int, limits: Limits = LIMITS) -> list[str]:

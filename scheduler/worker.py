@@ -29,8 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from contract.flavors import FLAVORS, is_gpu
 from scheduler.billing import RECOVERED, GpuPeriod, open_period
-from scheduler.flavors import FLAVORS, is_gpu
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState
 from scheduler.hardware.probe import cuda_visible
 from scheduler.lifecycle import Action, ActionKind, Snapshot, decide

@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import HfApi
 
 from app import create_app
-from scheduler.settings import load_settings
+from contract.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.tiny_models import make_images
@@ -245,7 +245,7 @@ def test_space_handlers_refuse_anonymous_callers(hub):
 
 def test_invalid_variable_shows_the_setup_page():
     from app import settings_problem_app
-    from scheduler.settings import SettingsError
+    from contract.settings import SettingsError
 
     with pytest.raises(SettingsError) as err:
         load_settings({"SPACE_ID": "alice/s", "TRAIN_HARDWARE": "gpu-xl"})

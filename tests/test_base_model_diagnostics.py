@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
+from contract.settings import load_settings
 from scheduler.diagnostics import UNREACHABLE, OfferedModelsCheck, check_offered_base_models, offered_base_models
-from scheduler.settings import load_settings
 from tests.conftest import ALICE_TOKEN, BOB_TOKEN
 from tests.polling import free_port
 from ui.auth import Access
@@ -116,7 +116,7 @@ def test_the_check_imports_no_torch(hub):
     code = (
         "import sys\n"
         "from scheduler.diagnostics import check_offered_base_models\n"
-        "from scheduler.settings import load_settings\n"
+        "from contract.settings import load_settings\n"
         f"s = load_settings({{'HF_ENDPOINT': {hub.url!r}, 'BASE_MODELS': 'alice/diag-no-such-model'}})\n"
         "[p] = check_offered_base_models(s)\n"
         "print(p.kind, sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))\n"

@@ -18,8 +18,8 @@ import gradio as gr
 import pytest
 import torch
 
+from contract.settings import load_settings
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import Limits, split_captions, validate_submission
 from tests.test_form import local_ctx, space_ctx, values

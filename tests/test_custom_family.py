@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.settings import load_settings
+from contract.settings import load_settings
 
 MODULE = "my_family"
 TOY_PIPELINE = "ToyDiffusionPipeline"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.settings import DEMO_DIR_VAR
 from tests.tiny_models import make_images
 from training import demo
 
@@ -24,15 +25,15 @@ def test_the_demo_module_imports_no_torch():
 
 
 def test_the_demo_dir_comes_from_the_environment_or_the_user_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(tmp_path / "d"))
+    monkeypatch.setenv(DEMO_DIR_VAR, str(tmp_path / "d"))
     assert demo.demo_model_dir() == tmp_path / "d"
-    monkeypatch.delenv(demo.DEMO_DIR_ENV)
+    monkeypatch.delenv(DEMO_DIR_VAR)
     assert demo.demo_model_dir() == Path.home() / ".cache" / "dreambooth-trainer" / "demo-sd"
 
 
 def test_resolve_demo_builds_once_and_leaves_other_models_alone(monkeypatch, tmp_path):
     target = tmp_path / "demo-sd"
-    monkeypatch.setenv(demo.DEMO_DIR_ENV, str(target))
+    monkeypatch.setenv(DEMO_DIR_VAR, str(target))
     assert demo.resolve_demo("alice/tiny-sd") == "alice/tiny-sd" and not target.exists()
     assert demo.resolve_demo(demo.DEMO_MODEL) == str(target)
     index = json.loads((target / "model_index.json").read_text())
@@ -70,7 +71,7 @@ def test_a_demo_task_trains_end_to_end_through_the_cli(tmp_path):
         "task_id": "demo", "base_model": demo.DEMO_MODEL, "instance_prompt": "a photo of sks dog", "images": str(images),
         "params": {"steps": 4, "validation_prompts": ["a photo of sks dog"], "sample_inference_steps": 2},
     }))  # fmt: skip
-    env = {**os.environ, demo.DEMO_DIR_ENV: str(tmp_path / "demo-sd")}
+    env = {**os.environ, DEMO_DIR_VAR: str(tmp_path / "demo-sd")}
     proc = subprocess.run(
         [sys.executable, "-m", "training", "--task", str(task), "--workdir", str(tmp_path / "w"), "--progress",
          str(tmp_path / "events.jsonl"), "--progress-bar", "off"],

@@ -269,7 +269,7 @@ def test_repo_volumes_are_materialised_read_only_and_buckets_refused(hub, api, t
 
 
 def test_hardware_list_has_jobs_flavors_priced_like_the_scheduler(api):
-    from scheduler.flavors import FLAVORS
+    from contract.flavors import FLAVORS
 
     hardware = {h.name: h for h in api.list_jobs_hardware()}
     assert {"h200", "h200x8", "rtx-pro-6000", "cpu-xl", "t4-small"} <= set(hardware)

@@ -12,7 +12,7 @@ import uuid
 
 from huggingface_hub import HfApi
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
 from scheduler.host_ram import MARGIN, host_ram_gib
 from scheduler.task import Task
 from tests.conftest import ALICE_TOKEN

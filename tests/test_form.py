@@ -18,12 +18,12 @@ import gradio as gr
 import pytest
 from huggingface_hub import HfApi
 
-from scheduler.flavors import GPU_FLAVORS, JOBS_GPU_FLAVORS
+from contract.flavors import GPU_FLAVORS, JOBS_GPU_FLAVORS
+from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.hardware.local import LocalHardware
 from scheduler.queue import make_queue
 from scheduler.recipes_catalog import load_catalog
-from scheduler.settings import load_settings
 from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.flavors import FLAVORS, GPU_FLAVORS, Flavor
+from contract.flavors import FLAVORS, GPU_FLAVORS, Flavor
 from scheduler.host_ram import MARGIN, fits_host_ram, host_ram_gib, read_records
 from scheduler.task import Task
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
+from contract.settings import load_settings
 from scheduler.billing import task_cost_usd
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN

@@ -17,11 +17,11 @@ import pytest
 from huggingface_hub import HfApi
 
 from app import create_app
+from contract.settings import load_settings
 from scheduler.backends.jobs import JobView
 from scheduler.billing import Claim, GpuPeriod
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import Worker

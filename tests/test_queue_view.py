@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 import gradio as gr
 import pytest
 
-from scheduler.settings import load_settings
+from contract.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from ui.context import AppContext
 from ui.layout import only_changed

@@ -55,8 +55,66 @@ def _variable_default(name: str) -> str:
     return row.group(1)
 
 
+def _variables_table() -> list[str]:
+    """The variable names of the README's variables table (``| variable | default | meaning |``), in order."""
+    start = README.index("| variable | default | meaning |")
+    rows = []
+    for line in README[start:].splitlines()[2:]:
+        if not line.strip().startswith("|"):
+            break
+        name = re.match(r"\s*\| `([A-Z][A-Z0-9_]*)` \| .+? \| .+ \|$", line)
+        assert name, f"not a variable row: {line!r}"
+        rows.append(name.group(1))
+    return rows
+
+
+class _RecordingEnv(dict):
+    """An environment that notes every variable looked up in it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+
+def test_the_settings_module_names_every_variable_it_reads():
+    from contract import settings
+
+    read: set[str] = set()
+    for env in ({}, {"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "jobs", "BASE_MODELS": "a/b"}):
+        for load in (settings.load_settings, settings.load_trainer_settings):
+            recording = _RecordingEnv(env)
+            load(recording)
+            read |= recording.read
+    assert read == set(settings.VARIABLES)
+    assert len(settings.VARIABLES) == len(set(settings.VARIABLES))
+    assert set(settings.TRAINER_VARIABLES) <= set(settings.VARIABLES)
+    assert set(settings.NOT_FOR_USERS) <= set(settings.VARIABLES) and all(settings.NOT_FOR_USERS.values())
+
+
+def test_the_readme_variables_table_lists_exactly_the_variables_users_may_set():
+    from contract.settings import NOT_FOR_USERS, VARIABLES
+
+    rows = _variables_table()
+    assert len(rows) == len(set(rows)), "a variable has two rows"
+    for_users = set(VARIABLES) - set(NOT_FOR_USERS)
+    assert not set(rows) - for_users, "rows for variables the settings do not read (or mark as not for users)"
+    assert not for_users - set(rows), "variables the settings read without a row in the README's table"
+
+
 def test_readme_says_which_base_models_are_offered_by_default():
-    from scheduler.settings import Settings
+    from contract.settings import Settings
 
     offered = Settings().base_models
     assert _variable_default("BASE_MODELS") == ", ".join(f"`{m}`" for m in offered)
@@ -81,7 +139,7 @@ def _section(title: str) -> str:
 
 
 def test_readme_documents_the_training_script_setting():
-    from scheduler.settings import Settings
+    from contract.settings import Settings
 
     assert Settings().training_script is None
     assert _variable_default("TRAINING_SCRIPT") == "none (`training/train.py`)"
@@ -93,7 +151,7 @@ def test_readme_documents_the_training_script_setting():
 
 
 def test_readme_documents_the_family_modules_setting():
-    from scheduler.settings import Settings, load_settings
+    from contract.settings import Settings, load_settings
 
     assert Settings().family_modules == ()
     assert _variable_default("TRAINING_FAMILY_MODULES") == "none"
@@ -107,9 +165,9 @@ def test_readme_documents_the_family_modules_setting():
 def test_readme_documents_the_jobs_backend_as_the_settings_and_the_runner_have_it():
     from huggingface_hub import HfApi
 
+    from contract.flavors import FLAVORS, JOBS_GPU_FLAVORS
+    from contract.settings import Settings, load_settings
     from scheduler.backends.jobs_runner import JOB_STARTUP_MARGIN_S, JobsRunner, job_timeout_s
-    from scheduler.flavors import FLAVORS, JOBS_GPU_FLAVORS
-    from scheduler.settings import Settings, load_settings
 
     defaults = Settings()
     assert _variable_default("TRAINING_BACKEND") == f"`{defaults.training_backend}`"

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
+from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import Worker

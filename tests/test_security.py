@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from app import App, create_app
+from contract.settings import load_settings
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.polling import free_port
@@ -241,7 +241,7 @@ def test_the_upload_cache_is_swept_and_log_lines_are_scrubbed(tmp_path):
 
 def test_the_trainer_gets_the_token_but_not_the_sign_in_secrets():
     """Finding 5 (environment): the trainer subprocess ran with OAUTH_CLIENT_SECRET in its environment."""
-    from scheduler.settings import child_environment
+    from contract.settings import child_environment
 
     env = child_environment({"HF_TOKEN": "hf_x", "OAUTH_CLIENT_SECRET": "s", "OAUTH_CLIENT_ID": "i", "PATH": "/bin"})
     assert env == {"HF_TOKEN": "hf_x", "PATH": "/bin"}

@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract.settings import DEMO_DIR_VAR
 from tests.tiny_models import make_images
-from training.demo import DEMO_DIR_ENV, DEMO_MODEL
+from training.demo import DEMO_MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def test_the_readme_task_example_runs_as_written(tmp_path):
     make_images(tmp_path / "photos", 3, size=64)
     task["images"] = str(tmp_path / "photos")
     (tmp_path / "task.json").write_text(json.dumps(task))
-    env = {**os.environ, DEMO_DIR_ENV: str(tmp_path / "demo-sd")}
+    env = {**os.environ, DEMO_DIR_VAR: str(tmp_path / "demo-sd")}
     proc = subprocess.run(
         [sys.executable, "-m", "training", "--task", "task.json", "--workdir", "work", "--progress", "work/events.jsonl",
          "--progress-bar", "off"],

@@ -75,6 +75,7 @@ def test_an_unchanged_run_moves_the_up_weights(tiny_sd, photos, tmp_path):
     rc, events = run_task(tmp_path / "w", base_model=str(tiny_sd), images=str(photos), params=FAST)
     assert rc == 0, events[-1]
     assert any(t.abs().max() > 0 for t in up_weights(tmp_path / "w").values())
+    assert "training script" not in (tmp_path / "w" / "output" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("change", [ZERO_LOSS, ZERO_LR], ids=["loss-times-zero", "learning-rate-zero"])
@@ -86,6 +87,9 @@ def test_a_changed_copy_named_by_the_setting_is_what_trains(tiny_sd, photos, tmp
     assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3]
     for name, tensor in up_weights(tmp_path / "w").items():
         assert torch.count_nonzero(tensor) == 0, name
+    card = (tmp_path / "w" / "output" / "README.md").read_text()
+    assert "| training script | `my_train.py` (a customized copy of `training/train.py`) |" in card
+    assert str(tmp_path) not in card  # the copy's name, not where it is kept
 
 
 def test_the_script_flag_wins_and_an_error_in_compute_loss_stops_the_run_with_its_message(tiny_sd, photos, tmp_path):
@@ -111,9 +115,9 @@ def test_a_script_that_is_not_there_or_has_no_train_function_is_refused_clearly(
 # ---------------------------------------------------------------- through the app: the form in local mode, and a Job
 def local_app(tmp_path: Path, **env: str):
     """A local-mode app's context (settings, folder queue, worker on this CPU; the worker not started)."""
+    from contract.settings import load_settings
     from scheduler.hardware.local import LocalHardware
     from scheduler.queue import make_queue
-    from scheduler.settings import load_settings
     from scheduler.worker import Worker
     from ui.context import AppContext
 
@@ -193,3 +197,38 @@ def test_a_copy_named_by_the_setting_is_what_trains_in_a_job(hub, tmp_path, tiny
                            cache_dir=tmp_path / "dl")  # fmt: skip
     up = {k: t for k, t in load_file(path).items() if "lora_B" in k or "lora.up" in k}
     assert up and all(torch.count_nonzero(t) == 0 for t in up.values())
+
+
+def test_the_trainer_resolves_the_setting_like_the_app_and_the_flag_wins(tmp_path, monkeypatch):
+    """TRAINING_SCRIPT relative to the app's folder (not the working one), passed on as an absolute path; ``--script``
+    wins and the setting is then not even read; a bad setting is bad input (exit code 2) with the settings' message."""
+    from contract.settings import APP_ROOT
+    from training.cli import _script, _settings, list_recipes, parse_args
+    from training.exitcodes import BadInputError
+
+    monkeypatch.chdir(tmp_path)
+    args = parse_args(["--task", "t.json", "--workdir", "w"])
+    monkeypatch.setenv("TRAINING_SCRIPT", "app.py")
+    assert _script(args, _settings(args)) == str(APP_ROOT / "app.py")
+    monkeypatch.setenv("TRAINING_SCRIPT", "no_such_train.py")
+    with pytest.raises(BadInputError, match="TRAINING_SCRIPT='no_such_train.py' names no file"):
+        _settings(args)
+    flagged = parse_args(["--task", "t.json", "--workdir", "w", "--script", "my_pkg.train"])
+    assert _script(flagged, _settings(flagged)) == "my_pkg.train"
+    monkeypatch.delenv("TRAINING_SCRIPT")
+    assert _script(args, _settings(args)) is None
+    monkeypatch.setenv("TRAINING_FAMILY_MODULES", "my_family.py")
+    listing = parse_args(["--list-families"])
+    with pytest.raises(BadInputError, match="TRAINING_FAMILY_MODULES='my_family.py'"):
+        list_recipes(listing)
+
+
+def test_the_module_flags_come_first_and_the_settings_add_theirs(monkeypatch):
+    from training.cli import _family_modules, _recipe_modules, _settings, parse_args
+
+    monkeypatch.setenv("TRAINING_RECIPES_MODULES", "env_recipes, more_recipes")
+    monkeypatch.setenv("TRAINING_FAMILY_MODULES", "env_family")
+    args = parse_args(["--list-recipes", "--recipes-module", "flag_recipes", "--families-module", "flag_family"])
+    settings = _settings(args)
+    assert _recipe_modules(args, settings) == ["flag_recipes", "env_recipes", "more_recipes"]
+    assert _family_modules(args, settings) == ["flag_family", "env_family"]

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.hardware.base import HardwareState
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.trainer_process import PROJECT_ROOT, EventReader
 from scheduler.worker import Worker

@@ -7,9 +7,9 @@ import uuid
 
 from huggingface_hub import HfApi
 
+from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN

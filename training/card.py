@@ -69,6 +69,8 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
         "8-bit Adam": plan.use_8bit_adam if plan else None,
         "base weights while training": _quantized_note(plan),
     }
+    if ctx.script:  # the file's name only: a path could tell where the owner keeps their files
+        settings["training script"] = f"`{Path(ctx.script).name}` (a customized copy of `training/train.py`)"
     if captions_line:
         settings["per-image captions"] = captions
     if lora:

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from training.exitcodes import ExitCode, TrainingError, is_out_of_memory
-
-RECIPES_ENV = "TRAINING_RECIPES_MODULES"
-SCRIPT_ENV = "TRAINING_SCRIPT"  # a copy of training/train.py to run instead (the app passes it as --script)
-FAMILIES_ENV = "TRAINING_FAMILY_MODULES"  # the same name as training.families.FAMILIES_ENV
+from contract.settings import Settings, SettingsError, load_trainer_settings
+from training.exitcodes import BadInputError, ExitCode, TrainingError, is_out_of_memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--progress-bar", choices=["auto", "on", "off"], default="auto", help="console bar (auto: tty)")
     ap.add_argument("--families-module", action="append", default=[], help="extra module registering model families")
     ap.add_argument("--script", default=None,
-                    help="a copy of training/train.py to run instead (a .py path or a module; default: $TRAINING_SCRIPT)")
+                    help="a copy of training/train.py to run instead (a .py path or a module; default: $TRAINING_SCRIPT, "
+                         "relative to the app's folder)")
     ap.add_argument("--list-recipes", action="store_true", help="print the registered recipes (and families) as JSON")
     ap.add_argument("--list-families", action="store_true", help="print the registered model families as JSON")
     args = ap.parse_args(argv)
@@ -44,21 +41,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _recipe_modules(args: argparse.Namespace) -> list[str]:
-    return [m for m in [*args.recipes_module, *os.environ.get(RECIPES_ENV, "").split(",")] if m.strip()]
+def _settings(args: argparse.Namespace) -> Settings:
+    """The trainer's settings (TRAINING_RECIPES_MODULES, TRAINING_FAMILY_MODULES, and TRAINING_SCRIPT unless
+    ``--script`` is given); a bad value is bad input (exit code 2) with the settings' message."""
+    variables = ("TRAINING_RECIPES_MODULES", "TRAINING_FAMILY_MODULES") + (() if args.script else ("TRAINING_SCRIPT",))
+    try:
+        return load_trainer_settings(variables=variables)
+    except SettingsError as e:
+        raise BadInputError(str(e)) from None
 
 
-def _family_modules(args: argparse.Namespace) -> list[str]:
-    return [m for m in [*args.families_module, *os.environ.get(FAMILIES_ENV, "").split(",")] if m.strip()]
+def _recipe_modules(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """``--recipes-module`` flags, then TRAINING_RECIPES_MODULES."""
+    return [m for m in [*args.recipes_module, *settings.recipes_modules] if m.strip()]
 
 
-def _load_plugins(args: argparse.Namespace) -> None:
+def _family_modules(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """``--families-module`` flags, then TRAINING_FAMILY_MODULES."""
+    return [m for m in [*args.families_module, *settings.family_modules] if m.strip()]
+
+
+def _script(args: argparse.Namespace, settings: Settings) -> str | None:
+    """``--script`` as given (a ``.py`` path or a module name), else TRAINING_SCRIPT as an absolute path (a relative
+    one is in the app's folder, as the app resolves it), else None (``training/train.py``)."""
+    if args.script:
+        return args.script
+    path = settings.training_script_path
+    return None if path is None else str(path)
+
+
+def _load_plugins(args: argparse.Namespace, settings: Settings) -> None:
     """The built-in and extra model families, then the recipes (a recipe module may register families too)."""
     from training.families import load_family_modules
     from training.recipes import load_recipe_modules
 
-    load_family_modules(_family_modules(args))
-    load_recipe_modules(_recipe_modules(args))
+    load_family_modules(_family_modules(args, settings))
+    load_recipe_modules(_recipe_modules(args, settings))
 
 
 def list_recipes(args: argparse.Namespace) -> int:
@@ -69,7 +87,7 @@ def list_recipes(args: argparse.Namespace) -> int:
     from training.families import registered_families
     from training.recipes import registered_recipes
 
-    _load_plugins(args)
+    _load_plugins(args, _settings(args))
     families = [cls.catalog_entry() for cls in registered_families()]
     if args.list_families and not args.list_recipes:
         print(json.dumps({"families": families}))
@@ -103,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_recipes or args.list_families:
         _quiet_import_noise()
-        return list_recipes(args)
+        try:
+            return list_recipes(args)
+        except BadInputError as e:  # a bad TRAINING_RECIPES_MODULES / TRAINING_FAMILY_MODULES value
+            print(f"error ({e.kind}): {e}", file=sys.stderr)
+            return e.exit_code
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _quiet_import_noise()
     import torch
@@ -143,12 +165,12 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
     from training.recipes import get_recipe
     from training.spec import TrainSpec
 
-    _load_plugins(args)
+    settings = _settings(args)
+    _load_plugins(args, settings)
     spec = TrainSpec.load(args.task)
     recipe = get_recipe(spec.recipe)
     spec = spec.with_params(recipe.fixed_params, where=f"recipe {spec.recipe!r} fixed_params")
-    script = args.script or os.environ.get(SCRIPT_ENV) or None
-    ctx = RunContext(spec=spec, workdir=Path(args.workdir).resolve(), progress=progress, script=script)
+    ctx = RunContext(spec=spec, workdir=Path(args.workdir).resolve(), progress=progress, script=_script(args, settings))
     result = recipe.run(ctx)
     repo_url = None
     if spec.output is not None and is_main:

@@ -14,12 +14,12 @@ This module imports no torch or diffusers at import time (the CPU Space's form i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import string
 import tempfile
 from pathlib import Path
 
+from contract.settings import DEMO_DIR_VAR, load_trainer_settings
 from training.base_check import DEMO_MODEL
 
 __all__ = ["DEMO_LABEL", "DEMO_MODEL", "DEMO_RESOLUTION", "DEMO_STEPS", "build_demo_model", "build_tiny_sd",
@@ -30,16 +30,15 @@ DEMO_LABEL = "Demo model (tiny and random: trains in about a minute on a CPU, pr
 DEMO_RESOLUTION = 64
 #: steps the form defaults to for the demo model (see the module docstring for the measured time)
 DEMO_STEPS = 100
-DEMO_DIR_ENV = "DREAMBOOTH_DEMO_DIR"
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 TINY_VOCAB_SIZE = 256
 
 
 def demo_model_dir() -> Path:
-    """Where the demo model lives: ``$DREAMBOOTH_DEMO_DIR``, else ``~/.cache/dreambooth-trainer/demo-sd``."""
-    configured = os.environ.get(DEMO_DIR_ENV, "").strip()
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "dreambooth-trainer" / "demo-sd"
+    """Where the demo model lives: ``$DREAMBOOTH_DEMO_DIR`` (the settings' ``demo_dir``), else
+    ``~/.cache/dreambooth-trainer/demo-sd``. Read on each call: only this variable, so no other setting can stop it."""
+    return load_trainer_settings(variables=(DEMO_DIR_VAR,)).demo_dir
 
 
 def build_demo_model(path: str | Path | None = None) -> Path:

@@ -116,9 +116,13 @@ class DreamBoothRecipe(Recipe):
     max_checkpoints_kept: int | None = None
 
     def run(self, ctx: RunContext) -> RunResult:
+        import logging
+
         from training.script import load_training_script
 
-        return load_training_script(ctx.script).train(ctx, self)
+        script = load_training_script(ctx.script)
+        logging.getLogger(__name__).info("training script: %s", script.__file__)
+        return script.train(ctx, self)
 
     def configure_trainable(self, comps: Components, ctx: RunContext) -> dict[str, torch.nn.Module]:
         """Make parameters trainable; return the modules holding them by name ("unet", "text_encoder", ...)."""

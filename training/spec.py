@@ -12,18 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+# The bounds and choices of the params are the contract's (torch-free, one table shared with the form and the CLI);
+# QUANTIZE_BASE_CHOICES and FULL_RECIPES stay importable from here.
+from contract.params import (
+    FULL_RECIPES,
+    LR_SCHEDULER_CHOICES,
+    MAX_PROMPT_CHARS,
+    MIXED_PRECISION_CHOICES,
+    PARAMS,
+    QUANTIZE_BASE_CHOICES,
+    validation_prompts_problem,
+)
 from training.exitcodes import BadInputError
 
 Auto = Literal["auto"]
 TriState = bool | Auto
-
-#: ``params.quantize_base``: how the frozen denoiser of a LoRA run loads. "auto": the memory plan decides from the
-#: GPU's memory and the model's size (``training.precision.plan_quantization``); "none": the mixed-precision
-#: dtype; "nf4" / "int8": bitsandbytes; "fp8": torchao, compute capability >= 8.9 only. Torch-free: the
-#: control plane's validation reads it too.
-QUANTIZE_BASE_CHOICES = ("auto", "none", "nf4", "int8", "fp8")
-#: recipes that train the base weights themselves (an explicit quantization is refused for them)
-FULL_RECIPES = ("dreambooth-full",)
 
 
 @dataclass
@@ -148,34 +151,26 @@ class TrainSpec:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        """Check value ranges and combinations; raises ``BadInputError``."""
+        """Check value ranges and combinations; raises ``BadInputError``. The numbers' bounds are
+        ``contract.params.PARAMS``, the ones the form and the CLI check too."""
         p = self.params
         if not self.instance_prompt:
             raise BadInputError("instance_prompt must not be empty")
-        if p.steps is not None and p.steps < 1:
-            raise BadInputError(f"params.steps must be at least 1 (got {p.steps})")
-        if p.learning_rate is not None and not 0 < p.learning_rate < 1:
-            raise BadInputError(f"params.learning_rate must be in (0, 1) (got {p.learning_rate})")
-        if p.rank < 1 or p.rank > 1024:
-            raise BadInputError(f"params.rank must be between 1 and 1024 (got {p.rank})")
-        if p.alpha is not None and p.alpha <= 0:
-            raise BadInputError("params.alpha must be positive")
-        if p.resolution is not None and (p.resolution < 32 or p.resolution > 4096 or p.resolution % 8):
-            raise BadInputError(f"params.resolution must be a multiple of 8 between 32 and 4096 (got {p.resolution})")
-        if p.batch_size < 1:
-            raise BadInputError("params.batch_size must be at least 1")
-        if p.lr_warmup_steps < 0:
-            raise BadInputError("params.lr_warmup_steps must not be negative")
+        for key in ("instance_prompt", "class_prompt"):
+            prompt = getattr(self, key) or ""
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise BadInputError(f"{key} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
+        for key, bound in PARAMS.items():
+            value = getattr(p, key)
+            if value is not None and not bound.is_number(value):
+                kind = "an integer" if bound.kind is int else "a number"
+                raise BadInputError(f"params.{key} must be {kind} (got {value!r})")
+            if value is not None and not bound.admits(value):
+                raise BadInputError(f"params.{key} must be {bound.broken(float(value))} (got {value})")
         if p.prior_preservation and not (self.class_prompt or "").strip():
             raise BadInputError("prior_preservation needs a class_prompt (e.g. 'a photo of a dog')")
-        if p.prior_preservation and p.num_class_images < 1:
-            raise BadInputError("params.num_class_images must be at least 1 with prior_preservation")
-        if p.snr_gamma is not None and p.snr_gamma <= 0:
-            raise BadInputError("params.snr_gamma must be positive or null")
-        if not 0 <= p.noise_offset < 1:
-            raise BadInputError("params.noise_offset must be in [0, 1)")
-        if p.mixed_precision not in ("auto", "no", "fp16", "bf16"):
-            raise BadInputError("params.mixed_precision must be one of auto, no, fp16, bf16")
+        if p.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise BadInputError(f"params.mixed_precision must be one of {', '.join(MIXED_PRECISION_CHOICES)}")
         for key in ("gradient_checkpointing", "use_8bit_adam"):
             if getattr(p, key) not in (True, False, "auto"):
                 raise BadInputError(f"params.{key} must be true, false or 'auto'")
@@ -184,14 +179,11 @@ class TrainSpec:
         if self.recipe in FULL_RECIPES and p.quantize_base not in ("auto", "none"):
             raise BadInputError(f"params.quantize_base={p.quantize_base!r}: {self.recipe} trains the base weights "
                                 "themselves, which cannot be quantized; use a LoRA recipe or 'none'")  # fmt: skip
-        if p.lr_scheduler not in ("constant", "linear", "cosine", "polynomial"):
-            raise BadInputError("params.lr_scheduler must be one of constant, linear, cosine, polynomial")
-        for key in ("checkpoint_every", "validation_every", "log_every"):
-            v = getattr(p, key)
-            if v is not None and v < 0:
-                raise BadInputError(f"params.{key} must not be negative")
-        if not all(isinstance(x, str) and x.strip() for x in p.validation_prompts):
-            raise BadInputError("params.validation_prompts must be a list of non-empty strings")
+        if p.lr_scheduler not in LR_SCHEDULER_CHOICES:
+            raise BadInputError(f"params.lr_scheduler must be one of {', '.join(LR_SCHEDULER_CHOICES)}")
+        problem = validation_prompts_problem(p.validation_prompts)
+        if problem:
+            raise BadInputError(f"params.validation_prompts {problem}")
 
 
 def _reject_unknown(data: dict, cls: type, where: str) -> None:
@@ -230,13 +222,10 @@ def _hub_obj(value: Any, cls: type, key: str) -> Any:
 
 
 _BOOL_KEYS = {"train_text_encoder", "prior_preservation", "random_flip", "compile"}
-_INT_KEYS = {
-    "steps", "rank", "resolution", "seed", "batch_size", "lr_warmup_steps", "num_class_images",
-    "checkpoint_every", "checkpoints_to_keep", "validation_every", "sample_inference_steps", "log_every",
-}  # fmt: skip
+_INT_KEYS = {key for key, bound in PARAMS.items() if bound.kind is int}
 #: keys with a concrete default that null stands for
 _NULL_IS_DEFAULT = {"rank", "seed", "batch_size", "lr_warmup_steps", "num_class_images", "quantize_base"}
-_FLOAT_KEYS = {"learning_rate", "alpha", "snr_gamma", "noise_offset", "prior_loss_weight", "memory_budget_gib"}
+_FLOAT_KEYS = {key for key, bound in PARAMS.items() if bound.kind is float}
 
 
 def _params(raw: dict[str, Any]) -> TrainParams:

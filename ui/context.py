@@ -59,7 +59,7 @@ def load_family_modules(settings: Any) -> None:
 class AppContext:
     """Shared state of one app process."""
 
-    settings: object  # scheduler.settings.Settings
+    settings: object  # contract.settings.Settings
     queue: TaskQueue
     worker: Worker
     api: Any = None  # HfApi on a Space (checks an output repo before a non-owner's task is queued); None locally

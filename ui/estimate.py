@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
 from scheduler.task import LOCAL_CPU as LOCAL_CPU  # ``estimate`` hardware names of local mode (run records use them)
 from scheduler.task import LOCAL_GPU as LOCAL_GPU
 from scheduler.task import RunRecord
@@ -127,7 +127,7 @@ def _median(values: Sequence[float | None], fallback: Sequence[float | None] = (
 
 def jobs_price(hardware: str, prices: dict[str, float] | None = None) -> float:
     """USD per hour of ``hardware`` as a Job: the Hub's price (``list_jobs_hardware``, via the worker's status) when
-    known, else the list price of ``scheduler.flavors``."""
+    known, else the list price of ``contract.flavors``."""
     if prices and hardware in prices:
         return prices[hardware]
     flavor = FLAVORS.get(hardware)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from scheduler.flavors import FLAVORS, compute_capability, is_gpu
+from contract.flavors import FLAVORS, compute_capability, is_gpu
 from scheduler.host_ram import MARGIN, fits_host_ram, host_ram_gib
 from scheduler.memory_fit import GIB_PER_NOMINAL_GB, fit_flavor, shape_for_base_model, usable_gib
 from scheduler.task import Task

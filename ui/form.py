@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
-from scheduler.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
+from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
 from scheduler.recipes_catalog import FamilyInfo
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from contract.flavors import FLAVORS
 from scheduler.backends.jobs_runner import gpu_seconds_in_day
-from scheduler.flavors import FLAVORS
 from scheduler.redact import redact
 from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus

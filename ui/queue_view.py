@@ -17,10 +17,10 @@ from typing import Any
 
 import gradio as gr
 
+from contract.flavors import FLAVORS
+from contract.settings import DEFAULT_ENDPOINT
 from scheduler.billing import GpuPeriod, shares, task_cost_usd
-from scheduler.flavors import FLAVORS
 from scheduler.queue.base import QueueError
-from scheduler.settings import DEFAULT_ENDPOINT
 from scheduler.task import Task, TaskStatus
 from ui.auth import may_act_on, require_allowed_or_owner
 from ui.context import AppContext

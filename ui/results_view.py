@@ -30,7 +30,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
 from scheduler.task import Task, TaskStatus
 from training.metrics import METRICS_NAME, downsample  # torch-free
 from ui.auth import Access, access_for, visible_tasks

@@ -16,7 +16,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
 from scheduler.hardware.base import HardwareState
 from scheduler.status import ENDED_PHASES, StatusData
 from scheduler.task import Task

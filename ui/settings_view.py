@@ -13,8 +13,8 @@ import gradio as gr
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
+from contract.settings import SettingsError, load_settings
 from scheduler.queue.base import QueueError
-from scheduler.settings import SettingsError, load_settings
 from ui.auth import Access, require_owner
 from ui.context import AppContext
 

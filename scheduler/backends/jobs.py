@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from scheduler.flavors import FLAVORS, is_gpu
+from contract.flavors import FLAVORS, is_gpu
 from scheduler.task import Task, TaskStatus
 
 #: the Job stages after which a Job runs no more (huggingface_hub's ``JobStage``)

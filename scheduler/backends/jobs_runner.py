@@ -21,6 +21,8 @@ from typing import Any
 
 from huggingface_hub import HfApi, JobInfo
 
+from contract.flavors import FLAVORS, is_gpu, jobs_prices
+from contract.settings import DEFAULT_ENDPOINT, Settings
 from scheduler.backends.jobs import (
     REFUSAL_BACKOFF_S,
     JobAction,
@@ -31,11 +33,9 @@ from scheduler.backends.jobs import (
     job_period_label,
 )
 from scheduler.billing import Claim, GpuPeriod
-from scheduler.flavors import FLAVORS, is_gpu, jobs_prices
 from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.redact import redact
 from scheduler.retry import RetryPolicy, call_with_retries, http_status
-from scheduler.settings import DEFAULT_ENDPOINT, Settings
 from scheduler.stored import vetted_with_billing
 from scheduler.task import Task
 
@@ -188,7 +188,7 @@ class JobsRunner:
         return tail, 1
 
     def read_prices(self) -> dict[str, float]:
-        """USD per hour per flavor from ``list_jobs_hardware`` (fallback: ``scheduler.flavors``), read once."""
+        """USD per hour per flavor from ``list_jobs_hardware`` (fallback: ``contract.flavors``), read once."""
         if not self.prices:
             try:
                 rows = [{"name": h.name, "unit_cost_usd": h.unit_cost_usd, "unit_label": h.unit_label}

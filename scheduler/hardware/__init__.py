@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from huggingface_hub import HfApi
 
+from contract.settings import Settings
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState, HardwareUnavailable
 from scheduler.hardware.local import LocalHardware
 from scheduler.hardware.space import SpaceHardware
 from scheduler.retry import RetryPolicy
-from scheduler.settings import Settings
 
 __all__ = [
     "HardwareController",

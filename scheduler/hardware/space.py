@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, SpaceRuntime
 
-from scheduler.flavors import FLAVORS, is_gpu
+from contract.flavors import FLAVORS, is_gpu
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState, HardwareUnavailable
 from scheduler.hardware.probe import cuda_visible
 from scheduler.retry import RetryPolicy, call_with_retries, http_status, is_transient

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from huggingface_hub import HfApi
 
+from contract.settings import Settings
 from scheduler.queue.base import InvalidTransition, QueueError, QueueUnavailable, TaskNotFound, TaskQueue
 from scheduler.queue.hub import HubQueue
 from scheduler.queue.local import LocalQueue
 from scheduler.retry import RetryPolicy
-from scheduler.settings import Settings
 from scheduler.stored import queue_checker
 
 __all__ = [

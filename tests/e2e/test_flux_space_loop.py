@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
+from contract.settings import load_settings
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN
 from tests.e2e.harness import (

@@ -16,7 +16,7 @@ import pytest
 from gradio_client import Client
 
 from app import create_app
-from scheduler.settings import load_settings
+from contract.settings import load_settings
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.e2e.harness import DESKTOP, PHONE, browser, fill_form, free_port, shot
 from tests.tiny_models import make_images

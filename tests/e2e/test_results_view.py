@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from contract.settings import load_settings
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import Task, TaskStatus
 from tests.e2e.harness import DESKTOP, PHONE, app_env, browser, free_port, run_app, shot, wait_for, wait_http
 from tests.tiny_models import make_images

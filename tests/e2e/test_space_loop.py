@@ -17,9 +17,9 @@ import uuid
 import pytest
 from huggingface_hub import HfApi
 
-from scheduler.flavors import FLAVORS
+from contract.flavors import FLAVORS
+from contract.settings import load_settings
 from scheduler.queue import make_queue
-from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from tests.conftest import ALICE_TOKEN
 from tests.e2e.harness import (

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from app import create_app
-from scheduler.settings import load_settings
+from contract.settings import load_settings
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.e2e.harness import free_port
 from tests.faults.space import CAPTURED_TEXT, call_gradio

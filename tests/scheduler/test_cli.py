@@ -151,7 +151,7 @@ def pipeline_folder(path):
 
 
 def test_submit_accepts_the_base_models_the_form_accepts(tmp_path, monkeypatch, capsys):
-    from scheduler.settings import load_settings
+    from contract.settings import load_settings
     from scheduler.stored import stored_task_problem
 
     images = tmp_path / "photos"

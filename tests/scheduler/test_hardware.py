@@ -9,10 +9,10 @@ import uuid
 import pytest
 from huggingface_hub import HfApi
 
+from contract.settings import load_settings
 from scheduler.diagnostics import check_space_ownership, diagnose_token
 from scheduler.hardware import HardwareRefused, LocalHardware, SpaceHardware, make_hardware
 from scheduler.retry import RetryPolicy
-from scheduler.settings import load_settings
 from tests.conftest import ALICE_TOKEN, BOB_TOKEN
 
 pytestmark = pytest.mark.timeout(120)

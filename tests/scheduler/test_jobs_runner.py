@@ -6,6 +6,8 @@ import httpx2
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
+from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS, is_gpu, is_jobs_only, jobs_prices
+from contract.settings import load_settings
 from scheduler.backends.jobs import JobView
 from scheduler.backends.jobs_runner import (
     JobsRunner,
@@ -13,8 +15,6 @@ from scheduler.backends.jobs_runner import (
     job_refusal,
     job_timeout_s,
 )
-from scheduler.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS, is_gpu, is_jobs_only, jobs_prices
-from scheduler.settings import load_settings
 from scheduler.status import WorkerStatus
 
 
@@ -57,7 +57,7 @@ def test_prices_come_from_the_hub_with_the_table_as_fallback():
     assert source.startswith("list_jobs_hardware") and "fallback" in source
     assert jobs_prices(None) == (
         {n: f.usd_per_hour for n, f in FLAVORS.items()},
-        "fallback table (scheduler/flavors.py)",
+        "fallback table (contract/flavors.py)",
     )
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi, hf_hub_download
 
+from contract.settings import load_settings
 from scheduler.cli import EXIT_CONFLICT, EXIT_OK, EXIT_USAGE, main
 from scheduler.hardware import make_hardware
 from scheduler.queue import InvalidTransition, LocalQueue, QueueError, make_queue
 from scheduler.queue.document import QUEUE_FILE
-from scheduler.settings import load_settings
 from scheduler.task import TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN

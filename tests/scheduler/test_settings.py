@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.settings import DEFAULT_BASE_MODEL, SettingsError, load_settings
+from contract.settings import DEFAULT_BASE_MODEL, SettingsError, load_settings
 
 SPACE_ENV = {"SPACE_ID": "alice/trainer", "SPACE_AUTHOR_NAME": "alice", "SPACE_REPO_NAME": "trainer", "HF_TOKEN": "hf_secret_value_123"}
 
@@ -132,7 +132,7 @@ def test_jobs_backend_settings():
 
 
 def test_training_script_is_a_py_file_in_the_apps_folder_or_an_absolute_path(tmp_path, monkeypatch):
-    from scheduler.settings import APP_ROOT
+    from contract.settings import APP_ROOT
 
     monkeypatch.chdir(tmp_path)  # a relative path is the app's folder's, not the working directory's
     default = load_settings({})
@@ -146,7 +146,7 @@ def test_training_script_is_a_py_file_in_the_apps_folder_or_an_absolute_path(tmp
 
 
 def test_a_training_script_that_is_no_existing_py_file_is_refused_with_the_fix(tmp_path):
-    from scheduler.settings import APP_ROOT
+    from contract.settings import APP_ROOT
 
     (tmp_path / "folder.py").mkdir()
     (tmp_path / "my_train.txt").write_text("")
@@ -193,3 +193,34 @@ def test_local_mode_is_unchanged_by_the_backend_settings():
 def test_invalid_backend_values_raise_clear_errors(env, message):
     with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_settings(env)
+
+
+def test_the_trainer_reads_only_its_own_variables_with_the_same_parsers(tmp_path, monkeypatch):
+    """A trainer runs with the app's environment (less its secrets), in a Job, or by hand: a variable it does not
+    use never stops it, and its own ones parse as the app's do."""
+    from contract.settings import APP_ROOT, TRAINER_VARIABLES, default_demo_dir, load_trainer_settings
+
+    monkeypatch.chdir(tmp_path)
+    unrelated = {"TRAIN_HARDWARE": "h200", "MAX_ATTEMPTS": "zero", "SPACE_ID": "not a repo id"}
+    with pytest.raises(SettingsError):
+        load_settings(unrelated)
+    env = {**unrelated, "TRAINING_SCRIPT": "app.py", "TRAINING_FAMILY_MODULES": "my_family, pkg.more",
+           "TRAINING_RECIPES_MODULES": "my_recipes", "DREAMBOOTH_DEMO_DIR": str(tmp_path / "demo")}  # fmt: skip
+    s = load_trainer_settings(env)
+    assert s.training_script_path == APP_ROOT / "app.py"
+    assert (s.family_modules, s.recipes_modules, s.demo_dir) == (("my_family", "pkg.more"), ("my_recipes",), tmp_path / "demo")
+    assert {name for name, source in s.sources().items() if source != "default"} == {
+        "training_script", "family_modules", "recipes_modules", "demo_dir"}  # fmt: skip
+    assert s.train_hardware == "t4-small" and s.local  # the rest: defaults
+    assert load_trainer_settings({}).demo_dir == default_demo_dir() == load_settings({}).demo_dir
+    for var, bad in (("TRAINING_SCRIPT", "no_such_train.py"), ("TRAINING_FAMILY_MODULES", "my_family.py")):
+        with pytest.raises(SettingsError) as trainer:
+            load_trainer_settings({var: bad})
+        with pytest.raises(SettingsError) as app:
+            load_settings({var: bad})
+        assert str(trainer.value) == str(app.value)
+        others = tuple(v for v in TRAINER_VARIABLES if v != var)
+        assert load_trainer_settings({var: bad}, variables=others).sources()[
+            "training_script" if var == "TRAINING_SCRIPT" else "family_modules"] == "default"  # fmt: skip
+    with pytest.raises(ValueError, match="not a trainer variable"):
+        load_trainer_settings({}, variables=("TRAIN_HARDWARE",))

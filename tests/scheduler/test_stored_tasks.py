@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from huggingface_hub import HfApi
 
+from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.lifecycle import Snapshot, decide
 from scheduler.queue import InvalidTransition, QueueError, make_queue
 from scheduler.queue.document import QUEUE_FILE, QueueDoc
-from scheduler.settings import load_settings
 from scheduler.stored import REJECTED, UnreadableTask, stored_task_problem, vet_tasks
 from scheduler.task import ImageRef, Lease, Task, TaskStatus
 from scheduler.worker import Worker

@@ -95,7 +95,7 @@ def jobs_prices(hardware: list[dict[str, object]] | None) -> tuple[dict[str, flo
             if 0 <= cost < 1e6:
                 prices[name] = round(float(cost) * per_hour[unit], 6)
                 priced.add(name)
-    source = "list_jobs_hardware" if priced else "fallback table (scheduler/flavors.py)"
+    source = "list_jobs_hardware" if priced else "fallback table (contract/flavors.py)"
     if priced and not priced >= set(FLAVORS):
         source += " + fallback table for the rest"
     return prices, source

@@ -1,13 +1,18 @@
 """The app's settings: parsed once from the environment (Space secrets and variables) into one frozen object.
 
-``load_settings`` is the only place in the project that reads ``os.environ``. Every field records where its
-value came from (``Settings.sources()``), so the settings view can say "from QUEUE_REPO" or "default".
+This module is the only place in the project that reads ``os.environ``: ``load_settings`` for the app, the
+scheduler and Jobs, ``load_trainer_settings`` for the trainer (``python -m training``), which parses only its own
+variables (``TRAINER_VARIABLES``) with the same parsers. Every field records where its value came from
+(``Settings.sources()``), so the settings view can say "from QUEUE_REPO" or "default".
+
+``VARIABLES`` names every variable read here; the README's variables table lists them all but ``NOT_FOR_USERS``
+(tests/test_readme.py checks both ways).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -16,7 +21,7 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from scheduler.flavors import FLAVORS, IDLE_FLAVORS, is_jobs_only
+from contract.flavors import FLAVORS, IDLE_FLAVORS, is_jobs_only
 
 APP_ROOT = Path(__file__).resolve().parent.parent  # the app's folder: where a relative TRAINING_SCRIPT is looked for
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -26,6 +31,38 @@ TRAINING_BACKENDS = ("space", "jobs")  # where training runs: the Space upgrades
 DEFAULT_JOBS_GPU_HOURS_PER_DAY = 24.0  # JOBS_GPU_HOURS_PER_DAY default: a day of one GPU, in any 24 h
 # Tests only: let Gradio's mocked sign-in (anyone becomes the token's owner) serve a Space-mode app.
 MOCK_SIGNIN_VAR = "DREAMBOOTH_TEST_MOCK_SIGNIN"
+DEMO_DIR_VAR = "DREAMBOOTH_DEMO_DIR"  # where the built-in demo model is built on first use (training.demo)
+
+#: every environment variable this module reads (``load_settings``; ``load_trainer_settings`` reads a subset)
+VARIABLES = (
+    "HF_TOKEN", "HF_ENDPOINT", "SPACE_ID", "SPACE_AUTHOR_NAME", "SPACE_REPO_NAME", "QUEUE_REPO", "ALLOWED_USERS",
+    "TRAIN_HARDWARE", "IDLE_HARDWARE", "MAX_ATTEMPTS", "TASK_DEADLINE_S", "LEASE_S", "POLL_INTERVAL_S",
+    "RETRY_BASE_S", "BASE_MODELS", "DEFAULT_BASE_MODEL", "DATA_DIR", "ACCELERATOR", "ALLOW_CPU_TRAINING",
+    "TRAINING_SCRIPT", "TRAINING_FAMILY_MODULES", "TRAINING_RECIPES_MODULES", DEMO_DIR_VAR, "TRAINING_BACKEND",
+    "MAX_PARALLEL_JOBS", "JOBS_GPU_HOURS_PER_DAY", "JOB_IMAGE", "JOBS_NAMESPACE", "KEEP_PHOTOS", "KEEP_RUN_FOLDERS",
+    "OUTPUT_NAMESPACE", "MAX_QUEUED_PER_USER", "MAX_GPU_HOURS_PER_USER_DAY", "SPACE_HOST", "SYSTEM",
+    "OAUTH_CLIENT_SECRET", MOCK_SIGNIN_VAR,
+)  # fmt: skip
+_PLATFORM = "set by the Spaces platform in every Space's container, not by the Space's owner"
+#: variables read here that the README's variables table deliberately leaves out (users do not set them), and why
+NOT_FOR_USERS: Mapping[str, str] = MappingProxyType({
+    "SPACE_ID": f"{_PLATFORM}: the Space's repo id (its presence turns local mode off)",
+    "SPACE_AUTHOR_NAME": f"{_PLATFORM}: the Space's owner",
+    "SPACE_REPO_NAME": f"{_PLATFORM}: the Space's name",
+    "SPACE_HOST": f"{_PLATFORM}: the Space's own host name (the sign-in's cross-site check)",
+    "ACCELERATOR": f"{_PLATFORM}: the accelerator of the hardware the Space runs on",
+    "SYSTEM": f"{_PLATFORM} (`spaces`): Gradio mounts the real OAuth routes",
+    "OAUTH_CLIENT_SECRET": f"{_PLATFORM} with `hf_oauth: true`: the sign-in's secret (README: Privacy)",
+    MOCK_SIGNIN_VAR: "tests only: lets Gradio's mocked sign-in (anyone becomes the token's owner) serve a Space-mode "
+                     "app; never set on a real Space",
+})  # fmt: skip
+#: the variables the trainer (``python -m training``) reads itself, through ``load_trainer_settings``
+TRAINER_VARIABLES = ("TRAINING_RECIPES_MODULES", "TRAINING_FAMILY_MODULES", "TRAINING_SCRIPT", DEMO_DIR_VAR)
+
+
+def default_demo_dir() -> Path:
+    """Where the demo model is built when DREAMBOOTH_DEMO_DIR is not set: ``~/.cache/dreambooth-trainer/demo-sd``."""
+    return Path.home() / ".cache" / "dreambooth-trainer" / "demo-sd"
 
 
 class SettingsError(ValueError):
@@ -63,13 +100,16 @@ class Settings:
     jobs_gpu_hours_per_day: float | None = DEFAULT_JOBS_GPU_HOURS_PER_DAY  # GPU hours of Jobs run in any 24 h; None: no cap
     job_image: str | None = None  # the Jobs' image: this Space's own (hf.co/spaces/<SPACE_ID>) unless JOB_IMAGE is set
     jobs_namespace: str | None = None  # who runs (and pays for) the Jobs: the Space's owner unless JOBS_NAMESPACE is set
-    recipes_modules: tuple[str, ...] = ()  # TRAINING_RECIPES_MODULES, forwarded to each Job (the trainer reads its own)
+    recipes_modules: tuple[str, ...] = ()  # TRAINING_RECIPES_MODULES, forwarded to each Job (a trainer reads it: load_trainer_settings)
     # TRAINING_SCRIPT: a customized copy of training/train.py (relative to the app's folder, or absolute) that every
     # run uses instead: the worker passes it to ``python -m training --script``; forwarded to each Job.
     training_script: str | None = None
     # TRAINING_FAMILY_MODULES: modules registering extra model families (``training.families.register_family``),
     # imported by the app (the form's base-model check) and passed to every trainer; forwarded to each Job.
     family_modules: tuple[str, ...] = ()
+    # DREAMBOOTH_DEMO_DIR: where the built-in demo model is built on first use (read by the trainer and the app's
+    # base-model check through ``training.demo``).
+    demo_dir: Path = field(default_factory=default_demo_dir)
     # Privacy and per-user limits (see README "Privacy").
     keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
     keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
@@ -200,11 +240,8 @@ def _parse_modules(var: str, raw: str) -> tuple[str, ...]:
     return modules
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Parse the settings from ``environ`` (default: the process environment). Raises SettingsError."""
-    env = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+def _taker(env: Mapping[str, str], sources: dict[str, str]) -> Callable[[str, str], str | None]:
+    """``take(field, VAR)``: VAR's stripped value (None when unset or blank), noting it as the field's source."""
 
     def take(name: str, var: str) -> str | None:
         raw = env.get(var)
@@ -212,6 +249,51 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             return None
         sources[name] = var
         return raw.strip()
+
+    return take
+
+
+def _load_trainer_variables(values: dict[str, Any], take: Callable[[str, str], str | None],
+                            variables: Collection[str] = TRAINER_VARIABLES) -> None:  # fmt: skip
+    """The trainer's own variables (those of ``variables``): TRAINING_SCRIPT, TRAINING_FAMILY_MODULES,
+    TRAINING_RECIPES_MODULES and DREAMBOOTH_DEMO_DIR."""
+    script = take("training_script", "TRAINING_SCRIPT") if "TRAINING_SCRIPT" in variables else None
+    if script is not None:
+        values["training_script"] = _parse_training_script(script)
+    families = take("family_modules", "TRAINING_FAMILY_MODULES") if "TRAINING_FAMILY_MODULES" in variables else None
+    if families is not None:
+        values["family_modules"] = _parse_modules("TRAINING_FAMILY_MODULES", families)
+    modules = take("recipes_modules", "TRAINING_RECIPES_MODULES") if "TRAINING_RECIPES_MODULES" in variables else None
+    if modules is not None:
+        values["recipes_modules"] = _parse_list(modules)
+    demo_dir = take("demo_dir", DEMO_DIR_VAR) if DEMO_DIR_VAR in variables else None
+    if demo_dir is not None:
+        values["demo_dir"] = Path(demo_dir).expanduser()
+
+
+def load_trainer_settings(environ: Mapping[str, str] | None = None, *,
+                          variables: Collection[str] = TRAINER_VARIABLES) -> Settings:  # fmt: skip
+    """The trainer's settings: only ``variables`` (some of ``TRAINER_VARIABLES``) are read, with ``load_settings``'s
+    parsers; every other field keeps its default. Raises SettingsError for a bad value of one of them.
+
+    The trainer runs with the app's environment less its secrets (``child_environment``), in a Job with the Space's
+    forwarded settings, or by hand with any environment: a variable it does not use must never stop it."""
+    unknown = set(variables) - set(TRAINER_VARIABLES)
+    if unknown:
+        raise ValueError(f"not a trainer variable: {', '.join(sorted(unknown))}")
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    _load_trainer_variables(values, _taker(env, sources), variables)
+    return Settings(**values, _sources=MappingProxyType(sources))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse the settings from ``environ`` (default: the process environment). Raises SettingsError."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    take = _taker(env, sources)
 
     token = take("hf_token", "HF_TOKEN")
     if token is not None:
@@ -303,12 +385,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     cpu = take("allow_cpu_training", "ALLOW_CPU_TRAINING")
     if cpu is not None:
         values["allow_cpu_training"] = _parse_bool("ALLOW_CPU_TRAINING", cpu)
-    script = take("training_script", "TRAINING_SCRIPT")
-    if script is not None:
-        values["training_script"] = _parse_training_script(script)
-    families = take("family_modules", "TRAINING_FAMILY_MODULES")
-    if families is not None:
-        values["family_modules"] = _parse_modules("TRAINING_FAMILY_MODULES", families)
+    _load_trainer_variables(values, take)
 
     _load_jobs_settings(values, sources, take, space_id=space_id, author=author)
 
@@ -369,9 +446,6 @@ def _load_jobs_settings(values: dict[str, Any], sources: dict[str, str], take: A
     elif author is not None and space_id is not None:
         namespace, sources["jobs_namespace"] = author, "derived"
     values["jobs_namespace"] = namespace
-    modules = take("recipes_modules", "TRAINING_RECIPES_MODULES")
-    if modules is not None:
-        values["recipes_modules"] = _parse_list(modules)
     train_hw = values.get("train_hardware")
     if is_jobs_only(train_hw) and values.get("training_backend") != "jobs":
         raise SettingsError(f"TRAIN_HARDWARE={train_hw!r} exists only on Jobs: set TRAINING_BACKEND=jobs or choose a Space flavor.")

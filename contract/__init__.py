@@ -1,0 +1,1 @@
+"""Torch-free contract shared by ui/, scheduler/ and training/: the task's parameters with one set of bounds, the settings."""
