@@ -64,15 +64,11 @@ def flux1_bfl_groups(n_double: int, n_single: int, inner: int, mlp_ratio: float 
         "vector_in.in_layer": [("time_text_embed.text_embedder.linear_1", None)],
         "vector_in.out_layer": [("time_text_embed.text_embedder.linear_2", None)],
     }  # fmt: skip
-    for i in range(n_double):
-        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        groups[f"{b}.img_attn.qkv"] = [(f"{d}.attn.to_{x}", inner) for x in "qkv"]
-        groups[f"{b}.txt_attn.qkv"] = [(f"{d}.attn.add_{x}_proj", inner) for x in "qkv"]
-        for bfl, dif in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
-                         ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
-                         ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
-                         ("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear")):  # fmt: skip
-            groups[f"{b}.{bfl}"] = [(f"{d}.{dif}", None)]
+    _double_blocks(groups, n_double, inner, (
+        ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
+        ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
+        ("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
+    ))  # fmt: skip
     for i in range(n_single):
         s, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
         groups[f"{b}.linear1"] = [(f"{s}.attn.to_{x}", inner) for x in "qkv"] + [(f"{s}.proj_mlp", mlp)]
@@ -156,16 +152,23 @@ def flux2_bfl_groups(n_double: int, n_single: int, inner: int) -> dict[str, list
         "double_stream_modulation_img.lin": [("double_stream_modulation_img.linear", None)],
         "double_stream_modulation_txt.lin": [("double_stream_modulation_txt.linear", None)],
     }  # fmt: skip
-    for i in range(n_double):
-        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
-        groups[f"{b}.img_attn.qkv"] = [(f"{d}.attn.to_{x}", inner) for x in "qkv"]
-        groups[f"{b}.txt_attn.qkv"] = [(f"{d}.attn.add_{x}_proj", inner) for x in "qkv"]
-        for bfl, dif in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
-                         ("img_mlp.0", "ff.linear_in"), ("img_mlp.2", "ff.linear_out"),
-                         ("txt_mlp.0", "ff_context.linear_in"), ("txt_mlp.2", "ff_context.linear_out")):  # fmt: skip
-            groups[f"{b}.{bfl}"] = [(f"{d}.{dif}", None)]
+    _double_blocks(groups, n_double, inner, (
+        ("img_mlp.0", "ff.linear_in"), ("img_mlp.2", "ff.linear_out"),
+        ("txt_mlp.0", "ff_context.linear_in"), ("txt_mlp.2", "ff_context.linear_out"),
+    ))  # fmt: skip
     for i in range(n_single):
         s, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
         groups[f"{b}.linear1"] = [(f"{s}.attn.to_qkv_mlp_proj", None)]
         groups[f"{b}.linear2"] = [(f"{s}.attn.to_out", None)]
     return groups
+
+
+def _double_blocks(groups: dict[str, list], n_double: int, inner: int, one_to_one: tuple) -> None:
+    """The double-stream blocks' groups of both Flux generations: the image and text q/k/v fused into ``qkv``, the
+    attention outputs, and ``one_to_one`` (BFL name, diffusers name) pairs of the generation's other modules."""
+    for i in range(n_double):
+        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        groups[f"{b}.img_attn.qkv"] = [(f"{d}.attn.to_{x}", inner) for x in "qkv"]
+        groups[f"{b}.txt_attn.qkv"] = [(f"{d}.attn.add_{x}_proj", inner) for x in "qkv"]
+        for bfl, dif in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"), *one_to_one):
+            groups[f"{b}.{bfl}"] = [(f"{d}.{dif}", None)]
