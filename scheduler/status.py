@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract.events import Step
 from scheduler.billing import GpuPeriod
 from scheduler.hardware.base import HardwareState
 from scheduler.task import Task, TaskStatus
@@ -66,16 +67,16 @@ class WorkerStatus:
                 setattr(self._data, key, value)
             self._data.updated_at = time.time()
 
-    def record_step(self, event: dict[str, Any]) -> None:
+    def record_step(self, event: Step) -> None:
         """Apply one ``step`` event of the trainer."""
         with self._lock:
             d = self._data
-            d.step = int(event.get("step", d.step))
-            d.total = int(event.get("total", d.total) or d.total)
-            d.steps_per_s = event.get("steps_per_s", d.steps_per_s)
-            d.eta_s = event.get("eta_s", d.eta_s)
-            if event.get("loss") is not None:
-                d.loss = float(event["loss"])
+            d.step = event.step
+            d.total = event.total or d.total
+            d.steps_per_s = event.steps_per_s if event.steps_per_s is not None else d.steps_per_s
+            d.eta_s = event.eta_s if event.eta_s is not None else d.eta_s
+            if event.loss is not None:
+                d.loss = float(event.loss)
                 d.loss_history.append((d.step, d.loss))
                 del d.loss_history[:-LOSS_HISTORY]
             d.updated_at = time.time()

@@ -20,6 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract.events import (
+    Checkpoint,
+    Done,
+    Error,
+    Event,
+    ExitCode,
+    MemoryPlan,
+    Phase,
+    Resumed,
+    Sample,
+    Step,
+    parse_event,
+)
 from contract.settings import child_environment
 from scheduler.queue.base import InvalidTransition, QueueError
 from scheduler.queue.document import CHECKPOINTS_DIR
@@ -30,9 +43,9 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m training`` finds the package
 EXIT_MESSAGES = {
-    2: "the trainer refused the task's input",
-    3: "the GPU ran out of memory (try a lower resolution or rank, or a bigger GPU)",
-    4: "the model was trained but the upload failed",
+    ExitCode.BAD_INPUT: "the trainer refused the task's input",
+    ExitCode.OUT_OF_MEMORY: "the GPU ran out of memory (try a lower resolution or rank, or a bigger GPU)",
+    ExitCode.UPLOAD_FAILED: "the model was trained but the upload failed",
 }
 LOG_TAIL_LINES = 40
 ERROR_TAIL_LINES = 15
@@ -72,16 +85,15 @@ class Watch:
     echo: bool = False  # copy the trainer's log to stdout (inside a Job, whose own log then shows it)
 
 
-def memory_plan_message(event: dict[str, Any]) -> str:
+def memory_plan_message(event: MemoryPlan) -> str:
     """The run view's line for the trainer's ``memory_plan`` event, e.g. "Memory plan: NF4 base, gradient
     checkpointing, about 9.9 GiB of GPU memory"."""
-    kind = str(event.get("quantized_base") or "none")
+    kind = event.quantized_base or "none"
     parts = ["bf16/fp16 base" if kind == "none" else f"{kind.upper()} base"]
-    parts += [name for key, name in (("gradient_checkpointing", "gradient checkpointing"),
-                                     ("use_8bit_adam", "8-bit Adam")) if event.get(key) is True]  # fmt: skip
-    est = event.get("estimate_gib")
-    if isinstance(est, int | float):
-        parts.append(f"about {est:.1f} GiB of GPU memory")
+    parts += [name for on, name in ((event.gradient_checkpointing, "gradient checkpointing"),
+                                    (event.use_8bit_adam, "8-bit Adam")) if on]  # fmt: skip
+    if event.estimate_gib is not None:
+        parts.append(f"about {event.estimate_gib:.1f} GiB of GPU memory")
     return "Memory plan: " + ", ".join(parts)
 
 
@@ -93,8 +105,8 @@ class EventReader:
         self._offset = 0
         self._partial = b""
 
-    def read_new(self) -> list[dict[str, Any]]:
-        """Events appended since the last call."""
+    def read_new(self) -> list[Event]:
+        """Events appended since the last call (a line that is not a well-formed event is skipped)."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
@@ -108,10 +120,10 @@ class EventReader:
         events = []
         for line in lines:
             try:
-                event = json.loads(line)
+                event = parse_event(json.loads(line))
             except ValueError:
                 continue
-            if isinstance(event, dict):
+            if event is not None:
                 events.append(event)
         return events
 
@@ -203,8 +215,8 @@ def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, statu
     """Watch the running trainer until it exits (or is killed) and return how it ended."""
     started = time.monotonic()
     last_beat = last_check = started
-    done_event: dict[str, Any] | None = None
-    error_event: dict[str, Any] | None = None
+    done_event: Done | None = None
+    error_event: Error | None = None
     resumed = 0
     tick = min(1.0, watch.poll_interval_s)
     echoed = 0
@@ -219,8 +231,8 @@ def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, statu
             echoed = echo_log(log_path, echoed, redact)
         for event in reader.read_new():
             done_event, error_event = apply_event(status, event, done_event, error_event)
-            if event.get("event") == "resumed" and isinstance(event.get("step"), int):
-                resumed = max(0, event["step"])
+            if isinstance(event, Resumed):
+                resumed = max(0, event.step)
         status.update(log_tail=redact(tail_lines(log_path, LOG_TAIL_LINES)))
         if code is not None:
             break
@@ -263,48 +275,44 @@ def echo_log(log_path: Path, offset: int, redact: Redact) -> int:
     return offset + len(complete)
 
 
-def apply_event(status: WorkerStatus, event: dict[str, Any], done: dict[str, Any] | None,
-                error: dict[str, Any] | None) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:  # fmt: skip
+def apply_event(status: WorkerStatus, event: Event, done: Done | None,
+                error: Error | None) -> tuple[Done | None, Error | None]:  # fmt: skip
     """Show one trainer event in ``status``; return the (done, error) events seen so far."""
-    kind = event.get("event")
-    if kind == "step":
+    if isinstance(event, Step):
         status.record_step(event)
         status.update(phase="training")
-    elif kind == "phase":
-        status.update(phase=str(event.get("phase") or event.get("name") or "working"))
-    elif kind == "sample":
-        paths = event.get("paths") or event.get("images") or ([event["path"]] if event.get("path") else [])
-        status.add_samples([str(p) for p in paths])
-    elif kind == "checkpoint":
-        status.update(message=f"Checkpoint saved at step {event.get('step', '?')}")
-    elif kind == "memory_plan":
+    elif isinstance(event, Phase):
+        status.update(phase=event.phase or "working")
+    elif isinstance(event, Sample):
+        status.add_samples(event.paths)
+    elif isinstance(event, MemoryPlan):
         status.update(message=memory_plan_message(event))
-    elif kind == "resumed":
-        log.info("the trainer resumed from the checkpoint of step %s", event.get("step", "?"))
-        status.update(message=f"Resumed from step {event.get('step', '?')}")
-    elif kind == "done":
+    elif isinstance(event, Resumed):
+        log.info("the trainer resumed from the checkpoint of step %s", event.step)
+        status.update(message=f"Resumed from step {event.step}")
+    elif isinstance(event, Done):
         done = event
-    elif kind == "error":
+    elif isinstance(event, Error):
         error = event
+    elif isinstance(event, Checkpoint):
+        status.update(message=f"Checkpoint saved at step {event.step}")
     return done, error
 
 
-def trainer_outcome(code: int, done: dict[str, Any] | None, error: dict[str, Any] | None, log_path: Path,
+def trainer_outcome(code: int, done: Done | None, error: Error | None, log_path: Path,
                     redact: Redact) -> TrainOutcome:  # fmt: skip
     """How a trainer that exited with ``code`` ended: its result, or an error with the (redacted) log's tail."""
-    if code == 0 and done is not None:
-        report = done.get("run")
-        return TrainOutcome(ok=True, result_url=done.get("repo_url") or done.get("output_dir"),
-                            report=report if isinstance(report, dict) else None)  # fmt: skip
+    if code == ExitCode.OK and done is not None:
+        return TrainOutcome(ok=True, result_url=done.repo_url or done.output_dir, report=done.run or None)
     lines = tail_lines(log_path, ERROR_TAIL_LINES)
     head = EXIT_MESSAGES.get(code, f"the trainer exited with code {code}")
     if code == 0:
         head = "the trainer exited without reporting a result"
     if error is not None:
-        head += f" ({error.get('kind', 'error')}: {error.get('message', '')})"
+        head += f" ({error.kind}: {error.message})"
     if code < 0:
         head = f"the trainer was killed by signal {-code} (for example by the out-of-memory killer)"
     # Bad input and out-of-memory fail the same way every time; anything else (a kill, a crash, a failed
     # upload whose weights are checkpointed) gets another attempt, which resumes from the last checkpoint.
-    retryable = code not in (2, 3)
+    retryable = code not in (ExitCode.BAD_INPUT, ExitCode.OUT_OF_MEMORY)
     return TrainOutcome(ok=False, error="\n".join(redact([head, *lines])), retryable=retryable)

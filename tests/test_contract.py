@@ -185,3 +185,56 @@ def test_contract_imports_no_torch():
     code = "import sys, contract.params; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+# ---------------------------------------------------------------- progress events: written by the trainer, read by the app
+def test_every_event_the_trainer_writes_is_read_back_by_the_app_as_written(tmp_path):
+    from contract import events
+    from scheduler.trainer_process import EventReader
+    from training.progress import Progress
+
+    written = [
+        events.Phase(phase="training"),
+        events.Step(step=3, total=10, loss=0.25, lr=1e-4, steps_per_s=2.0, eta_s=3.5, peak_mem_gib=1.5),
+        events.Sample(step=3, paths=["/w/output/samples/step3_0.png"]),
+        events.Checkpoint(step=3, path="/w/checkpoints/step-00000003"),
+        events.Resumed(step=3),
+        events.MemoryPlan(quantized_base="nf4", gradient_checkpointing=True, estimate_gib=9.9, source="table"),
+        events.Done(output_dir="/w/output", repo_url=None, run={"steps": 10}),
+        events.Error(kind="bad_input", message="no images"),
+    ]
+    progress = Progress(tmp_path / "events.jsonl")
+    for event in written:
+        progress.emit(event)
+    progress.close()
+    read = EventReader(tmp_path / "events.jsonl").read_new()
+    assert [e.model_copy(update={"time": None}) for e in read] == written
+    assert all(isinstance(e.time, float) for e in read)  # stamped when written
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"event": "step", "step": "three", "total": 10}, {"event": "step", "total": 10}, {"event": "sample", "step": 1},
+     {"event": "error", "kind": "oom"}, {"event": "resumed"}, {"event": "nonsense", "step": 1}, {"step": 1},
+     ["event", "step"], "step", None],
+)  # fmt: skip
+def test_a_line_that_is_not_a_well_formed_event_is_not_trusted(record):
+    from contract.events import parse_event
+
+    assert parse_event(record) is None
+
+
+def test_the_apps_outcome_of_a_run_follows_its_exit_code_and_events(tmp_path):
+    from contract.events import Done, Error, ExitCode
+    from scheduler.trainer_process import trainer_outcome
+
+    log = tmp_path / "train.log"
+    log.write_text("line\n")
+    ok = trainer_outcome(ExitCode.OK, Done(output_dir="/w/output", run={"steps": 4}), None, log, list)
+    assert ok.ok and ok.result_url == "/w/output" and ok.report == {"steps": 4}
+    bad = trainer_outcome(ExitCode.BAD_INPUT, None, Error(kind="bad_input", message="no images"), log, list)
+    assert not bad.ok and not bad.retryable and "refused the task's input (bad_input: no images)" in bad.error
+    crash = trainer_outcome(ExitCode.FAILURE, None, None, log, list)
+    assert not crash.ok and crash.retryable
+    silent = trainer_outcome(ExitCode.OK, None, None, log, list)  # exited 0 without a done event: not a result
+    assert not silent.ok and "without reporting a result" in silent.error

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.tiny_models import make_images
 from training.cli import main
-from training.exitcodes import ExitCode
+from contract.events import ExitCode
 from training.export.kohya import adapter_configs_of, kohya_alpha, write_kohya_file
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"

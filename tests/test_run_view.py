@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contract.events import Step
 from scheduler.status import StatusData, WorkerStatus
 from scheduler.task import Task
 from ui.run_view import phase_text, progress_html
@@ -38,7 +39,7 @@ def test_an_ended_run_shows_no_eta_even_before_its_last_step():
 def test_a_new_task_starts_with_a_clean_run_view():
     status = WorkerStatus()
     status.start_task(Task(instance_prompt="a photo of sks dog", submitted_by="local", id="first", params={"steps": 10}))
-    status.record_step({"step": 3, "total": 10, "loss": 0.5, "steps_per_s": 2.0, "eta_s": 3.5})
+    status.record_step(Step(step=3, total=10, loss=0.5, steps_per_s=2.0, eta_s=3.5))
     status.add_samples(["/tmp/step3_0.png"])
     status.update(log_tail=["boom"])
     status.end_task("failed", "Task first failed", last_error="the trainer exited with code 1")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tests.conftest import ALICE_TOKEN, BOB_TOKEN
 from tests.tiny_models import make_images
 from training.cli import main
-from training.exitcodes import ExitCode
+from contract.events import ExitCode
 from training.lora import DreamBoothLoRA
 from training.recipes import register_recipe
 from training.spec import TrainSpec

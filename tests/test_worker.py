@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.events import Step
 from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.hardware.base import HardwareState
@@ -185,11 +186,14 @@ def test_event_reader_keeps_a_partial_last_line(tmp_path):
     path = tmp_path / "events.jsonl"
     reader = EventReader(path)
     assert reader.read_new() == []
-    path.write_text('{"event": "step", "step": 1}\n{"event": "st')
-    assert reader.read_new() == [{"event": "step", "step": 1}]
+    path.write_text('{"event": "step", "step": 1}\n')
+    assert reader.read_new() == []  # a step event without its total is not a well-formed event
+    path.write_text('{"event": "step", "step": 1, "total": 4}\n{"event": "st')
+    reader = EventReader(path)
+    assert reader.read_new() == [Step(step=1, total=4)]
     with open(path, "a") as f:
-        f.write('ep", "step": 2}\nnot json\n')
-    assert reader.read_new() == [{"event": "step", "step": 2}]
+        f.write('ep", "step": 2, "total": 4}\nnot json\n{"event": "unknown"}\n')
+    assert reader.read_new() == [Step(step=2, total=4)]
 
 
 def test_status_snapshots_are_copies_safe_across_threads(local):
@@ -198,7 +202,7 @@ def test_status_snapshots_are_copies_safe_across_threads(local):
 
     def writer():
         for i in range(500):
-            status.record_step({"step": i, "total": 500, "loss": 0.5})
+            status.record_step(Step(step=i, total=500, loss=0.5))
 
     t = threading.Thread(target=writer)
     t.start()

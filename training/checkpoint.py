@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from contract import events
 from training.spec import HubFolder
 from training.statefile import StateFormatError, load_state, load_tensors, save_state
 
@@ -253,7 +254,7 @@ def save_run_checkpoint(ctx, step: int, named, optimizer, lr_sched, scaler, acc,
             ctx.checkpoint_dir, step, weights, states, {"fingerprint": fingerprint},
             keep=min(ctx.spec.params.checkpoints_to_keep, recipe.max_checkpoints_kept or 10**9),
         )  # fmt: skip
-        ctx.progress.emit("checkpoint", step=step, path=str(path.resolve()))
+        ctx.progress.emit(events.Checkpoint(step=step, path=str(path.resolve())))
         if ctx.spec.checkpoint is not None and mirror and recipe.hub_checkpoints:
             try:
                 upload_checkpoint(Checkpoint(path, step), ctx.spec.checkpoint)
@@ -282,5 +283,5 @@ def resume_run(ctx, named, optimizer, lr_sched, scaler, acc, *, fingerprint: str
     except CheckpointError as e:
         log.warning("ignoring checkpoint %s: %s", found.path, e)
         return 0
-    ctx.progress.emit("resumed", step=found.step)
+    ctx.progress.emit(events.Resumed(step=found.step))
     return min(found.step, steps)

@@ -18,8 +18,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from contract.events import ExitCode
 from contract.settings import Settings, SettingsError, load_trainer_settings
-from training.exitcodes import BadInputError, ExitCode, TrainingError, is_out_of_memory
+from training.exitcodes import BadInputError, TrainingError, is_out_of_memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
+    from contract.events import Done
     from training.recipe_base import RunContext
     from training.recipes import get_recipe
     from training.spec import TrainSpec
@@ -180,7 +182,7 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
         repo_url = upload_outputs(ctx.output_dir, spec.output, commit_message=f"DreamBooth task {spec.task_id}")
     progress.phase("done")
     report = run_report(result, spec) if is_main else {}
-    progress.emit("done", output_dir=str(ctx.output_dir), repo_url=repo_url, run=report)
+    progress.emit(Done(output_dir=str(ctx.output_dir), repo_url=repo_url, run=report))
     return ExitCode.OK
 
 

@@ -1,18 +1,8 @@
-"""Exit codes of ``python -m training`` and the exceptions that map onto them (the worker's contract)."""
+"""The trainer's expected failures and the exit codes they map onto (``contract.events.ExitCode``)."""
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-
-class ExitCode(IntEnum):
-    """Process exit status of a training run."""
-
-    OK = 0
-    FAILURE = 1  # anything else (a bug, a crash, an interrupted run)
-    BAD_INPUT = 2  # the task or its images are invalid; retrying will not help
-    OUT_OF_MEMORY = 3  # the accelerator ran out of memory; a bigger GPU or lighter settings may help
-    UPLOAD_FAILED = 4  # training finished, weights are in DIR/output and a checkpoint, but the upload failed
+from contract.events import ExitCode
 
 
 class TrainingError(Exception):

@@ -1,4 +1,5 @@
-"""Progress events as JSON lines (for the app) and a console progress bar (for people)."""
+"""Progress events as JSON lines (for the app; the event types are ``contract.events``') and a console progress
+bar (for people)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-PHASES = (
-    "loading",
-    "validating_input",
-    "generating_class_images",
-    "caching_latents",
-    "training",
-    "sampling",
-    "saving",
-    "uploading",
-    "done",
-)
+from contract.events import PHASES, BaseEvent, Error, Phase, Step, event_record
 
 
 class Progress:
@@ -37,18 +28,19 @@ class Progress:
         self.bar_enabled = enabled and (sys.stderr.isatty() if bar is None else bar)
         self._bar = None
 
-    def emit(self, event: str, **fields: Any) -> None:
-        """Write one event line (flushed immediately, so a killed trainer leaves complete lines)."""
+    def emit(self, event: BaseEvent) -> None:
+        """Write one event line, stamped with the time (flushed immediately, so a killed trainer leaves complete
+        lines)."""
         if not self.enabled:
             return
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+        record = event_record(event.model_copy(update={"time": round(time.time(), 3)}))
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
 
     def phase(self, name: str) -> None:
         assert name in PHASES, name
-        self.emit("phase", phase=name)
+        self.emit(Phase(phase=name))
         if self.enabled:  # a line for people (and the app's log tail), bar or not
             self._close_bar()
             print(f"[training] {name.replace('_', ' ')}", file=sys.stderr, flush=True)
@@ -68,20 +60,12 @@ class Progress:
 
     def step(self, *, step: int, total: int, loss: float, lr: float, steps_per_s: float, eta_s: float,
              peak_mem_gib: float) -> None:  # fmt: skip
-        self.emit(
-            "step",
-            step=step,
-            total=total,
-            loss=round(loss, 6),
-            lr=lr,
-            steps_per_s=round(steps_per_s, 3),
-            eta_s=round(eta_s, 1),
-            peak_mem_gib=round(peak_mem_gib, 3),
-        )
+        self.emit(Step(step=step, total=total, loss=round(loss, 6), lr=lr, steps_per_s=round(steps_per_s, 3),
+                       eta_s=round(eta_s, 1), peak_mem_gib=round(peak_mem_gib, 3)))  # fmt: skip
 
     def error(self, kind: str, message: str) -> None:
         self._close_bar()
-        self.emit("error", kind=kind, message=message)
+        self.emit(Error(kind=kind, message=message))
 
     def _close_bar(self) -> None:
         if self._bar is not None:

@@ -32,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from contract.events import MemoryPlan
 from training import data
 from training.checkpoint import resume_run, save_run_checkpoint, settings_fingerprint
 from training.demo import resolve_demo
@@ -208,8 +209,8 @@ def train(ctx, recipe) -> RunResult:
         use_8bit_adam=p.use_8bit_adam, budget_gib=device_budget_gib(device, p.memory_budget_gib),
         quantized_base=quant.kind, quantization_reason=quant.reason,
     )  # fmt: skip
-    prog.emit("memory_plan", quantized_base=quant.kind, gradient_checkpointing=plan.gradient_checkpointing,
-              use_8bit_adam=plan.use_8bit_adam, estimate_gib=round(plan.estimate_gib, 2), source=plan.source)  # fmt: skip
+    prog.emit(MemoryPlan(quantized_base=quant.kind, gradient_checkpointing=plan.gradient_checkpointing,
+                         use_8bit_adam=plan.use_8bit_adam, estimate_gib=round(plan.estimate_gib, 2), source=plan.source))
     if plan.gradient_checkpointing:
         comps.denoiser.enable_gradient_checkpointing()
         if train_te:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from contract.events import Sample
 from training import data
 from training.families.base import Components, TextCond
 from training.utils.runtime import free_memory
@@ -67,7 +68,7 @@ def take_samples(comps: Components, wrapped: dict, ctx, step: int, acc, *, resol
                     te.to("cpu")
         comps.vae.to("cpu")
         free_memory()
-        ctx.progress.emit("sample", step=step, paths=list(written.values()))
+        ctx.progress.emit(Sample(step=step, paths=list(written.values())))
     acc.wait_for_everyone()
     return written
 

@@ -1,0 +1,129 @@
+"""What the trainer tells the app while it runs: typed progress events and exit codes. Torch-free.
+
+``python -m training --progress EVENTS.jsonl`` appends one event per line, a JSON object with ``event`` (its
+kind), ``time`` (unix seconds) and the kind's fields below; the app reads them back with ``parse_event`` (a line
+that is not a known, well-formed event is None: it is ignored, never trusted). The trainer's exit status is an
+``ExitCode``.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+#: the phases of a run, in the order they come
+PHASES = (
+    "loading",
+    "validating_input",
+    "generating_class_images",
+    "caching_latents",
+    "training",
+    "sampling",
+    "saving",
+    "uploading",
+    "done",
+)
+
+
+class ExitCode(IntEnum):
+    """Process exit status of a training run."""
+
+    OK = 0
+    FAILURE = 1  # anything else (a bug, a crash, an interrupted run)
+    BAD_INPUT = 2  # the task or its images are invalid; retrying will not help
+    OUT_OF_MEMORY = 3  # the accelerator ran out of memory; a bigger GPU or lighter settings may help
+    UPLOAD_FAILED = 4  # training finished, weights are in DIR/output and a checkpoint, but the upload failed
+
+
+class BaseEvent(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    #: unix seconds, set when the event is written
+    time: float | None = None
+
+
+class Phase(BaseEvent):
+    event: Literal["phase"] = "phase"
+    phase: str
+
+
+class Step(BaseEvent):
+    """A logged optimizer step: ``loss`` is the mean since the previous logged step."""
+
+    event: Literal["step"] = "step"
+    step: int
+    total: int
+    loss: float | None = None
+    lr: float | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = None
+    peak_mem_gib: float | None = None
+
+
+class Sample(BaseEvent):
+    """Validation samples written at ``step`` (absolute paths, in prompt order)."""
+
+    event: Literal["sample"] = "sample"
+    step: int
+    paths: list[str]
+
+
+class Checkpoint(BaseEvent):
+    event: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str
+
+
+class Resumed(BaseEvent):
+    """The run continues from a checkpoint of ``step``."""
+
+    event: Literal["resumed"] = "resumed"
+    step: int
+
+
+class MemoryPlan(BaseEvent):
+    """What the run turned on to fit its GPU, and the estimate it went by."""
+
+    event: Literal["memory_plan"] = "memory_plan"
+    quantized_base: str = "none"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    estimate_gib: float | None = None
+    source: str | None = None
+
+
+class Done(BaseEvent):
+    """The run ended well: its output folder, the model repo's URL when uploaded, and the run record's figures."""
+
+    event: Literal["done"] = "done"
+    output_dir: str | None = None
+    repo_url: str | None = None
+    run: dict[str, Any] = Field(default_factory=dict)
+
+
+class Error(BaseEvent):
+    """The run failed: ``kind`` is the error's kind ("bad_input", "oom", "upload", "internal", ...)."""
+
+    event: Literal["error"] = "error"
+    kind: str
+    message: str
+
+
+Event = Annotated[Phase | Step | Sample | Checkpoint | Resumed | MemoryPlan | Done | Error, Field(discriminator="event")]
+_EVENT = TypeAdapter(Event)
+
+
+def parse_event(record: Any) -> Event | None:
+    """The typed event of one decoded JSON line, or None for anything that is not a known, well-formed event."""
+    try:
+        return _EVENT.validate_python(record)
+    except ValidationError:
+        return None
+
+
+def event_record(event: BaseEvent) -> dict[str, Any]:
+    """The JSON object of ``event`` as it is written (``event`` first)."""
+    data = event.model_dump(mode="json", exclude_none=False)
+    return {"event": data.pop("event"), **data}
