@@ -24,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from contract.events import ExitCode
 from tests.tiny_models import make_images
 from training.cli import main
-from contract.events import ExitCode
 from training.export.kohya import adapter_configs_of, kohya_alpha, write_kohya_file
 
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract.events import ExitCode
 from tests.tiny_models import make_images
 from training.cli import main
-from training.exitcodes import BadInputError, ExitCode
+from training.exitcodes import BadInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAST = {"resolution": 32, "checkpoint_every": 0, "sample_inference_steps": 2, "steps": 3}

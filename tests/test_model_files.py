@@ -17,8 +17,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from contract.events import ExitCode
 from tests.tiny_models import DECOYS, add_hub_layout, make_images
-from training.exitcodes import BadInputError, ExitCode
+from training.exitcodes import BadInputError
 from training.files import FileChoiceError, choose_files
 from training.full import DreamBoothFull
 from training.lora import DreamBoothLoRA

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract.events import ExitCode
 from tests.tiny_flux import build_tiny_flux1, build_tiny_flux2_klein
 from tests.tiny_models import make_images
-from training.exitcodes import BadInputError, ExitCode
+from training.exitcodes import BadInputError
 from training.families import _REGISTRY, register_family
 from training.families.base import ModelInfo
 from training.families.flux import WEIGHTS_NAME, Flux1

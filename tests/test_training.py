@@ -17,10 +17,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from contract.events import ExitCode
 from tests.conftest import ALICE_TOKEN, BOB_TOKEN
 from tests.tiny_models import make_images
 from training.cli import main
-from contract.events import ExitCode
 from training.lora import DreamBoothLoRA
 from training.recipes import register_recipe
 from training.spec import TrainSpec

@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract.events import ExitCode
 from tests.test_training import lora_weights, phases, run_task
 from tests.tiny_models import make_images
 from training import checkpoint as ckpt_mod
 from training import statefile
-from training.exitcodes import BadInputError, ExitCode
+from training.exitcodes import BadInputError
 from training.models import inspect_base_model, load_components
 
 STEP2 = "step-00000002"

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-# The bounds and choices of the params are the contract's (torch-free, one table shared with the form and the CLI);
-# QUANTIZE_BASE_CHOICES and FULL_RECIPES stay importable from here.
+# The bounds and choices of the params are the contract's (torch-free, one table shared with the form and the CLI).
 from contract.params import (
     FULL_RECIPES,
     LR_SCHEDULER_CHOICES,

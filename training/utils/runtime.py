@@ -50,10 +50,11 @@ def choose_quantization(info, p, trainable: frozenset[str], device: torch.device
     "auto" stays unquantized), the GPU's compute capability and the family's denoiser size."""
     family = info.family
     cuda = device.type == "cuda"
+    denoiser_params = denoiser_param_count(info)  # once: a family whose size varies builds its denoiser to count
     return plan_quantization(
         p.quantize_base,
         lora=family.denoiser_name not in trainable,
-        denoiser_params=denoiser_param_count(info),
+        denoiser_params=denoiser_params,
         budget_gib=device_budget_gib(device, p.memory_budget_gib) if cuda else None,
         compute_capability=tuple(torch.cuda.get_device_capability(device)) if cuda else None,
         fp8_available=torchao_available(),
@@ -61,7 +62,7 @@ def choose_quantization(info, p, trainable: frozenset[str], device: torch.device
         resolution=resolution,
         samples_per_step=p.batch_size * (2 if p.prior_preservation else 1),
         gradient_checkpointing=p.gradient_checkpointing,
-        model_shape=memory.shape_for_unet_params(denoiser_param_count(info)),  # the memory table's, if any
+        model_shape=memory.shape_for_unet_params(denoiser_params),  # the memory table's, if any
     )  # fmt: skip
 
 
