@@ -21,6 +21,7 @@ from scheduler.diagnostics import OfferedModelsCheck, space_is_public
 from scheduler.worker import Worker
 from ui import reconnect
 from ui.context import AppContext, FamilyModuleError, load_family_modules
+from ui.http_guard import UploadCap, guard_middleware
 from ui.layout import CSS, build_ui
 from ui.setup_page import SetupProblem, build_setup_page
 
@@ -41,17 +42,23 @@ class App:
     settings: Settings | None
     worker: Worker | None = None
     problems: list[SetupProblem] = field(default_factory=list)
+    upload_cap: UploadCap = field(default_factory=UploadCap)  # what one user may hold in Gradio's upload cache
 
     def launch_options(self) -> dict[str, Any]:
         """``launch()`` arguments. Nothing of the data dir is served by URL (photos, weights, logs: samples reach
-        the owner as event output). All interfaces only on a Space with the platform's sign-in; else 127.0.0.1."""
+        the owner as event output). All interfaces only on a Space with the platform's sign-in, or in local mode
+        with LOCAL_EXPOSE_TO_NETWORK; else 127.0.0.1 (whatever GRADIO_SERVER_NAME says). Every request passes
+        ``ui.http_guard`` first (local mode: loopback Host names only; uploads: allowed users within a cap)."""
         opts: dict[str, Any] = {"css": CSS, "footer_links": ["gradio"], "run_history": False, "max_file_size": "20mb",
                                 # a banner, then a reload, when the app restarts (a Space: on each hardware switch)
                                 "head": reconnect.head_html(local=self.settings is not None and self.settings.local)}
+        opts["app_kwargs"] = {"middleware": [guard_middleware(self.settings, self.upload_cap)]}
         if self.settings is not None:
             opts["blocked_paths"] = [str(self.settings.data_dir.resolve())]
         s = self.settings
-        if s is None or not s.local:  # local mode: Gradio's default (127.0.0.1, or GRADIO_SERVER_NAME)
+        if s is not None and s.local:  # no sign-in: the network only when the operator says so (the page warns)
+            opts["server_name"] = "0.0.0.0" if s.local_expose_to_network else "127.0.0.1"
+        else:
             public = s is not None and s.on_space_platform and s.oauth_client_secret_set
             opts["server_name"] = "0.0.0.0" if public else "127.0.0.1"
         return opts

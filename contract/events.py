@@ -35,6 +35,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # the task or its images are invalid; retrying will not help
     OUT_OF_MEMORY = 3  # the accelerator ran out of memory; a bigger GPU or lighter settings may help
     UPLOAD_FAILED = 4  # training finished, weights are in DIR/output and a checkpoint, but the upload failed
+    UPLOAD_REFUSED = 5  # training finished, but the Hub refused the upload (401/403/404): training again won't help
 
 
 class BaseEvent(BaseModel):
@@ -84,7 +85,8 @@ class Resumed(BaseEvent):
 
 
 class MemoryPlan(BaseEvent):
-    """What the run turned on to fit its GPU, and the estimate it went by."""
+    """What the run turned on to fit its GPU, and the estimate it went by; ``device``: where it trains ("cuda",
+    "cpu": torch's device type; None when not said)."""
 
     event: Literal["memory_plan"] = "memory_plan"
     quantized_base: str = "none"
@@ -92,6 +94,7 @@ class MemoryPlan(BaseEvent):
     use_8bit_adam: bool = False
     estimate_gib: float | None = None
     source: str | None = None
+    device: str | None = None
 
 
 class Done(BaseEvent):

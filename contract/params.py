@@ -22,11 +22,18 @@ model):
   ``batch_size`` up to 64, ``num_class_images`` up to 1000 (each is generated before training),
   ``sample_inference_steps`` up to 200, ``validation_prompts`` at most 8 of at most ``MAX_PROMPT_CHARS`` each,
   ``checkpoints_to_keep`` up to 100 (0 keeps them all), ``memory_budget_gib`` up to 1024 GiB.
+
+Text fields (prompts, the base model) are one line of visible text: ``text_problem`` refuses the C0 controls (tab
+and newline too), DEL, the C1 controls and the bidi embeddings, overrides and isolates (U+202A-U+202E,
+U+2066-U+2069). An escape sequence in a prompt would retitle or clear the terminal of whoever prints the queue
+(``python -m scheduler list``), and a bidi override makes a name read differently from what it is.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -35,6 +42,9 @@ from types import MappingProxyType
 MAX_PROMPT_CHARS = 1000
 #: the most ``validation_prompts`` a task may ask for (each is sampled every ``validation_every`` steps)
 MAX_VALIDATION_PROMPTS = 8
+
+#: what no text field of a task may hold: C0 controls, DEL, C1 controls, bidi embeddings/overrides and isolates
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 #: ``params.quantize_base``: how the frozen denoiser of a LoRA run loads. "auto": the memory plan decides from the
 #: GPU's memory and the model's size (``training.precision.plan_quantization``); "none": the mixed-precision
@@ -138,6 +148,17 @@ _BOUNDS = (
 PARAMS: Mapping[str, Bound] = MappingProxyType({b.key: b for b in _BOUNDS})
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` is not one line of visible text (a sentence without the field's name), or None."""
+    found = CONTROL_CHARS.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    name = unicodedata.name(char, "")
+    what = f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+    return f"holds the control character {what} at character {found.start() + 1}; use one line of visible text"
+
+
 def validation_prompts_problem(prompts: object) -> str | None:
     """What is wrong with a ``validation_prompts`` value (a sentence without the key), or None."""
     if not isinstance(prompts, list) or not all(isinstance(x, str) and x.strip() for x in prompts):
@@ -147,4 +168,7 @@ def validation_prompts_problem(prompts: object) -> str | None:
     longest = max((len(x) for x in prompts), default=0)
     if longest > MAX_PROMPT_CHARS:
         return f"has a prompt of {longest} characters; at most {MAX_PROMPT_CHARS} are allowed"
+    for prompt in prompts:
+        if problem := text_problem(prompt):
+            return "has a prompt with the " + problem.removeprefix("holds the ")
     return None

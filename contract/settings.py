@@ -12,6 +12,7 @@ variables (``TRAINER_VARIABLES``) with the same parsers. Every field records whe
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,7 +42,7 @@ VARIABLES = (
     "TRAINING_SCRIPT", "TRAINING_FAMILY_MODULES", "TRAINING_RECIPES_MODULES", DEMO_DIR_VAR, "TRAINING_BACKEND",
     "MAX_PARALLEL_JOBS", "JOBS_GPU_HOURS_PER_DAY", "JOB_IMAGE", "JOBS_NAMESPACE", "KEEP_PHOTOS", "KEEP_RUN_FOLDERS",
     "OUTPUT_NAMESPACE", "MAX_QUEUED_PER_USER", "MAX_GPU_HOURS_PER_USER_DAY", "SPACE_HOST", "SYSTEM",
-    "OAUTH_CLIENT_SECRET", MOCK_SIGNIN_VAR,
+    "OAUTH_CLIENT_SECRET", MOCK_SIGNIN_VAR, "LOCAL_EXPOSE_TO_NETWORK", "MAX_SPEND_USD_PER_MONTH",
 )  # fmt: skip
 _PLATFORM = "set by the Spaces platform in every Space's container, not by the Space's owner"
 #: variables read here that the README's variables table deliberately leaves out (users do not set them), and why
@@ -115,12 +116,17 @@ class Settings:
     keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
     output_namespace: str | None = None  # where non-owners' models go (default: their own account)
     max_queued_per_user: int = 2  # PENDING or RUNNING tasks a non-owner may have at once
-    max_gpu_hours_per_user_day: float = 2.0  # GPU hours a non-owner may start in 24 h
+    max_gpu_hours_per_user_day: float = 2.0  # hours of paid hardware a non-owner's tasks may be billed in 24 h
+    max_spend_usd_per_month: float | None = None  # no GPU request or Job past this month's billed USD; None: no cap
     # Sign-in. Off local mode, writes are served only with the platform's OAuth (``oauth_ready``).
     space_host: str | None = None  # SPACE_HOST: the Space's own host name, for the cross-site check
     on_space_platform: bool = False  # SYSTEM=spaces: Gradio mounts the real OAuth routes
     oauth_client_secret_set: bool = False
     mock_signin_for_tests: bool = False  # DREAMBOOTH_TEST_MOCK_SIGNIN: tests only, never on a real Space
+    # LOCAL_EXPOSE_TO_NETWORK (local mode only): listen on all interfaces instead of 127.0.0.1; the page warns that
+    # whoever reaches the port owns the app. Host names other than loopback ones are served only when listed.
+    local_expose_to_network: bool = False
+    local_host_names: tuple[str, ...] = ()  # the extra Host names (``name`` or ``name:port``) served in local mode
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -230,14 +236,31 @@ def _parse_training_script(raw: str) -> str:
     return raw
 
 
-def _parse_modules(var: str, raw: str) -> tuple[str, ...]:
+def _parse_modules(var: str, raw: str, example: str) -> tuple[str, ...]:
     """A comma-separated list of importable module names (``my_family``, ``pkg.families``)."""
     modules = _parse_list(raw)
     for module in modules:
         if module.endswith(".py") or not all(part.isidentifier() for part in module.split(".")):
-            raise SettingsError(f"{var}={raw!r}: {module!r} is not a Python module name (e.g. my_family or "
-                                "pkg.my_family; comma-separated, without .py).")  # fmt: skip
+            raise SettingsError(f"{var}={raw!r}: {module!r} is not a Python module name (e.g. {example} or "
+                                f"pkg.{example}; comma-separated, without .py).")  # fmt: skip
     return modules
+
+
+_HOST_NAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
+                        r"(?::[0-9]{1,5})?$")  # fmt: skip
+
+
+def _parse_exposure(raw: str) -> tuple[bool, tuple[str, ...]]:
+    """LOCAL_EXPOSE_TO_NETWORK: ``false`` (127.0.0.1 only), ``true`` (all interfaces; served as localhost only, e.g.
+    a container's published port), or the host names (``name`` or ``name:port``) the network reaches it by."""
+    if raw.strip().lower() in ("1", "true", "yes", "on", "", "0", "false", "no", "off"):
+        return _parse_bool("LOCAL_EXPOSE_TO_NETWORK", raw), ()
+    names = tuple(name.lower() for name in _parse_list(raw))
+    for name in names:
+        if not _HOST_NAME.match(name):
+            raise SettingsError(f"LOCAL_EXPOSE_TO_NETWORK={raw!r}: {name!r} is not a host name (e.g. mybox.lan, "
+                                "192.168.1.20 or mybox.lan:7860; comma-separated), nor true or false.")  # fmt: skip
+    return True, names
 
 
 def _taker(env: Mapping[str, str], sources: dict[str, str]) -> Callable[[str, str], str | None]:
@@ -262,10 +285,10 @@ def _load_trainer_variables(values: dict[str, Any], take: Callable[[str, str], s
         values["training_script"] = _parse_training_script(script)
     families = take("family_modules", "TRAINING_FAMILY_MODULES") if "TRAINING_FAMILY_MODULES" in variables else None
     if families is not None:
-        values["family_modules"] = _parse_modules("TRAINING_FAMILY_MODULES", families)
+        values["family_modules"] = _parse_modules("TRAINING_FAMILY_MODULES", families, "my_family")
     modules = take("recipes_modules", "TRAINING_RECIPES_MODULES") if "TRAINING_RECIPES_MODULES" in variables else None
     if modules is not None:
-        values["recipes_modules"] = _parse_list(modules)
+        values["recipes_modules"] = _parse_modules("TRAINING_RECIPES_MODULES", modules, "my_recipes")
     demo_dir = take("demo_dir", DEMO_DIR_VAR) if DEMO_DIR_VAR in variables else None
     if demo_dir is not None:
         values["demo_dir"] = Path(demo_dir).expanduser()
@@ -405,6 +428,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raw = take(name, var)
         if raw is not None:
             values[name] = _parse_number(var, raw, kind, minimum)
+    spend = take("max_spend_usd_per_month", "MAX_SPEND_USD_PER_MONTH")
+    if spend is not None and spend.lower() not in ("none", "off", "unlimited"):
+        values["max_spend_usd_per_month"] = _parse_number("MAX_SPEND_USD_PER_MONTH", spend, float, 0)
 
     host = take("space_host", "SPACE_HOST")
     if host is not None:
@@ -414,6 +440,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     mock = take("mock_signin_for_tests", MOCK_SIGNIN_VAR)
     if mock is not None:
         values["mock_signin_for_tests"] = _parse_bool(MOCK_SIGNIN_VAR, mock)
+    expose = take("local_expose_to_network", "LOCAL_EXPOSE_TO_NETWORK")
+    if expose is not None:
+        values["local_expose_to_network"], values["local_host_names"] = _parse_exposure(expose)
+        sources["local_host_names"] = "LOCAL_EXPOSE_TO_NETWORK"
 
     return Settings(**values, _sources=MappingProxyType(sources))
 

@@ -15,6 +15,11 @@ The time from the request to the first claim (the switch and the container's sta
 proportions. A long task thus pays more than a short one of the same period, and the shares of a period always add
 up to its cost.
 
+A period also names the task it was requested for (``requested_for``, submitted by ``requested_by``): a period in
+which no task was claimed (the task was cancelled during the switch) is that task's cost, so a submitter who cancels
+before training still pays the switch. Claims carry the submitter too (``user``), so that the per-user cap
+(``scheduler.spending``) still counts a period after its task was deleted.
+
 Stored records are untrusted JSON (anyone with write access to the queue can edit it): ``parse_periods`` skips an
 entry that is not a period and keeps it aside, so that it is written back as it was.
 """
@@ -35,10 +40,11 @@ RELEASED, RECOVERED = "release", "recovered"  # how a period was closed
 
 @dataclass
 class Claim:
-    """A task claimed on the period's GPU at ``at`` (unix seconds)."""
+    """A task claimed on the period's GPU at ``at`` (unix seconds), submitted by ``user`` (None in old records)."""
 
     task_id: str
     at: float
+    user: str | None = None
 
 
 @dataclass
@@ -50,6 +56,8 @@ class GpuPeriod:
     released_at: float | None = None
     claims: list[Claim] = field(default_factory=list)
     closed_by: str | None = None
+    requested_for: str | None = None  # the task whose GPU request opened it
+    requested_by: str | None = None  # that task's submitter
 
     @property
     def is_open(self) -> bool:
@@ -70,14 +78,20 @@ class GpuPeriod:
         flavor = FLAVORS.get(self.hardware)
         return self.seconds(now) / 3600 * flavor.usd_per_hour if flavor else 0.0
 
+    def users(self) -> dict[str, str]:
+        """The submitter of each task the period names, where it records one."""
+        found = {c.task_id: c.user for c in self.claims if c.user}
+        if self.requested_for and self.requested_by:
+            found.setdefault(self.requested_for, self.requested_by)
+        return found
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "hardware": self.hardware,
-            "requested_at": self.requested_at,
-            "released_at": self.released_at,
-            "closed_by": self.closed_by,
-            "claims": [{"task_id": c.task_id, "at": c.at} for c in self.claims],
-        }
+        claims = [{"task_id": c.task_id, "at": c.at, **({"user": c.user} if c.user else {})} for c in self.claims]
+        data: dict[str, Any] = {"hardware": self.hardware, "requested_at": self.requested_at,
+                                "released_at": self.released_at, "closed_by": self.closed_by, "claims": claims}  # fmt: skip
+        if self.requested_for:  # optional keys: written only when set (older readers ignore them)
+            data.update(requested_for=self.requested_for, requested_by=self.requested_by)
+        return data
 
 
 def _number(value: Any) -> bool:
@@ -94,20 +108,26 @@ def period_from_dict(data: Any) -> GpuPeriod:
         raise ValueError("a GPU period must be a JSON object")
     hardware, requested, released = data.get("hardware"), data.get("requested_at"), data.get("released_at")
     closed_by, claims = data.get("closed_by"), data.get("claims", [])
+    requested_for, requested_by = data.get("requested_for"), data.get("requested_by")
     if not _text(hardware) or not _number(requested):
         raise ValueError("a GPU period needs a hardware name and a requested_at time")
     if released is not None and not (_number(released) and released >= requested):
         raise ValueError("released_at must be a time after requested_at")
     if closed_by is not None and not _text(closed_by):
         raise ValueError("closed_by must be a short text")
+    if any(v is not None and not _text(v) for v in (requested_for, requested_by)):
+        raise ValueError("requested_for and requested_by must be short texts")
     if not isinstance(claims, list) or len(claims) > MAX_CLAIMS:
         raise ValueError(f"claims must be a list of at most {MAX_CLAIMS}")
     parsed = []
     for claim in claims:
         if not isinstance(claim, dict) or not _text(claim.get("task_id")) or not _number(claim.get("at")):
             raise ValueError("a claim needs a task_id and an at time")
-        parsed.append(Claim(claim["task_id"], float(claim["at"])))
-    return GpuPeriod(hardware, float(requested), None if released is None else float(released), parsed, closed_by)
+        if claim.get("user") is not None and not _text(claim.get("user")):
+            raise ValueError("a claim's user must be a short text")
+        parsed.append(Claim(claim["task_id"], float(claim["at"]), claim.get("user")))
+    return GpuPeriod(hardware, float(requested), None if released is None else float(released), parsed, closed_by,
+                     requested_for, requested_by)  # fmt: skip
 
 
 def parse_periods(entries: Any) -> tuple[list[GpuPeriod], list[Any]]:
@@ -132,6 +152,8 @@ def claim_seconds(period: GpuPeriod, now: float) -> dict[str, float]:
     end = period.released_at if period.released_at is not None else now
     claims = sorted(period.claims, key=lambda c: c.at)
     held: dict[str, float] = {}
+    if not claims:
+        return held
     for claim, after in zip(claims, [*claims[1:], None], strict=True):
         start = min(max(claim.at, period.requested_at), end)
         stop = end if after is None else min(max(after.at, start), end)
@@ -140,19 +162,21 @@ def claim_seconds(period: GpuPeriod, now: float) -> dict[str, float]:
 
 
 def shares(period: GpuPeriod, now: float) -> dict[str, float]:
-    """Each task's fraction of the period's cost (they add up to 1; equal when no claim held the GPU any time)."""
+    """Each task's fraction of the period's cost (they add up to 1; equal when no claim held the GPU any time). A
+    period without claims is all the cost of the task it was requested for (none when it names none)."""
     held = claim_seconds(period, now)
     total = sum(held.values())
     if not held:
-        return {}
+        return {period.requested_for: 1.0} if period.requested_for else {}
     if total <= 0:
         return {task_id: 1 / len(held) for task_id in held}
     return {task_id: seconds / total for task_id, seconds in held.items()}
 
 
 def task_cost_usd(task_id: str, periods: Sequence[GpuPeriod], now: float) -> float | None:
-    """The task's share of every period it was trained in, in USD; None when no period names it."""
-    found = [p for p in periods if any(c.task_id == task_id for c in p.claims)]
+    """The task's share of every period it was trained in (or requested for, when nothing was claimed in it), in
+    USD; None when no period names it."""
+    found = [(p, share) for p in periods if (share := shares(p, now).get(task_id)) is not None]
     if not found:
         return None
-    return sum(p.usd(now) * shares(p, now).get(task_id, 0.0) for p in found)
+    return sum(p.usd(now) * share for p, share in found)

@@ -1,29 +1,38 @@
-"""``python -m scheduler``: the operator's command line for the queue and the Space's hardware."""
+"""``python -m scheduler``: the operator's command line for the queue and the Space's hardware.
+
+What it prints comes partly from the queue, which others write (a submitter's prompt, a Job's error): every line
+goes out through ``say``, which writes control characters and bidi overrides as visible escapes (``\\x1b``), so an
+escape sequence in a prompt cannot retitle, clear or rewrite the operator's terminal.
+"""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import functools
-import getpass
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi
 
-from contract.settings import Settings, SettingsError, load_settings
+from contract.settings import DEFAULT_BASE_MODEL, Settings, SettingsError, load_settings
+from contract.text import printable
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
 from scheduler.hardware.space import SpaceHardware
+from scheduler.host_ram import DEFAULT_RECIPE
+from scheduler.output_names import LOCAL_USER, OutputChoice, choose_output_repo, default_output_repo
 from scheduler.queue import HubQueue, InvalidTransition, LocalQueue, QueueError, TaskNotFound, TaskQueue, make_queue
 from scheduler.queue.document import list_images
 from scheduler.retry import RetryPolicy
 from scheduler.stored import is_safe_task_id
 from scheduler.task import Task, TaskStatus
-from scheduler.validation import submission_warnings, validate_task
+from scheduler.trainer_process import hub_offline
+from scheduler.validation import split_captions, submission_warnings, validate_task
 from training.base_check import DEMO_MODEL, id_problem  # torch-free
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4
@@ -53,25 +62,45 @@ examples:
 """
 
 
+def say(text: object, err: bool = False) -> None:
+    """Print ``text`` (lines kept) with every other control character written visibly (``contract.text``)."""
+    print(printable(text, keep_newlines=True), file=sys.stderr if err else sys.stdout)
+
+
+def safe_json(data: Any) -> str:
+    """JSON for the terminal: ``json.dumps`` escapes C0, C1 and bidi characters (ASCII only); DEL too here."""
+    return json.dumps(data, indent=2).replace("\x7f", "\\u007f")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps help text at spaces only, so a default such as a repo id (``stable-diffusion-v1-5/...``) stays whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
 class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
+    """The parser; its help names the defaults ``settings`` give (the built-in ones when they could not be read)."""
+    base_model = settings.default_base_model if settings else DEFAULT_BASE_MODEL
+    hardware = settings.train_hardware if settings else Settings().train_hardware
     parser = argparse.ArgumentParser(
         prog="python -m scheduler",
         description="Inspect and change the training queue and the Space's hardware.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_where_options(parser, default=None)
     # The same options after the command (``list --queue me/q``); SUPPRESS keeps a value given before it.
     where_after = argparse.ArgumentParser(add_help=False)
     add_where_options(where_after, default=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_parser = functools.partial(sub.add_parser, parents=[where_after])
+    add_parser = functools.partial(sub.add_parser, parents=[where_after], formatter_class=HelpFormatter)
 
     p = add_parser("list", help="list tasks, oldest first")
     p.add_argument("--status", choices=[s.value for s in TaskStatus], help="only tasks in this state")
@@ -81,20 +110,24 @@ def build_parser() -> argparse.ArgumentParser:
         add_parser(name, help=text).add_argument("task_id", metavar="ID")
 
     p = add_parser("submit", help="validate and enqueue a training task (images and task in one commit)")
-    p.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder with the subject's photos")
+    p.add_argument("--images", required=True, type=Path, metavar="DIR",
+                   help="folder with the subject's photos, and a caption per photo if you like (dog1.jpg + dog1.txt)")  # fmt: skip
     p.add_argument("--prompt", required=True, help='instance prompt, e.g. "a photo of sks dog"')
     p.add_argument("--class-prompt", help="class prompt for prior preservation, e.g. \"a photo of a dog\"")
-    p.add_argument("--recipe", default="dreambooth-lora", help="training recipe (default: dreambooth-lora)")
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"training recipe (default: {DEFAULT_RECIPE})")
     p.add_argument("--base-model", help="a Hub repo id (namespace/name), or in local mode a folder of a diffusers pipeline "
-                   f"or {DEMO_MODEL} (the tiny demo model); default: DEFAULT_BASE_MODEL")
+                   f"or {DEMO_MODEL} (the tiny demo model); default: {base_model} (the DEFAULT_BASE_MODEL setting)")  # fmt: skip
     p.add_argument("--steps", type=int, help="training steps")
     p.add_argument("--learning-rate", type=float, help="learning rate")
     p.add_argument("--rank", type=int, help="LoRA rank")
     p.add_argument("--resolution", type=int, help="training resolution (multiple of 64)")
-    p.add_argument("--hardware", help="GPU flavor (default: TRAIN_HARDWARE)")
-    p.add_argument("--output-repo", help="model repo for the result (default: <owner>/dreambooth-<task id>)")
+    p.add_argument("--hardware", help=f"GPU flavor (default: {hardware}, the TRAIN_HARDWARE setting)")
+    p.add_argument("--output-repo", help="model repo for the result; default: named from the prompt as the form names it, "
+                   "<owner>/dreambooth-sks-dog (in local mode dreambooth-sks-dog, uploaded to HF_TOKEN's account when "
+                   "set); a name that exists and is not this app's model of the subject becomes ...-2")  # fmt: skip
     p.add_argument("--public", action="store_true", help="make the output repo public (default: private)")
-    p.add_argument("--submitted-by", help="who submits (default: the Space owner, or your login name)")
+    p.add_argument("--submitted-by", help=f"who submits (default: {LOCAL_USER} in local mode, as in the form; else the "
+                   "Space's owner (SPACE_ID), or HF_TOKEN's user)")  # fmt: skip
     p.add_argument("--id", dest="task_id", help="task id (default: generated); a repeated id is not enqueued twice")
 
     p = add_parser("run-task", help="inside a Job (TRAINING_BACKEND=jobs): claim, train, upload and complete one task")
@@ -166,7 +199,9 @@ def format_table(tasks: Sequence[Task], local: bool = False) -> str:
     rows = [("ID", "STATUS", "TRIES", "HARDWARE", "SUBMITTED", "BY", "PROMPT")]
     for t in tasks:
         prompt = t.instance_prompt if len(t.instance_prompt) <= 40 else t.instance_prompt[:37] + "..."
-        rows.append((t.id, t.status.value, f"{t.attempts}/{t.max_attempts}", hardware_shown(t, local), _when(t.created_at), t.submitted_by, prompt))
+        cells = (t.id, t.status.value, f"{t.attempts}/{t.max_attempts}", hardware_shown(t, local), _when(t.created_at),
+                 t.submitted_by, prompt)  # fmt: skip
+        rows.append(tuple(printable(c) for c in cells))  # from the queue: one line each, no escape sequence
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)) + "  " + r[-1] for r in rows)
 
@@ -206,23 +241,69 @@ def next_step(queue: TaskQueue, settings: Settings, local: bool) -> str:
             "only once that folder is the queue/ folder of the app's DATA_DIR.")  # fmt: skip
 
 
+def token_user(api: HfApi, settings: Settings) -> str:
+    """The Hub user whose token (HF_TOKEN) the CLI writes with."""
+    try:
+        return str(api.whoami()["name"])
+    except Exception as exc:  # noqa: BLE001 - no answer, no token or a refused one: the write would fail too
+        raise CliError(f"could not ask {settings.hf_endpoint} whose token HF_TOKEN is ({type(exc).__name__}); set "
+                       "HF_TOKEN, or give --submitted-by and --output-repo.", EXIT_ERROR) from exc  # fmt: skip
+
+
+def submitter_and_repo(args: argparse.Namespace, settings: Settings, local: bool, api: HfApi | None) -> tuple[str, str]:
+    """Who submits and the output repo asked for, as the form has them: in local mode ``local`` and
+    ``dreambooth-sks-dog`` (a bare name goes to HF_TOKEN's account); on a Hub queue the owner, the Space's
+    (SPACE_ID) or else HF_TOKEN's user, and ``<owner>/dreambooth-sks-dog``."""
+    if local:
+        owner: str | None = LOCAL_USER
+    elif settings.space_author or (args.submitted_by and args.output_repo):
+        owner = settings.space_author
+    else:
+        owner = token_user(api or _api(settings), settings)
+    submitted_by = args.submitted_by or owner or LOCAL_USER
+    repo = args.output_repo or default_output_repo(owner, args.prompt, local, class_prompt=args.class_prompt)
+    return submitted_by, repo.strip()
+
+
+def check_output_repo(task: Task, queue: TaskQueue, settings: Settings, local: bool, api: HfApi | None) -> OutputChoice:
+    """The form's check of the output repo (``scheduler.output_names.choose_output_repo``): the asked repo, or the
+    next free ``-2``... name when it is not this app's model of the subject. Locally without HF_TOKEN nothing is
+    uploaded, so the name is kept."""
+    if api is None:
+        return OutputChoice(task.output_repo)
+    namespace = token_user(api, settings) if local else None  # a bare local name goes to the token's account
+    choice = choose_output_repo(api, task.output_repo, task.instance_prompt, queue.list(), namespace=namespace)
+    if isinstance(choice, str):
+        raise CliError(f"The task was not enqueued:\n  - {choice}", EXIT_USAGE)
+    return choice
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate and enqueue as the form does: the same files (photos and ``.txt`` captions), checks, params,
+    submitter and output repo."""
     if not args.images.is_dir():
         raise CliError(f"--images {args.images}: not a folder.", EXIT_USAGE)
-    images = list_images(args.images)
+    uploads = list_images(args.images)  # the photos and their .txt captions, stored together (as the form's upload)
+    images, captions = split_captions(uploads)
     local = is_local(args, settings)
+    # locally without a token, or in huggingface_hub's offline mode, nothing is uploaded
+    api = _api(settings) if (settings.hf_token and not hub_offline()) or not local else None
     base_model, model_problem = resolve_base_model(args.base_model or settings.default_base_model, local=local,
                                                    offered=settings.base_models)  # fmt: skip
-    submitted_by = args.submitted_by or settings.space_author or getpass.getuser()
-    params = {k: v for k, v in (("steps", args.steps), ("learning_rate", args.learning_rate), ("rank", args.rank), ("resolution", args.resolution)) if v is not None}
+    submitted_by, output_repo = submitter_and_repo(args, settings, local, api)
+    prompt, class_prompt = args.prompt.strip(), (args.class_prompt or "").strip() or None
+    params: dict[str, Any] = {"prior_preservation": class_prompt is not None, "validation_prompts": [prompt]}
+    params |= {k: v for k, v in (("steps", args.steps), ("learning_rate", args.learning_rate), ("rank", args.rank),
+                                 ("resolution", args.resolution)) if v is not None}  # fmt: skip
     task = Task(
-        instance_prompt=args.prompt,
-        class_prompt=args.class_prompt,
+        instance_prompt=prompt,
+        class_prompt=class_prompt,
         submitted_by=submitted_by,
         recipe=args.recipe,
         base_model=base_model,
         params=params,
         hardware=args.hardware or settings.train_hardware,
+        output_repo=output_repo,
         private=not args.public,
         max_attempts=settings.max_attempts,
         deadline_s=settings.deadline_s,
@@ -231,19 +312,23 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         if not is_safe_task_id(args.task_id):
             raise CliError(f"--id {args.task_id!r}: use letters, digits, - and _ only (at most 64).", EXIT_USAGE)
         task.id = args.task_id
-    task.output_repo = args.output_repo or f"{settings.space_author or submitted_by}/dreambooth-{task.id}"
     # As the form validates the owner's submission: any base model (checked above), CPU flavors in local mode.
-    problems = validate_task(task, images, allow_cpu_training=settings.allow_cpu_training or local)
+    problems = validate_task(task, images, captions=captions, allow_cpu_training=settings.allow_cpu_training or local)
     if model_problem:
         problems.append(model_problem)
     if problems:
         raise CliError("The task was not enqueued:\n" + "\n".join(f"  - {p}" for p in problems), EXIT_USAGE)
-    for warning in submission_warnings(len(images)):
-        print(f"warning: {warning}", file=sys.stderr)
     queue = open_queue(args, settings)
-    stored = queue.enqueue(task, images)
-    print(f"Enqueued task {stored.id} ({len(images)} images, {hardware_shown(stored, local)}) in {queue!r}.")
-    print(next_step(queue, settings, local))
+    choice = check_output_repo(task, queue, settings, local, api)
+    task.output_repo = choice.repo_id
+    for warning in submission_warnings(len(images)):
+        say(f"warning: {warning}", err=True)
+    stored = queue.enqueue(task, uploads)
+    say(f"Enqueued task {stored.id} ({len(images)} images, {hardware_shown(stored, local)}) in {queue!r}; output "
+        f"repo: {stored.output_repo}.")  # fmt: skip
+    if choice.note:
+        say(choice.note.replace("**", ""))
+    say(next_step(queue, settings, local))
     return EXIT_OK
 
 
@@ -265,9 +350,9 @@ def cmd_run_task(args: argparse.Namespace, settings: Settings) -> int:
     worker = Worker(settings, queue, LocalHardware(settings.accelerator), worker_id=args.holder, dispatch_jobs=False)
     code = worker.run_one(args.task_id)
     status = worker.status.snapshot()
-    print(f"run-task {args.task_id}: {status.phase}: {status.message}")
+    say(f"run-task {args.task_id}: {status.phase}: {status.message}")
     if status.last_error:
-        print(status.last_error, file=sys.stderr)
+        say(status.last_error, err=True)
     return code
 
 
@@ -280,60 +365,66 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if command in ("hardware", "release"):
         hardware = open_hardware(args, settings)
         if command == "release":
-            print(hardware.release())
+            say(hardware.release())
         else:
             s = hardware.state()
-            print(f"current: {s.current or 'unknown'}\nrequested: {s.requested or 'unknown'}\nstage: {s.stage}")
+            say(f"current: {s.current or 'unknown'}\nrequested: {s.requested or 'unknown'}\nstage: {s.stage}")
         return EXIT_OK
     queue = open_queue(args, settings)
     local = is_local(args, settings)
     if command == "list":
         tasks = [t for t in queue.list() if args.status is None or t.status.value == args.status]
         if args.json:
-            print(json.dumps([task_record(t, local) for t in tasks], indent=2))
+            say(safe_json([task_record(t, local) for t in tasks]))
         else:
-            print(format_table(tasks, local) if tasks else "No tasks.")
+            say(format_table(tasks, local) if tasks else "No tasks.")
         return EXIT_OK
     if command == "show":
-        print(json.dumps(task_record(queue.get(args.task_id), local), indent=2))
+        say(safe_json(task_record(queue.get(args.task_id), local)))
         return EXIT_OK
     if command == "squash":
-        print(queue.squash_history())
+        say(queue.squash_history())
         return EXIT_OK
     if command == "delete":
         task = queue.delete(args.task_id)
-        print(f"Task {task.id} ({task.status.value}) deleted with its images and checkpoints.")
+        say(f"Task {task.id} ({task.status.value}) deleted with its images and checkpoints.")
         return EXIT_OK
     change = {"cancel": queue.cancel, "retry": queue.retry}[command]
     task = change(args.task_id)
-    print(f"Task {task.id} is {task.status.value}.")
+    say(f"Task {task.id} is {task.status.value}.")
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see --help)."""
-    parser = build_parser()
+    try:
+        settings, bad_setting = load_settings(), None
+    except SettingsError as exc:  # reported after parsing: --help still works
+        settings, bad_setting = None, exc
+    parser = build_parser(settings)
     args = parser.parse_args(argv)
     if args.queue is not None and args.local is not None:  # one before the command, the other after it
         parser.error("argument --local: not allowed with argument --queue")
+    if settings is None:
+        say(f"error: {bad_setting}", err=True)
+        return EXIT_USAGE
     try:
-        settings = load_settings()
         return run(args, settings)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return EXIT_USAGE
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return exc.code
     except TaskNotFound as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return EXIT_NOT_FOUND
     except InvalidTransition as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return EXIT_CONFLICT
     except HardwareRefused as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return EXIT_ERROR
     except (QueueError, HardwareUnavailable, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}", err=True)
         return EXIT_ERROR

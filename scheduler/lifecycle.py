@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from contract.flavors import FLAVORS, is_gpu
+from scheduler.billing import open_period
+from scheduler.spending import Budget, Start, cap_held, space_live, start_check, startable
 from scheduler.task import Task, TaskStatus
 
 
@@ -21,6 +23,7 @@ class ActionKind(str, Enum):  # noqa: UP042 - kept: str(kind) formatting is part
     FAIL_TASK = "fail_task"  # mark action.task_id FAILED with action.reason
     STOP_TRAINING = "stop_training"  # the task this worker trains was cancelled: kill the trainer
     RELEASE_HARDWARE = "release_hardware"  # on paid hardware with nothing runnable: go back to idle
+    HOLD_TASK = "hold_task"  # a spending cap holds action.task_id back: store action.reason as its note
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Snapshot:
     idle_hardware: str = "cpu-basic"
     training_task_id: str | None = None  # the task this worker is training right now, if any
     allow_cpu_training: bool = False  # tests: a "GPU" flavor without CUDA may train on the CPU
+    budget: Budget | None = None  # the spending caps and the billed periods (None: no cap, e.g. local mode)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,22 @@ def _wait(reason: str, task_id: str | None = None) -> Action:
     return Action(ActionKind.WAIT, task_id=task_id, reason=reason)
 
 
+def _cap_verdicts(snap: Snapshot, tasks: list[Task], current: str | None) -> dict[str, Start]:
+    """Whether each task that may start (``spending.startable``) fits the spending caps now: on the GPU it would
+    train on here, else on its own flavor (a GPU request). The task the open period was requested for may use all
+    the room left (its start is billed already)."""
+    assert snap.budget is not None
+    live = space_live(tasks, snap.budget.periods)
+    period = open_period(snap.budget.periods)
+    verdicts = {}
+    for t in (t for t in tasks if startable(t)):
+        here = is_gpu(current) and can_train_on(t, current)
+        shorten = (here or not is_gpu(current)) and period is not None and period.requested_for == t.id
+        verdicts[t.id] = start_check(t, snap.budget, tasks, live, snap.now, flavor=current if here else t.hardware,
+                                     shorten=shorten)  # fmt: skip
+    return verdicts
+
+
 def decide(snap: Snapshot) -> Action:
     """The next action for this worker, from the snapshot alone (no I/O). Rules, in priority order:
 
@@ -82,6 +102,10 @@ def decide(snap: Snapshot) -> Action:
        are left, request the bigger flavor; wait while another worker's lease is alive; else release (once).
     7. On idle hardware: request the oldest runnable task's flavor, unless a switch is already requested.
        A task with a note (e.g. its GPU request was refused) is not runnable until the owner retries it.
+
+    With a ``budget`` (off local mode), steps 6 and 7 first apply the spending caps (``scheduler.spending``): a task
+    whose start would pass one is held (``HOLD_TASK``: its note says why), and one held by a cap runs again once its
+    start fits.
     """
     tasks = sorted(snap.tasks, key=lambda t: t.created_at)
     by_id = {t.id: t for t in tasks}
@@ -122,6 +146,12 @@ def decide(snap: Snapshot) -> Action:
         # of a hardware switch, still serving until the GPU one is up. Claiming, failing or releasing from here would
         # race the new container (and fail tasks for want of CUDA), so it only waits.
         return _wait(f"the Space runs on {current} now; this CPU container hands over to the new one")
+    if snap.budget is not None:
+        verdicts = _cap_verdicts(snap, tasks, current)
+        hold = next((t for t in tasks if t.id in verdicts and verdicts[t.id].problem and not cap_held(t)), None)
+        if hold is not None:
+            return Action(ActionKind.HOLD_TASK, task_id=hold.id, reason=verdicts[hold.id].problem or "")
+        runnable = [t for t in tasks if t.id in verdicts and verdicts[t.id].problem is None]
     if is_gpu(current):
         trainable = [t for t in runnable if can_train_on(t, current)]
         if trainable and not (snap.gpu_visible or snap.allow_cpu_training):

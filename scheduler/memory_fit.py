@@ -14,7 +14,6 @@ allocated tensors).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,16 +103,18 @@ def fit(
         seen.append((gc, adam8, gib))
     first = seen[0][2]
     what = _describe(model_shape, recipe, res, batch, prior, text_encoder)
-    room = f"{flavor_gpu_gib:g} GB of GPU memory leave about {usable:.2f} GiB for training"
+    gpu = f"a GPU of {flavor_gpu_gib:g} GB"
+    room = f"the {usable:.1f} GiB usable for training on {gpu}"
     if first is None:
         return MemoryFit(UNKNOWN, f"No memory estimate for {what}: not checked.", None, usable, gc0, adam0)
     for gc, adam8, gib in seen:
         if gib is not None and gib <= usable:
             if (gc, adam8) == (gc0, adam0):
-                return MemoryFit(FITS, f"{what} needs about {gib:.2f} GiB; {room}.", gib, usable, gc, adam8)
+                reason = f"{what} fits {gpu}: about {gib:.1f} of the {usable:.1f} GiB usable for training."
+                return MemoryFit(FITS, reason, gib, usable, gc, adam8)
             verdict, savings = (WITH_CHECKPOINTING, "gradient checkpointing") if adam8 == adam0 else (
                 WITH_8BIT_ADAM, "gradient checkpointing and 8-bit Adam")  # fmt: skip
-            reason = f"{what} needs about {first:.2f} GiB, more than {room}; with {savings} about {gib:.2f} GiB."
+            reason = f"{what} needs about {first:.1f} GiB, more than {room}; with {savings}, about {gib:.1f} GiB."
             return MemoryFit(verdict, reason, gib, usable, gc, adam8)
     best_gib, gc, adam8 = min((gib, gc, adam8) for gc, adam8, gib in seen if gib is not None)
     tried = "gradient checkpointing and 8-bit Adam" if seen[-1][2] is not None else "gradient checkpointing"
@@ -123,7 +124,7 @@ def fit(
     if recipe != "dreambooth-lora":
         advice.append("the LoRA recipe")
     choose = ", ".join(advice[:-1]) + " or " + advice[-1]
-    reason = f"{what} needs about {best_gib:.2f} GiB even with {tried}, more than {room}. Choose {choose}."
+    reason = f"{what} needs about {best_gib:.1f} GiB even with {tried}, more than {room}. Choose {choose}."
     return MemoryFit(DOES_NOT_FIT, reason, best_gib, usable, gc, adam8)
 
 
@@ -137,17 +138,6 @@ def fit_flavor(flavor: str, model_shape: str, recipe: str, resolution: int | Non
         return MemoryFit(UNKNOWN, f"{flavor} has no GPU: memory is not checked.", None, 0.0, False, False)
     return fit(model_shape, recipe, resolution, batch, prior, text_encoder, gradient_checkpointing, use_8bit_adam,
                f.gpu_memory_gib / f.gpus, table=table)  # fmt: skip
-
-
-def shape_for_base_model(base_model: str) -> str | None:
-    """The table's model shape for a base model id, by its name: "sdxl" for SDXL repos, "sd15" for Stable
-    Diffusion 1.x and 2.x (a 2.x UNet has about the SD 1.5 size); None for anything else (not checked)."""
-    name = base_model.lower()
-    if re.search(r"sdxl|sd[-_]xl|stable-diffusion-xl", name):
-        return "sdxl"
-    if re.search(r"stable-diffusion-(v-?)?[12]|sd[-_]?v?[12]([-_.]|$)", name):
-        return "sd15"
-    return None
 
 
 def _describe(model_shape: str, recipe: str, res: int, batch: int, prior: bool, text_encoder: bool) -> str:

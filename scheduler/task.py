@@ -128,6 +128,10 @@ class Task:
     started_at: float | None = None
     finished_at: float | None = None
     run: RunRecord | None = None  # what the run measured (DONE tasks; written with the completion)
+    # When a spending cap stops the run (unix seconds; ``scheduler.spending``): the watchdog inside the Job stops the
+    # trainer there with a checkpoint and the task is held. Written by the Jobs backend (before each Job it starts, None
+    # when the cap leaves the whole deadline, and while it runs); a Space's worker finds its stop itself.
+    stop_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (status as its string value)."""
@@ -176,7 +180,7 @@ _TASK_TYPES: dict[str, tuple[type, ...]] = {
     "id": _STR, "instance_prompt": _STR, "submitted_by": _STR, "recipe": _STR, "base_model": _STR,
     "hardware": _STR, "output_repo": _STR, "class_prompt": _OPT_STR, "last_error": _OPT_STR, "note": _OPT_STR,
     "result_url": _OPT_STR, "private": (bool,), "attempts": _INT, "max_attempts": _INT, "deadline_s": _NUM,
-    "created_at": _NUM, "updated_at": _NUM, "started_at": _OPT_NUM, "finished_at": _OPT_NUM,
+    "created_at": _NUM, "updated_at": _NUM, "started_at": _OPT_NUM, "finished_at": _OPT_NUM, "stop_at": _OPT_NUM,
     "params": (dict,), "progress": (dict,), "images": (dict, type(None)), "lease": (dict, type(None)),
 }  # fmt: skip
 _IMAGE_TYPES = {"path": _STR, "repo_id": _OPT_STR, "revision": _OPT_STR, "count": _INT, "removed": (bool,)}

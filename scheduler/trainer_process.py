@@ -36,16 +36,23 @@ from contract.events import (
 from contract.settings import child_environment
 from scheduler.queue.base import InvalidTransition, QueueError
 from scheduler.queue.document import CHECKPOINTS_DIR
+from scheduler.spending import STOP_GRACE_S
 from scheduler.status import WorkerStatus
 from scheduler.task import Task
 
 log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where ``python -m training`` finds the package
+#: how a task whose model was trained but whose upload the Hub refused for good (401/403/404) begins its error; it
+#: is not trained again, and its final checkpoint stays in the queue: Retry resumes there and only uploads
+UPLOAD_REFUSED = "trained, upload refused"
+UPLOAD_RETRY_HINT = ("Once that is fixed, press Retry: it resumes from the final checkpoint (a LoRA's is kept in the "
+                     "queue) and only uploads, without training again.")  # fmt: skip
 EXIT_MESSAGES = {
     ExitCode.BAD_INPUT: "the trainer refused the task's input",
     ExitCode.OUT_OF_MEMORY: "the GPU ran out of memory (try a lower resolution or rank, or a bigger GPU)",
     ExitCode.UPLOAD_FAILED: "the model was trained but the upload failed",
+    ExitCode.UPLOAD_REFUSED: UPLOAD_REFUSED,
 }
 LOG_TAIL_LINES = 40
 ERROR_TAIL_LINES = 15
@@ -62,6 +69,7 @@ class TrainOutcome:
     result_url: str | None = None
     error: str | None = None
     stopped: bool = False  # cancelled or the lease was lost: leave the task alone
+    capped: bool = False  # a spending cap stopped it (checkpoint saved): hold the task, the attempt given back
     retryable: bool = False  # another attempt may succeed (killed, crashed, upload failed): requeue if attempts left
     report: dict[str, Any] | None = None  # the "run" of the trainer's done event (speed, step times, settings)
     resumed_step: int = 0  # the step this attempt resumed from (its "resumed" event)
@@ -83,17 +91,20 @@ class Watch:
     heartbeat: Callable[[dict[str, Any]], None]
     each_poll: Callable[[], None] = lambda: None  # e.g. re-read a Space runtime whose stage still settles
     echo: bool = False  # copy the trainer's log to stdout (inside a Job, whose own log then shows it)
+    # when a spending cap stops the run (unix seconds; None: not before the deadline), asked every poll interval
+    stop_at: Callable[[], float | None] = lambda: None
 
 
 def memory_plan_message(event: MemoryPlan) -> str:
     """The run view's line for the trainer's ``memory_plan`` event, e.g. "Memory plan: NF4 base, gradient
-    checkpointing, about 9.9 GiB of GPU memory"."""
-    kind = event.quantized_base or "none"
-    parts = ["bf16/fp16 base" if kind == "none" else f"{kind.upper()} base"]
+    checkpointing, about 9.9 GiB of GPU memory"; a run on the CPU speaks of the CPU and its RAM."""
+    kind, cpu = event.quantized_base or "none", event.device == "cpu"
+    parts = ["training on the CPU" if cpu else "bf16/fp16 base" if kind == "none" else f"{kind.upper()} base"]
     parts += [name for on, name in ((event.gradient_checkpointing, "gradient checkpointing"),
                                     (event.use_8bit_adam, "8-bit Adam")) if on]  # fmt: skip
     if event.estimate_gib is not None:
-        parts.append(f"about {event.estimate_gib:.1f} GiB of GPU memory")
+        gib = "under 0.1" if event.estimate_gib < 0.05 else f"about {event.estimate_gib:.1f}"
+        parts.append(f"{gib} GiB of {'RAM' if cpu else 'GPU memory'}")
     return "Memory plan: " + ", ".join(parts)
 
 
@@ -141,10 +152,18 @@ def tail_lines(path: Path, n: int) -> list[str]:
     return text.splitlines()[-n:]
 
 
+def hub_offline() -> bool:
+    """Whether huggingface_hub's offline mode is on (``HF_HUB_OFFLINE=1``, read by the library itself)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def task_spec(task: Task, images: Path, settings: Any) -> dict[str, Any]:
-    """The trainer's TASK.json for ``task`` (see ``python -m training --help``)."""
+    """The trainer's TASK.json for ``task`` (see ``python -m training --help``). Local runs upload only
+    with an ``HF_TOKEN`` and not in huggingface_hub's offline mode (the model then stays in its output folder)."""
     output = None
-    if task.output_repo and (not settings.local or settings.hf_token):
+    if task.output_repo and (not settings.local or (settings.hf_token and not hub_offline())):
         output = {"repo_id": task.output_repo, "private": bool(task.private)}
     checkpoint = None
     if not settings.local and settings.queue_repo:
@@ -245,6 +264,9 @@ def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, statu
             last_check = now
             if watch.cancelled():
                 return kill(stopped=True, error="cancelled")
+            stop = watch.stop_at()
+            if stop is not None and time.time() >= stop:
+                return stop_for_cap(proc, reader, log_path, status, watch, redact, done_event, error_event)
             watch.each_poll()
         if now - last_beat >= watch.heartbeat_s:
             last_beat = now
@@ -258,6 +280,21 @@ def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, statu
     outcome = trainer_outcome(code, done_event, error_event, log_path, redact)
     outcome.resumed_step = resumed
     return outcome
+
+
+def stop_for_cap(proc: subprocess.Popen, reader: EventReader, log_path: Path, status: WorkerStatus, watch: Watch,
+                 redact: Redact, done: Done | None, error: Error | None) -> TrainOutcome:  # fmt: skip
+    """A spending cap's stop: SIGTERM (the trainer saves a checkpoint at the end of its step and exits), SIGKILL
+    after ``STOP_GRACE_S``. A trainer that finished meanwhile keeps its result."""
+    kill_process_group(proc, max(watch.kill_grace_s, STOP_GRACE_S))
+    step = None
+    for event in reader.read_new():
+        done, error = apply_event(status, event, done, error)
+        step = event.step if isinstance(event, Checkpoint) else step
+    if proc.returncode == ExitCode.OK and done is not None:
+        return trainer_outcome(ExitCode.OK, done, error, log_path, redact)
+    saved = f"; its checkpoint of step {step} was saved" if step is not None else ""
+    return TrainOutcome(ok=False, capped=True, error=f"stopped by a spending cap{saved}")
 
 
 def echo_log(log_path: Path, offset: int, redact: Redact) -> int:
@@ -312,7 +349,10 @@ def trainer_outcome(code: int, done: Done | None, error: Error | None, log_path:
         head += f" ({error.kind}: {error.message})"
     if code < 0:
         head = f"the trainer was killed by signal {-code} (for example by the out-of-memory killer)"
-    # Bad input and out-of-memory fail the same way every time; anything else (a kill, a crash, a failed
-    # upload whose weights are checkpointed) gets another attempt, which resumes from the last checkpoint.
-    retryable = code not in (ExitCode.BAD_INPUT, ExitCode.OUT_OF_MEMORY)
+    if code == ExitCode.UPLOAD_REFUSED:
+        head = f"{UPLOAD_REFUSED}: {error.message if error else 'the Hub refused it'}. {UPLOAD_RETRY_HINT}"
+    # Bad input, out-of-memory and a refused upload fail the same way every time; anything else (a kill, a crash, an
+    # upload that kept failing, whose weights are checkpointed) gets another attempt, which resumes from the last
+    # checkpoint.
+    retryable = code not in (ExitCode.BAD_INPUT, ExitCode.OUT_OF_MEMORY, ExitCode.UPLOAD_REFUSED)
     return TrainOutcome(ok=False, error="\n".join(redact([head, *lines])), retryable=retryable)

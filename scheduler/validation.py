@@ -30,6 +30,7 @@ from contract.params import (
     PARAMS,
     QUANTIZE_BASE_CHOICES,
     Bound,
+    text_problem,
     validation_prompts_problem,
 )
 from scheduler.task import Task
@@ -57,12 +58,19 @@ LIMITS = Limits()
 
 
 def check_prompt(label: str, prompt: str | None, limits: Limits = LIMITS, required: bool = True) -> list[str]:
-    """The problem with a prompt (empty when required, too long), as a list of at most one message."""
+    """The problem with a prompt (empty when required, too long, not one line of visible text: see
+    ``contract.params.text_problem``), as a list of at most one message."""
     if prompt is None or not prompt.strip():
         return [f"{label}: must not be empty."] if required else []
     if len(prompt) > limits.max_prompt_chars:
         return [f"{label}: {len(prompt)} characters; at most {limits.max_prompt_chars} are allowed."]
-    return []
+    return check_text(label, prompt)
+
+
+def check_text(label: str, text: str | None) -> list[str]:
+    """The problem with a one-line text field (a control character, a bidi override), as a list of at most one."""
+    problem = text_problem(text) if isinstance(text, str) else None
+    return [f"{label}: {problem}."] if problem else []
 
 
 def check_image(path: Path, limits: Limits = LIMITS) -> str | None:
@@ -86,7 +94,21 @@ def check_image(path: Path, limits: Limits = LIMITS) -> str | None:
         return f"Image {name}: {width}x{height} has too many pixels (at most {limits.max_image_pixels:,})."
     if min(width, height) < limits.min_image_side:
         return f"Image {name}: {width}x{height} is too small; each side needs at least {limits.min_image_side} px."
+    if not decodes(path, width, height):  # within the pixel limit: decoding it is bounded
+        return f"Image {name}: the file is incomplete or damaged (it cannot be decoded); save or copy it again."
     return None
+
+
+def decodes(path: Path, width: int, height: int) -> bool:
+    """Whether the image's data decodes to the end (``verify()`` reads no JPEG data: a truncated JPEG passes it). Run
+    only within the pixel limit; a JPEG is decoded at 1/8 scale (every byte is still read, in 1/64 of the memory)."""
+    try:
+        with Image.open(path) as img:
+            img.draft(None, (max(1, width // 8), max(1, height // 8)))
+            img.load()
+    except (Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return False
+    return True
 
 
 def split_captions(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
@@ -212,6 +234,7 @@ def validate_submission(
             problems.append(f"Quantized base: {quantize_base} is for LoRA; a full fine-tune trains the base weights "
                             "themselves, which cannot be quantized. Choose the LoRA recipe or 'none'.")  # fmt: skip
 
+    problems += check_text("Base model", base_model) + check_text("Recipe", recipe)
     if base_models is not None and base_model not in base_models:
         problems.append(f"Base model: {base_model!r} is not offered here; choose one of {', '.join(base_models)}.")
     if recipes is not None and recipe not in recipes:
@@ -227,10 +250,12 @@ def validate_task(
     recipes: Collection[str] | None = None,
     allow_cpu_training: bool = False,
     limits: Limits = LIMITS,
+    captions: Sequence[Path] = (),
 ) -> list[str]:
     """``validate_submission`` for a built Task; numbers are read from ``task.params`` keys
     ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present, and ``quantize_base``; every other
-    param it holds is checked against the shared bounds too (``check_params``)."""
+    param it holds is checked against the shared bounds too (``check_params``). ``captions``: the ``.txt``
+    captions sent with ``images`` (``split_captions``)."""
     params = task.params
     named = ("steps", "learning_rate", "rank", "resolution")
     problems = validate_submission(
@@ -250,6 +275,7 @@ def validate_task(
         allow_cpu_training=allow_cpu_training,
         quantize_base=params.get("quantize_base"),
         limits=limits,
+        captions=captions,
     )
     return problems + check_params(params, skip=named)
 

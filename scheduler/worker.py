@@ -34,9 +34,11 @@ from scheduler.billing import RECOVERED, GpuPeriod, open_period
 from scheduler.hardware.base import HardwareController, HardwareRefused, HardwareState
 from scheduler.hardware.probe import cuda_visible
 from scheduler.lifecycle import Action, ActionKind, Snapshot, decide
-from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
+from scheduler.outcomes import record_outcome, run_stop_at
+from scheduler.queue.base import QueueError, TaskQueue
 from scheduler.redact import redact
-from scheduler.run_records import ClaimInfo, claim_info, process_started_at, run_record
+from scheduler.run_records import ClaimInfo, claim_info, process_started_at
+from scheduler.spending import Budget, cap_held, caps_for, startable
 from scheduler.status import ENDED_PHASES, WorkerStatus
 from scheduler.stored import is_safe_task_id, vetted_with_billing
 from scheduler.task import LOCAL_CPU, LOCAL_GPU, Task, TaskStatus
@@ -100,6 +102,7 @@ class Worker:
         self._started_at = process_started_at()  # this container's start (startup_s of its first task on a GPU)
         self._claims = 0  # tasks this worker claimed
         self._billing: list[GpuPeriod] = []  # the queue's GPU periods, as last read
+        self._tasks: list[Task] = []  # the queue's tasks, as last read while training (the cap's stop)
         self._in_job = False  # ``run_one`` inside a Job: the Space records the Job's period, claims bill nothing
         self._jobs = None
         if dispatch_jobs and getattr(settings, "uses_jobs", False):  # TRAINING_BACKEND=jobs: the Space dispatches Jobs
@@ -184,7 +187,8 @@ class Worker:
         snap = Snapshot(tasks=tuple(tasks), now=now, worker_id=self.worker_id, local=bool(self.settings.local),
                         current_hardware=hw.current, requested_hardware=hw.requested, accelerator=hw.accelerator,
                         gpu_visible=hw.gpu_visible, idle_hardware=self.settings.idle_hardware, training_task_id=None,
-                        allow_cpu_training=bool(self.settings.allow_cpu_training))  # fmt: skip
+                        allow_cpu_training=bool(self.settings.allow_cpu_training),
+                        budget=None if self.settings.local else Budget(caps_for(self.settings), tuple(self._billing)))  # fmt: skip
         return snap, requests
 
     def step(self) -> tuple[Action, int]:
@@ -220,12 +224,14 @@ class Worker:
 
     def run_one(self, task_id: str) -> int:
         """Inside a Job: claim ``task_id`` (lease held by this worker's id), train it under the watchdog, upload and
-        complete it, as the GPU container of the self-upgrade backend does. Returns 0 when the task ended DONE or
-        there was nothing to do (cancelled, finished, held by another holder), 1 when this attempt failed."""
+        complete it, as the GPU container of the self-upgrade backend does. Returns 0 when the task ended DONE, held
+        by a spending cap, or there was nothing to do (cancelled, finished, held by another holder), 1 when this
+        attempt failed."""
         self._in_job = True
         tasks, self._billing = vetted_with_billing(self.queue, self.settings)
+        self._tasks = tasks
         task = next((t for t in tasks if t.id == task_id), None)
-        if task is None or not task.runnable:
+        if task is None or not startable(task):  # held by a cap: the Space started this Job because it fits now
             why = "not in the queue" if task is None else f"{task.status.value}, attempt {task.attempts} of {task.max_attempts}"
             log.warning("task %s is not claimable (%s): nothing to do", task_id, why)
             return 0
@@ -239,7 +245,7 @@ class Worker:
             final = self.queue.get(task_id)
         except QueueError:
             return 1
-        return 0 if final.status in (TaskStatus.DONE, TaskStatus.CANCELLED) else 1
+        return 0 if final.status in (TaskStatus.DONE, TaskStatus.CANCELLED) or cap_held(final) else 1
 
     def _close_stale_period(self, snap: Snapshot) -> None:
         """A CPU container that finds a GPU period open while no GPU is current or requested: the container that
@@ -281,6 +287,9 @@ class Worker:
         elif kind is ActionKind.FAIL_TASK:
             self.queue.fail(action.task_id, None, action.reason)
             self.status.update(message=f"Task {action.task_id} failed: {action.reason}")
+        elif kind is ActionKind.HOLD_TASK:
+            self.queue.hold_for_cap(action.task_id or "", None, action.reason)
+            self.status.update(phase="waiting", message=f"Task {action.task_id} waits: {action.reason}")
         elif kind is ActionKind.STOP_TRAINING:
             kill_process_group(self._proc, self.kill_grace_s)
         elif kind is ActionKind.RELEASE_HARDWARE:
@@ -315,7 +324,7 @@ class Worker:
             return
         if is_gpu(flavor) and not self.settings.local:
             try:  # the GPU is billed from now: record the period (idempotent when it is already recorded)
-                self.queue.open_period(flavor, requested_at)
+                self.queue.open_period(flavor, requested_at, action.task_id)
             except QueueError:
                 log.exception("could not record the GPU period of %s (the claim records it instead)", flavor)
         self._hw_state = None
@@ -367,38 +376,9 @@ class Worker:
     def _finish_task(self, task: Task, outcome: TrainOutcome, claim: ClaimInfo | None = None) -> None:
         finished = False
         try:
-            finished = self._record_outcome(task, outcome, claim)
+            finished = record_outcome(self.queue, self.status, self.worker_id, task, outcome, claim, now=time.time())
         finally:
             self._clean_up_run(task, finished)
-
-    def _record_outcome(self, task: Task, outcome: TrainOutcome, claim: ClaimInfo | None = None) -> bool:
-        """Write how the run ended to the queue; True when the task is finished (will not run again)."""
-        try:
-            if outcome.stopped and outcome.error == "cancelled":
-                self.status.end_task(*self.status.why_stopped(task.id))
-                return True
-            if outcome.stopped:
-                self.status.end_task("stopped", f"Task {task.id} stopped: {outcome.error or ''}")
-                return False
-            if outcome.ok:
-                run = run_record(task, outcome, claim) if claim is not None else None
-                self.queue.complete(task.id, self.worker_id, outcome.result_url or "", run=run)
-                self.status.end_task("done", f"Task {task.id} done: {outcome.result_url}")
-                return True
-            if outcome.retryable:
-                after = self.queue.requeue(task.id, self.worker_id, outcome.error or "training failed")
-                if after.status is TaskStatus.PENDING:
-                    note = f"Task {task.id} attempt {after.attempts} of {after.max_attempts} failed; it runs again"
-                    self.status.end_task("retrying", note, last_error=outcome.error)
-                    return False
-                self.status.end_task("failed", f"Task {task.id} failed", last_error=after.last_error)
-                return True
-            self.queue.fail(task.id, self.worker_id, outcome.error or "training failed")
-            self.status.end_task("failed", f"Task {task.id} failed", last_error=outcome.error)
-            return True
-        except InvalidTransition as exc:
-            self.status.end_task("stopped", f"Task {task.id} changed while training ({exc}); result not recorded")
-            return True  # cancelled, deleted or taken over: this container has no more use for the folder
 
     # ----------------------------------------------------------------- training
     def trainer_command(self, spec_path: Path, workdir: Path, events: Path) -> list[str]:
@@ -450,7 +430,9 @@ class Worker:
         return Watch(task_id=task.id, deadline_s=task.deadline_s, poll_interval_s=self.settings.poll_interval_s,
                      heartbeat_s=self.heartbeat_s, kill_grace_s=self.kill_grace_s, stopping=self._stop.is_set,
                      cancelled=lambda: self._cancelled(task.id), heartbeat=heartbeat,
-                     each_poll=self._refresh_settling_hardware, echo=self._in_job)  # fmt: skip
+                     each_poll=self._refresh_settling_hardware, echo=self._in_job,
+                     stop_at=lambda: run_stop_at(self.settings, task.id, self._tasks, self._billing, time.time(),
+                                                 in_job=self._in_job))  # fmt: skip
 
     def _cancelled(self, task_id: str) -> bool:
         """Re-read the queue (one request; it also refreshes the UI's task list): is the task no longer ours?"""
@@ -459,6 +441,7 @@ class Worker:
         except QueueError:
             return False
         self.status.update(tasks=tasks, billing=self._billing)
+        self._tasks = tasks
         task = next((t for t in tasks if t.id == task_id), None)
         if task is None:
             return True

@@ -41,7 +41,7 @@ def test_local_mode_starts_without_any_token(tmp_path, monkeypatch):
     assert not app.problems and app.worker is not None
     assert not any(isinstance(b, gr.LoginButton) for b in app.demo.blocks.values())
     assert (tmp_path / "data" / "queue").is_dir()
-    assert app.launch_options().get("server_name") is None  # local mode stays on 127.0.0.1
+    assert app.launch_options()["server_name"] == "127.0.0.1"  # local mode stays on 127.0.0.1 (issue 20, finding 6)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_owner_changes_space_variables_through_the_hub(hub):
 
 
 def test_estimate_follows_steps_hardware_and_price():
-    from scheduler.recipes_catalog import load_catalog
+    from contract.catalog import load_catalog
 
     lora = load_catalog()["dreambooth-lora"]  # the form's default recipe sets the "auto" steps
     assert auto_steps(1) == lora.min_steps and auto_steps(100) == lora.max_steps

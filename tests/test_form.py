@@ -18,12 +18,12 @@ import gradio as gr
 import pytest
 from huggingface_hub import HfApi
 
+from contract.catalog import load_catalog
 from contract.flavors import GPU_FLAVORS, JOBS_GPU_FLAVORS
 from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.hardware.local import LocalHardware
 from scheduler.queue import make_queue
-from scheduler.recipes_catalog import load_catalog
 from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
@@ -286,6 +286,41 @@ def past(base_model: str = "org/sd15-a", steps_per_s: float = 2.0, **changes) ->
     return RunRecord(**{**fields, **changes})
 
 
+def test_a_submit_removes_only_the_upload_copies_no_other_tab_shows(tmp_path):
+    """Gradio keeps one copy of an upload per content: the tabs that show it are tracked (``ui.uploads``), so a submit
+    leaves a copy another tab still shows; the last one to let go removes it (the browser test runs this for real)."""
+    ctx = local_ctx(tmp_path)
+    shared = photos(tmp_path)
+    for tab in ("tab-a", "tab-b"):
+        ctx.uploads.hold(tab, map(Path, shared))
+    first = submit(ctx, "local", shared, values(), session="tab-a")
+    assert first.queued and all(Path(p).exists() for p in shared)
+    assert ctx.uploads.holders(Path(shared[0])) == 1
+    second = submit(ctx, "local", shared, values(instance_prompt="a photo of zwx dog"), session="tab-b")
+    assert second.queued and not any(Path(p).exists() for p in shared), second.message
+    # A tab closed without submitting lets go of its photos; copies gone from the disk are forgotten.
+    again = photos(tmp_path)
+    ctx.uploads.hold("tab-c", map(Path, again))
+    ctx.uploads.hold("tab-d", map(Path, again))
+    ctx.uploads.release("tab-d")
+    assert submit(ctx, "local", again, values(instance_prompt="a photo of qwv dog"), session="tab-c").queued
+    assert not any(Path(p).exists() for p in again)
+    ctx.uploads.hold("tab-e", [])
+    assert ctx.uploads.holders(Path(shared[0])) == 0 and not ctx.uploads._held
+
+
+def test_a_truncated_jpeg_is_refused_at_submit_under_the_users_file_name(tmp_path):
+    ctx = local_ctx(tmp_path)
+    good = photos(tmp_path, 2)
+    whole = Path(photos(tmp_path, 2)[1])
+    assert whole.suffix == ".jpg"
+    cut = whole.with_name("Rex at the beach.jpg")
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    answer = submit_task(ctx, "local", [*good, str(cut)], values())
+    assert answer.startswith("**Nothing was queued") and "Image Rex at the beach.jpg: the file is incomplete" in answer
+    assert ctx.queue.list() == [] and cut.exists()
+
+
 def test_the_estimate_uses_the_median_of_the_matching_earlier_runs_and_says_so():
     history = [
         past(steps_per_s=1.0, switch_s=60.0, startup_s=100.0, wrapup_s=40.0, release_s=5.0),
@@ -448,6 +483,25 @@ def test_a_value_the_user_typed_is_kept_by_the_base_models_defaults(hub, tmp_pat
     assert "snapshot[i] === current[i]" in APPLY_DEFAULTS_JS and json.dumps(list(FOLLOWED_FIELDS)) in APPLY_DEFAULTS_JS
 
 
+@pytest.mark.parametrize(
+    ("family", "label"), [("flux1", "FLUX.1 ([dev] / [schnell])"), ("flux2-klein", "FLUX.2 [klein]")]
+)
+def test_a_flux_estimate_uses_the_familys_reference_speed_until_this_space_has_runs_of_its_own(family, label):
+    sd = estimate(1000, "l4x1", base_model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    ref = estimate(1000, "l4x1", base_model="black-forest-labs/some-flux", family=family)
+    assert ref.source == "family" and ref.train_s > 2 * sd.train_s and ref.usd > sd.usd  # slower than SD, not SD's
+    assert ref.overhead_s == sd.overhead_s
+    text = describe(ref, local=False, family_label=label)
+    assert f"from the {label} family's reference figure" in text and "not yet measured on this Space" in text, text
+    assert "Stable Diffusion's" not in text and "built-in figures" not in text
+    assert "not yet measured on this machine" in describe(estimate(1000, LOCAL_GPU, family=family), local=True,
+                                                          device=LocalDevice(True, "GPU"), family_label=label)  # fmt: skip
+    # A family without a reference figure (a customizer's) still says the figures are Stable Diffusion's.
+    custom = estimate(1000, "l4x1", base_model="me/toy", family="toy-sd")
+    assert (custom.source, custom.train_s) == ("built-in", sd.train_s)
+    assert "built-in figures are Stable Diffusion's" in describe(custom, local=False, family_label="Toy")
+
+
 def test_the_familys_gpu_is_one_the_form_offers_and_the_owners_bigger_choice_wins(tmp_path, tiny_flux1):
     ctx = local_ctx(tmp_path, gpu=True, BASE_MODELS=str(tiny_flux1))
     flux = family_of(ctx.settings, str(tiny_flux1))  # a local folder, read on disk
@@ -463,10 +517,11 @@ def test_the_familys_gpu_is_one_the_form_offers_and_the_owners_bigger_choice_win
     assert family_hardware(smaller, flux, GPU_FLAVORS, "t4-medium") == "l4x1"
     assert hardware_note(s, str(tiny_flux1), "t4-small") and "NF4" in hardware_note(s, str(tiny_flux1), "t4-small")
 
-    # The estimate of a Flux model from the built-in (SD) figures says so; a Flux run of this machine replaces them.
+    # The estimate of a Flux model comes from the family's reference speed and says so; a Flux run of this machine
+    # replaces it.
     est = form_estimate(ctx, 500, LOCAL_GPU, LORA, 512, False, str(tiny_flux1), family="flux1")
     text = describe(est, local=True, device=LocalDevice(True, "GPU"), family_label=flux.label)
-    assert "built-in figures are Stable Diffusion's" in text and f"a {flux.label} task trains slower" in text
+    assert f"from the {flux.label} family's reference figure" in text and "Stable Diffusion's" not in text, text
     flux_run = past("other/flux", steps_per_s=0.5, flavor=LOCAL_GPU, family="flux1")
     from_runs = estimate(500, LOCAL_GPU, base_model=str(tiny_flux1), family="flux1", history=[flux_run])
     assert (from_runs.source, from_runs.train_s) == ("history", 1000.0)

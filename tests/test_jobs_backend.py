@@ -177,6 +177,9 @@ def test_a_crashed_job_is_requeued_and_the_next_job_resumes_from_the_checkpoint(
     assert "resumed from the checkpoint of step" in log, log[-2000:]
     step = int(log.split("resumed from the checkpoint of step ")[1].split()[0])
     assert step >= 2
+    # Once DONE, the checkpoints (LoRA and optimizer state) leave the queue repo with the photos.
+    files = space.api.list_repo_files(space.queue.repo_id, repo_type="dataset")
+    assert not [f for f in files if f.startswith((f"checkpoints/{task.id}/", f"images/{task.id}/"))], files
     space.space_never_left_cpu()
 
 

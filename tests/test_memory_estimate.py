@@ -392,19 +392,21 @@ def test_lookup_in_the_committed_table_is_monotonic_in_resolution():
 
 
 @pytest.mark.parametrize(
-    ("gpu_gb", "verdict", "gib"),
+    ("gpu_gb", "verdict", "gib", "usable"),
     [
-        (48, memory_fit.FITS, 20.0),  # (45 - 0.5) / 1.2 = 37 GiB usable
-        (24, memory_fit.WITH_CHECKPOINTING, 18.0),  # 18.3 GiB usable
-        (16, memory_fit.WITH_8BIT_ADAM, 11.0),  # 12.1 GiB usable
-        (8, memory_fit.DOES_NOT_FIT, 11.0),  # 5.8 GiB usable
+        (48, memory_fit.FITS, 20.0, "37.1"),  # (45 - 0.5) / 1.2 = 37 GiB usable
+        (24, memory_fit.WITH_CHECKPOINTING, 18.0, "18.3"),
+        (16, memory_fit.WITH_8BIT_ADAM, 11.0, "12.1"),
+        (8, memory_fit.DOES_NOT_FIT, 11.0, "5.8"),
     ],
 )
-def test_fit_turns_on_checkpointing_then_8bit_adam_then_gives_up(gpu_gb, verdict, gib):
+def test_fit_turns_on_checkpointing_then_8bit_adam_then_gives_up(gpu_gb, verdict, gib, usable):
     f = memory_fit.fit("m", "dreambooth-full", 512, 1, False, False, "auto", "auto", gpu_gb, table=SYNTHETIC)
     assert (f.verdict, f.estimate_gib) == (verdict, gib)
     assert f.fits == (verdict != memory_fit.DOES_NOT_FIT)
-    assert f"{gib:.2f} GiB" in f.reason and f"{gpu_gb} GB of GPU memory" in f.reason
+    # the sentence a person reads carries the estimate, the usable memory and the GPU's size
+    assert f"about {gib:.1f}" in f.reason and f"{usable} GiB usable for training" in f.reason, f.reason
+    assert f"GPU of {gpu_gb} GB" in f.reason, f.reason
     if verdict == memory_fit.WITH_8BIT_ADAM:
         assert (f.gradient_checkpointing, f.use_8bit_adam) == (True, True)
     if verdict == memory_fit.DOES_NOT_FIT:
@@ -456,11 +458,13 @@ def test_memory_fit_imports_no_torch():
 
 
 def test_base_model_names_map_to_table_shapes():
-    assert memory_fit.shape_for_base_model("stable-diffusion-v1-5/stable-diffusion-v1-5") == "sd15"
-    assert memory_fit.shape_for_base_model("stabilityai/stable-diffusion-xl-base-1.0") == "sdxl"
-    assert memory_fit.shape_for_base_model("black-forest-labs/FLUX.1-dev") is None  # the family says: flux1
     from training.families.flux import Flux1
     from training.families.flux2_klein import Flux2Klein
+    from training.families.sd import StableDiffusion
+
+    assert StableDiffusion.memory_shape("stable-diffusion-v1-5/stable-diffusion-v1-5") == "sd15"
+    assert StableDiffusion.memory_shape("stabilityai/stable-diffusion-xl-base-1.0") == "sdxl"
+    assert StableDiffusion.memory_shape("black-forest-labs/FLUX.1-dev") is None  # the family says: flux1
 
     assert Flux1.memory_shape("black-forest-labs/FLUX.1-dev") == "flux1"
     assert Flux2Klein.memory_shape("black-forest-labs/FLUX.2-klein-base-9B") == "klein9b"

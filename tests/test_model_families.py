@@ -146,7 +146,7 @@ def test_families_list_without_torch_and_reach_the_form_catalog(tmp_path):
     sd = next(f for f in json.loads(lines[0]) if f["name"] == "sd")
     assert "StableDiffusionXLPipeline" in sd["pipelines"] and sd["defaults"]["hardware"] == "t4-small"
 
-    from scheduler.recipes_catalog import family_for_pipeline, load_catalog, load_families
+    from contract.catalog import family_for_pipeline, load_catalog, load_families
 
     (tmp_path / "toy_family_catalog.py").write_text(TOY_FAMILY)
     listed = subprocess.run(

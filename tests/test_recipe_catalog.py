@@ -1,4 +1,4 @@
-"""The recipe catalog the form reads (``scheduler.recipes_catalog`` over ``python -m training --list-recipes``), and a
+"""The recipe catalog the form reads (``contract.catalog`` over ``python -m training --list-recipes``), and a
 recipe's own settings (``fixed_params``, ``steps_per_image``) taking effect in a real tiny training run."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from scheduler.recipes_catalog import RecipeCatalogError, RecipeInfo, clamp_steps, load_catalog
+from contract.catalog import RecipeCatalogError, RecipeInfo, clamp_steps, load_catalog
 from tests.test_training import run_task
 from tests.tiny_models import make_images
 

@@ -14,6 +14,7 @@ from scheduler.run_records import ClaimInfo, process_started_at, run_record
 from scheduler.task import Task
 from scheduler.trainer_process import TrainOutcome
 from training.cli import model_family, run_report
+from training.families.base import ModelInfo
 from training.metrics import RunMetrics
 from training.spec import TrainParams
 from training.utils.results import RunResult
@@ -33,8 +34,13 @@ def test_run_metrics_report_the_steady_rate_and_the_wall_clock_of_the_first_and_
     assert before - 1 <= timing["first_step_at"] <= timing["last_step_at"] <= time.time() + 1
 
 
-def info(cross_attention_dim: int | None, sdxl: bool = False) -> SimpleNamespace:
-    return SimpleNamespace(denoiser_config={"cross_attention_dim": cross_attention_dim}, is_sdxl=sdxl)
+def info(cross_attention_dim: int | None, sdxl: bool = False) -> ModelInfo:
+    """A Stable Diffusion pipeline's ``ModelInfo`` (SDXL: a second text encoder) with this UNet width."""
+    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+             "text_encoder": ["transformers", "CLIPTextModel"]}  # fmt: skip
+    if sdxl:
+        index |= {"_class_name": "StableDiffusionXLPipeline", "text_encoder_2": ["transformers", "CLIPTextModel"]}
+    return ModelInfo("org/any", index, {"cross_attention_dim": cross_attention_dim}, {})
 
 
 @pytest.mark.parametrize(
@@ -44,6 +50,11 @@ def info(cross_attention_dim: int | None, sdxl: bool = False) -> SimpleNamespace
 )  # fmt: skip
 def test_the_model_family_comes_from_the_unets_cross_attention_width(model, family):
     assert model_family(model, "org/any") == family
+
+
+def test_another_model_family_is_named_by_its_registry_name():
+    assert model_family(ModelInfo("org/flux", {"_class_name": "FluxPipeline"}, {}, {}), "org/flux") == "flux1"
+    assert model_family(ModelInfo("org/x", {"_class_name": "NoSuchPipeline"}, {}, {}), "org/x") is None  # unknown
 
 
 def test_the_run_report_gives_the_settings_the_recipe_really_trained_with(tmp_path):

@@ -196,23 +196,22 @@ def test_non_owners_write_only_new_repos_of_their_own_within_their_caps(served, 
     limit; an existing repo of theirs that this app did not make is refused too, and only offered base models."""
     from huggingface_hub import HfApi
 
-    from tests.conftest import BOB_TOKEN
-
-    existing = f"bob/existing-{uuid.uuid4().hex[:6]}"
-    HfApi(endpoint=hub.url, token=BOB_TOKEN).create_repo(existing)
+    existing = f"alice/bob-existing-{uuid.uuid4().hex[:6]}"  # named as bob's models are, but not made for him
+    HfApi(endpoint=hub.url, token=ALICE_TOKEN).create_repo(existing)
 
     def submit(user: str, output_repo: str, base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> str:
         data = [None, "a photo of sks dog", "", base_model, "dreambooth-lora", 4, "t4-small", 1e-4, 4, 512,
                 output_repo, True]  # fmt: skip
         return call(served.url, "submit", data, user=user)
 
-    assert "use a repo in bob/" in submit("bob", "alice/private-model-of-alice")
-    assert "use a repo in bob/" in submit("bob", "alice-org/model")
+    assert "use a repo in alice/ named bob-..." in submit("bob", "alice/private-model-of-alice")
+    assert "use a repo in alice/ named bob-..." in submit("bob", "alice-org/model")
+    assert "use a repo in alice/ named bob-..." in submit("bob", "bob/model")  # the owner's token cannot write it
     assert f"{existing} already exists and was not made by this app for you" in submit("bob", existing)
-    assert "Base model" in submit("bob", "bob/new-model", base_model="someone/else")
+    assert "Base model" in submit("bob", "alice/bob-new-model", base_model="someone/else")
     # bob has one PENDING task already; the default cap is 2 queued tasks, so a second one in flight hits it.
     served.app.worker.queue.enqueue(Task(instance_prompt="p", submitted_by="bob", base_model="m"), [])
-    assert "the limit per user is 2 (MAX_QUEUED_PER_USER)" in submit("bob", "bob/new-model")
+    assert "the limit per user is 2 (MAX_QUEUED_PER_USER)" in submit("bob", "alice/bob-new-model")
     # The owner is not bound by any of these (only the missing photos are reported).
     owner = submit("alice", existing, base_model="someone/else")
     assert "already exists" not in owner and "use a repo in" not in owner and "MAX_QUEUED" not in owner

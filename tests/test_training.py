@@ -436,12 +436,14 @@ def test_hub_model_hub_images_upload_and_checkpoint_mirror(hub, tiny_sd, images,
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 
-def test_upload_refused_exits_4_and_keeps_the_weights(hub, tiny_sd, images, tmp_path):
-    # alice's token cannot write into bob's namespace: the Hub answers 403, which is not retried.
+def test_upload_refused_exits_5_and_keeps_the_weights(hub, tiny_sd, images, tmp_path):
+    # alice's token cannot write into bob's namespace: the Hub answers 403, which is not retried, and the exit code
+    # tells the worker that training again would not help (issue 21: it used to be 4, and the task trained twice).
     rc, events = run_task(tmp_path / "w", base_model=str(tiny_sd), images=str(images),
                           output={"repo_id": "bob/not-yours"}, params={"steps": 2})  # fmt: skip
-    assert rc == ExitCode.UPLOAD_FAILED == 4
-    assert events[-1]["event"] == "error" and events[-1]["kind"] == "upload"
+    assert rc == ExitCode.UPLOAD_REFUSED == 5
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "upload_refused"
+    assert events[-1]["message"].startswith("HTTP 403 for bob/not-yours; the token may not create or write")
     assert BOB_TOKEN not in events[-1]["message"] and ALICE_TOKEN not in events[-1]["message"]
     assert (tmp_path / "w" / "output" / "pytorch_lora_weights.safetensors").exists()
     assert (tmp_path / "w" / "checkpoints" / "step-00000002" / "trainable.safetensors").exists()

@@ -6,6 +6,10 @@ family's lists are below; every family in ``training.families`` declares its own
 (``.bin``/``.ckpt`` pickles can run code). This module imports only the standard library and huggingface_hub, so
 the control plane can call it before any hardware is requested. It is the one home of the checks and of the
 safetensors rule; ``training.models`` imports them.
+
+Offline mode (huggingface_hub's own ``HF_HUB_OFFLINE=1``) asks the Hub nothing: a Hub repo id is checked on its copy
+in the Hugging Face cache (``cached_snapshot``), whose files alone are then used, and one that is not cached is
+refused saying that offline mode is on.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from training.families.rules import (  # the model_index.json rules the families
 
 #: the base-model value of the built-in demo model (see ``training.demo``; kept here so this module needs no torch)
 DEMO_MODEL = "builtin:demo"
+#: the largest JSON config read (a real model_index.json is about 1 KiB); a bigger one is refused before download
+MAX_JSON_BYTES = 256 * 1024
 
 
 @dataclass
 class Probe:
     """What the check found: the parsed ``model_index.json``, the repo's file list (repo-relative paths, a local
-    folder's files two levels deep) and, on the Hub, the commit they were listed at (when it got that far)."""
+    folder's files two levels deep) and, on the Hub, the commit they were listed at and each file's size in bytes
+    (None where the Hub did not say; when it got that far)."""
 
     base_model: str
     local: bool
@@ -39,6 +46,9 @@ class Probe:
     files: list[str] = field(default_factory=list)
     problem: BaseModelProblem | None = None
     revision: str | None = None
+    sizes: dict[str, int | None] = field(default_factory=dict)
+    #: for people, when the check used something other than what was asked (offline mode: the cached copy)
+    note: str | None = None
 
 
 # ---------------------------------------------------------------- the model_index.json rules
@@ -122,6 +132,39 @@ def no_safetensors(base_model: str, name: str) -> BaseModelProblem:
     )
 
 
+def json_size_problem(base_model: str, filename: str, size: int | None) -> BaseModelProblem | None:
+    """None if a JSON config of ``size`` bytes may be read (at most ``MAX_JSON_BYTES``; an unknown size is refused,
+    so nothing of unknown size is downloaded)."""
+    if size is not None and 0 <= size <= MAX_JSON_BYTES:
+        return None
+    return _too_big(base_model, filename, size)
+
+
+def _too_big(base_model: str, filename: str, size: int | None) -> BaseModelProblem:
+    what = f"{size // 1024} KiB" if size is not None else "its size is not listed"
+    return BaseModelProblem(
+        "not_a_pipeline",
+        f"base model {base_model!r}: {filename} is too big to be a pipeline's config ({what}; at most "
+        f"{MAX_JSON_BYTES // 1024} KiB is read), so it is not read",
+    )
+
+
+def read_json_text(base_model: str, filename: str, path: Path) -> str | BaseModelProblem:
+    """The text of the JSON config ``filename`` at ``path``, reading at most ``MAX_JSON_BYTES`` (one byte more
+    shows it is too big)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError:
+        return not_a_pipeline(base_model, f"{filename} cannot be read")
+    if len(data) > MAX_JSON_BYTES:
+        return _too_big(base_model, filename, max(path.stat().st_size, len(data)))
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return not_a_pipeline(base_model, f"{filename} is not valid JSON")
+
+
 def parse_json_object(base_model: str, filename: str, text: str) -> dict[str, Any] | BaseModelProblem:
     try:
         data = json.loads(text)
@@ -179,6 +222,8 @@ def hub_problem(base_model: str, exc: BaseException, endpoint: str | None = None
         RevisionNotFoundError,
     )
 
+    if offline() and is_network_error(exc):
+        return offline_problem(base_model, "needs a file that is not in the Hugging Face cache")
     where = endpoint_of(endpoint)
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if isinstance(exc, GatedRepoError):
@@ -240,15 +285,14 @@ def probe_base_model(base_model: str, *, token: str | None = None, endpoint: str
                 "missing", f"base model {base_model!r}: the folder has no model_index.json (not a diffusers pipeline)"
             )
             return probe
-        try:
-            text = index_file.read_text()
-        except (OSError, UnicodeDecodeError):
-            probe.problem = not_a_pipeline(base_model, "model_index.json cannot be read")
+        text_or_problem = read_json_text(base_model, "model_index.json", index_file)
+        if isinstance(text_or_problem, BaseModelProblem):
+            probe.problem = text_or_problem
             return probe
-        root = Path(base_model)
-        probe.files = sorted(p.relative_to(root).as_posix() for g in ("*", "*/*") for p in root.glob(g) if p.is_file())
+        text = text_or_problem
+        probe.files = _files_in(Path(base_model))
     else:
-        text_or_problem = _hub_index(base_model, probe, token, endpoint)
+        text_or_problem = (_cached_index if offline() else _hub_index)(base_model, probe, token, endpoint)
         if isinstance(text_or_problem, BaseModelProblem):
             probe.problem = text_or_problem
             return probe
@@ -259,30 +303,90 @@ def probe_base_model(base_model: str, *, token: str | None = None, endpoint: str
         return probe
     probe.index = parsed
     probe.problem = index_problem(base_model, parsed) or safetensors_problem(base_model, parsed, probe.files)
+    if probe.note and probe.problem is not None and probe.problem.kind == "no_safetensors":  # offline: a partial copy
+        partly = f"is only partly in the Hugging Face cache ({probe.problem.message})"
+        probe.problem = offline_problem(base_model, partly)
     return probe
 
 
+def _files_in(root: Path) -> list[str]:
+    """A pipeline folder's files two levels deep, as repo-relative paths."""
+    return sorted(p.relative_to(root).as_posix() for g in ("*", "*/*") for p in root.glob(g) if p.is_file())
+
+
+# ---------------------------------------------------------------- offline mode: the Hugging Face cache only
+def offline() -> bool:
+    """Whether huggingface_hub's offline mode is on (``HF_HUB_OFFLINE=1``, as the library itself reads it)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
+def offline_problem(base_model: str, why: str) -> BaseModelProblem:
+    """A Hub base model offline mode cannot use (not retryable: the cache does not fill by itself)."""
+    return BaseModelProblem(
+        "missing",
+        f"offline mode is on (HF_HUB_OFFLINE=1) and base model {base_model!r} {why}: download it while online "
+        f"first (e.g. `hf download {base_model}`), or turn offline mode off",
+    )
+
+
+def cached_snapshot(repo_id: str) -> tuple[Path, str] | None:
+    """The Hugging Face cache's copy of model repo ``repo_id`` (its snapshot folder and commit): the one ``main``
+    points to (a ``snapshot_download``, e.g. a Space's ``preload_from_hub``), else the newest (the trainer
+    downloads at a commit, which names no branch); None when the cache holds none."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        repos = scan_cache_dir().repos
+    except CacheNotFound:
+        return None
+    revisions = [r for repo in repos if repo.repo_type == "model" and repo.repo_id == repo_id for r in repo.revisions]
+    if not revisions:
+        return None
+    best = max(revisions, key=lambda r: ("main" in r.refs, r.last_modified))
+    return Path(best.snapshot_path), best.commit_hash
+
+
+def _cached_index(base_model: str, probe: Probe, token: str | None, endpoint: str | None) -> str | BaseModelProblem:
+    """Offline: the text of ``model_index.json`` in the cached copy, whose files are the ones listed (and used)."""
+    found = cached_snapshot(base_model)
+    if found is None:
+        return offline_problem(base_model, "is not in the Hugging Face cache")
+    folder, probe.revision = found
+    probe.files = _files_in(folder)
+    probe.note = f"offline mode: using the cached copy of {base_model} at {probe.revision[:12]}"
+    if "model_index.json" not in probe.files:
+        return offline_problem(base_model, "has no model_index.json in its cached copy")
+    return read_json_text(base_model, "model_index.json", folder / "model_index.json")
+
+
 def _hub_index(base_model: str, probe: Probe, token: str | None, endpoint: str | None) -> str | BaseModelProblem:
+    """The text of the repo's ``model_index.json``: its file list and sizes first (one request), then the file, only
+    when it is small (``json_size_problem``)."""
     from huggingface_hub import HfApi, hf_hub_download
 
     try:
-        info = HfApi(endpoint=endpoint, token=token).model_info(base_model, files_metadata=False)
+        info = HfApi(endpoint=endpoint, token=token).model_info(base_model, files_metadata=True)
     except Exception as e:  # noqa: BLE001 - classified, or re-raised
         problem = hub_problem(base_model, e, endpoint)
         if problem is None:
             raise
         return problem
     probe.files = [s.rfilename for s in info.siblings or []]
+    probe.sizes = {s.rfilename: s.size for s in info.siblings or []}
     probe.revision = info.sha
     if "model_index.json" not in probe.files:
         return BaseModelProblem(
             "missing", f"base model {base_model!r} has no model_index.json: it is not a diffusers pipeline repo"
         )
+    too_big = json_size_problem(base_model, "model_index.json", probe.sizes.get("model_index.json"))
+    if too_big is not None:
+        return too_big
     try:
         path = hf_hub_download(base_model, "model_index.json", revision=info.sha, token=token, endpoint=endpoint)
-        return Path(path).read_text()
-    except UnicodeDecodeError:
-        return not_a_pipeline(base_model, "model_index.json is not valid JSON")
+        return read_json_text(base_model, "model_index.json", Path(path))
     except Exception as e:  # noqa: BLE001
         problem = hub_problem(base_model, e, endpoint)
         if problem is None:
@@ -295,5 +399,6 @@ def check_base_model(
 ) -> BaseModelProblem | None:
     """None if ``base_model`` (a Hub repo id, a local folder or ``DEMO_MODEL``) can be trained on, else the problem.
 
-    Makes at most two Hub calls and downloads no weights; a local folder is checked on disk."""
+    Makes at most two Hub calls and downloads no weights; a local folder is checked on disk, and in offline mode a
+    Hub repo id on its cached copy."""
     return probe_base_model(base_model, token=token, endpoint=endpoint).problem

@@ -1,12 +1,19 @@
-"""The model card (README.md in the output folder), built with huggingface_hub's ModelCard. Never holds a token."""
+"""The model card (README.md in the output folder), built with huggingface_hub's ModelCard. Never holds a token.
+
+The card is Markdown on the Hub, and the task's text (prompts, the base model) was typed by whoever submitted it:
+each goes in as text that renders as typed and makes no link or image (``contract.text``: a code span, or escaped
+text), and as a JSON string in the Python snippet.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from contract.text import md_code, md_text
 from training.base_check import DEMO_MODEL
 
 if TYPE_CHECKING:
@@ -50,9 +57,10 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
         " It was trained with per-image captions (each image's own `.txt` description, the trigger word added where "
         "it was missing)."
     )  # fmt: skip
+    klass = md_code(spec.class_prompt or "", in_table=True)
     settings = {
         "recipe": result.recipe,
-        "base model": spec.base_model,
+        "base model": md_code(spec.base_model, in_table=True),
         "steps": result.steps,
         "learning rate": result.learning_rate,
         "lr scheduler": f"{p.lr_scheduler} (warm-up {result.warmup_steps} steps)",
@@ -60,7 +68,7 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
         "batch size": p.batch_size,
         "seed": p.seed,
         "mixed precision": result.mixed_precision,
-        "prior preservation": f"yes ({spec.class_prompt!r}, {p.num_class_images} images)" if p.prior_preservation else "no",
+        "prior preservation": f"yes ({klass}, {p.num_class_images} images)" if p.prior_preservation else "no",
         "text encoder trained": "yes" if p.train_text_encoder else "no",
         "SNR gamma": p.snr_gamma,
         "noise offset": p.noise_offset,
@@ -77,19 +85,22 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
         settings.update({"LoRA rank": p.rank, "LoRA alpha": p.alpha or p.rank})
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
     call = "prompt=" if card_info.prompt_keyword else ""
+    base, prompt = _py(spec.base_model), _py(spec.instance_prompt)
+    # a model that is not uploaded loads from its output folder (this card's own folder) on this machine
+    repo = _py(spec.output.repo_id if spec.output else str(ctx.output_dir.resolve()))
     if lora:
         usage = (
             f"```python\nfrom diffusers import {card_info.pipeline_class}\n\n"
-            f'pipe = {card_info.pipeline_class}.from_pretrained("{spec.base_model}")\n'
-            f'pipe.load_lora_weights("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
-            f'image = pipe({call}"{spec.instance_prompt}").images[0]\n```\n\n'
+            f"pipe = {card_info.pipeline_class}.from_pretrained({base})\n"
+            f"pipe.load_lora_weights({repo})\n"
+            f"image = pipe({call}{prompt}).images[0]\n```\n\n"
             + _file_notes(card_info.weight_notes)
         )
     else:
         usage = (
             f"```python\nfrom diffusers import {card_info.pipeline_class}\n\n"
-            f'pipe = {card_info.pipeline_class}.from_pretrained("{spec.output.repo_id if spec.output else "<this repo>"}")\n'
-            f'image = pipe({call}"{spec.instance_prompt}").images[0]\n```'
+            f"pipe = {card_info.pipeline_class}.from_pretrained({repo})\n"
+            f"image = pipe({call}{prompt}).images[0]\n```"
         )
     demo_note = ""
     if spec.base_model == DEMO_MODEL:
@@ -99,11 +110,11 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
             "pictures of the subject; train on a real base model (a Hub id such as "
             "`stable-diffusion-v1-5/stable-diffusion-v1-5`, or a local folder) for real results.\n"
         )
-    gallery = "\n".join(f"![{prompt}]({w['output']['url']})" for w, prompt in zip(widget, samples, strict=True))
+    gallery = "\n".join(f"![{md_text(text)}]({w['output']['url']})" for w, text in zip(widget, samples, strict=True))
     body = f"""
-# DreamBooth {"LoRA" if lora else "fine-tune"} of {spec.base_model}
+# DreamBooth {"LoRA" if lora else "fine-tune"} of {md_code(spec.base_model)}
 
-Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`{spec.instance_prompt}`**.{captions_line}
+Trained with DreamBooth on a few images of a subject. Use the trigger prompt **{md_code(spec.instance_prompt)}**.{captions_line}
 
 {demo_note}
 {gallery}
@@ -122,6 +133,11 @@ Trained with DreamBooth on a few images of a subject. Use the trigger prompt **`
     path = ctx.output_dir / "README.md"
     card.save(str(path))
     return path
+
+
+def _py(text: str) -> str:
+    """``text`` as a Python string literal on one line (a JSON string is one), for the usage snippet."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _quantized_note(plan) -> str | None:

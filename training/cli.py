@@ -2,7 +2,7 @@
 
 ``python -m training --list-recipes [--recipes-module MOD ...] [--families-module MOD ...]`` prints the registered
 recipes and model families as one JSON line (``{"recipes": [{"name", "label", "steps_per_image", ...}],
-"families": [{"name", "label", "pipelines", "defaults", ...}]}``; read by ``scheduler.recipes_catalog``);
+"families": [{"name", "label", "pipelines", "defaults", ...}]}``; read by ``contract.catalog``);
 ``--list-families`` prints only ``{"families": [...]}``.
 
 Runs one task end to end (train, write outputs, upload) and exits with a code from ``training.exitcodes``. Under
@@ -186,28 +186,20 @@ def _run(args: argparse.Namespace, progress, is_main: bool) -> int:
     return ExitCode.OK
 
 
-# The UNet's cross-attention width tells the Stable Diffusion families apart (the text encoders' hidden size).
-FAMILY_BY_CROSS_ATTENTION = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
-
-
 def model_family(info: Any, base_model: str) -> str | None:
-    """``sd15``, ``sd2`` or ``sdxl`` for a full-size Stable Diffusion base model, the family's name (``flux1``, ...)
-    for another model family; None for a tiny SD test model or when it cannot be read. Uses the run's ``info``
-    (``ModelInfo``) when there is one, else reads the model's configs again (cached files, no weights)."""
+    """The model family the run record names (``ModelFamily.run_record_family``: ``sd15``, ``sd2`` or ``sdxl`` for a
+    full-size Stable Diffusion base model, the family's name (``flux1``, ...) for another); None for a tiny SD test
+    model or when it cannot be read. Uses the run's ``info`` (``ModelInfo``) when there is one, else reads the
+    model's configs again (cached files, no weights)."""
     try:
         if info is None:
             from training.demo import resolve_demo
             from training.models import inspect_base_model
 
             info = inspect_base_model(resolve_demo(base_model))
-        other = getattr(info, "family", None)  # the detected model family (ModelInfo.family)
-        if other is not None and other.name != "sd":
-            return other.name
-        family = FAMILY_BY_CROSS_ATTENTION.get(info.denoiser_config.get("cross_attention_dim"))
-        sdxl = bool(info.is_sdxl)
+        return info.family.run_record_family()
     except Exception:  # noqa: BLE001 - the family only refines later estimates; it never fails a finished run
         return None
-    return family if family is not None and (family == "sdxl") == sdxl else None
 
 
 def run_report(result: Any, spec: Any) -> dict[str, Any]:

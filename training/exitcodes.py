@@ -33,6 +33,14 @@ class UploadError(TrainingError):
     exit_code = ExitCode.UPLOAD_FAILED
 
 
+class UploadRefusedError(UploadError):
+    """The Hub refused the upload for a reason another try will not change (401, 403, 404: the token, its rights,
+    the namespace); the trained outputs and the final checkpoint are kept."""
+
+    kind = "upload_refused"
+    exit_code = ExitCode.UPLOAD_REFUSED
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA/MPS/CPU allocator out-of-memory errors."""
     import torch

@@ -8,12 +8,14 @@ pickles can run code); no remote code, no custom pipeline.
 
 Only the files ``training.files.choose_files`` picks are downloaded (into the normal Hugging Face cache, where a
 Space's ``preload_from_hub`` puts them), at the commit the repo was inspected at; every component then loads from
-that local snapshot with the variant chosen for it (frozen: fp16 where the repo has it; trainable: fp32).
+that local snapshot with the variant chosen for it (frozen: fp16 where the repo has it; trainable: fp32). In offline
+mode (``HF_HUB_OFFLINE=1``) the cached copy is used, and only its files are chosen (``training.base_check``).
 """
 
 from __future__ import annotations
 
 import glob
+import logging
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from training.base_check import (  # the checks live there
     hub_problem,
     id_problem,
     not_a_pipeline,
+    offline,
+    offline_problem,
     parse_json_object,
     probe_base_model,
 )
@@ -35,6 +39,7 @@ from training.files import FileChoice, FileChoiceError, choose_files
 
 __all__ = ["build_pipeline", "choose_model_files", "encode_tokens", "fetch_model_files",
            "inspect_base_model", "load_components", "pipeline_class", "sdxl_time_ids", "tokenize"]  # fmt: skip
+log = logging.getLogger(__name__)
 
 
 def problem_error(problem: BaseModelProblem) -> TrainingError:
@@ -100,6 +105,8 @@ def inspect_base_model(base_model: str) -> ModelInfo:
     probe = probe_base_model(base_model)
     if probe.problem is not None:
         raise problem_error(probe.problem)
+    if probe.note:  # offline mode: the cached copy
+        log.info("%s", probe.note)
     info = ModelInfo(base_model, probe.index, {}, {}, files=probe.files, revision=probe.revision)
     denoiser, vae = info.family.config_components()
     info.denoiser_config = _read_json(base_model, f"{denoiser}/config.json", info.revision)
@@ -119,7 +126,10 @@ def choose_model_files(info: ModelInfo, trainable: Collection[str] = frozenset()
             read_index=lambda path: _read_json(info.base_model, path, info.revision),
         )
     except FileChoiceError as e:
-        raise problem_error(e.problem) from e
+        problem = e.problem
+        if offline() and not Path(info.base_model).is_dir():  # only the cached files were there to choose from
+            problem = offline_problem(info.base_model, f"is only partly in the Hugging Face cache ({problem.message})")
+        raise problem_error(problem) from e
 
 
 def fetch_model_files(info: ModelInfo, choice: FileChoice) -> Path:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-#: the ``quantize_base`` param's values (``training.spec.QUANTIZE_BASE_CHOICES`` is the same tuple, torch-free)
+#: the quantized storages of a frozen denoiser: the ``quantize_base`` values that name one, i.e. all but "auto" and
+#: "none" (``contract.params.QUANTIZE_BASE_CHOICES`` lists all five; "auto" tries none, 8-bit, then nf4)
 QUANTIZED_KINDS = ("nf4", "int8", "fp8")
 #: bytes per frozen denoiser parameter in each storage: NF4 packs two weights a byte, plus its double-quantized
 #: block scales (about 0.13 bit a weight); LLM.int8 and fp8 one byte plus per-row scales

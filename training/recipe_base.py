@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from contract.catalog import clamp_steps  # noqa: F401 - the steps policy; train.py (and copies of it) import it here
 from training.progress import Progress
 from training.spec import TrainParams, TrainSpec
 
@@ -42,12 +43,6 @@ class RunContext:
     def class_images_dir(self) -> Path:
         """Cache of generated class images for prior preservation."""
         return self.workdir / "class_images"
-
-
-def clamp_steps(image_count: int, steps_per_image: int, min_steps: int, max_steps: int) -> int:
-    """Training steps for ``image_count`` photos: ``steps_per_image`` each (at least one photo), clamped. The one
-    steps policy: the trainer's default and the form's "auto" (``scheduler.recipes_catalog``) both use it."""
-    return int(min(max_steps, max(min_steps, steps_per_image * max(int(image_count), 1))))
 
 
 class Recipe(ABC):
@@ -87,7 +82,7 @@ class Recipe(ABC):
 
     @classmethod
     def catalog_entry(cls) -> dict[str, Any]:
-        """This recipe as ``python -m training --list-recipes`` prints it (read by ``scheduler.recipes_catalog``)."""
+        """This recipe as ``python -m training --list-recipes`` prints it (read by ``contract.catalog``)."""
         return {
             "name": cls.name,
             "label": cls.label or cls.name,

@@ -20,6 +20,7 @@ from contract.params import (
     MIXED_PRECISION_CHOICES,
     PARAMS,
     QUANTIZE_BASE_CHOICES,
+    text_problem,
     validation_prompts_problem,
 )
 from training.exitcodes import BadInputError
@@ -159,6 +160,9 @@ class TrainSpec:
             prompt = getattr(self, key) or ""
             if len(prompt) > MAX_PROMPT_CHARS:
                 raise BadInputError(f"{key} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS} are allowed")
+        for key in ("instance_prompt", "class_prompt", "base_model", "recipe"):  # the form's rule (contract.params)
+            if problem := text_problem(getattr(self, key) or ""):
+                raise BadInputError(f"{key} {problem}")
         for key, bound in PARAMS.items():
             value = getattr(p, key)
             if value is not None and not bound.is_number(value):

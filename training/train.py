@@ -210,7 +210,8 @@ def train(ctx, recipe) -> RunResult:
         quantized_base=quant.kind, quantization_reason=quant.reason,
     )  # fmt: skip
     prog.emit(MemoryPlan(quantized_base=quant.kind, gradient_checkpointing=plan.gradient_checkpointing,
-                         use_8bit_adam=plan.use_8bit_adam, estimate_gib=round(plan.estimate_gib, 2), source=plan.source))
+                         use_8bit_adam=plan.use_8bit_adam, estimate_gib=round(plan.estimate_gib, 2), source=plan.source,
+                         device=device.type))  # fmt: skip
     if plan.gradient_checkpointing:
         comps.denoiser.enable_gradient_checkpointing()
         if train_te:

@@ -1,4 +1,9 @@
-"""Uploading the output folder to a model repo (private by default), retrying transient Hub errors."""
+"""Uploading the output folder to a model repo (private by default), retrying transient Hub errors.
+
+A refusal another try will not change (401, 403, 404) raises ``UploadRefusedError`` (exit code 5) with its reason
+and fix: the worker then fails the task without training it again, and keeps its final checkpoint in the queue, so
+that Retry, once the cause is fixed, resumes at the last step and only uploads.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from training.exitcodes import UploadError
+from training.exitcodes import UploadError, UploadRefusedError
 from training.spec import OutputRepo
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,29 @@ def _is_transient(exc: BaseException) -> bool:
     return is_network_error(exc)  # huggingface_hub's client raises httpx2 errors, not httpx ones
 
 
+#: HTTP statuses of a refusal that no retry changes, with what to do about each
+REFUSALS = {
+    401: "the Hub does not accept the token (expired or revoked?): set a valid write token as HF_TOKEN",
+    403: "the token may not create or write {repo}: give it write access to {namespace}, or choose a repo in a "
+         "namespace it can write (OUTPUT_NAMESPACE for the models of users other than the owner)",
+    404: "{namespace} does not exist or the token cannot see it: choose an existing user or organization the token "
+         "can write",
+}  # fmt: skip
+
+
+def refusal(exc: BaseException, repo_id: str) -> str | None:
+    """The reason and fix of a permanent Hub refusal (401/403/404) of uploading to ``repo_id``; None otherwise."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if not isinstance(exc, HfHubHTTPError) or exc.response is None:
+        return None
+    status = exc.response.status_code
+    if status not in REFUSALS:
+        return None
+    namespace = repo_id.split("/")[0] if "/" in repo_id else "the token's account"
+    return f"HTTP {status} for {repo_id}; " + REFUSALS[status].format(repo=repo_id, namespace=namespace)
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 1.0) -> T:
     """Call ``fn``; retry transient Hub errors (5xx, 429, connection) with exponential backoff."""
     for i in range(attempts):
@@ -47,7 +75,8 @@ def upload_outputs(output_dir: Path, repo: OutputRepo, *, commit_message: str = 
                    attempts: int = 4, base_delay: float = 1.0) -> str:  # fmt: skip
     """Create ``repo`` (private unless told otherwise; existing is fine) and upload ``output_dir``; return its URL.
 
-    Raises ``UploadError`` (exit code 4) when the Hub refuses or keeps failing; the outputs stay on disk.
+    Raises ``UploadRefusedError`` (exit code 5) when the Hub refuses for good (401/403/404), ``UploadError`` (exit
+    code 4) when it keeps failing; the outputs stay on disk.
     """
     from huggingface_hub import HfApi
 
@@ -68,5 +97,8 @@ def upload_outputs(output_dir: Path, repo: OutputRepo, *, commit_message: str = 
             "upload_folder", attempts, base_delay,
         )  # fmt: skip
     except Exception as e:
+        reason = refusal(e, repo.repo_id)
+        if reason:
+            raise UploadRefusedError(reason) from e
         raise UploadError(f"uploading to {repo.repo_id} failed: {type(e).__name__}: {e}") from e
     return str(url)

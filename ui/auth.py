@@ -7,15 +7,22 @@ machine owns it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import gradio as gr
 
+from scheduler.output_names import LOCAL_USER  # the CLI's local submitter too
 from scheduler.task import Task
 
-LOCAL_USER = "local"
+EXPOSED_WARNING = (
+    "**This app listens on the network (`LOCAL_EXPOSE_TO_NETWORK`) and local mode has no sign-in: everyone who can "
+    "reach this port owns it**: they can train on this machine, see every task with its photos, and delete them. "
+    "Unset `LOCAL_EXPOSE_TO_NETWORK` to keep it on this machine (127.0.0.1) only."
+)
 
 
 @dataclass(frozen=True)
@@ -25,13 +32,14 @@ class Access:
     user: str | None
     allowed: bool  # may submit, cancel, retry and see the settings
     owner: bool  # may change the Space's variables
+    exposed: bool = False  # local mode listening on the network (LOCAL_EXPOSE_TO_NETWORK): the banner warns
 
     def banner(self) -> str:
         """One line for the top of the page."""
         if self.user is None:
             return "Sign in with Hugging Face to submit training tasks."
         if self.user == LOCAL_USER:
-            return "Local mode: training runs on this machine."
+            return "Local mode: training runs on this machine." + (f"\n\n{EXPOSED_WARNING}" if self.exposed else "")
         if self.allowed:
             return f"Signed in as **{self.user}**" + (" (owner)." if self.owner else " (allowed user).")
         return f"Signed in as **{self.user}**, who is not on this Space's allowed users: you can watch, not submit."
@@ -45,11 +53,27 @@ def is_owner(settings, user: str | None) -> bool:
 def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     """The rights of the signed-in ``profile`` (None = anonymous) under ``settings``."""
     if settings.local:
-        return Access(user=LOCAL_USER, allowed=True, owner=True)
+        exposed = bool(getattr(settings, "local_expose_to_network", False))
+        return Access(user=LOCAL_USER, allowed=True, owner=True, exposed=exposed)
     if profile is None or not getattr(profile, "username", None):
         return Access(user=None, allowed=False, owner=False)
     user = profile.username
     return Access(user=user, allowed=user in settings.allowed_users, owner=is_owner(settings, user))
+
+
+def session_profile(session: Mapping[str, Any] | None) -> gr.OAuthProfile | None:
+    """The ``gr.OAuthProfile`` Gradio injects for a request with this (decoded, signed) ``session`` cookie, derived
+    as Gradio 6 derives it (``helpers.special_args``): its ``oauth_info`` unless expired; None when signed out."""
+    info = (session or {}).get("oauth_info")
+    if not isinstance(info, Mapping) or not isinstance(info.get("userinfo"), Mapping):
+        return None
+    expires_at = info.get("expires_at")
+    if expires_at is not None and expires_at < time.time():
+        return None
+    try:
+        return gr.OAuthProfile(dict(info["userinfo"]))
+    except KeyError:  # a profile without the fields Gradio reads: not a sign-in Gradio would accept either
+        return None
 
 
 def require_allowed(settings, profile: gr.OAuthProfile | None, request: gr.Request | None = None) -> Access:

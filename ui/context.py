@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 from scheduler.queue.base import TaskQueue
 from scheduler.worker import Worker
 from ui.duplicates import RecentSubmissions
+from ui.uploads import UploadHolders
 
 if TYPE_CHECKING:
-    from scheduler.recipes_catalog import RecipeInfo
+    from contract.catalog import RecipeInfo
 
 
 DEFAULT_RECIPE = "dreambooth-lora"
@@ -25,7 +26,7 @@ def default_recipes(settings: Any = None) -> dict[str, RecipeInfo]:
     """The trainer's recipe catalog (built-in and TRAINING_RECIPES_MODULES ones), read once and cached. The UI does
     not import ``training``'s recipes (torch on the CPU Space): the catalog asks ``python -m training`` (with the
     settings' TRAINING_FAMILY_MODULES, as ``ui.model_family.catalog_families`` does: one listing for both)."""
-    from scheduler.recipes_catalog import load_catalog
+    from contract.catalog import load_catalog
 
     return dict(load_catalog(family_modules=tuple(getattr(settings, "family_modules", ()))))
 
@@ -66,6 +67,7 @@ class AppContext:
     public_space: bool = False  # the owner is warned while the Space is public
     recipes: dict[str, RecipeInfo] = None  # type: ignore[assignment]  # None: the trainer's (``default_recipes``)
     recent: RecentSubmissions = field(default_factory=RecentSubmissions)  # asks before queueing the same task twice
+    uploads: UploadHolders = field(default_factory=UploadHolders)  # which tabs show which upload copies
 
     def __post_init__(self) -> None:
         load_family_modules(self.settings)  # before any base-model check; FamilyModuleError if one cannot load

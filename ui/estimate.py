@@ -4,7 +4,9 @@ Speeds are steps per second of a DreamBooth LoRA on SD 1.5 at 512 px, batch 1, f
 published ~1 step/s; bigger GPUs scaled from the project's H100 benchmark). Full fine-tunes, prior
 preservation, the text encoder and higher resolutions slow it down by the factors below. In local mode the
 estimate is for "this machine": its CPU, or its GPU (at the T4 figure, a conservative guess for an unknown GPU), and
-the built-in demo model has its own measured speed. The "auto" steps come from the recipe catalog.
+the built-in demo model has its own measured speed. The "auto" steps come from the recipe catalog. A model family
+with a published speed (``FAMILY_SPEED_VS_SD``, keyed by the catalog's family id: FLUX.1, FLUX.2 [klein]) scales
+those figures by it, and the estimate says it is the family's reference figure.
 
 Once this Space (or this machine) has finished runs like the one asked for, their measurements replace the table:
 the runs that match (same flavor, model family or, when the family is unknown, the same base model, recipe,
@@ -28,7 +30,7 @@ from training.base_check import DEMO_MODEL
 from ui.local_device import LocalDevice
 
 if TYPE_CHECKING:
-    from scheduler.recipes_catalog import RecipeInfo
+    from contract.catalog import RecipeInfo
 
 LORA_STEPS_PER_S = {
     "t4-small": 1.1,
@@ -54,14 +56,23 @@ TEXT_ENCODER_FACTOR = 0.8
 MULTI_GPU_EFFICIENCY = 0.85
 OVERHEAD_S = 6 * 60  # hardware switch, start-up, model download, samples, upload, switch back
 CLASS_IMAGE_S = 2.0  # per generated class image (prior preservation)
-BUILT_IN, HISTORY = "built-in", "history"  # where an estimate's figures come from
+#: A family's LoRA steps/s as a fraction of the SD 1.5 figures above on the same GPU, until this Space has runs of its
+#: own (keyed by the catalog's family id; the SD family and a customizer's family have none: SD's figures, said so).
+#: flux1: the flux-qlora blog (../shared/reference/modern-models.md, "Memory and speed figures") trained FLUX.1 [dev]
+#: 700 steps x 4 accumulated in ~4 h on a Colab T4 (0.19 samples/s, against SD's 1.1 steps/s on a T4: 0.18) and in
+#: ~20 min on an H100 with fp8 (2.3 samples/s, against diffusers' 4.4 SD steps/s on an H100 in
+#: ../shared/benchmarks/README.md: 0.53); the slow end is taken (0.2), the L4 the form proposes having no fp8 recipe.
+#: flux2-klein: no published speed; FLUX.1's scaled by transformer size (12 B / 9 B), the 9 B being the slower (a 4 B
+#: trains about twice as fast).
+FAMILY_SPEED_VS_SD = {"flux1": 0.2, "flux2-klein": 0.27}
+BUILT_IN, FAMILY, HISTORY = "built-in", "family", "history"  # where an estimate's figures come from
 
 
 def auto_steps(image_count: int, recipe: RecipeInfo | None = None) -> int:
     """The recipe's "auto" steps for ``image_count`` photos (``steps_per_image`` within its min/max); the default
     recipe is the form's (the built-in LoRA)."""
     if recipe is None:
-        from scheduler.recipes_catalog import load_catalog
+        from contract.catalog import load_catalog
         from ui.context import default_recipe
 
         catalog = load_catalog()
@@ -72,7 +83,8 @@ def auto_steps(image_count: int, recipe: RecipeInfo | None = None) -> int:
 @dataclass(frozen=True)
 class Estimate:
     """Seconds of training and of overhead on ``hardware``, and the price of both; ``source`` is ``BUILT_IN`` (the
-    table above) or ``HISTORY`` (the median of ``runs`` earlier matching runs)."""
+    table above), ``FAMILY`` (the table at the family's ``FAMILY_SPEED_VS_SD``) or ``HISTORY`` (the median of
+    ``runs`` earlier matching runs)."""
 
     hardware: str
     train_s: float
@@ -181,8 +193,9 @@ def estimate(
     usd_per_hour: float | None = None,
 ) -> Estimate:
     """Estimated duration and cost of one task (``LOCAL_CPU``/``LOCAL_GPU`` for this machine, free): from the
-    matching runs of ``history`` (earlier runs of this Space or machine) when there are any, else from the table.
-    ``usd_per_hour`` overrides the flavor's list price (the Jobs price of the Jobs backend)."""
+    matching runs of ``history`` (earlier runs of this Space or machine) when there are any, else from the table (at
+    the speed of ``family`` when it has a reference figure). ``usd_per_hour`` overrides the flavor's list price (the
+    Jobs price of the Jobs backend)."""
     runs = matching_runs(
         history, hardware=hardware, recipe=recipe, resolution=resolution, batch_size=batch_size,
         prior_preservation=prior_preservation, train_text_encoder=train_text_encoder, base_model=base_model,
@@ -203,11 +216,12 @@ def estimate(
         speed *= PRIOR_FACTOR
     if train_text_encoder:
         speed *= TEXT_ENCODER_FACTOR
-    speed *= (512 / max(resolution, 64)) ** 2
+    speed *= (512 / max(resolution, 64)) ** 2 * FAMILY_SPEED_VS_SD.get(family or "", 1.0)
     train_s = max(steps, 0) / speed
     overhead_s = OVERHEAD_S + (num_class_images * CLASS_IMAGE_S if prior_preservation else 0)
     price = _price(hardware, usd_per_hour)
-    return Estimate(hardware, train_s, overhead_s, (train_s + overhead_s) / 3600 * price)
+    source = FAMILY if family in FAMILY_SPEED_VS_SD else BUILT_IN
+    return Estimate(hardware, train_s, overhead_s, (train_s + overhead_s) / 3600 * price, source)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -242,18 +256,21 @@ def hardware_label(name: str, usd_per_hour: float | None = None) -> str:
     return f"{flavor.label} (${_price(name, usd_per_hour):.2f}/h)"
 
 
-def source_text(est: Estimate, local: bool) -> str:
-    """``from 3 earlier runs on this Space`` (``on this machine`` locally), or ``from the built-in figures``."""
+def source_text(est: Estimate, local: bool, family_label: str | None = None) -> str:
+    """``from 3 earlier runs on this Space`` (``on this machine`` locally), ``from the FLUX.1 family's reference
+    figure (published runs, not yet measured on this Space)``, or ``from the built-in figures``."""
+    where = "this machine" if local else "this Space"
+    if est.source == FAMILY:
+        return f"from the {family_label or 'model'} family's reference figure (published runs, not yet measured on {where})"
     if est.source != HISTORY:
         return "from the built-in figures"
-    where = "this machine" if local else "this Space"
     return f"from {est.runs} earlier run{'' if est.runs == 1 else 's'} on {where}"
 
 
 def family_caveat(est: Estimate, family_label: str | None) -> str:
     """For a base model of another family than Stable Diffusion (``family_label``) estimated from the built-in
-    figures: that they are Stable Diffusion's; empty otherwise."""
-    if not family_label or est.source == HISTORY:
+    figures (the family has no reference figure): that they are Stable Diffusion's; empty otherwise."""
+    if not family_label or est.source != BUILT_IN:
         return ""
     return (f" These built-in figures are Stable Diffusion's: a {family_label} task trains slower; this Space's own"
             f" finished {family_label} runs replace them.")  # fmt: skip
@@ -262,15 +279,16 @@ def family_caveat(est: Estimate, family_label: str | None) -> str:
 def describe(est: Estimate, local: bool, device: LocalDevice | None = None, *, job_usd_per_hour: float | None = None,
              jobs_prices_source: str = "", family_label: str | None = None) -> str:  # fmt: skip
     """Markdown shown under the form; in local mode about ``device`` (this machine). It says where the figures come
-    from: this Space's (this machine's) earlier runs, or the built-in table (for a base model of another family,
-    ``family_label``, with ``family_caveat``). ``job_usd_per_hour`` (not None): the task trains as a Hugging Face
+    from: this Space's (this machine's) earlier runs, the family's reference figure (``family_label``), or the
+    built-in table (for a base model of another family without one, with ``family_caveat``). ``job_usd_per_hour`` (not None): the task trains as a Hugging Face
     Job at that price, read from ``jobs_prices_source`` (``price_source_text``)."""
-    return _describe(est, local, device, job_usd_per_hour, jobs_prices_source) + family_caveat(est, family_label)
+    text = _describe(est, local, device, job_usd_per_hour, jobs_prices_source, family_label)
+    return text + family_caveat(est, family_label)
 
 
 def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_per_hour: float | None,
-              jobs_prices_source: str) -> str:  # fmt: skip
-    source = source_text(est, local)
+              jobs_prices_source: str, family_label: str | None = None) -> str:  # fmt: skip
+    source = source_text(est, local, family_label)
     if job_usd_per_hour is not None and not local:
         label = hardware_label(est.hardware, job_usd_per_hour)
         return (

@@ -5,11 +5,13 @@ Two limits, both from committed measurements and no GPU: the GPU memory of the t
 (``scheduler.host_ram``, the full-size ``host_ram`` benchmark records). A configuration that fits only with gradient
 checkpointing or 8-bit Adam is queued: the trainer's memory plan turns them on by itself ("auto"), and the answer says
 so. One that cannot fit is refused with the reason. Models the tables do not know (a custom or tiny model) are not
-checked. A model of another family (``training.families``: FLUX.1, FLUX.2 [klein]) with a full-size shape in the tables
-(``ModelFamily.memory_shape``) is checked the way its trainer will run it: the quantized base the trainer's own plan
-(``training.quantization_plan``) picks for the flavor's GPU, that estimate against the GPU, the host RAM of loading
-it; on a flavor with less GPU memory than the family's default one the answer adds the family's ``hardware_note``
-(a FLUX task on a T4: its speed). Such a family without tabled shapes is only warned about. Torch-free.
+checked. The model's family (``training.families``) says how: its full-size shape in the tables
+(``ModelFamily.memory_shape``) and ``ModelFamily.memory_fit``. Stable Diffusion's (``LADDER``) is the table as asked,
+then with gradient checkpointing, then 8-bit Adam. A family checked by its quantized base (FLUX.1, FLUX.2 [klein]) is
+checked the way its trainer will run it: the quantized base the trainer's own plan (``training.quantization_plan``)
+picks for the flavor's GPU, that estimate against the GPU, the host RAM of loading it; on a flavor with less GPU
+memory than the family's default one the answer adds the family's ``hardware_note`` (a FLUX task on a T4: its
+speed). Such a family without tabled shapes is only warned about. Torch-free.
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ from dataclasses import dataclass, field
 
 from contract.flavors import FLAVORS, compute_capability, is_gpu
 from scheduler.host_ram import MARGIN, fits_host_ram, host_ram_gib
-from scheduler.memory_fit import GIB_PER_NOMINAL_GB, fit_flavor, shape_for_base_model, usable_gib
+from scheduler.memory_fit import GIB_PER_NOMINAL_GB, fit_flavor, usable_gib
 from scheduler.task import Task
 from training.base_check import Probe
 from training.exitcodes import BadInputError
-from training.families import find_family
-from training.families.rules import is_sdxl_index
+from training.families import family_or_default, find_family
+from training.families.base import LADDER
 from training.memory import load_table, stale_reason
 from training.quantization_plan import plan_quantization
 
 FP16_WEIGHTS, FP32_WEIGHTS = "fp16 variant", "fp32 files"  # the ``weights`` labels of the host_ram records
 LORA = "dreambooth-lora"
+#: how the frozen base is held (``training.quantization_plan``'s kinds), in words
+BASE_WORDS = {"none": "its base in bf16", "nf4": "a 4-bit base (NF4)", "int8": "an 8-bit base (int8)",
+              "fp8": "an 8-bit base (fp8)"}  # fmt: skip
 
 
 @dataclass
@@ -40,17 +45,17 @@ class FitCheck:
     notes: list[str] = field(default_factory=list)
 
 
+def index_of(probe: Probe | None) -> dict | None:
+    """The probed ``model_index.json``, if any."""
+    return probe.index if probe is not None and probe.index else None
+
+
 def model_shape(base_model: str, probe: Probe | None) -> str | None:
-    """The memory tables' shape of ``base_model``, "sd15" / "sdxl": by its name, or SDXL by its
-    ``model_index.json``; None for anything else (not checked), and for a pipeline of another family whatever
-    its name says."""
-    family = find_family(probe.index) if probe is not None and probe.index else None
-    if family is not None and family.name != "sd":
-        return None
-    shape = shape_for_base_model(base_model)
-    if shape is None and probe is not None and probe.index and is_sdxl_index(probe.index):
-        return "sdxl"
-    return shape
+    """The memory tables' shape of ``base_model`` for the ``LADDER`` check ("sd15" / "sdxl", by the family's
+    ``memory_shape``: its name, or its ``model_index.json``; a model no family claims is taken for the default
+    family's); None for anything else (not checked), and for a family checked by its quantized base."""
+    family = family_or_default(index_of(probe))
+    return family.memory_shape(base_model, index_of(probe)) if family.memory_fit() == LADDER else None
 
 
 def weights_read(probe: Probe | None) -> str | None:
@@ -75,11 +80,11 @@ def memory_note(text: str) -> str:
 
 
 def family_notes(task: Task, probe: Probe | None) -> list[str] | None:
-    """The answer's notes for a base model of a family the memory tables do not cover (not the SD family): no
-    estimate, and the family's hardware note on a flavor smaller than its default; None for the SD family or an
-    unknown pipeline (nothing to say)."""
-    family = find_family(probe.index) if probe is not None and probe.index else None
-    if family is None or family.name == "sd":
+    """The answer's notes for a base model of a family the memory tables do not cover (one not checked by the
+    ``LADDER``): no estimate, and the family's hardware note on a flavor smaller than its default; None for a
+    ``LADDER`` family or an unknown pipeline (nothing to say)."""
+    family = find_family(index_of(probe)) if index_of(probe) else None
+    if family is None or family.memory_fit() == LADDER:
         return None
     return [f"**Memory:** no estimate for the {family.label or family.name} family yet: not checked.",
             *hardware_warning(family, task.hardware)]  # fmt: skip
@@ -94,9 +99,10 @@ def hardware_warning(family, flavor: str) -> list[str]:
 
 
 def family_fit(task: Task, family, shape: str) -> FitCheck:
-    """A LoRA task of a non-SD family with a tabled ``shape`` on ``task.hardware``: the quantized base the
-    trainer's plan picks for that GPU (``plan_quantization`` with the memory table), refused when even that does
-    not fit, and the host RAM of loading the model; a full fine-tune of such a family is not estimated."""
+    """A LoRA task of a family checked by its quantized base with a tabled ``shape`` on ``task.hardware``: the
+    quantized base the trainer's plan picks for that GPU (``plan_quantization`` with the memory table), refused when
+    even that does not fit, and the host RAM of loading the model; a full fine-tune of such a family is not
+    estimated."""
     flavor, p = FLAVORS[task.hardware], task.params
     name = family.label or family.name
     if task.recipe != LORA:
@@ -116,14 +122,15 @@ def family_fit(task: Task, family, shape: str) -> FitCheck:
     except BadInputError as e:
         return FitCheck(problem=f"It cannot run on {flavor.label}: {e}.")
     usable = usable_gib(gpu_gb)
-    base = "in bf16" if choice.kind == "none" else f"with a {choice.kind.upper()} base"
+    base = BASE_WORDS.get(choice.kind, f"a {choice.kind} base")
     est = choice.estimate_gib or 0.0
-    what = f"{name} LoRA at {res} px {base} needs about {est:.1f} GiB"
-    room = f"{gpu_gb:g} GB of GPU memory leave about {usable:.1f} GiB for training"
     if est > usable:
-        return FitCheck(problem=f"It would not fit {flavor.label}: {what}, more than {room}. Choose a GPU with more "
-                                "memory or a lower resolution.")  # fmt: skip
-    result = FitCheck(notes=[memory_note(f"**Memory:** {what}; {room}."), *hardware_warning(family, task.hardware)])
+        return FitCheck(problem=f"It would not fit {flavor.label}: a {name} LoRA at {res} px with {base} needs about "
+                                f"{est:.1f} GiB, more than the {usable:.1f} GiB usable for training on its {gpu_gb:g} "
+                                "GB GPU. Choose a GPU with more memory or a lower resolution.")  # fmt: skip
+    fits = f"fits {flavor.label} with {base}: about {est:.1f} of the {usable:.1f} GiB usable for training"
+    result = FitCheck(notes=[memory_note(f"**Memory:** {fits} ({name} LoRA at {res} px)."),
+                             *hardware_warning(family, task.hardware)])  # fmt: skip
     if fits_host_ram(shape, flavor) is False:
         result.problem = host_ram_problem(shape, flavor, None)
     return result
@@ -140,12 +147,21 @@ def host_ram_problem(shape: str, flavor, weights: str | None) -> str:
 
 def check_fit(task: Task, probe: Probe | None = None) -> FitCheck:
     """GPU memory and host RAM of ``task`` on ``task.hardware`` (CPU flavors and unknown models: not checked; a
-    family without estimates: notes only, see ``family_notes``)."""
+    family without estimates: notes only, see ``family_notes``), after the base check's own note (offline mode: the
+    cached copy it used)."""
+    result = _check_fit(task, probe)
+    if probe is not None and probe.note:
+        result.notes.insert(0, f"**Base model:** {probe.note}.")
+    return result
+
+
+def _check_fit(task: Task, probe: Probe | None) -> FitCheck:
     if not is_gpu(task.hardware):
         return FitCheck()
-    family = find_family(probe.index) if probe is not None and probe.index else None
-    if family is not None and family.name != "sd" and family.memory_shape(task.base_model):
-        return family_fit(task, family, family.memory_shape(task.base_model))
+    index = index_of(probe)
+    family = find_family(index) if index else None
+    if family is not None and family.memory_fit() != LADDER and (tabled := family.memory_shape(task.base_model, index)):
+        return family_fit(task, family, tabled)
     shape = model_shape(task.base_model, probe)
     if shape is None:
         return FitCheck(notes=family_notes(task, probe) or [])

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from contract.catalog import FamilyInfo
 from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
-from scheduler.recipes_catalog import FamilyInfo
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from training.recipe_base import clamp_steps
@@ -28,16 +28,17 @@ from ui.model_family import (
     FORM_RESOLUTION,
     SD_FAMILY,
     EditCounts,
+    base_model_help,
     edited,
+    family_for,
     family_hardware,
-    family_of,
     hardware_note,
     mark_applied,
     other_family,
     touch,
 )
 from ui.output_names import default_output_repo
-from ui.submission import RECIPE_FIELDS, image_paths, lists_field, submit
+from ui.submission import RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -48,11 +49,6 @@ PROMPT_HELP = (
     "...) becomes your subject; use the same words when you generate images later."
 )
 CLASS_HELP = "Optional. E.g. `a photo of a dog`: enables prior preservation, so the model keeps knowing other dogs."
-BASE_MODEL_HELP = (
-    "A Hub model repo id (namespace/name, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a local folder holding "
-    "a diffusers Stable Diffusion pipeline (with model_index.json)."
-)
-LOCAL_BASE_MODEL_HELP = BASE_MODEL_HELP + " The demo model needs no download and trains in about a minute on a CPU."
 
 
 @dataclass
@@ -281,7 +277,7 @@ def build_form(ctx: AppContext) -> FormParts:
                 choices=base_model_choices(ctx),
                 value=first_model,
                 allow_custom_value=True,
-                info=LOCAL_BASE_MODEL_HELP if ctx.local else BASE_MODEL_HELP,
+                info=base_model_help(s, ctx.local),
                 min_width=240,
             )
             recipe = gr.Radio(
@@ -291,7 +287,7 @@ def build_form(ctx: AppContext) -> FormParts:
                 min_width=240,
             )
         with gr.Row():
-            steps = gr.Number(label="Steps (auto from the photo count; editable)", precision=0, minimum=1,
+            steps = gr.Number(label="Steps (auto from the photo count; editable)", precision=0,
                               min_width=160, **first[0])  # fmt: skip
             hardware = gr.Dropdown(
                 label="GPU (a Hugging Face Job)" if jobs else "GPU",
@@ -306,7 +302,7 @@ def build_form(ctx: AppContext) -> FormParts:
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 learning_rate = gr.Number(label="Learning rate", min_width=140, **first[1])
-                rank = gr.Number(label="LoRA rank", precision=0, minimum=1, min_width=100, **{"value": FORM_RANK, **first[2]})  # fmt: skip
+                rank = gr.Number(label="LoRA rank", precision=0, min_width=100, **{"value": FORM_RANK, **first[2]})  # fmt: skip
                 resolution = gr.Dropdown(label="Resolution (px)", min_width=120, choices=resolution_choices(ctx.local),
                                          **{"value": DEMO_RESOLUTION if demo else FORM_RESOLUTION, **first[3]})  # fmt: skip
             fixed_note = gr.Markdown(**first[4])
@@ -334,8 +330,8 @@ def build_form(ctx: AppContext) -> FormParts:
     choice = HardwareChoice(gpu_default, offered)
 
     def on_files(paths: Any, name: str, model: str, family: FamilyInfo | None, edits: EditCounts,
-                 done: EditCounts) -> tuple[Any, Any, Any]:  # fmt: skip
-        found = [str(p) for p in image_paths(paths)]
+                 done: EditCounts, request: gr.Request) -> tuple[Any, Any, Any]:  # fmt: skip
+        found = [str(p) for p in image_paths(shown_uploads(ctx, request, paths))]  # this tab shows them (ui.uploads)
         steps_value = recipe_steps(ctx, name, model, len(found), family)
         return gr.Gallery(value=found or None, visible=bool(found)), steps_value, mark_applied(done, edits, ["steps"])
 
@@ -344,8 +340,8 @@ def build_form(ctx: AppContext) -> FormParts:
         updates = field_updates(ctx, name, model, len(image_paths(paths)), res, family=family)
         return [*updates, mark_applied(done, edits, values_set(updates))]
 
-    def on_family(model: str) -> FamilyInfo | None:
-        return family_of(ctx.settings, model)
+    def on_family(model: str, profile: gr.OAuthProfile | None) -> FamilyInfo | None:  # Hub lookups: allowed callers
+        return family_for(s, access_for(s, profile), model, warn=gr.Warning)
 
     def follow(model_changed: bool) -> Callable[..., tuple[Any, ...]]:
         def handle(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, holds: str | None,
@@ -355,13 +351,14 @@ def build_form(ctx: AppContext) -> FormParts:
 
         return handle
 
-    def on_hardware(model: str, flavor: str) -> Any:
-        note = "" if ctx.local else hardware_note(ctx.settings, model, flavor)
+    def on_hardware(model: str, flavor: str, profile: gr.OAuthProfile | None = None) -> Any:
+        note = "" if ctx.local else hardware_note(s, model, flavor, access_for(s, profile))
         return gr.Markdown(value=note, visible=bool(note))
 
-    def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str) -> str:
+    def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str,
+                    profile: gr.OAuthProfile | None = None) -> str:  # fmt: skip
         where = local_hardware(device) if device is not None else (flavor or s.train_hardware)
-        family = other_family(family_of(s, model, fetch=False))  # known once the base model's change found it
+        family = other_family(family_for(s, access_for(s, profile), model, fetch=False))  # found by the model's change
         try:
             prior = bool((klass or "").strip())
             est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model,
@@ -427,7 +424,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     def answer(files_value: Any, args: tuple, profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:  # fmt: skip
         access = require_allowed(s, profile, request)
-        outcome = submit(ctx, access.user or "", files_value, values_of(*args), confirm=confirm)
+        outcome = submit(ctx, access.user or "", files_value, values_of(*args), confirm=confirm, session=request.session_hash)  # fmt: skip
         if outcome.queued:  # the uploads are gone: clear the picker; Train waits for a change (no double task)
             return outcome.message, None, gr.Button(interactive=False), gr.Button(visible=False)
         return outcome.message, gr.skip(), gr.Button(interactive=True), gr.Button(visible=outcome.confirm)

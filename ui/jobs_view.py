@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from html import escape
 from typing import Any
 
 from contract.flavors import FLAVORS
+from contract.text import html_text, md_text
 from scheduler.backends.jobs_runner import gpu_seconds_in_day
 from scheduler.redact import redact
 from scheduler.status import StatusData
@@ -37,9 +37,10 @@ JOBS_CSS = """
   min-width: 0; background: var(--background-fill-primary, #fff); }
 .job-card h3 { font-size: 1em; margin: 0 0 4px 0; overflow-wrap: anywhere; }
 .job-card .job-line { font-size: 0.9em; margin: 4px 0; overflow-wrap: anywhere; }
-.job-card pre.job-log { font-size: 0.78em; max-height: 14em; overflow: auto; white-space: pre-wrap;
-  overflow-wrap: anywhere; background: var(--background-fill-secondary, #f5f5f5); padding: 6px; border-radius: 6px;
-  margin: 6px 0 0 0; }
+/* The newest lines show: a reversed column scrolls from its end, so the box opens (and stays) on the tail. */
+.job-card .job-log { display: flex; flex-direction: column-reverse; max-height: 11em; overflow: auto;
+  background: var(--background-fill-secondary, #f5f5f5); padding: 6px; border-radius: 6px; margin: 6px 0 0 0; }
+.job-card .job-log pre { font-size: 0.78em; white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; }
 .jobs-waiting { margin-top: 10px; font-size: 0.9em; }
 .jobs-waiting li { overflow-wrap: anywhere; }
 """
@@ -70,7 +71,7 @@ def progress_bar(step: int, total: int) -> str:
         f'<div class="run-progress" role="progressbar" aria-valuenow="{pct}" aria-valuemin="0" aria-valuemax="100" '
         'style="height:10px;background:var(--neutral-200);border-radius:5px;overflow:hidden">'
         f'<div style="background:var(--color-accent);width:{pct}%;height:100%"></div></div>'
-        f'<div class="job-line">{escape(label)}</div>'
+        f'<div class="job-line">{html_text(label)}</div>'
     )
 
 
@@ -118,22 +119,26 @@ def panel_html(task: Task, job: Any, status: StatusData, token: str | None) -> s
     total = int(_number(p.get("total")) or _number(task.params.get("steps")) or 0)
     flavor = flavor_text(job.flavor if job is not None and job.flavor else task.hardware, status.job_prices)
     if job is None:
-        job_line = f"Job: none seen yet (the listing may lag) · {escape(flavor)}"
+        job_line = f"Job: none seen yet (the listing may lag) · {html_text(flavor)}"
     else:
-        job_line = f"Job <code>{escape(job.job_id)}</code> · stage <b>{escape(job.stage)}</b> · {escape(flavor)}"
+        job_id, stage = html_text(job.job_id), html_text(job.stage)
+        job_line = f"Job <code>{job_id}</code> · stage <b>{stage}</b> · {html_text(flavor)}"
     claimed = f"attempt {task.attempts} of {task.max_attempts}" if task.attempts else "waiting for its Job to claim it"
     state = f"Task {task.status.value}, {claimed}"
     if task.status is TaskStatus.RUNNING:
         state += f" · {heartbeat_time(task)}"
     lines = [redact(line, [token]) for line in (job.log_tail if job is not None else ())][-LOG_LINES_SHOWN:]
-    log = f'<pre class="job-log" aria-label="Job log (tail)">{escape(chr(10).join(lines))}</pre>' if lines else ""
+    shown = "\n".join(map(html_text, lines))  # each line escaped, control characters made visible
+    log = ""
+    if lines:
+        log = f'<div class="job-log" role="log" aria-label="Job log (tail)" tabindex="0"><pre>{shown}</pre></div>'
     details = progress_line(task)
     return (
-        f'<div class="job-card" data-task="{escape(task.id)}">'
-        f"<h3>Task <code>{escape(task.id)}</code> · {escape(task.instance_prompt)}</h3>"
-        f'<div class="job-line">{job_line}</div><div class="job-line">{escape(state)}</div>'
+        f'<div class="job-card" data-task="{html_text(task.id)}">'
+        f"<h3>Task <code>{html_text(task.id)}</code> · {html_text(task.instance_prompt)}</h3>"
+        f'<div class="job-line">{job_line}</div><div class="job-line">{html_text(state)}</div>'
         f"{progress_bar(step, total)}"
-        + (f'<div class="job-line">{escape(details)}</div>' if details else "")
+        + (f'<div class="job-line">{html_text(details)}</div>' if details else "")
         + f"{log}</div>"
     )
 
@@ -176,7 +181,7 @@ def summary_text(status: StatusData, settings: Any, running: int, now: float, ow
     if status.job_prices_source:
         lines.append(f"Prices: {price_source_text(status.job_prices_source)}.")
     if status.last_error:
-        lines.append(f"**Last error:** {redact(status.last_error.splitlines()[0][:300], [settings.hf_token])}")
+        lines.append(f"**Last error:** {md_text(redact(status.last_error.splitlines()[0][:300], [settings.hf_token]))}")
     return "\n\n".join(lines)
 
 
@@ -193,7 +198,7 @@ def jobs_panels(access: Access, status: StatusData, visible: Sequence[Task], set
     if access.owner:
         waiting = wait_reasons(status, settings, now)
         if waiting:
-            items = "".join(f"<li>Task <code>{escape(t.id)}</code> ({escape(t.instance_prompt)}) waits: {escape(why)}</li>"
+            items = "".join(f"<li>Task <code>{html_text(t.id)}</code> ({html_text(t.instance_prompt)}) waits: {html_text(why)}</li>"
                             for t, why in waiting)  # fmt: skip
             html += f'<div class="jobs-waiting"><b>Waiting</b><ul>{items}</ul></div>'
     if not running:

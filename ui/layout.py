@@ -13,16 +13,17 @@ from ui.context import AppContext
 from ui.form import build_form, hardware_choices, uses_jobs
 from ui.limits import output_namespace
 from ui.output_names import default_output_repo
-from ui.queue_view import build_queue_view
+from ui.queue_view import RecentWrites, build_queue_view, may_act, visitor_html
 from ui.queue_view import refresh as refresh_queue
-from ui.results_view import build_results_view, default_pick, finished_tasks, pick_choices
+from ui.results_view import UserPicks, build_results_view, default_pick, finished_tasks, pick_choices
 from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_samples, run_values_for
 from ui.settings_view import build_settings_view, owner_values, visibility
+from ui.spend_view import spend_note
 
 REFRESH_S = 2.0
 CACHE_SWEEP = (900, 3600)  # (every s, older than s)
-# ``width: 100%`` matters: with ``margin: auto`` alone the container shrinks to its content, and the empty loss plot
-# (which sizes itself to its container) then re-lays the Run tab out forever, burning a CPU core in the browser.
+# ``width: 100%`` matters: with ``margin: auto`` alone the container shrinks to its content, and what sizes itself to
+# its container (a plot, the galleries) can then re-lay the page out forever, burning a CPU core in the browser.
 CSS = """
 .gradio-container { max-width: 1100px !important; width: 100%; margin: auto; }
 @media (max-width: 640px) { .gradio-container { padding: 4px !important; } h1 { font-size: 1.4em !important; } }
@@ -91,6 +92,8 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             banner_text = access.banner()
             if access.owner and ctx.public_space:
                 banner_text += "\n\n" + PUBLIC_SPACE_WARNING
+            if spend := spend_note(ctx.settings, access, ctx.worker.status.snapshot()):  # the owner's money, a user's cap
+                banner_text += "\n\n" + spend
             # Jobs mode: the flavors at the Hub's Jobs prices once the worker has read them (the page was built before).
             prices = ctx.worker.status.snapshot().job_prices if uses_jobs(ctx) else None
             hardware_update = gr.Dropdown(choices=hardware_choices(True, prices)) if prices else gr.skip()
@@ -112,39 +115,71 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
 
         demo.load(on_load_offered, None, offered_notice, api_visibility="private", show_progress="hidden")
 
-        shown = gr.State({})  # fingerprints of what this browser tab already shows
+        # Visitors who may not act or follow runs get a sign-in prompt instead of empty controls, chart and log.
+        def on_load_views(profile: gr.OAuthProfile | None) -> list[Any]:
+            allowed = may_act(access_for(ctx.settings, profile))
+            return [gr.Row(visible=allowed), *run.shown_to(allowed), *results.shown_to(allowed)]
 
-        def on_tick(pick: str | None, ids: list[str], seen: dict[int, str], profile: gr.OAuthProfile | None) -> list[Any]:
+        demo.load(on_load_views, None, [queue.controls, *run.visibility_outputs(), *results.visibility_outputs()],
+                  api_visibility="private", show_progress="hidden")  # fmt: skip
+
+        shown = gr.State({})  # fingerprints of what this browser tab already shows
+        user_picks = UserPicks()  # the finished task each tab's user picked in the Results tab (else: the newest)
+
+        def on_tick(pick: str | None, ids: list[str], seen: dict[int, str], profile: gr.OAuthProfile | None,
+                    request: gr.Request | None = None) -> list[Any]:  # fmt: skip
             access = access_for(ctx.settings, profile)
-            return tick_values(ctx, access, pick, ids, seen)
+            return tick_values(ctx, access, pick, ids, seen, recent=queue.recent,
+                               user_pick=user_picks.get(getattr(request, "session_hash", None)))  # fmt: skip
 
         tick_inputs = [queue.pick, known_ids, shown]
         tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs(), results.pick, open_results, shown]
         timer.tick(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
         demo.load(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
+        for action in queue.actions:  # the queue and run views show a cancel, retry or delete at once
+            action.then(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
+
+        def on_pick(task_id: str | None, request: gr.Request) -> None:
+            user_picks.set(getattr(request, "session_hash", None), task_id)
+
+        results.pick.input(on_pick, results.pick, None, api_visibility="private", show_progress="hidden")
 
         # Results are built when the tab opens or a task is picked (cached), never per tick.
         results_tab.select(results.show, results.pick, results.outputs(), api_visibility="private",
                            show_progress="minimal")  # fmt: skip
 
-        def on_open_results(profile: gr.OAuthProfile | None) -> list[Any]:
+        def on_open_results(profile: gr.OAuthProfile | None, request: gr.Request) -> list[Any]:
+            user_picks.set(getattr(request, "session_hash", None), None)  # the picker follows the newest again
             tasks = visible_tasks(access_for(ctx.settings, profile), ctx.worker.status.snapshot().tasks)
             return [gr.Tabs(selected="results"), default_pick(tasks) or gr.skip()]
 
         open_results.click(on_open_results, None, [tabs, results.pick], api_visibility="private",
                            show_progress="hidden")  # fmt: skip
+
+        def on_unload(request: gr.Request) -> None:  # a closed tab shows its uploads no more (``ui.uploads``)
+            ctx.uploads.release(request.session_hash)
+            user_picks.set(request.session_hash, None)
+
+        demo.unload(on_unload)
     return demo
 
 
 SAMPLES_INDEX = 5  # position of the gallery in ``tick_values``' values (hardware, table, then the run view's five)
 
 
-def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str], seen: dict[int, str]) -> list[Any]:
+def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str], seen: dict[int, str],
+                recent: RecentWrites | None = None, user_pick: str | None = None) -> list[Any]:  # fmt: skip
     """What one refresh sends to one browser: the hardware line for anyone; the queue and the run view only with
-    the tasks ``access`` may see (none for anonymous and non-allowed visitors)."""
+    the tasks ``access`` may see (none, and a sign-in prompt, for anonymous and non-allowed visitors). ``recent``:
+    the Queue tab's changes the worker has not read back yet; ``user_pick``: the finished task the user picked in
+    the Results tab (None: it follows the newest)."""
     status = ctx.worker.status.snapshot()
+    if recent is not None:
+        status.tasks = recent.apply(status.tasks)
     tasks = visible_tasks(access, status.tasks)
     table, choices = refresh_queue(ctx, tasks, pick, ids, status.job_prices, owner=access.owner)
+    if not may_act(access):
+        table = visitor_html(access)
     new_ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
     run = jobs_run_values(access, status, tasks, ctx.settings) if uses_jobs(ctx) else run_values_for(access, status, tasks)
     header = hardware_text(status.hardware, ctx.local) + (" · training runs on Hugging Face Jobs" if uses_jobs(ctx) else "")
@@ -152,22 +187,22 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
     updates, seen = only_changed(values, seen)
     if updates[SAMPLES_INDEX] != gr.skip():  # sample files go out as images, never as paths
         updates[SAMPLES_INDEX] = load_samples(updates[SAMPLES_INDEX])
-    results_pick, open_results = results_picker_update(tasks, seen)
+    results_pick, open_results = results_picker_update(tasks, seen, user_pick)
     return [updates[0], updates[1], choices, new_ids, *updates[2:], results_pick, open_results, seen]
 
 
-def results_picker_update(tasks: list[Any], seen: dict) -> tuple[Any, Any]:
+def results_picker_update(tasks: list[Any], seen: dict, user_pick: str | None = None) -> tuple[Any, Any]:
     """New choices for the Results picker (and the Run tab's button to it) only when the finished tasks changed.
 
-    The picker gets a value (the newest finished task) the first time there is one; later it keeps the user's pick.
-    Kept in ``seen`` (the tab's fingerprints) under string keys, next to the values' integer ones."""
+    The picker follows the newest finished task (``default_pick``: the one that just finished) unless the user
+    picked one (``user_pick``, still among the finished tasks): that pick stays. The finished tasks' fingerprint is
+    kept in ``seen`` (the tab's fingerprints) under a string key, next to the values' integer ones."""
     finished = [f"{t.id}:{t.status.value}:{t.finished_at}" for t in finished_tasks(tasks)]
     digest = fingerprint(finished)
     if seen.get("finished") == digest:
         return gr.skip(), gr.skip()
     seen["finished"] = digest
     choices = pick_choices(tasks)
-    if seen.get("picked"):
+    if user_pick and any(value == user_pick for _, value in choices):
         return gr.Dropdown(choices=choices), gr.Button(visible=bool(choices))
-    seen["picked"] = default_pick(tasks)
-    return gr.Dropdown(choices=choices, value=seen["picked"]), gr.Button(visible=bool(choices))
+    return gr.Dropdown(choices=choices, value=default_pick(tasks)), gr.Button(visible=bool(choices))

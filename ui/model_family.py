@@ -1,24 +1,32 @@
 """The chosen base model's family, for the form, and the defaults the form proposes for it.
 
 The family is found torch-free: ``training.base_check.probe_base_model`` reads the model's ``model_index.json`` (a
-Hub repo with the app's token, or a local folder) and the trainer's family catalog (``scheduler.recipes_catalog``)
-says which family trains its pipeline class. A probe that found the index is kept per base model, so picking the
-model again is instant; one that did not (missing, gated, unreachable...) is not kept and the form keeps its
-values. Which fields the user edited is tracked as counts of ``.input`` events (``EditCounts``), so a default that
-arrives late never replaces a value typed since the last default was applied.
+Hub repo with the app's token, or a local folder) and the trainer's family catalog (``contract.catalog``)
+says which family trains its pipeline class. A probe that found the index is kept per base model (``PROBES``: a
+small LRU cache with a time to live), so picking the model again is instant; one that did not (missing, gated,
+unreachable...) is not kept and the form keeps its values. Which fields the user edited is tracked as counts of
+``.input`` events (``EditCounts``), so a default that arrives late never replaces a value typed since the last
+default was applied.
+
+The form asks through ``family_for``, which knows who is asking: the Hub is asked with the owner's token, so only
+the owner looks up any repo id; an allowed user looks up the offered base models only (the only ones they may
+train on), and anyone else gets what is already kept for an offered model, never a request. Each caller's lookups
+draw on a token bucket (``LOOKUPS``). Nobody but the owner learns anything about a repo that is not offered.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
-from scheduler.recipes_catalog import FamilyInfo, RecipeCatalogError, family_for_pipeline, load_families
-from training.base_check import DEMO_MODEL, Probe, probe_base_model
+from contract.catalog import FamilyInfo, RecipeCatalogError, family_for_pipeline, load_families
+from training.base_check import DEMO_MODEL, Probe, id_problem, offline, probe_base_model
 from training.families import find_family
+from ui.auth import Access
 from ui.fit_check import hardware_warning, per_gpu_memory
+from ui.lookups import TOO_OFTEN, ProbeCache, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +36,8 @@ FORM_RESOLUTION = 512
 #: field name -> how many ``.input`` events it had (the touch handlers write it) / had when a default was last set
 EditCounts = dict[str, int]
 
-_probes: dict[tuple[str, str], Probe] = {}
-_lock = threading.Lock()
+PROBES: ProbeCache[Probe] = ProbeCache()  # (endpoint, base model) -> a probe that found model_index.json
+LOOKUPS = RateLimiter()  # per caller: the lookups ``family_for`` may make
 
 
 def catalog_families(settings: Any = None) -> dict[str, FamilyInfo]:
@@ -42,12 +50,21 @@ def catalog_families(settings: Any = None) -> dict[str, FamilyInfo]:
         return {}
 
 
+def base_model_help(settings: Any, local: bool) -> str:
+    """The Base model field's help: what may be named, and the model families the trainer's catalog lists (those
+    of the settings' TRAINING_FAMILY_MODULES too), Stable Diffusion's first; locally, the demo model."""
+    families = sorted(catalog_families(settings).values(), key=lambda f: (f.name != SD_FAMILY, f.label))
+    which = f": {', '.join(f.label for f in families)}" if families else ""
+    text = ("A Hub model repo id (namespace/name, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a local folder "
+            f"holding a diffusers pipeline (with model_index.json) of a model family this app trains{which}.")  # fmt: skip
+    return text + (" The demo model needs no download and trains in about a minute on a CPU." if local else "")
+
+
 def cached_probe(settings: Any, base_model: str, *, fetch: bool = True) -> Probe | None:
     """The probe of ``base_model`` (kept once it found a ``model_index.json``); with ``fetch`` False only a kept
     one (no request). None when probing failed unexpectedly."""
     key = (str(getattr(settings, "hf_endpoint", "")), base_model)
-    with _lock:
-        kept = _probes.get(key)
+    kept = PROBES.get(key)
     if kept is not None or not fetch:
         return kept
     try:
@@ -56,8 +73,7 @@ def cached_probe(settings: Any, base_model: str, *, fetch: bool = True) -> Probe
         log.warning("could not read the family of base model %r: %s", base_model, e)
         return None
     if probe.index:
-        with _lock:
-            _probes[key] = probe
+        PROBES.put(key, probe)
     return probe
 
 
@@ -72,6 +88,42 @@ def family_of(settings: Any, base_model: str | None, *, fetch: bool = True) -> F
     if probe is None or not probe.index:
         return None
     return family_for_pipeline(families, probe.index.get("_class_name"))
+
+
+def offered(settings: Any, base_model: str) -> bool:
+    """Whether ``base_model`` is one of the form's offered base models (``DEFAULT_BASE_MODEL``, ``BASE_MODELS``)."""
+    return base_model in {getattr(settings, "default_base_model", None), *getattr(settings, "base_models", ())}
+
+
+def may_see(settings: Any, access: Access, base_model: str) -> bool:
+    """Whether what is known of ``base_model`` may be shown to ``access``: to the owner, all; to anyone else, only
+    an offered model's (never what the owner's token found about another repo: that it exists, is private...)."""
+    return access.owner or offered(settings, base_model)
+
+
+def family_for(settings: Any, access: Access, base_model: str | None, *, fetch: bool = True,
+               warn: Callable[[str], Any] | None = None) -> FamilyInfo | None:  # fmt: skip
+    """``family_of`` for the caller ``access`` (the form's handlers): the owner may look up any base model, an
+    allowed user an offered one, anyone else none (only a kept probe of an offered model answers them). A Hub
+    lookup draws on the caller's token bucket; an empty bucket makes no request and ``warn``s ``TOO_OFTEN``."""
+    if not base_model or base_model == DEMO_MODEL:
+        return family_of(settings, base_model, fetch=False)
+    if not may_see(settings, access, base_model):
+        return None
+    fetch = fetch and (access.owner or access.allowed) and access.user is not None
+    if fetch and _asks_the_hub(settings, base_model) and not LOOKUPS.take(access.user or ""):
+        if warn is not None:
+            warn(TOO_OFTEN)
+        fetch = False
+    return family_of(settings, base_model, fetch=fetch)
+
+
+def _asks_the_hub(settings: Any, base_model: str) -> bool:
+    """Whether looking ``base_model`` up now would ask the Hub (a valid repo id that is no local folder, not kept; in
+    offline mode nothing does: the Hugging Face cache answers)."""
+    if offline() or cached_probe(settings, base_model, fetch=False) is not None:
+        return False
+    return id_problem(base_model) is None and not Path(base_model).is_dir()
 
 
 def other_family(family: FamilyInfo | None) -> FamilyInfo | None:
@@ -93,11 +145,14 @@ def family_hardware(settings: Any, family: FamilyInfo | None, offered: Collectio
     return wanted if wanted in offered else gpu_default
 
 
-def hardware_note(settings: Any, base_model: str | None, flavor: str | None) -> str:
+def hardware_note(settings: Any, base_model: str | None, flavor: str | None, access: Access | None = None) -> str:
     """The warning the fit check gives for ``base_model``'s family on ``flavor`` (``ui.fit_check.hardware_warning``: the
     family's hardware note on a GPU smaller than its default), from a kept probe only (no request); empty on a GPU
-    as big as the family's default, for the SD family and for unknown models."""
+    as big as the family's default, for the SD family and for unknown models (and, with ``access``, for a model
+    ``may_see`` hides from that caller)."""
     if not base_model or not flavor or base_model == DEMO_MODEL:
+        return ""
+    if access is not None and not may_see(settings, access, base_model):
         return ""
     probe = cached_probe(settings, base_model, fetch=False)
     family = find_family(probe.index) if probe is not None and probe.index else None

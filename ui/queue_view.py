@@ -2,12 +2,14 @@
 delete.
 
 The table is HTML built from the worker's last read of the queue (no Hub request per browser refresh), every value
-escaped. Cancel, retry and delete write to the queue and are checked server-side.
+escaped, with what this page's buttons changed since (``RecentWrites``). Cancel, retry and delete write to the queue
+and are checked server-side. Visitors who may not act see a sign-in prompt instead of the table and the buttons.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +21,12 @@ import gradio as gr
 
 from contract.flavors import FLAVORS
 from contract.settings import DEFAULT_ENDPOINT
+from contract.text import html_text, md_code, md_text
 from scheduler.billing import GpuPeriod, shares, task_cost_usd
 from scheduler.queue.base import QueueError
+from scheduler.spending import CAP_NOTE_PREFIX
 from scheduler.task import Task, TaskStatus
-from ui.auth import may_act_on, require_allowed_or_owner
+from ui.auth import Access, may_act_on, require_allowed_or_owner
 from ui.context import AppContext
 from ui.estimate import format_duration
 from ui.limits import user_limit_problem
@@ -59,10 +63,66 @@ QUEUE_CSS = """
 """
 
 
+class RecentWrites:
+    """The tasks this page's handlers just changed (cancel, retry, delete), shown as changed until the worker's
+    next read of the queue has them: the views read the worker's last read (no Hub request per refresh), which is
+    seconds old, and a task just cancelled must not be shown RUNNING meanwhile."""
+
+    KEEP_S = 120.0  # a backstop: the worker reads the queue every few seconds
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writes: dict[str, tuple[float, Task | None, float]] = {}  # id -> (read version, after or None, when)
+
+    def note(self, before: Task, after: Task | None) -> None:
+        """``before`` (as read just before the change) became ``after`` (None: deleted)."""
+        with self._lock:
+            self._writes[before.id] = (before.updated_at, after, time.monotonic())
+
+    def apply(self, tasks: list[Task]) -> list[Task]:
+        """``tasks`` (the worker's last read) with the changes it does not have yet: a task whose version there is
+        not newer than the one changed is replaced (or left out, when deleted). A newer version, or none at all,
+        means the worker has read the queue since: the change is forgotten."""
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for task_id in [i for i, (_, _, at) in self._writes.items() if now - at > self.KEEP_S]:
+                del self._writes[task_id]
+            seen = {t.id for t in tasks}
+            for task_id in [i for i in self._writes if i not in seen]:
+                del self._writes[task_id]
+            for task in tasks:
+                write = self._writes.get(task.id)
+                if write is None or task.updated_at > write[0]:
+                    self._writes.pop(task.id, None)
+                    out.append(task)
+                elif write[1] is not None:
+                    out.append(write[1])
+        return out
+
+
+def visitor_html(access: Access) -> str:
+    """What the Queue tab shows a visitor who may not act on tasks (anonymous, or not on the allowed users)."""
+    if access.user is None:
+        text = "Sign in with Hugging Face (top right) as an allowed user to see, cancel and retry your tasks."
+    else:
+        text = (f"You are signed in as {access.user}, who is not on this Space's allowed users: the Space's owner can "
+                "add you (ALLOWED_USERS) to let you submit and follow tasks.")  # fmt: skip
+    return f'<p class="queue-empty queue-sign-in">{html_text(text)}</p>'
+
+
+def may_act(access: Access) -> bool:
+    """Whether the Queue tab's controls (and the Run tab's run) are for ``access``: the owner and allowed users."""
+    return access.owner or access.allowed
+
+
 @dataclass
 class QueueParts:
     table: gr.HTML  # receives ``tick_values``' queue value (an HTML string)
     pick: gr.Dropdown
+    controls: gr.Row  # the picker and the buttons, hidden for visitors who may not act (``may_act``)
+    recent: RecentWrites  # what cancel, retry and delete changed, until the worker's next read has it
+    actions: list[Any]  # the buttons' events: ``ui.layout`` refreshes the views right after each
 
 
 def duration_s(task: Task, now: float) -> float | None:
@@ -117,8 +177,8 @@ def result_cell(task: Task, endpoint: str = DEFAULT_ENDPOINT) -> str:
         return ""
     if is_hub_url(url, endpoint):
         label = url.rstrip("/").split("/", 3)[-1]
-        return f'<a href="{escape(url)}" target="_blank" rel="noopener noreferrer">{escape(label)}</a>'
-    return f"<code>{escape(url)}</code>"
+        return f'<a href="{escape(url)}" target="_blank" rel="noopener noreferrer">{html_text(label)}</a>'
+    return f"<code>{html_text(url)}</code>"
 
 
 def status_cell(task: Task) -> str:
@@ -141,7 +201,7 @@ HELD_FOR_OWNER = "Waiting for the Space's owner: its Job could not be started ye
 def note_text(task: Task, hide_hold: bool = False) -> str:
     """The task's note, else the first line of its last error (whole, up to ``MAX_NOTE_CHARS``). ``hide_hold``: a
     note that holds the task (a refused Job: the owner's credit, token or flavor) reads ``HELD_FOR_OWNER``."""
-    if hide_hold and task.note:
+    if hide_hold and task.note and not task.note.startswith(CAP_NOTE_PREFIX):  # a cap's note says nothing secret
         return HELD_FOR_OWNER
     note = task.note or ((task.last_error or "").strip().splitlines() or [""])[0]
     return note if len(note) <= MAX_NOTE_CHARS else note[: MAX_NOTE_CHARS - 1] + "…"
@@ -184,7 +244,7 @@ def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT,
     for task, cells in zip(ordered, rows(tasks, local, now, periods, prices, hide_holds), strict=True):
         tds = []
         for i, (header, cls, value) in enumerate(zip(HEADERS, CELL_CLASSES, cells, strict=True)):
-            html = result_cell(task, endpoint) if i == RESULT else escape(value)
+            html = result_cell(task, endpoint) if i == RESULT else html_text(value)  # controls made visible
             tds.append(f'<td class="{cls}" data-label="{escape(header)}">{html}</td>')
         body.append(f'<tr data-task="{escape(task.id)}">{"".join(tds)}</tr>')
     return (f'<table class="queue-table"><caption>Tasks (newest first)</caption><thead><tr>{head}</tr></thead>'
@@ -195,9 +255,10 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
     """Render the queue table and the cancel/retry controls inside the current Blocks."""
     # Built server-side (``table_html``): wrapped cells, real links, a card per task on a phone.
     table = gr.HTML(EMPTY_HTML, css_template=QUEUE_CSS, js_on_load=None, elem_id="queue-table", padding=False)
-    with gr.Row():
+    recent = RecentWrites()
+    with gr.Row() as controls:
         # Custom values: the handlers check the id themselves (an API call has no session that saw the choices).
-        pick = gr.Dropdown(label="Task", choices=[], min_width=200, allow_custom_value=True)
+        pick = gr.Dropdown(label="Task", choices=[], min_width=200, allow_custom_value=True, elem_id="queue-pick")
         cancel = gr.Button("Cancel task", variant="stop", min_width=120)
         retry = gr.Button("Retry task", min_width=120)
         delete = gr.Button("Delete task and photos", min_width=120)
@@ -211,13 +272,15 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
             access = require_allowed_or_owner(ctx.settings, profile, request)
             if not task_id:
                 return "Pick a task first."
+            shown = md_code(task_id[:64])  # typed by the caller: an id in the queue is letters, digits, - and _
             try:
-                task = ctx.queue.get(task_id)
-                if not may_act_on(access, task):
-                    return f"Could not {verb} `{task_id}`: only its submitter or the Space owner can."
-                task = change(task)
+                before = ctx.queue.get(task_id)
+                if not may_act_on(access, before):
+                    return f"Could not {verb} {shown}: only its submitter or the Space owner can."
+                task = change(before)
             except QueueError as exc:
-                return f"Could not {verb} `{task_id}`: {exc}"
+                return f"Could not {verb} {shown}: {md_text(exc)}"
+            recent.note(before, None if verb == "delete" else task)
             message = done(task)
             ctx.worker.wake()
             return message
@@ -226,29 +289,31 @@ def build_queue_view(ctx: AppContext) -> QueueParts:
 
     def retry_within_limits(task: Task) -> Task:
         """Retry spends again: its submitter's caps apply (none to the owner's tasks)."""
-        problem = user_limit_problem(ctx.settings, task.submitted_by, ctx.worker.status.snapshot().tasks, retry=task)
+        status = ctx.worker.status.snapshot()  # the caps count what was billed: the queue's periods and Jobs
+        problem = user_limit_problem(ctx.settings, task.submitted_by, status.tasks, periods=status.billing,
+                                     jobs=status.jobs, retry=task, prices=status.job_prices or None)  # fmt: skip
         if problem:
             raise QueueError(problem)
         return ctx.queue.retry(task.id)
 
     def retried(task: Task) -> str:
         ctx.worker.forget_refusal(task.id)
-        return f"Task `{task.id}` is {task.status.value} again."
+        return f"Task {md_code(task.id)} is {task.status.value} again."
 
     def deleted(task: Task) -> str:
         with contextlib.suppress(ValueError):  # a forged id names no folder of this machine
             ctx.worker.remove_photos(task.id)  # its copy on this machine too; the run's outputs (a local model) stay
-        where = f" The model stays in {task.result_url}." if task.result_url else ""
-        return f"Task `{task.id}` was deleted with its photos and checkpoints.{where}"
+        where = f" The model stays in {md_text(task.result_url)}." if task.result_url else ""
+        return f"Task {md_code(task.id)} was deleted with its photos and checkpoints.{where}"
 
-    on_cancel = task_action("cancel", lambda task: ctx.queue.cancel(task.id), lambda task: f"Task `{task.id}` is {task.status.value}.")
+    on_cancel = task_action("cancel", lambda task: ctx.queue.cancel(task.id), lambda task: f"Task {md_code(task.id)} is {task.status.value}.")
     on_retry = task_action("retry", retry_within_limits, retried)
     on_delete = task_action("delete", lambda task: ctx.queue.delete(task.id), deleted)
 
-    cancel.click(on_cancel, pick, message, api_name="cancel", api_visibility="private")
-    retry.click(on_retry, pick, message, api_name="retry", api_visibility="private")
-    delete.click(on_delete, pick, message, api_name="delete", api_visibility="private")
-    return QueueParts(table=table, pick=pick)
+    actions = [button.click(handler, pick, message, api_name=name, api_visibility="private")
+               for button, handler, name in ((cancel, on_cancel, "cancel"), (retry, on_retry, "retry"),
+                                             (delete, on_delete, "delete"))]  # fmt: skip
+    return QueueParts(table=table, pick=pick, controls=controls, recent=recent, actions=actions)
 
 
 def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_ids: list[str],

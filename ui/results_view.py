@@ -13,7 +13,6 @@ in the event's output, and local download links are copies in a temporary folder
 from __future__ import annotations
 
 import atexit
-import html
 import json
 import logging
 import re
@@ -27,15 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 from PIL import Image
 
 from contract.flavors import FLAVORS
+from contract.settings import DEFAULT_ENDPOINT
+from contract.text import md_code, md_text, printable
 from scheduler.task import Task, TaskStatus
 from training.metrics import METRICS_NAME, downsample  # torch-free
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.estimate import format_duration
+from ui.loss_chart import loss_chart_html
+from ui.queue_view import is_hub_url
 
 log = logging.getLogger(__name__)
 
@@ -215,20 +217,34 @@ def _when(ts: float | None) -> str:
 
 
 def _cell(value: Any) -> str:
+    """A value as inert Markdown text (``contract.text.md_text``: no link, image, HTML or table cell break), cut at
+    200 characters: prompts, names and errors come from the queue, written by other users."""
     text = json.dumps(value) if isinstance(value, list | dict) else str(value)
-    return html.escape(text[:200]).replace("|", "&#124;").replace("\n", " ")
+    return md_text(text[:200])
 
 
-def summary_markdown(result: TaskResult) -> str:
-    """Status, prompt, times, the model link and (for a failed task) its error."""
+#: a URL that can stand as a Markdown link's destination as it is (nothing that could end it or start markup)
+LINKABLE = re.compile(r"https?://[A-Za-z0-9._~:/%-]+")
+
+
+def model_link(url: str | None, label: str, endpoint: str) -> str:
+    """A Markdown link to the model repo when ``url`` is a plain URL of the Hub, else the URL as text."""
+    if url and is_hub_url(url, endpoint) and LINKABLE.fullmatch(url):
+        return f"[{_cell(label)}]({url})"
+    return _cell(url or label)
+
+
+def summary_markdown(result: TaskResult, endpoint: str = DEFAULT_ENDPOINT) -> str:
+    """Status, prompt, times, the model link (only to a page of the Hub at ``endpoint``) and (for a failed task) its
+    error; every value from the queue as inert text."""
     t = result.task
     took = format_duration(t.finished_at - t.started_at) if t.started_at and t.finished_at else "-"
-    lines = [f"### Task `{t.id}`: {t.status.value}",
+    lines = [f"### Task {md_code(t.id)}: {t.status.value}",
              f"**Prompt:** {_cell(t.instance_prompt)}",
              f"**Submitted:** {_when(t.created_at)} · **started:** {_when(t.started_at)} · "
              f"**finished:** {_when(t.finished_at)} · **training took:** {took} · **tries:** {t.attempts}"]  # fmt: skip
     if result.model_url:
-        lines.append(f"**Model:** [{_cell(repo_id_of(t) or result.model_url)}]({result.model_url})")
+        lines.append(f"**Model:** {model_link(result.model_url, repo_id_of(t) or result.model_url, endpoint)}")
     if result.output_dir is not None:
         # breaks anywhere: a long path would otherwise run off a phone's screen
         lines.append(f'**Output folder:** <code style="word-break: break-all">{_cell(result.output_dir)}</code>')
@@ -255,14 +271,9 @@ def settings_markdown(result: TaskResult) -> str:
     return f"**Settings**\n\n| setting | value |\n|---|---|\n{body}"
 
 
-def loss_table(points: list[tuple[int, float]]) -> pd.DataFrame:
-    """(step, loss) points as the loss plots take them: typed even when empty (an untyped empty frame can leave the
-    plot's axes categorical for later updates)."""
-    return pd.DataFrame(points, columns=["step", "loss"]).astype({"step": "int64", "loss": "float64"})
-
-
-def loss_frame(result: TaskResult) -> pd.DataFrame:
-    return loss_table(result.loss_curve)
+def loss_frame(result: TaskResult) -> str:
+    """The task's loss curve as the chart's HTML (``ui.loss_chart``)."""
+    return loss_chart_html(result.loss_curve)
 
 
 def gallery_value(result: TaskResult) -> list[tuple[Image.Image, str]] | None:
@@ -300,13 +311,21 @@ class ResultsParts:
     pick: gr.Dropdown
     summary: gr.Markdown
     samples: gr.Gallery
-    loss: gr.LinePlot
+    loss: gr.HTML  # ``ui.loss_chart``
     settings: gr.Markdown
     files: gr.File
     show: Callable[..., list[Any]]  # (task id, profile) -> values for ``outputs()``, checked against the caller
+    charts: gr.Row | None = None  # the samples and the loss chart
 
     def outputs(self) -> list[Any]:
         return [self.summary, self.samples, self.loss, self.settings, self.files]
+
+    def visibility_outputs(self) -> list[Any]:
+        return [self.pick, self.charts]
+
+    def shown_to(self, may_see: bool) -> list[Any]:
+        """The picker and the charts for a visitor who may see results; else only the summary's sign-in prompt."""
+        return [gr.Dropdown(visible=may_see), gr.Row(visible=may_see)]
 
 
 def finished_tasks(tasks: list[Task]) -> list[Task]:
@@ -324,7 +343,7 @@ def default_pick(tasks: list[Task]) -> str | None:
 
 
 def pick_choices(tasks: list[Task]) -> list[tuple[str, str]]:
-    return [(f"{t.id} · {t.status.value} · {t.instance_prompt[:40]}", t.id) for t in finished_tasks(tasks)]
+    return [(printable(f"{t.id} · {t.status.value} · {t.instance_prompt[:40]}"), t.id) for t in finished_tasks(tasks)]
 
 
 def results_pointer(tasks: list[Task]) -> str:
@@ -333,7 +352,7 @@ def results_pointer(tasks: list[Task]) -> str:
     if pick is None:
         return ""
     task = next(t for t in tasks if t.id == pick)
-    return (f"**Last finished:** task `{task.id}` ({task.status.value}, {_cell(task.instance_prompt[:60])}): its "
+    return (f"**Last finished:** task {md_code(task.id)} ({task.status.value}, {_cell(task.instance_prompt[:60])}): its "
             "samples, loss curve, settings and model are in the **Results** tab.")  # fmt: skip
 
 
@@ -359,14 +378,41 @@ class ResultsCache:
                 copied, too_big = self.copies.copies(result)
                 files = copied or None
                 result.problems += [f"{p.name} is too big to offer here; it is at {p}." for p in too_big]
-            values = [summary_markdown(result), gallery_value(result), loss_frame(result), settings_markdown(result),
+            values = [summary_markdown(result, self.ctx.settings.hf_endpoint), gallery_value(result), loss_frame(result), settings_markdown(result),
                       files]  # fmt: skip
             self._built[task.id] = (key, values)
             return values
 
 
+class UserPicks:
+    """The finished task each browser tab's user picked in the Results tab (by Gradio session), so that the picker
+    follows the newest finished task only until the user picks one. Kept here, not in a ``gr.State``: the refresh
+    tick would write back an older copy of a state the pick changed meanwhile. Bounded: the oldest are forgotten."""
+
+    MAX_SESSIONS = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._picks: dict[str, str] = {}
+
+    def set(self, session: str | None, task_id: str | None) -> None:
+        """Remember (or, with None, forget) the pick of ``session``."""
+        if not session:
+            return
+        with self._lock:
+            self._picks.pop(session, None)
+            if task_id:
+                self._picks[session] = task_id[:64]
+                while len(self._picks) > self.MAX_SESSIONS:
+                    del self._picks[next(iter(self._picks))]
+
+    def get(self, session: str | None) -> str | None:
+        with self._lock:
+            return self._picks.get(session or "")
+
+
 def empty_values(text: str) -> list[Any]:
-    return [text, None, loss_table([]), "", None]
+    return [text, None, loss_chart_html([]), "", None]
 
 
 def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], task_id: str | None) -> list[Any]:
@@ -375,7 +421,7 @@ def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], t
         return empty_values(NOTHING_VISIBLE)
     task = next((t for t in visible_tasks(access, tasks) if t.id == task_id and t.status.terminal), None)
     if task is None:
-        return empty_values(NO_RESULT if not task_id else f"No finished task `{_cell(task_id)[:40]}` of yours.")
+        return empty_values(NO_RESULT if not task_id else f"No finished task {md_code(task_id[:40])} of yours.")
     return cache.values(task)
 
 
@@ -383,11 +429,11 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
     """Render the results view inside the current Blocks and wire its picker."""
     pick = gr.Dropdown(label="Finished task", choices=[], min_width=200, allow_custom_value=True)
     summary = gr.Markdown(NO_RESULT, elem_id="results-summary")
-    with gr.Row():
+    with gr.Row() as charts:
         samples = gr.Gallery(label="Samples (newest first)", columns=3, height=320, interactive=False, min_width=280,
                              elem_id="results-samples")
-        loss = gr.LinePlot(pd.DataFrame(columns=["step", "loss"]), x="step", y="loss", title="Training loss",
-                           min_width=280, elem_id="results-loss")  # fmt: skip
+        loss = gr.HTML(loss_chart_html([]), min_width=280, elem_id="results-loss", container=True, padding=True,
+                       js_on_load=None)  # fmt: skip
     settings = gr.Markdown(elem_id="results-settings")
     files = gr.File(label="Output files (copies to download)", file_count="multiple", interactive=False,
                     visible=ctx.local, elem_id="results-files")  # fmt: skip
@@ -398,6 +444,6 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
         return results_values_for(cache, access, ctx.worker.status.snapshot().tasks, task_id)
 
     parts = ResultsParts(pick=pick, summary=summary, samples=samples, loss=loss, settings=settings, files=files,
-                         show=show)  # fmt: skip
+                         show=show, charts=charts)  # fmt: skip
     pick.change(show, pick, parts.outputs(), api_visibility="private", show_progress="minimal")
     return parts

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler.task import Task, TaskStatus
+from scheduler.trainer_process import hub_offline
 from scheduler.validation import split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
 from ui.auth import is_owner
@@ -22,12 +23,12 @@ from ui.context import AppContext
 from ui.duplicates import submission_fingerprint
 from ui.estimate import hardware_label
 from ui.fit_check import check_fit
-from ui.limits import output_repo_problem, user_limit_problem
+from ui.limits import output_namespace, output_repo_problem, user_limit_problem
 from ui.local_device import local_device
-from ui.output_names import OutputChoice, choose_output_repo
+from ui.output_names import OutputChoice, choose_output_repo, default_output_repo, write_problem
 
 if TYPE_CHECKING:
-    from scheduler.recipes_catalog import RecipeInfo
+    from contract.catalog import RecipeInfo
 
 WORKER_REPLY_S = 8.0  # on a Space: how long the answer waits for the worker's word on the hardware move
 # Worker phases during which the answer never waits (the worker's loop is busy with a training run).
@@ -167,7 +168,7 @@ def output_api(ctx: AppContext) -> tuple[Any, str | None] | str:
     s = ctx.settings
     if not ctx.local:
         return ctx.api, None
-    if not s.hf_token:
+    if not s.hf_token or hub_offline():  # offline mode: nothing is uploaded (the model stays in its folder)
         return None, None
     from huggingface_hub import HfApi
 
@@ -181,7 +182,8 @@ def output_api(ctx: AppContext) -> tuple[Any, str | None] | str:
 def pick_output_repo(ctx: AppContext, user: str, owner: bool, values: dict[str, Any], tasks: list[Task] | None
                      ) -> OutputChoice | str:  # fmt: skip
     """Where the model goes: the asked repo, or a free ``-2``... name when it belongs to something else; a message
-    when no name can be used. Local runs without a token upload nothing and keep the name."""
+    when no name can be used, or when the token that uploads cannot create it (``write_problem``). Local runs without
+    a token upload nothing and keep the name."""
     repo_id = values["output_repo"].strip()
     found = output_api(ctx)
     if isinstance(found, str):
@@ -189,6 +191,11 @@ def pick_output_repo(ctx: AppContext, user: str, owner: bool, values: dict[str, 
     api, namespace = found
     if api is None:
         return OutputChoice(repo_id)
+    instead = None if owner else default_output_repo(user, values["instance_prompt"], False, output_namespace(
+        ctx.settings, user), class_prompt=values.get("class_prompt"))  # fmt: skip
+    problem = write_problem(api, repo_id, instead=instead)  # the token that uploads must be able to create it
+    if problem:
+        return problem
     tasks = ctx.queue.list() if tasks is None else tasks
     choice = choose_output_repo(api, repo_id, values["instance_prompt"], tasks, namespace=namespace)
     if isinstance(choice, OutputChoice) and not owner and choice.repo_id != repo_id:
@@ -204,11 +211,13 @@ def worker_busy(ctx: AppContext) -> bool:
     return status.phase in BUSY_PHASES or any(t.status is TaskStatus.RUNNING for t in status.tasks)
 
 
-def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, confirm: bool = False) -> SubmitOutcome:
+def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, confirm: bool = False,
+           session: str | None = None) -> SubmitOutcome:  # fmt: skip
     """Validate, ask before a repeat, check the base model and the output repo, enqueue and wake the worker.
 
     Local mode answers at once; on a Space the answer waits briefly for the worker's hardware request (never while
-    it trains). ``confirm`` queues a repeat of a recent identical task."""
+    it trains). ``confirm`` queues a repeat of a recent identical task. ``session``: the browser session that sent it
+    (Gradio's upload copies that another session's form still shows are not removed: ``ui.uploads``)."""
     uploads = uploaded_paths(files)  # the photos and their .txt captions, stored together
     images, captions = split_captions(uploads)
     if ctx.local:
@@ -217,8 +226,10 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     problems = validate(ctx, images, values, owner=owner, captions=captions)
     tasks: list[Task] | None = None
     if not owner:  # what a non-owner may spend and write, checked with the rest so every problem shows at once
-        tasks = ctx.queue.list()
-        for problem in (user_limit_problem(ctx.settings, user, tasks),
+        tasks, periods = ctx.queue.list_with_billing()  # the caps count what was billed (``ui.limits``)
+        status = ctx.worker.status.snapshot()
+        for problem in (user_limit_problem(ctx.settings, user, tasks, periods=periods, jobs=status.jobs,
+                                           hardware=values.get("hardware"), prices=status.job_prices or None),
                         output_repo_problem(ctx.settings, user, values["output_repo"].strip(), tasks, ctx.api)):  # fmt: skip
             if problem:
                 problems.append(problem)
@@ -244,7 +255,7 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
 
     task = ctx.queue.enqueue(build_task(ctx, user, {**values, "output_repo": choice.repo_id}), uploads)
     ctx.recent.remember(fingerprint, task.id)
-    remove_uploads(uploads)  # the queue holds the photos and captions now; Gradio's upload copies go
+    remove_uploads(ctx.uploads.take(session, uploads))  # the queue holds them now; copies no other tab shows go
     ctx.worker.forget_refusal(task.id)
     busy = worker_busy(ctx)
     after = ctx.worker.status.loops
@@ -269,6 +280,12 @@ def duplicate_message(task: Task, now: float | None = None) -> str:
     return (f"**Nothing was queued yet: this is the same task as `{task.id}`** (same prompt, photos and settings), "
             f"queued {when} (now {task.status.value}). Press **Queue it again** to train it a second time, or change "
             "something.")  # fmt: skip
+
+
+def shown_uploads(ctx: AppContext, request: Any, files: Any) -> Any:
+    """Note that ``request``'s session (its browser tab) shows ``files`` now (``ui.uploads``); returns ``files``."""
+    ctx.uploads.hold(getattr(request, "session_hash", None), uploaded_paths(files))
+    return files
 
 
 def remove_uploads(paths: list[Path]) -> None:

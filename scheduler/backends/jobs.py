@@ -8,11 +8,29 @@ plain table-driven test (tests/scheduler/test_jobs_lifecycle.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from contract.flavors import FLAVORS, is_gpu
+from scheduler.billing import Claim, GpuPeriod
+from scheduler.spending import (
+    END_MARGIN_S,
+    EXIT_MARGIN_S,
+    MINUTE_S,
+    Budget,
+    Live,
+    cap_held,
+    cap_stop_note,
+    job_limits,
+    job_timeout_s,
+    planned_end,
+    start_check,
+    start_worst_s,
+    startable,
+    stop_changed,
+    stop_for,
+)
 from scheduler.task import Task, TaskStatus
 
 #: the Job stages after which a Job runs no more (huggingface_hub's ``JobStage``)
@@ -22,6 +40,8 @@ JOB_EXIT_GRACE_S = 120.0
 #: after a refused creation, the same task is not offered to the Hub again for this long (unless it changes)
 REFUSAL_BACKOFF_S = 15 * 60
 LOG_LINES_IN_ERRORS = 15
+#: a RUNNING task's Job still alive this long after its cap stop is cancelled (its trainer did not stop by itself)
+CAP_CANCEL_AFTER_S = END_MARGIN_S - MINUTE_S
 
 
 class JobActionKind(str, Enum):  # noqa: UP042 - str(kind) formatting, as lifecycle.ActionKind
@@ -31,6 +51,8 @@ class JobActionKind(str, Enum):  # noqa: UP042 - str(kind) formatting, as lifecy
     FAIL = "fail"  # mark action.task_id FAILED with action.reason
     REQUEUE_EXPIRED = "requeue_expired"  # RUNNING tasks whose lease lapsed with no Job alive: requeue or fail them
     RECORD_COST = "record_cost"  # write a terminal Job's period (created -> finished) to the queue's billing
+    HOLD = "hold"  # a spending cap holds action.task_id: PENDING before it starts, or RUNNING (holder) it stopped
+    LIMIT = "limit"  # a spending cap stops action.task_id's run at action.stop_at
     WAIT = "wait"  # nothing to do now; action.reason says why
 
 
@@ -68,6 +90,7 @@ class JobsSnapshot:
     recorded_jobs: frozenset[str] = frozenset()  # Job ids whose period the queue's billing already holds
     allow_cpu_training: bool = False
     refusal_backoff_s: float = REFUSAL_BACKOFF_S
+    budget: Budget | None = None  # the spending caps and the queue's billed periods (None: no cap)
 
 
 @dataclass(frozen=True)
@@ -76,13 +99,63 @@ class JobAction:
     task_id: str | None = None
     job_id: str | None = None
     hardware: str | None = None
-    holder: str | None = None  # REQUEUE/FAIL of a RUNNING task: the lease holder the queue change must match
+    holder: str | None = None  # REQUEUE/FAIL/HOLD of a RUNNING task: the lease holder the queue change must match
     reason: str = ""
+    stop_at: float | None = None  # DISPATCH/LIMIT: when a spending cap stops the run (None: at its deadline)
+    timeout_s: int | None = None  # DISPATCH: the Job's platform timeout (None: the deadline's, ``job_timeout_s``)
 
 
 def job_period_label(job_id: str) -> str:
     """The ``closed_by`` of the GPU period that records Job ``job_id`` (finds it again: recorded once)."""
     return f"job {job_id}"[:64]
+
+
+def unrecorded_periods(jobs: Iterable[JobView], recorded: Iterable[str], tasks: Iterable[Task],
+                       now: float) -> list[GpuPeriod]:  # fmt: skip
+    """The periods of the Jobs the queue's billing does not hold yet (``recorded``: the Job ids it does), as
+    ``record_cost`` will write them; an alive Job's is open (billed up to now)."""
+    users, done = {t.id: t.submitted_by for t in tasks}, set(recorded)
+    periods = []
+    for job in jobs:
+        if job.job_id in done or job.created_at is None:
+            continue
+        end = None if job.alive else (job.finished_at if job.finished_at is not None else now)
+        claim = Claim(job.task_id, job.started_at or job.created_at, users.get(job.task_id))
+        periods.append(GpuPeriod(job.flavor or "", job.created_at, None if end is None else max(end, job.created_at),
+                                 [claim], closed_by=job_period_label(job.job_id)))  # fmt: skip
+    return periods
+
+
+def jobs_live(tasks: Iterable[Task], jobs: Iterable[JobView], now: float) -> list[Live]:
+    """What the alive Jobs may still bill: until the Job's timeout from its creation, or its task's planned end
+    (deadline or cap stop) plus the end margin, whichever comes first; a Job whose task is gone or finished only
+    exits."""
+    by_id = {t.id: t for t in tasks}
+    live = []
+    for job in (j for j in jobs if j.alive):
+        task = by_id.get(job.task_id)
+        created = job.created_at if job.created_at is not None else now
+        if task is None or task.status.terminal:
+            ends = now + EXIT_MARGIN_S
+        else:
+            ends = created + job_timeout_s(task.deadline_s) + MINUTE_S  # a minute of scheduling, as ``start_worst_s``
+            end = planned_end(task)
+            if end is None and task.stop_at is not None:  # dispatched with an earlier stop, not claimed yet
+                end = task.stop_at
+            ends = ends if end is None else min(ends, end + EXIT_MARGIN_S)
+        flavor = job.flavor or (task.hardware if task is not None else "")
+        user = task.submitted_by if task is not None else ""
+        live.append(Live(job.task_id, user, flavor, created, max(ends, created), created))
+    return live
+
+
+def _budget(snap: JobsSnapshot) -> tuple[Budget, list[Live]] | None:
+    """The snapshot's budget with the Jobs not recorded yet, and what the alive Jobs may still bill."""
+    if snap.budget is None:
+        return None
+    extra = unrecorded_periods(snap.jobs, snap.recorded_jobs, snap.tasks, snap.now)
+    budget = replace(snap.budget, periods=(*snap.budget.periods, *extra), jobs=True)
+    return budget, jobs_live(snap.tasks, snap.jobs, snap.now)
 
 
 def _ended(job: JobView) -> str:
@@ -115,6 +188,12 @@ def _cancellations(snap: JobsSnapshot, by_id: dict[str, Task]) -> list[JobAction
             why = f"task {task.id} is {task.status.value} but its Job still runs"
         elif task.status is TaskStatus.RUNNING and task.lease is not None and job.holder != task.lease.holder:
             why = f"task {task.id} is held by {task.lease.holder}, not by this Job"
+        elif (
+            task.status is TaskStatus.RUNNING
+            and task.stop_at is not None
+            and snap.now > task.stop_at + CAP_CANCEL_AFTER_S
+        ):
+            why = f"task {task.id} runs past the stop of a spending cap"
         elif task.status is TaskStatus.RUNNING and task.lease_expired(snap.now):
             why = f"task {task.id}'s lease expired while its Job runs: the trainer stopped renewing it (hung)"
         elif task.status is TaskStatus.PENDING and oldest_alive[job.task_id].job_id != job.job_id:
@@ -132,6 +211,10 @@ def _follow_running(task: Task, jobs: list[JobView], now: float) -> JobAction | 
         return None  # followed: progress from the heartbeats, stage and log tail from the Job (or cancelled above)
     if mine:
         job = mine[-1]
+        if task.stop_at is not None and (job.finished_at or now) >= task.stop_at:
+            # the cap stopped it (the trainer did not record that itself): held, its attempt given back
+            return JobAction(JobActionKind.HOLD, task_id=task.id, job_id=job.job_id, holder=holder,
+                             reason=cap_stop_note(task, task.stop_at))  # fmt: skip
         if task.attempts >= task.max_attempts:
             reason = f"Gave up after {task.attempts} of {task.max_attempts} attempts: {_ended(job)}."
             return JobAction(
@@ -169,10 +252,15 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
        container (``REQUEUE_EXPIRED``); while the lease lives, wait (the listing may lag).
     3. A PENDING task out of attempts (and no Job alive): FAIL with its last error; one whose last
        ``max_attempts`` Jobs all ended without claiming it (``unclaimed_jobs``): FAIL with the last one's log lines.
-    4. A terminal Job whose period is not in the queue's billing yet: ``RECORD_COST`` (once per Job).
+    4. A terminal Job whose period is not in the queue's billing yet: ``RECORD_COST`` (once per Job). With a
+       ``budget``, a RUNNING task whose end would pass a spending cap gets an earlier stop (``LIMIT``; its trainer
+       stops there with a checkpoint and the task is held); its Job ended past that stop: ``HOLD`` (not a failed
+       attempt); still alive ``CAP_CANCEL_AFTER_S`` after it: cancelled.
     5. Runnable tasks (PENDING, attempts left, no note) without an alive Job, oldest first, each once: DISPATCH while
        a Job slot is free and the daily GPU-hours cap is not reached; a task refused less than ``refusal_backoff_s``
-       ago is skipped (its note holds the reason and the fix). Nothing to do: one WAIT that says why.
+       ago is skipped (its note holds the reason and the fix). With a ``budget`` a start must fit the spending caps
+       (``spending.start_check``): else ``HOLD`` (its note says why; a task held so starts once it fits), or it
+       starts with an earlier stop and a shorter Job timeout. Nothing to do: one WAIT that says why.
     """
     tasks = sorted(snap.tasks, key=lambda t: t.created_at)
     by_id = {t.id: t for t in tasks}
@@ -208,11 +296,25 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
             actions.append(JobAction(JobActionKind.RECORD_COST, task_id=job.task_id, job_id=job.job_id, hardware=job.flavor,
                                      reason=f"Job {job.job_id} ended: its period is task {job.task_id}'s cost"))  # fmt: skip
 
+    budget = _budget(snap)
+    if budget is not None:  # running tasks whose end would pass a cap stop earlier (the oldest keeps its room)
+        acted = {a.task_id for a in actions}
+        for task in tasks:
+            if (
+                task.status is TaskStatus.RUNNING
+                and task.id not in acted
+                and any(j.alive for j in by_task.get(task.id, []))
+            ):
+                stop = stop_for(task, budget[0], tasks, budget[1], snap.now)
+                if stop is not None and stop_changed(task, stop):
+                    actions.append(JobAction(JobActionKind.LIMIT, task_id=task.id, stop_at=stop,
+                                             reason=f"task {task.id} stops early: its end would pass a spending cap"))  # fmt: skip
+
     alive = sum(1 for j in snap.jobs if j.alive and j.job_id not in cancelling)
     free = max(0, snap.max_parallel - alive)
     waits: list[str] = []
     for task in tasks:
-        if not task.runnable or task.id in failing or any(j.alive for j in by_task.get(task.id, [])):
+        if not startable(task) or task.id in failing or any(j.alive for j in by_task.get(task.id, [])):
             continue
         refused_at = snap.refused.get(task.id)
         if refused_at is not None and snap.now - refused_at < snap.refusal_backoff_s:
@@ -232,6 +334,19 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
                 f"task {task.id} waits for a free Job slot ({snap.max_parallel} Jobs run at once; MAX_PARALLEL_JOBS)"
             )
             continue
+        stop_at = timeout = None
+        if budget is not None:
+            start = start_check(task, budget[0], tasks, budget[1], snap.now)
+            if start.problem is not None:
+                if not cap_held(task):
+                    actions.append(JobAction(JobActionKind.HOLD, task_id=task.id, reason=start.problem))
+                waits.append(f"task {task.id} waits: {task.note if cap_held(task) else start.problem}")
+                continue
+            end = snap.now + start_worst_s(task.deadline_s, True)
+            if start.room_s is not None:  # it starts with an earlier stop, and a shorter platform timeout
+                stop_at, timeout = job_limits(start.room_s, snap.now)
+                end = snap.now + timeout + MINUTE_S
+            budget[1].append(Live(task.id, task.submitted_by, task.hardware, snap.now, end, snap.now))
         free -= 1
         actions.append(
             JobAction(
@@ -239,6 +354,8 @@ def decide_jobs(snap: JobsSnapshot) -> list[JobAction]:
                 task_id=task.id,
                 hardware=task.hardware,
                 reason=f"task {task.id} runs as a Job on {task.hardware}",
+                stop_at=stop_at,
+                timeout_s=timeout,
             )
         )
 

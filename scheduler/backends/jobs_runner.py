@@ -36,13 +36,14 @@ from scheduler.billing import Claim, GpuPeriod
 from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.redact import redact
 from scheduler.retry import RetryPolicy, call_with_retries, http_status
+from scheduler.spending import JOB_STARTUP_MARGIN_S as JOB_STARTUP_MARGIN_S  # re-exported (was defined here)
+from scheduler.spending import Budget, caps_for, job_timeout_s
 from scheduler.stored import vetted_with_billing
 from scheduler.task import Task
 
 log = logging.getLogger(__name__)
 
 LABEL_TASK, LABEL_SPACE, LABEL_HOLDER = "dreambooth-task", "dreambooth-space", "dreambooth-holder"
-JOB_STARTUP_MARGIN_S = 600.0  # image pull and model download before the trainer's own deadline starts counting
 LOG_TAIL_LINES = 40
 #: an alive Job's log tail is re-read at most this often (a read of a quiet running Job's logs can take seconds)
 LOG_REFRESH_S = 30.0
@@ -78,12 +79,6 @@ def job_refusal(exc: BaseException, flavor: str, namespace: str) -> JobRefused |
         return JobRefused(f"The Hub does not run Jobs on the flavor {flavor!r} (HTTP {status}).",
                           "Choose another hardware flavor for the task (or set TRAIN_HARDWARE) and submit it again.", status)  # fmt: skip
     return None
-
-
-def job_timeout_s(deadline_s: float) -> int:
-    """The Job's platform timeout: the task's deadline plus a start-up margin (at most the deadline again), so the
-    trainer's own watchdog ends a slow run first and records it; the platform's timeout is the backstop."""
-    return int(deadline_s + min(JOB_STARTUP_MARGIN_S, deadline_s))
 
 
 def space_label(space_id: str) -> str:
@@ -226,7 +221,7 @@ class JobsRunner:
             tasks=tuple(tasks), jobs=tuple(views), now=now, max_parallel=self.settings.max_parallel_jobs,
             gpu_s_today=gpu_seconds_in_day(views, now), gpu_s_cap=None if cap is None else cap * 3600.0,
             refused=dict(self.refused), recorded_jobs=recorded, allow_cpu_training=self.settings.allow_cpu_training,
-            refusal_backoff_s=REFUSAL_BACKOFF_S,
+            refusal_backoff_s=REFUSAL_BACKOFF_S, budget=Budget(caps_for(self.settings, self.prices), tuple(billing), jobs=True),
         )  # fmt: skip
         self.status.update(tasks=tasks, billing=billing, jobs=list(views))
         return snap, requests
@@ -271,7 +266,7 @@ class JobsRunner:
             return 0
         if kind is JobActionKind.DISPATCH:
             task = next(t for t in snap.tasks if t.id == action.task_id)
-            return self.dispatch(task)
+            return self.dispatch(task, stop_at=action.stop_at, timeout_s=action.timeout_s)
         if kind is JobActionKind.CANCEL_JOB:
             self._hub(lambda: self.api.cancel_job(job_id=action.job_id or "", namespace=self.namespace))
             self.status.update(message=f"Cancelled Job {action.job_id}: {action.reason}")
@@ -284,7 +279,11 @@ class JobsRunner:
             self.queue.requeue_expired(self._clock())
         elif kind is JobActionKind.RECORD_COST:
             job = next(j for j in snap.jobs if j.job_id == action.job_id)
-            self.record_cost(job, snap.now)
+            self.record_cost(job, snap.now, next((t.submitted_by for t in snap.tasks if t.id == job.task_id), None))
+        elif kind is JobActionKind.HOLD:
+            self.queue.hold_for_cap(action.task_id or "", action.holder, action.reason)
+        elif kind is JobActionKind.LIMIT:
+            self.queue.limit_run(action.task_id or "", action.stop_at)
         self.status.update(message=f"{kind.value} {action.task_id or ''}: {action.reason.splitlines()[0]}")
         return 1
 
@@ -322,11 +321,16 @@ class JobsRunner:
         """The in-Job entry point (``scheduler.cli`` ``run-task``)."""
         return [self.python, "-u", "-m", "scheduler", "run-task", task_id, "--holder", holder]
 
-    def dispatch(self, task: Task) -> int:
-        """Run one Job for ``task`` (adopting one that already runs for it); a refusal goes on the task's note."""
+    def dispatch(self, task: Task, *, stop_at: float | None = None, timeout_s: int | None = None) -> int:
+        """Run one Job for ``task`` (adopting one that already runs for it); a refusal goes on the task's note.
+        ``stop_at``: a spending cap stops the run then (written to the task first; a stale stop is cleared), and the
+        Job's platform timeout is ``timeout_s`` instead of the deadline's."""
         holder = f"job:{uuid.uuid4().hex[:12]}"
         labels = {LABEL_TASK: task.id, LABEL_SPACE: space_label(self.settings.space_id or ""), LABEL_HOLDER: holder}
         requests = 0
+        if task.stop_at != stop_at:
+            self.queue.limit_run(task.id, stop_at)
+            requests += 1
 
         def create() -> tuple[JobInfo, bool]:
             nonlocal requests
@@ -337,7 +341,7 @@ class JobsRunner:
             job = self.api.run_job(
                 image=self.settings.job_image or "", command=self.job_command(task.id, holder), env=self.job_env(),
                 secrets={"HF_TOKEN": self.settings.hf_token or ""}, flavor=task.hardware,
-                timeout=job_timeout_s(task.deadline_s), labels=labels, namespace=self.namespace,
+                timeout=timeout_s or job_timeout_s(task.deadline_s), labels=labels, namespace=self.namespace,
             )  # fmt: skip
             return job, True
 
@@ -364,10 +368,11 @@ class JobsRunner:
             self._refused_at_update[task.id] = task.updated_at
         self.refused[task.id] = self._clock()
 
-    def record_cost(self, job: JobView, now: float) -> None:
-        """Write the Job's period (created -> finished) to the queue's billing: the task's whole cost of that Job."""
+    def record_cost(self, job: JobView, now: float, user: str | None = None) -> None:
+        """Write the Job's period (created -> finished) to the queue's billing: the whole cost of that Job, its
+        task's (submitted by ``user``)."""
         end = job.finished_at if job.finished_at is not None else now
         start = job.created_at if job.created_at is not None else end
         period = GpuPeriod(hardware=job.flavor or "", requested_at=start, released_at=max(start, end),
-                           claims=[Claim(job.task_id, job.started_at or start)], closed_by=job_period_label(job.job_id))  # fmt: skip
+                           claims=[Claim(job.task_id, job.started_at or start, user)], closed_by=job_period_label(job.job_id))  # fmt: skip
         self.queue.record_period(period)

@@ -73,9 +73,9 @@ class TaskQueue(ABC):
         ``wrapup_s`` ends at this change); unless the queue keeps photos, the task's photos are removed in the same
         atomic change (``images.removed`` records it)."""
 
-    def open_period(self, hardware: str, requested_at: float) -> GpuPeriod | None:
-        """Record a GPU period on ``hardware`` requested at ``requested_at`` (idempotent: an open one of the same
-        flavor is kept). A queue that records no periods returns None."""
+    def open_period(self, hardware: str, requested_at: float, for_task: str | None = None) -> GpuPeriod | None:
+        """Record a GPU period on ``hardware`` requested at ``requested_at`` for task ``for_task`` (idempotent: an
+        open one of the same flavor is kept). A queue that records no periods returns None."""
         return None
 
     def close_period(self, closed_by: str = "release") -> GpuPeriod | None:
@@ -114,6 +114,15 @@ class TaskQueue(ABC):
     @abstractmethod
     def set_note(self, task_id: str, note: str | None) -> Task:
         """Set ``last_error`` on a PENDING task without changing its state (e.g. why the GPU was refused)."""
+
+    def limit_run(self, task_id: str, stop_at: float | None) -> Task:
+        """PENDING or RUNNING: a spending cap stops the task's run at ``stop_at`` (``scheduler.spending``)."""
+        raise NotImplementedError
+
+    def hold_for_cap(self, task_id: str, holder: str | None, note: str) -> Task:
+        """Hold a task back with a spending cap's ``note``: a PENDING one (``holder`` None) before it starts, or a
+        RUNNING one held by ``holder`` that the cap stopped (back to PENDING, its attempt given back)."""
+        raise NotImplementedError
 
     @abstractmethod
     def delete(self, task_id: str) -> Task:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from scheduler.billing import RECOVERED, RELEASED, Claim, GpuPeriod, open_period, parse_periods
 from scheduler.queue.base import InvalidTransition, QueueError, TaskNotFound, TaskQueue
+from scheduler.queue.holds import op_hold_for_cap, op_limit_run
 from scheduler.stored import IMAGES_DIR as IMAGES_DIR  # re-exported: the queues lay out images/<id>/
 from scheduler.stored import UnreadableTask, unreadable
 from scheduler.task import ImageRef, Lease, MalformedTask, RunRecord, Task, TaskStatus
@@ -162,7 +163,7 @@ def op_claim(
         if period is None or period.hardware != bill_to:
             # The record of the GPU request is missing (its commit was lost) or names another flavor: bill from now.
             period = op_open_period(doc, bill_to, now)
-        period.claims.append(Claim(task_id, now))
+        period.claims.append(Claim(task_id, now, task.submitted_by))
     return task
 
 
@@ -307,17 +308,20 @@ def op_set_note(doc: QueueDoc, task_id: str, note: str | None, now: float) -> Ta
     return task
 
 
-def op_open_period(doc: QueueDoc, hardware: str, requested_at: float) -> GpuPeriod:
-    """Record that ``hardware`` was requested at ``requested_at``. Idempotent: an open period of the same flavor is
-    kept (its start moved back to ``requested_at`` if that is earlier); one of another flavor (a move to a bigger
-    GPU) is closed at ``requested_at`` first."""
-    period = open_period(doc.billing)
+def op_open_period(doc: QueueDoc, hardware: str, requested_at: float, for_task: str | None = None) -> GpuPeriod:
+    """Record that ``hardware`` was requested at ``requested_at`` (for task ``for_task``). Idempotent: an open period
+    of the same flavor is kept (its start moved back to ``requested_at`` if that is earlier); one of another flavor
+    (a move to a bigger GPU) is closed at ``requested_at`` first."""
+    period, task = open_period(doc.billing), doc.find(for_task) if for_task else None
+    by = task.submitted_by if task is not None else None
     if period is not None and period.hardware == hardware:
         period.requested_at = min(period.requested_at, requested_at)
+        if period.requested_for is None and for_task is not None:
+            period.requested_for, period.requested_by = for_task, by
         return period
     if period is not None:
         period.released_at, period.closed_by = max(requested_at, period.requested_at), RELEASED
-    period = GpuPeriod(hardware=hardware, requested_at=requested_at)
+    period = GpuPeriod(hardware=hardware, requested_at=requested_at, requested_for=for_task, requested_by=by)
     doc.billing.append(period)
     return period
 
@@ -408,9 +412,9 @@ class DocumentQueue(TaskQueue):
         doc = self._read()
         return sorted(doc.tasks, key=lambda t: t.created_at), doc.billing
 
-    def open_period(self, hardware: str, requested_at: float) -> GpuPeriod | None:
+    def open_period(self, hardware: str, requested_at: float, for_task: str | None = None) -> GpuPeriod | None:
         def edit(doc: QueueDoc) -> GpuPeriod:
-            return op_open_period(doc, hardware, requested_at)
+            return op_open_period(doc, hardware, requested_at, for_task)
 
         return self._transact(edit, f"GPU period on {hardware} opens")
 
@@ -469,6 +473,12 @@ class DocumentQueue(TaskQueue):
 
     def set_note(self, task_id: str, note: str | None) -> Task:
         return self._transact(lambda doc: op_set_note(doc, task_id, note, self._clock()), f"Note on task {task_id}")
+
+    def limit_run(self, task_id: str, stop_at: float | None) -> Task:
+        return self._transact(lambda doc: op_limit_run(doc, task_id, stop_at, self._clock()), f"Stop time of {task_id}")
+
+    def hold_for_cap(self, task_id: str, holder: str | None, note: str) -> Task:
+        return self._transact(lambda doc: op_hold_for_cap(doc, task_id, holder, note, self._clock()), f"Hold {task_id}")
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -7,6 +7,8 @@ Layout of the dataset repo::
     images/<task id>/NNN.ext   the training images of each task, committed together with the task; removed in the
                                commit that marks the task DONE unless ``keep_photos`` (they stay in the history
                                until ``squash_history``)
+    checkpoints/<task id>/     the trainer's resumable state (LoRA and optimizer), mirrored while it trains; removed
+                               with the photos
 
 Why one ``queue.json`` rather than one file per task: a CAS commit guards the whole branch anyway (any commit
 moves ``main``), so per-task files would not reduce conflicts, while one file gives (a) a consistent snapshot of
@@ -22,7 +24,8 @@ Every change: read ``queue.json`` at the head commit, edit it, ``create_commit(p
   so a repeated enqueue is recognised.
 
 Requests (measured against the emulator, see tests/scheduler/test_queue_reliability.py::test_hub_requests_per_operation): an unchanged read costs
-1 request (HEAD); a write costs 1 HEAD + 1 preupload + 1 commit when this process holds the latest state.
+1 request (HEAD); a write costs 1 HEAD + 1 preupload + 1 commit when this process holds the latest state (and
+complete one more: which checkpoints are there to remove).
 """
 
 from __future__ import annotations
@@ -285,25 +288,28 @@ class HubQueue(DocumentQueue):
         return self._transact(edit, f"Delete task {task_id} with its images and checkpoints", delete_folders=present)
 
     def complete(self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None) -> Task:
-        """DONE (with ``run``); unless ``keep_photos``, the same commit deletes ``images/<id>/`` and records
+        """DONE (with ``run``); unless ``keep_photos``, the same commit deletes ``images/<id>/`` and the checkpoints
+        trained on them (``checkpoints/<id>/``: LoRA and optimizer state, when the trainer mirrored any), and records
         ``images.removed``."""
         if self.keep_photos or not is_safe_task_id(task_id):
             return super().complete(task_id, holder, result_url, run)
         folder = images_folder(task_id)
+        checkpoints = self._present([f"{CHECKPOINTS_DIR}/{task_id}"])  # one request: the Hub refuses a missing folder
         edit = self._done_removing_photos(task_id, holder, result_url, run)
 
         def photos(doc: QueueDoc) -> list[str]:  # enqueue committed them with the task: there when it has any
             task = doc.find(task_id)
-            return [folder] if task is not None and task.images is not None and task.images.count > 0 else []
+            held = task is not None and task.images is not None and task.images.count > 0
+            return ([folder] if held else []) + checkpoints
 
-        message = f"Complete task {task_id} and remove its photos"
+        message = f"Complete task {task_id} and remove its photos" + (" and checkpoints" if checkpoints else "")
         try:
             return self._transact(edit, message, delete_folders=photos)
         except QueueUnavailable as exc:
             if http_status(exc.__cause__) != 404:
                 raise
-            # The folder was already gone (removed by hand): ask what is there (one request) and commit without it.
-            return self._transact(edit, message, delete_folders=self._present([folder]))
+            # A folder was already gone (removed by hand): ask what is there (one request) and commit without it.
+            return self._transact(edit, message, delete_folders=self._present([folder, *checkpoints]))
 
     def fetch_images(self, task: Task, dest: Path) -> Path:
         problem = hub_images_problem(task, self.repo_id)

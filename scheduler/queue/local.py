@@ -4,6 +4,7 @@ Layout (same ``queue.json`` as on the Hub)::
 
     <folder>/queue.json          the tasks (and their run records), pretty-printed JSON
     <folder>/images/<task id>/   the training images of each task (removed once it is DONE, unless ``keep_photos``)
+    <folder>/checkpoints/<id>/   a task's resumable training state, if any (removed with its images)
     <folder>/.queue.lock         cross-process lock (filelock)
 
 Every change holds the lock for its read-modify-write and replaces ``queue.json`` atomically (temp file, fsync,
@@ -135,13 +136,17 @@ class LocalQueue(DocumentQueue):
         return self._transact(edit, f"Delete task {task_id}")
 
     def complete(self, task_id: str, holder: str, result_url: str, run: RunRecord | None = None) -> Task:
-        """DONE (with ``run``); unless ``keep_photos``, ``images/<id>/`` is removed under the lock once the queue
-        file says so."""
+        """DONE (with ``run``); unless ``keep_photos``, ``images/<id>/`` and its checkpoints (``checkpoints/<id>/``)
+        are removed under the lock once the queue file says so."""
         if self.keep_photos:
             return super().complete(task_id, holder, result_url, run)
 
         edit = self._done_removing_photos(task_id, holder, result_url, run)
-        return self._transact(edit, f"Complete task {task_id}", after=lambda: self._remove_own(task_id, IMAGES_DIR))
+
+        def remove() -> None:
+            self._remove_own(task_id, IMAGES_DIR, CHECKPOINTS_DIR)
+
+        return self._transact(edit, f"Complete task {task_id}", after=remove)
 
     def fetch_images(self, task: Task, dest: Path) -> Path:
         problem = local_images_problem(task, self.folder)

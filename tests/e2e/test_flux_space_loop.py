@@ -106,7 +106,7 @@ def test_space_trains_flux1_and_flux2_klein_tasks_on_their_flavor_and_goes_back(
             first_message = message.inner_text()
             # Queued on the family's default flavor (an L4) with the trainer's plan for it: an 8-bit base from the
             # memory table's FLUX.1 rows, and no T4 warning.
-            assert "FLUX.1" in first_message and "INT8 base" in first_message, first_message
+            assert "FLUX.1" in first_message and "8-bit base (int8)" in first_message, first_message
             assert "NF4" not in first_message, first_message
 
             # FLUX.2 [klein]: the second offered base model, in the same GPU period.

@@ -31,6 +31,7 @@ from tests.e2e.harness import (
     run_app,
     shot,
     sign_in_owner,
+    upload_photos,
     wait_http,
 )
 from tests.tiny_flux import build_tiny_flux1
@@ -164,6 +165,50 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
     assert {t["output_repo"] for t in tasks} == {"dreambooth-sks-dog"}
 
 
+def test_the_same_photos_submitted_from_two_tabs_are_queued_twice(hub, tmp_path):
+    """Gradio stores an upload by its content, so two tabs (or two users) that upload the same photos share one copy:
+    the first submit must not remove it from under the second form, which still shows the photos. Once both are
+    queued, the copy is gone (the queue holds the photos)."""
+    from playwright.sync_api import expect
+
+    port = free_port()
+    uploads = tmp_path / "gradio-cache"
+    env = app_env(GRADIO_SERVER_PORT=str(port), POLL_INTERVAL_S="0.5", HF_ENDPOINT=hub.url, GRADIO_TEMP_DIR=str(uploads),
+                  DREAMBOOTH_DEMO_DIR=str(tmp_path / "demo-model"))  # fmt: skip
+    images = make_images(tmp_path / "photos", 3, size=128)
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    url = f"http://127.0.0.1:{port}/"
+
+    def copies() -> list[str]:
+        return sorted(p.name for p in uploads.rglob("*") if p.is_file() and p.name in {i.name for i in images})
+
+    with run_app(workdir, env, tmp_path / "app.log") as proc, browser() as b:
+        wait_http(url, 90, proc, tmp_path / "app.log")
+        tabs = [open_page(b, url) for _ in range(2)]  # two browser contexts: two sessions
+        for tab, prompt in zip(tabs, ("a photo of sks dog", "a photo of zwx dog"), strict=True):
+            expect(tab.get_by_label("Base model")).to_have_value(DEMO_LABEL, timeout=30_000)
+            upload_photos(tab, images)
+            tab.get_by_label("Instance prompt").fill(prompt)
+            tab.get_by_label("Instance prompt").blur()
+            set_steps(tab, 4)
+        assert copies() == sorted(i.name for i in images)  # one shared copy of each photo
+
+        first, second = tabs
+        first.get_by_role("button", name="Train").click()
+        expect(first.get_by_text(re.compile(r"Task \w+ queued with 3 photos"))).to_be_visible(timeout=30_000)
+        second.get_by_role("button", name="Train").click()
+        expect(second.get_by_text(re.compile(r"Task \w+ queued with 3 photos"))).to_be_visible(timeout=30_000)
+        expect(second.get_by_text("file not found", exact=False)).to_have_count(0)
+        expect(second.locator("#photo-preview")).to_be_hidden(timeout=30_000)  # the form let go of the photos
+        shot(second, "form-same-photos-second-tab")
+        assert copies() == []  # both queued: nobody shows them any more
+
+    tasks = queued(workdir)
+    assert sorted(t["instance_prompt"] for t in tasks) == ["a photo of sks dog", "a photo of zwx dog"]
+    assert all(t["images"]["count"] == 3 for t in tasks)
+
+
 def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path, tiny_sd):
     from huggingface_hub import HfApi
     from playwright.sync_api import expect
@@ -213,7 +258,7 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
             page.get_by_role("option", name=re.compile(r"^Nvidia T4 small")).click()
             expect(note).to_contain_text("NF4", timeout=10_000)  # smaller than the family's L4: its hardware note
             expect(note).to_contain_text("Its default GPU is Nvidia 1xL4")
-            expect(page.locator("#estimate")).to_contain_text("built-in figures are Stable Diffusion's")
+            expect(page.locator("#estimate")).to_contain_text("FLUX.1 ([dev] / [schnell]) family's reference figure")
             shot(page, "form-flux-defaults")
 
             # Back to SD: SD's rank; the user's steps and GPU pick stay; no note.

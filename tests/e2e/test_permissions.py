@@ -20,6 +20,7 @@ from contract.settings import load_settings
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.e2e.harness import DESKTOP, PHONE, browser, fill_form, free_port, shot
 from tests.tiny_models import make_images
+from ui.jobs_view import SIGN_IN_PROMPT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -61,6 +62,20 @@ def test_anonymous_and_non_allowed_users_cannot_enqueue(hub, tmp_path):
             shot(page, "perm-anonymous-phone")
 
             page.set_viewport_size(DESKTOP)
+            # No empty controls for a visitor who may not act: a sign-in prompt instead (issue 21, item 12).
+            page.get_by_role("tab", name="Queue").click()
+            prompt = page.get_by_text("Sign in with Hugging Face (top right) as an allowed user")
+            expect(prompt).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("No tasks to show.")).to_have_count(0)
+            for button in ("Cancel task", "Retry task", "Delete task and photos"):
+                expect(page.get_by_role("button", name=button)).to_be_hidden()
+            shot(page, "perm-anonymous-queue")
+            page.get_by_role("tab", name="Run").click()
+            expect(page.get_by_text(SIGN_IN_PROMPT)).to_be_visible()
+            expect(page.locator("#run-loss")).to_be_hidden()
+            expect(page.get_by_label("Trainer log (tail)")).to_be_hidden()
+            shot(page, "perm-anonymous-run")
+            page.get_by_role("tab", name="Train").click()
             page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
             expect(page.get_by_text("who is not on this Space's allowed users", exact=False)).to_be_visible(timeout=30_000)
             expect(page.get_by_role("button", name="Train")).to_be_disabled()
@@ -76,6 +91,9 @@ def test_anonymous_and_non_allowed_users_cannot_enqueue(hub, tmp_path):
             expect(page.get_by_text("set (hidden)")).to_be_visible()
             shot(page, "perm-owner-settings")
             assert ALICE_TOKEN not in page.content()
+            page.get_by_role("tab", name="Queue").click()  # the owner may act on tasks: the controls stay
+            expect(page.get_by_role("button", name="Cancel task")).to_be_visible()
+            expect(page.get_by_text("No tasks to show.")).to_be_visible()
     finally:
         app.close()
     assert app.worker.queue.list() == []

@@ -55,6 +55,28 @@ def wait_for_images(page, selector: str) -> None:
     )
 
 
+#: the texts of the chart in ``selector`` as drawn (Gradio's plot or this app's SVG): text, left, right, top
+CHART_TEXTS = """sel => { const svg = document.querySelector(`${sel} svg.loss-chart, ${sel} svg.marks`);
+  if (!svg) return null;
+  const box = svg.getBoundingClientRect();
+  return {width: box.width, texts: [...svg.querySelectorAll('text')].map(t => { const b = t.getBoundingClientRect();
+    return [t.textContent, b.left - box.left, b.right - box.left, b.top - box.top]; })}; }"""
+
+
+def chart_labels(page, selector: str) -> list[float]:
+    """The loss chart's y-axis labels, top to bottom, after checking that every text of the chart is drawn inside it
+    (issue 21, item 15: ".120" was shown for "1.120")."""
+    drawn = page.evaluate(CHART_TEXTS, selector)
+    assert drawn is not None, f"no chart in {selector}"
+    for text, left, right, _ in drawn["texts"]:
+        assert left >= -0.5 and right <= drawn["width"] + 0.5, (selector, text, left, right, drawn["width"])
+    numbers = [t for t in drawn["texts"] if re.fullmatch(r"-?\d+(\.\d+)?", t[0])]
+    right_edge = min(t[2] for t in numbers)  # the y labels end where the plot starts; the x labels further right
+    labels = [float(t[0]) for t in sorted((t for t in numbers if abs(t[2] - right_edge) < 2), key=lambda t: t[3])]
+    assert len(labels) >= 2 and labels == sorted(labels, reverse=True), labels  # a numeric axis, highest on top
+    return labels
+
+
 def test_each_task_gets_a_clean_run_view_and_results_survive_a_restart(tmp_path, tiny_sd):
     from playwright.sync_api import expect
 
@@ -92,19 +114,33 @@ def test_each_task_gets_a_clean_run_view_and_results_survive_a_restart(tmp_path,
         expect(page.get_by_text("4 / 4 steps (100%)")).to_be_visible()
         expect(page.get_by_text("Last error:")).to_have_count(0)
         expect(page.get_by_text("ETA:")).to_have_count(0)
+        chart_labels(page, "#run-loss")  # drawn while the curve grew, every label whole
         shot(page, "local-run-done-after-a-failed-task")
 
         # 3. A task cancelled while it trains says so, with no ETA left behind.
         slow = queue.enqueue(Task(instance_prompt="a photo of sks cat", submitted_by="local", base_model="unused",
                                   recipe="test-slow", params={"steps": 300}, hardware="cpu-basic"), images)  # fmt: skip
         expect(page.get_by_text("ETA:")).to_be_visible(timeout=60_000)
-        queue.cancel(slow.id)
+        # Cancelled from the Queue tab: its row says so at once (issue 21, item 6), not RUNNING under the message.
+        page.get_by_role("tab", name="Queue").click()
+        page.locator("#queue-pick input").click()
+        page.get_by_role("option", name=slow.id, exact=True).click()
+        page.get_by_role("button", name="Cancel task").click()
+        expect(page.get_by_text(f"Task {slow.id} is CANCELLED.")).to_be_visible(timeout=20_000)
+        expect(page.locator(f'#queue-table tr[data-task="{slow.id}"] td.q-status')).to_have_text("CANCELLED")
+        shot(page, "local-queue-cancelled")
+        page.get_by_role("tab", name="Run").click()
         expect(page.get_by_text(f"Task {slow.id} was cancelled; its trainer was stopped.")).to_be_visible(timeout=20_000)
         expect(page.get_by_text("Phase: cancelled")).to_be_visible()
         expect(page.get_by_text("ETA:")).to_have_count(0)
         expect(page.get_by_text("Last error:")).to_have_count(0)
         expect(page.get_by_text(f"Last finished: task {good.id} (DONE")).to_be_visible()
         shot(page, "local-run-cancelled")
+        # The Results tab opens on the task that finished last, not on the first one this page saw end (item 9).
+        page.get_by_role("tab", name="Results").click()
+        expect(page.locator("#results-summary").get_by_text(f"Task {good.id}: DONE")).to_be_visible(timeout=30_000)
+        chart_labels(page, "#results-loss")
+        shot(page, "local-results-follow-the-newest")
 
     # 4. A new app process on the same data dir: the Results tab still has everything.
     port = free_port()
@@ -158,3 +194,73 @@ def test_each_task_gets_a_clean_run_view_and_results_survive_a_restart(tmp_path,
         expect(phone.locator("#results-samples img")).to_have_count(2, timeout=30_000)
         wait_for_images(phone, "#results-samples")
         shot(phone, "local-results-phone")
+
+
+EVIL = "evil.example"
+#: a prompt (and class prompt, validation prompt, error) as an allowed user could write it: a tracking pixel, a
+#: phishing link, raw HTML with a script, a bare URL and Gradio's maths (issue 20, finding 7)
+HOSTILE = (f'![x](https://{EVIL}/p.png) [click](https://{EVIL}/login) <img src=x onerror="window.__xss = 1"> '
+           f"https://{EVIL}/bare www.{EVIL} **bold** $$\\href{{https://{EVIL}}}{{x}}$$")  # fmt: skip
+
+
+def test_a_hostile_prompt_is_text_in_the_results_and_run_tabs(tmp_path):
+    """The owner opens the Run and Results tabs of tasks whose prompt, settings, error and result link were written
+    by another user: Gradio's Markdown shows them as text, with no image or link to evil.example and no request
+    to it."""
+    from playwright.sync_api import expect
+
+    from scheduler.queue.local import LocalQueue
+
+    port = free_port()
+    workdir = tmp_path / "app"
+    queue = LocalQueue(workdir / "data" / "queue")
+    photos = make_images(tmp_path / "photos", 1, size=128)
+    params = {"validation_prompts": [HOSTILE], "steps": 10}
+    failed = queue.enqueue(Task(instance_prompt=HOSTILE, class_prompt=HOSTILE, submitted_by="bob", base_model="some/model",
+                                params=params, created_at=1_700_000_000.0), photos)  # fmt: skip
+    queue.claim(failed.id, "w", 60)
+    queue.fail(failed.id, "w", HOSTILE)
+    done = queue.enqueue(Task(instance_prompt=HOSTILE, submitted_by="bob", base_model="some/model", output_repo="bob/m",
+                              created_at=1_700_000_100.0), photos)  # fmt: skip
+    queue.claim(done.id, "w", 60)
+    queue.complete(done.id, "w", f"https://{EVIL}/bob/m")  # not a Hub page: never a link
+    url = f"http://127.0.0.1:{port}/"
+    with run_app(workdir, app_env(GRADIO_SERVER_PORT=str(port)), tmp_path / "app.log") as proc, browser() as b:
+        wait_http(url, 90, proc, tmp_path / "app.log")
+        context = b.new_context(viewport=DESKTOP)
+        asked: list[str] = []
+
+        def pixel(route) -> None:
+            asked.append(route.request.url)
+            route.fulfill(status=204)
+
+        context.route(re.compile(rf"^https?://([^/]*\.)?{re.escape(EVIL)}(/|$)"), pixel)
+        page = context.new_page()
+        page.goto(url)
+
+        def nothing_hostile() -> None:
+            assert page.locator(f'img[src*="{EVIL}"], a[href*="{EVIL}"], .katex, .katex-error').count() == 0
+            assert page.evaluate("window.__xss") is None and asked == [], asked
+
+        page.get_by_role("tab", name="Run").click()
+        expect(page.get_by_text(f"Last finished: task {done.id} (DONE")).to_be_visible(timeout=30_000)
+        nothing_hostile()
+        expect(page.locator("#run-phase").get_by_text(HOSTILE[:60], exact=False)).to_be_visible()  # text, as typed
+
+        page.get_by_role("button", name="See the last finished task's results").click()
+        summary = page.locator("#results-summary")
+        expect(summary.get_by_text(f"Task {done.id}: DONE")).to_be_visible(timeout=30_000)
+        expect(summary.get_by_text(f"https://{EVIL}/bob/m")).to_be_visible()  # said, not linked
+        nothing_hostile()
+
+        page.get_by_label("Finished task").click()
+        page.get_by_role("option", name=re.compile(failed.id)).click()
+        expect(summary.get_by_text(f"Task {failed.id}: FAILED")).to_be_visible(timeout=30_000)
+        expect(summary.get_by_text(HOSTILE).first).to_be_visible()  # the prompt and the error, whole
+        settings = page.locator("#results-settings")
+        expect(settings.get_by_role("cell", name=HOSTILE, exact=True)).to_have_count(1)  # the class prompt
+        expect(settings.get_by_role("cell", name="validation_prompts", exact=True)).to_be_visible()
+        assert page.locator("#results-summary img, #results-settings img").count() == 0
+        nothing_hostile()
+        shot(page, "results-hostile-prompt")
+        context.close()

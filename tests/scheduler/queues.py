@@ -42,11 +42,14 @@ def stored_files(queue: TaskQueue) -> list[str]:
     return sorted(queue.api.list_repo_files(queue.repo_id, repo_type="dataset"))
 
 
-def store_checkpoint(queue: TaskQueue, task_id: str, data: bytes = b"weights") -> str:
-    """Put a checkpoint file where the worker mirrors a task's checkpoints (as the trainer does); returns its path."""
+def store_checkpoint(
+    queue: TaskQueue, task_id: str, data: bytes = b"weights", name: str = "trainable.safetensors"
+) -> str:
+    """Put a checkpoint file (``name``: the LoRA's ``trainable.safetensors``, the ``optimizer.safetensors`` state...)
+    where the worker mirrors a task's checkpoints (as the trainer does); returns its path."""
     from scheduler.queue.document import CHECKPOINTS_DIR
 
-    path = f"{CHECKPOINTS_DIR}/{task_id}/step-00000002/trainable.safetensors"
+    path = f"{CHECKPOINTS_DIR}/{task_id}/step-00000002/{name}"
     if isinstance(queue, LocalQueue):
         target = queue.folder / path
         target.parent.mkdir(parents=True, exist_ok=True)

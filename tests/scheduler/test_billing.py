@@ -97,7 +97,7 @@ def test_old_queue_files_load_and_new_ones_keep_periods_and_run_records():
     text = doc.to_json()
     data = json.loads(text)
     assert data["format"] == 1  # unchanged: the new keys are optional
-    assert data["billing"][0]["claims"] == [{"task_id": "a", "at": 1010.0}]
+    assert data["billing"][0]["claims"] == [{"task_id": "a", "at": 1010.0, "user": "alice"}]  # the submitter too
     assert data["tasks"][0]["run"]["steps_per_s"] == 2.0 and data["tasks"][0]["run"]["family"] == "sd15"
     again = QueueDoc.from_json(text)
     assert again.billing == doc.billing and again.require("a").run == doc.require("a").run

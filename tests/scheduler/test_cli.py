@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -19,8 +21,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(monkeypatch):
+def fast_retries(monkeypatch, request):
     monkeypatch.setenv("RETRY_BASE_S", "0.01")
+    # Local mode without a Hub account, unless the test starts the emulator (the test env's HF_TOKEN is its own).
+    if "hub" not in request.fixturenames:
+        monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
 def submit_args(images_dir, *extra):
@@ -38,7 +43,7 @@ def test_local_round_trip(tmp_path, capsys):
     assert "task0001" in table and "PENDING" in table and "0/2" in table
     assert main(["--local", qdir, "show", "task0001"]) == EXIT_OK
     shown = json.loads(capsys.readouterr().out)
-    assert shown["params"] == {"steps": 50} and shown["images"]["count"] == 3
+    assert shown["params"]["steps"] == 50 and shown["images"]["count"] == 3
     assert main(["--local", qdir, "cancel", "task0001"]) == EXIT_OK
     assert "Task task0001 is CANCELLED." in capsys.readouterr().out
     assert main(["--local", qdir, "retry", "task0001"]) == EXIT_OK
@@ -75,7 +80,7 @@ def test_invalid_submission_enqueues_nothing(tmp_path, capsys):
     assert code == EXIT_USAGE
     err = capsys.readouterr().err
     assert "The task was not enqueued" in err
-    for fragment in ("Instance prompt: must not be empty", "Steps: -3 is out of range", "unknown flavor 'h100-mega'", "Image notes.txt: not a readable image"):
+    for fragment in ("Instance prompt: must not be empty", "Steps: -3 is out of range", "unknown flavor 'h100-mega'", "Caption notes.txt: no photo named notes.*"):
         assert fragment in err
     assert LocalQueue(qdir).list() == []
     assert main(["--local", str(qdir), "submit", "--images", str(tmp_path / "missing"), "--prompt", "p"]) == EXIT_USAGE
@@ -217,3 +222,200 @@ def test_local_mode_says_this_machine_and_who_trains(tmp_path, monkeypatch, caps
     assert json.loads(capsys.readouterr().out)["hardware"] == "this machine"
     assert main(["list", "--json", "--local", str(other)]) == EXIT_OK
     assert [t["hardware"] for t in json.loads(capsys.readouterr().out)] == ["this machine"]
+
+
+def test_list_prints_no_escape_sequence_from_the_queue(tmp_path):
+    """A task written into the queue without validation (as anyone with write access to it could) holds escape
+    sequences: ``list`` shows them as text, and no ESC, BEL or bidi override reaches the terminal (issue 20, 8)."""
+    qdir = tmp_path / "q"
+    hostile = "\x1b]0;pwned\x07\x1b[2Ja photo"  # retitles the terminal, then clears it
+    task = make_task(instance_prompt=hostile, submitted_by="bob\u202e")
+    LocalQueue(qdir).enqueue(task, make_images(tmp_path / "a", 1))
+
+    def run(*command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "scheduler", "--local", str(qdir), *command], capture_output=True,
+                              timeout=60)  # fmt: skip
+
+    table, as_json = run("list"), run("list", "--json")
+    for shown in (table, as_json):
+        assert shown.returncode == 0, shown.stderr
+        assert b"\x1b" not in shown.stdout and b"\x07" not in shown.stdout, shown.stdout
+        assert "\u202e".encode() not in shown.stdout
+    assert "\\x1b]0;pwned\\x07\\x1b[2Ja photo" in table.stdout.decode() and "bob\\u202e" in table.stdout.decode()
+    assert json.loads(as_json.stdout)[0]["instance_prompt"] == hostile  # the JSON keeps the value, escaped
+
+
+def test_submit_refuses_a_prompt_with_control_characters(tmp_path, capsys):
+    images = tmp_path / "photos"
+    make_images(images, 3)
+    args = ["--local", str(tmp_path / "q"), "submit", "--images", str(images), "--prompt", "\x1b]0;pwned\x07a photo",
+            "--output-repo", "alice/sks-dog"]  # fmt: skip
+    assert main(args) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "Instance prompt: holds the control character U+001B at character 1" in err and "\x1b" not in err
+    assert LocalQueue(tmp_path / "q").list() == []
+
+
+# ---------------------------------------------------------------- issue 21, item 8: the CLI submits as the form does
+FORM_PROMPT, FORM_CLASS = "a photo of sks dog", "a photo of a dog"
+
+
+def photos_with_captions(folder):
+    """Three photos, two with a ``.txt`` caption (the form's upload of them, as a folder)."""
+    make_images(folder, 3)
+    (folder / "img0.txt").write_text("sks dog on a red sofa")
+    (folder / "img2.txt").write_text("sks dog in the snow")
+    return sorted(folder.iterdir())
+
+
+def form_submit(tmp_path, files, env=None, **changes):
+    """The form's Train button in local mode, in-process (as tests/test_form.py drives it), with the settings ``env``
+    gives: its answer and its queue."""
+    from contract.settings import load_settings
+    from scheduler.hardware.local import LocalHardware
+    from scheduler.queue import make_queue
+    from scheduler.worker import Worker
+    from training.demo import DEMO_MODEL, DEMO_RESOLUTION
+    from ui.auth import access_for
+    from ui.context import AppContext
+    from ui.output_names import default_output_repo
+    from ui.submission import submit
+
+    settings = load_settings({"DATA_DIR": str(tmp_path / "form-data"), **(env or {})})
+    queue = make_queue(settings)
+    worker = Worker(settings, queue, LocalHardware(gpu_probe=lambda: False))  # not started: submit only enqueues
+    ctx = AppContext(settings=settings, queue=queue, worker=worker)
+    user = access_for(settings, None).user  # local mode: no sign-in
+    values = {"instance_prompt": FORM_PROMPT, "class_prompt": FORM_CLASS, "base_model": DEMO_MODEL,
+              "recipe": "dreambooth-lora", "steps": 4, "hardware": "t4-small", "learning_rate": 1e-4, "rank": 4,
+              "resolution": DEMO_RESOLUTION, "private": True, **changes}  # fmt: skip
+    # what the form fills in once the prompts are typed (``ui.form``'s on_prompt)
+    values["output_repo"] = default_output_repo(user, values["instance_prompt"], True, None, class_prompt=FORM_CLASS)
+    outcome = submit(ctx, user, [str(p) for p in files], values)
+    return outcome, queue
+
+
+def cli_submit(qdir, images, *extra):
+    return main(["--local", str(qdir), "submit", "--images", str(images), "--prompt", FORM_PROMPT,
+                 "--class-prompt", FORM_CLASS, "--base-model", "builtin:demo", "--steps", "4", "--learning-rate",
+                 "1e-4", "--rank", "4", "--resolution", "64", "--hardware", "t4-small", *extra])  # fmt: skip
+
+
+def stored_names(queue, task, dest):
+    """The names of the files the queue stores for ``task`` (its photos and their captions)."""
+    return sorted(p.name for p in queue.fetch_images(task, dest).iterdir())
+
+
+def test_submit_takes_captions_names_the_repo_and_the_submitter_as_the_form_does(tmp_path, capsys):
+    """The same photos and captions, prompts and numbers, through the CLI and through the form (local mode): the
+    same task, stored with the same files (issue 21, 8: the CLI refused the .txt captions, named the repo
+    ``<login>/dreambooth-<task id>`` and the submitter by the login name)."""
+    from ui.auth import LOCAL_USER
+
+    folder = tmp_path / "photos"
+    files = photos_with_captions(folder)
+    qdir = tmp_path / "q"
+    assert cli_submit(qdir, folder, "--id", "cli01") == EXIT_OK, capsys.readouterr().err
+    by_cli = LocalQueue(qdir).get("cli01")
+    outcome, form_queue = form_submit(tmp_path, [shutil.copy(p, tmp_path / p.name) for p in files])
+    assert outcome.queued, outcome.message
+    by_form = outcome.task
+
+    assert by_cli.submitted_by == by_form.submitted_by == LOCAL_USER
+    assert by_cli.output_repo == by_form.output_repo == "dreambooth-sks-dog"
+    assert by_cli.params == by_form.params and by_cli.params["prior_preservation"] is True
+    for field in ("instance_prompt", "class_prompt", "recipe", "base_model", "hardware", "private"):
+        assert getattr(by_cli, field) == getattr(by_form, field), field
+    assert by_cli.images.count == by_form.images.count == 3
+    cli_files = stored_names(LocalQueue(qdir), by_cli, tmp_path / "got-cli")
+    assert cli_files == stored_names(form_queue, by_form, tmp_path / "got-form")
+    assert len([n for n in cli_files if n.endswith(".txt")]) == 2
+
+
+def test_submit_refuses_a_stray_caption_as_the_form_does(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    files = photos_with_captions(folder)
+    (folder / "cat.txt").write_text("a caption without its photo")
+    qdir = tmp_path / "q"
+    assert cli_submit(qdir, folder) == EXIT_USAGE
+    err = capsys.readouterr().err
+    outcome, _ = form_submit(tmp_path, [shutil.copy(p, tmp_path / p.name) for p in [*files, folder / "cat.txt"]])
+    assert not outcome.queued
+    expected = "Caption cat.txt: no photo named cat.* in this upload"
+    assert expected in err and expected in outcome.message
+    assert "Image" not in err  # the captions are not read as images
+    assert LocalQueue(qdir).list() == []
+
+
+def test_submit_help_names_the_real_defaults(tmp_path):
+    """``submit --help`` prints the default base model and hardware themselves, from the settings (issue 21, 8)."""
+    from contract.settings import DEFAULT_BASE_MODEL
+
+    def shown(**env: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "scheduler", "submit", "--help"], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, **env})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())  # argparse wraps the help text
+
+    text = shown()
+    assert "DEFAULT_BASE_MODEL" in text and f"default: {DEFAULT_BASE_MODEL}" in text
+    assert "default: t4-small" in text and "default: DEFAULT_BASE_MODEL" not in text
+    configured = shown(BASE_MODELS="me/a,me/model-b", DEFAULT_BASE_MODEL="me/model-b", TRAIN_HARDWARE="a10g-small")
+    assert "default: me/model-b" in configured and "default: a10g-small" in configured
+    broken = shown(MAX_ATTEMPTS="many")  # a bad setting does not hide the help
+    assert f"default: {DEFAULT_BASE_MODEL}" in broken
+
+
+def test_hub_submit_names_the_tokens_user_and_the_forms_repo(hub, tmp_path, capsys):
+    """On a Hub queue the CLI submits as the token's user (the owner, whom the form's sign-in names) and names the
+    output repo as the form does, taking the next free name as the form does when the repo is not this app's for
+    this subject (issue 21, 8: ``<login>`` and ``dreambooth-<task id>`` before)."""
+    from huggingface_hub import HfApi
+
+    from ui.output_names import default_output_repo
+
+    images = tmp_path / "photos"
+    make_images(images, 3)
+    repo = f"alice/cli-queue-{uuid.uuid4().hex[:6]}"
+    token = f"zq{uuid.uuid4().hex[:4]}"  # a subject of its own: the emulator is shared by the session's tests
+    prompt = f"a photo of {token} dog"
+    submit = ["--queue", repo, "submit", "--images", str(images)]
+    assert main([*submit, "--prompt", prompt, "--id", "hubname01"]) == EXIT_OK
+    capsys.readouterr()
+    task = hub_task(repo, "hubname01")
+    assert task.submitted_by == "alice"
+    assert task.output_repo == default_output_repo("alice", prompt) == f"alice/dreambooth-{token}-dog"
+
+    cat_prompt = f"a photo of {token} cat"
+    taken = default_output_repo("alice", cat_prompt)
+    HfApi(token=ALICE_TOKEN).create_repo(taken)  # alice's, but not made by this app for this subject
+    assert main([*submit, "--prompt", cat_prompt, "--id", "hubname02"]) == EXIT_OK
+    assert f"{taken} already exists" in capsys.readouterr().out
+    assert hub_task(repo, "hubname02").output_repo == f"{taken}-2"
+
+
+def hub_task(repo, task_id):
+    """Task ``task_id`` as the Hub queue ``repo`` holds it."""
+    from huggingface_hub import HfApi
+
+    from scheduler.queue import HubQueue
+
+    return HubQueue(HfApi(token=ALICE_TOKEN), repo).get(task_id)
+
+
+def test_local_submit_with_a_token_checks_the_output_repo_as_the_form_does(hub, tmp_path, capsys):
+    """Locally with HF_TOKEN the model is uploaded to the token's account: the CLI, like the form, takes the next
+    free name when that account's repo of the same name is not this app's model of the subject."""
+    from huggingface_hub import HfApi
+
+    token = f"zq{uuid.uuid4().hex[:4]}"  # a subject of its own: the emulator is shared by the session's tests
+    prompt = f"a photo of {token} dog"
+    HfApi(token=ALICE_TOKEN).create_repo(f"alice/dreambooth-{token}-dog")  # not made by this app
+    folder = tmp_path / "photos"
+    files = photos_with_captions(folder)
+    assert cli_submit(tmp_path / "q", folder, "--prompt", prompt, "--id", "tok01") == EXIT_OK, capsys.readouterr().err
+    assert f"dreambooth-{token}-dog already exists" in capsys.readouterr().out
+    env = {"HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url}
+    outcome, _ = form_submit(tmp_path, [shutil.copy(p, tmp_path / p.name) for p in files], env, instance_prompt=prompt)
+    assert outcome.queued, outcome.message
+    assert LocalQueue(tmp_path / "q").get("tok01").output_repo == outcome.task.output_repo == f"dreambooth-{token}-dog-2"

@@ -8,6 +8,7 @@ import pytest
 
 from scheduler.backends import DECIDERS
 from scheduler.backends.jobs import (
+    CAP_CANCEL_AFTER_S,
     JOB_EXIT_GRACE_S,
     REFUSAL_BACKOFF_S,
     JobActionKind,
@@ -15,7 +16,9 @@ from scheduler.backends.jobs import (
     JobView,
     decide_jobs,
 )
+from scheduler.billing import Claim, GpuPeriod
 from scheduler.lifecycle import decide
+from scheduler.spending import CAP_NOTE_PREFIX, END_MARGIN_S, EXIT_MARGIN_S, Budget, Caps
 from scheduler.task import Lease, Task, TaskStatus
 
 NOW = 1_000_000.0
@@ -29,13 +32,13 @@ def task(tid: str, status: TaskStatus = TaskStatus.PENDING, created: float = 100
     return Task(**fields)
 
 
-def running(tid: str, holder: str, expires_in: float = 100, attempts: int = 1, **changes) -> Task:
+def running(tid: str, holder: str, expires_in: float = 100, attempts: int = 1, started: float = 50, **changes) -> Task:
     return task(
         tid,
         TaskStatus.RUNNING,
         attempts=attempts,
         lease=Lease(holder, NOW + expires_in),
-        started_at=NOW - 50,
+        started_at=NOW - started,
         **changes,
     )
 
@@ -56,6 +59,15 @@ def snap(tasks=(), jobs=(), **changes) -> JobsSnapshot:
     return JobsSnapshot(**base)
 
 
+def budget(month: float | None = None, user_h: float | None = None, periods=()) -> Budget:
+    """The spending caps (MAX_SPEND_USD_PER_MONTH, MAX_GPU_HOURS_PER_USER_DAY; alice owns the Space) and the periods."""
+    return Budget(Caps(month_usd=month, user_s=None if user_h is None else user_h * 3600, owner="alice"), tuple(periods))
+
+
+HELD = CAP_NOTE_PREFIX + "its worst case would pass this month's spending cap"
+BOB_HOUR = (GpuPeriod("t4-small", NOW - 4000, NOW - 400, [Claim("x", NOW - 4000, "bob")], closed_by="job old"),)
+
+
 def kinds(actions) -> list[tuple[JobActionKind, str | None]]:
     return [(a.kind, a.task_id) for a in actions]
 
@@ -64,6 +76,28 @@ CRASH_LOG = ("loading the model", "Traceback (most recent call last):", "Runtime
 
 # (id, snapshot, expected [(kind, task id)])
 ROWS = [
+    # spending caps (a Job of a 3 h deadline on a T4 may bill its 3 h 10 min timeout: up to $1.27)
+    ("cap-month-dispatch-hold", snap([task("a")], budget=budget(month=1.0)), [(K.HOLD, "a")]),
+    ("cap-month-fits-dispatch", snap([task("a")], budget=budget(month=2.0)), [(K.DISPATCH, "a")]),
+    ("cap-held-still-over-wait", snap([task("a", note=HELD)], budget=budget(month=1.0)), [(K.WAIT, None)]),
+    ("cap-held-fits-dispatch-again", snap([task("a", note=HELD)], budget=budget(month=2.0)), [(K.DISPATCH, "a")]),
+    ("cap-room-for-one-of-two", snap([task("a", created=90), task("b", created=60)], budget=budget(month=2.0)),
+     [(K.DISPATCH, "a"), (K.HOLD, "b")]),
+    ("cap-running-job-counts", snap([running("a", "h-j1"), task("b")], [job("j1", "a")], budget=budget(month=2.0)),
+     [(K.HOLD, "b")]),
+    ("user-cap-running-job-stops-early", snap([running("a", "h-j1", submitted_by="bob")], [job("j1", "a")],
+                                              budget=budget(user_h=2, periods=BOB_HOUR)), [(K.LIMIT, "a")]),
+    ("user-cap-stop-already-set-wait", snap([running("a", "h-j1", submitted_by="bob", stop_at=NOW + 3600 - 50 - END_MARGIN_S)],
+                                            [job("j1", "a")], budget=budget(user_h=2, periods=BOB_HOUR)), [(K.WAIT, None)]),
+    ("cap-stop-passed-job-ended-hold", snap([running("a", "h-j1", stop_at=NOW - 30)], [job("j1", "a", "ERROR", finished_at=NOW - 5)]),
+     [(K.HOLD, "a")]),
+    ("cap-stop-long-passed-job-alive-cancel", snap([running("a", "h-j1", started=900, stop_at=NOW - CAP_CANCEL_AFTER_S - 1)],
+                                                   [job("j1", "a", created=950)]), [(K.CANCEL_JOB, "a")]),
+    # finding 3: a cancelled task's Job, ended but not recorded yet, counts against its submitter at once
+    ("user-cap-cancelled-unrecorded-job-counts", snap([task("x", TaskStatus.CANCELLED, submitted_by="bob"), task("b", submitted_by="bob")],
+                                                      [job("j1", "x", "CANCELED", created=7000, finished_at=NOW - 10)],
+                                                      recorded_jobs=frozenset(), budget=budget(user_h=2)),
+     [(K.RECORD_COST, "x"), (K.HOLD, "b")]),
     # DESIGN §4.1 rows
     ("runnable-free-slot-dispatch", snap([task("a")]), [(K.DISPATCH, "a")]),
     (
@@ -270,3 +304,38 @@ def test_jobs_that_never_claim_their_task_fail_it_with_the_last_jobs_log():
     [action] = decide_jobs(snap([task("a")], ended))
     assert action.kind is K.FAIL and "2 Jobs ended before they could claim the task" in action.reason
     assert "exit code: 1" in action.reason and "No module named scheduler" in action.reason
+
+
+def test_a_user_with_less_room_than_the_deadline_starts_with_an_earlier_stop_and_a_shorter_timeout():
+    [action] = decide_jobs(snap([task("b", submitted_by="bob")], budget=budget(user_h=2, periods=BOB_HOUR)))
+    assert action.kind is K.DISPATCH
+    assert action.timeout_s == 3600 - 60  # one hour left: the Job's timeout leaves the last billed minute
+    assert action.stop_at == pytest.approx(NOW + 3600 - END_MARGIN_S)
+    [full] = decide_jobs(snap([task("a")], budget=budget(user_h=2, periods=BOB_HOUR)))  # the owner: no stop
+    assert full.kind is K.DISPATCH and full.stop_at is None and full.timeout_s is None
+
+
+def test_a_running_task_stops_early_where_its_submitters_cap_ends():
+    [limit] = decide_jobs(snap([running("a", "h-j1", submitted_by="bob")], [job("j1", "a")],
+                               budget=budget(user_h=2, periods=BOB_HOUR), recorded_jobs=frozenset()))  # fmt: skip
+    # bob had an hour left when the Job started 60 s ago: its bill may end an hour after its creation; the trainer
+    # stops EXIT_MARGIN_S before that (the checkpoint, the hold, the Job's exit)
+    assert limit.kind is K.LIMIT and limit.stop_at == pytest.approx(NOW - 60 + 3600 - EXIT_MARGIN_S)
+    assert "spending cap" in limit.reason
+
+
+def test_a_cap_stop_is_a_hold_not_a_failed_attempt():
+    [hold] = decide_jobs(snap([running("a", "h-j1", attempts=2, stop_at=NOW - 30)],
+                              [job("j1", "a", "ERROR", finished_at=NOW - 5)]))  # fmt: skip
+    assert hold.kind is K.HOLD and hold.holder == "h-j1" and hold.reason.startswith(CAP_NOTE_PREFIX)
+
+
+def test_two_tasks_of_a_user_cannot_run_past_their_daily_cap_together():
+    """Finding 4: two 3 h tasks of bob both started against a 2 h cap (5.7 GPU h ran). Now the first starts with a
+    stop where bob's 2 h end, and the second is held: the first one's remaining run is counted."""
+    actions = decide_jobs(snap([task("a", submitted_by="bob", created=90), task("b", submitted_by="bob", created=60)],
+                               budget=budget(user_h=2)))  # fmt: skip
+    assert kinds(actions) == [(K.DISPATCH, "a"), (K.HOLD, "b")]
+    first = actions[0]
+    assert first.timeout_s == 2 * 3600 - 60 and first.stop_at == pytest.approx(NOW + 2 * 3600 - 60 - EXIT_MARGIN_S)
+    assert "MAX_GPU_HOURS_PER_USER_DAY" in actions[1].reason and actions[1].reason.startswith(CAP_NOTE_PREFIX)

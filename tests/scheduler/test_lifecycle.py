@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
+from scheduler.billing import Claim, GpuPeriod
 from scheduler.lifecycle import ActionKind, Snapshot, can_train_on, decide
+from scheduler.spending import CAP_NOTE_PREFIX, Budget, Caps
 from scheduler.task import Lease, Task, TaskStatus
 
 NOW = 1_000_000.0
@@ -33,8 +35,29 @@ def snap(tasks=(), **changes) -> Snapshot:
     return Snapshot(**base)
 
 
+def budget(month: float | None = None, user_h: float | None = None, periods=()) -> Budget:
+    """The spending caps (MAX_SPEND_USD_PER_MONTH, MAX_GPU_HOURS_PER_USER_DAY; alice owns the Space) and the periods."""
+    return Budget(Caps(month_usd=month, user_s=None if user_h is None else user_h * 3600, owner="alice"), tuple(periods))
+
+
+HELD = CAP_NOTE_PREFIX + "its worst case would pass this month's spending cap"
+# A T4 requested for task "a" five minutes ago ($0.03 so far); bob's tasks billed 1.95 h of T4 today (room: 180 s).
+REQUESTED_FOR_A = (GpuPeriod("t4-small", NOW - 300, None, requested_for="a", requested_by="alice"),)
+BOB_BILLED = (GpuPeriod("t4-small", NOW - 7100, NOW - 100, [Claim("x", NOW - 7100, "bob")]),)
+
 # (id, snapshot, expected kind, expected task id, expected hardware or None)
 ROWS = [
+    # spending caps (a 3 h deadline on a T4 costs up to $1.22 with the end margin)
+    ("cap-month-idle-hold", snap([task("a")], budget=budget(month=1.0)), ActionKind.HOLD_TASK, "a", None),
+    ("cap-month-idle-fits-request", snap([task("a")], budget=budget(month=2.0)), ActionKind.REQUEST_HARDWARE, "a", "t4-small"),
+    ("cap-held-fits-again-request", snap([task("a", note=HELD)], budget=budget(month=2.0)), ActionKind.REQUEST_HARDWARE, "a", "t4-small"),
+    ("cap-held-still-over-wait", snap([task("a", note=HELD)], budget=budget(month=1.0)), ActionKind.WAIT, "a", None),
+    ("cap-gpu-requested-for-it-claims-shortened", snap([task("a")], **T4, budget=budget(month=0.5, periods=REQUESTED_FOR_A)), ActionKind.CLAIM_AND_TRAIN, "a", "t4-small"),
+    ("cap-gpu-another-task-hold", snap([task("b")], **T4, budget=budget(month=0.5, periods=REQUESTED_FOR_A)), ActionKind.HOLD_TASK, "b", None),
+    ("cap-gpu-only-held-release", snap([task("b", note=HELD)], **T4, budget=budget(month=0.5, periods=REQUESTED_FOR_A)), ActionKind.RELEASE_HARDWARE, None, "cpu-basic"),
+    ("user-cap-spent-hold", snap([task("b", submitted_by="bob")], budget=budget(user_h=2, periods=BOB_BILLED)), ActionKind.HOLD_TASK, "b", None),
+    ("user-cap-owner-unbound-request", snap([task("a")], budget=budget(user_h=0, periods=BOB_BILLED)), ActionKind.REQUEST_HARDWARE, "a", "t4-small"),
+    ("user-cap-other-user-request", snap([task("c", submitted_by="carol")], budget=budget(user_h=2, periods=BOB_BILLED)), ActionKind.REQUEST_HARDWARE, "c", "t4-small"),
     # DESIGN §4 rows
     ("idle-empty-wait", snap(), ActionKind.WAIT, None, None),
     ("idle-only-finished-wait", snap([task("a", TaskStatus.DONE), task("b", TaskStatus.FAILED)]), ActionKind.WAIT, None, None),
@@ -104,3 +127,12 @@ def test_decide_is_pure():
 )
 def test_can_train_on(target, current, expected):
     assert can_train_on(task("x", hardware=target), current) is expected
+
+
+def test_a_cap_hold_says_why_and_what_to_do():
+    action = decide(snap([task("a")], budget=budget(month=1.0)))
+    assert action.reason.startswith(CAP_NOTE_PREFIX) and "MAX_SPEND_USD_PER_MONTH" in action.reason
+    assert "$1.22" in action.reason and "starts by itself" in action.reason
+    user = decide(snap([task("b", submitted_by="bob")], budget=budget(user_h=2, periods=BOB_BILLED)))
+    assert "MAX_GPU_HOURS_PER_USER_DAY" in user.reason and "1.95 h ($0.78)" in user.reason  # 7,000 s billed as 117 started minutes
+    assert "2 h a day" in user.reason and "about $0.80 on Nvidia T4 small" in user.reason

@@ -1,5 +1,6 @@
-"""Privacy by default: a DONE task's photos leave the queue in the change that marks it DONE (unless KEEP_PHOTOS),
-and ``squash_history`` drops the Hub history that still holds them."""
+"""Privacy by default: a DONE task's photos, and the checkpoints trained on them (LoRA and optimizer state), leave the
+queue in the change that marks it DONE (unless KEEP_PHOTOS), and ``squash_history`` drops the Hub history that still
+holds them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from scheduler.task import TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN
 from tests.scheduler.helpers import make_images, make_task
-from tests.scheduler.queues import make_hub_queue, stored_files
+from tests.scheduler.queues import make_hub_queue, store_checkpoint, stored_files
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,6 +66,32 @@ def test_keep_photos_keeps_them(backend, tmp_path):
         "001.png",
         "002.png",
     ]
+
+
+def run_to_done_with_checkpoints(queue, tmp_path):
+    """A task completed after its trainer mirrored a checkpoint (the LoRA and the optimizer state) to the queue."""
+    task = queue.enqueue(make_task(), make_images(tmp_path / "photos", 3))
+    queue.claim(task.id, "w", 60)
+    stored = [store_checkpoint(queue, task.id, name=n) for n in ("trainable.safetensors", "optimizer.safetensors")]
+    assert set(stored) <= set(stored_files(queue))
+    return queue.complete(task.id, "w", "https://hub/alice/sks-dog"), stored
+
+
+def test_done_removes_the_checkpoints_with_the_photos(backend, tmp_path):
+    queue = backend()
+    other = queue.enqueue(make_task(), make_images(tmp_path / "other", 1))
+    queue.claim(other.id, "w", 60)
+    others = store_checkpoint(queue, other.id)  # a task still training keeps its own
+    done, _ = run_to_done_with_checkpoints(queue, tmp_path)
+    files = stored_files(queue)
+    assert not [f for f in files if f.startswith((f"checkpoints/{done.id}", f"images/{done.id}"))], files
+    assert others in files
+
+
+def test_keep_photos_keeps_the_checkpoints(backend, tmp_path):
+    queue = backend(keep_photos=True)
+    _, stored = run_to_done_with_checkpoints(queue, tmp_path)
+    assert set(stored) <= set(stored_files(queue))
 
 
 def test_other_tasks_keep_their_photos(backend, tmp_path):

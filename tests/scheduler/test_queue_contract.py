@@ -196,6 +196,7 @@ def test_delete_removes_a_finished_task_with_its_images_and_checkpoints(queue, t
     kept = queue.enqueue(make_task(), images)
     queue.claim(done.id, "w1", 60)
     checkpoint = store_checkpoint(queue, done.id)
+    queue.keep_photos = True  # KEEP_PHOTOS: the photos and checkpoints stay once it is DONE, until it is deleted
     queue.complete(done.id, "w1", "https://hub/alice/model")
     assert checkpoint in stored_files(queue)
 

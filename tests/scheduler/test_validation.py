@@ -77,6 +77,20 @@ def test_bad_image_files(tmp_path):
     assert "Image missing.jpg: file not found" in problems[3]
 
 
+def test_a_truncated_jpeg_is_refused_at_submit_naming_the_users_file(tmp_path):
+    """``verify()`` reads no JPEG data: a photo cut short (an interrupted copy) is decoded at submit, so the user
+    hears of it under their own file name, not later from the trainer under the queue's ``004.jpg``."""
+    whole = tmp_path / "whole.jpg"
+    Image.effect_noise((256, 256), 64).convert("RGB").save(whole, quality=90)
+    data = whole.read_bytes()
+    cut = tmp_path / "Rex at the beach.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    assert check_image(whole) is None
+    problem = check_image(cut)
+    assert problem is not None and problem.startswith("Image Rex at the beach.jpg: ") and "incomplete" in problem
+    assert validate_submission(images=[whole, cut], **GOOD) == [problem]
+
+
 def test_oversized_image_file(tmp_path):
     big = tmp_path / "big.bmp"
     with open(big, "wb") as f:

@@ -23,7 +23,9 @@ ModelFamily = Any
 
 #: the built-in families, one module each (a new family: a new file and a line here)
 BUILTIN_MODULES = ("training.families.sd", "training.families.flux", "training.families.flux2_klein")
-FAMILIES_ENV = "TRAINING_FAMILY_MODULES"
+#: the family a base model is taken for while no registered family claims its ``model_index.json`` (or it is not
+#: read): the fit check then reads its memory shape from its name alone
+DEFAULT_FAMILY = "sd"
 
 _REGISTRY: dict[str, type[ModelFamily]] = {}
 _loaded_builtins = False
@@ -82,6 +84,11 @@ def find_family(index: dict[str, Any]) -> type[ModelFamily] | None:
         if cls.matches(index):
             return cls
     return None
+
+
+def family_or_default(index: dict[str, Any] | None) -> type[ModelFamily]:
+    """The family of ``index`` (``find_family``), or the ``DEFAULT_FAMILY`` when none claims it or it is None."""
+    return (find_family(index) if index else None) or get_family(DEFAULT_FAMILY)
 
 
 def supported_pipelines() -> str:

@@ -36,6 +36,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from contract.catalog import FamilyDefaults
+
 if TYPE_CHECKING:
     import torch
 
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 #: what ``ModelFamily.load(parts=...)`` can load separately: the denoiser, the VAE, the text encoders with their
 #: tokenizers, and the training scheduler
 LOAD_PARTS = ("denoiser", "vae", "text", "scheduler")
+#: the values of ``ModelFamily.memory_fit``
+LADDER, QUANTIZED_BASE = "ladder", "quantized_base"
 
 
 # ============================================================================================== records
@@ -160,20 +164,6 @@ class TextCond:
 
 
 @dataclass(frozen=True)
-class FamilyDefaults:
-    """What the form proposes for a base model of this family (read from the catalog, no torch). ``None``: the
-    recipe's / the model's own default (``resolution`` None: the model's native resolution)."""
-
-    hardware: str = "t4-small"
-    resolution: int | None = None
-    steps_per_image: int | None = None
-    learning_rate: float | None = None
-    rank: int | None = None
-    #: shown beside the hardware choice (e.g. "Flux on a T4 runs only in NF4, about 4x slower than an L4")
-    hardware_note: str = ""
-
-
-@dataclass(frozen=True)
 class CardInfo:
     """Model-card metadata of a family: licence, tags, the pipeline class named in the usage snippet and the files
     the card describes (``weight_notes``: file name -> one sentence)."""
@@ -266,14 +256,24 @@ class ModelFamily(ABC):
         return None
 
     @classmethod
-    def memory_shape(cls, base_model: str) -> str | None:
+    def memory_fit(cls) -> str:
+        """How the fit check (``ui.fit_check``) estimates a model of this family: ``QUANTIZED_BASE`` (a LoRA with the
+        quantized base the trainer's plan picks for the GPU, for a model with a ``memory_shape``; without one the
+        answer notes that the family has no estimate yet) or ``LADDER`` (the memory table's rows for every recipe, as
+        asked, then with gradient checkpointing, then 8-bit Adam; a model without a shape is a tiny or custom one
+        and is not checked)."""
+        return QUANTIZED_BASE
+
+    @classmethod
+    def memory_shape(cls, base_model: str, index: dict[str, Any] | None = None) -> str | None:
         """The full-size shape of the memory table and host-RAM records (``training.memory.SHAPES``) that a base
-        model of this family has, or None (not tabled: the fit check then only warns)."""
+        model of this family has (by its name, or its ``model_index.json`` ``index`` when known), or None (not
+        tabled: the fit check then only warns)."""
         return None
 
     @classmethod
     def catalog_entry(cls) -> dict[str, Any]:
-        """This family as ``python -m training --list-families`` prints it (read by ``scheduler.recipes_catalog``)."""
+        """This family as ``python -m training --list-families`` prints it (read by ``contract.catalog``)."""
         d = cls.defaults
         return {
             "name": cls.name,
@@ -293,6 +293,11 @@ class ModelFamily(ABC):
         }
 
     # ---------------------------------------------------------------------------------------- per model
+    def run_record_family(self) -> str | None:
+        """The model family the app's run record names for this model (estimates of later runs match on it): the
+        family's name; None when the record should not name one."""
+        return self.name
+
     def component_class(self, name: str, class_name: str) -> type:
         """The Python class for an allow-listed ``class_name`` of component ``name``, from a fixed table (default:
         ``training.families.classes``, which knows the diffusers / transformers classes of the built-in families)."""

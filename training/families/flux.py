@@ -310,7 +310,7 @@ class Flux1(FlowMatchingFamily):
     sample_guidance: ClassVar[float] = 3.5
 
     @classmethod
-    def memory_shape(cls, base_model: str) -> str | None:
+    def memory_shape(cls, base_model: str, index: dict[str, Any] | None = None) -> str | None:
         """[dev] and [schnell] share the 11.9 B transformer: "flux1"."""
         return "flux1"
 

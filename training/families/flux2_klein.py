@@ -66,7 +66,7 @@ class Flux2Klein(FlowMatchingFamily):
     sample_guidance: ClassVar[float] = 4.0
 
     @classmethod
-    def memory_shape(cls, base_model: str) -> str | None:
+    def memory_shape(cls, base_model: str, index: dict[str, Any] | None = None) -> str | None:
         """ "klein9b" for a 9B repo (by its name, as ``is_9b`` falls back to), else "klein4b"."""
         return "klein9b" if "9b" in base_model.lower() else "klein4b"
 

@@ -3,12 +3,21 @@ SDXL micro-conditioning), the kohya/A1111 copy of its LoRA and its model-card li
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.families import register_family
-from training.families.base import CardInfo, Components, FamilyDefaults, LatentSet, ModelFamily
+from training.families.base import (
+    LADDER,
+    QUANTIZED_BASE,
+    CardInfo,
+    Components,
+    FamilyDefaults,
+    LatentSet,
+    ModelFamily,
+)
 from training.families.rules import ALLOWED_COMPONENTS, PIPELINES, is_sdxl_index, not_a_pipeline, sd_component_names
 
 if TYPE_CHECKING:
@@ -21,6 +30,8 @@ if TYPE_CHECKING:
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 KOHYA_NAME = "pytorch_lora_weights_kohya.safetensors"
+#: the UNet's cross-attention width (the text encoders' hidden size) tells the full-size models apart
+RUN_FAMILY_BY_CROSS_ATTENTION = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 
 
 @register_family("sd")
@@ -51,9 +62,42 @@ class StableDiffusion(ModelFamily):
             return not_a_pipeline(base_model, "no UNet/text encoder: only SD 1.x/2.x and SDXL train here")
         return None
 
+    @classmethod
+    def as_shipped(cls) -> bool:
+        """Whether this is the SD family itself, whose models the memory tables and the run records tell apart by size
+        ("sd15", "sdxl", ...). A variant registered under a name of its own (other LoRA targets, another loss...)
+        is not what they measured: it is checked and recorded as a family of its own."""
+        return cls.name == StableDiffusion.name
+
+    @classmethod
+    def memory_fit(cls) -> str:
+        return LADDER if cls.as_shipped() else QUANTIZED_BASE
+
+    @classmethod
+    def memory_shape(cls, base_model: str, index: dict[str, Any] | None = None) -> str | None:
+        """By the name: "sdxl" for SDXL repos, "sd15" for SD 1.x and 2.x (a 2.x UNet has about the SD 1.5 size);
+        else "sdxl" for an SDXL ``index``; None for anything else (a tiny or custom model: not checked) and for a
+        variant (``as_shipped``)."""
+        if not cls.as_shipped():
+            return None
+        name = base_model.lower()
+        if re.search(r"sdxl|sd[-_]xl|stable-diffusion-xl", name):
+            return "sdxl"
+        if re.search(r"stable-diffusion-(v-?)?[12]|sd[-_]?v?[12]([-_.]|$)", name):
+            return "sd15"
+        return "sdxl" if index and is_sdxl_index(index) else None
+
     @property
     def is_sdxl(self) -> bool:
         return is_sdxl_index(self.info.index)
+
+    def run_record_family(self) -> str | None:
+        """The full-size model's kind, "sd15", "sd2" or "sdxl" (by the UNet's cross-attention width, which must agree
+        with the index's SDXL-ness); None for a tiny test model. A variant (``as_shipped``): its own name."""
+        if not self.as_shipped():
+            return super().run_record_family()
+        family = RUN_FAMILY_BY_CROSS_ATTENTION.get(self.info.denoiser_config.get("cross_attention_dim"))
+        return family if family is not None and (family == "sdxl") == self.info.is_sdxl else None
 
     # ---------------------------------------------------------------------------------------- loading
     def load(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from contract.settings import DEFAULT_BASE_MODEL, SettingsError, load_settings
+from contract.settings import DEFAULT_BASE_MODEL, SettingsError, load_settings, load_trainer_settings
 
 SPACE_ENV = {"SPACE_ID": "alice/trainer", "SPACE_AUTHOR_NAME": "alice", "SPACE_REPO_NAME": "trainer", "HF_TOKEN": "hf_secret_value_123"}
 
@@ -170,6 +170,18 @@ def test_family_modules_are_a_comma_separated_list_of_module_names():
     for bad in ("my_family.py", "my-family", "pkg..mod"):
         with pytest.raises(SettingsError, match="TRAINING_FAMILY_MODULES=.* is not a Python module name"):
             load_settings({"TRAINING_FAMILY_MODULES": f"ok, {bad}"})
+
+
+def test_recipes_modules_are_a_comma_separated_list_of_module_names():
+    assert load_settings({}).recipes_modules == ()
+    s = load_settings({"TRAINING_RECIPES_MODULES": " my_recipes, pkg.more_recipes ,"})
+    assert s.recipes_modules == ("my_recipes", "pkg.more_recipes")
+    assert s.sources()["recipes_modules"] == "TRAINING_RECIPES_MODULES"
+    for bad in ("my_recipes.py", "my-recipes", "pkg..mod", "../evil", "/tmp/x"):
+        with pytest.raises(SettingsError, match="TRAINING_RECIPES_MODULES=.* is not a Python module name .*my_recipes"):
+            load_settings({"TRAINING_RECIPES_MODULES": f"ok, {bad}"})
+        with pytest.raises(SettingsError, match="TRAINING_RECIPES_MODULES=.* is not a Python module name"):
+            load_trainer_settings({"TRAINING_RECIPES_MODULES": bad})
 
 
 def test_local_mode_is_unchanged_by_the_backend_settings():

@@ -1,10 +1,11 @@
-"""What the installed training recipes and model families are, for the form: asked of
-``python -m training --list-recipes`` (one line of JSON holding both).
+"""The catalog of training recipes and model families, for the form: asked of ``python -m training --list-recipes``
+(one line of JSON holding both), with the records both sides share.
 
 The control plane never imports the trainer (torch); it runs the trainer's CLI once per set of recipe / family
-modules and caches the answer. ``RecipeInfo.auto_steps`` is the trainer's own steps policy
-(``training.recipe_base.clamp_steps``); ``FamilyInfo`` holds a model family's pipelines and defaults (hardware,
-resolution, steps, learning rate, rank), so the form can follow the chosen base model.
+modules and caches the answer. ``clamp_steps`` is the one steps policy (the trainer's default and the form's
+"auto": ``RecipeInfo.auto_steps``); ``FamilyDefaults`` is what a model family proposes to the form (hardware,
+resolution, steps, learning rate, rank), declared by the family (``training.families.base.ModelFamily.defaults``)
+and read back in ``FamilyInfo``, so the form can follow the chosen base model. Standard library only.
 """
 
 from __future__ import annotations
@@ -17,15 +18,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.families.base import FamilyDefaults  # torch-free; the families' own defaults record
-from training.recipe_base import clamp_steps  # torch-free; the trainer's own steps policy
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LIST_TIMEOUT_S = 300
 
 
 class RecipeCatalogError(RuntimeError):
     """``python -m training --list-recipes`` failed; the message ends with its stderr tail."""
+
+
+def clamp_steps(image_count: int, steps_per_image: int, min_steps: int, max_steps: int) -> int:
+    """Training steps for ``image_count`` photos: ``steps_per_image`` each (at least one photo), clamped. The one
+    steps policy: the trainer's default and the form's "auto" (``RecipeInfo.auto_steps``) both use it."""
+    return int(min(max_steps, max(min_steps, steps_per_image * max(int(image_count), 1))))
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    """What the form proposes for a base model of this family (read from the catalog, no torch). ``None``: the
+    recipe's / the model's own default (``resolution`` None: the model's native resolution)."""
+
+    hardware: str = "t4-small"
+    resolution: int | None = None
+    steps_per_image: int | None = None
+    learning_rate: float | None = None
+    rank: int | None = None
+    #: shown beside the hardware choice (e.g. "Flux on a T4 runs only in NF4, about 4x slower than an L4")
+    hardware_note: str = ""
 
 
 @dataclass(frozen=True)
