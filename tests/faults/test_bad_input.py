@@ -72,9 +72,10 @@ def test_10_bad_input_is_refused_clearly_and_nothing_is_enqueued_or_uploaded(hub
         stream = call_gradio(url, "submit", [None, "", "", "m", "dreambooth-lora", -1, "gpu-9000", 1e-4, 4, 256, "x", True])
     finally:
         app.close()
-    # Gradio's own input checks or the handler's sign-in check answer first; either way a clear error, no task.
+    # Gradio's own input checks (the hardware choice) or the handler's sign-in check answer first; either way a
+    # clear error, no task.
     assert "event: error" in stream
-    assert "Sign in with Hugging Face first" in stream or "less than minimum value 1" in stream, stream
+    assert "Sign in with Hugging Face first" in stream or "gpu-9000 is not in the list of choices" in stream, stream
 
     assert app.worker.queue.list() == []
     after = hub.request_counts()
