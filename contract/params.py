@@ -18,6 +18,9 @@ model):
   trained at up to 3e-2, real ones at 1e-6 to 1e-3.
 - ``steps``: 1 to 10,000, the most a DreamBooth of 100 photos needs (the recipes' automatic steps stop at 2,400);
   ``lr_warmup_steps`` and the ``*_every`` periods share that upper end (0 is "never" for the periods).
+- ``snr_gamma``: 0 to 100; 0 or null is no min-SNR weighting (the trainer's default; 5 is the paper's value), so the
+  form's number field, which shows an empty value as 0, means what it shows. It, the warm-up and ``lr_scheduler``
+  are the schedule settings the form offers beside the learning rate (``SCHEDULE_DEFAULTS``).
 - The rest keep the trainer sane and the machine busy for a bounded time: ``seed`` fits numpy's 32-bit seed,
   ``batch_size`` up to 64, ``num_class_images`` up to 1000 (each is generated before training),
   ``sample_inference_steps`` up to 200, ``validation_prompts`` at most 8 of at most ``MAX_PROMPT_CHARS`` each,
@@ -54,8 +57,15 @@ QUANTIZE_BASE_CHOICES = ("auto", "none", "nf4", "int8", "fp8")
 FULL_RECIPES = ("dreambooth-full",)
 #: ``params.mixed_precision``
 MIXED_PRECISION_CHOICES = ("auto", "no", "fp16", "bf16")
-#: ``params.lr_scheduler``
+#: ``params.lr_scheduler`` ("constant" with a warm-up: constant after a linear warm-up), and its name in the form
 LR_SCHEDULER_CHOICES = ("constant", "linear", "cosine", "polynomial")
+LR_SCHEDULER_LABEL = "Learning-rate schedule"
+#: The trainer's defaults of the schedule settings the form offers among its advanced settings (``TrainParams``
+#: declares its fields with them; a recipe's ``fixed_params`` replace them): no warm-up, no min-SNR weighting.
+DEFAULT_LR_SCHEDULER, DEFAULT_LR_WARMUP_STEPS, DEFAULT_SNR_GAMMA = "constant", 0, None
+SCHEDULE_DEFAULTS: Mapping[str, object] = MappingProxyType(
+    {"lr_scheduler": DEFAULT_LR_SCHEDULER, "lr_warmup_steps": DEFAULT_LR_WARMUP_STEPS, "snr_gamma": DEFAULT_SNR_GAMMA}
+)
 
 
 def _num(x: float) -> str:
@@ -134,7 +144,7 @@ _BOUNDS = (
     Bound("lr_warmup_steps", "Warm-up steps", int, 0, 10_000),
     Bound("num_class_images", "Class images", int, 1, 1000),
     Bound("prior_loss_weight", "Prior loss weight", float, 0.0, 10.0),
-    Bound("snr_gamma", "SNR gamma", float, 0.0, 100.0, low_open=True),
+    Bound("snr_gamma", "SNR gamma", float, 0.0, 100.0),
     Bound("noise_offset", "Noise offset", float, 0.0, 1.0, high_open=True),
     Bound("checkpoint_every", "Checkpoint every", int, 0, 10_000),
     Bound("checkpoints_to_keep", "Checkpoints to keep", int, 0, 100),

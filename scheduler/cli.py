@@ -20,6 +20,7 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
+from contract.params import LR_SCHEDULER_CHOICES
 from contract.settings import DEFAULT_BASE_MODEL, Settings, SettingsError, load_settings
 from contract.text import printable
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
@@ -121,6 +122,10 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, help="learning rate")
     p.add_argument("--rank", type=int, help="LoRA rank")
     p.add_argument("--resolution", type=int, help="training resolution (multiple of 64)")
+    p.add_argument("--lr-scheduler", help=f"learning-rate schedule: {', '.join(LR_SCHEDULER_CHOICES)} (default: the "
+                   "recipe's, else constant)")  # fmt: skip
+    p.add_argument("--lr-warmup-steps", type=int, help="warm-up steps (default: the recipe's, else 0)")
+    p.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting, e.g. 5 (default: the recipe's, else off)")
     p.add_argument("--hardware", help=f"GPU flavor (default: {hardware}, the TRAIN_HARDWARE setting)")
     p.add_argument("--output-repo", help="model repo for the result; default: named from the prompt as the form names it, "
                    "<owner>/dreambooth-sks-dog (in local mode dreambooth-sks-dog, uploaded to HF_TOKEN's account when "
@@ -294,7 +299,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     prompt, class_prompt = args.prompt.strip(), (args.class_prompt or "").strip() or None
     params: dict[str, Any] = {"prior_preservation": class_prompt is not None, "validation_prompts": [prompt]}
     params |= {k: v for k, v in (("steps", args.steps), ("learning_rate", args.learning_rate), ("rank", args.rank),
-                                 ("resolution", args.resolution)) if v is not None}  # fmt: skip
+                                 ("resolution", args.resolution), ("lr_scheduler", args.lr_scheduler),
+                                 ("lr_warmup_steps", args.lr_warmup_steps), ("snr_gamma", args.snr_gamma))
+               if v is not None}  # fmt: skip
     task = Task(
         instance_prompt=prompt,
         class_prompt=class_prompt,

@@ -26,6 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from contract.flavors import FLAVORS, is_gpu
 from contract.params import (
     FULL_RECIPES,
+    LR_SCHEDULER_CHOICES,
+    LR_SCHEDULER_LABEL,
     MAX_PROMPT_CHARS,
     PARAMS,
     QUANTIZE_BASE_CHOICES,
@@ -190,6 +192,9 @@ def validate_submission(
     quantize_base: str | None = None,
     limits: Limits = LIMITS,
     captions: Sequence[Path] = (),
+    lr_scheduler: str | None = None,
+    lr_warmup_steps: int | None = None,
+    snr_gamma: float | None = None,
 ) -> list[str]:
     """Every problem with a submission, one message each; empty when it can be enqueued. Touches nothing.
 
@@ -220,7 +225,11 @@ def validate_submission(
         except HFValidationError as exc:
             problems.append(f"Output repo: {output_repo!r} is not a valid repo id ({exc}).")
 
-    problems += check_params({"steps": steps, "learning_rate": learning_rate, "rank": rank})
+    problems += check_params({"steps": steps, "learning_rate": learning_rate, "rank": rank,
+                              "lr_warmup_steps": lr_warmup_steps, "snr_gamma": snr_gamma})  # fmt: skip
+    if lr_scheduler is not None and lr_scheduler not in LR_SCHEDULER_CHOICES:
+        problems.append(f"{LR_SCHEDULER_LABEL}: {lr_scheduler!r} is not a choice; use one of "
+                        f"{', '.join(LR_SCHEDULER_CHOICES)}.")  # fmt: skip
     if resolution is not None:
         # the tiny demo model trains at its own native size (DEMO_RESOLUTION): it gets the whole shared bound
         bound = PARAMS["resolution"] if base_model == DEMO_MODEL else limits.resolution
@@ -253,11 +262,12 @@ def validate_task(
     captions: Sequence[Path] = (),
 ) -> list[str]:
     """``validate_submission`` for a built Task; numbers are read from ``task.params`` keys
-    ``steps``, ``learning_rate``, ``rank`` and ``resolution`` when present, and ``quantize_base``; every other
+    ``steps``, ``learning_rate``, ``rank``, ``resolution`` and the schedule's (``lr_scheduler``, ``lr_warmup_steps``,
+    ``snr_gamma``) when present, and ``quantize_base``; every other
     param it holds is checked against the shared bounds too (``check_params``). ``captions``: the ``.txt``
     captions sent with ``images`` (``split_captions``)."""
     params = task.params
-    named = ("steps", "learning_rate", "rank", "resolution")
+    named = ("steps", "learning_rate", "rank", "resolution", "lr_scheduler", "lr_warmup_steps", "snr_gamma")
     problems = validate_submission(
         instance_prompt=task.instance_prompt,
         class_prompt=task.class_prompt,
@@ -276,6 +286,9 @@ def validate_task(
         quantize_base=params.get("quantize_base"),
         limits=limits,
         captions=captions,
+        lr_scheduler=params.get("lr_scheduler"),
+        lr_warmup_steps=params.get("lr_warmup_steps"),
+        snr_gamma=params.get("snr_gamma"),
     )
     return problems + check_params(params, skip=named)
 

@@ -150,7 +150,7 @@ def test_the_old_disagreements_are_gone(images):
 
 
 def test_the_form_policy_for_real_models_lies_inside_the_shared_bound(images):
-    from ui.form import RESOLUTIONS
+    from ui.advanced import RESOLUTIONS
 
     shared, policy = PARAMS["resolution"], LIMITS.resolution
     assert all(shared.admits(r) for r in range(int(policy.low), int(policy.high) + 1) if policy.admits(r))

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 # The bounds and choices of the params are the contract's (torch-free, one table shared with the form and the CLI).
 from contract.params import (
+    DEFAULT_LR_SCHEDULER,
+    DEFAULT_LR_WARMUP_STEPS,
+    DEFAULT_SNR_GAMMA,
     FULL_RECIPES,
     LR_SCHEDULER_CHOICES,
     MAX_PROMPT_CHARS,
@@ -58,13 +61,13 @@ class TrainParams:
     resolution: int | None = None
     seed: int = 0
     batch_size: int = 1
-    lr_warmup_steps: int = 0
-    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = DEFAULT_LR_WARMUP_STEPS  # the schedule's defaults are the contract's (the form shows them)
+    lr_scheduler: str = DEFAULT_LR_SCHEDULER
     train_text_encoder: bool = False
     prior_preservation: bool = False
     num_class_images: int = 50
     prior_loss_weight: float = 1.0
-    snr_gamma: float | None = None
+    snr_gamma: float | None = DEFAULT_SNR_GAMMA
     noise_offset: float = 0.0
     random_flip: bool = True
     checkpoint_every: int | None = 100

@@ -218,7 +218,9 @@ def train(ctx, recipe) -> RunResult:
             for te in comps.text_encoders:
                 te.gradient_checkpointing_enable()
     optimizer = make_optimizer([{"params": params}], lr, use_8bit=plan.use_8bit_adam, device=device)
-    lr_sched = get_scheduler(p.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    # diffusers' "constant" ignores a warm-up: with one, the rate rises over it, then stays
+    schedule = "constant_with_warmup" if p.lr_scheduler == "constant" and warmup else p.lr_scheduler
+    lr_sched = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
     # Only the modules go through accelerate (DDP when distributed). The optimizer stays ours: accelerate's wrapper
     # reads the loss scale back every step (a GPU sync); torch's GradScaler with fused AdamW does not.

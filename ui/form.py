@@ -18,6 +18,14 @@ from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from training.recipe_base import clamp_steps
+from ui.advanced import (
+    SCHEDULE_FIELDS,
+    build_advanced,
+    form_number,
+    resolution_choices,
+    schedule_updates,
+    schedule_values,
+)
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext, default_recipe
 from ui.estimate import Estimate, auto_steps, describe, estimate, hardware_label, jobs_price, local_hardware
@@ -43,7 +51,6 @@ from ui.submission import RECIPE_FIELDS, image_paths, lists_field, shown_uploads
 if TYPE_CHECKING:
     from collections.abc import Collection
 
-RESOLUTIONS = [256, 512, 768, 1024]
 PROMPT_HELP = (
     "Name your subject with a rare token plus its class, e.g. **a photo of sks dog**. The rare token (`sks`, `zwx`, "
     "...) becomes your subject; use the same words when you generate images later."
@@ -126,7 +133,7 @@ def field_state(ctx: AppContext, recipe: str, base_model: str | None, image_coun
     info = ctx.recipes.get(recipe)
     fixed = dict(info.fixed_params) if info else {}
     demo = base_model == DEMO_MODEL
-    back_from_demo = not demo and _number(resolution) == DEMO_RESOLUTION
+    back_from_demo = not demo and form_number(resolution) == DEMO_RESOLUTION
     d = family.defaults if family is not None else None
     family_lr = d.learning_rate if d is not None and lists_field(info, "rank") else None
     learning_rate = family_lr or (info.default_learning_rate if info else None)
@@ -240,13 +247,6 @@ def recipe_choices(ctx: AppContext) -> list[tuple[str, str]]:
     return [(ctx.recipes[n].label, n) for n in names]
 
 
-def resolution_choices(local: bool) -> list[tuple[str, int]]:
-    """The resolutions offered; locally the demo model's own first (the choices never change: a value outside the
-    choices the server knows would be refused)."""
-    demo = [(f"{DEMO_RESOLUTION} (demo model only)", DEMO_RESOLUTION)] if local else []
-    return [*demo, *((str(r), r) for r in RESOLUTIONS)]
-
-
 def build_form(ctx: AppContext) -> FormParts:
     """Render the form inside the current Blocks and wire its events."""
     s = ctx.settings
@@ -299,13 +299,9 @@ def build_form(ctx: AppContext) -> FormParts:
                 elem_id="hardware-choice",
             )
             hw_note = gr.Markdown(visible=False, elem_id="hardware-note", min_height=0)
-        with gr.Accordion("Advanced", open=False):
-            with gr.Row():
-                learning_rate = gr.Number(label="Learning rate", min_width=140, **first[1])
-                rank = gr.Number(label="LoRA rank", precision=0, min_width=100, **{"value": FORM_RANK, **first[2]})  # fmt: skip
-                resolution = gr.Dropdown(label="Resolution (px)", min_width=120, choices=resolution_choices(ctx.local),
-                                         **{"value": DEMO_RESOLUTION if demo else FORM_RESOLUTION, **first[3]})  # fmt: skip
-            fixed_note = gr.Markdown(**first[4])
+        adv = build_advanced(ctx.local, first[1:], DEMO_RESOLUTION if demo else FORM_RESOLUTION,
+                             ctx.recipes.get(first_recipe))  # fmt: skip
+        learning_rate, rank, resolution, fixed_note = adv.learning_rate, adv.rank, adv.resolution, adv.fixed_note
         with gr.Row():
             output_repo = gr.Textbox(
                 label="Output model repo" if not ctx.local else "Output name (uploaded only when HF_TOKEN is set)",
@@ -338,7 +334,8 @@ def build_form(ctx: AppContext) -> FormParts:
     def on_recipe(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, edits: EditCounts,
                   done: EditCounts) -> list[Any]:  # fmt: skip
         updates = field_updates(ctx, name, model, len(image_paths(paths)), res, family=family)
-        return [*updates, mark_applied(done, edits, values_set(updates))]
+        schedule, done = schedule_updates(ctx.recipes.get(name), edits, done)  # the recipe's schedule settings
+        return [*updates, *schedule, mark_applied(done, edits, values_set(updates))]
 
     def on_family(model: str, profile: gr.OAuthProfile | None) -> FamilyInfo | None:  # Hub lookups: allowed callers
         return family_for(s, access_for(s, profile), model, warn=gr.Warning)
@@ -376,7 +373,7 @@ def build_form(ctx: AppContext) -> FormParts:
     files.change(on_files, [files, recipe, base_model, family_state, touched, applied], [preview, steps, applied],
                  **private_event)  # fmt: skip
     recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
-                  [*field_outputs, applied], **private_event)  # fmt: skip
+                  [*field_outputs, *adv.schedule, applied], **private_event)  # fmt: skip
     est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model]
     followed = [steps, learning_rate, rank, resolution, hardware]  # FOLLOWED_FIELDS
     follow_inputs = [recipe, base_model, files, resolution, family_state, applied_family, touched, applied]
@@ -394,7 +391,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
     for name, comp in (("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("resolution", resolution),
-                       ("hardware", hardware)):  # fmt: skip
+                       ("hardware", hardware), *zip(SCHEDULE_FIELDS, adv.schedule, strict=True)):  # fmt: skip
         comp.input(toucher(name), touched, touched, **private_event)
     hardware.change(on_hardware, [base_model, hardware], hw_note, **private_event)
     for comp in est_inputs:
@@ -413,18 +410,18 @@ def build_form(ctx: AppContext) -> FormParts:
             "class_prompt": klass or "",
             "base_model": model or "",
             "recipe": recipe_name,
-            "steps": _number(n_steps),
+            "steps": form_number(n_steps),
             "hardware": flavor,
-            "learning_rate": _number(lr, float),
-            "rank": _number(rank_value),
-            "resolution": _number(res),
+            "learning_rate": form_number(lr, float),
+            "rank": form_number(rank_value),
+            "resolution": form_number(res),
             "output_repo": out_repo or "",
             "private": is_private,
         }
 
-    def answer(files_value: Any, args: tuple, profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:  # fmt: skip
+    def answer(files_value: Any, values: dict[str, Any], profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:  # fmt: skip
         access = require_allowed(s, profile, request)
-        outcome = submit(ctx, access.user or "", files_value, values_of(*args), confirm=confirm, session=request.session_hash)  # fmt: skip
+        outcome = submit(ctx, access.user or "", files_value, values, confirm=confirm, session=request.session_hash)  # fmt: skip
         if outcome.queued:  # the uploads are gone: clear the picker; Train waits for a change (no double task)
             return outcome.message, None, gr.Button(interactive=False), gr.Button(visible=False)
         return outcome.message, gr.skip(), gr.Button(interactive=True), gr.Button(visible=outcome.confirm)
@@ -435,15 +432,16 @@ def build_form(ctx: AppContext) -> FormParts:
 
         def handle(
             files_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
-            is_private, profile: gr.OAuthProfile | None, request: gr.Request,
+            is_private, sched, warmup, gamma, profile: gr.OAuthProfile | None, request: gr.Request,
         ) -> tuple[Any, ...]:  # fmt: skip
             args = (instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private)
-            return answer(files_value, args, profile, request, confirm=confirm)
+            values = {**values_of(*args), **schedule_values(sched, warmup, gamma)}
+            return answer(files_value, values, profile, request, confirm=confirm)
 
         return handle
 
     submit_inputs = [files, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank,
-                     resolution, output_repo, private]  # fmt: skip
+                     resolution, output_repo, private, *adv.schedule]  # fmt: skip
     submit_outputs = [message, files, submit_button, again]
     submit_button.click(submit_handler(confirm=False), submit_inputs, submit_outputs, api_name="submit", api_visibility="private",
                         concurrency_limit=1, concurrency_id="submit")  # fmt: skip
@@ -456,7 +454,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     edits = [files.upload, files.clear, files.delete, instance_prompt.input, class_prompt.input, base_model.input,
              recipe.input, steps.input, hardware.input, learning_rate.input, rank.input, resolution.input,
-             output_repo.input, private.input]  # fmt: skip
+             output_repo.input, private.input, *(c.input for c in adv.schedule)]  # fmt: skip
     for event in edits:
         event(on_edit, None, [submit_button, again], api_visibility="private", show_progress="hidden")
 
@@ -482,14 +480,3 @@ def toucher(name: str) -> Callable[[EditCounts | None], EditCounts]:
         return touch(edits, name)
 
     return on_input
-
-
-def _number(value: Any, kind: type = int) -> Any:
-    """Numbers from the form as ``kind``; other values pass through for the validator to name."""
-    if value is None or value == "":
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return value
-    return int(number) if kind is int and number.is_integer() else number

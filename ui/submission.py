@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.params import SCHEDULE_DEFAULTS
 from scheduler.task import Task, TaskStatus
 from scheduler.trainer_process import hub_offline
 from scheduler.validation import split_captions, submission_warnings, validate_submission
@@ -36,7 +37,11 @@ BUSY_PHASES = frozenset({"preparing", "downloading", "starting trainer", "traini
 # The form's fields a recipe may fix (shown read-only); the common ones every recipe takes, the others only the
 # recipes that list them in their ``form_fields`` (the LoRA rank: hidden for the full fine-tune).
 RECIPE_FIELDS = ("steps", "learning_rate", "rank", "resolution")
-COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution"})
+# The schedule settings of the Advanced settings (``ui.advanced``): every recipe takes them, and a recipe may fix them.
+SCHEDULE_FIELDS = tuple(SCHEDULE_DEFAULTS)
+COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution", *SCHEDULE_FIELDS})
+KINDS = {"steps": int, "learning_rate": float, "rank": int, "resolution": int, "lr_scheduler": str,
+         "lr_warmup_steps": int, "snr_gamma": float}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,9 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
         "prior_preservation": class_prompt is not None,
         "validation_prompts": [values["instance_prompt"].strip()],
     }
-    kinds = {"steps": int, "learning_rate": float, "rank": int, "resolution": int}
-    for name in RECIPE_FIELDS:
+    for name in (*RECIPE_FIELDS, *SCHEDULE_FIELDS):
         if uses_field(ctx, recipe, name) and values.get(name) is not None:
-            params[name] = kinds[name](values[name])
+            params[name] = KINDS[name](values[name])
     return Task(
         instance_prompt=values["instance_prompt"].strip(),
         submitted_by=user,
@@ -135,6 +139,9 @@ def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner:
         recipes=list(ctx.recipes),
         allow_cpu_training=bool(s.allow_cpu_training or s.local),
         captions=captions or (),
+        lr_scheduler=used("lr_scheduler"),
+        lr_warmup_steps=used("lr_warmup_steps"),
+        snr_gamma=used("snr_gamma"),
     )
 
 
