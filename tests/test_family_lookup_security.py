@@ -9,7 +9,6 @@ in ``tests/test_security.py``. The worker is not started. The lookup's rate limi
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,7 @@ from app import create_app
 from contract.settings import load_settings
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.polling import free_port
-from tests.signin import session_cookie
-from tests.test_security import http
+from tests.test_security import http, page_event
 from ui import lookups, model_family
 
 FLUX_INDEX = {
@@ -93,27 +91,11 @@ def space(hub, tmp_path, monkeypatch):
 
 
 def in_session(url: str, fn_index: int, data: list, session: str, user: str | None) -> tuple[list, list[str]]:
-    """Run event ``fn_index`` as the page does (``queue/join`` in the page's session, whose ``gr.State`` values the
-    server keeps): its outputs and the messages shown to the caller (toasts)."""
-    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
-    joined = http(f"{url}gradio_api/queue/join", body, user=user)
-    assert joined.status == 200, joined
-    event_id = json.loads(joined.body)["event_id"]
-    headers = {"Cookie": f"session={session_cookie(user)}"} if user else {}
-    shown = []
-    stream = urllib.request.Request(f"{url}gradio_api/queue/data?session_hash={session}", headers=headers)
-    with urllib.request.urlopen(stream, timeout=60) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            msg = json.loads(line[5:]) if line.startswith("data:") else {}
-            if msg.get("event_id") != event_id:
-                continue
-            if msg["msg"] == "log":
-                shown.append(msg.get("log") or "")
-            if msg["msg"] == "process_completed":
-                assert msg.get("success"), msg
-                return msg["output"]["data"], shown
-    raise AssertionError("the event did not complete")
+    """Run event ``fn_index`` as the page does (``tests.test_security.page_event``): its outputs and the messages
+    shown to the caller (toasts)."""
+    msg, shown = page_event(url, fn_index, data, session, user)
+    assert msg.get("success"), msg
+    return msg["output"]["data"], shown
 
 
 def pick(space: Space, model: str, user: str | None) -> tuple[dict, list[str]]:

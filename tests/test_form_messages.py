@@ -9,7 +9,6 @@ The submit runs through the real Gradio app (local mode, served on a free port),
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 
 from app import create_app
@@ -17,7 +16,7 @@ from contract.params import PARAMS
 from contract.settings import load_settings
 from tests.polling import free_port
 from tests.test_form import form_blocks, local_ctx
-from tests.test_security import http
+from tests.test_security import http, page_event
 from ui.model_family import catalog_families
 
 
@@ -31,23 +30,7 @@ def page_submit(url: str, changes: dict[str, object]) -> tuple[dict, list[str]]:
     for cid in dep["inputs"]:
         props = components[cid].get("props", {})
         data.append(changes.get(props.get("label"), props.get("value")))
-    session = uuid.uuid4().hex
-    body = {"data": data, "fn_index": dep["id"], "session_hash": session, "event_data": None, "trigger_id": None}
-    joined = http(f"{url}gradio_api/queue/join", body)
-    assert joined.status == 200, joined
-    event_id = json.loads(joined.body)["event_id"]
-    shown: list[str] = []
-    with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=60) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            msg = json.loads(line[5:]) if line.startswith("data:") else {}
-            if msg.get("event_id") != event_id:
-                continue
-            if msg["msg"] == "log":
-                shown.append(msg.get("log") or "")
-            if msg["msg"] == "process_completed":
-                return msg, shown
-    raise AssertionError("the submit did not complete")
+    return page_event(url, dep["id"], data, uuid.uuid4().hex)
 
 
 def test_zero_steps_get_the_forms_message_naming_the_field_and_its_range_and_no_raw_gradio_one(tmp_path):

@@ -54,6 +54,30 @@ def http(url: str, data: dict | None = None, user: str | None = None, origin: st
     except urllib.error.HTTPError as exc:
         return Reply(exc.code, exc.read().decode(errors="replace"))
 
+def page_event(url: str, fn_index: int, data: list, session: str, user: str | None = None) -> tuple[dict, list[str]]:
+    """Run event ``fn_index`` as the page does (``queue/join`` in the page's ``session``, whose ``gr.State`` values
+    the server keeps) as ``user`` (None: anonymous): its completion message and the messages shown on the way
+    (toasts)."""
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None, "trigger_id": None}
+    joined = http(f"{url}gradio_api/queue/join", body, user=user)
+    assert joined.status == 200, joined
+    event_id = json.loads(joined.body)["event_id"]
+    headers = {"Cookie": f"session={session_cookie(user)}"} if user else {}
+    shown: list[str] = []
+    stream = urllib.request.Request(f"{url}gradio_api/queue/data?session_hash={session}", headers=headers)
+    with urllib.request.urlopen(stream, timeout=60) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            msg = json.loads(line[5:]) if line.startswith("data:") else {}
+            if msg.get("event_id") != event_id:
+                continue
+            if msg["msg"] == "log":
+                shown.append(msg.get("log") or "")
+            if msg["msg"] == "process_completed":
+                return msg, shown
+    raise AssertionError(f"event {fn_index} did not complete")
+
+
 
 def call(url: str, api_name: str, data: list, **kw) -> str:
     """Run an event handler through ``/gradio_api/call/<api_name>`` (how a script, or a forged page, calls it)."""
