@@ -23,6 +23,7 @@ from contract.flavors import GPU_FLAVORS, JOBS_GPU_FLAVORS
 from contract.settings import load_settings
 from scheduler.hardware import make_hardware
 from scheduler.hardware.local import LocalHardware
+from scheduler.output_names import default_output_repo, subject_name
 from scheduler.queue import make_queue
 from scheduler.task import RunRecord, Task, TaskStatus
 from scheduler.worker import Worker
@@ -45,7 +46,6 @@ from ui.form import (
 )
 from ui.local_device import CPU, LocalDevice
 from ui.model_family import family_hardware, family_of, hardware_note, mark_applied
-from ui.output_names import default_output_repo, subject_name
 from ui.submission import build_task, queued_message, submit, submit_task
 
 

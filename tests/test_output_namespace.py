@@ -14,11 +14,10 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from scheduler.output_names import token_can_write, write_problem
+from scheduler.output_names import default_output_repo, token_can_write, write_problem
 from tests.conftest import ALICE_TOKEN
 from tests.test_form import photos, space_ctx, values
 from ui.limits import output_namespace
-from ui.output_names import default_output_repo
 from ui.submission import submit
 
 

@@ -31,7 +31,7 @@ MIN_IMAGES = 1
 CAPTION_SUFFIX = ".txt"
 MAX_CAPTION_CHARS = 1000  # the same bound as a prompt's (scheduler.validation.Limits.max_prompt_chars)
 MAX_CAPTION_BYTES = 4 * MAX_CAPTION_CHARS + 3  # every character 4 bytes of UTF-8, and a byte-order mark
-#: words of a prompt that are not the subject's trigger word (the rule of ``ui.output_names.subject_words``)
+#: words of a prompt that are not the subject's trigger word (the rule of ``scheduler.output_names.subject_words``)
 COMMON_WORDS = frozenset(
     "a an the of in on at with and or by for to from photo photograph picture image portrait shot close up closeup "
     "style my our your this that sitting standing wearing high quality detailed".split()

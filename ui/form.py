@@ -15,6 +15,7 @@ import gradio as gr
 
 from contract.catalog import FamilyInfo
 from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
+from scheduler.output_names import default_output_repo
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from training.recipe_base import clamp_steps
@@ -45,7 +46,6 @@ from ui.model_family import (
     other_family,
     touch,
 )
-from ui.output_names import default_output_repo
 from ui.submission import RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
 
 if TYPE_CHECKING:

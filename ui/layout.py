@@ -8,11 +8,11 @@ from typing import Any
 import gradio as gr
 
 from scheduler.diagnostics import PUBLIC_SPACE_WARNING, OfferedModelsCheck
+from scheduler.output_names import default_output_repo
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, hardware_choices, uses_jobs
 from ui.limits import output_namespace
-from ui.output_names import default_output_repo
 from ui.queue_view import RecentWrites, build_queue_view, may_act, visitor_html
 from ui.queue_view import refresh as refresh_queue
 from ui.results_view import UserPicks, build_results_view, default_pick, finished_tasks, pick_choices

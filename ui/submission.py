@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.params import SCHEDULE_DEFAULTS
+from scheduler.output_names import OutputChoice, choose_output_repo, default_output_repo, write_problem
 from scheduler.task import Task, TaskStatus
 from scheduler.trainer_process import hub_offline
 from scheduler.validation import split_captions, submission_warnings, validate_submission
@@ -26,7 +27,6 @@ from ui.estimate import hardware_label
 from ui.fit_check import check_fit
 from ui.limits import output_namespace, output_repo_problem, user_limit_problem
 from ui.local_device import local_device
-from ui.output_names import OutputChoice, choose_output_repo, default_output_repo, write_problem
 
 if TYPE_CHECKING:
     from contract.catalog import RecipeInfo

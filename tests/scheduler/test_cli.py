@@ -273,12 +273,12 @@ def form_submit(tmp_path, files, env=None, **changes):
     gives: its answer and its queue."""
     from contract.settings import load_settings
     from scheduler.hardware.local import LocalHardware
+    from scheduler.output_names import default_output_repo
     from scheduler.queue import make_queue
     from scheduler.worker import Worker
     from training.demo import DEMO_MODEL, DEMO_RESOLUTION
     from ui.auth import access_for
     from ui.context import AppContext
-    from ui.output_names import default_output_repo
     from ui.submission import submit
 
     settings = load_settings({"DATA_DIR": str(tmp_path / "form-data"), **(env or {})})
@@ -372,7 +372,7 @@ def test_hub_submit_names_the_tokens_user_and_the_forms_repo(hub, tmp_path, caps
     this subject (issue 21, 8: ``<login>`` and ``dreambooth-<task id>`` before)."""
     from huggingface_hub import HfApi
 
-    from ui.output_names import default_output_repo
+    from scheduler.output_names import default_output_repo
 
     images = tmp_path / "photos"
     make_images(images, 3)
