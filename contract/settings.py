@@ -61,6 +61,13 @@ NOT_FOR_USERS: Mapping[str, str] = MappingProxyType({
 TRAINER_VARIABLES = ("TRAINING_RECIPES_MODULES", "TRAINING_FAMILY_MODULES", "TRAINING_SCRIPT", DEMO_DIR_VAR)
 
 
+def hub_offline() -> bool:
+    """Whether huggingface_hub's offline mode is on (``HF_HUB_OFFLINE=1``, as the library itself reads it)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def default_demo_dir() -> Path:
     """Where the demo model is built when DREAMBOOTH_DEMO_DIR is not set: ``~/.cache/dreambooth-trainer/demo-sd``."""
     return Path.home() / ".cache" / "dreambooth-trainer" / "demo-sd"

@@ -21,7 +21,7 @@ from typing import Any
 from huggingface_hub import HfApi
 
 from contract.params import LR_SCHEDULER_CHOICES
-from contract.settings import DEFAULT_BASE_MODEL, Settings, SettingsError, load_settings
+from contract.settings import DEFAULT_BASE_MODEL, Settings, SettingsError, hub_offline, load_settings
 from contract.text import printable
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
 from scheduler.hardware.space import SpaceHardware
@@ -32,7 +32,6 @@ from scheduler.queue.document import list_images
 from scheduler.retry import RetryPolicy
 from scheduler.stored import is_safe_task_id
 from scheduler.task import Task, TaskStatus
-from scheduler.trainer_process import hub_offline
 from scheduler.validation import split_captions, submission_warnings, validate_task
 from training.base_check import DEMO_MODEL, id_problem  # torch-free
 

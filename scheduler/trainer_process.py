@@ -33,7 +33,7 @@ from contract.events import (
     Step,
     parse_event,
 )
-from contract.settings import child_environment
+from contract.settings import child_environment, hub_offline
 from scheduler.queue.base import InvalidTransition, QueueError
 from scheduler.queue.document import CHECKPOINTS_DIR
 from scheduler.spending import STOP_GRACE_S
@@ -150,13 +150,6 @@ def tail_lines(path: Path, n: int) -> list[str]:
     except FileNotFoundError:
         return []
     return text.splitlines()[-n:]
-
-
-def hub_offline() -> bool:
-    """Whether huggingface_hub's offline mode is on (``HF_HUB_OFFLINE=1``, read by the library itself)."""
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode()
 
 
 def task_spec(task: Task, images: Path, settings: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.settings import hub_offline
 from training.families.rules import (  # the model_index.json rules the families share (torch-free)
     ALLOWED_COMPONENTS,
     WEIGHT_COMPONENTS,
@@ -222,7 +223,7 @@ def hub_problem(base_model: str, exc: BaseException, endpoint: str | None = None
         RevisionNotFoundError,
     )
 
-    if offline() and is_network_error(exc):
+    if hub_offline() and is_network_error(exc):
         return offline_problem(base_model, "needs a file that is not in the Hugging Face cache")
     where = endpoint_of(endpoint)
     status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -292,7 +293,7 @@ def probe_base_model(base_model: str, *, token: str | None = None, endpoint: str
         text = text_or_problem
         probe.files = _files_in(Path(base_model))
     else:
-        text_or_problem = (_cached_index if offline() else _hub_index)(base_model, probe, token, endpoint)
+        text_or_problem = (_cached_index if hub_offline() else _hub_index)(base_model, probe, token, endpoint)
         if isinstance(text_or_problem, BaseModelProblem):
             probe.problem = text_or_problem
             return probe
@@ -315,13 +316,6 @@ def _files_in(root: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- offline mode: the Hugging Face cache only
-def offline() -> bool:
-    """Whether huggingface_hub's offline mode is on (``HF_HUB_OFFLINE=1``, as the library itself reads it)."""
-    from huggingface_hub import constants
-
-    return constants.is_offline_mode()
-
-
 def offline_problem(base_model: str, why: str) -> BaseModelProblem:
     """A Hub base model offline mode cannot use (not retryable: the cache does not fill by itself)."""
     return BaseModelProblem(

@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
+from contract.settings import hub_offline
 from training.base_check import (  # the checks live there
     BaseModelProblem,
     component_problem,
     hub_problem,
     id_problem,
     not_a_pipeline,
-    offline,
     offline_problem,
     parse_json_object,
     probe_base_model,
@@ -127,7 +127,7 @@ def choose_model_files(info: ModelInfo, trainable: Collection[str] = frozenset()
         )
     except FileChoiceError as e:
         problem = e.problem
-        if offline() and not Path(info.base_model).is_dir():  # only the cached files were there to choose from
+        if hub_offline() and not Path(info.base_model).is_dir():  # only the cached files were there to choose from
             problem = offline_problem(info.base_model, f"is only partly in the Hugging Face cache ({problem.message})")
         raise problem_error(problem) from e
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from contract.catalog import FamilyInfo, RecipeCatalogError, family_for_pipeline, load_families
-from training.base_check import DEMO_MODEL, Probe, id_problem, offline, probe_base_model
+from contract.settings import hub_offline
+from training.base_check import DEMO_MODEL, Probe, id_problem, probe_base_model
 from training.families import find_family
 from ui.auth import Access
 from ui.fit_check import hardware_warning, per_gpu_memory
@@ -121,7 +122,7 @@ def family_for(settings: Any, access: Access, base_model: str | None, *, fetch: 
 def _asks_the_hub(settings: Any, base_model: str) -> bool:
     """Whether looking ``base_model`` up now would ask the Hub (a valid repo id that is no local folder, not kept; in
     offline mode nothing does: the Hugging Face cache answers)."""
-    if offline() or cached_probe(settings, base_model, fetch=False) is not None:
+    if hub_offline() or cached_probe(settings, base_model, fetch=False) is not None:
         return False
     return id_problem(base_model) is None and not Path(base_model).is_dir()
 

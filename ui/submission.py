@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.params import SCHEDULE_DEFAULTS
+from contract.settings import hub_offline
 from scheduler.output_names import OutputChoice, choose_output_repo, default_output_repo, write_problem
 from scheduler.task import Task, TaskStatus
-from scheduler.trainer_process import hub_offline
 from scheduler.validation import split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
 from ui.auth import is_owner
