@@ -167,7 +167,8 @@ def test_readme_documents_the_jobs_backend_as_the_settings_and_the_runner_have_i
 
     from contract.flavors import FLAVORS, JOBS_GPU_FLAVORS
     from contract.settings import Settings, load_settings
-    from scheduler.backends.jobs_runner import JOB_STARTUP_MARGIN_S, JobsRunner, job_timeout_s
+    from scheduler.backends.jobs_runner import JobsRunner
+    from scheduler.spending import JOB_STARTUP_MARGIN_S, job_timeout_s
 
     defaults = Settings()
     assert _variable_default("TRAINING_BACKEND") == f"`{defaults.training_backend}`"

@@ -36,8 +36,7 @@ from scheduler.billing import Claim, GpuPeriod
 from scheduler.queue.base import InvalidTransition, QueueError, TaskQueue
 from scheduler.redact import redact
 from scheduler.retry import RetryPolicy, call_with_retries, http_status
-from scheduler.spending import JOB_STARTUP_MARGIN_S as JOB_STARTUP_MARGIN_S  # re-exported (was defined here)
-from scheduler.spending import Budget, caps_for, job_timeout_s
+from scheduler.spending import DAY_S, Budget, caps_for, job_timeout_s
 from scheduler.stored import vetted_with_billing
 from scheduler.task import Task
 
@@ -47,7 +46,6 @@ LABEL_TASK, LABEL_SPACE, LABEL_HOLDER = "dreambooth-task", "dreambooth-space", "
 LOG_TAIL_LINES = 40
 #: an alive Job's log tail is re-read at most this often (a read of a quiet running Job's logs can take seconds)
 LOG_REFRESH_S = 30.0
-DAY_S = 24 * 3600.0
 BILLING_URL = "https://huggingface.co/settings/billing"
 TOKENS_URL = "https://huggingface.co/settings/tokens"
 

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from scheduler.backends.jobs_runner import job_timeout_s
+from scheduler.spending import job_timeout_s
 from scheduler.task import Task, TaskStatus
 from tests.polling import wait_for
 from tests.test_jobs_backend import FLAVOR, JobsSpace
