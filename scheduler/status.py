@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from contract.events import Step
@@ -21,6 +21,32 @@ LOSS_HISTORY = 2000
 SAMPLES_KEPT = 8
 #: phases that say how the last run ended: an idle worker keeps showing them until the next task starts
 ENDED_PHASES = frozenset({"done", "failed", "cancelled", "stopped"})
+#: stages of a switch the Hub still calls under way while the old container serves
+SWITCHING_STAGES = frozenset({"RUNNING_BUILDING", "RUNNING_APP_STARTING"})
+
+
+def runs_on(accelerator: str, flavor: str | None) -> bool:
+    """Whether a container whose ``ACCELERATOR`` is ``accelerator`` runs on ``flavor`` (any CPU flavor: "none")."""
+    if not flavor:
+        return False
+    return accelerator in ("", "none") if flavor.startswith("cpu") else accelerator == flavor
+
+
+def as_served(hw: HardwareState | None) -> HardwareState | None:
+    """The hardware state as a page this process answers shows it. The app answering the page IS running, so a
+    stage read while this container started is stale: APP_STARTING on the flavor this container runs on is shown as
+    RUNNING, and a switch the Hub calls under way (the old container serving) while this container already runs on
+    the requested flavor (and not on the old one) is shown as done. Anything else is the Hub's word (e.g. the old
+    container, still answering while the new one starts)."""
+    if hw is None:
+        return None
+    flavor = hw.current or hw.requested
+    if hw.stage == "APP_STARTING" and runs_on(hw.accelerator, flavor):
+        return replace(hw, current=flavor, stage="RUNNING")
+    moved = hw.requested and hw.requested != hw.current and runs_on(hw.accelerator, hw.requested)
+    if hw.stage in SWITCHING_STAGES and moved and not runs_on(hw.accelerator, hw.current):
+        return replace(hw, current=hw.requested, stage="RUNNING")
+    return hw
 
 
 @dataclass
@@ -66,6 +92,18 @@ class WorkerStatus:
             for key, value in changes.items():
                 setattr(self._data, key, value)
             self._data.updated_at = time.time()
+
+    def hardware_requested(self, flavor: str, answer: HardwareState | None = None) -> None:
+        """The app itself asked the Hub for ``flavor``: the header says so at once, not after the next runtime read.
+        ``answer``: the state the Hub answered the request with (its new stage); without one that names ``flavor``,
+        the last state with ``flavor`` as the requested hardware."""
+        with self._lock:
+            d = self._data
+            if answer is not None and answer.requested == flavor:
+                d.hardware = answer
+            elif d.hardware is not None:
+                d.hardware = replace(d.hardware, requested=flavor)
+            d.updated_at = time.time()
 
     def record_step(self, event: Step) -> None:
         """Apply one ``step`` event of the trainer."""

@@ -296,6 +296,8 @@ class Worker:
             self.status.update(phase="releasing", message="Nothing left to train: going back to idle hardware")
             self._close_period()
             done = self.hardware.release()
+            if done.startswith("requested"):  # the header says "moving to CPU basic" at once
+                self.status.hardware_requested(self.settings.idle_hardware)
             self._hw_state = None
             self.status.update(message=f"Released the GPU: {done}")
 
@@ -311,7 +313,7 @@ class Worker:
             deadline_s = task.deadline_s
         requested_at = time.time()
         try:
-            self.hardware.request(flavor, sleep_time_s=int(deadline_s + 1800))
+            answer = self.hardware.request(flavor, sleep_time_s=int(deadline_s + 1800))
         except HardwareRefused as refused:
             self._refused[action.task_id or ""] = time.time()
             note = f"GPU request for {flavor} refused: {refused.reason} Fix: {refused.fix}"
@@ -322,6 +324,7 @@ class Worker:
                 except QueueError:
                     log.exception("could not store the refusal on task %s", action.task_id)
             return
+        self.status.hardware_requested(flavor, answer)  # the header says "moving to ..." now, not after a poll
         if is_gpu(flavor) and not self.settings.local:
             try:  # the GPU is billed from now: record the period (idempotent when it is already recorded)
                 self.queue.open_period(flavor, requested_at, action.task_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from types import SimpleNamespace
 
 from huggingface_hub import HfApi
 
@@ -73,6 +74,28 @@ def test_a_granted_gpu_request_opens_a_period_and_a_later_cpu_container_closes_o
     assert closed.closed_by == "recovered" and found_at <= closed.released_at <= time.time()
     fresh.step()
     assert queue.list_with_billing()[1] == [closed]  # closed once
+
+
+def test_the_header_shows_a_granted_request_with_the_hubs_answer_at_once(hub, tmp_path):
+    """The header says "moving to" with the stage the Hub answered the request with (issue 21, item 11), without
+    waiting for the worker's next runtime read (a poll later)."""
+    from ui.layout import header_text
+
+    repo, queue, worker = space_worker(hub)
+    queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="alice", base_model="m"),
+                  make_images(tmp_path, 3, size=128))  # fmt: skip
+    hub.clear_requests()
+
+    action, _ = worker.step()
+
+    assert action.kind.value == "request_hardware"
+    hw = worker.status.snapshot().hardware
+    assert (hw.current, hw.requested, hw.stage) == ("cpu-basic", "t4-small", "RUNNING_BUILDING")
+    [post] = hub.requests("POST", rf"^/api/spaces/{repo}/hardware$")
+    reads_after = [r for r in hub.requests("GET", rf"^/api/spaces/{repo}/runtime$") if r.time > post.time]
+    assert reads_after == []  # the request's own answer: no extra runtime read
+    ctx = SimpleNamespace(settings=worker.settings, local=False)
+    assert header_text(ctx, hw) == "**Hardware:** CPU basic → **moving to Nvidia T4 small** · stage RUNNING_BUILDING"
 
 
 def test_idle_worker_stays_under_one_hub_request_per_poll_interval(hub, tmp_path):

@@ -8,7 +8,9 @@ from typing import Any
 import gradio as gr
 
 from scheduler.diagnostics import PUBLIC_SPACE_WARNING, OfferedModelsCheck
+from scheduler.hardware.base import HardwareState
 from scheduler.output_names import default_output_repo
+from scheduler.status import as_served
 from ui.auth import Access, access_for, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, hardware_choices, uses_jobs
@@ -182,13 +184,19 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
         table = visitor_html(access)
     new_ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
     run = jobs_run_values(access, status, tasks, ctx.settings) if uses_jobs(ctx) else run_values_for(access, status, tasks)
-    header = hardware_text(status.hardware, ctx.local) + (" · training runs on Hugging Face Jobs" if uses_jobs(ctx) else "")
-    values = [header, table, *run]
+    values = [header_text(ctx, status.hardware), table, *run]
     updates, seen = only_changed(values, seen)
     if updates[SAMPLES_INDEX] != gr.skip():  # sample files go out as images, never as paths
         updates[SAMPLES_INDEX] = load_samples(updates[SAMPLES_INDEX])
     results_pick, open_results = results_picker_update(tasks, seen, user_pick)
     return [updates[0], updates[1], choices, new_ids, *updates[2:], results_pick, open_results, seen]
+
+
+def header_text(ctx: AppContext, hw: HardwareState | None) -> str:
+    """The header's hardware line. This process answers the page, so it shows the state as served (``as_served``: no
+    stale APP_STARTING once the app runs)."""
+    jobs = " · training runs on Hugging Face Jobs" if uses_jobs(ctx) else ""
+    return hardware_text(as_served(hw), ctx.local) + jobs
 
 
 def results_picker_update(tasks: list[Any], seen: dict, user_pick: str | None = None) -> tuple[Any, Any]:

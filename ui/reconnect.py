@@ -8,6 +8,10 @@ script asks the app (GETs relative to the page) every ``POLL_S`` seconds while t
 - no answer, or not the app's (an error page of the Spaces proxy): show ``BANNER_TEXT``;
 - the same boot id: the app is still there (hide the banner if shown);
 - another boot id: a new process serves the app, so reload the page into it.
+
+While the banner shows, Gradio's own toasts ("Connection Lost ... Attempting reconnection") are hidden
+(``RESTARTING_CLASS`` on ``<html>``, ``STYLE``): the banner says what happens. An error toast makes the script ask
+the app at once, so the banner replaces Gradio's toast within one request instead of one poll.
 """
 
 from __future__ import annotations
@@ -28,16 +32,20 @@ BANNER_TEXT = (
 #: in local mode nothing switches hardware: the app was restarted (or stopped) by whoever runs it
 LOCAL_BANNER_TEXT = "The app is not answering (restarted or stopped?). This page reloads by itself when it is back."
 MARKER = "app-boot-id"
+RESTARTING_CLASS = "app-restarting"
+#: Gradio 6's toasts live in ``.toast-wrap`` (its Toast component); hidden while the restart banner shows
+STYLE = f"html.{RESTARTING_CLASS} .toast-wrap {{ display: none !important; }}"
 
 SCRIPT = """
 (() => {
-  const BOOT = %(boot)s, MARKER = %(marker)s, TEXT = %(text)s, BANNER_ID = %(banner_id)s;
+  const BOOT = %(boot)s, MARKER = %(marker)s, TEXT = %(text)s, BANNER_ID = %(banner_id)s, CLASS = %(css_class)s;
   const POLL_MS = %(poll_ms)d, TIMEOUT_MS = %(timeout_ms)d, CONFIG_EVERY = %(config_every)d;
   if (window.__appReconnect) return;  // the head may be inserted more than once
   const state = window.__appReconnect = { boot: BOOT, polls: 0, down: false };
   let busy = false;
   function banner(show) {
     let el = document.getElementById(BANNER_ID);
+    document.documentElement.classList.toggle(CLASS, show);  // hides Gradio's "Connection Lost" toast meanwhile
     if (!show) { if (el) el.hidden = true; return; }
     if (!el) {
       el = document.createElement("div");
@@ -45,7 +53,7 @@ SCRIPT = """
       el.setAttribute("role", "status");
       el.setAttribute("aria-live", "polite");
       el.textContent = TEXT;
-      // At the bottom: Gradio's own "connection lost" toast sits at the top right, and the header stays readable.
+      // At the bottom, so the header stays readable.
       el.style.cssText = "position:fixed;bottom:0;left:0;right:0;z-index:10000;padding:14px 16px;background:#fef3c7;" +
         "color:#78350f;border-top:2px solid #f59e0b;font:600 15px/1.4 system-ui,sans-serif;text-align:center;" +
         "box-shadow:0 -2px 8px rgba(0,0,0,.15)";
@@ -87,6 +95,11 @@ SCRIPT = """
   }
   setInterval(() => { if (!document.hidden) check(state.polls %% CONFIG_EVERY === CONFIG_EVERY - 1); }, POLL_MS);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) check(true); });
+  let toastSeen = null;  // Gradio shows an error toast when a call fails: ask the app now rather than at the next poll
+  new MutationObserver(() => {
+    const toast = document.querySelector(".toast-wrap .toast-body.error");
+    if (toast && toast !== toastSeen) { toastSeen = toast; check(false); }
+  }).observe(document.documentElement, { childList: true, subtree: true });
 })();
 """
 
@@ -95,6 +108,6 @@ def head_html(*, local: bool = False, boot_id: str = BOOT_ID, poll_s: float = PO
     """``<meta>`` naming the boot id, and the watching script (all values JSON-quoted into it)."""
     text = LOCAL_BANNER_TEXT if local else BANNER_TEXT
     values = {"boot": json.dumps(boot_id), "marker": json.dumps(MARKER), "text": json.dumps(text),
-              "banner_id": json.dumps(BANNER_ID), "poll_ms": int(poll_s * 1000), "timeout_ms": int(timeout_s * 1000),
-              "config_every": CONFIG_EVERY}  # fmt: skip
-    return f'<meta name="{MARKER}" content="{boot_id}">\n<script>{SCRIPT % values}</script>'
+              "banner_id": json.dumps(BANNER_ID), "css_class": json.dumps(RESTARTING_CLASS),
+              "poll_ms": int(poll_s * 1000), "timeout_ms": int(timeout_s * 1000), "config_every": CONFIG_EVERY}  # fmt: skip
+    return f'<meta name="{MARKER}" content="{boot_id}">\n<style>{STYLE}</style>\n<script>{SCRIPT % values}</script>'

@@ -40,8 +40,9 @@ class HardwareController(ABC):
         """Current state (one runtime request on a Space)."""
 
     @abstractmethod
-    def request(self, flavor: str, sleep_time_s: int | None = None) -> None:
-        """Ask for ``flavor``. No request is sent when it is already requested. Raises HardwareRefused."""
+    def request(self, flavor: str, sleep_time_s: int | None = None) -> HardwareState | None:
+        """Ask for ``flavor``. No request is sent when it is already requested. Raises HardwareRefused. Returns the
+        state the Hub answered with (or read, when nothing was sent); None when unknown."""
 
     @abstractmethod
     def release(self) -> str:

@@ -131,8 +131,7 @@ class SpaceHardware(HardwareController):
                 f"Cannot read the runtime of {self.space_id}: {type(exc).__name__} (HTTP {http_status(exc)})."
             ) from exc
 
-    def state(self) -> HardwareState:
-        runtime = self.runtime()
+    def _state_of(self, runtime: SpaceRuntime) -> HardwareState:
         return HardwareState(
             current=_name(runtime.hardware),
             requested=_name(runtime.requested_hardware),
@@ -141,21 +140,26 @@ class SpaceHardware(HardwareController):
             gpu_visible=self.gpu_visible(),
         )
 
-    def _already_requested(self, flavor: str) -> bool:
-        runtime = self.runtime()
-        requested, current = _name(runtime.requested_hardware), _name(runtime.hardware)
-        return requested == flavor or (requested is None and current == flavor)
+    def state(self) -> HardwareState:
+        return self._state_of(self.runtime())
 
-    def request(self, flavor: str, sleep_time_s: int | None = None) -> None:
-        if self._already_requested(flavor):
+    def _already_requested(self, flavor: str) -> HardwareState | None:
+        """The state read now when ``flavor`` is already requested (nothing to send), else None."""
+        state = self.state()
+        requested, current = state.requested, state.current
+        return state if requested == flavor or (requested is None and current == flavor) else None
+
+    def request(self, flavor: str, sleep_time_s: int | None = None) -> HardwareState | None:
+        if (state := self._already_requested(flavor)) is not None:
             log.info("%s already requested for %s; nothing sent", flavor, self.space_id)
-            return
+            return state
         sleep_time = (sleep_time_s if sleep_time_s is not None else self.sleep_time_s) if is_gpu(flavor) else None
         for n in range(self.retry.attempts):
             try:
-                self.api.request_space_hardware(self.space_id, flavor, sleep_time=sleep_time)
+                answer = self.api.request_space_hardware(self.space_id, flavor, sleep_time=sleep_time)
                 log.info("requested %s for %s (sleep_time=%s)", flavor, self.space_id, sleep_time)
-                return
+                # The Hub answers with the runtime after the request: the header shows its stage at once.
+                return self._state_of(answer) if isinstance(answer, SpaceRuntime) else None
             except Exception as exc:
                 refused = refusal(exc, flavor, self.space_id)
                 if refused is not None:
@@ -166,10 +170,11 @@ class SpaceHardware(HardwareController):
                     ) from exc
                 self._sleep(self.retry.delay(n))
                 try:
-                    if self._already_requested(flavor):  # the failed answer hid a request that did land
-                        return
+                    if (state := self._already_requested(flavor)) is not None:  # the failed answer hid a landed request
+                        return state
                 except HardwareUnavailable:
                     pass
+        return None
 
     def release(self) -> str:
         idle = self.idle_hardware

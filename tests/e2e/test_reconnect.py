@@ -16,8 +16,19 @@ import pytest
 from huggingface_hub import HfApi
 
 from tests.conftest import ALICE_TOKEN
-from tests.e2e.harness import DESKTOP, browser, create_app_space, free_port, shot, wait_for, wait_http
-from ui.reconnect import BANNER_TEXT
+from tests.e2e.harness import (
+    DESKTOP,
+    app_env,
+    browser,
+    create_app_space,
+    free_port,
+    run_app,
+    shot,
+    stop_group,
+    wait_for,
+    wait_http,
+)
+from ui.reconnect import BANNER_TEXT, LOCAL_BANNER_TEXT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -82,3 +93,33 @@ def test_page_shows_the_restart_banner_and_reloads_into_the_new_app(hub, tmp_pat
             shot(page, "reconnect-reloaded-on-cpu", timeout_s=30)
     finally:
         hub.stop_space(repo)
+
+
+def test_gradios_connection_lost_toast_is_hidden_while_the_banner_shows(tmp_path):
+    """Issue 21, item 11: the app's banner alone says what happens, not Gradio's "Connection Lost" toast beside it.
+    The app (local mode) is stopped under an open page: Gradio's toast comes (its timer's call fails) and stays in
+    the page, hidden while the banner shows."""
+    from playwright.sync_api import expect
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    with run_app(workdir, app_env(GRADIO_SERVER_PORT=str(port)), tmp_path / "app.log") as proc, browser() as b:
+        wait_http(url, 90, proc, tmp_path / "app.log")
+        page = b.new_page(viewport=DESKTOP)
+        page.set_default_navigation_timeout(60_000)
+        page.goto(url)
+        expect(page.locator("#hardware")).to_have_text(re.compile(r"Hardware:\s*this machine"), timeout=30_000)
+        assert page.locator("#restart-banner").count() == 0
+
+        stop_group(proc)  # the app goes away under the open page
+
+        toast = page.locator(".toast-wrap .toast-body.error")
+        expect(toast.first).to_be_attached(timeout=30_000)  # Gradio did raise its toast...
+        expect(toast.first).to_contain_text("Connection to the server was lost")
+        banner = page.locator("#restart-banner")
+        expect(banner).to_be_visible(timeout=30_000)
+        expect(banner).to_have_text(LOCAL_BANNER_TEXT)
+        expect(toast.first).to_be_hidden()  # ...and the banner alone shows
+        shot(page, "reconnect-banner-without-gradio-toast", timeout_s=30)

@@ -66,6 +66,16 @@ def test_request_is_idempotent_and_sets_sleep_time(hub):
     assert runtime["gcTimeout"] == 12_600
 
 
+def test_request_returns_the_state_the_hub_answered_with(hub):
+    space_id = new_space(hub)
+    hub.wait_for_stage(space_id, "RUNNING", 10)
+    hw = controller(hub, space_id)
+    sent = hw.request("t4-small")  # the POST's own answer: the switch under way, at no extra runtime read
+    assert sent is not None and (sent.current, sent.requested, sent.stage) == ("cpu-basic", "t4-small", "RUNNING_BUILDING")
+    again = hw.request("t4-small")  # nothing sent: the state read to know it
+    assert again is not None and again.requested == "t4-small" and len(posts(hub, space_id)) == 1
+
+
 def test_request_retries_transient_errors(hub):
     space_id = new_space(hub)
     hub.inject_fault("POST", HW_PATH, status=503, count=2)
