@@ -335,7 +335,7 @@ def measure(model: Path, shape: str, images_dir: Path, work: Path, trainer: str 
 
     import_rss = rss_gib()
     spec = TrainSpec.from_dict({"task_id": f"host-ram-{shape}", "base_model": str(model), "instance_prompt": PROMPT,
-                                "images": str(images_dir), "params": {"mixed_precision": MIXED_PRECISION}})  # fmt: skip
+                                "images": str(images_dir), "params": {"mixed_precision": MIXED_PRECISION, "score": False}})  # fmt: skip
     p = spec.params
     ctx = RunContext(spec, work, Progress(None))
     recipe = DreamBoothLoRA()

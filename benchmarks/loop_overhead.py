@@ -98,7 +98,7 @@ def measure(tasks: int, steps: int, switch_delay_s: float, poll_s: float) -> dic
             task = Task(instance_prompt=f"a photo of sks dog {i}", submitted_by="alice", base_model=str(model),
                         output_repo=f"alice/overhead-{i}",
                         params={"steps": steps, "resolution": 64, "learning_rate": 1e-4, "rank": 4,
-                                "validation_prompts": [f"a photo of sks dog {i}"]})  # fmt: skip
+                                "validation_prompts": [f"a photo of sks dog {i}"], "score": False})  # fmt: skip
             ids.append(queue.enqueue(task, images).id)
         wait_for(lambda: all(queue.get(t).status.terminal for t in ids), 900, "the tasks to finish", every=1.0)
         wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "cpu-basic"

@@ -151,7 +151,7 @@ def run_one(cfg: Config, model: Path, work: Path, warmup: int, timed: int) -> di
         "num_class_images": 10, "train_text_encoder": cfg.train_text_encoder,
         "gradient_checkpointing": cfg.gradient_checkpointing, "use_8bit_adam": cfg.use_8bit_adam,
         "checkpoint_every": 0, "log_every": 10 if steps >= 50 else 1, "random_flip": True,
-        "memory_budget_gib": cap_gib, **cfg.params,
+        "memory_budget_gib": cap_gib, "score": False, **cfg.params,  # training speed only: scoring_cost.py times scores
     }  # fmt: skip
     if cfg.quantize_base is not None:
         params["quantize_base"] = cfg.quantize_base

@@ -21,6 +21,7 @@ PHASES = (
     "caching_latents",
     "training",
     "sampling",
+    "scoring",
     "saving",
     "uploading",
     "done",
@@ -71,6 +72,17 @@ class Sample(BaseEvent):
     paths: list[str]
 
 
+class Scores(BaseEvent):
+    """The scores of the sampling point at ``step`` (0: the base model); ``contract.scores`` says what each is."""
+
+    event: Literal["scores"] = "scores"
+    step: int
+    dino: float | None = None
+    clip_i: float | None = None
+    clip_t: float | None = None
+    val_loss: float | None = None
+
+
 class Checkpoint(BaseEvent):
     event: Literal["checkpoint"] = "checkpoint"
     step: int
@@ -95,6 +107,9 @@ class MemoryPlan(BaseEvent):
     estimate_gib: float | None = None
     source: str | None = None
     device: str | None = None
+    #: the scoring models' memory while they score (``contract.scoring_models.scoring_memory_gib``): at sampling
+    #: time, on top of the resident weights, not of the training peak; None: the run does not score
+    scoring_gib: float | None = None
 
 
 class Done(BaseEvent):
@@ -114,7 +129,7 @@ class Error(BaseEvent):
     message: str
 
 
-Event = Annotated[Phase | Step | Sample | Checkpoint | Resumed | MemoryPlan | Done | Error, Field(discriminator="event")]
+Event = Annotated[Phase | Step | Sample | Scores | Checkpoint | Resumed | MemoryPlan | Done | Error, Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 
 

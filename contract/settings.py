@@ -12,17 +12,26 @@ variables (``TRAINER_VARIABLES``) with the same parsers. Every field records whe
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
-
 from contract.flavors import FLAVORS, IDLE_FLAVORS, is_jobs_only
+from contract.scoring_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
+from contract.setting_values import (  # SettingsError: raised by ``load_settings``, its importers read it here
+    SettingsError,
+    check_repo_id,
+    looks_like_path,
+    parse_bool,
+    parse_exposure,
+    parse_list,
+    parse_modules,
+    parse_namespace,
+    parse_number,
+    parse_scoring_model,
+)
 
 APP_ROOT = Path(__file__).resolve().parent.parent  # the app's folder: where a relative TRAINING_SCRIPT is looked for
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -43,6 +52,7 @@ VARIABLES = (
     "MAX_PARALLEL_JOBS", "JOBS_GPU_HOURS_PER_DAY", "JOB_IMAGE", "JOBS_NAMESPACE", "KEEP_PHOTOS", "KEEP_RUN_FOLDERS",
     "OUTPUT_NAMESPACE", "MAX_QUEUED_PER_USER", "MAX_GPU_HOURS_PER_USER_DAY", "SPACE_HOST", "SYSTEM",
     "OAUTH_CLIENT_SECRET", MOCK_SIGNIN_VAR, "LOCAL_EXPOSE_TO_NETWORK", "MAX_SPEND_USD_PER_MONTH",
+    "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL",
 )  # fmt: skip
 _PLATFORM = "set by the Spaces platform in every Space's container, not by the Space's owner"
 #: variables read here that the README's variables table deliberately leaves out (users do not set them), and why
@@ -58,7 +68,8 @@ NOT_FOR_USERS: Mapping[str, str] = MappingProxyType({
                      "app; never set on a real Space",
 })  # fmt: skip
 #: the variables the trainer (``python -m training``) reads itself, through ``load_trainer_settings``
-TRAINER_VARIABLES = ("TRAINING_RECIPES_MODULES", "TRAINING_FAMILY_MODULES", "TRAINING_SCRIPT", DEMO_DIR_VAR)
+TRAINER_VARIABLES = ("TRAINING_RECIPES_MODULES", "TRAINING_FAMILY_MODULES", "TRAINING_SCRIPT", DEMO_DIR_VAR,
+                     "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL")  # fmt: skip
 
 
 def hub_offline() -> bool:
@@ -71,10 +82,6 @@ def hub_offline() -> bool:
 def default_demo_dir() -> Path:
     """Where the demo model is built when DREAMBOOTH_DEMO_DIR is not set: ``~/.cache/dreambooth-trainer/demo-sd``."""
     return Path.home() / ".cache" / "dreambooth-trainer" / "demo-sd"
-
-
-class SettingsError(ValueError):
-    """An environment variable has a value the app cannot use; the message names the variable and the fix."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,10 @@ class Settings:
     # DREAMBOOTH_DEMO_DIR: where the built-in demo model is built on first use (read by the trainer and the app's
     # base-model check through ``training.demo``).
     demo_dir: Path = field(default_factory=default_demo_dir)
+    # SCORING_DINO_MODEL / SCORING_CLIP_MODEL: the models that score a run (``contract.scoring_models``: a Hub repo
+    # id, a local folder, or builtin:pixels for DINO); None: that measure is off (the variable set empty or none)
+    scoring_dino_model: str | None = DEFAULT_DINO_MODEL
+    scoring_clip_model: str | None = DEFAULT_CLIP_MODEL
     # Privacy and per-user limits (see README "Privacy").
     keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
     keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
@@ -180,51 +191,6 @@ class Settings:
         return rows
 
 
-def _parse_namespace(name: str, value: str) -> str:
-    """A user or organization name (what may stand before the ``/`` of a repo id)."""
-    try:
-        validate_repo_id(f"{value}/x")
-    except HFValidationError:
-        raise SettingsError(f"{name}={value!r} is not a user or organization name.") from None
-    return value
-
-
-def _parse_bool(var: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{var}={raw!r} is not a boolean. Use true or false.")
-
-
-def _parse_number(var: str, raw: str, kind: type, minimum: float) -> Any:
-    try:
-        value = kind(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{var}={raw!r} is not a{'n integer' if kind is int else ' number'}.") from None
-    if value < minimum:
-        raise SettingsError(f"{var}={raw!r} must be at least {minimum}.")
-    return value
-
-
-def _parse_list(raw: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _check_repo_id(var: str, repo_id: str, *, need_namespace: bool) -> None:
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise SettingsError(f"{var}={repo_id!r} is not a valid repo id: {exc}") from None
-    if need_namespace and "/" not in repo_id:
-        raise SettingsError(f"{var}={repo_id!r} must be of the form owner/name.")
-
-
-def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", ".", "~")) or value.count("/") > 1 or os.sep in value.replace("/", "")
-
-
 def script_path(value: str) -> Path:
     """Where a TRAINING_SCRIPT value points: an absolute path as it is, a relative one inside the app's folder."""
     path = Path(value).expanduser()
@@ -243,39 +209,13 @@ def _parse_training_script(raw: str) -> str:
     return raw
 
 
-def _parse_modules(var: str, raw: str, example: str) -> tuple[str, ...]:
-    """A comma-separated list of importable module names (``my_family``, ``pkg.families``)."""
-    modules = _parse_list(raw)
-    for module in modules:
-        if module.endswith(".py") or not all(part.isidentifier() for part in module.split(".")):
-            raise SettingsError(f"{var}={raw!r}: {module!r} is not a Python module name (e.g. {example} or "
-                                f"pkg.{example}; comma-separated, without .py).")  # fmt: skip
-    return modules
+def _taker(env: Mapping[str, str], sources: dict[str, str]) -> Callable[..., str | None]:
+    """``take(field, VAR)``: VAR's stripped value (None when unset or blank, unless ``blank``: then a set but blank
+    variable gives ""), noting it as the field's source."""
 
-
-_HOST_NAME = re.compile(r"^(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
-                        r"(?::[0-9]{1,5})?$")  # fmt: skip
-
-
-def _parse_exposure(raw: str) -> tuple[bool, tuple[str, ...]]:
-    """LOCAL_EXPOSE_TO_NETWORK: ``false`` (127.0.0.1 only), ``true`` (all interfaces; served as localhost only, e.g.
-    a container's published port), or the host names (``name`` or ``name:port``) the network reaches it by."""
-    if raw.strip().lower() in ("1", "true", "yes", "on", "", "0", "false", "no", "off"):
-        return _parse_bool("LOCAL_EXPOSE_TO_NETWORK", raw), ()
-    names = tuple(name.lower() for name in _parse_list(raw))
-    for name in names:
-        if not _HOST_NAME.match(name):
-            raise SettingsError(f"LOCAL_EXPOSE_TO_NETWORK={raw!r}: {name!r} is not a host name (e.g. mybox.lan, "
-                                "192.168.1.20 or mybox.lan:7860; comma-separated), nor true or false.")  # fmt: skip
-    return True, names
-
-
-def _taker(env: Mapping[str, str], sources: dict[str, str]) -> Callable[[str, str], str | None]:
-    """``take(field, VAR)``: VAR's stripped value (None when unset or blank), noting it as the field's source."""
-
-    def take(name: str, var: str) -> str | None:
+    def take(name: str, var: str, blank: bool = False) -> str | None:
         raw = env.get(var)
-        if raw is None or raw.strip() == "":
+        if raw is None or (raw.strip() == "" and not blank):
             return None
         sources[name] = var
         return raw.strip()
@@ -283,22 +223,26 @@ def _taker(env: Mapping[str, str], sources: dict[str, str]) -> Callable[[str, st
     return take
 
 
-def _load_trainer_variables(values: dict[str, Any], take: Callable[[str, str], str | None],
+def _load_trainer_variables(values: dict[str, Any], take: Callable[..., str | None],
                             variables: Collection[str] = TRAINER_VARIABLES) -> None:  # fmt: skip
     """The trainer's own variables (those of ``variables``): TRAINING_SCRIPT, TRAINING_FAMILY_MODULES,
-    TRAINING_RECIPES_MODULES and DREAMBOOTH_DEMO_DIR."""
+    TRAINING_RECIPES_MODULES, DREAMBOOTH_DEMO_DIR and the scoring models."""
     script = take("training_script", "TRAINING_SCRIPT") if "TRAINING_SCRIPT" in variables else None
     if script is not None:
         values["training_script"] = _parse_training_script(script)
     families = take("family_modules", "TRAINING_FAMILY_MODULES") if "TRAINING_FAMILY_MODULES" in variables else None
     if families is not None:
-        values["family_modules"] = _parse_modules("TRAINING_FAMILY_MODULES", families, "my_family")
+        values["family_modules"] = parse_modules("TRAINING_FAMILY_MODULES", families, "my_family")
     modules = take("recipes_modules", "TRAINING_RECIPES_MODULES") if "TRAINING_RECIPES_MODULES" in variables else None
     if modules is not None:
-        values["recipes_modules"] = _parse_modules("TRAINING_RECIPES_MODULES", modules, "my_recipes")
+        values["recipes_modules"] = parse_modules("TRAINING_RECIPES_MODULES", modules, "my_recipes")
     demo_dir = take("demo_dir", DEMO_DIR_VAR) if DEMO_DIR_VAR in variables else None
     if demo_dir is not None:
         values["demo_dir"] = Path(demo_dir).expanduser()
+    for name, var in (("scoring_dino_model", "SCORING_DINO_MODEL"), ("scoring_clip_model", "SCORING_CLIP_MODEL")):
+        model = take(name, var, blank=True) if var in variables else None  # blank: the measure is off
+        if model is not None:
+            values[name] = parse_scoring_model(var, model)
 
 
 def load_trainer_settings(environ: Mapping[str, str] | None = None, *,
@@ -336,7 +280,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     author = take("space_author", "SPACE_AUTHOR_NAME")
     repo_name = take("space_repo_name", "SPACE_REPO_NAME")
     if space_id is not None:
-        _check_repo_id("SPACE_ID", space_id, need_namespace=True)
+        check_repo_id("SPACE_ID", space_id, need_namespace=True)
         values["space_id"] = space_id
         values["local"] = False
         sources["local"] = "SPACE_ID"
@@ -352,12 +296,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if queue_repo is None and author and repo_name and space_id is not None:
         queue_repo, sources["queue_repo"] = f"{author}/{repo_name}-queue", "derived"
     if queue_repo is not None:
-        _check_repo_id("QUEUE_REPO", queue_repo, need_namespace=True)
+        check_repo_id("QUEUE_REPO", queue_repo, need_namespace=True)
     values["queue_repo"] = queue_repo
 
     users = take("allowed_users", "ALLOWED_USERS")
     if users is not None:
-        values["allowed_users"] = _parse_list(users)
+        values["allowed_users"] = parse_list(users)
     elif author:
         values["allowed_users"], sources["allowed_users"] = (author,), "derived"
 
@@ -384,16 +328,16 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for name, var, kind, minimum in numbers:
         raw = take(name, var)
         if raw is not None:
-            values[name] = _parse_number(var, raw, kind, minimum)
+            values[name] = parse_number(var, raw, kind, minimum)
 
     models = take("base_models", "BASE_MODELS")
     if models is not None:
-        parsed = _parse_list(models)
+        parsed = parse_list(models)
         if not parsed:
             raise SettingsError("BASE_MODELS is empty. Give a comma-separated list of model repo ids.")
         for model in parsed:
-            if not _looks_like_path(model):
-                _check_repo_id("BASE_MODELS", model, need_namespace=False)
+            if not looks_like_path(model):
+                check_repo_id("BASE_MODELS", model, need_namespace=False)
         values["base_models"] = parsed
     base_models = values.get("base_models", (DEFAULT_BASE_MODEL,))
     default_model = take("default_base_model", "DEFAULT_BASE_MODEL")
@@ -414,30 +358,30 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         values["accelerator"] = accelerator
     cpu = take("allow_cpu_training", "ALLOW_CPU_TRAINING")
     if cpu is not None:
-        values["allow_cpu_training"] = _parse_bool("ALLOW_CPU_TRAINING", cpu)
+        values["allow_cpu_training"] = parse_bool("ALLOW_CPU_TRAINING", cpu)
     _load_trainer_variables(values, take)
 
     _load_jobs_settings(values, sources, take, space_id=space_id, author=author)
 
     keep = take("keep_photos", "KEEP_PHOTOS")
     if keep is not None:
-        values["keep_photos"] = _parse_bool("KEEP_PHOTOS", keep)
+        values["keep_photos"] = parse_bool("KEEP_PHOTOS", keep)
     keep_runs = take("keep_run_folders", "KEEP_RUN_FOLDERS")
     if keep_runs is not None:
-        values["keep_run_folders"] = _parse_bool("KEEP_RUN_FOLDERS", keep_runs)
+        values["keep_run_folders"] = parse_bool("KEEP_RUN_FOLDERS", keep_runs)
     namespace = take("output_namespace", "OUTPUT_NAMESPACE")
     if namespace is not None:
-        values["output_namespace"] = _parse_namespace("OUTPUT_NAMESPACE", namespace)
+        values["output_namespace"] = parse_namespace("OUTPUT_NAMESPACE", namespace)
     for name, var, kind, minimum in (
         ("max_queued_per_user", "MAX_QUEUED_PER_USER", int, 0),
         ("max_gpu_hours_per_user_day", "MAX_GPU_HOURS_PER_USER_DAY", float, 0),
     ):
         raw = take(name, var)
         if raw is not None:
-            values[name] = _parse_number(var, raw, kind, minimum)
+            values[name] = parse_number(var, raw, kind, minimum)
     spend = take("max_spend_usd_per_month", "MAX_SPEND_USD_PER_MONTH")
     if spend is not None and spend.lower() not in ("none", "off", "unlimited"):
-        values["max_spend_usd_per_month"] = _parse_number("MAX_SPEND_USD_PER_MONTH", spend, float, 0)
+        values["max_spend_usd_per_month"] = parse_number("MAX_SPEND_USD_PER_MONTH", spend, float, 0)
 
     host = take("space_host", "SPACE_HOST")
     if host is not None:
@@ -446,10 +390,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["oauth_client_secret_set"] = bool((env.get("OAUTH_CLIENT_SECRET") or "").strip())
     mock = take("mock_signin_for_tests", MOCK_SIGNIN_VAR)
     if mock is not None:
-        values["mock_signin_for_tests"] = _parse_bool(MOCK_SIGNIN_VAR, mock)
+        values["mock_signin_for_tests"] = parse_bool(MOCK_SIGNIN_VAR, mock)
     expose = take("local_expose_to_network", "LOCAL_EXPOSE_TO_NETWORK")
     if expose is not None:
-        values["local_expose_to_network"], values["local_host_names"] = _parse_exposure(expose)
+        values["local_expose_to_network"], values["local_host_names"] = parse_exposure(expose)
         sources["local_host_names"] = "LOCAL_EXPOSE_TO_NETWORK"
 
     return Settings(**values, _sources=MappingProxyType(sources))
@@ -468,18 +412,18 @@ def _load_jobs_settings(values: dict[str, Any], sources: dict[str, str], take: A
         values["training_backend"] = backend
     raw = take("max_parallel_jobs", "MAX_PARALLEL_JOBS")
     if raw is not None:
-        values["max_parallel_jobs"] = _parse_number("MAX_PARALLEL_JOBS", raw, int, 1)
+        values["max_parallel_jobs"] = parse_number("MAX_PARALLEL_JOBS", raw, int, 1)
     raw = take("jobs_gpu_hours_per_day", "JOBS_GPU_HOURS_PER_DAY")
     if raw is not None:
         no_cap = raw.lower() in ("none", "off", "unlimited")
-        values["jobs_gpu_hours_per_day"] = None if no_cap else _parse_number("JOBS_GPU_HOURS_PER_DAY", raw, float, 0)
+        values["jobs_gpu_hours_per_day"] = None if no_cap else parse_number("JOBS_GPU_HOURS_PER_DAY", raw, float, 0)
     image = take("job_image", "JOB_IMAGE")
     if image is None and space_id is not None:
         image, sources["job_image"] = f"hf.co/spaces/{space_id}", "derived"
     values["job_image"] = image
     namespace = take("jobs_namespace", "JOBS_NAMESPACE")
     if namespace is not None:
-        _parse_namespace("JOBS_NAMESPACE", namespace)
+        parse_namespace("JOBS_NAMESPACE", namespace)
     elif author is not None and space_id is not None:
         namespace, sources["jobs_namespace"] = author, "derived"
     values["jobs_namespace"] = namespace

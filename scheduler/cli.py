@@ -125,6 +125,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
                    "recipe's, else constant)")  # fmt: skip
     p.add_argument("--lr-warmup-steps", type=int, help="warm-up steps (default: the recipe's, else 0)")
     p.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting, e.g. 5 (default: the recipe's, else off)")
+    p.add_argument("--no-score", dest="score", action="store_false", help="do not score the sampling points and the "
+                   "base model, nor pick the best checkpoint (default: scored, as in the form)")  # fmt: skip
     p.add_argument("--hardware", help=f"GPU flavor (default: {hardware}, the TRAIN_HARDWARE setting)")
     p.add_argument("--output-repo", help="model repo for the result; default: named from the prompt as the form names it, "
                    "<owner>/dreambooth-sks-dog (in local mode dreambooth-sks-dog, uploaded to HF_TOKEN's account when "
@@ -296,7 +298,9 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                                                    offered=settings.base_models)  # fmt: skip
     submitted_by, output_repo = submitter_and_repo(args, settings, local, api)
     prompt, class_prompt = args.prompt.strip(), (args.class_prompt or "").strip() or None
-    params: dict[str, Any] = {"prior_preservation": class_prompt is not None, "validation_prompts": [prompt]}
+    # ``score`` is always written, as the form writes it
+    params: dict[str, Any] = {"prior_preservation": class_prompt is not None, "validation_prompts": [prompt],
+                              "score": args.score}  # fmt: skip
     params |= {k: v for k, v in (("steps", args.steps), ("learning_rate", args.learning_rate), ("rank", args.rank),
                                  ("resolution", args.resolution), ("lr_scheduler", args.lr_scheduler),
                                  ("lr_warmup_steps", args.lr_warmup_steps), ("snr_gamma", args.snr_gamma))

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from contract.events import Step
+from contract.events import Scores, Step
 from scheduler.billing import GpuPeriod
 from scheduler.hardware.base import HardwareState
 from scheduler.task import Task, TaskStatus
@@ -62,6 +62,8 @@ class StatusData:
     steps_per_s: float | None = None
     eta_s: float | None = None
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    scores: Scores | None = None  # the latest scored checkpoint's (``contract.scores``)
+    base_scores: Scores | None = None  # the base model's (step 0), the baseline they are shown next to
     samples: list[str] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
     hardware: HardwareState | None = None
@@ -119,6 +121,15 @@ class WorkerStatus:
                 del d.loss_history[:-LOSS_HISTORY]
             d.updated_at = time.time()
 
+    def record_scores(self, event: Scores) -> None:
+        """Apply one ``scores`` event of the trainer: step 0 is the base model's, any other the latest checkpoint's."""
+        with self._lock:
+            if event.step == 0:
+                self._data.base_scores = event
+            else:
+                self._data.scores = event
+            self._data.updated_at = time.time()
+
     def add_samples(self, paths: list[str]) -> None:
         """Remember the newest sample images (kept: the last few)."""
         with self._lock:
@@ -132,6 +143,7 @@ class WorkerStatus:
             d.task_id, d.phase, d.message = task.id, "preparing", f"Training task {task.id}"
             d.step, d.total = 0, int(task.params.get("steps", 0) or 0)
             d.loss = d.steps_per_s = d.eta_s = None
+            d.scores = d.base_scores = None
             d.loss_history, d.samples, d.log_tail = [], [], []
             d.last_error = None
             d.updated_at = time.time()

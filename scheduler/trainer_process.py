@@ -30,6 +30,7 @@ from contract.events import (
     Phase,
     Resumed,
     Sample,
+    Scores,
     Step,
     parse_event,
 )
@@ -105,6 +106,8 @@ def memory_plan_message(event: MemoryPlan) -> str:
     if event.estimate_gib is not None:
         gib = "under 0.1" if event.estimate_gib < 0.05 else f"about {event.estimate_gib:.1f}"
         parts.append(f"{gib} GiB of {'RAM' if cpu else 'GPU memory'}")
+    if event.scoring_gib:  # at sampling time, when the training step's activations are freed
+        parts.append(f"scoring models {event.scoring_gib:.1f} GiB while sampling")
     return "Memory plan: " + ", ".join(parts)
 
 
@@ -315,6 +318,8 @@ def apply_event(status: WorkerStatus, event: Event, done: Done | None,
         status.update(phase=event.phase or "working")
     elif isinstance(event, Sample):
         status.add_samples(event.paths)
+    elif isinstance(event, Scores):
+        status.record_scores(event)
     elif isinstance(event, MemoryPlan):
         status.update(message=memory_plan_message(event))
     elif isinstance(event, Resumed):

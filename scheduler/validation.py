@@ -57,6 +57,8 @@ class Limits:
 
 
 LIMITS = Limits()
+#: ``params.score`` in the form (``ui.advanced``) and in the messages: score each sampling point, pick the best
+SCORE_LABEL = "Score checkpoints"
 
 
 def check_prompt(label: str, prompt: str | None, limits: Limits = LIMITS, required: bool = True) -> list[str]:
@@ -195,11 +197,13 @@ def validate_submission(
     lr_scheduler: str | None = None,
     lr_warmup_steps: int | None = None,
     snr_gamma: float | None = None,
+    score: object = None,
 ) -> list[str]:
     """Every problem with a submission, one message each; empty when it can be enqueued. Touches nothing.
 
     ``captions``: the ``.txt`` captions uploaded with ``images`` (``check_captions``). Numbers left as None are not
-    checked (the recipe's defaults apply). ``base_models``/``recipes``, when given, are the allowed choices.
+    checked (the recipe's defaults apply), nor is ``score`` (true or false when given). ``base_models``/``recipes``,
+    when given, are the allowed choices.
     """
     problems = check_prompt("Instance prompt", instance_prompt, limits, required=True)
     problems += check_prompt("Class prompt", class_prompt, limits, required=False)
@@ -230,6 +234,8 @@ def validate_submission(
     if lr_scheduler is not None and lr_scheduler not in LR_SCHEDULER_CHOICES:
         problems.append(f"{LR_SCHEDULER_LABEL}: {lr_scheduler!r} is not a choice; use one of "
                         f"{', '.join(LR_SCHEDULER_CHOICES)}.")  # fmt: skip
+    if score is not None and not isinstance(score, bool):
+        problems.append(f"{SCORE_LABEL}: {score!r} is not on or off; use true or false.")
     if resolution is not None:
         # the tiny demo model trains at its own native size (DEMO_RESOLUTION): it gets the whole shared bound
         bound = PARAMS["resolution"] if base_model == DEMO_MODEL else limits.resolution
@@ -263,7 +269,7 @@ def validate_task(
 ) -> list[str]:
     """``validate_submission`` for a built Task; numbers are read from ``task.params`` keys
     ``steps``, ``learning_rate``, ``rank``, ``resolution`` and the schedule's (``lr_scheduler``, ``lr_warmup_steps``,
-    ``snr_gamma``) when present, and ``quantize_base``; every other
+    ``snr_gamma``) when present, ``quantize_base`` and ``score``; every other
     param it holds is checked against the shared bounds too (``check_params``). ``captions``: the ``.txt``
     captions sent with ``images`` (``split_captions``)."""
     params = task.params
@@ -289,6 +295,7 @@ def validate_task(
         lr_scheduler=params.get("lr_scheduler"),
         lr_warmup_steps=params.get("lr_warmup_steps"),
         snr_gamma=params.get("snr_gamma"),
+        score=params.get("score"),
     )
     return problems + check_params(params, skip=named)
 

@@ -32,6 +32,10 @@ os.environ.update(
     HF_HUB_DISABLE_EXPERIMENTAL_WARNING="1",
     GRADIO_ANALYTICS_ENABLED="False",
     NO_PROXY="127.0.0.1,localhost",
+    # Scores (contract.scores) by the fixed pixel embedding only: the tiny models' samples are noise, and the real
+    # scoring models cannot be downloaded here. Tests of the real loaders set these themselves.
+    SCORING_DINO_MODEL="builtin:pixels",
+    SCORING_CLIP_MODEL="",
 )
 for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_CO_STAGING", "SPACE_ID", "SYSTEM"):
     os.environ.pop(var, None)
@@ -48,4 +52,4 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-pytest_plugins = ["tests.fakehub.fixtures", "tests.tiny_models"]
+pytest_plugins = ["tests.fakehub.fixtures", "tests.tiny_models", "tests.tiny_scorers"]

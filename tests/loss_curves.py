@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file
 
+from contract.scores import SCORED_CHECKPOINTS_DIR
 from tests.tiny_flux import build_tiny_flux1, build_tiny_flux2_klein
 from tests.tiny_models import build_tiny_sd, build_tiny_sdxl, make_images
 
@@ -92,7 +94,8 @@ def run_one(name: str, root: Path, models: dict[str, Path]) -> dict:
         if e.get("event") == "step"
     ]
     digest = hashlib.sha256()  # the tensors (names, shapes, values), not the file's bytes (metadata order varies)
-    for f in sorted((work / "output").rglob("*.safetensors")):
+    out = work / "output"  # the model's weights: not the scored checkpoints kept beside them (contract.scores)
+    for f in sorted(f for f in out.rglob("*.safetensors") if f.relative_to(out).parts[0] != SCORED_CHECKPOINTS_DIR):
         for key, tensor in sorted(load_file(f).items()):
             digest.update(
                 key.encode() + str(tuple(tensor.shape)).encode() + tensor.contiguous().view(-1).numpy().tobytes()
@@ -101,6 +104,9 @@ def run_one(name: str, root: Path, models: dict[str, Path]) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    # Scoring stays on (its sampling points and validation loss must leave training as it was) with no scoring
+    # model: no download is tried, and the last checkpoint is the model whose weights are hashed.
+    os.environ.update(SCORING_DINO_MODEL="none", SCORING_CLIP_MODEL="none")
     out = Path(argv[0])
     names = argv[1:] or list(CONFIGS)
     with tempfile.TemporaryDirectory() as tmp:

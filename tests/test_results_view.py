@@ -34,6 +34,7 @@ from ui.results_view import (
     summary_markdown,
 )
 from ui.run_view import run_values_for
+from ui.scores_view import scores_html
 
 OWNER = Access(user="local", allowed=True, owner=True)
 
@@ -43,6 +44,13 @@ def local_ctx(data_dir: Path) -> AppContext:
     settings = load_settings({"DATA_DIR": str(data_dir), "POLL_INTERVAL_S": "0.2", "LEASE_S": "30"})
     queue = make_queue(settings)
     return AppContext(settings=settings, queue=queue, worker=Worker(settings, queue, make_hardware(settings)))
+
+
+def assert_newest_samples_first(result) -> None:
+    """The validation prompts' samples of both sampling steps, newest first (scoring may add more of each step)."""
+    shown = [(s.step, s.index) for s in result.samples]
+    assert shown[:2] == [(4, 0), (4, 1)] and {(2, 0), (2, 1)} <= set(shown)
+    assert shown == sorted(shown, key=lambda si: (-si[0], si[1]))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +76,7 @@ def test_a_local_result_has_samples_loss_curve_settings_and_the_output_files(tra
     result = build_result(ctx, task)
 
     assert result.output_dir == Path(task.result_url)
-    assert [(s.step, s.index) for s in result.samples] == [(4, 0), (4, 1), (2, 0), (2, 1)]
+    assert_newest_samples_first(result)
     assert all(s.image.size == (64, 64) for s in result.samples)
     assert result.loss_curve == [(int(s), float(v)) for s, v in metrics["loss_curve"]] and len(result.loss_curve) == 4
     names = {p.name for p in result.files}
@@ -85,15 +93,38 @@ def test_local_download_links_are_copies_outside_the_data_dir(trained):
     data_dir, task, _ = trained
     ctx = local_ctx(data_dir)
 
-    summary, gallery, loss, settings, files = results_values_for(ResultsCache(ctx), OWNER, [task], task.id)
+    summary, gallery, loss, settings, files, _scores = results_values_for(ResultsCache(ctx), OWNER, [task], task.id)
 
     assert files and all(not Path(f).resolve().is_relative_to(data_dir.resolve()) for f in files)
-    originals = {p.name: p for p in Path(task.result_url).rglob("*") if p.is_file()}
-    assert sorted(Path(f).name for f in files) == sorted(originals)
-    for f in files:
-        assert Path(f).read_bytes() == originals[Path(f).name].read_bytes()
+    output = Path(task.result_url)
+    originals = {p.relative_to(output).as_posix(): p for p in output.rglob("*") if p.is_file()}
+    assert any(name.startswith("checkpoints/step-") for name in originals)  # the run kept scored checkpoints
+    # the model's files and samples are offered; the scored checkpoints and scoring images stay in the folder
+    originals = {n: p for n, p in originals.items() if not n.startswith(("checkpoints/", "scores/"))}
+    root = Path(files[0]).parent  # the copies keep the folders (samples/)
+    while not (root / "README.md").is_file():
+        root = root.parent
+    copies = {Path(f).relative_to(root).as_posix(): Path(f) for f in files}
+    assert sorted(copies) == sorted(originals)
+    for name, copy in copies.items():
+        assert copy.read_bytes() == originals[name].read_bytes()
     assert [caption for _, caption in gallery][:2] == ["step 4 · prompt 1", "step 4 · prompt 2"]
     assert 'aria-label="Training loss: 4 points"' in loss and "<polyline" in loss  # the chart of ui.loss_chart
+
+
+def test_the_trainers_own_scores_show_with_the_base_and_picked_images(trained):
+    data_dir, task, _ = trained
+
+    result = build_result(local_ctx(data_dir), task)
+
+    assert result.scores is not None, "the trainer wrote no scores.json"
+    record = result.scores.record
+    assert record.picked is not None and record.base is not None and record.prompts
+    picked = record.point(record.picked.step)
+    assert set(result.scores.images) == set(record.base.images) | set(picked.images)  # every one of them read
+    html = scores_html(result.scores)
+    assert html.count('<th scope="row"') == len(record.prompts) and "no image" not in html
+    assert f"Picked checkpoint: step {record.picked.step}" in html and 'class="scores-chart"' in html
 
 
 def test_results_are_shown_only_to_the_owner_and_the_submitter(trained):
@@ -123,7 +154,7 @@ def test_a_result_from_the_model_repo_is_downloaded_once_and_cached(trained, hub
     result = result_from_repo(on_space, api, tmp_path / "cache")
 
     assert result.problems == []
-    assert [(s.step, s.index) for s in result.samples] == [(4, 0), (4, 1), (2, 0), (2, 1)]
+    assert_newest_samples_first(result)
     assert result.loss_curve == [(int(s), float(v)) for s, v in metrics["loss_curve"]]
     assert result.model_url == url and repo in summary_markdown(result)
     assert f"| hardware | {FLAVORS[on_space.hardware].label} |" in settings_markdown(result)

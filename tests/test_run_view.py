@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from contract.events import Step
+from contract.events import Step, parse_event
 from scheduler.status import StatusData, WorkerStatus
 from scheduler.task import Task
+from scheduler.trainer_process import apply_event
 from ui.run_view import phase_text, progress_html
 
 
@@ -52,3 +53,26 @@ def test_a_new_task_starts_with_a_clean_run_view():
     assert s.last_error is None and s.eta_s is None and s.steps_per_s is None and s.loss is None
     assert s.loss_history == [] and s.samples == [] and s.log_tail == []
     assert "Last error" not in phase_text(s) and "first" not in phase_text(s)
+
+
+def test_the_latest_scores_show_next_to_the_base_models_as_the_trainer_reports_them():
+    status = WorkerStatus()
+    status.start_task(Task(instance_prompt="a photo of sks dog", submitted_by="local", id="abc", params={"steps": 1000}))
+    assert "Scores" not in phase_text(status.snapshot())
+
+    def report(record: dict) -> None:  # one decoded line of the trainer's event stream, applied as the worker does
+        apply_event(status, parse_event({"event": "scores", **record}), None, None)
+
+    report({"step": 0, "dino": 0.42, "clip_i": 0.7, "clip_t": 0.311, "val_loss": 0.2})
+    assert ("**Scores of the base model:** DINO 0.420 · CLIP-I 0.700 · CLIP-T 0.311 · validation loss 0.2000"
+            in phase_text(status.snapshot()))  # fmt: skip
+    report({"step": 500, "dino": 0.61, "clip_i": 0.8, "clip_t": 0.305, "val_loss": 0.1234})
+    report({"step": 1000, "dino": 0.655, "clip_t": 0.29})  # no CLIP-I nor loss this time: left out
+
+    text = phase_text(status.snapshot())
+    assert ("**Scores at step 1000:** DINO 0.655 (base 0.420) · CLIP-T 0.290 (base 0.311)" + "\n") in text + "\n"
+    assert "step 500" not in text
+
+    status.start_task(Task(instance_prompt="a photo of sks toy", submitted_by="local", id="next", params={"steps": 4}))
+    s = status.snapshot()
+    assert s.scores is None and s.base_scores is None and "Scores" not in phase_text(s)

@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from contract.text import md_code, md_text
 from training.base_check import DEMO_MODEL
+from training.card_scores import eval_results, scored, scores_section
 
 if TYPE_CHECKING:
     from training.families.base import Components
@@ -32,12 +33,14 @@ def _file_notes(notes: dict[str, str]) -> str:
 
 
 def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> Path:
-    """Write ``ctx.output_dir/README.md`` describing the base model, trigger prompt, settings and samples."""
+    """Write ``ctx.output_dir/README.md`` describing the base model, trigger prompt, settings and samples, and the
+    scores with the picked checkpoint when the run was scored (``training.card_scores``)."""
     spec, p = ctx.spec, ctx.spec.params
     lora = spec.recipe.endswith("lora") or "lora" in result.recipe
     card_info = comps.family.card_info(comps)  # the model family's licence, tags and file notes
     tags = ["text-to-image", "diffusers", "dreambooth", *card_info.tags, "diffusers-training"] + (["lora"] if lora else [])
     samples = result.sample_paths
+    record = scored(result.scores)  # the scores of the sampling points and the pick (None: unscored)
     widget = [
         {"text": prompt, "output": {"url": Path(path).relative_to(ctx.output_dir.resolve()).as_posix()}}
         for prompt, path in samples.items()
@@ -50,6 +53,7 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
         tags=tags,
         instance_prompt=spec.instance_prompt,
         widget=widget or None,
+        **_model_index(spec, record),
     )
     plan = result.memory_plan
     captions = _captions_note(result.captioned)
@@ -102,6 +106,7 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
             f"pipe = {card_info.pipeline_class}.from_pretrained({repo})\n"
             f"image = pipe({call}{prompt}).images[0]\n```"
         )
+    scores = f"\n{scores_section(record, repo=repo, lora=lora)}" if record is not None else ""
     demo_note = ""
     if spec.base_model == DEMO_MODEL:
         demo_note = (
@@ -122,7 +127,7 @@ Trained with DreamBooth on a few images of a subject. Use the trigger prompt **{
 ## Use it
 
 {usage}
-
+{scores}
 ## Training settings
 
 | setting | value |
@@ -133,6 +138,13 @@ Trained with DreamBooth on a few images of a subject. Use the trigger prompt **{
     path = ctx.output_dir / "README.md"
     card.save(str(path))
     return path
+
+
+def _model_index(spec, record) -> dict:
+    """``model_name`` and ``eval_results`` (the ``model-index``) for the picked checkpoint's scores, or nothing."""
+    repo_id = spec.output.repo_id if spec.output else None
+    results = eval_results(record, repo_id) if record is not None else []
+    return {"model_name": repo_id or f"dreambooth-{spec.task_id}", "eval_results": results} if results else {}
 
 
 def _py(text: str) -> str:

@@ -22,6 +22,7 @@ class DreamBoothFull(DreamBoothRecipe):
     steps_per_image, min_steps, max_steps = 200, 400, 4000
     hub_checkpoints = False  # GBs of weights and optimizer state: too big for the queue repo
     max_checkpoints_kept = 1
+    keeps_scored_weights = False  # each scored point would keep a whole model
 
     @classmethod
     def trainable_components(cls, params: TrainParams, family: type[ModelFamily] | None = None) -> frozenset[str]:

@@ -3,13 +3,15 @@
     python -m training.preload stable-diffusion-v1-5/stable-diffusion-v1-5 --layout benchmarks/layouts/sd15.json
     python -m training.preload REPO --files listing.txt --index model_index.json
     python -m training.preload REPO                # asks the Hub for the file list and model_index.json
+    python -m training.preload --scoring           # the scoring models' items (SCORING_DINO_MODEL, SCORING_CLIP_MODEL)
 
 prints ``REPO f1,f2,...`` (with ``--revision SHA``: ``REPO f1,f2,... SHA``), the item form a Space's
 ``preload_from_hub`` takes. The files are the union, over the recipes (default: every registered one, the built-in
 ``dreambooth-lora`` and ``dreambooth-full``) and over ``train_text_encoder`` off and on, of what
 ``training.files.choose_files`` picks for them: LoRA reads fp16 weights throughout, a full fine-tune the fp32 UNet
 (and the fp32 text encoders when it trains them), so one preloaded Space serves every built-in recipe without a
-download.
+download. ``--scoring`` prints the scoring models' items too (``scoring_items``), so a Space scores runs without a
+download either.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract.scoring_models import CLIP_FILES, DINO_FILES, PIXELS, PRELOAD_FILES, off
 from training.files import FROZEN_VARIANT, FileChoiceError, choose_files
 from training.spec import TrainParams
 
@@ -54,6 +57,28 @@ def preload_item(repo_id: str, files: Sequence[str], revision: str | None = None
     return f"{item} {revision}" if revision else item
 
 
+def scoring_items(dino: str | None, clip: str | None, list_files=None) -> list[str]:
+    """The ``preload_from_hub`` items of the scoring models ``dino`` and ``clip`` that are Hub repos (not off, not
+    ``PIXELS``, not a local folder): the files ``training.scoring`` loads, those of the repo. The default models' are
+    known (``PRELOAD_FILES``: no request); another repo's files are listed by ``list_files(repo)`` (default: the
+    Hub's listing)."""
+    items = []
+    for model, wanted in ((dino, DINO_FILES), (clip, CLIP_FILES)):
+        if off(model) or model == PIXELS or Path(str(model)).expanduser().is_dir():
+            continue
+        assert model is not None
+        if model in PRELOAD_FILES:
+            files = PRELOAD_FILES[model]
+        else:
+            if list_files is None:
+                from huggingface_hub import HfApi
+
+                list_files = HfApi().list_repo_files
+            files = tuple(sorted(set(list_files(model)) & set(wanted)))
+        items.append(preload_item(model, files))
+    return items
+
+
 def read_layout(path: Path) -> tuple[list[str], dict[str, Any]]:
     """The file paths and ``model_index.json`` of a layout file (``benchmarks/layouts/*.json``)."""
     layout = json.loads(Path(path).read_text())
@@ -71,7 +96,8 @@ def _from_hub(repo_id: str) -> tuple[list[str], dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.preload", description=__doc__.splitlines()[0])
-    ap.add_argument("repo_id")
+    ap.add_argument("repo_id", nargs="?", help="the base model (optional with --scoring)")
+    ap.add_argument("--scoring", action="store_true", help="print the scoring models' items too (one a line)")
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--layout", type=Path, help="a layout file (benchmarks/layouts/*.json): files + model_index")
     source.add_argument("--files", type=Path, help="a file listing the repo's paths, one a line (needs --index)")
@@ -80,7 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recipes-module", action="append", default=[], help="extra module registering recipes")
     ap.add_argument("--revision", help="pin the item to this commit sha")
     args = ap.parse_args(argv)
+    if args.scoring:
+        from contract.settings import load_trainer_settings
 
+        settings = load_trainer_settings(variables=("SCORING_DINO_MODEL", "SCORING_CLIP_MODEL"))
+        print("\n".join(scoring_items(settings.scoring_dino_model, settings.scoring_clip_model)))
+    if args.repo_id is None:
+        if not args.scoring:
+            ap.error("give a base model repo id, or --scoring")
+        return 0
     if args.layout is not None:
         files, index = read_layout(args.layout)
     elif args.files is not None:

@@ -28,11 +28,13 @@ class RunContext:
     #: the training script that runs a DreamBooth recipe: None for ``training/train.py``, else a copy's path
     #: (``TRAINING_SCRIPT`` / ``--script``) or a module name
     script: str | None = None
+    #: where ``output_dir`` points instead of ``workdir/output`` (a scored checkpoint's folder inside it)
+    output_override: Path | None = None
 
     @property
     def output_dir(self) -> Path:
         """Weights, model card README.md and samples/*.png: what gets uploaded."""
-        return self.workdir / "output"
+        return self.output_override or self.workdir / "output"
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -109,6 +111,9 @@ class DreamBoothRecipe(Recipe):
     #: whether checkpoints are mirrored to the task's Hub folder (full fine-tunes are several GB: local only)
     hub_checkpoints = True
     max_checkpoints_kept: int | None = None
+    #: whether each scored sampling point's weights are kept in the output (``checkpoints/step-NNNNNN/``) for the
+    #: picked one to become the model (a full fine-tune keeps only its last weights: each copy is several GB)
+    keeps_scored_weights = True
 
     def run(self, ctx: RunContext) -> RunResult:
         import logging

@@ -82,6 +82,8 @@ class TrainParams:
     memory_budget_gib: float | None = None
     log_every: int | None = None
     quantize_base: str = "auto"
+    #: score each sampling point and the base model, and give the user the best checkpoint (``contract.scores``)
+    score: bool = True
 
 
 @dataclass
@@ -227,7 +229,7 @@ def _hub_obj(value: Any, cls: type, key: str) -> Any:
     return cls(**value)
 
 
-_BOOL_KEYS = {"train_text_encoder", "prior_preservation", "random_flip", "compile"}
+_BOOL_KEYS = {"train_text_encoder", "prior_preservation", "random_flip", "compile", "score"}
 _INT_KEYS = {key for key, bound in PARAMS.items() if bound.kind is int}
 #: keys with a concrete default that null stands for
 _NULL_IS_DEFAULT = {"rank", "seed", "batch_size", "lr_warmup_steps", "num_class_images", "quantize_base"}

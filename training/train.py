@@ -6,7 +6,8 @@ level are the usual places to change:
 
 - ``compute_loss``: the loss of one batch (noised input and target, the denoiser's prediction, per-sample
   weighting, the prior-preservation term);
-- ``make_optimizer``: the optimizer and its parameter groups.
+- ``make_optimizer``: the optimizer and its parameter groups;
+- ``validation_loss``: the held-out measure of the loss that the scores record (``contract.scores``).
 
 To run a changed copy everywhere (the app in local mode and on a Space, Hugging Face Jobs, ``python -m training``):
 copy this file (``cp training/train.py my_train.py``), edit the copy, and set ``TRAINING_SCRIPT=my_train.py``
@@ -24,6 +25,7 @@ global sample index) (``utils.batches``), and checkpoints hold the trainable wei
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from contract.events import MemoryPlan
+from contract.scores import scoring_prompts
 from training import data
 from training.checkpoint import resume_run, save_run_checkpoint, settings_fingerprint
 from training.demo import resolve_demo
@@ -49,6 +52,7 @@ from training.precision import (
 from training.recipe_base import clamp_steps, ensure_dirs
 from training.stopping import Terminated, deferred_stop
 from training.utils import batches, sampling
+from training.utils.evaluation import ScoreBook, adapters_off, scoring_gib
 from training.utils.results import RunResult
 from training.utils.runtime import (
     choose_quantization,
@@ -62,6 +66,9 @@ log = logging.getLogger(__name__)
 
 #: gradients are clipped to this total norm before each optimizer step
 MAX_GRAD_NORM = 1.0
+#: the validation loss's fixed draws (image, flip, noise, time): this many samples from a global sample index that
+#: training never reaches, so every call sees the same ones
+VALIDATION_SAMPLES, VALIDATION_INDEX = 8, 2**40
 
 
 def compute_loss(comps, denoiser, batch: dict[str, torch.Tensor], cond: dict[str, torch.Tensor], params, *,
@@ -105,6 +112,28 @@ def make_optimizer(params: list[dict], lr: float, *, use_8bit: bool, device: tor
     if device.type == "cuda":
         return torch.optim.AdamW(params, fused=True, **kwargs)
     return torch.optim.AdamW(params, foreach=True, **kwargs)
+
+
+@torch.no_grad()
+def validation_loss(comps, modules: dict, inst_lat, inst_cond, captions, params, draw_time, autocast,
+                    device: torch.device) -> float:  # fmt: skip
+    """``compute_loss`` (no prior term) over ``VALIDATION_SAMPLES`` fixed draws from the photos' cached latents, in
+    batches of ``params.batch_size``; ``modules``: the unwrapped trained modules. The same draws at every call, so
+    points of one run compare: a loss that rises while training's falls is overfitting."""
+    denoiser = modules[comps.family.denoiser_name]
+    was_training = denoiser.training
+    denoiser.eval()
+    total = 0.0
+    for start in range(0, VALIDATION_SAMPLES, params.batch_size):
+        bs = min(params.batch_size, VALIDATION_SAMPLES - start)
+        batch = batches.make_batch(VALIDATION_INDEX + start, bs, inst_lat, None, params, draw_time)
+        inst = inst_cond if captions.conds is None else [captions.conds[i] for i in batch["image_index"].tolist()]
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast:
+            cond = batches.conditioning(comps, modules, inst, None, bs, device, params.train_text_encoder)
+        total += compute_loss(comps, denoiser, batch, cond, params, prior=False, autocast=autocast).item() * bs
+    denoiser.train(was_training)
+    return total / VALIDATION_SAMPLES
 
 
 def optimizer_step(loss: torch.Tensor, optimizer, params: list[torch.Tensor], scaler, device: torch.device) -> None:
@@ -184,9 +213,12 @@ def train(ctx, recipe) -> RunResult:
     captions = batches.caption_conds(comps, images, spec, inst_cond, frozen=not train_te)  # .conds None: no captions
     result.captioned = captions.captioned
     cls_cond = batches.text_cond(comps, spec.class_prompt or "", frozen=not train_te) if class_images else None
+    # what each sampling point generates: the validation prompts, and with scores the built-in prompts too
+    sample_prompts = scoring_prompts(spec.instance_prompt, spec.class_prompt, p.validation_prompts) if p.score \
+        else p.validation_prompts  # fmt: skip
     sample_conds = None
     if family.free_text_encoders_after_caching and not train_te:  # samples then use cached conditioning
-        sample_conds = {q: batches.text_cond(comps, q, frozen=True) for q in p.validation_prompts}
+        sample_conds = {q: batches.text_cond(comps, q, frozen=True) for q in sample_prompts}
     comps.vae.to("cpu")  # only needed again for samples
     if not train_te:
         family.release_text_encoders(comps)
@@ -211,7 +243,7 @@ def train(ctx, recipe) -> RunResult:
     )  # fmt: skip
     prog.emit(MemoryPlan(quantized_base=quant.kind, gradient_checkpointing=plan.gradient_checkpointing,
                          use_8bit_adam=plan.use_8bit_adam, estimate_gib=round(plan.estimate_gib, 2), source=plan.source,
-                         device=device.type))  # fmt: skip
+                         device=device.type, scoring_gib=scoring_gib(spec, device)))  # fmt: skip
     if plan.gradient_checkpointing:
         comps.denoiser.enable_gradient_checkpointing()
         if train_te:
@@ -240,7 +272,34 @@ def train(ctx, recipe) -> RunResult:
                                    scaler=scaler, acc=acc, recipe=recipe, fingerprint=fingerprint)  # fmt: skip
     start = resume_run(ctx, named, optimizer, lr_sched, scaler, acc, fingerprint=fingerprint, steps=steps)
     samples = functools.partial(sampling.take_samples, comps, wrapped, ctx, acc=acc, resolution=resolution,
-                                cached=sample_conds)  # fmt: skip
+                                cached=sample_conds, prompts=sample_prompts)  # fmt: skip
+    draw_time = functools.partial(family.draw_time, comps=comps, params=p)
+
+    # 6b. scores (``contract.scores``): each sampling point's images against the photos and prompts, its validation
+    # loss and (LoRA) its weights; the base model first: the same prompts and seeds without the fine-tune
+    book = ScoreBook(ctx, images, keep_weights=recipe.keeps_scored_weights, start=start, device=device) \
+        if p.score and acc.is_main_process else None  # fmt: skip
+
+    def unwrapped() -> dict:
+        return {n: acc.unwrap_model(m) for n, m in wrapped.items()}
+
+    shown = len([q for q in sample_prompts if q in p.validation_prompts])  # the first ones: the run's own samples
+
+    def sample_point(step: int, *, base: bool = False) -> None:
+        shots = samples(step, shown=0 if base else shown)  # the base model's images only feed the scores
+        if not base:
+            result.sample_paths.update({q: shots[q] for q in p.validation_prompts if q in shots})
+        if book is not None:
+            loss = validation_loss(comps, unwrapped(), inst_lat, inst_cond, captions, p, draw_time, autocast, device)
+            book.score(step, shots, loss, base=base)
+            if not base:
+                book.keep(step, lambda folder: recipe.save_outputs(
+                    comps, unwrapped(), dataclasses.replace(ctx, output_override=folder)))  # fmt: skip
+
+    if p.score:
+        with adapters_off(wrapped.values()) as off:  # a LoRA's base is its adapters turned off
+            if off or start == 0:  # (a resumed full fine-tune keeps the base it scored before, if any)
+                sample_point(0, base=True)
 
     # 7. train
     prog.phase("training")
@@ -249,9 +308,8 @@ def train(ctx, recipe) -> RunResult:
     log_every = p.log_every or (1 if steps <= 100 else 10)
     # The Hub mirror is a commit to the queue repo: at most about four per run (plus the final one and a stop).
     hub_every = (p.checkpoint_every or 1) * max(1, math.ceil(steps / (4 * (p.checkpoint_every or steps))))
-    draw_time = functools.partial(family.draw_time, comps=comps, params=p)
     loss_sum, loss_n, t_last, s_last = torch.zeros((), device=device), 0, time.perf_counter(), start
-    every_sample = sampling.sample_every(steps, p.validation_every) if p.validation_prompts else None
+    every_sample = sampling.sample_every(steps, p.validation_every) if sample_prompts else None
     result.metrics = metrics = RunMetrics()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -289,7 +347,7 @@ def train(ctx, recipe) -> RunResult:
             if p.checkpoint_every and done % p.checkpoint_every == 0 and done < steps:
                 checkpoint(done, mirror=done % hub_every == 0)
             if every_sample and done % every_sample == 0 and done < steps:
-                result.sample_paths.update(samples(done))
+                sample_point(done)
                 prog.phase("training")
                 denoiser.train()
             metrics.paused(time.perf_counter() - pause_start)
@@ -300,12 +358,13 @@ def train(ctx, recipe) -> RunResult:
 
     # 8. final samples, outputs, final checkpoint (kept so that a failed upload loses nothing)
     acc.wait_for_everyone()
-    if p.validation_prompts:
-        result.sample_paths.update(samples(steps))
+    if sample_prompts:
+        sample_point(steps)
     prog.phase("saving")
     if acc.is_main_process:
-        unwrapped = {n: acc.unwrap_model(m) for n, m in wrapped.items()}
-        result.saved_files = recipe.save_outputs(comps, unwrapped, ctx)
+        result.saved_files = recipe.save_outputs(comps, unwrapped(), ctx)
+        if book is not None:  # the picked checkpoint becomes the main weights
+            result.scores = book.finish(result.saved_files)
         from training.card import write_model_card
 
         write_model_card(ctx, result, comps)

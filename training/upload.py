@@ -13,14 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from training.checkpoint import META_FILE, STATES_FILE, STATES_JSON, WEIGHTS_FILE
 from training.exitcodes import UploadError, UploadRefusedError
 from training.spec import OutputRepo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Resumable state never goes to the model repo, whatever ends up in the output folder.
-UPLOAD_IGNORE = ["checkpoints/*", "**/checkpoints/*", "checkpoint-*/*", "step-*/*", "*.pt", "*.ckpt.tmp", ".tmp*"]
+# Resumable state (``training.checkpoint``'s files: trainable weights with their optimizer state) never goes to the
+# model repo, whatever ends up in the output folder. The scored checkpoints' LoRAs (``checkpoints/step-NNNNNN/``, the
+# model's own weight files) do: the user may pick another one.
+_STATE_FILES = (WEIGHTS_FILE, STATES_FILE, STATES_JSON, META_FILE)
+UPLOAD_IGNORE = ["checkpoint-*/*", "step-*/*", *_STATE_FILES, *(f"*/{name}" for name in _STATE_FILES), "*.pt",
+                 "*.ckpt.tmp", ".tmp*", "*.tmp"]  # fmt: skip
 
 
 def _is_transient(exc: BaseException) -> bool:

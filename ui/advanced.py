@@ -7,6 +7,9 @@ this recipe" (the trainer applies them over the task's params, so the recipe win
 change sets them to the new recipe's values, except a field the user edited since that the new recipe does not fix.
 Their bounds are the shared ones (``contract.params``), checked at submit (``scheduler.validation``) and by the
 trainer (``training.spec``).
+
+"Score checkpoints" (``params.score``, on by default) follows the same rules: the recipe's value, read-only when
+its ``fixed_params`` set it. The task always carries it (``ui.submission.build_task``).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from contract.params import LR_SCHEDULER_CHOICES, LR_SCHEDULER_LABEL, PARAMS, SCHEDULE_DEFAULTS
+from scheduler.validation import SCORE_LABEL
 from training.demo import DEMO_RESOLUTION
 from ui.model_family import FORM_RANK, EditCounts, edited, mark_applied
-from ui.submission import SCHEDULE_FIELDS
+from ui.submission import SCHEDULE_FIELDS, SCORE_DEFAULT, SCORE_FIELD
 
 if TYPE_CHECKING:
     from contract.catalog import RecipeInfo
@@ -30,7 +34,13 @@ SCHEDULE_HELP = {
     "lr_warmup_steps": "The rate rises from 0 over these first steps (at most a fifth of all steps).",
     "snr_gamma": "Min-SNR loss weighting, e.g. 5; 0: off. Stable Diffusion models only (Flux ignores it).",
 }
+SCORE_HELP = (
+    "Scores every sample point and the base model (subject and prompt fidelity), and gives you the best "
+    "checkpoint. Adds a few images per sample point."
+)
 SET_BY_RECIPE = " Set by this recipe."
+#: the Advanced settings a recipe may fix and the user may edit, in ``AdvancedParts.settings`` order
+ADVANCED_FIELDS = (*SCHEDULE_FIELDS, SCORE_FIELD)
 
 
 @dataclass
@@ -44,11 +54,17 @@ class AdvancedParts:
     lr_scheduler: gr.Dropdown
     lr_warmup_steps: gr.Number
     snr_gamma: gr.Number
+    score: gr.Checkbox
 
     @property
     def schedule(self) -> list[Any]:
         """The schedule fields, in ``SCHEDULE_FIELDS`` order."""
         return [self.lr_scheduler, self.lr_warmup_steps, self.snr_gamma]
+
+    @property
+    def settings(self) -> list[Any]:
+        """The schedule fields and the score box, in ``ADVANCED_FIELDS`` order."""
+        return [*self.schedule, self.score]
 
 
 def resolution_choices(local: bool) -> list[tuple[str, int]]:
@@ -85,6 +101,33 @@ def schedule_updates(info: RecipeInfo | None, touched: EditCounts | None,
     return [gr.Dropdown(choices=choices, **scheduler), gr.Number(**warmup), gr.Number(**gamma)], done
 
 
+def score_state(info: RecipeInfo | None, keep: bool = False) -> dict[str, Any]:
+    """Constructor arguments of the "Score checkpoints" box for recipe ``info``: the recipe's value, read-only where
+    its ``fixed_params`` set it, else on (unless ``keep``: the user's value stays)."""
+    fixed = dict(info.fixed_params) if info else {}
+    is_fixed = SCORE_FIELD in fixed
+    kwargs: dict[str, Any] = {"interactive": not is_fixed, "info": SCORE_HELP + (SET_BY_RECIPE if is_fixed else "")}
+    if is_fixed or not keep:
+        kwargs["value"] = fixed.get(SCORE_FIELD, SCORE_DEFAULT)
+    return kwargs
+
+
+def advanced_updates(info: RecipeInfo | None, touched: EditCounts | None,
+                     applied: EditCounts | None) -> tuple[list[Any], EditCounts]:  # fmt: skip
+    """``schedule_updates`` and the score box's update (``ADVANCED_FIELDS`` order) for a newly chosen recipe."""
+    schedule, done = schedule_updates(info, touched, applied)
+    score = score_state(info, keep=edited(SCORE_FIELD, touched, done))
+    if "value" in score:
+        done = mark_applied(done, touched, [SCORE_FIELD])
+    return [*schedule, gr.Checkbox(**score)], done
+
+
+def advanced_values(lr_scheduler: Any, warmup: Any, gamma: Any, score: Any) -> dict[str, Any]:
+    """The Advanced settings' values as the submission's ``values`` (``schedule_values`` and ``score`` as sent: the
+    validator names a value that is not true or false)."""
+    return {**schedule_values(lr_scheduler, warmup, gamma), SCORE_FIELD: score}
+
+
 def schedule_values(lr_scheduler: Any, warmup: Any, gamma: Any) -> dict[str, Any]:
     """The schedule fields' values as the submission's ``values`` (empty numbers, and an SNR gamma of 0 (off): None,
     the trainer's default)."""
@@ -109,8 +152,9 @@ def build_advanced(local: bool, first: list[dict[str, Any]], resolution: int, in
                                        **scheduler)  # fmt: skip
             lr_warmup_steps = gr.Number(label=PARAMS["lr_warmup_steps"].label, precision=0, min_width=140, **warmup)
             snr_gamma = gr.Number(label=PARAMS["snr_gamma"].label, min_width=140, **gamma)
+        score = gr.Checkbox(label=SCORE_LABEL, elem_id="score-checkpoints", **score_state(info))
         fixed_note = gr.Markdown(**first[3])
-    return AdvancedParts(learning_rate, rank, res, fixed_note, lr_scheduler, lr_warmup_steps, snr_gamma)
+    return AdvancedParts(learning_rate, rank, res, fixed_note, lr_scheduler, lr_warmup_steps, snr_gamma, score)
 
 
 def form_number(value: Any, kind: type = int) -> Any:

@@ -13,6 +13,9 @@ the runs that match (same flavor, model family or, when the family is unknown, t
 resolution, batch size, prior preservation and text encoder) give the median steady steps/s (training time = steps
 / that speed) and the median of each measured overhead (GPU switch, start-up, wrap-up, release). The estimate says
 which it used (``Estimate.source``, ``Estimate.runs``).
+
+A task that scores its run (``contract.scores``) adds ``Estimate.scoring_s``: at each of ``SCORED_POINTS`` sampling
+points, one image per scoring prompt and the scoring models' own seconds (``contract.scoring_models``).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from contract.flavors import FLAVORS
+from contract.scoring_models import SCORED_POINTS, SCORERS_CPU_S, SCORERS_GPU_S, scoring_seconds
 from scheduler.task import LOCAL_CPU as LOCAL_CPU  # ``estimate`` hardware names of local mode (run records use them)
 from scheduler.task import LOCAL_GPU as LOCAL_GPU
 from scheduler.task import RunRecord
@@ -92,10 +96,12 @@ class Estimate:
     usd: float
     source: str = BUILT_IN
     runs: int = 0
+    #: seconds of scoring (images generated for the scoring prompts, the scoring models), included in ``usd``
+    scoring_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.train_s + self.overhead_s
+        return self.train_s + self.overhead_s + self.scoring_s
 
 
 def model_family(base_model: str | None, history: Sequence[RunRecord]) -> str | None:
@@ -160,7 +166,18 @@ def _price(hardware: str, usd_per_hour: float | None) -> float:
     return flavor.usd_per_hour if flavor else 0.0
 
 
-def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_hour: float | None = None) -> Estimate:
+def scoring_s(hardware: str, images: int, steps_per_s: float, *, demo: bool = False) -> float:
+    """Seconds that scoring adds to a task on ``hardware`` training at ``steps_per_s``: ``images`` per sampling point
+    (``len(contract.scores.scoring_prompts(...))``; 0: scoring off) at ``SCORED_POINTS`` points, and the scoring
+    models (none for the demo model, scored by its pixels)."""
+    flavor = FLAVORS.get(hardware)
+    cpu = hardware == LOCAL_CPU or (flavor is not None and flavor.gpus == 0)
+    scorers = 0.0 if demo else SCORERS_CPU_S if cpu else SCORERS_GPU_S
+    return scoring_seconds(SCORED_POINTS, images, steps_per_s, scorers_s=scorers)
+
+
+def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_hour: float | None = None,
+                 scoring_images: int = 0) -> Estimate:  # fmt: skip
     """The estimate from matching ``runs``: steps / their median speed, and each overhead's median, for a task that
     starts a GPU period of its own (switch there, start-up of the container, wrap-up, release). Start-up is taken
     from the runs that started a period when there are any (a later task of a period starts faster)."""
@@ -172,9 +189,10 @@ def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_h
         + _median([r.wrapup_s for r in runs])
         + _median([r.release_s for r in runs])
     )
-    train_s = max(steps, 0) / speed
+    train_s, scoring = max(steps, 0) / speed, scoring_s(hardware, scoring_images, speed)
     price = _price(hardware, usd_per_hour)
-    return Estimate(hardware, train_s, overhead, (train_s + overhead) / 3600 * price, HISTORY, len(runs))
+    usd = (train_s + overhead + scoring) / 3600 * price
+    return Estimate(hardware, train_s, overhead, usd, HISTORY, len(runs), scoring)
 
 
 def estimate(
@@ -191,23 +209,28 @@ def estimate(
     family: str | None = None,
     history: Sequence[RunRecord] = (),
     usd_per_hour: float | None = None,
+    scoring_images: int = 0,
 ) -> Estimate:
     """Estimated duration and cost of one task (``LOCAL_CPU``/``LOCAL_GPU`` for this machine, free): from the
     matching runs of ``history`` (earlier runs of this Space or machine) when there are any, else from the table (at
     the speed of ``family`` when it has a reference figure). ``usd_per_hour`` overrides the flavor's list price (the
-    Jobs price of the Jobs backend)."""
+    Jobs price of the Jobs backend). ``scoring_images``: the images each scoring point generates (``scoring_s``; 0: the
+    task does not score)."""
     runs = matching_runs(
         history, hardware=hardware, recipe=recipe, resolution=resolution, batch_size=batch_size,
         prior_preservation=prior_preservation, train_text_encoder=train_text_encoder, base_model=base_model,
         family=family,
     )  # fmt: skip
     if runs:
-        return from_history(steps, hardware, runs, usd_per_hour)
+        return from_history(steps, hardware, runs, usd_per_hour, scoring_images)
     flavor = FLAVORS.get(hardware)
     if base_model == DEMO_MODEL:  # tiny: its speed is its own, whatever the resolution
         train_s = max(steps, 0) / DEMO_STEPS_PER_S
-        return Estimate(hardware, train_s, 0.0, 0.0)
+        return Estimate(hardware, train_s, 0.0, 0.0, scoring_s=scoring_s(hardware, scoring_images, DEMO_STEPS_PER_S,
+                                                                          demo=True))  # fmt: skip
     speed = LOCAL_GPU_STEPS_PER_S if hardware == LOCAL_GPU else LORA_STEPS_PER_S.get(hardware, CPU_STEPS_PER_S)
+    speed *= (512 / max(resolution, 64)) ** 2 * FAMILY_SPEED_VS_SD.get(family or "", 1.0)
+    scoring = scoring_s(hardware, scoring_images, speed)  # sampling: one GPU, no backward (no recipe factors)
     if flavor is not None and flavor.gpus > 1:
         speed *= flavor.gpus * MULTI_GPU_EFFICIENCY
     if recipe != "dreambooth-lora":
@@ -216,12 +239,12 @@ def estimate(
         speed *= PRIOR_FACTOR
     if train_text_encoder:
         speed *= TEXT_ENCODER_FACTOR
-    speed *= (512 / max(resolution, 64)) ** 2 * FAMILY_SPEED_VS_SD.get(family or "", 1.0)
     train_s = max(steps, 0) / speed
     overhead_s = OVERHEAD_S + (num_class_images * CLASS_IMAGE_S if prior_preservation else 0)
     price = _price(hardware, usd_per_hour)
     source = FAMILY if family in FAMILY_SPEED_VS_SD else BUILT_IN
-    return Estimate(hardware, train_s, overhead_s, (train_s + overhead_s) / 3600 * price, source)
+    usd = (train_s + overhead_s + scoring) / 3600 * price
+    return Estimate(hardware, train_s, overhead_s, usd, source, scoring_s=scoring)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -286,6 +309,12 @@ def describe(est: Estimate, local: bool, device: LocalDevice | None = None, *, j
     return text + family_caveat(est, family_label)
 
 
+def _parts(est: Estimate, rest: str) -> str:
+    """``12 min training + 3 min scoring + 6 min {rest}`` (no scoring part when the task does not score)."""
+    scoring = f" + {format_duration(est.scoring_s)} scoring" if est.scoring_s else ""
+    return f"{format_duration(est.train_s)} training{scoring} + {format_duration(est.overhead_s)} {rest}"
+
+
 def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_per_hour: float | None,
               jobs_prices_source: str, family_label: str | None = None) -> str:  # fmt: skip
     source = source_text(est, local, family_label)
@@ -293,7 +322,7 @@ def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_pe
         label = hardware_label(est.hardware, job_usd_per_hour)
         return (
             f"**Estimate:** {approx_duration(est.total_s)} as a Hugging Face Job on {label}"
-            f" ({format_duration(est.train_s)} training + {format_duration(est.overhead_s)} start-up and upload),"
+            f" ({_parts(est, 'start-up and upload')}),"
             f" about **${est.usd:.2f}**, {source}; price from {price_source_text(jobs_prices_source)}. Billed per"
             " minute while the Job runs, never past its timeout (the task deadline plus start-up); this Space stays"
             " on CPU."
@@ -302,14 +331,14 @@ def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_pe
         where = f"this machine ({device.name if device else 'CPU'})"
         if est.source == HISTORY:
             return (
-                f"**Estimate:** {approx_duration(est.total_s)} on {where} ({format_duration(est.train_s)} training +"
-                f" {format_duration(est.overhead_s)} loading and saving), {source}; free, nothing is rented."
+                f"**Estimate:** {approx_duration(est.total_s)} on {where} ({_parts(est, 'loading and saving')}),"
+                f" {source}; free, nothing is rented."
             )
-        return (
-            f"**Estimate:** {approx_duration(est.train_s)} of training on {where}, {source}; free, nothing is rented."
-        )
+        what = "training and scoring" if est.scoring_s else "training"
+        return (f"**Estimate:** {approx_duration(est.train_s + est.scoring_s)} of {what} on {where}, {source}; free,"
+                " nothing is rented.")  # fmt: skip
     return (
         f"**Estimate:** {approx_duration(est.total_s)} on {hardware_label(est.hardware)}"
-        f" ({format_duration(est.train_s)} training + {format_duration(est.overhead_s)} start-up and upload),"
+        f" ({_parts(est, 'start-up and upload')}),"
         f" about **${est.usd:.2f}**, {source}. The GPU is released when the queue is empty."
     )

@@ -15,17 +15,18 @@ import gradio as gr
 
 from contract.catalog import FamilyInfo
 from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
+from contract.scores import scoring_prompts
 from scheduler.output_names import default_output_repo
 from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from training.recipe_base import clamp_steps
 from ui.advanced import (
-    SCHEDULE_FIELDS,
+    ADVANCED_FIELDS,
+    advanced_updates,
+    advanced_values,
     build_advanced,
     form_number,
     resolution_choices,
-    schedule_updates,
-    schedule_values,
 )
 from ui.auth import access_for, require_allowed
 from ui.context import AppContext, default_recipe
@@ -223,7 +224,7 @@ def follow_base_model(ctx: AppContext, recipe: str, base_model: str | None, imag
 
 
 def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resolution: int, prior: bool,
-                  base_model: str | None, family: str | None = None) -> Estimate:  # fmt: skip
+                  base_model: str | None, family: str | None = None, scoring_images: int = 0) -> Estimate:  # fmt: skip
     """The estimate for the form's values, from this Space's (this machine's) finished runs that match when there
     are any (``scheduler.stored.past_runs`` of the worker's last read of the queue: no request; runs of the same
     model ``family`` count too), else the built-in figures. Batch size and text encoder are the recipe's fixed
@@ -237,7 +238,7 @@ def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resol
     return estimate(steps, hardware, recipe=recipe, resolution=resolution, prior_preservation=prior,
                     train_text_encoder=bool(text_encoder), base_model=base_model, family=family,
                     batch_size=batch if isinstance(batch, int) and not isinstance(batch, bool) else 1,
-                    history=history, usd_per_hour=price)  # fmt: skip
+                    history=history, usd_per_hour=price, scoring_images=scoring_images)  # fmt: skip
 
 
 def recipe_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -334,8 +335,8 @@ def build_form(ctx: AppContext) -> FormParts:
     def on_recipe(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, edits: EditCounts,
                   done: EditCounts) -> list[Any]:  # fmt: skip
         updates = field_updates(ctx, name, model, len(image_paths(paths)), res, family=family)
-        schedule, done = schedule_updates(ctx.recipes.get(name), edits, done)  # the recipe's schedule settings
-        return [*updates, *schedule, mark_applied(done, edits, values_set(updates))]
+        settings, done = advanced_updates(ctx.recipes.get(name), edits, done)  # the recipe's schedule and scoring
+        return [*updates, *settings, mark_applied(done, edits, values_set(updates))]
 
     def on_family(model: str, profile: gr.OAuthProfile | None) -> FamilyInfo | None:  # Hub lookups: allowed callers
         return family_for(s, access_for(s, profile), model, warn=gr.Warning)
@@ -352,14 +353,16 @@ def build_form(ctx: AppContext) -> FormParts:
         note = "" if ctx.local else hardware_note(s, model, flavor, access_for(s, profile))
         return gr.Markdown(value=note, visible=bool(note))
 
-    def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str,
+    def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str, score: Any = True,
                     profile: gr.OAuthProfile | None = None) -> str:  # fmt: skip
         where = local_hardware(device) if device is not None else (flavor or s.train_hardware)
         family = other_family(family_for(s, access_for(s, profile), model, fetch=False))  # found by the model's change
         try:
             prior = bool((klass or "").strip())
+            # the form's one validation prompt is the instance prompt: the count does not depend on its words
+            images = len(scoring_prompts("x", klass.strip() if prior else None, ["x"])) if score is not False else 0
             est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model,
-                                family.name if family else None)  # fmt: skip
+                                family.name if family else None, scoring_images=images)  # fmt: skip
         except (TypeError, ValueError):
             return ""
         label = family.label if family else None
@@ -373,8 +376,8 @@ def build_form(ctx: AppContext) -> FormParts:
     files.change(on_files, [files, recipe, base_model, family_state, touched, applied], [preview, steps, applied],
                  **private_event)  # fmt: skip
     recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
-                  [*field_outputs, *adv.schedule, applied], **private_event)  # fmt: skip
-    est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model]
+                  [*field_outputs, *adv.settings, applied], **private_event)  # fmt: skip
+    est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model, adv.score]
     followed = [steps, learning_rate, rank, resolution, hardware]  # FOLLOWED_FIELDS
     follow_inputs = [recipe, base_model, files, resolution, family_state, applied_family, touched, applied]
     follow_outputs = [proposal, applied_family, applied]
@@ -391,12 +394,12 @@ def build_form(ctx: AppContext) -> FormParts:
 
     then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
     for name, comp in (("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("resolution", resolution),
-                       ("hardware", hardware), *zip(SCHEDULE_FIELDS, adv.schedule, strict=True)):  # fmt: skip
+                       ("hardware", hardware), *zip(ADVANCED_FIELDS, adv.settings, strict=True)):  # fmt: skip
         comp.input(toucher(name), touched, touched, **private_event)
     hardware.change(on_hardware, [base_model, hardware], hw_note, **private_event)
     for comp in est_inputs:
         comp.change(on_estimate, est_inputs, estimate_md, **private_event)
-    initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model)
+    initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model, adv.score.value)
     estimate_md.value = on_estimate(*initial)
     # Again at each page load: the runs finished since the app started change it.
     gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **private_event)
@@ -432,16 +435,16 @@ def build_form(ctx: AppContext) -> FormParts:
 
         def handle(
             files_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
-            is_private, sched, warmup, gamma, profile: gr.OAuthProfile | None, request: gr.Request,
+            is_private, sched, warmup, gamma, score, profile: gr.OAuthProfile | None, request: gr.Request,
         ) -> tuple[Any, ...]:  # fmt: skip
             args = (instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private)
-            values = {**values_of(*args), **schedule_values(sched, warmup, gamma)}
+            values = {**values_of(*args), **advanced_values(sched, warmup, gamma, score)}
             return answer(files_value, values, profile, request, confirm=confirm)
 
         return handle
 
     submit_inputs = [files, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank,
-                     resolution, output_repo, private, *adv.schedule]  # fmt: skip
+                     resolution, output_repo, private, *adv.settings]  # fmt: skip
     submit_outputs = [message, files, submit_button, again]
     submit_button.click(submit_handler(confirm=False), submit_inputs, submit_outputs, api_name="submit", api_visibility="private",
                         concurrency_limit=1, concurrency_id="submit")  # fmt: skip
@@ -454,7 +457,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     edits = [files.upload, files.clear, files.delete, instance_prompt.input, class_prompt.input, base_model.input,
              recipe.input, steps.input, hardware.input, learning_rate.input, rank.input, resolution.input,
-             output_repo.input, private.input, *(c.input for c in adv.schedule)]  # fmt: skip
+             output_repo.input, private.input, *(c.input for c in adv.settings)]  # fmt: skip
     for event in edits:
         event(on_edit, None, [submit_button, again], api_visibility="private", show_progress="hidden")
 

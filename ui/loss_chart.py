@@ -47,7 +47,7 @@ def tick_label(value: float, step: float) -> str:
     return f"{value:.{decimals}f}"
 
 
-def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = "") -> str:
+def svg_text(x: float, y: float, text: str, anchor: str = "middle", extra: str = "") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" font-size="{FONT_PX}" fill="currentColor"{extra}>'
             f"{escape(text)}</text>")  # fmt: skip
 
@@ -60,9 +60,9 @@ def loss_chart_html(points: Sequence[tuple[int, float]], title: str = TITLE) -> 
     head = (f'<svg class="loss-chart" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
             f'aria-label="{escape(label)}" style="display:block;max-width:100%;height:auto;'
             'color:var(--body-text-color, #1f2937);font-family:var(--font, sans-serif)">')  # fmt: skip
-    parts = [head, _text(WIDTH / 2, 16, title, extra=' font-weight="600"')]
+    parts = [head, svg_text(WIDTH / 2, 16, title, extra=' font-weight="600"')]
     if not curve:
-        parts.append(_text(WIDTH / 2, HEIGHT / 2, NO_LOSS, extra=' opacity="0.7"'))
+        parts.append(svg_text(WIDTH / 2, HEIGHT / 2, NO_LOSS, extra=' opacity="0.7"'))
         return "".join(parts) + "</svg>"
     losses, steps = [v for _, v in curve], [s for s, _ in curve]
     y_ticks, y_step = ticks(min(losses), max(losses))
@@ -84,14 +84,14 @@ def loss_chart_html(points: Sequence[tuple[int, float]], title: str = TITLE) -> 
     for value, label in zip(y_ticks, y_labels, strict=True):
         y = py(value)
         parts.append(f'<line x1="{left:.1f}" x2="{left + plot_w:.1f}" y1="{y:.1f}" y2="{y:.1f}" {grid}/>')
-        parts.append(_text(left - 6, y + FONT_PX / 3, label, "end", ' class="y-tick"'))
+        parts.append(svg_text(left - 6, y + FONT_PX / 3, label, "end", ' class="y-tick"'))
     for value, label in zip(x_ticks, x_labels, strict=True):
         x = px(value)
         parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top:.1f}" y2="{top + plot_h:.1f}" {grid}/>')
-        parts.append(_text(x, top + plot_h + FONT_PX + 4, label, extra=' class="x-tick"'))
-    parts.append(_text(left + plot_w / 2, HEIGHT - 8, "step"))
+        parts.append(svg_text(x, top + plot_h + FONT_PX + 4, label, extra=' class="x-tick"'))
+    parts.append(svg_text(left + plot_w / 2, HEIGHT - 8, "step"))
     mid = top + plot_h / 2
-    parts.append(_text(8 + FONT_PX, mid, "loss", extra=f' transform="rotate(-90 {8 + FONT_PX} {mid:.1f})"'))
+    parts.append(svg_text(8 + FONT_PX, mid, "loss", extra=f' transform="rotate(-90 {8 + FONT_PX} {mid:.1f})"'))
     line = " ".join(f"{px(s):.1f},{py(v):.1f}" for s, v in curve)
     accent = "stroke:var(--color-accent, #f97316)"
     parts.append(f'<polyline points="{line}" fill="none" style="{accent}" stroke-width="2" stroke-linejoin="round"/>')

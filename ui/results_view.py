@@ -1,9 +1,10 @@
-"""The results view: one finished task's samples, loss curve, settings, model link and (local mode) output files.
+"""The results view: one finished task's samples, loss curve, scores (``ui.scores_view``), settings, model link and
+(local mode) output files.
 
 Built on demand, when a task is picked or the Results tab opens, from the queue record (``task.params``,
 ``result_url``, status, times, error) plus the task's outputs: the local output folder (local mode), or the model
-repo on the Hub (its ``samples/*.png`` and the trainer's ``training_metrics.json``, downloaded with the app's
-``HfApi`` into a cache under the data dir). Nothing is fetched per browser refresh: a built result is kept in
+repo on the Hub (its ``samples/*.png``, the trainer's ``training_metrics.json`` and ``scores.json`` with the images
+of the base model and the picked step, downloaded with the app's ``HfApi`` into a cache under the data dir). Nothing is fetched per browser refresh: a built result is kept in
 memory until its task changes, so it also survives a restart of the Space (it is rebuilt from the same sources).
 
 Privacy: only tasks the caller may see (``ui.auth.visible_tasks``) are built; images reach the browser as PIL images
@@ -29,6 +30,7 @@ import gradio as gr
 from PIL import Image
 
 from contract.flavors import FLAVORS
+from contract.scores import SCORED_CHECKPOINTS_DIR, SCORING_IMAGES_DIR
 from contract.settings import DEFAULT_ENDPOINT
 from contract.text import md_code, md_text, printable
 from scheduler.task import Task, TaskStatus
@@ -38,6 +40,7 @@ from ui.context import AppContext
 from ui.estimate import format_duration
 from ui.loss_chart import loss_chart_html
 from ui.queue_view import is_hub_url
+from ui.scores_view import RunScores, scores_from_folder, scores_from_repo, scores_update
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,7 @@ class TaskResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # training_metrics.json without its loss curve
     files: list[Path] = field(default_factory=list)  # local mode: the output folder's files (originals)
     problems: list[str] = field(default_factory=list)  # what could not be read, said to the user
+    scores: RunScores | None = None  # scores.json with the grid's images (``ui.scores_view``)
 
 
 # ----------------------------------------------------------------------------------------------- reading outputs
@@ -151,9 +155,13 @@ def result_from_folder(task: Task, output_dir: Path) -> TaskResult:
         if task.status is TaskStatus.DONE:
             result.problems.append(f"The output folder {output_dir} is gone (deleted from this machine?).")
         return result
-    result.files = sorted(p for p in output_dir.rglob("*") if p.is_file())
+    # the model's files and samples; the scored checkpoints and scoring images (same names, one folder per step)
+    # stay in the output folder and the model repo, out of the download list
+    result.files = sorted(p for p in output_dir.rglob("*") if p.is_file()
+                          and p.relative_to(output_dir).parts[0] not in (SCORED_CHECKPOINTS_DIR, SCORING_IMAGES_DIR))  # fmt: skip
     result.samples = _read_samples(list((output_dir / SAMPLES_DIR).glob("*.png")))
     _read_metrics(output_dir / METRICS_FILE, result)
+    result.scores = scores_from_folder(output_dir, result.problems)
     return result
 
 
@@ -199,6 +207,7 @@ def result_from_repo(task: Task, api: Any, cache_dir: Path) -> TaskResult:
             _read_metrics(metrics, result)
     else:
         result.problems.append(f"No {METRICS_FILE} in {repo_id}: the loss curve is not available.")
+    result.scores = scores_from_repo(names, download, result.problems)
     return result
 
 
@@ -314,11 +323,12 @@ class ResultsParts:
     loss: gr.HTML  # ``ui.loss_chart``
     settings: gr.Markdown
     files: gr.File
+    scores: gr.HTML  # ``ui.scores_view``: hidden without scores.json
     show: Callable[..., list[Any]]  # (task id, profile) -> values for ``outputs()``, checked against the caller
     charts: gr.Row | None = None  # the samples and the loss chart
 
     def outputs(self) -> list[Any]:
-        return [self.summary, self.samples, self.loss, self.settings, self.files]
+        return [self.summary, self.samples, self.loss, self.settings, self.files, self.scores]
 
     def visibility_outputs(self) -> list[Any]:
         return [self.pick, self.charts]
@@ -379,7 +389,7 @@ class ResultsCache:
                 files = copied or None
                 result.problems += [f"{p.name} is too big to offer here; it is at {p}." for p in too_big]
             values = [summary_markdown(result, self.ctx.settings.hf_endpoint), gallery_value(result), loss_frame(result), settings_markdown(result),
-                      files]  # fmt: skip
+                      files, scores_update(result.scores)]  # fmt: skip
             self._built[task.id] = (key, values)
             return values
 
@@ -412,7 +422,7 @@ class UserPicks:
 
 
 def empty_values(text: str) -> list[Any]:
-    return [text, None, loss_chart_html([]), "", None]
+    return [text, None, loss_chart_html([]), "", None, scores_update(None)]
 
 
 def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], task_id: str | None) -> list[Any]:
@@ -434,6 +444,7 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
                              elem_id="results-samples")
         loss = gr.HTML(loss_chart_html([]), min_width=280, elem_id="results-loss", container=True, padding=True,
                        js_on_load=None)  # fmt: skip
+    scores = gr.HTML("", visible=False, elem_id="results-scores", container=True, padding=True)
     settings = gr.Markdown(elem_id="results-settings")
     files = gr.File(label="Output files (copies to download)", file_count="multiple", interactive=False,
                     visible=ctx.local, elem_id="results-files")  # fmt: skip
@@ -444,6 +455,6 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
         return results_values_for(cache, access, ctx.worker.status.snapshot().tasks, task_id)
 
     parts = ResultsParts(pick=pick, summary=summary, samples=samples, loss=loss, settings=settings, files=files,
-                         show=show, charts=charts)  # fmt: skip
+                         scores=scores, show=show, charts=charts)  # fmt: skip
     pick.change(show, pick, parts.outputs(), api_visibility="private", show_progress="minimal")
     return parts

@@ -1,6 +1,6 @@
 """The run view: what the worker does right now, refreshed by a ``gr.Timer`` from ``WorkerStatus``.
 
-Phase, a progress bar, steps/s and ETA, the loss chart (``ui.loss_chart``), the newest sample images, the tail of
+Phase, a progress bar, steps/s and ETA, the latest scores (``ui.scores_view``), the loss chart (``ui.loss_chart``), the newest sample images, the tail of
 the trainer's log and the hardware state (current / requested / stage). With ``TRAINING_BACKEND=jobs`` the tab
 shows one panel per running task instead (``ui.jobs_view``): the Space itself does not train. A visitor who may not
 follow runs gets a sign-in prompt, and the bar, chart and log are hidden (``RunParts.shown_to``).
@@ -26,6 +26,7 @@ from ui.estimate import format_duration
 from ui.jobs_view import JOBS_CSS, SIGN_IN_PROMPT, jobs_panels
 from ui.loss_chart import loss_chart_html
 from ui.results_view import open_image, results_pointer
+from ui.scores_view import scores_line
 
 
 @dataclass
@@ -84,7 +85,7 @@ def progress_html(step: int, total: int) -> str:
 
 
 def phase_text(s: StatusData, ended: Task | None = None) -> str:
-    """The phase, task, message, speed and last error as Markdown; the message and the error as inert text (they
+    """The phase, task, message, speed, latest scores and last error as Markdown; the message and the error as inert text (they
     quote tasks, Hub answers and trainer output: ``contract.text.md_text``). ``ended``: the run's task as the queue
     says it is now, when it no longer runs there (cancelled, say) while the worker has not stopped it yet."""
     phase = "stopping" if ended is not None and s.phase not in ENDED_PHASES else s.phase
@@ -102,6 +103,8 @@ def phase_text(s: StatusData, ended: Task | None = None) -> str:
         if s.loss is not None:
             speed += f" · **loss:** {s.loss:.4f}"
         lines.append(speed)
+    if scores := scores_line(s.scores, s.base_scores):  # the latest checkpoint's, next to the base model's
+        lines.append(scores)
     if s.last_error:
         lines.append(f"**Last error:** {md_text(s.last_error.splitlines()[0][:300])}")
     return "\n\n".join(lines)

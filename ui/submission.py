@@ -20,6 +20,7 @@ from scheduler.output_names import OutputChoice, choose_output_repo, default_out
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
+from training.spec import TrainParams
 from ui.auth import is_owner
 from ui.context import AppContext
 from ui.duplicates import submission_fingerprint
@@ -39,7 +40,10 @@ BUSY_PHASES = frozenset({"preparing", "downloading", "starting trainer", "traini
 RECIPE_FIELDS = ("steps", "learning_rate", "rank", "resolution")
 # The schedule settings of the Advanced settings (``ui.advanced``): every recipe takes them, and a recipe may fix them.
 SCHEDULE_FIELDS = tuple(SCHEDULE_DEFAULTS)
-COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution", *SCHEDULE_FIELDS})
+# The Advanced settings' "Score checkpoints" (``params.score``): every recipe takes it, and a recipe may fix it.
+SCORE_FIELD = "score"
+SCORE_DEFAULT: bool = TrainParams.score  # the trainer's default: on
+COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution", *SCHEDULE_FIELDS, SCORE_FIELD})
 KINDS = {"steps": int, "learning_rate": float, "rank": int, "resolution": int, "lr_scheduler": str,
          "lr_warmup_steps": int, "snr_gamma": float}  # fmt: skip
 
@@ -88,7 +92,7 @@ def uses_field(ctx: AppContext, recipe: str, name: str) -> bool:
 
 def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
     """The Task for a validated submission; ``params`` holds only keys the trainer knows, and none the recipe
-    ignores or fixes itself."""
+    ignores or fixes itself. ``score`` is always written (the form's value, else the default: on)."""
     recipe = values["recipe"]
     class_prompt = (values.get("class_prompt") or "").strip() or None
     params: dict[str, Any] = {
@@ -98,6 +102,8 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
     for name in (*RECIPE_FIELDS, *SCHEDULE_FIELDS):
         if uses_field(ctx, recipe, name) and values.get(name) is not None:
             params[name] = KINDS[name](values[name])
+    if uses_field(ctx, recipe, SCORE_FIELD):
+        params[SCORE_FIELD] = SCORE_DEFAULT if values.get(SCORE_FIELD) is None else values[SCORE_FIELD] is True
     return Task(
         instance_prompt=values["instance_prompt"].strip(),
         submitted_by=user,
@@ -142,6 +148,7 @@ def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner:
         lr_scheduler=used("lr_scheduler"),
         lr_warmup_steps=used("lr_warmup_steps"),
         snr_gamma=used("snr_gamma"),
+        score=used(SCORE_FIELD),
     )
 
 

@@ -313,6 +313,10 @@ class JobsRunner:
             env["TRAINING_SCRIPT"] = s.training_script
         if s.family_modules:
             env["TRAINING_FAMILY_MODULES"] = ",".join(s.family_modules)
+        sources = s.sources()
+        for name, var in (("scoring_dino_model", "SCORING_DINO_MODEL"), ("scoring_clip_model", "SCORING_CLIP_MODEL")):
+            if sources.get(name) == var:  # set on the Space (None: turned off); unset keeps the trainer's default
+                env[var] = getattr(s, name) or "none"
         return env
 
     def job_command(self, task_id: str, holder: str) -> list[str]:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
 
 from contract.flavors import FLAVORS
+from contract.scores import SCORES_NAME, ScoreRecord
 from contract.settings import load_settings
 from scheduler.queue import make_queue
 from scheduler.task import TaskStatus
@@ -199,6 +201,13 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
         files = api.list_repo_files(task.output_repo)
         assert any(f.endswith(".safetensors") for f in files), files
         assert "README.md" in files and any(f.startswith("samples/") and f.endswith(".png") for f in files), files
+        # Scored (issue 22): the record, each scored point's LoRA kept, the picked one's scores in the card's metadata
+        record = ScoreRecord.model_validate_json(Path(api.hf_hub_download(task.output_repo, SCORES_NAME)).read_text())
+        assert record.base is not None and record.picked is not None and record.points, record
+        picked = record.point(record.picked.step)
+        assert f"{picked.checkpoint}/pytorch_lora_weights.safetensors" in files, files
+        card = ModelCard.load(api.hf_hub_download(task.output_repo, "README.md"))
+        assert any(r.metric_value == round(picked.dino, 3) for r in card.data.eval_results), card.data.eval_results
     # Hardware: cpu-basic -> t4-small -> cpu-basic, one upgrade and one release request, one GPU container.
     ledger = hub.ledger(repo)
     assert hardware_sequence(ledger) == ["cpu-basic", "t4-small", "cpu-basic"]

@@ -128,3 +128,14 @@ def test_a_jobs_period_is_recorded_once_and_is_its_tasks_whole_cost(tmp_path):
     [stored] = queue.list_with_billing()[1]
     assert stored.closed_by == "job abc123" and not stored.is_open
     assert task_cost_usd("t1", [stored], now=10**9) == pytest.approx(2.5)  # half an hour of H200 at $5.00/h
+
+
+def test_the_job_scores_with_the_models_the_space_is_set_to():
+    space = {"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "jobs"}
+    settings = load_settings({**space, "SCORING_DINO_MODEL": "facebook/dino-vits16", "SCORING_CLIP_MODEL": "none"})
+    env = JobsRunner(settings, queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert env["SCORING_DINO_MODEL"] == "facebook/dino-vits16" and env["SCORING_CLIP_MODEL"] == "none"
+    job = load_settings(env)  # the Job's trainer reads them like the Space: a measure turned off stays off
+    assert job.scoring_dino_model == "facebook/dino-vits16" and job.scoring_clip_model is None
+    unset = JobsRunner(load_settings(space), queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert "SCORING_DINO_MODEL" not in unset and "SCORING_CLIP_MODEL" not in unset  # the trainer's defaults

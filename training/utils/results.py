@@ -31,3 +31,5 @@ class RunResult:
     saved_files: list[str] = field(default_factory=list)
     #: the last logged mean loss
     last_loss: float | None = None
+    #: the scores of the sampling points and the picked checkpoint (``contract.scores.ScoreRecord``; None: unscored)
+    scores: Any = None

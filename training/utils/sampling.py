@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from contract.events import Sample
+from contract.scores import SCORING_IMAGES_DIR
 from training import data
 from training.families.base import Components, TextCond
 from training.utils.runtime import free_memory
@@ -33,11 +34,13 @@ def sample_every(steps: int, validation_every: int | None) -> int | None:
 
 
 def take_samples(comps: Components, wrapped: dict, ctx, step: int, acc, *, resolution: int,
-                 cached: dict[str, TextCond] | None = None) -> dict[str, str]:  # fmt: skip
-    """One image per validation prompt from the live (trained) modules ``wrapped``, saved as
-    ``output/samples/step{step}_{i}.png`` and announced by a "sample" event; returns {prompt: path} (empty on other
-    processes than the main one). ``cached``: each prompt's conditioning, for a family that freed its text encoders.
-    Frozen modules go back to the CPU afterwards."""
+                 cached: dict[str, TextCond] | None = None, prompts: list[str] | None = None,
+                 shown: int | None = None) -> dict[str, str]:  # fmt: skip
+    """One image per prompt (``prompts``, else the validation prompts) from the live (trained) modules ``wrapped``:
+    the first ``shown`` (default: all) are the run's samples, saved as ``output/samples/step{step}_{i}.png`` and
+    announced by a "sample" event, the others only feed the scores (``output/scores/step{step}_{i}.png``); returns
+    {prompt: path} (empty on other processes than the main one). ``cached``: each prompt's conditioning, for a family
+    that freed its text encoders. Frozen modules go back to the CPU afterwards."""
     p, family = ctx.spec.params, comps.family
     ctx.progress.phase("sampling")
     written: dict[str, str] = {}
@@ -50,14 +53,15 @@ def take_samples(comps: Components, wrapped: dict, ctx, step: int, acc, *, resol
         tes = [te if te is None else acc.unwrap_model(wrapped.get(n, te))
                for n, te in zip(comps.info.text_encoder_names, comps.text_encoders, strict=True)]  # fmt: skip
         pipe = family.build_pipeline(comps, denoiser=denoiser, text_encoders=tes)
-        out = ctx.output_dir / "samples"
-        out.mkdir(parents=True, exist_ok=True)
+        prompts = p.validation_prompts if prompts is None else prompts
+        shown = len(prompts) if shown is None else shown
         denoiser.eval()
-        for i, prompt in enumerate(p.validation_prompts):
+        for i, prompt in enumerate(prompts):
             g = torch.Generator().manual_seed(p.seed + i)
             conds = [cached[prompt]] if cached else None
             (img,) = family.generate(pipe, comps, [prompt], resolution, p, g, acc, conds=conds)
-            path = out / f"step{step}_{i}.png"
+            path = ctx.output_dir / ("samples" if i < shown else SCORING_IMAGES_DIR) / f"step{step}_{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
             img.save(path)
             written[prompt] = str(path.resolve())
         denoiser.train()
@@ -68,7 +72,8 @@ def take_samples(comps: Components, wrapped: dict, ctx, step: int, acc, *, resol
                     te.to("cpu")
         comps.vae.to("cpu")
         free_memory()
-        ctx.progress.emit(Sample(step=step, paths=list(written.values())))
+        if shown:
+            ctx.progress.emit(Sample(step=step, paths=list(written.values())[:shown]))
     acc.wait_for_everyone()
     return written
 
