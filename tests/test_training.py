@@ -190,7 +190,8 @@ def test_kohya_copy_has_the_a1111_key_layout(lora_run):
 def test_progress_events_samples_checkpoints_and_model_card(lora_run, tiny_sd):
     workdir, events = lora_run
     assert all("event" in e and isinstance(e["time"], float) for e in events)
-    assert phases(events)[:4] == ["validating_input", "loading", "caching_latents", "training"]
+    # the base model is sampled and scored (contract.scores) before the first step
+    assert phases(events)[:6] == ["validating_input", "loading", "caching_latents", "sampling", "scoring", "training"]
     assert phases(events)[-2:] == ["saving", "done"]
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == [10, 20, 30, 40, 50, 60]
@@ -414,7 +415,10 @@ def test_hub_model_hub_images_upload_and_checkpoint_mirror(hub, tiny_sd, images,
     files = set(api.list_repo_files("alice/sks-dog-lora"))
     assert {"pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "README.md",
             "samples/step4_0.png"} <= files  # fmt: skip
-    assert not any(f.endswith(".pt") or "checkpoint" in f or f.startswith("step-") for f in files)
+    # the scored checkpoint's LoRA is uploaded (contract.scores), the resumable training state never is
+    assert "checkpoints/step-000004/pytorch_lora_weights.safetensors" in files
+    state = ("trainable.safetensors", "optimizer.safetensors", "optimizer.json", "state.json")
+    assert not any(f.endswith(".pt") or f.rsplit("/", 1)[-1] in state or f.startswith("step-") for f in files)
     assert api.model_info("alice/sks-dog-lora").private
     from huggingface_hub import ModelCard
 

@@ -143,6 +143,11 @@ class ScoreBook:
             self.record.note = f"images not scored: {e}"
             log.warning("scoring turned off for this run: %s", e)
             return {}
+        except Exception as e:  # a scoring bug must not cost the user the model: say it, train on
+            self._dead = True
+            self.record.note = f"images not scored: {type(e).__name__}: {e}"
+            log.exception("scoring failed; turned off for this run")
+            return {}
         finally:
             if scorers is not None:
                 scorers.close()
