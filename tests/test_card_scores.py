@@ -120,7 +120,9 @@ def test_an_unscored_run_says_why_and_an_unscored_result_adds_nothing(tmp_path):
 def test_the_demo_models_pixel_embedding_is_named(tmp_path):
     record = _record(models={"dino": "builtin:pixels"})
     body = ModelCard.load(_write_card(tmp_path, record)).text
-    assert "`builtin:pixels` (a fixed pixel embedding: the demo model's samples are not pictures) for DINO" in body
+    named = ("`builtin:pixels` (a fixed pixel embedding: how close the images' colours are to the photos', not a model "
+             "of the subject) for DINO")
+    assert named in body
 
 
 def test_hostile_prompts_and_notes_in_the_scores_are_text(tmp_path):

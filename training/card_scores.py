@@ -72,7 +72,7 @@ def _models_sentence(models: dict[str, str]) -> str:
     parts = []
     for key, model in models.items():
         what = _MODEL_MEASURES.get(key, md_text(key))
-        pixels = " (a fixed pixel embedding: the demo model's samples are not pictures)" if model == PIXELS else ""
+        pixels = " (a fixed pixel embedding: how close the images' colours are to the photos', not a model of the subject)" if model == PIXELS else ""
         parts.append(f"{md_code(model)}{pixels} for {what}")
     return "Scored with " + ", ".join(parts) + "."
 

@@ -1,7 +1,8 @@
 """The built-in demo model: a tiny random Stable Diffusion 1.x-shaped pipeline, built on first use (no download).
 
 It lets the whole loop (submit, progress, loss curve, samples, outputs, model card) run on any laptop CPU in about
-a minute. Its weights are random: it learns the photos' colours a little and otherwise produces noise.
+a minute. Its weights are random and it produces noise: its VAE decodes every latent to about the same grey noise,
+so not even the photos' colours come through.
 
 ``DEMO_STEPS`` = 100, measured here: a whole LoRA task on it via ``python -m training`` (3 photos at 64 px, 100 steps,
 4 samples of 25 denoising steps, model card, weights, checkpoint) took 59 s wall clock on first use, building the

@@ -145,8 +145,10 @@ def upload_photos(page, images: list[Path]) -> None:
     expect(page.locator("#photo-preview img")).to_have_count(len(images), timeout=30_000)
 
 
-def fill_form(page, images: list[Path], prompt: str, steps: int, resolution: int = 256) -> None:
-    """Upload photos and fill the training form (waits for the upload handler before editing the steps)."""
+def fill_form(page, images: list[Path], prompt: str, steps: int, resolution: int = 256, score: bool = False) -> None:
+    """Upload photos and fill the training form (waits for the upload handler before editing the steps). ``score``:
+    leave "Score checkpoints" on (the form's default); off here by default, since sampling the base model and the
+    built-in prompts at 256 px costs minutes on these CPUs and only the tests about scores need it."""
     from playwright.sync_api import expect
 
     from ui.estimate import auto_steps
@@ -161,3 +163,5 @@ def fill_form(page, images: list[Path], prompt: str, steps: int, resolution: int
     page.get_by_text("Advanced").click()
     page.get_by_label("Resolution (px)").click()
     page.get_by_role("option", name=str(resolution), exact=True).click()
+    if not score:
+        page.get_by_label("Score checkpoints").uncheck()

@@ -113,7 +113,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             expect(page.get_by_text("Signed in as alice (owner).")).to_be_visible(timeout=30_000)
             expect(page.get_by_role("button", name="Train")).to_be_enabled()
 
-            fill_form(page, images, "a photo of sks dog", steps=4)
+            fill_form(page, images, "a photo of sks dog", steps=4, score=True)  # the model repo's scores below
             expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-sks-dog")
             shot(page, "space-form-filled")
             page.get_by_role("button", name="Train").click()
@@ -142,7 +142,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "t4-small", 60, "the switch to t4-small")
             open_served_by(page, url, "Nvidia T4 small", 120)  # the old CPU container may still answer a moment
             page.get_by_role("tab", name="Run").click()
-            expect(page.get_by_text(re.compile(r"[1-4] / 4 steps"))).to_be_visible(timeout=120_000)
+            expect(page.get_by_text(re.compile(r"[1-4] / 4 steps"))).to_be_visible(timeout=300_000)  # base model scored first
             # The header follows the Space while it trains (the app claimed the task while still APP_STARTING).
             expect(page.locator("#hardware")).to_have_text(re.compile(r"Nvidia T4 small · stage RUNNING"), timeout=30_000)
             shot(page, "space-training-on-t4")

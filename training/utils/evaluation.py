@@ -173,7 +173,7 @@ class ScoreBook:
         rec.picked = pick(rec.base, rec.points)
         last = rec.points[-1].step if rec.points else None
         chosen = rec.point(rec.picked.step) if rec.picked else None
-        if chosen is not None and chosen.step != last and chosen.checkpoint:
+        if chosen is not None and chosen.checkpoint:  # the last one too: the main files are then its exact bytes
             src = self.ctx.output_dir / chosen.checkpoint
             for name in saved_files:
                 if (src / name).is_file():
