@@ -177,7 +177,7 @@ def scoring_s(hardware: str, images: int, steps_per_s: float, *, demo: bool = Fa
 
 
 def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_hour: float | None = None,
-                 scoring_images: int = 0) -> Estimate:  # fmt: skip
+                 scoring_images: int = 0, *, demo: bool = False) -> Estimate:  # fmt: skip
     """The estimate from matching ``runs``: steps / their median speed, and each overhead's median, for a task that
     starts a GPU period of its own (switch there, start-up of the container, wrap-up, release). Start-up is taken
     from the runs that started a period when there are any (a later task of a period starts faster)."""
@@ -189,7 +189,7 @@ def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_h
         + _median([r.wrapup_s for r in runs])
         + _median([r.release_s for r in runs])
     )
-    train_s, scoring = max(steps, 0) / speed, scoring_s(hardware, scoring_images, speed)
+    train_s, scoring = max(steps, 0) / speed, scoring_s(hardware, scoring_images, speed, demo=demo)
     price = _price(hardware, usd_per_hour)
     usd = (train_s + overhead + scoring) / 3600 * price
     return Estimate(hardware, train_s, overhead, usd, HISTORY, len(runs), scoring)
@@ -222,7 +222,7 @@ def estimate(
         family=family,
     )  # fmt: skip
     if runs:
-        return from_history(steps, hardware, runs, usd_per_hour, scoring_images)
+        return from_history(steps, hardware, runs, usd_per_hour, scoring_images, demo=base_model == DEMO_MODEL)
     flavor = FLAVORS.get(hardware)
     if base_model == DEMO_MODEL:  # tiny: its speed is its own, whatever the resolution
         train_s = max(steps, 0) / DEMO_STEPS_PER_S

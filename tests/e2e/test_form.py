@@ -88,7 +88,7 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
         expect(page.get_by_text("a Hub model repo id (namespace/name", exact=False)).to_be_visible()
         steps = page.get_by_label("Steps (auto from the photo count; editable)")
         expect(steps).to_have_value(str(DEMO_STEPS))
-        built_in = "of training on this machine (CPU), from the built-in figures"  # no run finished yet
+        built_in = "of training and scoring on this machine (CPU), from the built-in figures"  # no run finished yet
         expect(page.locator("#estimate")).to_contain_text(built_in)
         page.locator("input[type=file]").first.set_input_files(images)
         expect(page.locator("#photo-preview")).to_be_visible(timeout=30_000)
@@ -154,8 +154,9 @@ def test_the_form_for_a_newcomer_demo_model_checks_and_repeats(hub, tmp_path):
             except AssertionError:
                 if time.monotonic() > deadline:
                     raise
-        # 480 steps at the median 4 steps/s, plus the median 60 s of start-up.
-        expected = "about 3 min on this machine (CPU) (2 min training + 1 min loading and saving)"
+        # 480 steps at the median 4 steps/s, the scoring images (3 prompts at 5 points, no scoring model: the demo
+        # model scores by its pixels), plus the median 60 s of start-up.
+        expected = "about 3 min on this machine (CPU) (2 min training + under a minute scoring + 1 min loading and saving)"
         expect(estimate).to_contain_text(expected)
         shot(page, "estimate-from-earlier-runs")
 
