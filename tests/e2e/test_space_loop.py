@@ -134,6 +134,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             page.get_by_label("Instance prompt").fill("a photo of zwx cat")
             page.get_by_label("Instance prompt").blur()
             expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-zwx-cat")
+            page.get_by_label("Score checkpoints").uncheck()  # the first task is scored; sampling at 256 px is slow here
             page.get_by_role("button", name="Train").click()
             expect(message).not_to_have_text(first_message, timeout=20_000)
             expect(message).to_have_text(re.compile(r"Task \w+ queued with 3 photos"), timeout=20_000)
@@ -154,7 +155,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
 
             # Both tasks done, then back on cpu-basic.
             wait_for(lambda: hardware_sequence(hub.ledger(repo))[-1:] == ["cpu-basic"]
-                     and hub.space_runtime(repo)["stage"] == "RUNNING", 240, "the release to cpu-basic")  # fmt: skip
+                     and hub.space_runtime(repo)["stage"] == "RUNNING", 420, "the release to cpu-basic")  # fmt: skip
             wait_http(url, 90)
             page = b.new_page(viewport=DESKTOP)
             page.set_default_navigation_timeout(60_000)
@@ -196,11 +197,15 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     assert [t.status for t in tasks] == [TaskStatus.DONE, TaskStatus.DONE]
     # The model repos: LoRA weights, model card and samples.
     api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
+    assert [t.params.get("score") for t in tasks] == [True, False]
     for task in tasks:
         assert task.result_url and task.result_url.endswith(task.output_repo)
         files = api.list_repo_files(task.output_repo)
         assert any(f.endswith(".safetensors") for f in files), files
         assert "README.md" in files and any(f.startswith("samples/") and f.endswith(".png") for f in files), files
+        if task.params.get("score") is False:  # the second task (its box unticked): no scores
+            assert SCORES_NAME not in files and not any(f.startswith("checkpoints/") for f in files), files
+            continue
         # Scored (issue 22): the record, each scored point's LoRA kept, the picked one's scores in the card's metadata
         record = ScoreRecord.model_validate_json(Path(api.hf_hub_download(task.output_repo, SCORES_NAME)).read_text())
         assert record.base is not None and record.picked is not None and record.points, record

@@ -49,8 +49,10 @@ SPACE_FOLDERS: list[Path] = []
 
 
 def tiny_params(steps: int = 2, **extra: Any) -> dict[str, Any]:
-    """Trainer params for a quick tiny-model run (64 px, no sample images)."""
-    return {"steps": steps, "resolution": 64, "rank": 4, "learning_rate": 1e-4, "checkpoint_every": None, **extra}
+    """Trainer params for a quick tiny-model run (64 px, no sample images, no scores: these tests are about the
+    Space's lifecycle, and scoring samples the base model and the built-in prompts)."""
+    return {"steps": steps, "resolution": 64, "rank": 4, "learning_rate": 1e-4, "checkpoint_every": None,
+            "score": False, **extra}
 
 
 @dataclass
