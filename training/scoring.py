@@ -21,9 +21,11 @@ dependency.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +146,25 @@ def _placed(module: torch.nn.Module, device: Any, dtype: torch.dtype) -> torch.n
 
 
 # ---------------------------------------------------------------- the embedders
+def _typed_folder(model: str, files: tuple[str, ...], kinds, what: str) -> tuple[Path, str]:
+    """The local folder of ``model`` (``model_folder``) and its config's model type, which must be one of ``kinds``
+    (``what`` names them in the refusal)."""
+    folder = model_folder(model, files)
+    kind = _model_type(model, folder)
+    if kind not in kinds:
+        raise ScoringUnavailable(f"scoring model {model!r} is a {kind or 'model of unknown type'!r}, not {what}")
+    return folder, kind
+
+
+@contextlib.contextmanager
+def _load_errors(model: str) -> Iterator[None]:
+    """transformers' load errors as ``ScoringUnavailable`` naming ``model``."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise ScoringUnavailable(f"scoring model {model!r} could not be loaded ({e})") from e
+
+
 class _Pixels:
     def images(self, images: list[Image]) -> torch.Tensor:
         return pixel_embeddings(images)
@@ -158,18 +179,12 @@ class _Dino:
     def load(cls, model: str, device: Any, dtype: torch.dtype) -> _Dino:
         import transformers
 
-        folder = model_folder(model, DINO_FILES)
-        kind = _model_type(model, folder)
-        if kind not in DINO_CLASSES:
-            raise ScoringUnavailable(f"scoring model {model!r} is a {kind or 'model of unknown type'!r}, not a DINO "
-                                     f"model ({', '.join(DINO_CLASSES)})")  # fmt: skip
+        folder, kind = _typed_folder(model, DINO_FILES, DINO_CLASSES, f"a DINO model ({', '.join(DINO_CLASSES)})")
         extra = {"add_pooling_layer": False} if kind == "vit" else {}
-        try:
+        with _load_errors(model):
             net = getattr(transformers, DINO_CLASSES[kind]).from_pretrained(
                 folder, use_safetensors=True, local_files_only=True, **extra)
             processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ScoringUnavailable(f"scoring model {model!r} could not be loaded ({e})") from e
         return cls(_placed(net, device, dtype), processor)
 
     @torch.inference_mode()
@@ -197,16 +212,10 @@ class _Clip:
     def load(cls, model: str, device: Any, dtype: torch.dtype) -> _Clip:
         from transformers import CLIPModel, CLIPProcessor
 
-        folder = model_folder(model, CLIP_FILES)
-        kind = _model_type(model, folder)
-        if kind != "clip":
-            raise ScoringUnavailable(f"scoring model {model!r} is a {kind or 'model of unknown type'!r}, not a CLIP "
-                                     "model ('clip')")  # fmt: skip
-        try:
+        folder, _ = _typed_folder(model, CLIP_FILES, ("clip",), "a CLIP model ('clip')")
+        with _load_errors(model):
             net = CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True)
             processor = CLIPProcessor.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise ScoringUnavailable(f"scoring model {model!r} could not be loaded ({e})") from e
         return cls(_placed(net, device, dtype), processor)
 
     @torch.inference_mode()
