@@ -32,10 +32,12 @@ os.environ.update(
     HF_HUB_DISABLE_EXPERIMENTAL_WARNING="1",
     GRADIO_ANALYTICS_ENABLED="False",
     NO_PROXY="127.0.0.1,localhost",
-    # Scores (contract.scores) by the fixed pixel embedding only: the tiny models' samples are noise, and the real
-    # scoring models cannot be downloaded here. Tests of the real loaders set these themselves.
-    SCORING_DINO_MODEL="builtin:pixels",
-    SCORING_CLIP_MODEL="",
+    # No scoring model (contract.scores): a run scores its validation loss only and makes no image for the scores,
+    # which keeps the many tiny runs that are not about scores fast; the real scoring models cannot be downloaded
+    # here. Tests about image scores ask for the fixed pixel embedding (the ``pixel_scoring`` fixture) or a tiny
+    # scoring model themselves.
+    SCORING_DINO_MODEL="none",
+    SCORING_CLIP_MODEL="none",
 )
 for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_CO_STAGING", "SPACE_ID", "SYSTEM"):
     os.environ.pop(var, None)

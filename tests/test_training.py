@@ -190,8 +190,9 @@ def test_kohya_copy_has_the_a1111_key_layout(lora_run):
 def test_progress_events_samples_checkpoints_and_model_card(lora_run, tiny_sd):
     workdir, events = lora_run
     assert all("event" in e and isinstance(e["time"], float) for e in events)
-    # the base model is sampled and scored (contract.scores) before the first step
-    assert phases(events)[:6] == ["validating_input", "loading", "caching_latents", "sampling", "scoring", "training"]
+    # no scoring model is set (tests/conftest.py): the base model's validation loss is scored, and nothing is sampled
+    # before the first step (tests/test_scores_run.py has the base model sampled and scored)
+    assert phases(events)[:4] == ["validating_input", "loading", "caching_latents", "training"]
     assert phases(events)[-2:] == ["saving", "done"]
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step"] for e in steps] == [10, 20, 30, 40, 50, 60]

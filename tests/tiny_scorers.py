@@ -15,7 +15,7 @@ import pytest
 
 from training.demo import TINY_VOCAB_SIZE, write_char_tokenizer
 
-__all__ = ["build_pickle_only", "build_tiny_clip", "build_tiny_dino", "tiny_scorers"]
+__all__ = ["build_pickle_only", "build_tiny_clip", "build_tiny_dino", "pixel_scoring", "tiny_scorers"]
 IMAGE_SIZE = 32
 
 
@@ -80,3 +80,13 @@ def tiny_scorers(tmp_path_factory) -> dict[str, Path]:
     """{"dino": folder, "clip": folder} of tiny random scoring models (built once per session)."""
     root = tmp_path_factory.mktemp("tiny-scorers")
     return {"dino": build_tiny_dino(root / "dino"), "clip": build_tiny_clip(root / "clip")}
+
+
+@pytest.fixture
+def pixel_scoring(monkeypatch) -> None:
+    """Runs started by the test (in this process or a child it starts) score images by the fixed pixel embedding
+    (``contract.scoring_models.PIXELS``) and no CLIP: tests/conftest.py sets no scoring model for the other tests."""
+    from contract.scoring_models import PIXELS
+
+    monkeypatch.setenv("SCORING_DINO_MODEL", PIXELS)
+    monkeypatch.setenv("SCORING_CLIP_MODEL", "none")

@@ -35,7 +35,6 @@ import torch
 import torch.nn.functional as F
 
 from contract.events import MemoryPlan
-from contract.scores import scoring_prompts
 from training import data
 from training.checkpoint import resume_run, save_run_checkpoint, settings_fingerprint
 from training.demo import resolve_demo
@@ -52,7 +51,7 @@ from training.precision import (
 from training.recipe_base import clamp_steps, ensure_dirs
 from training.stopping import Terminated, deferred_stop
 from training.utils import batches, sampling
-from training.utils.evaluation import ScoreBook, adapters_off, scoring_gib
+from training.utils.evaluation import ScoreBook, adapters_off, point_prompts, scores_images, scoring_gib
 from training.utils.results import RunResult
 from training.utils.runtime import (
     choose_quantization,
@@ -213,9 +212,7 @@ def train(ctx, recipe) -> RunResult:
     captions = batches.caption_conds(comps, images, spec, inst_cond, frozen=not train_te)  # .conds None: no captions
     result.captioned = captions.captioned
     cls_cond = batches.text_cond(comps, spec.class_prompt or "", frozen=not train_te) if class_images else None
-    # what each sampling point generates: the validation prompts, and with scores the built-in prompts too
-    sample_prompts = scoring_prompts(spec.instance_prompt, spec.class_prompt, p.validation_prompts) if p.score \
-        else p.validation_prompts  # fmt: skip
+    sample_prompts = point_prompts(spec)  # the validation prompts, and with a scoring model the built-in ones too
     sample_conds = None
     if family.free_text_encoders_after_caching and not train_te:  # samples then use cached conditioning
         sample_conds = {q: batches.text_cond(comps, q, frozen=True) for q in sample_prompts}
@@ -277,8 +274,8 @@ def train(ctx, recipe) -> RunResult:
 
     # 6b. scores (``contract.scores``): each sampling point's images against the photos and prompts, its validation
     # loss and (LoRA) its weights; the base model first: the same prompts and seeds without the fine-tune
-    book = ScoreBook(ctx, images, keep_weights=recipe.keeps_scored_weights, start=start, device=device) \
-        if p.score and acc.is_main_process else None  # fmt: skip
+    book = ScoreBook(ctx, images, sample_prompts, keep_weights=recipe.keeps_scored_weights, start=start,
+                     device=device) if p.score and acc.is_main_process else None  # fmt: skip
 
     def unwrapped() -> dict:
         return {n: acc.unwrap_model(m) for n, m in wrapped.items()}
@@ -286,7 +283,10 @@ def train(ctx, recipe) -> RunResult:
     shown = len([q for q in sample_prompts if q in p.validation_prompts])  # the first ones: the run's own samples
 
     def sample_point(step: int, *, base: bool = False) -> None:
-        shots = samples(step, shown=0 if base else shown)  # the base model's images only feed the scores
+        if base:  # the base model's images only feed the image scores (none without a scoring model)
+            shots = samples(step, shown=0) if scores_images(spec) else {}
+        else:
+            shots = samples(step, shown=shown)
         if not base:
             result.sample_paths.update({q: shots[q] for q in p.validation_prompts if q in shots})
         if book is not None:

@@ -20,6 +20,7 @@ from huggingface_hub import HfApi, ModelCard
 
 from contract.flavors import FLAVORS
 from contract.scores import SCORES_NAME, ScoreRecord
+from contract.scoring_models import PIXELS
 from contract.settings import load_settings
 from scheduler.queue import make_queue
 from scheduler.task import TaskStatus
@@ -91,7 +92,8 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     cwd.mkdir()
     create_app_space(
         hub, repo, cwd, port, switch_delay_s=SWITCH_DELAY_S,
-        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120"},
+        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120",
+                   "SCORING_DINO_MODEL": PIXELS, "SCORING_CLIP_MODEL": "none"},  # the owner's scoring model: no download
         # One torch thread: the CPU-trained "GPU" then leaves a core to the browser (screenshots while training).
         env={"OMP_NUM_THREADS": "1"},
     )

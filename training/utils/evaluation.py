@@ -41,6 +41,21 @@ def run_scorer_ids(spec) -> tuple[str | None, str | None]:
     return scorer_ids(spec.base_model, load_trainer_settings(variables=variables))
 
 
+def point_prompts(spec) -> list[str]:
+    """What each sampling point generates: the validation prompts, and when the task scores with a scoring model the
+    built-in scoring prompts too (``contract.scores.scoring_prompts``; with none set, only the validation loss is
+    scored and no image is made for it)."""
+    p = spec.params
+    if scores_images(spec):
+        return scoring_prompts(spec.instance_prompt, spec.class_prompt, p.validation_prompts)
+    return list(p.validation_prompts)
+
+
+def scores_images(spec) -> bool:
+    """Whether the run scores images: the task scores and a scoring model is set."""
+    return spec.params.score and any(run_scorer_ids(spec))
+
+
 def scoring_gib(spec, device: torch.device) -> float | None:
     """The scoring models' memory while a point is scored (None: the task does not score), for the memory plan."""
     from contract.scoring_models import scoring_memory_gib
@@ -74,10 +89,13 @@ def adapters_off(modules) -> Iterator[bool]:
 class ScoreBook:
     """The run's ``ScoreRecord``, written to ``output/scores.json`` after every point (main process only)."""
 
-    def __init__(self, ctx, photos: list, *, keep_weights: bool, start: int, device: torch.device) -> None:
+    def __init__(self, ctx, photos: list, prompts: list[str], *, keep_weights: bool, start: int,
+                 device: torch.device) -> None:  # fmt: skip
+        """``prompts``: what each point generates (``contract.scores.scoring_prompts``, or only the validation
+        prompts when no scoring model is set)."""
         spec = ctx.spec
         self.ctx, self.photos, self.keep_weights, self.device = ctx, photos, keep_weights, device
-        self.prompts = scoring_prompts(spec.instance_prompt, spec.class_prompt, spec.params.validation_prompts)
+        self.prompts = list(prompts)
         self.subject = [shows_subject(q, spec.class_prompt) for q in self.prompts]
         self.ids = run_scorer_ids(spec)
         self.path = ctx.output_dir / SCORES_NAME
