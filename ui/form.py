@@ -458,8 +458,9 @@ def build_form(ctx: AppContext) -> FormParts:
     edits = [files.upload, files.clear, files.delete, instance_prompt.input, class_prompt.input, base_model.input,
              recipe.input, steps.input, hardware.input, learning_rate.input, rank.input, resolution.input,
              output_repo.input, private.input, *(c.input for c in adv.settings)]  # fmt: skip
-    for event in edits:
-        event(on_edit, None, [submit_button, again], api_visibility="private", show_progress="hidden")
+    for event in edits:  # in the submits' queue: an edit made before Train is answered before it, never after
+        event(on_edit, None, [submit_button, again], api_visibility="private", show_progress="hidden",
+              concurrency_limit=1, concurrency_id="submit")  # fmt: skip
 
     def on_prompt(prompt: str, klass: str, current: str, profile: gr.OAuthProfile | None) -> Any:
         user = access_for(s, profile).user
