@@ -10,6 +10,7 @@ loss curve, settings and download links.
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -40,19 +41,29 @@ def open_tab(page, name: str) -> None:
     tab.click()
 
 
-def wait_for_images(page, selector: str) -> None:
-    """Until every image under ``selector`` has loaded and decoded (before a screenshot).
+#: the images under a selector that have not loaded yet ([src, complete, naturalWidth]), the first scrolled into view
+IMAGES_WAITING = """sel => { const imgs = [...document.querySelectorAll(sel + ' img')];
+  const waiting = imgs.filter(i => !(i.complete && i.naturalWidth > 0));
+  if (waiting.length) waiting[0].scrollIntoView({block: 'center'});
+  return imgs.length ? waiting.map(i => [i.currentSrc || i.src, i.complete, i.naturalWidth]) : null; }"""
+
+
+def wait_for_images(page, selector: str, timeout_s: float = 90) -> None:
+    """Until every image under ``selector`` has loaded and decoded (before a screenshot); on timeout, the error names
+    the images still waiting (a broken one is complete with no width: its URL did not answer with an image).
 
     Gradio's gallery marks its images ``loading="lazy"``: one below the fold of a phone-sized page is never
     fetched, so each image not loaded yet is scrolled into view while waiting.
     """
-    page.wait_for_function(
-        f"() => {{ const imgs = [...document.querySelectorAll({selector!r} + ' img')];"
-        " const waiting = imgs.filter(i => !(i.complete && i.naturalWidth > 0));"
-        " if (waiting.length) waiting[0].scrollIntoView({block: 'center'});"
-        " return imgs.length > 0 && waiting.length === 0; }",
-        timeout=30_000,
-    )
+    waiting = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        waiting = page.evaluate(IMAGES_WAITING, selector)
+        if waiting == []:
+            return
+        page.wait_for_timeout(250)
+    raise AssertionError(f"images under {selector} still not loaded after {timeout_s:.0f} s: "
+                         f"{waiting if waiting is not None else 'no image at all'}")  # fmt: skip
 
 
 #: the texts of the chart in ``selector`` as drawn (Gradio's plot or this app's SVG): text, left, right, top
