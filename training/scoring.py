@@ -25,7 +25,7 @@ import contextlib
 import gc
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -189,13 +189,20 @@ class _Dino:
 
     @torch.inference_mode()
     def images(self, images: list[Image]) -> torch.Tensor:
-        param = next(self.model.parameters())
-        out = []
-        for i in range(0, len(images), BATCH):
-            pixels = self.processor(images=[im.convert("RGB") for im in images[i:i + BATCH]], return_tensors="pt")
-            hidden = self.model(pixel_values=pixels["pixel_values"].to(param.device, param.dtype)).last_hidden_state
-            out.append(hidden[:, 0].float().cpu())
-        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+        return _embedded(self.model, self.processor, images,
+                         lambda px: self.model(pixel_values=px).last_hidden_state[:, 0])  # the CLS token
+
+
+def _embedded(model: Any, processor: Any, images: list[Image],
+              embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """``embed(pixel_values)`` over ``images`` in batches of ``BATCH`` (prepared by ``processor``, on ``model``'s
+    device and dtype): one L2-normalised float row per image, on the CPU."""
+    param = next(model.parameters())
+    out = []
+    for i in range(0, len(images), BATCH):
+        pixels = processor(images=[im.convert("RGB") for im in images[i:i + BATCH]], return_tensors="pt")
+        out.append(embed(pixels["pixel_values"].to(param.device, param.dtype)).float().cpu())
+    return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
 
 def _features(out: Any) -> torch.Tensor:
@@ -220,13 +227,8 @@ class _Clip:
 
     @torch.inference_mode()
     def images(self, images: list[Image]) -> torch.Tensor:
-        param = next(self.model.parameters())
-        out = []
-        for i in range(0, len(images), BATCH):
-            pixels = self.processor(images=[im.convert("RGB") for im in images[i:i + BATCH]], return_tensors="pt")
-            out.append(_features(self.model.get_image_features(
-                pixel_values=pixels["pixel_values"].to(param.device, param.dtype))).float().cpu())
-        return torch.nn.functional.normalize(torch.cat(out), dim=-1)
+        return _embedded(self.model, self.processor, images,
+                         lambda px: _features(self.model.get_image_features(pixel_values=px)))
 
     @torch.inference_mode()
     def texts(self, texts: list[str]) -> torch.Tensor:
