@@ -157,11 +157,14 @@ class WorkerStatus:
             d.updated_at = time.time()
 
     def progress(self) -> dict[str, Any]:
-        """The run's progress as a heartbeat stores it on the task (phase, step, loss, speed, ETA, when)."""
+        """The run's progress as a heartbeat stores it on the task (phase, step, loss, speed, ETA, when, and the
+        latest and the base model's scores: what a Job's panel shows)."""
         with self._lock:
             d = self._data
+            scores = {k: v.model_dump(mode="json", exclude={"event", "time"})
+                      for k, v in (("scores", d.scores), ("base_scores", d.base_scores)) if v is not None}  # fmt: skip
             return {"phase": d.phase, "step": d.step, "total": d.total, "loss": d.loss, "steps_per_s": d.steps_per_s,
-                    "eta_s": d.eta_s, "at": time.time()}  # fmt: skip
+                    "eta_s": d.eta_s, "at": time.time(), **scores}  # fmt: skip
 
     def why_stopped(self, task_id: str) -> tuple[str, str]:
         """The phase and message for a run stopped because its task is no longer this worker's (from the last

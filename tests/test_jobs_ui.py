@@ -8,6 +8,7 @@ also runs the real worker, whose Job runs ``python -m scheduler run-task`` as an
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from html import escape
@@ -17,12 +18,13 @@ import pytest
 from huggingface_hub import HfApi
 
 from app import create_app
+from contract.events import Scores
 from contract.settings import load_settings
 from scheduler.backends.jobs import JobView
 from scheduler.billing import Claim, GpuPeriod
 from scheduler.hardware import make_hardware
 from scheduler.queue import make_queue
-from scheduler.status import StatusData
+from scheduler.status import StatusData, WorkerStatus
 from scheduler.task import Task, TaskStatus
 from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
@@ -87,6 +89,26 @@ def test_the_owner_sees_one_panel_per_running_task_with_stage_flavor_progress_an
     assert "step 3 loss 0.25 with ***" in html and TOKEN not in html  # the Job's log tail, token masked
     # The third task waits, and the owner is told why: both slots are busy.
     assert f"<code>{waiting.id}</code>" in html and "all 2 Job slots are busy (MAX_PARALLEL_JOBS)" in html
+
+
+def test_a_jobs_panel_shows_the_scores_its_heartbeat_carries():
+    """The Job's trainer records its ``scores`` events in its WorkerStatus; the heartbeat stores them on the task (as
+    JSON, through the queue) and the owner's panel shows the latest next to the base model's (issue 22, point 3)."""
+    status, (dog, cat, waiting) = two_running_and_one_waiting()
+    in_job = WorkerStatus()
+    in_job.start_task(dog)
+    in_job.record_scores(Scores(step=0, dino=0.42, clip_t=0.301, val_loss=0.2))
+    dog.progress = json.loads(json.dumps(in_job.progress()))
+    _, html = jobs_panels(OWNER, status, [dog, cat, waiting], jobs_settings())
+    assert "Scores of the base model: DINO 0.420 · CLIP-T 0.301 · validation loss 0.2000" in html
+    in_job.record_scores(Scores(step=4, dino=0.612, clip_t=0.298, val_loss=0.18))
+    dog.progress = json.loads(json.dumps(in_job.progress()))
+    _, html = jobs_panels(OWNER, status, [dog, cat, waiting], jobs_settings())
+    assert "Scores at step 4: DINO 0.612 (base 0.420) · CLIP-T 0.298 (base 0.301)" in html
+    assert html.count("job-scores") == 1  # the other task has no scores yet
+    dog.progress["scores"] = {"step": "<b>x</b>", "dino": "high"}  # not scores: left out, never shown as markup
+    _, html = jobs_panels(OWNER, status, [dog, cat, waiting], jobs_settings())
+    assert "job-scores" not in html and "<b>x</b>" not in html and html.count('class="job-card"') == 2
 
 
 def test_why_a_task_waits_names_the_cap_or_the_refusal_with_its_fix():

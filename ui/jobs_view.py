@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from contract.events import Scores
 from contract.flavors import FLAVORS
 from contract.text import html_text, md_text
 from scheduler.backends.jobs_runner import gpu_seconds_in_day
@@ -26,6 +27,7 @@ from scheduler.task import Task, TaskStatus
 from ui.auth import Access
 from ui.estimate import format_duration, jobs_price, price_source_text
 from ui.results_view import results_pointer
+from ui.scores_view import latest_scores
 
 LOG_LINES_SHOWN = 12
 EMPTY_PANELS = ""
@@ -95,6 +97,19 @@ def progress_line(task: Task) -> str:
     return " · ".join(parts)
 
 
+def progress_scores(task: Task) -> str:
+    """``Scores at step 500: DINO 0.612 (base 0.420) · ...`` from the task's last heartbeat (plain text; empty before
+    the first scores, or when what the heartbeat holds is not scores)."""
+    p = task.progress or {}
+    try:
+        latest, base = (Scores.model_validate(p[k]) if isinstance(p.get(k), dict) else None
+                        for k in ("scores", "base_scores"))  # fmt: skip
+    except ValueError:
+        return ""
+    found = latest_scores(latest, base)
+    return f"{found[0]}: {found[1]}" if found else ""
+
+
 def flavor_text(flavor: str | None, prices: dict[str, float]) -> str:
     """``Nvidia T4 small ($0.40/h)`` at the Jobs price."""
     known = FLAVORS.get(flavor or "")
@@ -133,12 +148,14 @@ def panel_html(task: Task, job: Any, status: StatusData, token: str | None) -> s
     if lines:
         log = f'<div class="job-log" role="log" aria-label="Job log (tail)" tabindex="0"><pre>{shown}</pre></div>'
     details = progress_line(task)
+    scores = progress_scores(task)
     return (
         f'<div class="job-card" data-task="{html_text(task.id)}">'
         f"<h3>Task <code>{html_text(task.id)}</code> · {html_text(task.instance_prompt)}</h3>"
         f'<div class="job-line">{job_line}</div><div class="job-line">{html_text(state)}</div>'
         f"{progress_bar(step, total)}"
         + (f'<div class="job-line">{html_text(details)}</div>' if details else "")
+        + (f'<div class="job-line job-scores">{html_text(scores)}</div>' if scores else "")
         + f"{log}</div>"
     )
 

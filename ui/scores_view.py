@@ -153,14 +153,20 @@ def compare_text(point: Any, base: Any | None) -> str:
     return " · ".join(items)
 
 
-def scores_line(latest: Any | None, base: Any | None) -> str:
-    """The Run tab's Markdown line: the latest scored step's scores next to the base model's (or the base model's
-    alone, before the first checkpoint is scored); empty before any."""
+def latest_scores(latest: Any | None, base: Any | None) -> tuple[str, str] | None:
+    """(heading, text): the latest scored step's scores next to the base model's (or the base model's alone, before
+    the first checkpoint is scored); None before any. Plain text."""
     if latest is not None and (text := compare_text(latest, base)):
-        return f"**Scores at step {latest.step}:** {text}"
+        return f"Scores at step {latest.step}", text
     if base is not None and (text := compare_text(base, None)):
-        return f"**Scores of the base model:** {text}"
-    return ""
+        return "Scores of the base model", text
+    return None
+
+
+def scores_line(latest: Any | None, base: Any | None) -> str:
+    """The Run tab's Markdown line of ``latest_scores``; empty before any."""
+    found = latest_scores(latest, base)
+    return f"**{found[0]}:** {found[1]}" if found else ""
 
 
 def _cell(scores: RunScores, point: PointScores | None, index: int, column: str, prompt: str) -> str:
