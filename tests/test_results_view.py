@@ -21,6 +21,7 @@ from scheduler.worker import Worker
 from tests.conftest import ALICE_TOKEN
 from tests.results_fixtures import read_metrics
 from tests.tiny_models import make_images
+from tests.tiny_scorers import pixel_scores
 from ui.auth import Access
 from ui.context import AppContext
 from ui.loss_chart import NO_LOSS
@@ -62,7 +63,8 @@ def trained(tmp_path_factory, tiny_sd):
               "validation_prompts": ["a photo of sks dog", "a sks dog on a beach"], "sample_inference_steps": 2}  # fmt: skip
     task = ctx.queue.enqueue(Task(instance_prompt="a photo of sks dog", submitted_by="local", base_model=str(tiny_sd),
                                   params=params), make_images(root / "photos", 3))  # fmt: skip
-    ctx.worker.step()
+    with pixel_scores():  # image scores too (the scores test below)
+        ctx.worker.step()
     done = ctx.queue.get(task.id)
     assert done.status is TaskStatus.DONE, done.last_error
     metrics = read_metrics(ctx.worker.run_dir(done.id))

@@ -8,14 +8,16 @@ meaningless scores: use them for the plumbing (loading, shapes, ranges), never t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from training.demo import TINY_VOCAB_SIZE, write_char_tokenizer
 
-__all__ = ["build_pickle_only", "build_tiny_clip", "build_tiny_dino", "pixel_scoring", "tiny_scorers"]
+__all__ = ["build_pickle_only", "build_tiny_clip", "build_tiny_dino", "pixel_scores", "pixel_scoring", "tiny_scorers"]
 IMAGE_SIZE = 32
 
 
@@ -82,11 +84,20 @@ def tiny_scorers(tmp_path_factory) -> dict[str, Path]:
     return {"dino": build_tiny_dino(root / "dino"), "clip": build_tiny_clip(root / "clip")}
 
 
-@pytest.fixture
-def pixel_scoring(monkeypatch) -> None:
-    """Runs started by the test (in this process or a child it starts) score images by the fixed pixel embedding
+@contextlib.contextmanager
+def pixel_scores() -> Iterator[None]:
+    """Within it, runs (in this process or a child it starts) score images by the fixed pixel embedding
     (``contract.scoring_models.PIXELS``) and no CLIP: tests/conftest.py sets no scoring model for the other tests."""
     from contract.scoring_models import PIXELS
 
-    monkeypatch.setenv("SCORING_DINO_MODEL", PIXELS)
-    monkeypatch.setenv("SCORING_CLIP_MODEL", "none")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCORING_DINO_MODEL", PIXELS)
+        mp.setenv("SCORING_CLIP_MODEL", "none")
+        yield
+
+
+@pytest.fixture
+def pixel_scoring() -> Iterator[None]:
+    """``pixel_scores`` for the whole test."""
+    with pixel_scores():
+        yield

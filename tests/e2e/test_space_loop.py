@@ -20,7 +20,6 @@ from huggingface_hub import HfApi, ModelCard
 
 from contract.flavors import FLAVORS
 from contract.scores import SCORES_NAME, ScoreRecord
-from contract.scoring_models import PIXELS
 from contract.settings import load_settings
 from scheduler.queue import make_queue
 from scheduler.task import TaskStatus
@@ -92,8 +91,10 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     cwd.mkdir()
     create_app_space(
         hub, repo, cwd, port, switch_delay_s=SWITCH_DELAY_S,
+        # No scoring model: the scored task records its validation loss per checkpoint and makes no image for the
+        # scores (sampling at 256 px on one CPU thread costs minutes); image scores: tests/test_scores_run.py.
         variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120",
-                   "SCORING_DINO_MODEL": PIXELS, "SCORING_CLIP_MODEL": "none"},  # the owner's scoring model: no download
+                   "SCORING_DINO_MODEL": "none", "SCORING_CLIP_MODEL": "none"},
         # One torch thread: the CPU-trained "GPU" then leaves a core to the browser (screenshots while training).
         env={"OMP_NUM_THREADS": "1"},
     )
@@ -136,7 +137,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             page.get_by_label("Instance prompt").fill("a photo of zwx cat")
             page.get_by_label("Instance prompt").blur()
             expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-zwx-cat")
-            page.get_by_label("Score checkpoints").uncheck()  # the first task is scored; sampling at 256 px is slow here
+            page.get_by_label("Score checkpoints").uncheck()  # the first task is scored, this one not
             page.get_by_role("button", name="Train").click()
             expect(message).not_to_have_text(first_message, timeout=20_000)
             expect(message).to_have_text(re.compile(r"Task \w+ queued with 3 photos"), timeout=20_000)
@@ -145,7 +146,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             wait_for(lambda: hub.space_runtime(repo)["hardware"]["current"] == "t4-small", 60, "the switch to t4-small")
             open_served_by(page, url, "Nvidia T4 small", 120)  # the old CPU container may still answer a moment
             page.get_by_role("tab", name="Run").click()
-            expect(page.get_by_text(re.compile(r"[1-4] / 4 steps"))).to_be_visible(timeout=300_000)  # base model scored first
+            expect(page.get_by_text(re.compile(r"[1-4] / 4 steps"))).to_be_visible(timeout=300_000)
             # The header follows the Space while it trains (the app claimed the task while still APP_STARTING).
             expect(page.locator("#hardware")).to_have_text(re.compile(r"Nvidia T4 small · stage RUNNING"), timeout=30_000)
             shot(page, "space-training-on-t4")
@@ -214,7 +215,8 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
         picked = record.point(record.picked.step)
         assert f"{picked.checkpoint}/pytorch_lora_weights.safetensors" in files, files
         card = ModelCard.load(api.hf_hub_download(task.output_repo, "README.md"))
-        assert any(r.metric_value == round(picked.dino, 3) for r in card.data.eval_results), card.data.eval_results
+        assert picked.step == record.points[-1].step and record.base.val_loss is not None  # unscored images: the last
+        assert any(r.metric_value == round(picked.val_loss, 3) for r in card.data.eval_results), card.data.eval_results
     # Hardware: cpu-basic -> t4-small -> cpu-basic, one upgrade and one release request, one GPU container.
     ledger = hub.ledger(repo)
     assert hardware_sequence(ledger) == ["cpu-basic", "t4-small", "cpu-basic"]
