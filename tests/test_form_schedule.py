@@ -10,6 +10,7 @@ trainer runs in-process on the tiny SD model for the schedule's effect.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -142,13 +143,19 @@ def test_schedule_values_out_of_bounds_are_refused_at_submit_and_by_the_trainer(
     assert validate_task(make_task(base_model=DEMO_MODEL, params={"lr_scheduler": "polynomial"}), images) == []
 
 
-def test_the_cli_sets_the_schedule_like_the_form(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # local mode without a Hub account
+def local_submit(tmp_path, monkeypatch) -> tuple[list[str], Path]:
+    """``python -m scheduler``'s arguments that submit three photos of the demo model for 50 steps to a local queue
+    (no Hub account), and that queue's folder."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
     images = tmp_path / "photos"
     make_images(images, 3)
     qdir = tmp_path / "q"
-    base = ["--local", str(qdir), "submit", "--images", str(images), "--prompt", "a photo of sks dog", "--base-model",
-            DEMO_MODEL, "--steps", "50"]  # fmt: skip
+    return ["--local", str(qdir), "submit", "--images", str(images), "--prompt", "a photo of sks dog", "--base-model",
+            DEMO_MODEL, "--steps", "50"], qdir  # fmt: skip
+
+
+def test_the_cli_sets_the_schedule_like_the_form(tmp_path, monkeypatch, capsys):
+    base, qdir = local_submit(tmp_path, monkeypatch)
     args = ["--lr-scheduler", "cosine", "--lr-warmup-steps", "20", "--snr-gamma", "5"]
     assert main([*base, *args, "--id", "sched01"]) == EXIT_OK, capsys.readouterr().err
     [task] = LocalQueue(qdir).list()

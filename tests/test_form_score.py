@@ -25,7 +25,7 @@ from scheduler.validation import validate_task
 from tests.polling import free_port
 from tests.scheduler.helpers import make_images, make_task
 from tests.test_form import form_blocks, local_ctx, photos, values
-from tests.test_form_schedule import spec_of
+from tests.test_form_schedule import local_submit, spec_of
 from tests.test_http_guard import upload
 from tests.test_security import http, page_event
 from training.demo import DEMO_MODEL
@@ -131,12 +131,7 @@ def test_a_score_that_is_not_true_or_false_is_refused_by_the_cli_check_and_the_t
 
 
 def test_the_cli_turns_scoring_off_with_no_score(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("HF_TOKEN", raising=False)  # local mode without a Hub account
-    images = tmp_path / "photos"
-    make_images(images, 3)
-    qdir = tmp_path / "q"
-    base = ["--local", str(qdir), "submit", "--images", str(images), "--prompt", "a photo of sks dog", "--base-model",
-            DEMO_MODEL, "--steps", "50"]  # fmt: skip
+    base, qdir = local_submit(tmp_path, monkeypatch)
     assert main([*base, "--no-score", "--id", "off01"]) == EXIT_OK, capsys.readouterr().err
     assert main([*base, "--steps", "60", "--id", "on01"]) == EXIT_OK, capsys.readouterr().err
     queue = LocalQueue(qdir)

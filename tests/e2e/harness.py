@@ -7,7 +7,9 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import need
 from tests.polling import free_port, wait_for, wait_http  # noqa: F401  (re-exported for the tests)
@@ -47,6 +49,31 @@ def run_app(cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Po
         yield proc
     finally:
         stop_group(proc)
+
+
+@dataclass
+class LocalApp:
+    """A running local-mode app (``local_app``): its URL, working folder, process and a headless browser."""
+
+    url: str
+    workdir: Path
+    proc: subprocess.Popen
+    browser: Any
+
+
+@contextlib.contextmanager
+def local_app(tmp_path: Path, *, wait_s: float = 90, **env: str) -> Iterator[LocalApp]:
+    """``python app.py`` in local mode in ``tmp_path/app`` on a free port, polling its queue every half second, with
+    ``env`` added to ``app_env``'s, once it serves; and a browser. Its log is ``tmp_path/app.log``."""
+    port = free_port()
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path / "app.log"
+    with run_app(workdir, app_env(GRADIO_SERVER_PORT=str(port), POLL_INTERVAL_S="0.5", **env), log) as proc, \
+            browser() as b:  # fmt: skip
+        wait_http(url, wait_s, proc, log)
+        yield LocalApp(url, workdir, proc, b)
 
 
 def stop_group(proc: subprocess.Popen) -> None:

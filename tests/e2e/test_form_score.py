@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.e2e.harness import DESKTOP, app_env, browser, free_port, open_page, run_app, shot, upload_photos, wait_http
+from tests.e2e.harness import DESKTOP, local_app, open_page, shot, upload_photos
 from tests.tiny_models import make_images
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -23,16 +23,10 @@ FIXING_LABEL = "LoRA, unscored"  # tests/score_recipe.py
 def test_the_score_box_is_on_by_default_follows_the_recipe_and_reaches_the_task(hub, tmp_path):
     from playwright.sync_api import expect
 
-    port = free_port()
-    env = app_env(GRADIO_SERVER_PORT=str(port), POLL_INTERVAL_S="0.5", HF_ENDPOINT=hub.url,
-                  TRAINING_RECIPES_MODULES="tests.score_recipe", DREAMBOOTH_DEMO_DIR=str(tmp_path / "demo-model"))  # fmt: skip
     images = make_images(tmp_path / "photos", 3, size=128)
-    workdir = tmp_path / "app"
-    workdir.mkdir()
-    url = f"http://127.0.0.1:{port}/"
-    with run_app(workdir, env, tmp_path / "app.log") as proc, browser() as b:
-        wait_http(url, 90, proc, tmp_path / "app.log")
-        page = open_page(b, url, DESKTOP)
+    with local_app(tmp_path, HF_ENDPOINT=hub.url, TRAINING_RECIPES_MODULES="tests.score_recipe",
+                   DREAMBOOTH_DEMO_DIR=str(tmp_path / "demo-model")) as app:  # fmt: skip
+        page = open_page(app.browser, app.url, DESKTOP)
         expect(page.get_by_role("button", name="Train")).to_be_visible(timeout=30_000)
         page.get_by_text("Advanced").click()
         score = page.get_by_label("Score checkpoints")
@@ -63,5 +57,5 @@ def test_the_score_box_is_on_by_default_follows_the_recipe_and_reaches_the_task(
         page.get_by_role("button", name="Train").click()
         expect(page.get_by_text(re.compile(r"Task \w+ queued with 3 photos"))).to_be_visible(timeout=30_000)
 
-    [task] = json.loads((workdir / "data" / "queue" / "queue.json").read_text())["tasks"]
+    [task] = json.loads((app.workdir / "data" / "queue" / "queue.json").read_text())["tasks"]
     assert task["recipe"] == "dreambooth-lora" and task["params"]["score"] is False
