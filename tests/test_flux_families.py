@@ -198,7 +198,7 @@ def test_detection_from_model_index_picks_the_family(flux1_dir, klein_dir, tmp_p
     sd_index = json.loads((build_tiny_sd(tmp_path / "sd") / "model_index.json").read_text())
     assert family_for(sd_index) not in (Flux1, Flux2Klein)
     with pytest.raises(Exception, match="FluxPipeline.*|.*Flux2KleinPipeline"):
-        family_for({"_class_name": "QwenImagePipeline"})
+        family_for({"_class_name": "QwenImageEditPipeline"})
 
 
 def test_allow_lists_and_problems(flux1_dir, klein_dir):

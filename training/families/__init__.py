@@ -22,7 +22,13 @@ from training.exitcodes import BadInputError
 ModelFamily = Any
 
 #: the built-in families, one module each (a new family: a new file and a line here)
-BUILTIN_MODULES = ("training.families.sd", "training.families.flux", "training.families.flux2_klein")
+BUILTIN_MODULES = (
+    "training.families.sd",
+    "training.families.flux",
+    "training.families.flux2_klein",
+    "training.families.zimage",
+    "training.families.qwen_image",
+)
 #: the family a base model is taken for while no registered family claims its ``model_index.json`` (or it is not
 #: read): the fit check then reads its memory shape from its name alone
 DEFAULT_FAMILY = "sd"

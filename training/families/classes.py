@@ -14,6 +14,9 @@ TABLE: dict[str, tuple[str, str]] = {
     "AutoencoderKLFlux2": ("diffusers", "AutoencoderKLFlux2"),
     "FluxTransformer2DModel": ("diffusers", "FluxTransformer2DModel"),
     "Flux2Transformer2DModel": ("diffusers", "Flux2Transformer2DModel"),
+    "ZImageTransformer2DModel": ("diffusers", "ZImageTransformer2DModel"),
+    "QwenImageTransformer2DModel": ("diffusers", "QwenImageTransformer2DModel"),
+    "AutoencoderKLQwenImage": ("diffusers", "AutoencoderKLQwenImage"),
     # diffusers schedulers (tokenizers and schedulers hold no weights)
     "DDPMScheduler": ("diffusers", "DDPMScheduler"),
     "FlowMatchEulerDiscreteScheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
@@ -27,6 +30,7 @@ TABLE: dict[str, tuple[str, str]] = {
     "T5Tokenizer": ("transformers", "T5Tokenizer"),
     "Qwen3ForCausalLM": ("transformers", "Qwen3ForCausalLM"),
     "Qwen3Model": ("transformers", "Qwen3Model"),
+    "Qwen2_5_VLForConditionalGeneration": ("transformers", "Qwen2_5_VLForConditionalGeneration"),
     "Qwen2TokenizerFast": ("transformers", "Qwen2TokenizerFast"),
     "Qwen2Tokenizer": ("transformers", "Qwen2Tokenizer"),
 }
