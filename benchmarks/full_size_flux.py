@@ -1,9 +1,13 @@
-"""Random-weight full-size FLUX.1 [dev] and FLUX.2 [klein] 4B / 9B diffusers folders, written without holding them.
+"""Random-weight full-size FLUX.1 [dev], FLUX.2 [klein] 4B / 9B and Z-Image diffusers folders, written without holding
+them (the bf16 flow-matching shapes of ``training.memory.BF16_SHAPES``).
 
-Shapes (the public configs of black-forest-labs' repos): FLUX.1 [dev] = ``FluxTransformer2DModel`` 19 double + 38
+Shapes (the public configs of the repos): FLUX.1 [dev] = ``FluxTransformer2DModel`` 19 double + 38
 single blocks, 24 heads x 128, guidance embedding (11.9 B parameters), CLIP-L (123 M), T5-v1.1-XXL encoder (4.76 B),
 ``AutoencoderKL`` with 16 latent channels; FLUX.2 [klein] 4B = ``Flux2Transformer2DModel`` 5 + 20 blocks, 24 heads,
-text width 3 x 2560, with a Qwen3-4B text encoder; 9B = 8 + 24 blocks, 32 heads, text width 3 x 4096, Qwen3-8B.
+text width 3 x 2560, with a Qwen3-4B text encoder; 9B = 8 + 24 blocks, 32 heads, text width 3 x 4096, Qwen3-8B;
+Z-Image (Tongyi-MAI/Z-Image and Z-Image-Turbo, one config) = ``ZImageTransformer2DModel`` dim 3840, 30 layers, 30
+heads, 2 noise + 2 context refiner layers (6.15 B parameters), a Qwen3-4B ``Qwen3Model`` text encoder and FLUX.1's
+16-channel ``AutoencoderKL``.
 
 Every module is made on the meta device from its config and its weights are streamed into safetensors files one
 tensor at a time (values from a small random pool: their values do not matter to memory), sharded at 10 GB like the
@@ -18,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SHAPES = ("flux1", "klein4b", "klein9b")
+SHAPES = ("flux1", "klein4b", "klein9b", "zimage")
 #: diffusers and transformers shard at 10 GB by default (FLUX.1 [dev]'s transformer: 3 shards)
 SHARD_BYTES = 10 * 10**9
 POOL_ELEMENTS = 1 << 24
@@ -31,33 +35,48 @@ FLUX1_TRANSFORMER = dict(
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
               feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
               layer_norm_epsilon=1e-6, tie_word_embeddings=False, decoder_start_token_id=0)  # fmt: skip
+#: FLUX.1's VAE (16 latent channels), Z-Image's too
+FLUX1_VAE = dict(
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=16, sample_size=1024,
+    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+)  # fmt: skip
+#: Qwen3-4B's width (with ``QWEN3``): FLUX.2 [klein] 4B's text encoder and Z-Image's
+QWEN3_4B = dict(hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True)
 KLEIN = {
     "klein4b": (dict(num_layers=5, num_single_layers=20, num_attention_heads=24, joint_attention_dim=7680),
-                dict(hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True)),
+                QWEN3_4B),
     "klein9b": (dict(num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288),
                 dict(hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False)),
 }  # fmt: skip
 QWEN3 = dict(vocab_size=151936, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
              max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6)  # fmt: skip
+#: Z-Image's transformer/config.json (Z-Image and Z-Image-Turbo share it)
+ZIMAGE_TRANSFORMER = dict(
+    all_patch_size=[2], all_f_patch_size=[1], in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2, n_heads=30,
+    n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
+    axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
+)  # fmt: skip
 
 
 def flux_modules(shape: str) -> dict[str, Any]:
     """The weighted modules of ``shape`` (``SHAPES``) on the current default device: transformer, vae and the
     text encoder(s). Call under ``torch.device("meta")`` to get them without memory."""
-    from diffusers import AutoencoderKL, AutoencoderKLFlux2, Flux2Transformer2DModel, FluxTransformer2DModel
-    from transformers import CLIPTextModel, Qwen3Config, Qwen3ForCausalLM, T5Config, T5EncoderModel
+    from diffusers import (
+        AutoencoderKL,
+        AutoencoderKLFlux2,
+        Flux2Transformer2DModel,
+        FluxTransformer2DModel,
+        ZImageTransformer2DModel,
+    )
+    from transformers import CLIPTextModel, Qwen3Config, Qwen3ForCausalLM, Qwen3Model, T5Config, T5EncoderModel
 
     from benchmarks.full_size import clip_config
 
     if shape == "flux1":
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=16, sample_size=1024,
-            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-        )  # fmt: skip
         return {
             "transformer": FluxTransformer2DModel(**FLUX1_TRANSFORMER),
-            "vae": vae,
+            "vae": AutoencoderKL(**FLUX1_VAE),
             "text_encoder": CLIPTextModel(clip_config(768, 3072, 12, 12, "quick_gelu")),
             "text_encoder_2": T5EncoderModel(T5Config(**T5_XXL)),
         }
@@ -72,6 +91,12 @@ def flux_modules(shape: str) -> dict[str, Any]:
             "vae": AutoencoderKLFlux2(),
             "text_encoder": Qwen3ForCausalLM(Qwen3Config(**QWEN3, **qwen)),
         }
+    if shape == "zimage":
+        return {
+            "transformer": ZImageTransformer2DModel(**ZIMAGE_TRANSFORMER),
+            "vae": AutoencoderKL(**FLUX1_VAE),
+            "text_encoder": Qwen3Model(Qwen3Config(**QWEN3, **QWEN3_4B)),
+        }
     raise ValueError(f"unknown Flux shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
@@ -82,6 +107,10 @@ def model_index(shape: str) -> dict[str, Any]:
                 "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": ["transformers", "T5EncoderModel"],
                 "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
                 "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}  # fmt: skip
+    if shape == "zimage":
+        return {"_class_name": "ZImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
+                "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}  # fmt: skip
     return {"_class_name": "Flux2KleinPipeline", "is_distilled": False,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
             "text_encoder": ["transformers", "Qwen3ForCausalLM"], "tokenizer": ["transformers", "Qwen2TokenizerFast"],
@@ -178,6 +207,7 @@ def build_full_size_flux(shape: str, path: Path) -> Path:
 
     from benchmarks.full_size import synthetic_clip_tokenizer
     from tests.tiny_flux import _qwen_tokenizer, _t5_tokenizer, flux1_scheduler, klein_scheduler
+    from tests.tiny_zimage import zimage_scheduler
 
     if (path / "model_index.json").exists():
         return path
@@ -193,7 +223,8 @@ def build_full_size_flux(shape: str, path: Path) -> Path:
             module.config.dtype = torch.bfloat16
             module.config.save_pretrained(folder)
             write_streamed(module, folder, "model", torch.bfloat16)
-    (flux1_scheduler() if shape == "flux1" else klein_scheduler()).save_pretrained(path / "scheduler")
+    schedulers = {"flux1": flux1_scheduler, "zimage": zimage_scheduler}
+    schedulers.get(shape, klein_scheduler)().save_pretrained(path / "scheduler")
     if shape == "flux1":
         synthetic_clip_tokenizer(path / "tokenizer")
         _t5_tokenizer(path / "tokenizer_2")

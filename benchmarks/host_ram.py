@@ -2,7 +2,7 @@
 
 Why: small Space flavors have 15 GB of host RAM (t4-small, a10g-small); a trainer that needs more is killed.
 
-    python benchmarks/host_ram.py                # full-size SD 1.5, SDXL, FLUX.2 [klein] 4B, FLUX.1, klein 9B
+    python benchmarks/host_ram.py                # full-size SD 1.5, SDXL, FLUX.2 [klein] 4B, FLUX.1, klein 9B, Z-Image
     python benchmarks/host_ram.py --only flux1   # one model shape (random weights, CPU, minutes; FLUX: 34 GB disk)
     python benchmarks/host_ram.py --tiny         # tiny models: checks every phase in seconds
 
@@ -17,10 +17,11 @@ run (mixed precision fp16: frozen UNet and text encoders fp16, VAE fp32), in thr
 - ``first_step``: the LoRA adapters, optimizer (``training.train.make_optimizer``) and LR schedule on the
   device-resident UNet, then one batch (``batches.make_batch``) and its conditioning (``batches.conditioning``).
 
-FLUX shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, trained in bf16 on their default
-l4x1) load the way the trainer stages them, in four phases: ``load`` (VAE, text encoders, tokenizers), ``cache``
-(latents and the instance prompt's conditioning, then the text encoders freed: ``release_text_encoders``),
-``load_denoiser`` (the transformer, then its move to the GPU) and ``first_step``.
+FLUX and Z-Image shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, trained in bf16 on
+their family's default flavor: l4x1, Z-Image l40sx1) load the way the trainer stages them, in four phases: ``load``
+(VAE, text encoders, tokenizers), ``cache`` (latents and the instance prompt's conditioning, then the text encoders
+freed: ``release_text_encoders``), ``load_denoiser`` (the transformer, then its move to the GPU) and
+``first_step``.
 
 There is no GPU here: reading every weight, then ``.to("meta")``, stands in for ``.to("cuda")`` (the copy reads the
 weights, then the host storage is freed the same way); the VAE and text encoders stay on the host and compute on the
@@ -58,9 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 PHASES = ("load", "cache", "first_step")
 STAGED_PHASES = ("load", "cache", "load_denoiser", "first_step")
-FULL_SHAPES = ("sd15", "sdxl", "klein4b", "flux1", "klein9b")
+FULL_SHAPES = ("sd15", "sdxl", "klein4b", "flux1", "klein9b", "zimage")
 TINY_SHAPES = ("tiny-sd", "tiny-sdxl", "tiny-flux1", "tiny-klein")
-FLUX_SHAPES = {"klein4b", "flux1", "klein9b"}
+#: the shapes of ``benchmarks/full_size_flux.py`` (bf16 folders, staged loading): FLUX and Z-Image
+FLUX_SHAPES = {"klein4b", "flux1", "klein9b", "zimage"}
 RECIPE = "dreambooth-lora"
 N_IMAGES = 5
 PROMPT = "a photo of sks dog"
@@ -526,10 +528,13 @@ def build_model(shape: str, models_dir: Path) -> Path:
 
 
 def image_size(model: Path, shape: str) -> int:
-    """The side of the test images: the model's native resolution (SD: UNet sample size x VAE scale); FLUX: its
-    default 512 px, 64 px for the tiny FLUX models (their resolution in ``--tiny`` runs)."""
+    """The side of the test images: the model's native resolution (SD: UNet sample size x VAE scale); FLUX and
+    Z-Image: their family's default (512 / 1024 px, ``training.memory.NATIVE_RESOLUTION``), 64 px for the tiny FLUX
+    models (their resolution in ``--tiny`` runs)."""
+    from training.memory import NATIVE_RESOLUTION
+
     if not (model / "unet").is_dir():
-        return TINY_STAGED_RESOLUTION if shape.startswith("tiny-") else 512
+        return TINY_STAGED_RESOLUTION if shape.startswith("tiny-") else NATIVE_RESOLUTION.get(shape, 512)
     size = json.loads((model / "unet" / "config.json").read_text())["sample_size"]
     return size * 2 ** (len(json.loads((model / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
 
@@ -543,7 +548,7 @@ def _child(args: list[str], timeout: int) -> tuple[list[dict], str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models (seconds): checks every phase, not a figure")
-    ap.add_argument("--only", action="append", default=[], help="model shape(s) to measure (sd15, sdxl, klein4b, flux1, klein9b)")
+    ap.add_argument("--only", action="append", default=[], help=f"model shape(s) to measure ({', '.join(FULL_SHAPES)})")
     ap.add_argument("--models-dir", default=str(DEFAULT_MODELS_DIR), help="where the model folders are built (kept)")
     ap.add_argument("--delete-models", action="store_true", help="remove each model folder after measuring it")
     ap.add_argument("--out", default=None, help="results file (default benchmarks/results/host_ram-<date>-cpu.jsonl)")

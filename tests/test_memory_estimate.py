@@ -97,6 +97,11 @@ with estimator._gpu_answers(), estimator._cuda_attention(), Fake(allow_non_fake_
     with torch.autocast("cuda", dtype=torch.float16):
         o = F.scaled_dot_product_attention(q, q, q)
     out["attention_kept"] = tracker.current - before
+    embeds = torch.empty(2, 77, 64, device="cuda", dtype=torch.bfloat16)
+    real = torch.zeros(2, 77, dtype=torch.long).to("cuda") != -1  # a token mask: fake, no values
+    before = tracker.current
+    picked = embeds[0][real[0]]
+    out["masked"] = [list(picked.shape), tracker.current - before]
 print("RESULT " + json.dumps(out))
 """
 
@@ -126,6 +131,12 @@ def test_attention_keeps_what_the_cuda_kernels_keep_not_the_attention_matrix(chi
     # offset) tensors; the math path would keep the 8 x 4096 x 4096 attention matrix (256 MiB in fp16)
     out, lse, philox = 8 * 4096 * 40 * 2, 8 * 4096 * 4, 2 * 512
     assert child_accounting["attention_kept"] == out + lse + philox
+
+
+def test_a_boolean_mask_selects_every_token_as_the_stand_in_tokenizer_pads_none(child_accounting):
+    # Z-Image keeps a prompt's real tokens (``embeds[mask]``): a selection whose size fake tensors cannot know; it is
+    # estimated as the worst case, every token real (the stand-in tokenizer pads none), and its copy is counted
+    assert child_accounting["masked"] == [[77, 64], _round(77 * 64 * 2)]
 
 
 def _unet(folder: Path):
@@ -223,6 +234,23 @@ def test_a_flux_estimate_caches_with_the_text_side_and_trains_without_it(estimat
     assert e.frozen_bytes >= KLEIN4B_TRANSFORMER * 2
 
 
+def test_a_zimage_estimate_runs_its_familys_step_on_the_full_size_modules(estimates):
+    """Z-Image LoRA at 1024 px in bf16 with checkpointing, staged like FLUX: the Qwen3-4B encoder (a Qwen3Model, the
+    size of klein 4B's) caches without the transformer; the step holds the 6.15 B transformer and the adapters on
+    every attention's q/k/v/out (30 layers, 2 + 2 refiner layers), and the real tokens selected by the family's
+    ``predict`` (``embeds[mask]``, all 512 here)."""
+    from training.families.zimage import ZImage
+
+    e = next(e for e in estimates.values() if e.config.model == "zimage")
+    assert (e.config.precision, e.config.rank, e.config.effective_resolution) == ("bf16", 16, 1024)
+    assert e.denoiser_params == ZImage.denoiser_params and e.denoiser_linear_bytes > 0.95 * e.denoiser_params * 2
+    assert e.trainable_params == 34 * 4 * 16 * (3840 + 3840)
+    te, den = QWEN3_4B * 2 / GIB, e.denoiser_params * 2 / GIB
+    assert te <= e.phases_gib["caching"] < te + 3.0  # the encoder, the VAE encoding a 1024 px image
+    assert den + e.trainable_params * 16 / GIB <= e.phases_gib["training"] < den + te
+    assert den <= e.phases_gib["sampling"] < e.phases_gib["training"]
+
+
 def test_quantized_rows_are_derived_from_their_unquantized_twin():
     """Fake tensors cannot run bitsandbytes: a quantized base's row is the unquantized estimate with the frozen
     Linear weights at QUANT_BYTES a weight and one dequantized copy of the largest in flight."""
@@ -245,7 +273,7 @@ def test_quantized_rows_are_derived_from_their_unquantized_twin():
     # in the committed table: every quantized row has its twin, lower in every phase holding the transformer
     rows = memory.load_table()["rows"]
     quantized = [r for r in rows if r.get("quantized_base")]
-    assert {r["model_shape"] for r in quantized} == set(memory.FLUX_SHAPES)
+    assert {r["model_shape"] for r in quantized} == set(memory.BF16_SHAPES)
     for r in quantized:
         twin_row = memory.table_row(r["model_shape"], r["recipe"], resolution=r["resolution"],
                                     gradient_checkpointing=r["gradient_checkpointing"])  # fmt: skip
@@ -469,6 +497,13 @@ def test_base_model_names_map_to_table_shapes():
     assert Flux1.memory_shape("black-forest-labs/FLUX.1-dev") == "flux1"
     assert Flux2Klein.memory_shape("black-forest-labs/FLUX.2-klein-base-9B") == "klein9b"
     assert Flux2Klein.memory_shape("black-forest-labs/FLUX.2-klein-base-4B") == "klein4b"
+    for shape in ("flux1", "klein4b", "klein9b"):  # their families' 512 px default, in bf16
+        assert shape in memory.BF16_SHAPES and memory.NATIVE_RESOLUTION[shape] == 512
+
+    from training.families.zimage import ZImage
+
+    assert ZImage.memory_shape("Tongyi-MAI/Z-Image-Turbo") == ZImage.memory_shape("Tongyi-MAI/Z-Image") == "zimage"
+    assert "zimage" in memory.BF16_SHAPES and memory.NATIVE_RESOLUTION["zimage"] == ZImage.defaults.resolution == 1024
 
 
 # ------------------------------------------------------------------------------ the trainer's memory plan

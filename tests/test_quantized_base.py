@@ -39,7 +39,7 @@ from training.spec import TrainSpec
 
 FLUX1 = 11_901_408_320  # FLUX.1 [dev] transformer
 KLEIN_4B, KLEIN_9B = 3_900_000_000, 9_100_000_000
-SIZES = {"flux1": FLUX1, "klein4b": KLEIN_4B, "klein9b": KLEIN_9B}
+SIZES = {"flux1": FLUX1, "klein4b": KLEIN_4B, "klein9b": KLEIN_9B, "zimage": 6_154_908_736}
 #: GiB torch reports for each flavor's GPU (scheduler.memory_fit: 15/16 GiB per nominal GB)
 T4, L4, A10G, L40S = 15.0, 22.5, 22.5, 45.0
 ADA, AMPERE_A10G, TURING = (8, 9), (8, 6), (7, 5)
@@ -127,6 +127,9 @@ def test_memory_plan_records_the_choice_and_counts_quantized_weights():
         ("klein4b", L4, ADA, 512, "none"),
         ("klein9b", L4, ADA, 512, "none"),  # just: 18.1 of 18.3 GiB with checkpointing
         ("klein9b", L4, ADA, 1024, "int8"),
+        ("zimage", L40S, ADA, 1024, "none"),
+        ("zimage", L4, ADA, 1024, "none"),  # 14.1 of 18.3 GiB with checkpointing
+        ("zimage", T4, TURING, 1024, "int8"),  # 10.2 of 12.1 GiB (the caching phase: the Qwen3-4B encoder)
     ],
 )  # fmt: skip
 def test_with_a_tabled_shape_the_choice_and_its_estimate_come_from_the_memory_table(shape, budget, cc, res, expected):

@@ -6,8 +6,8 @@ A developer tool: ``python -m tools.memory_estimate [--model sd15 ...]`` estimat
 imports this module.
 
 How: the pipeline's modules are built on the meta device from their configs (the built-in full-size SD 1.5 / SDXL
-shapes of ``benchmarks/full_size.py``, the FLUX ones of ``benchmarks/full_size_flux.py``, or a diffusers folder's
-``config.json`` files), the recipe's own ``configure_trainable`` wraps them (LoRA through peft with the recipe's
+shapes of ``benchmarks/full_size.py``, the FLUX and Z-Image ones of ``benchmarks/full_size_flux.py``, or a diffusers
+folder's ``config.json`` files), the recipe's own ``configure_trainable`` wraps them (LoRA through peft with its
 targets and rank), and then, inside ``torch._subclasses.fake_tensor.FakeTensorMode``, every module the training
 script keeps on the GPU gets empty ``cuda`` tensors in its dtypes (frozen in the mixed-precision dtype, trainable in
 fp32, the VAE in fp32). The script's phases run on them with its own public functions (``family.encode_images``,
@@ -27,6 +27,9 @@ What a CUDA run does differently, and how it is modelled:
   whole attention matrix. While estimating, ``scaled_dot_product_attention`` calls the kernel CUDA would pick
   (``_cuda_sdpa``: aten's flash or memory-efficient op, whose fake implementations allocate what the kernels
   allocate), and the tracker adds their backward's fp32 workspace.
+- Token masks: the stand-in tokenizer pads no prompt (``_FixedTokenizer``: every token real, the worst case), so
+  indexing with a boolean mask (Z-Image keeps a prompt's real tokens: ``embeds[mask]``), whose result size depends
+  on the mask's values, which fake tensors have none of, is counted as with an all-True mask (``_all_true``).
 - A CPU-only torch has no CUDA device guard or CUDA hooks, which autograd needs for fake CUDA tensors. A 20-line
   C++ shim (``_SHIM_SOURCE``: c10's ``FakeGuardImpl`` for CUDA and CUDA hooks answering "built") is compiled once
   with the system C++ compiler (about 3 s, cached) and loaded before torch is imported; this is why estimates run
@@ -80,7 +83,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.memory import FLUX_SHAPES, NATIVE_RESOLUTION, ROW_KEYS, SHAPES, TABLE_PATH, TABLE_QUANTIZED, script_digest
+from training.memory import BF16_SHAPES, NATIVE_RESOLUTION, ROW_KEYS, SHAPES, TABLE_PATH, TABLE_QUANTIZED, script_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -94,7 +97,8 @@ DEVICE_LABEL = "cpu (fake CUDA)"
 # ================================================================================================ configuration
 @dataclass(frozen=True)
 class MemoryConfig:
-    """One training configuration to estimate. ``model``: "sd15", "sdxl" or a local diffusers folder (configs only)."""
+    """One training configuration to estimate. ``model``: a built-in shape (``training.memory.SHAPES``) or a local
+    diffusers folder (configs only)."""
 
     model: str = "sd15"
     recipe: str = "dreambooth-lora"
@@ -121,7 +125,7 @@ class MemoryConfig:
         return self.model if self.model in SHAPES else Path(self.model).name
 
     def native_resolution(self) -> int:
-        """512 / 1024 for the built-in shapes; a folder's UNet sample size times its VAE's scale factor."""
+        """``NATIVE_RESOLUTION`` for the built-in shapes; a folder's UNet sample size times its VAE's scale factor."""
         if self.model in NATIVE_RESOLUTION:
             return NATIVE_RESOLUTION[self.model]
         folder = Path(self.model)
@@ -211,7 +215,7 @@ class MemoryEstimate:
 
 
 # ========================================================================================= the table's configurations
-FLUX_RANK = 16  # the FLUX families' default LoRA rank (``FamilyDefaults.rank``)
+FLUX_RANK = 16  # the FLUX and Z-Image families' default LoRA rank (``FamilyDefaults.rank``)
 
 
 def _grid() -> list[MemoryConfig]:
@@ -230,7 +234,7 @@ def _grid() -> list[MemoryConfig]:
     for gc in (False, True):  # T4: SD 1.5 LoRA + text encoder + prior preservation (and without prior)
         for prior in (False, True):
             rows.append(MemoryConfig("sd15", "dreambooth-lora", 512, 1, "fp16", prior, True, gc, False))
-    for model in FLUX_SHAPES:  # FLUX LoRA in bf16 at rank 16, unquantized and with a quantized base
+    for model in BF16_SHAPES:  # FLUX and Z-Image LoRA in bf16 at rank 16, unquantized and with a quantized base
         for res in (512, 1024):
             for gc in (False, True):
                 for quant in (None, *TABLE_QUANTIZED):
@@ -241,13 +245,15 @@ def _grid() -> list[MemoryConfig]:
 
 TABLE_CONFIGS: tuple[MemoryConfig, ...] = tuple(_grid())
 #: the rows CI re-estimates (the rest is checked by the fingerprint): each built-in recipe's default on its default
-#: flavor, and one prior + text-encoder + gradient-checkpointing row
+#: flavor, and one prior + text-encoder + gradient-checkpointing row; FLUX.2 [klein] 4B and Z-Image (at 1024 px with
+#: checkpointing, which the trainer's plan turns on for it on its default L40S)
 CI_SUBSET: tuple[MemoryConfig, ...] = (
     MemoryConfig("sd15", "dreambooth-lora", 512),
     MemoryConfig("sd15", "dreambooth-full", 512),
     MemoryConfig("sdxl", "dreambooth-lora", 1024),
     MemoryConfig("sd15", "dreambooth-lora", 512, 1, "fp16", True, True, True, False),
     MemoryConfig("klein4b", "dreambooth-lora", 512, 1, "bf16", rank=FLUX_RANK),
+    MemoryConfig("zimage", "dreambooth-lora", 1024, 1, "bf16", gradient_checkpointing=True, rank=FLUX_RANK),
 )
 
 
@@ -390,6 +396,22 @@ def _ceil(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _all_true(indices: list[Any]) -> list[Any]:
+    """``aten.index.Tensor``'s indices with each boolean mask (of one dimension or more) read as all True: the
+    integer indices of every position it covers. Fake tensors hold no values, so the size of a masked selection is
+    unknown to them; the stand-in tokenizer pads nothing, so every token mask is all True anyway."""
+    import torch
+
+    out: list[Any] = []
+    for index in indices:
+        if index is None or index.dtype != torch.bool or index.dim() == 0:
+            out.append(index)
+            continue
+        axes = [torch.arange(n, device=index.device) for n in index.shape]
+        out.extend(grid.reshape(-1) for grid in torch.meshgrid(*axes, indexing="ij"))
+    return out
+
+
 def _make_tracker():
     """The tracker class (defined lazily: it subclasses torch's TorchDispatchMode)."""
     import torch
@@ -404,7 +426,8 @@ def _make_tracker():
         """Bytes of live fake-CUDA storages: each counted once (by storage identity) when an op first returns it,
         released when the storage is finalised; ``peak`` is the maximum (per phase: ``phase_peak``). While an
         attention kernel's backward runs it also counts the kernel's fp32 workspace (query-gradient accumulator and
-        softmax row sums, which its fake implementation does not allocate)."""
+        softmax row sums, which its fake implementation does not allocate). A boolean-mask index is read as all True
+        (``_all_true``)."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -436,6 +459,8 @@ def _make_tracker():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            if func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
+                args = (args[0], _all_true(args[1]), *args[2:])
             workspace = None
             if func in attention_backward:
                 b, h, n, d = args[1].shape
@@ -569,6 +594,8 @@ _META_CACHE: dict[str, dict[str, Any]] = {}
 #: the FLUX repos' FlowMatchEulerDiscreteScheduler config (dynamic shift)
 FLOW_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
                   "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # fmt: skip
+#: Z-Image's (static shift 3)
+ZIMAGE_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
 
 
 def _meta_modules(model: str) -> dict[str, Any]:
@@ -581,13 +608,13 @@ def _meta_modules(model: str) -> dict[str, Any]:
     if model not in _META_CACHE:
         if model in SHAPES and str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
-        if model in FLUX_SHAPES:
+        if model in BF16_SHAPES:
             from benchmarks.full_size_flux import flux_modules, model_index
 
             with torch.device("meta"):
                 mods = flux_modules(model)
             index = model_index(model)
-            sched = dict(FLOW_SCHEDULER)
+            sched = dict(ZIMAGE_SCHEDULER if model == "zimage" else FLOW_SCHEDULER)
         elif model in SHAPES:
             from benchmarks.full_size import full_size_modules
 
@@ -995,7 +1022,7 @@ def _generate_like_flow(comps, cond, res: int, mp: str, wdtype) -> None:
 ABOUT = (
     "Estimated peak GPU memory (GiB, max_memory_allocated) per configuration, from "
     "python -m tools.memory_estimate --write-table (fake CUDA tensors on the CPU; see tools/memory_estimate.py). "
-    "LoRA rank 4 (SD) / 16 (FLUX); phases_gib: per trainer phase; fixed_gib: the part that does not grow with "
+    "LoRA rank 4 (SD) / 16 (FLUX, Z-Image); phases_gib: per trainer phase; fixed_gib: the part that does not grow with "
     "resolution; fingerprint: the estimator's code and configurations; script_digest: training/train.py when "
     "estimated (training.memory.stale_reason warns when it has changed since)."
 )
@@ -1040,7 +1067,8 @@ def write_records(estimates: list[MemoryEstimate], path: Path | None = None) -> 
 # ================================================================================================ CLI
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m tools.memory_estimate", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="sd15", help="sd15, sdxl or a local diffusers folder (configs only)")
+    ap.add_argument("--model", default="sd15",
+                    help=f"a built-in shape ({', '.join(SHAPES)}) or a local diffusers folder (configs only)")  # fmt: skip
     ap.add_argument("--recipe", default="dreambooth-lora")
     ap.add_argument("--resolution", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=1)
@@ -1064,6 +1092,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--restamp", action="store_true",
                     help="re-estimate the CI subset; if every row is within 1%% of the table, stamp the table with this "
                          "estimator's fingerprint and training/train.py's digest (no other row re-estimated)")  # fmt: skip
+    ap.add_argument("--add-missing", action="store_true",
+                    help="estimate only the table's configurations that have no row yet and append their rows (the "
+                         "other rows stay as they are); then --restamp")  # fmt: skip
     ap.add_argument("--configs-json", default=None, help=argparse.SUPPRESS)  # estimate_many's child mode
     return ap.parse_args(argv)
 
@@ -1081,6 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.restamp:
         return restamp()
+    if args.add_missing:
+        return add_missing()
     if args.write_table:
         estimates = []
         for cfg in TABLE_CONFIGS:
@@ -1124,6 +1157,27 @@ def restamp(tolerance: float = 0.01) -> int:
     table["fingerprint"], table["script_digest"] = fingerprint(), digest
     TABLE_PATH.write_text(json.dumps(table, indent=1) + "\n")
     print(f"restamped {TABLE_PATH}")
+    return 0
+
+
+def add_missing(path: Path = TABLE_PATH) -> int:
+    """After configurations were added to ``TABLE_CONFIGS`` (a new shape): estimate only those without a row in the
+    table at ``path`` and append their rows (and their shape's ``unet_params``); the other rows are left byte for
+    byte. The fingerprint is not touched: ``--restamp`` then checks the CI subset and stamps the table."""
+    from training import memory
+
+    table = memory.load_table(path)
+    have = {memory.row_key(r) for r in table["rows"]}
+    missing = [c for c in TABLE_CONFIGS if c.row_key() not in have]
+    for cfg in missing:
+        e = _estimate_here(cfg)
+        table["rows"].append(row_of(e))
+        if cfg.model in SHAPES and e.denoiser_params:
+            table.setdefault("unet_params", {})[cfg.model] = e.denoiser_params
+        print(json.dumps(row_of(e) | {"seconds": e.seconds}), flush=True)
+    table["about"] = ABOUT
+    Path(path).write_text(json.dumps(table, indent=1) + "\n")
+    print(f"added {len(missing)} row(s) to {path}; now run python -m tools.memory_estimate --restamp")
     return 0
 
 

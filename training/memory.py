@@ -25,11 +25,12 @@ TABLE_PATH = Path(__file__).with_name("memory_table.json")
 #: the training script whose digest the table records (``script_digest``)
 SCRIPT_PATH = Path(__file__).with_name("train.py")
 SD_SHAPES = ("sd15", "sdxl")
-#: full-size FLUX shapes: FLUX.1 [dev], FLUX.2 [klein] 4B and 9B
-FLUX_SHAPES = ("flux1", "klein4b", "klein9b")
-SHAPES = SD_SHAPES + FLUX_SHAPES
-#: the resolution a configuration of a built-in shape defaults to (SD: native; FLUX: its family's 512 px default)
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux1": 512, "klein4b": 512, "klein9b": 512}
+#: full-size shapes trained in bf16 (their rows are bf16, with quantized-base variants): FLUX.1 [dev], FLUX.2
+#: [klein] 4B and 9B, Z-Image (6.2 B)
+BF16_SHAPES = ("flux1", "klein4b", "klein9b", "zimage")
+SHAPES = SD_SHAPES + BF16_SHAPES
+#: the resolution a configuration of a built-in shape defaults to (SD: native; the others: their family's default)
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux1": 512, "klein4b": 512, "klein9b": 512, "zimage": 1024}
 #: the keys a table row is matched on (``lookup``)
 ROW_KEYS = ("model_shape", "recipe", "resolution", "batch_size", "precision", "prior_preservation",
             "train_text_encoder", "gradient_checkpointing", "use_8bit_adam", "quantized_base")  # fmt: skip
@@ -108,7 +109,7 @@ def lookup(
 def table_row(model_shape: str, recipe: str, *, table: dict[str, Any] | None = None, **keys: Any) -> dict | None:
     """The exact table row with these keys (defaults: 512/1024 px native, batch 1, fp16, everything off)."""
     want = {"resolution": NATIVE_RESOLUTION.get(model_shape, 512), "batch_size": 1,
-            "precision": "bf16" if model_shape in FLUX_SHAPES else "fp16", "prior_preservation": False,
+            "precision": "bf16" if model_shape in BF16_SHAPES else "fp16", "prior_preservation": False,
             "train_text_encoder": False, "gradient_checkpointing": False, "use_8bit_adam": False,
             "quantized_base": None, **keys, "model_shape": model_shape, "recipe": recipe}  # fmt: skip
     for r in (table if table is not None else load_table())["rows"]:

@@ -164,11 +164,11 @@ def _plan_memory(*, frozen_params, trainable_params, unet_params, latent_size, s
     from training import memory
 
     gc, adam8 = gradient_checkpointing, use_8bit_adam
-    # the table holds half-precision runs (fp16 and bf16 take the same memory; SD rows are fp16, FLUX rows bf16,
-    # with quantized-base rows for FLUX); fp32 runs use the formula
+    # the table holds half-precision runs (fp16 and bf16 take the same memory; SD rows are fp16, FLUX and
+    # Z-Image rows bf16, with quantized-base rows); fp32 runs use the formula
     table_ok = weight_bytes == 2
     shape = (model_shape or memory.shape_for_unet_params(unet_params)) if table_ok else None
-    precision = "bf16" if shape in memory.FLUX_SHAPES else "fp16"
+    precision = "bf16" if shape in memory.BF16_SHAPES else "fp16"
     quant = None if quantized_base in (None, "none") else quantized_base
     full = trainable_params >= 0.9 * unet_params
     recipe = recipe or ("dreambooth-full" if full else "dreambooth-lora")

@@ -70,8 +70,8 @@ def plan_quantization(
     ``training.memory.usable_allocated_gib(budget_gib)``; NF4 when none fits (the memory plan then warns).
 
     The estimate of each storage is the memory table's (``training.memory.lookup``: the fake-CUDA estimator's,
-    for a built-in ``model_shape`` such as "flux1", "klein4b", "klein9b") where it has the configuration, else
-    ``lora_peak_gib``'s rough formula."""
+    for a built-in ``model_shape`` such as "flux1", "klein4b", "klein9b", "zimage") where it has the configuration,
+    else ``lora_peak_gib``'s rough formula."""
     from training import memory
     from training.exitcodes import BadInputError
 
@@ -129,7 +129,7 @@ def table_estimate(model_shape: str | None, kind: str, resolution: int, samples_
         return None
     from training import memory
 
-    precision = "bf16" if model_shape in memory.FLUX_SHAPES else "fp16"
+    precision = "bf16" if model_shape in memory.BF16_SHAPES else "fp16"
     return memory.lookup(model_shape, "dreambooth-lora", resolution, samples_per_step,
                          gradient_checkpointing=gradient_checkpointing, precision=precision,
                          quantized_base=None if kind == "none" else kind, table=table)  # fmt: skip
