@@ -5,7 +5,7 @@ published ~1 step/s; bigger GPUs scaled from the project's H100 benchmark). Full
 preservation, the text encoder and higher resolutions slow it down by the factors below. In local mode the
 estimate is for "this machine": its CPU, or its GPU (at the T4 figure, a conservative guess for an unknown GPU), and
 the built-in demo model has its own measured speed. The "auto" steps come from the recipe catalog. A model family
-with a published speed (``FAMILY_SPEED_VS_SD``, keyed by the catalog's family id: FLUX.1, FLUX.2 [klein]) scales
+with a published speed (``FAMILY_SPEED_VS_SD``, keyed by the catalog's family id: FLUX.1, FLUX.2 [klein], Z-Image, Qwen-Image) scales
 those figures by it, and the estimate says it is the family's reference figure.
 
 Once this Space (or this machine) has finished runs like the one asked for, their measurements replace the table:
@@ -68,7 +68,12 @@ CLASS_IMAGE_S = 2.0  # per generated class image (prior preservation)
 #: ../shared/benchmarks/README.md: 0.53); the slow end is taken (0.2), the L4 the form proposes having no fp8 recipe.
 #: flux2-klein: no published speed; FLUX.1's scaled by transformer size (12 B / 9 B), the 9 B being the slower (a 4 B
 #: trains about twice as fast).
-FAMILY_SPEED_VS_SD = {"flux1": 0.2, "flux2-klein": 0.27}
+#: zimage: SimpleTuner's ZIMAGE.md (../shared/reference/modern-models.md) gives ~1.1 s/step on an H100 and ~1.0 on an
+#: L40S at 1024 px: 0.21 and 0.29 of SD's 4.4 and 3.5 steps/s there; the slow end is taken.
+#: qwen-image: the only published figure is Qwen-Image-Edit's (musubi-tuner #694): 14.7-22.4 s per step of 2 on an
+#: A100, 0.09 to 0.14 samples/s against SD's 3.8 steps/s there; the edit model's source-image tokens make it slower
+#: than text-to-image, so the slow end (0.024) is an upper bound of the time.
+FAMILY_SPEED_VS_SD = {"flux1": 0.2, "flux2-klein": 0.27, "zimage": 0.2, "qwen-image": 0.024}
 BUILT_IN, FAMILY, HISTORY = "built-in", "family", "history"  # where an estimate's figures come from
 
 

@@ -36,6 +36,8 @@ from tests.e2e.harness import (
 )
 from tests.tiny_flux import build_tiny_flux1
 from tests.tiny_models import make_images
+from tests.tiny_qwen_image import build_tiny_qwen_image
+from tests.tiny_zimage import build_tiny_zimage
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -219,7 +221,10 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
     suffix = uuid.uuid4().hex[:6]
     api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
     sd_repo, flux_repo, missing = f"alice/form-sd-{suffix}", f"alice/form-flux-{suffix}", f"alice/form-gone-{suffix}"
-    for repo, folder in ((sd_repo, tiny_sd), (flux_repo, build_tiny_flux1(tmp_path / "tiny-flux1"))):
+    zimage_repo, qwen_repo = f"alice/form-zimage-{suffix}", f"alice/form-qwen-{suffix}"
+    for repo, folder in ((sd_repo, tiny_sd), (flux_repo, build_tiny_flux1(tmp_path / "tiny-flux1")),
+                         (zimage_repo, build_tiny_zimage(tmp_path / "tiny-zimage")),
+                         (qwen_repo, build_tiny_qwen_image(tmp_path / "tiny-qwen"))):  # fmt: skip
         api.create_repo(repo)
         api.upload_folder(repo_id=repo, folder_path=str(folder))
     space = f"alice/form-space-{suffix}"
@@ -228,7 +233,7 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
     cwd = tmp_path / "space"
     cwd.mkdir()
     create_app_space(hub, space, cwd, port, switch_delay_s=1.0,
-                     variables={"BASE_MODELS": f"{sd_repo},{flux_repo},{missing}"})  # fmt: skip
+                     variables={"BASE_MODELS": f"{sd_repo},{flux_repo},{zimage_repo},{qwen_repo},{missing}"})  # fmt: skip
     try:
         hub.wait_for_stage(space, "RUNNING", timeout_s=60)
         wait_http(url, 90)
@@ -262,12 +267,37 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
             expect(page.locator("#estimate")).to_contain_text("FLUX.1 ([dev] / [schnell]) family's reference figure")
             shot(page, "form-flux-defaults")
 
+            # Z-Image (issue 23): its rank and resolution, the typed steps kept; on a T4 the note names Z-Image's GPU.
+            page.get_by_label("Base model").click()
+            page.get_by_role("option", name=zimage_repo).click()
+            expect(page.get_by_label("Resolution (px)")).to_have_value("1024", timeout=30_000)
+            expect(rank).to_have_value("16")
+            expect(steps).to_have_value("123")
+            gpu.click()
+            page.get_by_role("option", name=re.compile(r"^Nvidia T4 small")).click()
+            expect(note).to_contain_text("Its default GPU is Nvidia 1xL40S", timeout=10_000)
+            expect(note).to_contain_text("a T4 has no bf16 hardware")
+            expect(page.locator("#estimate")).to_contain_text("on Nvidia T4 small", timeout=10_000)
+            expect(page.locator("#estimate")).to_contain_text("Z-Image family's reference figure")
+            shot(page, "form-zimage-on-t4")
+
+            # Qwen-Image on an L4: its note says what it takes there (a 4-bit base, at most 768 px).
+            page.get_by_label("Base model").click()
+            page.get_by_role("option", name=qwen_repo).click()
+            expect(page.locator("#estimate")).to_contain_text("Qwen-Image family's reference figure", timeout=30_000)
+            gpu.click()
+            page.get_by_role("option", name=re.compile(r"^Nvidia 1xL4 ")).click()
+            expect(note).to_contain_text("4-bit base and at most 768 px", timeout=10_000)
+            expect(note).to_contain_text("Its default GPU is Nvidia 1xL40S")
+            expect(page.locator("#estimate")).to_contain_text("on Nvidia 1xL4 ", timeout=10_000)
+            shot(page, "form-qwen-image-on-l4")
+
             # Back to SD: SD's rank; the user's steps and GPU pick stay; no note.
             page.get_by_label("Base model").click()
             page.get_by_role("option", name=sd_repo).click()
             expect(rank).to_have_value("4", timeout=30_000)
             expect(note).to_be_hidden()
             expect(steps).to_have_value("123")
-            expect(gpu).to_have_value(re.compile(r"^Nvidia T4 small"))
+            expect(gpu).to_have_value(re.compile(r"^Nvidia 1xL4 "))  # the user's last pick
     finally:
         hub.stop_space(space)
