@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 
 from training.metrics import downsample  # torch-free
@@ -52,6 +53,53 @@ def svg_text(x: float, y: float, text: str, anchor: str = "middle", extra: str =
             f"{escape(text)}</text>")  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Frame:
+    """A chart's plot area in SVG units and the ticks its axes span: ``px`` / ``py`` place a step and a value."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    x_ticks: list[float]
+    y_ticks: list[float]
+
+    def px(self, step: float) -> float:
+        return self.left + (step - self.x_ticks[0]) / ((self.x_ticks[-1] - self.x_ticks[0]) or 1) * self.width
+
+    def py(self, value: float) -> float:
+        span = (self.y_ticks[-1] - self.y_ticks[0]) or 1
+        return self.top + self.height - (value - self.y_ticks[0]) / span * self.height
+
+
+def axes(x_range: tuple[float, float], y_range: tuple[float, float], *, width: int, height: int, top: float,
+         y_title: str) -> tuple[Frame, list[str]]:  # fmt: skip
+    """The frame for data spanning ``x_range`` (steps) and ``y_range``, and its SVG: grid lines, round tick labels
+    and the axis titles ("step", ``y_title``), the margins computed from the labels so that all stay inside."""
+    y_ticks, y_step = ticks(*y_range)
+    x_ticks, x_step = ticks(*x_range, count=5, minimum=1.0)
+    y_labels = [tick_label(v, y_step) for v in y_ticks]
+    x_labels = [tick_label(v, x_step) for v in x_ticks]
+    left = 8 + FONT_PX + 8 + max(map(len, y_labels)) * CHAR_PX + 6  # axis title, labels, gap: all inside
+    right = 8 + len(x_labels[-1]) * CHAR_PX / 2
+    bottom = 8 + 2 * FONT_PX + 10
+    f = Frame(left, top, width - left - right, height - top - bottom, x_ticks, y_ticks)
+    grid = 'stroke="currentColor" stroke-opacity="0.15" stroke-width="1"'
+    parts = []
+    for value, label in zip(y_ticks, y_labels, strict=True):
+        y = f.py(value)
+        parts.append(f'<line x1="{left:.1f}" x2="{left + f.width:.1f}" y1="{y:.1f}" y2="{y:.1f}" {grid}/>')
+        parts.append(svg_text(left - 6, y + FONT_PX / 3, label, "end", ' class="y-tick"'))
+    for value, label in zip(x_ticks, x_labels, strict=True):
+        x = f.px(value)
+        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top:.1f}" y2="{top + f.height:.1f}" {grid}/>')
+        parts.append(svg_text(x, top + f.height + FONT_PX + 4, label, extra=' class="x-tick"'))
+    parts.append(svg_text(left + f.width / 2, height - 8, "step"))
+    mid = top + f.height / 2
+    parts.append(svg_text(8 + FONT_PX, mid, y_title, extra=f' transform="rotate(-90 {8 + FONT_PX} {mid:.1f})"'))
+    return f, parts
+
+
 def loss_chart_html(points: Sequence[tuple[int, float]], title: str = TITLE) -> str:
     """The curve of ``points`` ((step, loss) pairs) as an inline SVG with a title, axes, round ticks and a grid;
     a frame saying that nothing was recorded when there is no finite point."""
@@ -65,36 +113,12 @@ def loss_chart_html(points: Sequence[tuple[int, float]], title: str = TITLE) -> 
         parts.append(svg_text(WIDTH / 2, HEIGHT / 2, NO_LOSS, extra=' opacity="0.7"'))
         return "".join(parts) + "</svg>"
     losses, steps = [v for _, v in curve], [s for s, _ in curve]
-    y_ticks, y_step = ticks(min(losses), max(losses))
-    x_ticks, x_step = ticks(min(steps), max(steps), count=5, minimum=1.0)
-    y_labels = [tick_label(v, y_step) for v in y_ticks]
-    x_labels = [tick_label(v, x_step) for v in x_ticks]
-    left = 8 + FONT_PX + 8 + max(map(len, y_labels)) * CHAR_PX + 6  # axis title, labels, gap: all inside
-    right = 8 + len(x_labels[-1]) * CHAR_PX / 2
-    top, bottom = 28, 8 + 2 * FONT_PX + 10
-    plot_w, plot_h = WIDTH - left - right, HEIGHT - top - bottom
-
-    def px(step: float) -> float:
-        return left + (step - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1) * plot_w
-
-    def py(loss: float) -> float:
-        return top + plot_h - (loss - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1) * plot_h
-
-    grid = 'stroke="currentColor" stroke-opacity="0.15" stroke-width="1"'
-    for value, label in zip(y_ticks, y_labels, strict=True):
-        y = py(value)
-        parts.append(f'<line x1="{left:.1f}" x2="{left + plot_w:.1f}" y1="{y:.1f}" y2="{y:.1f}" {grid}/>')
-        parts.append(svg_text(left - 6, y + FONT_PX / 3, label, "end", ' class="y-tick"'))
-    for value, label in zip(x_ticks, x_labels, strict=True):
-        x = px(value)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top:.1f}" y2="{top + plot_h:.1f}" {grid}/>')
-        parts.append(svg_text(x, top + plot_h + FONT_PX + 4, label, extra=' class="x-tick"'))
-    parts.append(svg_text(left + plot_w / 2, HEIGHT - 8, "step"))
-    mid = top + plot_h / 2
-    parts.append(svg_text(8 + FONT_PX, mid, "loss", extra=f' transform="rotate(-90 {8 + FONT_PX} {mid:.1f})"'))
-    line = " ".join(f"{px(s):.1f},{py(v):.1f}" for s, v in curve)
+    f, frame = axes((min(steps), max(steps)), (min(losses), max(losses)), width=WIDTH, height=HEIGHT, top=28,
+                    y_title="loss")  # fmt: skip
+    parts += frame
+    line = " ".join(f"{f.px(s):.1f},{f.py(v):.1f}" for s, v in curve)
     accent = "stroke:var(--color-accent, #f97316)"
     parts.append(f'<polyline points="{line}" fill="none" style="{accent}" stroke-width="2" stroke-linejoin="round"/>')
     s, v = curve[-1]
-    parts.append(f'<circle cx="{px(s):.1f}" cy="{py(v):.1f}" r="3" style="fill:var(--color-accent, #f97316)"/>')
+    parts.append(f'<circle cx="{f.px(s):.1f}" cy="{f.py(v):.1f}" r="3" style="fill:var(--color-accent, #f97316)"/>')
     return "".join(parts) + "</svg>"

@@ -16,7 +16,7 @@ from html import escape
 
 from contract.scores import ScoreRecord
 from training.metrics import downsample  # torch-free
-from ui.loss_chart import CHAR_PX, FONT_PX, svg_text, tick_label, ticks
+from ui.loss_chart import axes, svg_text
 
 WIDTH = 440
 SCORES_HEIGHT, LOSS_HEIGHT = 220, 160
@@ -91,31 +91,10 @@ def line_chart_svg(title: str, series: Sequence[Series], y_title: str, picked: i
         return "".join(parts) + "</svg>"
     values = [v for s in drawn for _, v in s.points] + [s.base for s in drawn if s.base is not None]
     steps = [st for s in drawn for st, _ in s.points] + ([picked] if picked else [])
-    y_ticks, y_step = ticks(min(values), max(values))
-    x_ticks, x_step = ticks(0, max([*steps, 1]), count=5, minimum=1.0)  # step 0: the base model
-    y_labels = [tick_label(v, y_step) for v in y_ticks]
-    x_labels = [tick_label(v, x_step) for v in x_ticks]
-    left = 8 + FONT_PX + 8 + max(map(len, y_labels)) * CHAR_PX + 6
-    right = 8 + len(x_labels[-1]) * CHAR_PX / 2
-    top, bottom = 10, 8 + 2 * FONT_PX + 10
-    plot_w, plot_h = WIDTH - left - right, height - top - bottom
-
-    def px(step: float) -> float:
-        return left + (step - x_ticks[0]) / ((x_ticks[-1] - x_ticks[0]) or 1) * plot_w
-
-    def py(value: float) -> float:
-        return top + plot_h - (value - y_ticks[0]) / ((y_ticks[-1] - y_ticks[0]) or 1) * plot_h
-
-    grid = 'stroke="currentColor" stroke-opacity="0.15" stroke-width="1"'
-    for value, text in zip(y_ticks, y_labels, strict=True):
-        parts.append(f'<line x1="{left:.1f}" x2="{left + plot_w:.1f}" y1="{py(value):.1f}" y2="{py(value):.1f}" {grid}/>')
-        parts.append(svg_text(left - 6, py(value) + FONT_PX / 3, text, "end", ' class="y-tick"'))
-    for value, text in zip(x_ticks, x_labels, strict=True):
-        parts.append(f'<line x1="{px(value):.1f}" x2="{px(value):.1f}" y1="{top:.1f}" y2="{top + plot_h:.1f}" {grid}/>')
-        parts.append(svg_text(px(value), top + plot_h + FONT_PX + 4, text, extra=' class="x-tick"'))
-    parts.append(svg_text(left + plot_w / 2, height - 8, "step"))
-    mid = top + plot_h / 2
-    parts.append(svg_text(8 + FONT_PX, mid, y_title, extra=f' transform="rotate(-90 {8 + FONT_PX} {mid:.1f})"'))
+    f, frame = axes((0, max([*steps, 1])), (min(values), max(values)), width=WIDTH, height=height, top=10,
+                    y_title=y_title)  # step 0: the base model  # fmt: skip
+    parts += frame
+    left, top, plot_w, plot_h, px, py = f.left, f.top, f.width, f.height, f.px, f.py
     if picked is not None:
         parts.append(f'<line class="picked-step" x1="{px(picked):.1f}" x2="{px(picked):.1f}" y1="{top:.1f}" '
                      f'y2="{top + plot_h:.1f}" stroke="currentColor" stroke-opacity="0.7" stroke-width="1.5"/>')  # fmt: skip
