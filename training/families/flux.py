@@ -29,6 +29,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from training.export import COMFY_NAME  # noqa: F401  (re-exported: the families and tests import it here)
 from training.families import register_family
 from training.families.base import CardInfo, Components, FamilyDefaults, LatentSet, ModelFamily, TextCond
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from training.spec import TrainParams
 
 WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-COMFY_NAME = "pytorch_lora_weights_comfyui.safetensors"
 
 #: diffusers' ``train_dreambooth_lora_flux.py`` default targets (double blocks; "attn.to_*" also hits the single
 #: blocks' q/k/v)
@@ -77,6 +77,10 @@ class FlowMatchingFamily(ModelFamily):
     #: the ComfyUI copy's layout (``training.export.bfl``): kohya's ``lora_unet_*`` with ``.alpha`` (True), or
     #: ``diffusion_model.*`` with the scale baked into ``lora_B`` (False)
     comfy_kohya: ClassVar[bool] = True
+    #: the transformer's LoRA target modules (a family that derives them from its config overrides ``lora_targets``)
+    lora_target_modules: ClassVar[tuple[str, ...]] = ()
+    #: the diffusers pipeline class its samples use, by name
+    pipeline_name: ClassVar[str] = ""
 
     # ---- torch-free
     @classmethod
@@ -94,6 +98,29 @@ class FlowMatchingFamily(ModelFamily):
         if class_name not in allowed:
             raise KeyError(f"{class_name!r} is not an allowed class for {name!r} of a {self.label}")
         return super().component_class(name, class_name)
+
+    def lora_targets(self, component: str) -> list[str]:
+        """``lora_target_modules``, on the transformer only."""
+        if component != self.denoiser_name:
+            raise ValueError(f"{self.label}: LoRA trains the transformer only, not {component!r}")
+        return list(self.lora_target_modules)
+
+    def pipeline_class(self) -> type:
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_name)
+
+    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
+        """``pipeline_class()`` over the live (or given) parts; ``pipeline_parts`` names the text encoders."""
+        tes = text_encoders or comps.text_encoders
+        pipe = self.pipeline_class()(scheduler=self.scheduler_for_sampling(comps), vae=comps.vae,
+                                     transformer=denoiser or comps.denoiser, **self.pipeline_parts(comps, tes))  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def pipeline_parts(self, comps: Components, text_encoders: list[Any]) -> dict[str, Any]:
+        """The pipeline's other arguments: one text encoder and its tokenizer."""
+        return {"text_encoder": text_encoders[0], "tokenizer": comps.tokenizers[0]}
 
     def latent_multiple(self) -> int:
         """Image sizes must be multiples of this (VAE scale x the 2x2 patches)."""
@@ -289,6 +316,8 @@ class Flux1(FlowMatchingFamily):
 
     label = "FLUX.1 ([dev] / [schnell])"
     pipelines = frozenset({"FluxPipeline"})
+    pipeline_name = "FluxPipeline"
+    lora_target_modules = tuple(FLUX1_LORA_TARGETS)
     components = {
         "transformer": ("diffusers", frozenset({"FluxTransformer2DModel"})),
         "vae": ("diffusers", frozenset({"AutoencoderKL"})),
@@ -366,29 +395,11 @@ class Flux1(FlowMatchingFamily):
         )[0]  # fmt: skip
         return FluxPipeline._unpack_latents(out, h, w, 1)
 
-    # ---- LoRA
-    def lora_targets(self, component: str) -> list[str]:
-        if component != self.denoiser_name:
-            raise ValueError(f"{self.label}: LoRA trains the transformer only, not {component!r}")
-        return list(FLUX1_LORA_TARGETS)
-
     # ---- sampling
-    def pipeline_class(self) -> type:
-        from diffusers import FluxPipeline
-
-        return FluxPipeline
-
-    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
-        from diffusers import FluxPipeline
-
-        tes = text_encoders or comps.text_encoders
-        pipe = FluxPipeline(
-            scheduler=self.scheduler_for_sampling(comps), vae=comps.vae,
-            text_encoder=tes[0], tokenizer=comps.tokenizers[0], text_encoder_2=tes[1], tokenizer_2=comps.tokenizers[1],
-            transformer=denoiser or comps.denoiser,
-        )  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def pipeline_parts(self, comps: Components, text_encoders: list[Any]) -> dict[str, Any]:
+        """CLIP and T5, each with its tokenizer."""
+        return {"text_encoder": text_encoders[0], "tokenizer": comps.tokenizers[0], "text_encoder_2": text_encoders[1],
+                "tokenizer_2": comps.tokenizers[1]}  # fmt: skip
 
     def sampling_defaults(self) -> dict[str, Any]:
         """[dev]: the embedded guidance 3.5 (the pipeline's default); [schnell]: no guidance."""

@@ -46,6 +46,7 @@ class Flux2Klein(FlowMatchingFamily):
 
     label = "FLUX.2 [klein]"
     pipelines = frozenset({"Flux2KleinPipeline"})
+    pipeline_name = "Flux2KleinPipeline"
     components = {
         "transformer": ("diffusers", frozenset({"Flux2Transformer2DModel"})),
         "vae": ("diffusers", frozenset({"AutoencoderKLFlux2"})),
@@ -167,21 +168,8 @@ class Flux2Klein(FlowMatchingFamily):
         ]
 
     # ---- sampling
-    def pipeline_class(self) -> type:
-        from diffusers import Flux2KleinPipeline
-
-        return Flux2KleinPipeline
-
-    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
-        from diffusers import Flux2KleinPipeline
-
-        tes = text_encoders or comps.text_encoders
-        pipe = Flux2KleinPipeline(
-            scheduler=self.scheduler_for_sampling(comps), vae=comps.vae, text_encoder=tes[0],
-            tokenizer=comps.tokenizers[0], transformer=denoiser or comps.denoiser, is_distilled=self.is_distilled,
-        )  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def pipeline_parts(self, comps: Components, text_encoders: list[Any]) -> dict[str, Any]:
+        return {**super().pipeline_parts(comps, text_encoders), "is_distilled": self.is_distilled}
 
     def sampling_defaults(self) -> dict[str, Any]:
         return {"guidance_scale": 1.0 if self.is_distilled else self.sample_guidance}

@@ -26,7 +26,6 @@ Imports no torch / diffusers at import time.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from training.families import register_family
@@ -58,6 +57,9 @@ class QwenImage(FlowMatchingFamily):
 
     label = "Qwen-Image"
     pipelines = frozenset({"QwenImagePipeline"})
+    pipeline_name = "QwenImagePipeline"
+    #: q/k/v/out of every block's image-stream attention, as the official script
+    lora_target_modules = tuple(QWEN_IMAGE_LORA_TARGETS)
     components = {
         "transformer": ("diffusers", frozenset({"QwenImageTransformer2DModel"})),
         "vae": ("diffusers", frozenset({"AutoencoderKLQwenImage"})),
@@ -174,28 +176,7 @@ class QwenImage(FlowMatchingFamily):
         )[0]  # fmt: skip
         return QwenImagePipeline._unpack_latents(out, h, w, 1).squeeze(2)
 
-    # ---- LoRA
-    def lora_targets(self, component: str) -> list[str]:
-        """q/k/v/out of every block's image-stream attention, as the official script."""
-        if component != self.denoiser_name:
-            raise ValueError(f"{self.label}: LoRA trains the transformer only, not {component!r}")
-        return list(QWEN_IMAGE_LORA_TARGETS)
-
     # ---- sampling
-    def pipeline_class(self) -> type:
-        from diffusers import QwenImagePipeline
-
-        return QwenImagePipeline
-
-    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
-        from diffusers import QwenImagePipeline
-
-        tes = text_encoders or comps.text_encoders
-        pipe = QwenImagePipeline(scheduler=self.scheduler_for_sampling(comps), vae=comps.vae, text_encoder=tes[0],
-                                 tokenizer=comps.tokenizers[0], transformer=denoiser or comps.denoiser)  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def sampling_defaults(self) -> dict[str, Any]:
         return {"true_cfg_scale": self.sample_guidance}
 
@@ -228,14 +209,10 @@ class QwenImage(FlowMatchingFamily):
 
     # ---- outputs
     def extra_lora_outputs(self, out_dir, written: list[str]) -> list[str]:
-        """The ComfyUI copy (``COMFY_NAME``): ``diffusion_model.<module>.lora_A/lora_B.weight`` and ``.alpha``."""
-        from safetensors.torch import load_file, save_file
+        """The ComfyUI copy (``training.export.diffusion_model``), as Z-Image's."""
+        from training.export.diffusion_model import write_comfy_copy
 
-        from training.families.zimage import comfy_layout
-
-        out = Path(out_dir)
-        save_file(comfy_layout(load_file(str(out / written[0])), out / written[0]), str(out / COMFY_NAME))
-        return [COMFY_NAME]
+        return write_comfy_copy(out_dir, written)
 
     def card_info(self, comps: Components) -> CardInfo:
         return CardInfo(

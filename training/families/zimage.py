@@ -26,7 +26,6 @@ Imports no torch / diffusers at import time.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from training.families import register_family
@@ -48,6 +47,9 @@ class ZImage(FlowMatchingFamily):
 
     label = "Z-Image"
     pipelines = frozenset({"ZImagePipeline"})
+    pipeline_name = "ZImagePipeline"
+    #: q/k/v/out of every attention (main layers, noise and context refiners), as the official script
+    lora_target_modules = tuple(ZIMAGE_LORA_TARGETS)
     components = {
         "transformer": ("diffusers", frozenset({"ZImageTransformer2DModel"})),
         "vae": ("diffusers", frozenset({"AutoencoderKL"})),
@@ -132,28 +134,7 @@ class ZImage(FlowMatchingFamily):
         out = denoiser(latents, 1.0 - sigma.float(), captions, return_dict=False)[0]
         return -torch.stack(out, dim=0).squeeze(2)
 
-    # ---- LoRA
-    def lora_targets(self, component: str) -> list[str]:
-        """q/k/v/out of every attention (main layers, noise and context refiners), as the official script."""
-        if component != self.denoiser_name:
-            raise ValueError(f"{self.label}: LoRA trains the transformer only, not {component!r}")
-        return list(ZIMAGE_LORA_TARGETS)
-
     # ---- sampling
-    def pipeline_class(self) -> type:
-        from diffusers import ZImagePipeline
-
-        return ZImagePipeline
-
-    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
-        from diffusers import ZImagePipeline
-
-        tes = text_encoders or comps.text_encoders
-        pipe = ZImagePipeline(scheduler=self.scheduler_for_sampling(comps), vae=comps.vae, text_encoder=tes[0],
-                              tokenizer=comps.tokenizers[0], transformer=denoiser or comps.denoiser)  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def sampling_defaults(self) -> dict[str, Any]:
         """The base model: true CFG at ``sample_guidance``; Turbo: none (``guidance_scale`` 0 turns it off)."""
         return {"guidance_scale": 0.0 if self.is_turbo else self.sample_guidance}
@@ -172,12 +153,10 @@ class ZImage(FlowMatchingFamily):
 
     # ---- outputs
     def extra_lora_outputs(self, out_dir, written: list[str]) -> list[str]:
-        """The ComfyUI copy (``COMFY_NAME``): ``diffusion_model.<module>.lora_A/lora_B.weight`` and ``.alpha``."""
-        from safetensors.torch import load_file, save_file
+        """The ComfyUI copy (``training.export.diffusion_model``)."""
+        from training.export.diffusion_model import write_comfy_copy
 
-        out = Path(out_dir)
-        save_file(comfy_layout(load_file(str(out / written[0])), out / written[0]), str(out / COMFY_NAME))
-        return [COMFY_NAME]
+        return write_comfy_copy(out_dir, written)
 
     def card_info(self, comps: Components) -> CardInfo:
         return CardInfo(
@@ -191,19 +170,3 @@ class ZImage(FlowMatchingFamily):
             },
         )
 
-
-def comfy_layout(diffusers_sd: dict[str, torch.Tensor], diffusers_file: Path) -> dict[str, torch.Tensor]:
-    """The diffusers LoRA (``transformer.<module>.lora_A/lora_B.weight``) under ``diffusion_model.`` with each
-    module's trained alpha (``lora_alpha / r`` from the file's adapter metadata, times its rank) as ``.alpha``."""
-    import torch
-
-    from training.export.bfl import lora_scales
-
-    scale = lora_scales(diffusers_file)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in diffusers_sd.items():
-        module, part = key.removeprefix("transformer.").rsplit(".", 2)[0], key.rsplit(".", 2)[1]
-        out[f"diffusion_model.{module}.{part}.weight"] = value.contiguous()
-        if part == "lora_A":
-            out[f"diffusion_model.{module}.alpha"] = torch.tensor(scale(module) * value.shape[0])
-    return out
