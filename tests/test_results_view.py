@@ -26,6 +26,7 @@ from ui.auth import Access
 from ui.context import AppContext
 from ui.loss_chart import NO_LOSS
 from ui.results_view import (
+    NO_RESULT,
     ResultsCache,
     build_result,
     default_pick,
@@ -143,6 +144,22 @@ def test_results_are_shown_only_to_the_owner_and_the_submitter(trained):
         assert values[1] is None and values[4] is None and NO_LOSS in values[2] and task.id not in values[3]
         assert "a photo of sks dog" not in values[0]
     assert alice[1] and "DONE" in alice[0]
+
+
+def test_an_empty_pick_shows_the_newest_finished_task_the_user_may_see(trained):
+    """The Results tab opened before its picker was filled (or an answer for the empty picker arriving after the
+    picker's own): the newest finished task of the user's, never the prompt to pick one, nor another user's task."""
+    data_dir, task, _ = trained
+    cache = ResultsCache(local_ctx(data_dir))
+    alices = dataclasses.replace(task, submitted_by="alice")
+    bobs_newer = dataclasses.replace(task, id="b0b000000001", submitted_by="bob", created_at=task.created_at + 60,
+                                     finished_at=(task.finished_at or 0) + 60)  # fmt: skip
+
+    alice = results_values_for(cache, Access("alice", True, False), [alices, bobs_newer], None)
+    carol = results_values_for(cache, Access("carol", True, False), [alices, bobs_newer], None)
+
+    assert f"Task `{task.id}`: DONE" in alice[0] and alice[1]  # hers (bob's newer one is not hers to see)
+    assert carol[0] == NO_RESULT and carol[1] is None  # nothing of hers: the prompt, no one else's result
 
 
 def test_a_result_from_the_model_repo_is_downloaded_once_and_cached(trained, hub, tmp_path):

@@ -426,10 +426,14 @@ def empty_values(text: str) -> list[Any]:
 
 
 def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], task_id: str | None) -> list[Any]:
-    """The results of ``task_id`` if ``access`` may see that task (its submitter or the owner), else a prompt."""
+    """The results of ``task_id`` if ``access`` may see that task (its submitter or the owner), else a prompt. No
+    ``task_id`` (the picker not filled yet): the newest finished task the user may see, as the picker will show it,
+    so that an answer for the empty picker arriving after the picker's own cannot blank the view."""
     if not access.allowed and not access.owner:
         return empty_values(NOTHING_VISIBLE)
-    task = next((t for t in visible_tasks(access, tasks) if t.id == task_id and t.status.terminal), None)
+    visible = visible_tasks(access, tasks)
+    task_id = task_id or default_pick(visible)
+    task = next((t for t in visible if t.id == task_id and t.status.terminal), None)
     if task is None:
         return empty_values(NO_RESULT if not task_id else f"No finished task {md_code(task_id[:40])} of yours.")
     return cache.values(task)
