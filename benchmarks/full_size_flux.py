@@ -1,5 +1,5 @@
-"""Random-weight full-size FLUX.1 [dev], FLUX.2 [klein] 4B / 9B and Z-Image diffusers folders, written without holding
-them (the bf16 flow-matching shapes of ``training.memory.BF16_SHAPES``).
+"""Random-weight full-size FLUX.1 [dev], FLUX.2 [klein] 4B / 9B, Z-Image and Qwen-Image diffusers folders, written
+without holding them (the bf16 flow-matching shapes of ``training.memory.BF16_SHAPES``).
 
 Shapes (the public configs of the repos): FLUX.1 [dev] = ``FluxTransformer2DModel`` 19 double + 38
 single blocks, 24 heads x 128, guidance embedding (11.9 B parameters), CLIP-L (123 M), T5-v1.1-XXL encoder (4.76 B),
@@ -7,7 +7,10 @@ single blocks, 24 heads x 128, guidance embedding (11.9 B parameters), CLIP-L (1
 text width 3 x 2560, with a Qwen3-4B text encoder; 9B = 8 + 24 blocks, 32 heads, text width 3 x 4096, Qwen3-8B;
 Z-Image (Tongyi-MAI/Z-Image and Z-Image-Turbo, one config) = ``ZImageTransformer2DModel`` dim 3840, 30 layers, 30
 heads, 2 noise + 2 context refiner layers (6.15 B parameters), a Qwen3-4B ``Qwen3Model`` text encoder and FLUX.1's
-16-channel ``AutoencoderKL``.
+16-channel ``AutoencoderKL``; Qwen-Image (Qwen/Qwen-Image) = ``QwenImageTransformer2DModel`` 60 blocks, 24 heads x 128,
+text width 3584 (20.43 B parameters), the whole Qwen2.5-VL-7B-Instruct ``Qwen2_5_VLForConditionalGeneration`` as the
+repo ships and the trainer loads it (7.07 B language model, 0.54 B LM head, 0.68 B vision tower the pipeline never
+calls: 8.29 B) and the 16-channel video VAE ``AutoencoderKLQwenImage`` (0.13 B).
 
 Every module is made on the meta device from its config and its weights are streamed into safetensors files one
 tensor at a time (values from a small random pool: their values do not matter to memory), sharded at 10 GB like the
@@ -22,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-SHAPES = ("flux1", "klein4b", "klein9b", "zimage")
+SHAPES = ("flux1", "klein4b", "klein9b", "zimage", "qwen-image")
 #: diffusers and transformers shard at 10 GB by default (FLUX.1 [dev]'s transformer: 3 shards)
 SHARD_BYTES = 10 * 10**9
 POOL_ELEMENTS = 1 << 24
@@ -57,6 +60,28 @@ ZIMAGE_TRANSFORMER = dict(
     n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
     axes_dims=[32, 48, 48], axes_lens=[1536, 512, 512],
 )  # fmt: skip
+#: Qwen-Image's transformer/config.json
+QWEN_IMAGE_TRANSFORMER = dict(
+    patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+)  # fmt: skip
+#: Qwen-Image's vae/config.json (its per-channel latent statistics are the class defaults)
+QWEN_IMAGE_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                      temperal_downsample=[False, True, True], dropout=0.0)  # fmt: skip
+#: Qwen-Image's text_encoder/config.json (Qwen2.5-VL-7B-Instruct): the language model, then the vision tower
+QWEN25_VL_TEXT = dict(
+    vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, hidden_act="silu", max_position_embeddings=128000, rms_norm_eps=1e-6, max_window_layers=28,
+    sliding_window=32768, use_sliding_window=False, bos_token_id=151643, eos_token_id=151645,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+)  # fmt: skip
+QWEN25_VL_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, out_hidden_size=3584,
+    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2, window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31], hidden_act="silu",
+)  # fmt: skip
+QWEN25_VL_TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                        vision_end_token_id=151653, tie_word_embeddings=False)  # fmt: skip
 
 
 def flux_modules(shape: str) -> dict[str, Any]:
@@ -65,11 +90,22 @@ def flux_modules(shape: str) -> dict[str, Any]:
     from diffusers import (
         AutoencoderKL,
         AutoencoderKLFlux2,
+        AutoencoderKLQwenImage,
         Flux2Transformer2DModel,
         FluxTransformer2DModel,
+        QwenImageTransformer2DModel,
         ZImageTransformer2DModel,
     )
-    from transformers import CLIPTextModel, Qwen3Config, Qwen3ForCausalLM, Qwen3Model, T5Config, T5EncoderModel
+    from transformers import (
+        CLIPTextModel,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+        Qwen3Model,
+        T5Config,
+        T5EncoderModel,
+    )
 
     from benchmarks.full_size import clip_config
 
@@ -97,6 +133,13 @@ def flux_modules(shape: str) -> dict[str, Any]:
             "vae": AutoencoderKL(**FLUX1_VAE),
             "text_encoder": Qwen3Model(Qwen3Config(**QWEN3, **QWEN3_4B)),
         }
+    if shape == "qwen-image":
+        vl = Qwen2_5_VLConfig(text_config=QWEN25_VL_TEXT, vision_config=QWEN25_VL_VISION, **QWEN25_VL_TOKENS)
+        return {
+            "transformer": QwenImageTransformer2DModel(**QWEN_IMAGE_TRANSFORMER),
+            "vae": AutoencoderKLQwenImage(**QWEN_IMAGE_VAE),
+            "text_encoder": Qwen2_5_VLForConditionalGeneration(vl),
+        }
     raise ValueError(f"unknown Flux shape {shape!r}; known: {', '.join(SHAPES)}")
 
 
@@ -111,6 +154,12 @@ def model_index(shape: str) -> dict[str, Any]:
         return {"_class_name": "ZImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
                 "text_encoder": ["transformers", "Qwen3Model"], "tokenizer": ["transformers", "Qwen2Tokenizer"],
                 "transformer": ["diffusers", "ZImageTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}  # fmt: skip
+    if shape == "qwen-image":
+        return {"_class_name": "QwenImagePipeline", "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+                "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+                "tokenizer": ["transformers", "Qwen2Tokenizer"],
+                "transformer": ["diffusers", "QwenImageTransformer2DModel"],
+                "vae": ["diffusers", "AutoencoderKLQwenImage"]}  # fmt: skip
     return {"_class_name": "Flux2KleinPipeline", "is_distilled": False,
             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
             "text_encoder": ["transformers", "Qwen3ForCausalLM"], "tokenizer": ["transformers", "Qwen2TokenizerFast"],
@@ -207,6 +256,7 @@ def build_full_size_flux(shape: str, path: Path) -> Path:
 
     from benchmarks.full_size import synthetic_clip_tokenizer
     from tests.tiny_flux import _qwen_tokenizer, _t5_tokenizer, flux1_scheduler, klein_scheduler
+    from tests.tiny_qwen_image import TEMPLATE_WORDS, qwen_image_scheduler
     from tests.tiny_zimage import zimage_scheduler
 
     if (path / "model_index.json").exists():
@@ -223,11 +273,15 @@ def build_full_size_flux(shape: str, path: Path) -> Path:
             module.config.dtype = torch.bfloat16
             module.config.save_pretrained(folder)
             write_streamed(module, folder, "model", torch.bfloat16)
-    schedulers = {"flux1": flux1_scheduler, "zimage": zimage_scheduler}
+    schedulers = {"flux1": flux1_scheduler, "zimage": zimage_scheduler, "qwen-image": qwen_image_scheduler}
     schedulers.get(shape, klein_scheduler)().save_pretrained(path / "scheduler")
     if shape == "flux1":
         synthetic_clip_tokenizer(path / "tokenizer")
         _t5_tokenizer(path / "tokenizer_2")
+    elif shape == "qwen-image":  # the prompt template's words as tokens: its system turn is 34 tokens, as the real one
+        tokenizer = _qwen_tokenizer(path / "tokenizer")
+        tokenizer.add_tokens(TEMPLATE_WORDS)
+        tokenizer.save_pretrained(path / "tokenizer")
     else:
         _qwen_tokenizer(path / "tokenizer")
     (path / "model_index.json").write_text(json.dumps(model_index(shape), indent=2))

@@ -2,7 +2,8 @@
 
 Why: small Space flavors have 15 GB of host RAM (t4-small, a10g-small); a trainer that needs more is killed.
 
-    python benchmarks/host_ram.py                # full-size SD 1.5, SDXL, FLUX.2 [klein] 4B, FLUX.1, klein 9B, Z-Image
+    python benchmarks/host_ram.py                # full-size SD 1.5, SDXL, FLUX.2 [klein] 4B, FLUX.1, klein 9B, Z-Image,
+                                                 # Qwen-Image (58 GB disk)
     python benchmarks/host_ram.py --only flux1   # one model shape (random weights, CPU, minutes; FLUX: 34 GB disk)
     python benchmarks/host_ram.py --tiny         # tiny models: checks every phase in seconds
 
@@ -17,8 +18,9 @@ run (mixed precision fp16: frozen UNet and text encoders fp16, VAE fp32), in thr
 - ``first_step``: the LoRA adapters, optimizer (``training.train.make_optimizer``) and LR schedule on the
   device-resident UNet, then one batch (``batches.make_batch``) and its conditioning (``batches.conditioning``).
 
-FLUX and Z-Image shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, trained in bf16 on
-their family's default flavor: l4x1, Z-Image l40sx1) load the way the trainer stages them, in four phases: ``load``
+FLUX, Z-Image and Qwen-Image shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, trained in
+bf16 on their family's default flavor: l4x1, Z-Image and Qwen-Image l40sx1; Qwen-Image's 8-bit base there is not
+applied, as bitsandbytes quantizes on a GPU only) load the way the trainer stages them, in four phases: ``load``
 (VAE, text encoders, tokenizers), ``cache`` (latents and the instance prompt's conditioning, then the text encoders
 freed: ``release_text_encoders``), ``load_denoiser`` (the transformer, then its move to the GPU) and
 ``first_step``.
@@ -59,10 +61,10 @@ sys.path.insert(0, str(ROOT))
 
 PHASES = ("load", "cache", "first_step")
 STAGED_PHASES = ("load", "cache", "load_denoiser", "first_step")
-FULL_SHAPES = ("sd15", "sdxl", "klein4b", "flux1", "klein9b", "zimage")
+FULL_SHAPES = ("sd15", "sdxl", "klein4b", "flux1", "klein9b", "zimage", "qwen-image")
 TINY_SHAPES = ("tiny-sd", "tiny-sdxl", "tiny-flux1", "tiny-klein")
-#: the shapes of ``benchmarks/full_size_flux.py`` (bf16 folders, staged loading): FLUX and Z-Image
-FLUX_SHAPES = {"klein4b", "flux1", "klein9b", "zimage"}
+#: the shapes of ``benchmarks/full_size_flux.py`` (bf16 folders, staged loading): FLUX, Z-Image and Qwen-Image
+FLUX_SHAPES = {"klein4b", "flux1", "klein9b", "zimage", "qwen-image"}
 RECIPE = "dreambooth-lora"
 N_IMAGES = 5
 PROMPT = "a photo of sks dog"
@@ -528,9 +530,9 @@ def build_model(shape: str, models_dir: Path) -> Path:
 
 
 def image_size(model: Path, shape: str) -> int:
-    """The side of the test images: the model's native resolution (SD: UNet sample size x VAE scale); FLUX and
-    Z-Image: their family's default (512 / 1024 px, ``training.memory.NATIVE_RESOLUTION``), 64 px for the tiny FLUX
-    models (their resolution in ``--tiny`` runs)."""
+    """The side of the test images: the model's native resolution (SD: UNet sample size x VAE scale); FLUX,
+    Z-Image and Qwen-Image: their family's default (512 / 1024 px, ``training.memory.NATIVE_RESOLUTION``), 64 px for
+    the tiny FLUX models (their resolution in ``--tiny`` runs)."""
     from training.memory import NATIVE_RESOLUTION
 
     if not (model / "unet").is_dir():

@@ -102,6 +102,18 @@ with estimator._gpu_answers(), estimator._cuda_attention(), Fake(allow_non_fake_
     before = tracker.current
     picked = embeds[0][real[0]]
     out["masked"] = [list(picked.shape), tracker.current - before]
+    # Qwen-Image's reads of its mask: the batch's longest prompt and whether every token is real
+    mask = torch.cat([real[:, 34:], real[:1, 34:]]).repeat_interleave(2, dim=0).cpu()
+    out["longest"] = int(mask.sum(dim=1).max())
+    out["all_real"] = bool(mask.all())
+    out["padded"] = bool((torch.zeros(1, 9, device="cuda") == 1).any())
+    written = mask.clone()
+    written[0, :3] = False  # an in-place write: its value is no longer known, a read of it fails as before
+    try:
+        bool(written.all())
+        out["written"] = "answered"
+    except Exception as e:
+        out["written"] = type(e).__name__
 print("RESULT " + json.dumps(out))
 """
 
@@ -137,6 +149,16 @@ def test_a_boolean_mask_selects_every_token_as_the_stand_in_tokenizer_pads_none(
     # Z-Image keeps a prompt's real tokens (``embeds[mask]``): a selection whose size fake tensors cannot know; it is
     # estimated as the worst case, every token real (the stand-in tokenizer pads none), and its copy is counted
     assert child_accounting["masked"] == [[77, 64], _round(77 * 64 * 2)]
+
+
+def test_a_scalar_read_of_a_token_mask_is_answered_from_its_fill_value(child_accounting):
+    """Qwen-Image cuts a batch to its longest prompt (``int(mask.sum(1).max())``) and passes no mask when every
+    token is real (``mask.all()``): reads that fake tensors cannot answer. The stand-in tokens' mask is known to be
+    all True through the comparison, slices, concatenation, repetition and copies (``tools.fake_fill``), so the reads
+    answer as a CUDA run with those tokens; after an in-place write the value is unknown and the read fails."""
+    acc = child_accounting
+    assert (acc["longest"], acc["all_real"], acc["padded"]) == (77 - 34, True, False)
+    assert acc["written"] == "DataDependentOutputException"
 
 
 def _unet(folder: Path):
@@ -331,6 +353,13 @@ def test_the_fingerprint_covers_the_estimators_own_code_not_the_training_script(
     assert estimator.fingerprint() == before
     monkeypatch.setattr(estimator, "__file__", str(edited))
     assert estimator.fingerprint() != before
+    # and its helper that answers the fake tensors' scalar reads (tools/fake_fill.py)
+    monkeypatch.undo()
+    assert estimator.fingerprint() == before
+    edited_fill = tmp_path / "fake_fill.py"
+    edited_fill.write_text(estimator.FAKE_FILL_PATH.read_text() + "\n# changed\n")
+    monkeypatch.setattr(estimator, "FAKE_FILL_PATH", edited_fill)
+    assert estimator.fingerprint() != before
 
 
 def test_a_changed_training_script_gives_a_stale_warning_not_a_failure(monkeypatch, tmp_path):
@@ -504,6 +533,12 @@ def test_base_model_names_map_to_table_shapes():
 
     assert ZImage.memory_shape("Tongyi-MAI/Z-Image-Turbo") == ZImage.memory_shape("Tongyi-MAI/Z-Image") == "zimage"
     assert "zimage" in memory.BF16_SHAPES and memory.NATIVE_RESOLUTION["zimage"] == ZImage.defaults.resolution == 1024
+
+    from training.families.qwen_image import QwenImage
+
+    assert QwenImage.memory_shape("Qwen/Qwen-Image") == "qwen-image"
+    assert "qwen-image" in memory.BF16_SHAPES
+    assert memory.NATIVE_RESOLUTION["qwen-image"] == QwenImage.defaults.resolution == 1024
 
 
 # ------------------------------------------------------------------------------ the trainer's memory plan

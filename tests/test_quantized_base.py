@@ -39,10 +39,11 @@ from training.spec import TrainSpec
 
 FLUX1 = 11_901_408_320  # FLUX.1 [dev] transformer
 KLEIN_4B, KLEIN_9B = 3_900_000_000, 9_100_000_000
-SIZES = {"flux1": FLUX1, "klein4b": KLEIN_4B, "klein9b": KLEIN_9B, "zimage": 6_154_908_736}
+SIZES = {"flux1": FLUX1, "klein4b": KLEIN_4B, "klein9b": KLEIN_9B, "zimage": 6_154_908_736,
+         "qwen-image": 20_430_401_088}  # fmt: skip
 #: GiB torch reports for each flavor's GPU (scheduler.memory_fit: 15/16 GiB per nominal GB)
-T4, L4, A10G, L40S = 15.0, 22.5, 22.5, 45.0
-ADA, AMPERE_A10G, TURING = (8, 9), (8, 6), (7, 5)
+T4, L4, A10G, L40S, A100 = 15.0, 22.5, 22.5, 45.0, 75.0
+ADA, AMPERE_A10G, TURING, AMPERE_A100 = (8, 9), (8, 6), (7, 5), (8, 0)
 
 
 def choose(params: int, budget: float | None, cc=ADA, *, fp8=False, res=512, requested="auto", lora=True,
@@ -130,6 +131,9 @@ def test_memory_plan_records_the_choice_and_counts_quantized_weights():
         ("zimage", L40S, ADA, 1024, "none"),
         ("zimage", L4, ADA, 1024, "none"),  # 14.1 of 18.3 GiB with checkpointing
         ("zimage", T4, TURING, 1024, "int8"),  # 10.2 of 12.1 GiB (the caching phase: the Qwen3-4B encoder)
+        ("qwen-image", A100, AMPERE_A100, 1024, "none"),  # 41.9 of 62.1 GiB
+        ("qwen-image", L40S, ADA, 1024, "int8"),  # bf16 needs 41.9 of 37.1 GiB; int8 23.2
+        ("qwen-image", L4, ADA, 512, "nf4"),  # 16.6 of 18.3 GiB (the caching phase: the Qwen2.5-VL encoder)
     ],
 )  # fmt: skip
 def test_with_a_tabled_shape_the_choice_and_its_estimate_come_from_the_memory_table(shape, budget, cc, res, expected):

@@ -5,20 +5,20 @@ A developer tool: ``python -m tools.memory_estimate [--model sd15 ...]`` estimat
 ``training/memory_table.json``, which product code reads without torch (``training.memory``). Product code never
 imports this module.
 
-How: the pipeline's modules are built on the meta device from their configs (the built-in full-size SD 1.5 / SDXL
-shapes of ``benchmarks/full_size.py``, the FLUX and Z-Image ones of ``benchmarks/full_size_flux.py``, or a diffusers
-folder's ``config.json`` files), the recipe's own ``configure_trainable`` wraps them (LoRA through peft with its
-targets and rank), and then, inside ``torch._subclasses.fake_tensor.FakeTensorMode``, every module the training
+How: the pipeline's modules are built on the meta device from their configs (the built-in full-size SD 1.5 / SDXL shapes
+of ``benchmarks/full_size.py``, the FLUX, Z-Image and Qwen-Image ones of ``benchmarks/full_size_flux.py``, or a
+diffusers folder's ``config.json`` files), the recipe's own ``configure_trainable`` wraps them (LoRA through peft with
+its targets and rank), and then, inside ``torch._subclasses.fake_tensor.FakeTensorMode``, every module the training
 script keeps on the GPU gets empty ``cuda`` tensors in its dtypes (frozen in the mixed-precision dtype, trainable in
 fp32, the VAE in fp32). The script's phases run on them with its own public functions (``family.encode_images``,
 ``utils.batches.text_cond`` / ``make_batch`` / ``conditioning``, ``train.compute_loss``, ``train.make_optimizer``,
 ``train.optimizer_step``, GradScaler, autocast): class-image generation (prior preservation), latent caching, ONE
-training step (forward under autocast, loss, backward, clipping, optimizer step, ``zero_grad(set_to_none=True)``)
-and one validation sample. A small ``TorchDispatchMode`` (``_Tracker``) counts the bytes of live fake-CUDA storages
-(by storage identity, freed when the storage is finalised), each rounded up to the CUDA caching allocator's 512-byte
-granularity, and keeps the peak: the estimate of ``torch.cuda.max_memory_allocated``. No allocator overhead factor
-is added here (the fit check in ``scheduler.memory_fit`` adds its headroom for reserved-but-unallocated memory and
-the CUDA context).
+training step (forward under autocast, loss, backward, clipping, optimizer step, ``zero_grad(set_to_none=True)``) and
+one validation sample. A small ``TorchDispatchMode`` (``_Tracker``) counts the bytes of live fake-CUDA storages (by
+storage identity, freed when the storage is finalised), each rounded up to the CUDA caching allocator's 512-byte
+granularity, and keeps the peak: the estimate of ``torch.cuda.max_memory_allocated``. No allocator overhead factor is
+added here (the fit check in ``scheduler.memory_fit`` adds its headroom for reserved-but-unallocated memory and the CUDA
+context).
 
 What a CUDA run does differently, and how it is modelled:
 
@@ -29,15 +29,17 @@ What a CUDA run does differently, and how it is modelled:
   allocate), and the tracker adds their backward's fp32 workspace.
 - Token masks: the stand-in tokenizer pads no prompt (``_FixedTokenizer``: every token real, the worst case), so
   indexing with a boolean mask (Z-Image keeps a prompt's real tokens: ``embeds[mask]``), whose result size depends
-  on the mask's values, which fake tensors have none of, is counted as with an all-True mask (``_all_true``).
+  on the mask's values, which fake tensors have none of, is counted as with an all-True mask (``_all_true``); a
+  scalar read of such a mask (Qwen-Image cuts a batch to its longest prompt, ``int(mask.sum(1).max())``, and passes
+  no mask when ``mask.all()``) is answered from the tensors' known fill values (``tools.fake_fill``).
 - A CPU-only torch has no CUDA device guard or CUDA hooks, which autograd needs for fake CUDA tensors. A 20-line
   C++ shim (``_SHIM_SOURCE``: c10's ``FakeGuardImpl`` for CUDA and CUDA hooks answering "built") is compiled once
   with the system C++ compiler (about 3 s, cached) and loaded before torch is imported; this is why estimates run
   in a fresh process (``python -m tools.memory_estimate``, or ``estimate_many`` which starts one). With a CUDA
   build of torch on a GPU machine no shim is needed. While estimating, ``torch.cuda.is_available`` (and the few
   ``torch.cuda`` calls of autocast, GradScaler and bitsandbytes) answer as on a GPU.
-- Values: fake tensors have none, so GradScaler never sees an overflow (every step is taken) and nothing is
-  data-dependent in the step.
+- Values: fake tensors have none, so GradScaler never sees an overflow (every step is taken); the step's only
+  data-dependent reads are of the token masks above.
 - 8-bit Adam runs for real: bitsandbytes registers fake implementations of its optimizer kernels (state: 2 bytes
   per parameter, fp32 for tensors under 4096 elements); without bitsandbytes the script's Adafactor fallback runs.
 - Order: ``configure_trainable`` runs on the meta modules before they get GPU tensors (peft moves its adapters
@@ -55,11 +57,11 @@ What a CUDA run does differently, and how it is modelled:
 - A CUDA build of torch on a machine without a working GPU is not supported (its real CUDA guard is asked for
   streams); a CPU build with a C++ compiler, or a GPU machine, is.
 
-Staleness: the table's ``fingerprint`` covers this file's source and the table's configurations only (it changes
-when the estimator or its configurations change); the table also records the training script's digest
-(``script_digest``), and ``training.memory.stale_reason`` warns when ``training/train.py`` has changed since (the
-figures may then be stale; re-estimating is a decision, not a test failure). This module imports no torch at import
-time.
+Staleness: the table's ``fingerprint`` covers this file's source (with ``tools/fake_fill.py``) and the table's
+configurations only (it changes when the estimator or its configurations change); the table also records the
+training script's digest (``script_digest``), and ``training.memory.stale_reason`` warns when ``training/train.py``
+has changed since (the figures may then be stale; re-estimating is a decision, not a test failure). This module
+imports no torch at import time.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ from typing import Any
 from training.memory import BF16_SHAPES, NATIVE_RESOLUTION, ROW_KEYS, SHAPES, TABLE_PATH, TABLE_QUANTIZED, script_digest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the estimator's helper that answers scalar reads of fake tensors (its source is part of the fingerprint)
+FAKE_FILL_PATH = Path(__file__).with_name("fake_fill.py")
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 GIB = 2**30
 #: the CUDA caching allocator hands out blocks in multiples of 512 bytes (what max_memory_allocated counts)
@@ -215,7 +219,7 @@ class MemoryEstimate:
 
 
 # ========================================================================================= the table's configurations
-FLUX_RANK = 16  # the FLUX and Z-Image families' default LoRA rank (``FamilyDefaults.rank``)
+FLUX_RANK = 16  # the FLUX, Z-Image and Qwen-Image families' default LoRA rank (``FamilyDefaults.rank``)
 
 
 def _grid() -> list[MemoryConfig]:
@@ -234,7 +238,7 @@ def _grid() -> list[MemoryConfig]:
     for gc in (False, True):  # T4: SD 1.5 LoRA + text encoder + prior preservation (and without prior)
         for prior in (False, True):
             rows.append(MemoryConfig("sd15", "dreambooth-lora", 512, 1, "fp16", prior, True, gc, False))
-    for model in BF16_SHAPES:  # FLUX and Z-Image LoRA in bf16 at rank 16, unquantized and with a quantized base
+    for model in BF16_SHAPES:  # FLUX, Z-Image, Qwen-Image LoRA in bf16 at rank 16, unquantized and quantized bases
         for res in (512, 1024):
             for gc in (False, True):
                 for quant in (None, *TABLE_QUANTIZED):
@@ -275,10 +279,12 @@ def row_of(estimate: MemoryEstimate) -> dict[str, Any]:
 
 # ================================================================================================ fingerprint
 def fingerprint() -> str:
-    """What the estimates depend on that this tool owns: this file's source text and the table's configurations.
-    (The training script's changes are tracked apart, as a warning: the table's ``script_digest``.)"""
+    """What the estimates depend on that this tool owns: this file's source text, its fake tensors' fill values
+    (``tools/fake_fill.py``) and the table's configurations. (The training script's changes are tracked apart, as a
+    warning: the table's ``script_digest``.)"""
     h = hashlib.sha256()
-    h.update(Path(__file__).read_text(encoding="utf-8").encode("utf-8") + b"\0")
+    for source in (Path(__file__), FAKE_FILL_PATH):
+        h.update(source.read_text(encoding="utf-8").encode("utf-8") + b"\0")
     h.update(json.dumps([c.to_dict() for c in TABLE_CONFIGS], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -418,6 +424,8 @@ def _make_tracker():
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_leaves
 
+    from tools.fake_fill import FillValues
+
     aten = torch.ops.aten
     attention_backward = (aten._scaled_dot_product_flash_attention_backward.default,
                           aten._scaled_dot_product_efficient_attention_backward.default)  # fmt: skip
@@ -427,10 +435,12 @@ def _make_tracker():
         released when the storage is finalised; ``peak`` is the maximum (per phase: ``phase_peak``). While an
         attention kernel's backward runs it also counts the kernel's fp32 workspace (query-gradient accumulator and
         softmax row sums, which its fake implementation does not allocate). A boolean-mask index is read as all True
-        (``_all_true``)."""
+        (``_all_true``); a scalar read of a tensor of one known value (the stand-in tokens' masks) is answered
+        (``tools.fake_fill``)."""
 
         def __init__(self) -> None:
             super().__init__()
+            self.fills = FillValues()
             self.live: dict[int, int] = {}
             self.current = 0
             self.peak = 0
@@ -459,6 +469,9 @@ def _make_tracker():
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            known, value = self.fills.read(func, args)
+            if known:
+                return value
             if func is aten.index.Tensor and any(i is not None and i.dtype == torch.bool for i in args[1]):
                 args = (args[0], _all_true(args[1]), *args[2:])
             workspace = None
@@ -468,6 +481,7 @@ def _make_tracker():
                                         device=args[1].device)  # fmt: skip
                 self._add(workspace)
             out = func(*args, **kwargs)
+            self.fills.follow(func, args, kwargs, out)
             for t in tree_leaves(out):
                 self._add(t)
             del workspace
@@ -596,6 +610,12 @@ FLOW_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifti
                   "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}  # fmt: skip
 #: Z-Image's (static shift 3)
 ZIMAGE_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
+#: Qwen-Image's (dynamic exponential shift 0.5 .. 0.9 over 256 .. 8192 tokens, terminal sigma 0.02)
+QWEN_IMAGE_SCHEDULER = {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": True, "base_shift": 0.5,
+                        "max_shift": 0.9, "base_image_seq_len": 256, "max_image_seq_len": 8192, "shift_terminal": 0.02,
+                        "time_shift_type": "exponential"}  # fmt: skip
+#: the built-in bf16 shapes whose scheduler is not FLUX's
+SHAPE_SCHEDULERS = {"zimage": ZIMAGE_SCHEDULER, "qwen-image": QWEN_IMAGE_SCHEDULER}
 
 
 def _meta_modules(model: str) -> dict[str, Any]:
@@ -614,7 +634,7 @@ def _meta_modules(model: str) -> dict[str, Any]:
             with torch.device("meta"):
                 mods = flux_modules(model)
             index = model_index(model)
-            sched = dict(ZIMAGE_SCHEDULER if model == "zimage" else FLOW_SCHEDULER)
+            sched = dict(SHAPE_SCHEDULERS.get(model, FLOW_SCHEDULER))
         elif model in SHAPES:
             from benchmarks.full_size import full_size_modules
 
@@ -928,6 +948,13 @@ def _run_phases(cfg, comps, modules, params, mp, wdtype, tracker) -> dict[str, A
     }
 
 
+def _latent_channels(vae: Any) -> int:
+    """The channels of the VAE's latents: ``latent_channels`` of an image VAE, ``z_dim`` of a video VAE
+    (Qwen-Image's ``AutoencoderKLQwenImage``)."""
+    cfg = vae.config
+    return cfg["latent_channels"] if "latent_channels" in cfg else cfg["z_dim"]
+
+
 def _training_step(cfg, comps, modules, p, params_list, optimizer, scaler, inst_cond, cls_cond, mp, wdtype):
     """One step as ``training.train.train`` runs it, with its public functions: ``batches.make_batch``, the batch
     moved to the device, ``batches.conditioning`` under autocast, ``compute_loss``, ``optimizer_step``, then
@@ -945,7 +972,7 @@ def _training_step(cfg, comps, modules, p, params_list, optimizer, scaler, inst_
     prior = cls_cond is not None
     train_te = cfg.train_text_encoder
     with torch._subclasses.fake_tensor.unset_fake_temporarily():  # the batch is drawn on the CPU from real latents
-        zeros = torch.zeros(1, comps.vae.config.latent_channels, h, h)
+        zeros = torch.zeros(1, _latent_channels(comps.vae), h, h)
         tids = torch.zeros(1, 6)
         inst = LatentSet(zeros, zeros, zeros, zeros, tids)
         draw_time = functools.partial(comps.family.draw_time, comps=comps, params=p)
@@ -999,7 +1026,7 @@ def _generate_like(comps, n_images: int, res: int, mp: str, wdtype) -> None:
 def _generate_like_flow(comps, cond, res: int, mp: str, wdtype) -> None:
     """What a FLUX pipeline keeps on the GPU for one sample from cached conditioning: one transformer step on a
     batch of one (``family.predict`` under no_grad; the base models' true CFG runs its two passes one after the
-    other), then the VAE decode of the latents in the VAE's dtype."""
+    other), then the VAE decode of the latents in the VAE's dtype (a video VAE's, Qwen-Image's: as one frame)."""
     import torch
 
     device = torch.device("cuda")
@@ -1007,14 +1034,15 @@ def _generate_like_flow(comps, cond, res: int, mp: str, wdtype) -> None:
     h = res // comps.info.vae_scale_factor
     with torch.no_grad():
         with torch.autocast("cuda", dtype=wdtype, enabled=mp != "no"):
-            raw = torch.zeros(1, comps.vae.config.latent_channels, h, h, device=device)
+            raw = torch.zeros(1, _latent_channels(comps.vae), h, h, device=device)
             x = family.to_model_space(comps, raw)
             t = torch.zeros(1, device=device)
             tensors = {k: v.to(device) for k, v in cond.tensors.items() if v is not None}
             velocity = family.predict(comps, comps.denoiser, x, t, tensors, None)
             del velocity, x
         with torch.autocast("cuda", enabled=False):
-            img = comps.vae.decode(raw.to(comps.vae.dtype)).sample
+            z = raw.to(comps.vae.dtype)
+            img = comps.vae.decode(z.unsqueeze(2) if "temperal_downsample" in comps.vae.config else z).sample
             del img
 
 

@@ -26,11 +26,12 @@ TABLE_PATH = Path(__file__).with_name("memory_table.json")
 SCRIPT_PATH = Path(__file__).with_name("train.py")
 SD_SHAPES = ("sd15", "sdxl")
 #: full-size shapes trained in bf16 (their rows are bf16, with quantized-base variants): FLUX.1 [dev], FLUX.2
-#: [klein] 4B and 9B, Z-Image (6.2 B)
-BF16_SHAPES = ("flux1", "klein4b", "klein9b", "zimage")
+#: [klein] 4B and 9B, Z-Image (6.2 B), Qwen-Image (20.4 B)
+BF16_SHAPES = ("flux1", "klein4b", "klein9b", "zimage", "qwen-image")
 SHAPES = SD_SHAPES + BF16_SHAPES
 #: the resolution a configuration of a built-in shape defaults to (SD: native; the others: their family's default)
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux1": 512, "klein4b": 512, "klein9b": 512, "zimage": 1024}
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux1": 512, "klein4b": 512, "klein9b": 512, "zimage": 1024,
+                     "qwen-image": 1024}  # fmt: skip
 #: the keys a table row is matched on (``lookup``)
 ROW_KEYS = ("model_shape", "recipe", "resolution", "batch_size", "precision", "prior_preservation",
             "train_text_encoder", "gradient_checkpointing", "use_8bit_adam", "quantized_base")  # fmt: skip
