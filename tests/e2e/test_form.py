@@ -281,13 +281,13 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
             expect(page.locator("#estimate")).to_contain_text("Z-Image family's reference figure")
             shot(page, "form-zimage-on-t4")
 
-            # Qwen-Image on an L4: its note says what it takes there (a 4-bit base, at most 768 px).
+            # Qwen-Image on an L4: its note says what it takes there (a 4-bit base at 512 px).
             page.get_by_label("Base model").click()
             page.get_by_role("option", name=qwen_repo).click()
             expect(page.locator("#estimate")).to_contain_text("Qwen-Image family's reference figure", timeout=30_000)
             gpu.click()
             page.get_by_role("option", name=re.compile(r"^Nvidia 1xL4 ")).click()
-            expect(note).to_contain_text("4-bit base and at most 768 px", timeout=10_000)
+            expect(note).to_contain_text("only for a 4-bit base at 512 px", timeout=10_000)
             expect(note).to_contain_text("Its default GPU is Nvidia 1xL40S")
             expect(page.locator("#estimate")).to_contain_text("on Nvidia 1xL4 ", timeout=10_000)
             shot(page, "form-qwen-image-on-l4")

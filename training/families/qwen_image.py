@@ -71,8 +71,9 @@ class QwenImage(FlowMatchingFamily):
     defaults = FamilyDefaults(
         hardware="l40sx1", resolution=1024, learning_rate=1e-4, rank=16,
         hardware_note="Qwen-Image's 20B transformer alone is 41 GB in bf16: an L40S (48 GB) trains it at 1024 px only "
-        "with an 8-bit base (fp8 or int8, about 32 GiB by the rough estimate), an A100 (80 GB) without one; a 24 GB "
-        "L4 or A10G needs a 4-bit base and at most 768 px, and a T4 does not fit it",
+        "with an 8-bit base (fp8 or int8, about 23 GiB), an A100 (80 GB) without one (about 42 GiB); on a 24 GB L4 "
+        "or A10G its 15 GiB Qwen2.5-VL text encoder leaves room only for a 4-bit base at 512 px (about 17 GiB), and "
+        "a T4 does not fit it",
     )  # fmt: skip
     denoiser_params = 20_430_401_088  # QwenImageTransformer2DModel (60 blocks, 24 heads of 128, text width 3584)
     #: true-CFG scale for samples (``QwenImagePipeline``'s default ``true_cfg_scale``)
