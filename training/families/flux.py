@@ -456,6 +456,15 @@ def shifted_sigmas(u: torch.Tensor, config: Any, image_seq_len: int) -> torch.Te
     return math.exp(mu) / (math.exp(mu) + (1 / u - 1))
 
 
+def chat_turn_ids(tokenizer: Any, prompt: str, max_length: int, *, thinking: bool) -> torch.Tensor:
+    """``prompt`` as one user turn of ``tokenizer``'s chat template with the generation prompt (``thinking``: its
+    ``enable_thinking``), padded and cut to ``max_length``: token ids [1, max_length] (the Qwen3-conditioned
+    families, FLUX.2 [klein] and Z-Image)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=thinking)  # fmt: skip
+    return tokenizer(text, return_tensors="pt", padding="max_length", truncation=True, max_length=max_length)["input_ids"]
+
+
 def _device_of(module: Any):
     """The device of a module's first parameter (works through DDP wrappers, which have no ``.device``)."""
     return next(module.parameters()).device

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from training.families import register_family
 from training.families.base import CardInfo, Components, FamilyDefaults
-from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of
+from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of, chat_turn_ids
 
 if TYPE_CHECKING:
     import torch
@@ -93,11 +93,7 @@ class Flux2Klein(FlowMatchingFamily):
     def tokenize(self, comps: Components, prompt: str) -> list[torch.Tensor]:
         """The prompt as one user turn of the chat template (generation prompt, thinking off), padded to
         ``max_sequence_length``, as ``Flux2KleinPipeline`` tokenizes it."""
-        tok = comps.tokenizers[0]
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True, enable_thinking=False)  # fmt: skip
-        ids = tok(text, return_tensors="pt", padding="max_length", truncation=True, max_length=self.max_sequence_length)
-        return [ids["input_ids"]]
+        return [chat_turn_ids(comps.tokenizers[0], prompt, self.max_sequence_length, thinking=False)]
 
     def encode_prompt(self, comps: Components, encoders: list[Any], token_ids: list[torch.Tensor]) -> dict:
         """{"embeds": hidden states 9, 18, 27 side by side [B, L, 3 x hidden]} (attention mask: the non-pad

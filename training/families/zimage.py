@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from training.families import register_family
 from training.families.base import CardInfo, Components, FamilyDefaults
-from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of
+from training.families.flux import COMFY_NAME, WEIGHTS_NAME, FlowMatchingFamily, _device_of, chat_turn_ids
 
 if TYPE_CHECKING:
     import torch
@@ -86,11 +86,7 @@ class ZImage(FlowMatchingFamily):
     def tokenize(self, comps: Components, prompt: str) -> list[torch.Tensor]:
         """The prompt as one user turn of the chat template (generation prompt, ``enable_thinking=True``), padded
         to ``max_sequence_length``, as ``ZImagePipeline._encode_prompt`` tokenizes it."""
-        tok = comps.tokenizers[0]
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True, enable_thinking=True)  # fmt: skip
-        ids = tok(text, return_tensors="pt", padding="max_length", truncation=True, max_length=self.max_sequence_length)
-        return [ids["input_ids"]]
+        return [chat_turn_ids(comps.tokenizers[0], prompt, self.max_sequence_length, thinking=True)]
 
     def encode_prompt(self, comps: Components, encoders: list[Any], token_ids: list[torch.Tensor]) -> dict:
         """{"embeds": the second-to-last hidden state [B, L, H], "mask": its real tokens [B, L] (bool)}; the
