@@ -87,6 +87,8 @@ class FamilyInfo:
     denoiser: str = "unet"
     denoiser_params: int = 0
     supports_text_encoder_training: bool = True
+    #: an edit model, trained on before/after pairs (``training.pairs``)
+    edits: bool = False
     defaults: FamilyDefaults = field(default_factory=FamilyDefaults)
 
     @classmethod
@@ -103,6 +105,7 @@ class FamilyInfo:
             denoiser=str(data.get("denoiser") or "unet"),
             denoiser_params=int(data.get("denoiser_params") or 0),
             supports_text_encoder_training=bool(data.get("supports_text_encoder_training", True)),
+            edits=bool(data.get("edits", False)),
             defaults=FamilyDefaults(
                 hardware=str(d.get("hardware") or "t4-small"),
                 resolution=opt("resolution", int),

@@ -38,6 +38,7 @@ from contract.params import (
 from scheduler.task import Task
 from training.data import MAX_CAPTION_BYTES, MAX_CAPTION_CHARS, caption_files, decode_caption  # torch-free
 from training.demo import DEMO_MODEL  # torch-free constants
+from training.pairs import caption_names
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,8 @@ def split_captions(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
 
 def check_captions(images: Sequence[Path], captions: Sequence[Path]) -> list[str]:
     """The problems of an upload's captions: each is UTF-8 text of at most ``MAX_CAPTION_CHARS`` characters, names
-    an image of the upload by its stem, and is that image's only caption."""
-    stems = {Path(p).stem for p in images}
+    an image of the upload (or a before/after pair of it: ``training.pairs``) by its stem, and is its only caption."""
+    stems = caption_names(images)
     problems, seen = [], set()
     for path in map(Path, captions):
         name = path.name

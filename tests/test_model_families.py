@@ -79,9 +79,9 @@ def test_an_unknown_pipeline_class_is_a_clear_bad_input_error_naming_the_support
     from training.models import inspect_base_model
 
     with pytest.raises(BadInputError) as err:
-        family_for({"_class_name": "QwenImageEditPlusPipeline"}, "someone/model")
+        family_for({"_class_name": "HunyuanDiTPipeline"}, "someone/model")
     message = str(err.value)
-    assert "QwenImageEditPlusPipeline" in message and "sd: " in message and "StableDiffusionPipeline" in message
+    assert "HunyuanDiTPipeline" in message and "sd: " in message and "StableDiffusionPipeline" in message
     model = _with_class_name(tiny_sd, tmp_path / "unknown", "MysteryPipeline")
     with pytest.raises(BadInputError, match="not allowed") as err:
         inspect_base_model(str(model))

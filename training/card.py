@@ -38,7 +38,8 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
     spec, p = ctx.spec, ctx.spec.params
     lora = spec.recipe.endswith("lora") or "lora" in result.recipe
     card_info = comps.family.card_info(comps)  # the model family's licence, tags and file notes
-    tags = ["text-to-image", "diffusers", "dreambooth", *card_info.tags, "diffusers-training"] + (["lora"] if lora else [])
+    kind = "image-to-image" if card_info.edits else "text-to-image"
+    tags = [kind, "diffusers", "dreambooth", *card_info.tags, "diffusers-training"] + (["lora"] if lora else [])
     samples = result.sample_paths
     record = scored(result.scores)  # the scores of the sampling points and the pick (None: unscored)
     widget = [
@@ -92,10 +93,13 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
     base, prompt = _py(spec.base_model), _py(spec.instance_prompt)
     # a model that is not uploaded loads from its output folder (this card's own folder) on this machine
     repo = _py(spec.output.repo_id if spec.output else str(ctx.output_dir.resolve()))
+    if card_info.edits:  # an edit model: a source image and an instruction
+        call = 'image=[load_image("source.png")], prompt='
     if lora:
         usage = (
-            f"```python\nfrom diffusers import {card_info.pipeline_class}\n\n"
-            f"pipe = {card_info.pipeline_class}.from_pretrained({base})\n"
+            f"```python\nfrom diffusers import {card_info.pipeline_class}\n"
+            + ("from diffusers.utils import load_image\n" if card_info.edits else "")
+            + f"\npipe = {card_info.pipeline_class}.from_pretrained({base})\n"
             f"pipe.load_lora_weights({repo})\n"
             f"image = pipe({call}{prompt}).images[0]\n```\n\n"
             + _file_notes(card_info.weight_notes)
@@ -115,11 +119,17 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
             "pictures of the subject; train on a real base model (a Hub id such as "
             "`stable-diffusion-v1-5/stable-diffusion-v1-5`, or a local folder) for real results.\n"
         )
+    intro = f"Trained with DreamBooth on a few images of a subject. Use the trigger prompt **{md_code(spec.instance_prompt)}**."
+    if card_info.edits:
+        intro = (f"Trained on before/after pairs to learn an edit: give it a source image and the instruction "
+                 f"(**{md_code(spec.instance_prompt)}**, or the pairs' own). Each sample below is a held-out source "
+                 "(left) and the model's edit of it (right).")  # fmt: skip
+        captions_line = ""
     gallery = "\n".join(f"![{md_text(text)}]({w['output']['url']})" for w, text in zip(widget, samples, strict=True))
     body = f"""
 # DreamBooth {"LoRA" if lora else "fine-tune"} of {md_code(spec.base_model)}
 
-Trained with DreamBooth on a few images of a subject. Use the trigger prompt **{md_code(spec.instance_prompt)}**.{captions_line}
+{intro}{captions_line}
 
 {demo_note}
 {gallery}

@@ -47,6 +47,8 @@ class PreparedImage:
     original_size: tuple[int, int]  # (height, width) after EXIF transpose, before resizing (SDXL micro-conditioning)
     crop_top_left: tuple[int, int]  # (top, left) of the crop in the resized image
     caption: str | None = None  # from the image's ``.txt`` (instance images only); None: the instance prompt
+    #: an edit model's source image for this target (``load_pairs``); None for a photo of the subject
+    control: PreparedImage | None = None
 
 
 def fetch_images(source: str | HubFolder, cache_dir: Path) -> Path:
@@ -103,25 +105,76 @@ def load_images(folder: Path, resolution: int, *, min_images: int = MIN_IMAGES, 
         )
     problems: list[str] = []
     prepared: list[PreparedImage] = []
-    need = min_side_for(resolution)
     for path in files:
-        try:
-            with Image.open(path) as im:
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                im = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            problems.append(f"{path.name}: not a readable image ({type(e).__name__})")
-            continue
-        w, h = im.size
-        if min(w, h) < need:
-            problems.append(f"{path.name}: too small ({w}x{h} px; need at least {need} px on the shorter side)")
-            continue
-        prepared.append(_resize_crop(im, resolution, path))
-        prepared[-1].caption = found.get(path.stem)
+        image = prepare_image(path, resolution, problems)
+        if image is not None:
+            image.caption = found.get(path.stem)
+            prepared.append(image)
     if problems:
         raise BadInputError(f"{len(problems)} bad {what} image(s): " + "; ".join(problems))
     return prepared
+
+
+def prepare_image(path: Path, resolution: int, problems: list[str]) -> PreparedImage | None:
+    """One image opened, EXIF-transposed, checked for size and cropped (``PreparedImage``); None, with the reason
+    appended to ``problems``, when it is unreadable or too small."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            im = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        problems.append(f"{path.name}: not a readable image ({type(e).__name__})")
+        return None
+    w, h = im.size
+    need = min_side_for(resolution)
+    if min(w, h) < need:
+        problems.append(f"{path.name}: too small ({w}x{h} px; need at least {need} px on the shorter side)")
+        return None
+    return _resize_crop(im, resolution, path)
+
+
+def load_training_images(folder: Path, resolution: int, *, edits: bool, label: str
+                         ) -> tuple[list[PreparedImage], list[PreparedImage]]:  # fmt: skip
+    """The images a run trains on and the sources its samples edit: an edit model's pairs (``load_pairs``), else
+    the photos (``load_images``) and none; photos named as pairs are refused for a model that does not edit."""
+    if edits:
+        return load_pairs(folder, resolution, label)
+    from training.pairs import pair_problems
+
+    problems = pair_problems(list_image_files(folder), edits=False, family_label=label)
+    if problems:
+        raise BadInputError(" ".join(problems))
+    return load_images(folder, resolution), []
+
+
+def load_pairs(folder: Path, resolution: int, label: str) -> tuple[list[PreparedImage], list[PreparedImage]]:
+    """An edit model's before/after pairs in ``folder`` (``training.pairs``): each pair's target (``_after``) with
+    its source as ``control`` and its instruction as ``caption`` (None: the instance prompt), and the held-out
+    sources, with theirs. ``BadInputError`` naming every problem (``label``: the model family, for the message)."""
+    from training.pairs import pair_problems, sort_pairs
+
+    files = list_image_files(folder)
+    problems = pair_problems(files, edits=True, family_label=label)
+    if problems:
+        raise BadInputError(" ".join(problems))
+    found = sort_pairs(files)
+    captions = read_captions(folder, [], stems=set(found.pairs) | set(found.held_out))
+    targets: list[PreparedImage] = []
+    held_out: list[PreparedImage] = []
+    for name, (before, after) in found.pairs.items():
+        source, target = prepare_image(before, resolution, problems), prepare_image(after, resolution, problems)
+        if source is not None and target is not None:
+            target.control, target.caption = source, captions.get(name)
+            targets.append(target)
+    for name, before in found.held_out.items():
+        source = prepare_image(before, resolution, problems)
+        if source is not None:
+            source.caption = captions.get(name)
+            held_out.append(source)
+    if problems:
+        raise BadInputError(f"{len(problems)} bad pair image(s): " + "; ".join(problems))
+    return targets, held_out
 
 
 def _resize_crop(im: Image.Image, resolution: int, path: Path) -> PreparedImage:
@@ -155,10 +208,10 @@ def decode_caption(raw: bytes, name: str) -> str | None:
     return caption or None
 
 
-def read_captions(folder: Path, images: list[Path]) -> dict[str, str]:
+def read_captions(folder: Path, images: list[Path], *, stems: set[str] | None = None) -> dict[str, str]:
     """Image stem -> caption, from the ``.txt`` files directly in ``folder`` (``BadInputError`` naming every bad
-    one); a caption file without an image of its stem is ignored with a warning."""
-    stems = {p.stem for p in images}
+    one); a caption file without an image of its stem (or one of ``stems``) is ignored with a warning."""
+    stems = {p.stem for p in images} | (stems or set())
     found: dict[str, str] = {}
     problems: list[str] = []
     seen: set[str] = set()

@@ -38,12 +38,13 @@ FROZEN_VARIANT = "fp16"
 #: weights file stem per library (diffusers models / transformers models)
 WEIGHT_STEMS = {"diffusers": "diffusion_pytorch_model", "transformers": "model"}
 #: the tokenizer files loaded when present (CLIP / Qwen: vocab.json + merges.txt, or a fast tokenizer.json; T5: its
-#: sentencepiece model; Qwen: a chat template)
+#: sentencepiece model; Qwen: a chat template; an edit model's processor: its image processor's config)
 TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
     "merges.txt",
+    "preprocessor_config.json",
     "special_tokens_map.json",
     "spiece.model",
     "tokenizer.json",

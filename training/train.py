@@ -171,7 +171,9 @@ def train(ctx, recipe) -> RunResult:
     choose_model_files(info, trainable)  # every file training needs is there (no download yet)
     resolution = p.resolution or info.native_resolution
     with acc.main_process_first():
-        images = data.load_images(data.fetch_images(spec.images, ctx.workdir / "inputs" / "instance"), resolution)
+        folder = data.fetch_images(spec.images, ctx.workdir / "inputs" / "instance")
+        # the photos; an edit model's pairs (``training.pairs``): the targets, each with its source, and held-out ones
+        images, held_out = data.load_training_images(folder, resolution, edits=family.edits, label=family.label)
         user_class = None
         if spec.class_images is not None:
             cfolder = data.fetch_images(spec.class_images, ctx.workdir / "inputs" / "class")
@@ -213,8 +215,14 @@ def train(ctx, recipe) -> RunResult:
     result.captioned = captions.captioned
     cls_cond = batches.text_cond(comps, spec.class_prompt or "", frozen=not train_te) if class_images else None
     sample_prompts = point_prompts(spec)  # the validation prompts, and with a scoring model the built-in ones too
+    own_samples = [q for q in sample_prompts if q in p.validation_prompts]  # the run's samples (first), shown
+    image_scores = scores_images(spec) and not family.edits  # an edit is scored by its validation loss only
     sample_conds = None
-    if family.free_text_encoders_after_caching and not train_te:  # samples then use cached conditioning
+    if family.edits:  # the samples edit the held-out sources (else the first pair's), by label
+        first = dataclasses.replace(images[0].control, caption=images[0].caption)
+        sample_conds = family.sample_conds(comps, held_out or [first], spec.instance_prompt)
+        sample_prompts = own_samples = list(sample_conds)
+    elif family.free_text_encoders_after_caching and not train_te:  # samples then use cached conditioning
         sample_conds = {q: batches.text_cond(comps, q, frozen=True) for q in sample_prompts}
     comps.vae.to("cpu")  # only needed again for samples
     if not train_te:
@@ -275,20 +283,17 @@ def train(ctx, recipe) -> RunResult:
     # 6b. scores (``contract.scores``): each sampling point's images against the photos and prompts, its validation
     # loss and (LoRA) its weights; the base model first: the same prompts and seeds without the fine-tune
     book = ScoreBook(ctx, images, sample_prompts, keep_weights=recipe.keeps_scored_weights, start=start,
-                     device=device) if p.score and acc.is_main_process else None  # fmt: skip
+                     device=device, images_scored=not family.edits) if p.score and acc.is_main_process else None  # fmt: skip
 
     def unwrapped() -> dict:
         return {n: acc.unwrap_model(m) for n, m in wrapped.items()}
 
-    shown = len([q for q in sample_prompts if q in p.validation_prompts])  # the first ones: the run's own samples
-
     def sample_point(step: int, *, base: bool = False) -> None:
         if base:  # the base model's images only feed the image scores (none without a scoring model)
-            shots = samples(step, shown=0) if scores_images(spec) else {}
+            shots = samples(step, shown=0) if image_scores else {}
         else:
-            shots = samples(step, shown=shown)
-        if not base:
-            result.sample_paths.update({q: shots[q] for q in p.validation_prompts if q in shots})
+            shots = samples(step, shown=len(own_samples))
+            result.sample_paths.update({q: shots[q] for q in own_samples if q in shots})
         if book is not None:
             loss = validation_loss(comps, unwrapped(), inst_lat, inst_cond, captions, p, draw_time, autocast, device)
             book.score(step, shots, loss, base=base)

@@ -73,7 +73,8 @@ CLASS_IMAGE_S = 2.0  # per generated class image (prior preservation)
 #: qwen-image: the only published figure is Qwen-Image-Edit's (musubi-tuner #694): 14.7-22.4 s per step of 2 on an
 #: A100, 0.09 to 0.14 samples/s against SD's 3.8 steps/s there; the edit model's source-image tokens make it slower
 #: than text-to-image, so the slow end (0.024) is an upper bound of the time.
-FAMILY_SPEED_VS_SD = {"flux1": 0.2, "flux2-klein": 0.27, "zimage": 0.2, "qwen-image": 0.024}
+#: qwen-image-edit: that figure is its own (the slow end again: 0.024).
+FAMILY_SPEED_VS_SD = {"flux1": 0.2, "flux2-klein": 0.27, "zimage": 0.2, "qwen-image": 0.024, "qwen-image-edit": 0.024}
 BUILT_IN, FAMILY, HISTORY = "built-in", "family", "history"  # where an estimate's figures come from
 
 

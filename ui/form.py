@@ -56,6 +56,10 @@ PROMPT_HELP = (
     "Name your subject with a rare token plus its class, e.g. **a photo of sks dog**. The rare token (`sks`, `zwx`, "
     "...) becomes your subject; use the same words when you generate images later."
 )
+PHOTOS_LABEL = "Photos of your subject (3 to 20; varied backgrounds and angles)"
+#: an edit model's upload (``training.pairs``)
+PAIRS_LABEL = ("Before/after pairs: <name>_before and <name>_after images, the instruction in <name>.txt; a "
+               "<name>_before alone is held out (the samples edit it)")  # fmt: skip
 CLASS_HELP = "Optional. E.g. `a photo of a dog`: enables prior preservation, so the model keeps knowing other dogs."
 
 
@@ -198,6 +202,11 @@ APPLY_DEFAULTS_JS = (
 SNAPSHOT_JS = "(...values) => [values]"
 
 
+def photos_label(family: FamilyInfo | None) -> Any:
+    """The upload box's label: photos of a subject, or an edit model's before/after pairs (``training.pairs``)."""
+    return gr.File(label=PAIRS_LABEL if family is not None and family.edits else PHOTOS_LABEL)
+
+
 def follow_base_model(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
                       family: FamilyInfo | None, applied_family: str | None, touched: EditCounts | None,
                       applied: EditCounts | None, choice: HardwareChoice,
@@ -261,10 +270,11 @@ def build_form(ctx: AppContext) -> FormParts:
     gpu_default = s.train_hardware if s.train_hardware in offered else "t4-small"
     with gr.Column():
         files = gr.File(
-            label="Photos of your subject (3 to 20; varied backgrounds and angles)",
+            label=PHOTOS_LABEL,
             file_count="multiple",
             file_types=["image", ".txt"],  # .txt: per-image captions (ui.submission)
             type="filepath",
+            elem_id="photos",
         )
         preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False,
                              elem_id="photo-preview")  # fmt: skip
@@ -361,6 +371,7 @@ def build_form(ctx: AppContext) -> FormParts:
             prior = bool((klass or "").strip())
             # the form's one validation prompt is the instance prompt: the count does not depend on its words
             images = len(scoring_prompts("x", klass.strip() if prior else None, ["x"])) if score is not False else 0
+            images = 0 if family is not None and family.edits else images  # an edit: its validation loss only
             est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model,
                                 family.name if family else None, scoring_images=images)  # fmt: skip
         except (TypeError, ValueError):
@@ -390,7 +401,9 @@ def build_form(ctx: AppContext) -> FormParts:
             follow(model_changed), follow_inputs, follow_outputs, **private_event
         ).then(None, [proposal, snapshot, *followed], followed, js=APPLY_DEFAULTS_JS, **private_event).then(
             on_hardware, [base_model, hardware], hw_note, **private_event
-        ).then(on_estimate, est_inputs, estimate_md, **private_event)
+        ).then(on_estimate, est_inputs, estimate_md, **private_event).then(
+            photos_label, family_state, files, **private_event
+        )
 
     then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
     for name, comp in (("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("resolution", resolution),

@@ -20,6 +20,8 @@ from scheduler.output_names import OutputChoice, choose_output_repo, default_out
 from scheduler.task import Task, TaskStatus
 from scheduler.validation import split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
+from training.families import find_family
+from training.pairs import pair_problems
 from training.spec import TrainParams
 from ui.auth import is_owner
 from ui.context import AppContext
@@ -176,6 +178,15 @@ def base_model_answer(ctx: AppContext, base_model: str) -> tuple[str | None, Pro
     return f"**Nothing was queued.** {message}.{advice}", probe
 
 
+def pairs_problems(probe: Probe | None, images: list[Path]) -> list[str]:
+    """The upload checked against the base model's family (``training.pairs``): an edit model needs before/after
+    pairs, any other model refuses them."""
+    family = find_family(probe.index) if probe is not None and probe.index else None
+    if family is None:
+        return pair_problems(images, edits=False, family_label="this base model")
+    return pair_problems(images, edits=family.edits, family_label=family.label)
+
+
 def output_api(ctx: AppContext) -> tuple[Any, str | None] | str:
     """The HfApi that checks output repos and the namespace a bare name goes to: the Space's own api; locally one
     made from HF_TOKEN (uploads happen only then). (None, None) when nothing is uploaded; a message on failure."""
@@ -260,6 +271,9 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     answer, probe = base_model_answer(ctx, values["base_model"])
     if answer:
         return SubmitOutcome(answer)
+    problems = pairs_problems(probe, images)
+    if problems:
+        return SubmitOutcome(nothing_queued(problems))
     fits = check_fit(build_task(ctx, user, values), probe)
     if fits.problem:
         return SubmitOutcome(nothing_queued([fits.problem]))

@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 from scheduler.billing import RECOVERED, RELEASED, Claim, GpuPeriod, open_period, parse_periods
 from scheduler.queue.base import InvalidTransition, QueueError, TaskNotFound, TaskQueue
 from scheduler.queue.holds import op_hold_for_cap, op_limit_run
+from scheduler.queue.stored_names import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # re-exported
+from scheduler.queue.stored_names import image_name as image_name
+from scheduler.queue.stored_names import stored_files as stored_files
 from scheduler.stored import IMAGES_DIR as IMAGES_DIR  # re-exported: the queues lay out images/<id>/
 from scheduler.stored import UnreadableTask, unreadable
 from scheduler.task import ImageRef, Lease, MalformedTask, RunRecord, Task, TaskStatus
-from scheduler.validation import split_captions
 
 R = TypeVar("R")
 
@@ -35,7 +37,6 @@ ABOUT = (
     "Task queue of a self-upgrading DreamBooth Space. Every change is a compare-and-swap commit made by the app; "
     "edit by hand only while the Space is paused."
 )
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 @dataclass
@@ -99,27 +100,6 @@ class QueueDoc:
 
 def new_op_id() -> str:
     return uuid.uuid4().hex
-
-
-def image_name(index: int, source: Path) -> str:
-    """Stored file name of the ``index``-th image: ordered, collision-free, original suffix kept."""
-    suffix = source.suffix.lower() if source.suffix.lower() in IMAGE_SUFFIXES else ".img"
-    return f"{index:03d}{suffix}"
-
-
-def stored_files(uploads: Sequence[Path]) -> tuple[list[tuple[str, Path]], int]:
-    """(stored name, source) of every uploaded file, and the number of images: the images as ``image_name`` names
-    them, each ``.txt`` caption beside every image of its stem (``000.jpg`` + ``000.txt``). ValueError for a
-    caption without an image (``scheduler.validation.check_captions`` refuses it first)."""
-    images, captions = split_captions(uploads)
-    numbered = [(image_name(i, p), p) for i, p in enumerate(images)]
-    files = list(numbered)
-    for caption in captions:
-        names = [Path(name).stem + ".txt" for name, image in numbered if image.stem == caption.stem]
-        if not names:
-            raise ValueError(f"Caption {caption.name} has no image named {caption.stem}.* in the upload.")
-        files += [(name, caption) for name in names]
-    return files, len(images)
 
 
 # --- transitions: each edits ``doc`` in place and returns its result; raising leaves the stored queue untouched ---

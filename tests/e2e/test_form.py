@@ -36,7 +36,7 @@ from tests.e2e.harness import (
 )
 from tests.tiny_flux import build_tiny_flux1
 from tests.tiny_models import make_images
-from tests.tiny_qwen_image import build_tiny_qwen_image
+from tests.tiny_qwen_image import build_tiny_qwen_image, build_tiny_qwen_image_edit
 from tests.tiny_zimage import build_tiny_zimage
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 
@@ -222,9 +222,11 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
     api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
     sd_repo, flux_repo, missing = f"alice/form-sd-{suffix}", f"alice/form-flux-{suffix}", f"alice/form-gone-{suffix}"
     zimage_repo, qwen_repo = f"alice/form-zimage-{suffix}", f"alice/form-qwen-{suffix}"
+    edit_repo = f"alice/form-qwen-edit-{suffix}"
     for repo, folder in ((sd_repo, tiny_sd), (flux_repo, build_tiny_flux1(tmp_path / "tiny-flux1")),
                          (zimage_repo, build_tiny_zimage(tmp_path / "tiny-zimage")),
-                         (qwen_repo, build_tiny_qwen_image(tmp_path / "tiny-qwen"))):  # fmt: skip
+                         (qwen_repo, build_tiny_qwen_image(tmp_path / "tiny-qwen")),
+                         (edit_repo, build_tiny_qwen_image_edit(tmp_path / "tiny-qwen-edit"))):  # fmt: skip
         api.create_repo(repo)
         api.upload_folder(repo_id=repo, folder_path=str(folder))
     space = f"alice/form-space-{suffix}"
@@ -233,7 +235,7 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
     cwd = tmp_path / "space"
     cwd.mkdir()
     create_app_space(hub, space, cwd, port, switch_delay_s=1.0,
-                     variables={"BASE_MODELS": f"{sd_repo},{flux_repo},{zimage_repo},{qwen_repo},{missing}"})  # fmt: skip
+                     variables={"BASE_MODELS": f"{sd_repo},{flux_repo},{zimage_repo},{qwen_repo},{edit_repo},{missing}"})  # fmt: skip
     try:
         hub.wait_for_stage(space, "RUNNING", timeout_s=60)
         wait_http(url, 90)
@@ -292,6 +294,16 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
             expect(page.locator("#estimate")).to_contain_text("on Nvidia 1xL4 ", timeout=10_000)
             shot(page, "form-qwen-image-on-l4")
 
+            # Qwen-Image-Edit: the upload box asks for before/after pairs, and for photos again once SD is back.
+            upload = page.locator("#photos")
+            expect(upload).to_contain_text("Photos of your subject")
+            page.get_by_label("Base model").click()
+            page.get_by_role("option", name=edit_repo).click()
+            expect(upload).to_contain_text("Before/after pairs: <name>_before and <name>_after", timeout=30_000)
+            expect(page.locator("#estimate")).to_contain_text("Qwen-Image-Edit family's reference figure")
+            expect(page.locator("#estimate")).not_to_contain_text("scoring")  # an edit: its validation loss only
+            shot(page, "form-qwen-image-edit-pairs")
+
             # Back to SD: SD's rank; the user's steps and GPU pick stay; no note.
             page.get_by_label("Base model").click()
             page.get_by_role("option", name=sd_repo).click()
@@ -299,5 +311,6 @@ def test_the_form_follows_a_flux_base_model_and_keeps_typed_steps(hub, tmp_path,
             expect(note).to_be_hidden()
             expect(steps).to_have_value("123")
             expect(gpu).to_have_value(re.compile(r"^Nvidia 1xL4 "))  # the user's last pick
+            expect(upload).to_contain_text("Photos of your subject")
     finally:
         hub.stop_space(space)

@@ -28,6 +28,7 @@ BUILTIN_MODULES = (
     "training.families.flux2_klein",
     "training.families.zimage",
     "training.families.qwen_image",
+    "training.families.qwen_image_edit",
 )
 #: the family a base model is taken for while no registered family claims its ``model_index.json`` (or it is not
 #: read): the fit check then reads its memory shape from its name alone

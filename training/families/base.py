@@ -178,6 +178,12 @@ class CardInfo:
     weight_notes: dict[str, str] = field(default_factory=dict)
     #: the usage snippet passes the prompt as ``prompt=`` (a pipeline whose first argument is not the prompt)
     prompt_keyword: bool = False
+    #: an edit model: the card says it learnt an edit from pairs, and the snippet passes a source image
+    edits: bool = False
+
+
+#: components that hold no weights besides the tokenizers (an edit model's image processor: text files only)
+NO_WEIGHTS = frozenset({"scheduler", "processor"})
 
 
 # ============================================================================================== the interface
@@ -203,6 +209,9 @@ class ModelFamily(ABC):
     #: load the text side (encoders, tokenizers, VAE), cache, free the encoders, and only then load the denoiser
     #: (lower host-RAM peak); only with frozen text encoders and without class images to generate
     staged_loading: ClassVar[bool] = False
+    #: an edit model, trained on before/after pairs (``training.pairs``; its conditioning ``pair_conds`` and its
+    #: samples ``sample_conds``) instead of photos of a subject
+    edits: ClassVar[bool] = False
     #: whether ``train_text_encoder`` is supported (``BadInputError`` at validation otherwise)
     supports_text_encoder_training: ClassVar[bool] = True
     defaults: ClassVar[FamilyDefaults] = FamilyDefaults()
@@ -231,8 +240,8 @@ class ModelFamily(ABC):
 
     @classmethod
     def weight_components(cls, index: dict[str, Any]) -> list[str]:
-        """The weight-bearing components (everything but tokenizers and the scheduler)."""
-        return [n for n in cls.component_names(index) if not n.startswith("tokenizer") and n != "scheduler"]
+        """The weight-bearing components (everything but tokenizers, processors and the scheduler)."""
+        return [n for n in cls.component_names(index) if not n.startswith("tokenizer") and n not in NO_WEIGHTS]
 
     @classmethod
     def text_encoder_names(cls, index: dict[str, Any]) -> list[str]:
@@ -282,6 +291,7 @@ class ModelFamily(ABC):
             "denoiser": cls.denoiser_name,
             "denoiser_params": cls.denoiser_params,
             "supports_text_encoder_training": cls.supports_text_encoder_training,
+            "edits": cls.edits,
             "defaults": {
                 "hardware": d.hardware,
                 "resolution": d.resolution,

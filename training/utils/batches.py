@@ -84,8 +84,16 @@ class CaptionConds:
 def caption_conds(comps: Components, images: list[data.PreparedImage], spec, inst: TextCond, *,
                   frozen: bool) -> CaptionConds:  # fmt: skip
     """One ``text_cond`` per distinct prompt of the images (``data.caption_prompt``; the instance prompt's is
-    ``inst``) when any image has a caption."""
+    ``inst``) when any image has a caption; an edit model's targets: each pair's instruction read with its source
+    (the family's ``pair_conds``)."""
     captioned = (sum(im.caption is not None for im in images), len(images))
+    if images and images[0].control is not None:  # an edit model's pairs: each read with its source image
+        prompts = [im.caption or spec.instance_prompt for im in images]
+        digest = hashlib.sha256("\0".join(prompts).encode())
+        for im in images:
+            digest.update(im.control.image.tobytes())
+        pairs = [(prompt, im.control) for prompt, im in zip(prompts, images, strict=True)]
+        return CaptionConds(comps.family.pair_conds(comps, pairs), captioned, digest.hexdigest()[:16])
     if not captioned[0]:
         return CaptionConds(None, captioned, None)
     prompts = [data.caption_prompt(im.caption, spec.instance_prompt, spec.class_prompt) for im in images]

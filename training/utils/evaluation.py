@@ -90,14 +90,16 @@ class ScoreBook:
     """The run's ``ScoreRecord``, written to ``output/scores.json`` after every point (main process only)."""
 
     def __init__(self, ctx, photos: list, prompts: list[str], *, keep_weights: bool, start: int,
-                 device: torch.device) -> None:  # fmt: skip
+                 device: torch.device, images_scored: bool = True) -> None:  # fmt: skip
         """``prompts``: what each point generates (``contract.scores.scoring_prompts``, or only the validation
-        prompts when no scoring model is set)."""
+        prompts when no scoring model is set). ``images_scored`` False: the validation loss only (an edit model's
+        results are not compared with photos of a subject)."""
         spec = ctx.spec
         self.ctx, self.photos, self.keep_weights, self.device = ctx, photos, keep_weights, device
         self.prompts = list(prompts)
         self.subject = [shows_subject(q, spec.class_prompt) for q in self.prompts]
-        self.ids = run_scorer_ids(spec)
+        self.ids = run_scorer_ids(spec) if images_scored else (None, None)
+        self.unscored_note = None if images_scored else "an edit model is scored by its validation loss only"
         self.path = ctx.output_dir / SCORES_NAME
         self.record = self._resumed(start) or ScoreRecord(prompts=self.prompts)
         self._photo_emb: dict[str, torch.Tensor] | None = None
@@ -138,7 +140,8 @@ class ScoreBook:
     def _image_scores(self, paths: list[str]) -> dict[str, float | None]:
         if self._dead or not any(self.ids):
             if not any(self.ids) and self.record.note is None:
-                self.record.note = "no scoring model is set (SCORING_DINO_MODEL and SCORING_CLIP_MODEL are empty)"
+                self.record.note = self.unscored_note or ("no scoring model is set (SCORING_DINO_MODEL and "
+                                                          "SCORING_CLIP_MODEL are empty)")  # fmt: skip
             return {}
         from PIL import Image
 
