@@ -70,11 +70,6 @@ def sort_pairs(images: Iterable[str | Path]) -> PairNames:
     return out
 
 
-def has_pairs(images: Iterable[str | Path]) -> bool:
-    """Whether an upload holds a complete before/after pair."""
-    return bool(sort_pairs(images).pairs)
-
-
 def pair_problems(images: Iterable[str | Path], *, edits: bool, family_label: str) -> list[str]:
     """The problems of an upload for a base model that is an edit model (``edits``) or not: an edit model needs at
     least one complete pair and nothing but pairs and held-out sources; any other model refuses pairs."""
