@@ -25,7 +25,10 @@ SCRIPT = ROOT / "benchmarks" / "host_ram.py"
 PHASES = ["load", "cache", "first_step"]
 STAGED_PHASES = ["load", "cache", "load_denoiser", "first_step"]  # FLUX: the text side, then the transformer
 SD_TINY, FLUX_TINY = ("tiny-sd", "tiny-sdxl"), ("tiny-flux1", "tiny-klein")
-FULL_FLUX = ("klein4b", "flux1", "klein9b")
+#: the staged (flow-matching) shapes measured at full size: their family's default flavor and resolution
+FULL_FLUX = {"klein4b": ("l4x1", 512), "flux1": ("l4x1", 512), "klein9b": ("l4x1", 512), "zimage": ("l40sx1", 1024)}
+#: as the repos store them: all bf16, or (Z-Image-Turbo's layout) an fp32 transformer beside bf16 encoder and VAE
+FLUX_WEIGHTS = {"bf16 files", "bf16+fp32 files"}
 WEIGHTS = {"fp32 files", "fp16 variant"}
 RECORD_KEYS = {"benchmark", "model_shape", "recipe", "phase", "peak_rss_gib", "device", "date", "weights", "flavor",
                "flavor_ram_gib", "note"}  # fmt: skip
@@ -177,9 +180,10 @@ def test_committed_full_size_records_have_the_format():
         assert RECORD_KEYS <= set(r), RECORD_KEYS - set(r)
         assert r["benchmark"] == "host_ram" and r["device"] == "cpu" and r["peak_rss_gib"] > 0
         assert r["flavor_ram_gib"] == FLAVORS[r["flavor"]].ram_gib
-        if r["model_shape"] in FULL_FLUX:  # bf16 repo files, the staged phases, the family's 512 px default
-            assert r["phase"] in STAGED_PHASES and r["weights"] == "bf16 files" and r["resolution"] == 512
-            assert r["flavor"] == "l4x1" and 0 < r["peak_rss_anon_gib"] <= r["peak_rss_gib"]
+        if r["model_shape"] in FULL_FLUX:  # the repo's files, the staged phases, the family's default resolution
+            flavor, resolution = FULL_FLUX[r["model_shape"]]
+            assert r["phase"] in STAGED_PHASES and r["weights"] in FLUX_WEIGHTS and r["resolution"] == resolution
+            assert r["flavor"] == flavor and 0 < r["peak_rss_anon_gib"] <= r["peak_rss_gib"]
             continue
         assert r["model_shape"] in ("sd15", "sdxl") and r["phase"] in PHASES and r["weights"] in WEIGHTS
         assert r["resolution"] == {"sd15": 512, "sdxl": 1024}[r["model_shape"]]
@@ -203,7 +207,7 @@ def test_committed_full_size_records_fit_the_default_flavor():
         pytest.skip("no full-size host_ram records committed yet")
     for shape in sorted({r["model_shape"] for r in recs}):
         newest = _newest(recs, shape)
-        flavor = "l4x1" if shape in FULL_FLUX else DEFAULT_FLAVOR
+        flavor = FULL_FLUX[shape][0] if shape in FULL_FLUX else DEFAULT_FLAVOR
         limit = MARGIN * FLAVORS[flavor].ram_gib
         assert {r["phase"] for r in newest} == set(STAGED_PHASES if shape in FULL_FLUX else PHASES)
         for r in newest:
