@@ -219,7 +219,7 @@ def test_committed_full_size_records_fit_the_default_flavor():
 def test_committed_flux_records_show_the_staged_loading_keeps_anonymous_memory_low():
     """FLUX weights stay mapped from their files (reclaimable page cache): the anonymous memory the kernel cannot
     drop stays a small part of the peak, and the text encoders are gone before the transformer loads."""
-    recs = [r for r in _committed() if r["model_shape"] in FULL_FLUX]
+    recs = [r for r in _committed() if r["model_shape"] in FULL_FLUX and r["weights"] == "bf16 files"]
     if not recs:
         pytest.skip("no full-size FLUX host_ram records committed yet")
     for shape in sorted({r["model_shape"] for r in recs}):
@@ -229,6 +229,21 @@ def test_committed_flux_records_show_the_staged_loading_keeps_anonymous_memory_l
         )
         # after caching, the end of the phase holds no text encoder: far less than the phase's peak
         assert phases["cache"]["end_rss_gib"] < 0.5 * phases["cache"]["peak_rss_gib"]
+
+
+def test_committed_zimage_records_show_an_fp32_transformer_is_cast_into_anonymous_memory():
+    """Z-Image-Turbo's repo stores the transformer in fp32: the trainer's bf16 load makes anonymous copies (about
+    the bf16 transformer, 11.5 GiB) while it maps the fp32 shards, far above the all-bf16 layout's peak."""
+    recs = [r for r in _newest(_committed(), "zimage") if r["phase"] == "load_denoiser"]
+    by = {r["weights"]: r for r in recs}
+    if set(by) != {"bf16 files", "bf16+fp32 files"}:
+        pytest.skip("Z-Image's two layouts not measured on one day")
+    bf16_transformer_gib = 2 * 6_154_908_736 / 2**30
+    assert by["bf16 files"]["peak_rss_anon_gib"] < 0.1 * bf16_transformer_gib  # mapped, not copied
+    assert by["bf16+fp32 files"]["peak_rss_anon_gib"] > 0.95 * bf16_transformer_gib  # copied while cast
+    assert by["bf16+fp32 files"]["peak_rss_gib"] > by["bf16 files"]["peak_rss_gib"] + 5
+    assert by["bf16+fp32 files"]["layout"].startswith("Tongyi-MAI/Z-Image-Turbo") and "layout" not in by["bf16 files"]
+    assert host_ram_gib("zimage") == by["bf16+fp32 files"]["peak_rss_gib"]  # the higher layout decides
 
 
 def test_committed_records_show_the_fp16_variant_files_save_host_ram():

@@ -92,7 +92,9 @@ def test_the_committed_figures_let_qwen_image_load_on_an_l4_only_with_a_bitsandb
     assert fits_host_ram("qwen-image", "l4x1") is False and fits_host_ram("qwen-image", "l40sx1") is True
     assert fits_host_ram("qwen-image", "l4x1", weights=GPU_QUANTIZED) is True
     assert fits_host_ram("qwen-image", "a10g-small", weights=GPU_QUANTIZED) is False  # 15 GB of host RAM
+    # Z-Image is measured: Z-Image-Turbo's fp32 transformer, cast to bf16 on load, needs more than 15 GB flavors hold
     assert host_ram_figure("zimage").source == MEASURED
+    assert fits_host_ram("zimage", "l4x1") is True and fits_host_ram("zimage", "a10g-small") is False
 
 
 def _qwen_task(hardware: str, **params) -> Task:
