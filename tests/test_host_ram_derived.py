@@ -30,7 +30,8 @@ from ui.fit_check import check_fit
 ROOT = Path(__file__).resolve().parents[1]
 QWEN = DERIVATIONS["qwen-image"]
 PROBE = Probe("Qwen/Qwen-Image", local=False, files=["model_index.json"],
-              index={"_class_name": "QwenImagePipeline", "transformer": ["diffusers", "QwenImageTransformer2DModel"]})  # fmt: skip
+              index={"_class_name": "QwenImagePipeline",
+                     "transformer": ["diffusers", "QwenImageTransformer2DModel"]})  # fmt: skip
 
 
 def _rec(shape: str, phase: str, peak: float, weights: str = "bf16 files", date: str = "2026-12-07") -> dict:

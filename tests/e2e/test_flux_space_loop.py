@@ -98,8 +98,8 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
     cwd.mkdir()
     create_app_space(
         hub, repo, cwd, port, switch_delay_s=SWITCH_DELAY_S,
-        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": f"{flux_repo},{klein_repo},{zimage_repo},{qwen_repo}", "POLL_INTERVAL_S": "1",
-                   "LEASE_S": "120"},
+        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": f"{flux_repo},{klein_repo},{zimage_repo},{qwen_repo}",
+                   "POLL_INTERVAL_S": "1", "LEASE_S": "120"},
         env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     images = make_images(tmp_path / "photos", 3, size=128)
