@@ -1,8 +1,10 @@
 """Bytes the trainer downloads for one task's base model, before and after ``training.files``, on the Hub emulator.
 
-    python benchmarks/downloads.py                 # sd15 and sdxl: sparse stand-ins of the real repos (~5 min)
+    python benchmarks/downloads.py                 # sd15, sdxl, zimage, qwen-image: sparse stand-ins of the real
+                                                   # repos (~5 min for SD; the caches written take up to 58 GB)
+    python benchmarks/downloads.py --shapes zimage qwen-image   # the transformer families' (benchmarks/layouts_flow.py)
     python benchmarks/downloads.py --tiny          # the tiny model laid out like a real repo (seconds; a test runs it)
-    python benchmarks/downloads.py layouts         # rewrite benchmarks/layouts/{sd15,sdxl}.json
+    python benchmarks/downloads.py layouts         # rewrite benchmarks/layouts/{sd15,sdxl,zimage,qwen-image}.json
 
 It starts its own emulator (temporary root) and commits a repo with the file layout of ``benchmarks/layouts/<shape>
 .json``: every file is a stand-in of its real size, hard-linked into the emulator's store without being read into
@@ -17,7 +19,12 @@ Each case runs in a fresh process with an empty Hugging Face cache (``HF_HOME``)
   variant), and its downloads are checked to be exactly that plan, which is what the full-size runs rely on;
 - ``after``: the trainer's own download step (``inspect_base_model``, ``choose_model_files``, ``fetch_model_files``;
   with ``--tiny`` the whole ``load_components``);
-- ``preloaded``: the cache pre-filled with the preload list (README ``preload_from_hub``), then ``after``.
+- ``preloaded``: the cache pre-filled with the preload list (README ``preload_from_hub``, else what
+  ``python -m training.preload`` prints for the layout), then ``after``.
+
+Z-Image (Tongyi-MAI/Z-Image-Turbo) and Qwen-Image (Qwen/Qwen-Image) ship one copy of each component's weights, sharded
+(``benchmarks/layouts_flow.py``): no variants or single-file checkpoints to skip, so ``before`` and ``after`` fetch
+the same files, and what the rule leaves out is the rest of the repo (README, licence, generation configs).
 
 Bytes are counted from the emulator's request log (every 200 GET of a file of that repo, times its size) and checked
 against the size of the cache's blobs. ``files`` lists the files fetched, ``chosen_files`` the ones asked for: the
@@ -434,10 +441,12 @@ def build_layout(shape: str) -> dict[str, Any]:
     }
 
 
-def write_layouts() -> None:
+def write_layouts(shapes: list[str] | None = None) -> None:
+    from benchmarks.layouts_flow import FLOW_SHAPES, build_flow_layout
+
     LAYOUTS.mkdir(parents=True, exist_ok=True)
-    for shape in SHAPES:
-        layout = build_layout(shape)
+    for shape in shapes or [*SHAPES, *FLOW_SHAPES]:
+        layout = build_flow_layout(shape, safetensors_header) if shape in FLOW_SHAPES else build_layout(shape)
         (LAYOUTS / f"{shape}.json").write_text(json.dumps(layout, indent=1) + "\n")
         total = sum(f["size"] for f in layout["files"])
         print(f"{shape}: {len(layout['files'])} files, {total / GB:.2f} GB -> {LAYOUTS / f'{shape}.json'}")
@@ -573,6 +582,7 @@ def readme_preload(repo: str) -> list[str] | None:
 def measure(args) -> list[dict[str, Any]]:
     from huggingface_hub import hf_hub_download
 
+    from benchmarks.layouts_flow import FLOW_SHAPES
     from tests.fakehub.auth import User
     from tests.fakehub.fixtures import run_fakehub
     from training.preload import preload_files, recipe_trainable_sets
@@ -599,12 +609,10 @@ def measure(args) -> list[dict[str, Any]]:
                 hub.commit_files(repo, files, author=USER, summary=f"{shape} stand-in")
                 sizes = {path: p.stat().st_size for path, p in files.items()}
                 print(f"{shape}: {len(files)} files committed in {time.time() - t0:.0f}s", flush=True)
-                cases = [
-                    ("before", "dreambooth-lora", False),
-                    ("after", "dreambooth-lora", False),
-                    ("after", "dreambooth-full", False),
-                ]
-                if shape in ("sd15", "tiny-sd"):
+                cases = [("before", "dreambooth-lora", False), ("after", "dreambooth-lora", False)]
+                if shape not in FLOW_SHAPES:  # the transformer families train LoRA only
+                    cases.append(("after", "dreambooth-full", False))
+                if shape in ("sd15", "tiny-sd", *FLOW_SHAPES):
                     cases.append(("after", "dreambooth-lora", True))
                 for phase, recipe, preloaded in cases:
                     home = tmp / "home"
@@ -669,7 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", nargs="?", default="run", choices=["run", "layouts", "fetch"])
     ap.add_argument("--tiny", action="store_true", help="the tiny model instead of the full-size stand-ins")
-    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    from benchmarks.layouts_flow import FLOW_SHAPES
+
+    every = [*SHAPES, *FLOW_SHAPES]
+    ap.add_argument("--shapes", nargs="+", default=every, choices=every)
     ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
     ap.add_argument("--tmp", default=None, help="where the emulator and the caches live (default: the system tmp)")
     # the "fetch" command (one case, run by "run" in a fresh process)
@@ -679,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", action="store_true")
     args = ap.parse_args(argv)
     if args.command == "layouts":
-        write_layouts()
+        write_layouts(args.shapes)
         return 0
     if args.command == "fetch":
         print(json.dumps(fetch_case(args.repo, args.phase, args.recipe, args.load)))

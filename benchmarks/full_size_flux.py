@@ -248,8 +248,11 @@ def write_streamed(module: Any, folder: Path, stem: str, dtype, shard_bytes: int
     return [folder / f for f in names]
 
 
-def build_full_size_flux(shape: str, path: Path) -> Path:
-    """The diffusers folder of ``shape`` at ``path`` (built once; bf16 weights, synthetic tokenizers)."""
+def build_full_size_flux(shape: str, path: Path, transformer_dtype: Any = None) -> Path:
+    """The diffusers folder of ``shape`` at ``path`` (built once; bf16 weights, synthetic tokenizers).
+
+    ``transformer_dtype``: the transformer's stored dtype instead (e.g. ``torch.float32``, as Tongyi-MAI/Z-Image-Turbo
+    ships its transformer: 24.6 GB of fp32 shards next to a bf16 text encoder and VAE)."""
     import shutil
 
     import torch
@@ -268,7 +271,8 @@ def build_full_size_flux(shape: str, path: Path) -> Path:
         folder = path / name
         if name in ("transformer", "vae"):
             module.save_config(folder)
-            write_streamed(module, folder, "diffusion_pytorch_model", torch.bfloat16)
+            dtype = transformer_dtype if name == "transformer" and transformer_dtype is not None else torch.bfloat16
+            write_streamed(module, folder, "diffusion_pytorch_model", dtype)
         else:
             module.config.dtype = torch.bfloat16
             module.config.save_pretrained(folder)

@@ -3,7 +3,9 @@
 Why: small Space flavors have 15 GB of host RAM (t4-small, a10g-small); a trainer that needs more is killed.
 
     python benchmarks/host_ram.py                # full-size SD 1.5, SDXL, FLUX.2 [klein] 4B, FLUX.1, klein 9B, Z-Image,
-                                                 # Qwen-Image (58 GB disk)
+                                                 # Z-Image-Turbo's layout, Qwen-Image (58 GB disk; its 41 GB
+                                                 # transformer needs more RAM than 23 GB: scheduler/host_ram.py
+                                                 # derives its figure instead)
     python benchmarks/host_ram.py --only flux1   # one model shape (random weights, CPU, minutes; FLUX: 34 GB disk)
     python benchmarks/host_ram.py --tiny         # tiny models: checks every phase in seconds
 
@@ -18,7 +20,9 @@ run (mixed precision fp16: frozen UNet and text encoders fp16, VAE fp32), in thr
 - ``first_step``: the LoRA adapters, optimizer (``training.train.make_optimizer``) and LR schedule on the
   device-resident UNet, then one batch (``batches.make_batch``) and its conditioning (``batches.conditioning``).
 
-FLUX, Z-Image and Qwen-Image shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, trained in
+FLUX, Z-Image and Qwen-Image shapes (``benchmarks/full_size_flux.py``: bf16 files as the repos ship them, except
+``zimage-turbo``: Tongyi-MAI/Z-Image-Turbo's fp32 transformer shards, recorded under ``model_shape`` "zimage" with a
+``layout``; trained in
 bf16 on their family's default flavor: l4x1, Z-Image and Qwen-Image l40sx1; Qwen-Image's 8-bit base there is not
 applied, as bitsandbytes quantizes on a GPU only) load the way the trainer stages them, in four phases: ``load``
 (VAE, text encoders, tokenizers), ``cache`` (latents and the instance prompt's conditioning, then the text encoders
@@ -61,10 +65,13 @@ sys.path.insert(0, str(ROOT))
 
 PHASES = ("load", "cache", "first_step")
 STAGED_PHASES = ("load", "cache", "load_denoiser", "first_step")
-FULL_SHAPES = ("sd15", "sdxl", "klein4b", "flux1", "klein9b", "zimage", "qwen-image")
+FULL_SHAPES = ("sd15", "sdxl", "klein4b", "flux1", "klein9b", "zimage", "zimage-turbo", "qwen-image")
 TINY_SHAPES = ("tiny-sd", "tiny-sdxl", "tiny-flux1", "tiny-klein")
 #: the shapes of ``benchmarks/full_size_flux.py`` (bf16 folders, staged loading): FLUX, Z-Image and Qwen-Image
-FLUX_SHAPES = {"klein4b", "flux1", "klein9b", "zimage", "qwen-image"}
+FLUX_SHAPES = {"klein4b", "flux1", "klein9b", "zimage", "zimage-turbo", "qwen-image"}
+#: repo layouts measured under their model's memory shape (the records' ``model_shape``; ``layout`` names them):
+#: Z-Image-Turbo's repo stores the transformer in fp32 (24.6 GB of shards), the trainer casts it to bf16 on load
+LAYOUTS = {"zimage-turbo": ("zimage", "Tongyi-MAI/Z-Image-Turbo: fp32 transformer shards, bf16 text encoder and VAE")}
 RECIPE = "dreambooth-lora"
 N_IMAGES = 5
 PROMPT = "a photo of sks dog"
@@ -396,9 +403,11 @@ def phase_records(shape: str, peaks: dict[str, PhasePeak], *, opened: list[str],
 
     from contract.flavors import FLAVORS
 
+    memory_shape, layout = LAYOUTS.get(shape, (shape, None))
     common = {
         "benchmark": "host_ram",
-        "model_shape": shape,
+        "model_shape": memory_shape,
+        **({"layout": layout} if layout else {}),
         "recipe": RECIPE,
         "weights": weights or weights_label(opened),
         "trainer": trainer,
@@ -522,6 +531,12 @@ def build_model(shape: str, models_dir: Path) -> Path:
         from tests.tiny_flux import build_tiny_flux1, build_tiny_flux2_klein
 
         return (build_tiny_flux1 if shape == "tiny-flux1" else build_tiny_flux2_klein)(path)
+    if shape in LAYOUTS:
+        import torch
+
+        from benchmarks.full_size_flux import build_full_size_flux
+
+        return build_full_size_flux(LAYOUTS[shape][0], path, transformer_dtype=torch.float32)
     if shape in FLUX_SHAPES:
         from benchmarks.full_size_flux import build_full_size_flux
 
@@ -536,6 +551,7 @@ def image_size(model: Path, shape: str) -> int:
     from training.memory import NATIVE_RESOLUTION
 
     if not (model / "unet").is_dir():
+        shape = LAYOUTS.get(shape, (shape,))[0]
         return TINY_STAGED_RESOLUTION if shape.startswith("tiny-") else NATIVE_RESOLUTION.get(shape, 512)
     size = json.loads((model / "unet" / "config.json").read_text())["sample_size"]
     return size * 2 ** (len(json.loads((model / "vae" / "config.json").read_text())["block_out_channels"]) - 1)

@@ -25,7 +25,10 @@ SCRIPT = ROOT / "benchmarks" / "host_ram.py"
 PHASES = ["load", "cache", "first_step"]
 STAGED_PHASES = ["load", "cache", "load_denoiser", "first_step"]  # FLUX: the text side, then the transformer
 SD_TINY, FLUX_TINY = ("tiny-sd", "tiny-sdxl"), ("tiny-flux1", "tiny-klein")
-FULL_FLUX = ("klein4b", "flux1", "klein9b")
+#: the staged (flow-matching) shapes measured at full size: their family's default flavor and resolution
+FULL_FLUX = {"klein4b": ("l4x1", 512), "flux1": ("l4x1", 512), "klein9b": ("l4x1", 512), "zimage": ("l40sx1", 1024)}
+#: as the repos store them: all bf16, or (Z-Image-Turbo's layout) an fp32 transformer beside bf16 encoder and VAE
+FLUX_WEIGHTS = {"bf16 files", "bf16+fp32 files"}
 WEIGHTS = {"fp32 files", "fp16 variant"}
 RECORD_KEYS = {"benchmark", "model_shape", "recipe", "phase", "peak_rss_gib", "device", "date", "weights", "flavor",
                "flavor_ram_gib", "note"}  # fmt: skip
@@ -177,9 +180,10 @@ def test_committed_full_size_records_have_the_format():
         assert RECORD_KEYS <= set(r), RECORD_KEYS - set(r)
         assert r["benchmark"] == "host_ram" and r["device"] == "cpu" and r["peak_rss_gib"] > 0
         assert r["flavor_ram_gib"] == FLAVORS[r["flavor"]].ram_gib
-        if r["model_shape"] in FULL_FLUX:  # bf16 repo files, the staged phases, the family's 512 px default
-            assert r["phase"] in STAGED_PHASES and r["weights"] == "bf16 files" and r["resolution"] == 512
-            assert r["flavor"] == "l4x1" and 0 < r["peak_rss_anon_gib"] <= r["peak_rss_gib"]
+        if r["model_shape"] in FULL_FLUX:  # the repo's files, the staged phases, the family's default resolution
+            flavor, resolution = FULL_FLUX[r["model_shape"]]
+            assert r["phase"] in STAGED_PHASES and r["weights"] in FLUX_WEIGHTS and r["resolution"] == resolution
+            assert r["flavor"] == flavor and 0 < r["peak_rss_anon_gib"] <= r["peak_rss_gib"]
             continue
         assert r["model_shape"] in ("sd15", "sdxl") and r["phase"] in PHASES and r["weights"] in WEIGHTS
         assert r["resolution"] == {"sd15": 512, "sdxl": 1024}[r["model_shape"]]
@@ -203,7 +207,7 @@ def test_committed_full_size_records_fit_the_default_flavor():
         pytest.skip("no full-size host_ram records committed yet")
     for shape in sorted({r["model_shape"] for r in recs}):
         newest = _newest(recs, shape)
-        flavor = "l4x1" if shape in FULL_FLUX else DEFAULT_FLAVOR
+        flavor = FULL_FLUX[shape][0] if shape in FULL_FLUX else DEFAULT_FLAVOR
         limit = MARGIN * FLAVORS[flavor].ram_gib
         assert {r["phase"] for r in newest} == set(STAGED_PHASES if shape in FULL_FLUX else PHASES)
         for r in newest:
@@ -215,7 +219,7 @@ def test_committed_full_size_records_fit_the_default_flavor():
 def test_committed_flux_records_show_the_staged_loading_keeps_anonymous_memory_low():
     """FLUX weights stay mapped from their files (reclaimable page cache): the anonymous memory the kernel cannot
     drop stays a small part of the peak, and the text encoders are gone before the transformer loads."""
-    recs = [r for r in _committed() if r["model_shape"] in FULL_FLUX]
+    recs = [r for r in _committed() if r["model_shape"] in FULL_FLUX and r["weights"] == "bf16 files"]
     if not recs:
         pytest.skip("no full-size FLUX host_ram records committed yet")
     for shape in sorted({r["model_shape"] for r in recs}):
@@ -225,6 +229,21 @@ def test_committed_flux_records_show_the_staged_loading_keeps_anonymous_memory_l
         )
         # after caching, the end of the phase holds no text encoder: far less than the phase's peak
         assert phases["cache"]["end_rss_gib"] < 0.5 * phases["cache"]["peak_rss_gib"]
+
+
+def test_committed_zimage_records_show_an_fp32_transformer_is_cast_into_anonymous_memory():
+    """Z-Image-Turbo's repo stores the transformer in fp32: the trainer's bf16 load makes anonymous copies (about
+    the bf16 transformer, 11.5 GiB) while it maps the fp32 shards, far above the all-bf16 layout's peak."""
+    recs = [r for r in _newest(_committed(), "zimage") if r["phase"] == "load_denoiser"]
+    by = {r["weights"]: r for r in recs}
+    if set(by) != {"bf16 files", "bf16+fp32 files"}:
+        pytest.skip("Z-Image's two layouts not measured on one day")
+    bf16_transformer_gib = 2 * 6_154_908_736 / 2**30
+    assert by["bf16 files"]["peak_rss_anon_gib"] < 0.1 * bf16_transformer_gib  # mapped, not copied
+    assert by["bf16+fp32 files"]["peak_rss_anon_gib"] > 0.95 * bf16_transformer_gib  # copied while cast
+    assert by["bf16+fp32 files"]["peak_rss_gib"] > by["bf16 files"]["peak_rss_gib"] + 5
+    assert by["bf16+fp32 files"]["layout"].startswith("Tongyi-MAI/Z-Image-Turbo") and "layout" not in by["bf16 files"]
+    assert host_ram_gib("zimage") == by["bf16+fp32 files"]["peak_rss_gib"]  # the higher layout decides
 
 
 def test_committed_records_show_the_fp16_variant_files_save_host_ram():

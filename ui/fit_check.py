@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contract.flavors import FLAVORS, compute_capability, is_gpu
-from scheduler.host_ram import MARGIN, fits_host_ram, host_ram_gib
+from scheduler.host_ram import DERIVED, GPU_QUANTIZED, GPU_QUANTIZED_KINDS, MARGIN, fits_host_ram, host_ram_figure
 from scheduler.memory_fit import GIB_PER_NOMINAL_GB, fit_flavor, usable_gib
 from scheduler.task import Task
 from training.base_check import Probe
@@ -131,18 +131,21 @@ def family_fit(task: Task, family, shape: str) -> FitCheck:
     fits = f"fits {flavor.label} with {base}: about {est:.1f} of the {usable:.1f} GiB usable for training"
     result = FitCheck(notes=[memory_note(f"**Memory:** {fits} ({name} LoRA at {res} px)."),
                              *hardware_warning(family, task.hardware)])  # fmt: skip
-    if fits_host_ram(shape, flavor) is False:
-        result.problem = host_ram_problem(shape, flavor, None)
+    weights = GPU_QUANTIZED if choice.kind in GPU_QUANTIZED_KINDS else None  # loaded shard by shard to the GPU
+    if fits_host_ram(shape, flavor, weights=weights) is False:
+        result.problem = host_ram_problem(shape, flavor, weights)
     return result
 
 
 def host_ram_problem(shape: str, flavor, weights: str | None) -> str:
-    """Why ``flavor``'s host RAM cannot load ``shape`` (the measured peak), with a flavor that can."""
-    peak = host_ram_gib(shape, weights=weights) or 0.0
+    """Why ``flavor``'s host RAM cannot load ``shape`` (the measured or derived peak), with a flavor that can."""
+    figure = host_ram_figure(shape, weights=weights)
+    peak = figure.gib if figure is not None else 0.0
+    how = "derived from its file sizes" if figure is not None and figure.source == DERIVED else "measured"
     bigger = [f.label for f in FLAVORS.values() if f.gpus and f.ram_gib and peak <= MARGIN * f.ram_gib]
     advice = f" Choose a flavor with more RAM, e.g. {bigger[0]}." if bigger else ""
     return (f"It would not fit {flavor.label}: loading this model takes about {peak:.1f} GiB of host RAM "
-            f"(measured), more than {MARGIN:.0%} of the {flavor.ram_gib} GB it has.{advice}")  # fmt: skip
+            f"({how}), more than {MARGIN:.0%} of the {flavor.ram_gib} GB it has.{advice}")  # fmt: skip
 
 
 def check_fit(task: Task, probe: Probe | None = None) -> FitCheck:

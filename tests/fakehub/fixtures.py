@@ -141,6 +141,17 @@ class FakeHub:
                 raise TimeoutError(f"{repo_id} still {runtime['stage']} after {timeout_s}s, expected {stage}")
             time.sleep(0.05)
 
+    def set_switch_delay(self, repo_id: str, seconds: float) -> None:
+        """The Space's build time from now on: later hardware requests take ``seconds``, and a switch under way ends
+        ``seconds`` from now (a test holds a switch while it works in the old container, then lets it go)."""
+
+        def change(state, now: float) -> None:
+            state.switch_delay_s = seconds
+            if state.switch_at is not None:
+                state.switch_at = now + seconds
+
+        self.emulator.spaces.book.update(repo_id, change)
+
     def ledger(self, repo_id: str) -> list[dict]:
         """``{hardware, stage, started_at, ended_at, container}`` periods, oldest first (last one open)."""
         return self.emulator.spaces.ledger(repo_id)
