@@ -84,8 +84,8 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
     }
     if ctx.script:  # the file's name only: a path could tell where the owner keeps their files
         settings["training script"] = f"`{Path(ctx.script).name}` (a customized copy of `training/train.py`)"
-    if captions_line:
-        settings["per-image captions"] = captions
+    if captions_line:  # an edit model's captions are its pairs' instructions
+        settings["pair instructions" if card_info.edits else "per-image captions"] = captions
     if lora:
         settings.update({"LoRA rank": p.rank, "LoRA alpha": p.alpha or p.rank})
     rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())

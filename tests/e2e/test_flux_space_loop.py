@@ -41,9 +41,10 @@ from tests.e2e.harness import (
 )
 from tests.e2e.test_results_view import wait_for_images
 from tests.e2e.test_space_loop import hardware_sequence, open_served_by, space_log_tail
+from tests.test_pairs import pair_upload
 from tests.tiny_flux import build_tiny_flux1, build_tiny_flux2_klein
 from tests.tiny_models import make_images
-from tests.tiny_qwen_image import build_tiny_qwen_image
+from tests.tiny_qwen_image import build_tiny_qwen_image, build_tiny_qwen_image_edit
 from tests.tiny_zimage import build_tiny_zimage
 from training.families.flux import COMFY_NAME, WEIGHTS_NAME
 
@@ -83,12 +84,14 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
     tiny_flux2_klein = build_tiny_flux2_klein(tmp_path / "tiny-flux2-klein")
     tiny_zimage = build_tiny_zimage(tmp_path / "tiny-zimage")
     tiny_qwen_image = build_tiny_qwen_image(tmp_path / "tiny-qwen-image")
+    tiny_edit = build_tiny_qwen_image_edit(tmp_path / "tiny-qwen-image-edit")
 
     suffix = uuid.uuid4().hex[:6]
     flux_repo, klein_repo = f"alice/tiny-flux1-{suffix}", f"alice/tiny-flux2-klein-{suffix}"
     zimage_repo, qwen_repo = f"alice/tiny-zimage-{suffix}", f"alice/tiny-qwen-image-{suffix}"
+    edit_repo = f"alice/tiny-qwen-image-edit-{suffix}"
     for model_repo, folder in ((flux_repo, tiny_flux1), (klein_repo, tiny_flux2_klein), (zimage_repo, tiny_zimage),
-                               (qwen_repo, tiny_qwen_image)):  # fmt: skip
+                               (qwen_repo, tiny_qwen_image), (edit_repo, tiny_edit)):  # fmt: skip
         commit_model_folder(hub, model_repo, folder)
 
     repo = f"alice/flux-trainer-{suffix}"
@@ -98,11 +101,13 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
     cwd.mkdir()
     create_app_space(
         hub, repo, cwd, port, switch_delay_s=SWITCH_DELAY_S,
-        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": f"{flux_repo},{klein_repo},{zimage_repo},{qwen_repo}",
+        variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": f"{flux_repo},{klein_repo},{zimage_repo},{qwen_repo},{edit_repo}",
                    "POLL_INTERVAL_S": "1", "LEASE_S": "120"},
         env={"OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     images = make_images(tmp_path / "photos", 3, size=128)
+    (tmp_path / "pairs").mkdir()
+    pairs = pair_upload(tmp_path / "pairs", n_pairs=2, held_out=1)  # with their instructions (.txt)
     try:
         hub.wait_for_stage(repo, "RUNNING", timeout_s=60)
         wait_http(url, 90)
@@ -151,6 +156,25 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
                 text = message.inner_text()
                 assert re.search(r"Task \w+ queued with 3 photos", text), text
                 assert f"with {plan}" in text and f"Its default GPU is {THEIR_DEFAULT_LABEL}" in text, text
+
+            # Qwen-Image-Edit on before/after pairs (two pairs and a held-out source, each with its instruction):
+            # the upload box asks for pairs once the model is picked.
+            expect(page.get_by_text("Drop File Here", exact=False).first).to_be_visible(timeout=20_000)
+            page.get_by_label("Base model").click()
+            page.get_by_role("option", name=edit_repo).click()
+            expect(page.locator("#photos")).to_contain_text("Before/after pairs", timeout=30_000)
+            page.locator("input[type=file]").first.set_input_files(pairs)
+            expect(page.locator("#photo-preview img")).to_have_count(5, timeout=30_000)
+            page.get_by_label("Instance prompt").fill("invert the colors")
+            page.get_by_label("Instance prompt").blur()
+            set_steps_once_settled(page, 3)
+            page.get_by_label("Resolution (px)").click()
+            page.get_by_role("option", name="256", exact=True).click()
+            choose_flavor(page)
+            page.get_by_role("button", name="Train").click()
+            expect(message).to_contain_text("(Qwen-Image-Edit LoRA at 256 px)", timeout=30_000)
+            assert re.search(r"Task \w+ queued with 5 photos", message.inner_text()), message.inner_text()
+            shot(page, "families-space-edit-pairs-queued")
             assert hub.space_runtime(repo)["hardware"] == {"current": "cpu-basic", "requested": FLAVOR}
             hub.set_switch_delay(repo, SWITCH_DELAY_S)  # the build ends now + SWITCH_DELAY_S
 
@@ -167,14 +191,14 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
             page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
             expect(page.get_by_role("button", name=re.compile(r"Logout \(alice\)"))).to_be_visible(timeout=30_000)
             page.get_by_role("tab", name="Queue").click()
-            expect(page.get_by_role("cell", name="DONE", exact=True)).to_have_count(4, timeout=30_000)
+            expect(page.get_by_role("cell", name="DONE", exact=True)).to_have_count(5, timeout=30_000)
             page.get_by_role("tab", name="Run").click()
-            expect(page.get_by_text(re.compile(r"Last finished: task \w+ \(DONE, a photo of vbn mug"))).to_be_visible(
+            expect(page.get_by_text(re.compile(r"Last finished: task \w+ \(DONE, invert the colors"))).to_be_visible(
                 timeout=30_000)  # fmt: skip
             page.get_by_role("button", name="See the last finished task's results").click()
             expect(page.locator("#results-summary").get_by_text(re.compile(r"Task \w+: DONE"))).to_be_visible(
                 timeout=30_000)  # fmt: skip
-            wait_for_images(page, "#results-samples")  # the Qwen-Image task's sample, before the shot
+            wait_for_images(page, "#results-samples")  # the edit's sample (source | result), before the shot
             shot(page, "families-space-done")
     except Exception:
         print(space_log_tail(hub, repo))
@@ -186,8 +210,9 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
     tasks = sorted(make_queue(settings).list(), key=lambda t: t.started_at or 0)
     assert [(t.base_model, t.hardware, t.status) for t in tasks] == [
         (flux_repo, FLAVOR, TaskStatus.DONE), (klein_repo, FLAVOR, TaskStatus.DONE),
-        (zimage_repo, FLAVOR, TaskStatus.DONE), (qwen_repo, FLAVOR, TaskStatus.DONE)]  # fmt: skip
-    assert [t.params.get("resolution") for t in tasks[2:]] == [256, 256]  # not their family's 1024 px default
+        (zimage_repo, FLAVOR, TaskStatus.DONE), (qwen_repo, FLAVOR, TaskStatus.DONE),
+        (edit_repo, FLAVOR, TaskStatus.DONE)]  # fmt: skip
+    assert [t.params.get("resolution") for t in tasks[2:]] == [256] * 3  # not their family's 1024 px default
 
     # The model repos: the diffusers LoRA, the ComfyUI copy, samples and a card with the family's licence.
     api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
@@ -196,6 +221,7 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
         klein_repo: {"license": "apache-2.0"},
         zimage_repo: {"license": "apache-2.0"},
         qwen_repo: {"license": "apache-2.0"},
+        edit_repo: {"license": "apache-2.0"},
     }
     downloaded: dict[str, Path] = {}
     for task in tasks:
@@ -213,14 +239,18 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
 
     # Each LoRA loads with its family's pipeline onto the tiny base: nothing missing, nothing unexpected.
     import torch
-    from diffusers import Flux2KleinPipeline, FluxPipeline, QwenImagePipeline, ZImagePipeline
+    from diffusers import Flux2KleinPipeline, FluxPipeline, QwenImageEditPlusPipeline, QwenImagePipeline, ZImagePipeline
+    from PIL import Image
     from safetensors.torch import load_file
 
     for pipeline_cls, base, model_dir in ((FluxPipeline, flux_repo, tiny_flux1),
                                           (Flux2KleinPipeline, klein_repo, tiny_flux2_klein),
                                           (ZImagePipeline, zimage_repo, tiny_zimage),
-                                          (QwenImagePipeline, qwen_repo, tiny_qwen_image)):  # fmt: skip
-        pipe = pipeline_cls.from_pretrained(str(model_dir), torch_dtype=torch.float32)
+                                          (QwenImagePipeline, qwen_repo, tiny_qwen_image),
+                                          (QwenImageEditPlusPipeline, edit_repo, tiny_edit)):  # fmt: skip
+        # (the edit pipeline's processor needs torchvision, absent here and not needed to load a LoRA)
+        extra = {"processor": None} if base == edit_repo else {}
+        pipe = pipeline_cls.from_pretrained(str(model_dir), torch_dtype=torch.float32, **extra)
         saved, loaded = lora_keys_after_loading(pipe, downloaded[base], WEIGHTS_NAME, "trained")
         assert saved and saved == loaded, (base, sorted(saved ^ loaded)[:6])
         # The ComfyUI copies: kohya names over BFL modules for FLUX.1 (diffusers' kohya converter hard-codes
@@ -235,7 +265,16 @@ def test_space_trains_flux_zimage_and_qwen_image_tasks_in_one_gpu_period_and_goe
         _, comfy = lora_keys_after_loading(pipe, downloaded[base], COMFY_NAME, "comfy")
         assert comfy == loaded and len(pipe.get_list_adapters()["transformer"]) == 2, base
 
-    # One paid period on the flavor, both tasks inside it, then back on cpu-basic.
+    # The edit's sample is the held-out source (left) beside its edit (right); its card is an image-to-image one.
+    edit_task = tasks[-1]
+    [sample] = [f for f in api.list_repo_files(edit_task.output_repo) if f.startswith("samples/")]
+    with Image.open(hf_hub_download(edit_task.output_repo, sample, token=ALICE_TOKEN)) as im:
+        assert im.size == (512, 256)
+    card = ModelCard.load(edit_task.output_repo, token=ALICE_TOKEN)
+    assert "image-to-image" in card.data.tags and "| pair instructions | yes (2 of 2 images) |" in card.text
+    assert [w["text"] for w in card.data.widget] == ["002_before.png: invert the colors"]
+
+    # One paid period on the flavor, every task inside it, then back on cpu-basic.
     ledger = hub.ledger(repo)
     assert hardware_sequence(ledger) == ["cpu-basic", FLAVOR, "cpu-basic"]
     gpu_periods = [p for p in ledger if p["hardware"] == FLAVOR]
