@@ -87,7 +87,9 @@ def seed_finished_tasks(hub: Any, count: int) -> None:
                           finished_at=1_700_000_460.0 + i, last_error="out of memory" if status is TaskStatus.FAILED else None,
                           result_url=f"{hub.url}/{user}/sks-{i}" if status is TaskStatus.DONE else None))  # fmt: skip
     doc = QueueDoc(tasks=tasks)
-    hub.commit_files(QUEUE_REPO, {"queue.json": doc.to_json().encode()}, author=OWNER, repo_type="dataset", private=True)
+    hub.commit_files(
+        QUEUE_REPO, {"queue.json": doc.to_json().encode()}, author=OWNER, repo_type="dataset", private=True
+    )
 
 
 def app_pid(hub: Any, repo: str) -> int:
