@@ -113,6 +113,9 @@ def summarize(level: list[TabStats]) -> dict[str, Any]:
         "estimation_messages": sum(s.estimations for s in level),
         "page_load_events_s": {"p50": percentile(loads, 0.5), "p95": percentile(loads, 0.95), "max": max(loads, default=None)},
         "page_bytes": statistics.median([s.page_bytes for s in level]) if level else 0,
+        "page_s_p50": percentile([s.page_s for s in level if s.page_s is not None], 0.5),
+        "load_event_s_p50": {fn: round(percentile([s.load_fn_s[fn] for s in level if fn in s.load_fn_s], 0.5), 3)
+                             for fn in sorted({fn for s in level for fn in s.load_fn_s})},  # fmt: skip
         "failed_tabs": sum(1 for s in level if s.load_s is None),
         "errors": sum(len(s.errors) for s in level),
         "error_sample": next((s.errors[0][:300] for s in level if s.errors), None),
@@ -133,9 +136,11 @@ def summarize(level: list[TabStats]) -> dict[str, Any]:
     return out
 
 
-async def run_level(url: str, events: PageEvents, kinds: list[str], seconds: float) -> tuple[list[TabStats], float]:
-    """Open the tabs at once, tick for ``seconds`` after the last load, close them; the stats and the tick window's
-    start (monotonic)."""
+async def run_level(
+    url: str, events: PageEvents, kinds: list[str], seconds: float, app: Any
+) -> tuple[list[TabStats], dict]:
+    """Open the tabs at once, tick for ``seconds`` after the last load, close them; the stats, and the app's CPU time
+    and the wall time of the opening and of the ticking."""
     import httpx
 
     from tests.signin import session_cookie
@@ -147,12 +152,19 @@ async def run_level(url: str, events: PageEvents, kinds: list[str], seconds: flo
         for i, kind in enumerate(kinds):
             user = users.get(kind) or (f"friend{i}" if kind == "allowed" else None)
             tabs.append(Tab(client, url, events, kind, session_cookie(user) if user else None))
+        cpu0, wall0 = cpu_s(app), time.monotonic()
         await asyncio.gather(*(tab.open() for tab in tabs))
-        start = time.monotonic()
+        start, cpu1 = time.monotonic(), cpu_s(app)
         phases = random.Random(len(tabs))  # the same spread of first ticks for every run of a level
         await asyncio.gather(*(tab.tick_until(start + seconds, phases.random()) for tab in tabs))
+        cpu2, end = cpu_s(app), time.monotonic()
         await asyncio.gather(*(tab.close() for tab in tabs))
-    return [tab.stats for tab in tabs], start
+    return [tab.stats for tab in tabs], {"open": (cpu1 - cpu0, start - wall0), "tick": (cpu2 - cpu1, end - start)}
+
+
+def cpu_s(process: Any) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -164,9 +176,9 @@ def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argp
     rss_before = app.memory_info().rss
     load_before = os.getloadavg()[0]
     hub.clear_requests()
-    cpu0, mine0, wall0 = app.cpu_times(), me.cpu_times(), time.monotonic()
-    stats, _ = asyncio.run(run_level(url, events, kinds, args.seconds))
-    cpu1, mine1, wall = app.cpu_times(), me.cpu_times(), time.monotonic() - wall0
+    mine0, wall0 = cpu_s(me), time.monotonic()
+    stats, phases = asyncio.run(run_level(url, events, kinds, args.seconds, app))
+    mine1, wall = cpu_s(me), time.monotonic() - wall0
     rss_end = app.memory_info().rss
     served = hub.requests()
     paths = Counter(f"{r.method} {r.path}" for r in served).most_common(4)
@@ -174,10 +186,12 @@ def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argp
     record = {
         "benchmark": "crowd", "label": args.label, "date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores",
         "tabs": n, "owner": kinds.count("owner"), "allowed": kinds.count("allowed"), "anonymous": kinds.count("anonymous"),
-        "seconds": args.seconds, "queue_tasks": args.queue_tasks, "training": False,
+        "seconds": args.seconds, "queue_tasks": args.queue_tasks, "training": False, "load_events": len(events.load),
         **summarize(stats),
-        "app_cpu_pct": round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / wall, 1),
-        "client_cpu_pct": round(100 * ((mine1.user + mine1.system) - (mine0.user + mine0.system)) / wall, 1),
+        "app_cpu_pct": round(100 * phases["tick"][0] / phases["tick"][1], 1),  # while ticking
+        "app_cpu_pct_opening": round(100 * phases["open"][0] / phases["open"][1], 1),  # while the tabs open
+        "app_cpu_s_per_open": round(phases["open"][0] / n, 3),
+        "client_cpu_pct": round(100 * (mine1 - mine0) / wall, 1),
         "rss_mb": {"before": rss_before >> 20, "end": rss_end >> 20, "closed": app.memory_info().rss >> 20},
         "hub_requests_per_min": round(len(served) * 60 / wall, 1), "hub_requests_top": paths,
         "load_avg_before": round(load_before, 2), "wall_s": round(wall, 1),

@@ -69,6 +69,7 @@ class TabStats:
     tick_bytes: int = 0  # completion messages of the ticks
     dropped: int = 0  # ticks due while the previous still waited
     errors: list[str] = field(default_factory=list)
+    load_fn_s: dict[int, float] = field(default_factory=dict)  # each load event, from the page request
     estimations: int = 0  # queue-position messages received
     interval_s: float | None = None  # the timer interval the server set for this tab
 
@@ -83,6 +84,7 @@ class Tab:
         self.stats = TabStats(kind)
         self.interval_s = events.interval_s
         self._waiting: dict[str, asyncio.Future] = {}
+        self._early: dict[str, dict[str, Any]] = {}  # completions read before their join was answered
         self._stream: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
 
@@ -94,7 +96,7 @@ class Tab:
             self.stats.page_s, self.stats.page_bytes = time.perf_counter() - start, len(page.content)
             self._heartbeat = asyncio.create_task(self._keep_alive())
             loads = self.events.load
-            done = await asyncio.gather(*(self.call(fn) for fn in loads), return_exceptions=True)
+            done = await asyncio.gather(*(self._load_event(fn, start) for fn in loads), return_exceptions=True)
         except Exception as exc:  # noqa: BLE001 - a failed tab is counted, not fatal
             self.stats.errors.append(f"open: {type(exc).__name__}: {exc}")
             return
@@ -105,6 +107,11 @@ class Tab:
                 self._obey_timer(fn, outcome)
         self.stats.load_s = time.perf_counter() - start
         self.stats.interval_s = self.interval_s
+
+    async def _load_event(self, fn_index: int, start: float) -> dict[str, Any]:
+        message = await self.call(fn_index)
+        self.stats.load_fn_s[fn_index] = time.perf_counter() - start
+        return message
 
     async def tick_until(self, end: float, phase: float = 1.0) -> None:
         """Tick every interval until ``end`` (monotonic), dropping a tick due while the previous one waits. The
@@ -140,8 +147,11 @@ class Tab:
         joined.raise_for_status()
         event_id = joined.json()["event_id"]
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._waiting[event_id] = future
-        self._ensure_stream()
+        if event_id in self._early:
+            future.set_result(self._early.pop(event_id))
+        else:
+            self._waiting[event_id] = future
+            self._ensure_stream()
         message = await asyncio.wait_for(future, timeout_s)
         if not message.get("success", False):
             raise RuntimeError(f"event {fn_index} failed: {str(message.get('output'))[:200]}")
@@ -164,7 +174,9 @@ class Tab:
                         self.stats.estimations += 1
                     elif kind == "process_completed":
                         future = self._waiting.pop(msg.get("event_id"), None)
-                        if future is not None and not future.done():
+                        if future is None:
+                            self._early[msg.get("event_id")] = msg
+                        elif not future.done():
                             future.set_result(msg)
                     elif kind == "close_stream":
                         break

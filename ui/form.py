@@ -401,11 +401,12 @@ def build_form(ctx: AppContext) -> FormParts:
         comp.change(on_estimate, est_inputs, estimate_md, **private_event)
     initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model, adv.score.value)
     estimate_md.value = on_estimate(*initial)
-    # Again at each page load: the runs finished since the app started change it.
-    gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **private_event)
+    # Again at each page load (once): the runs finished since the app started change it.
     if first_model != DEMO_MODEL:  # the first base model's family: its defaults when it is not the SD family's
         shown = [c.value for c in followed]
-        then_defaults(gr.on(None, lambda: shown, None, snapshot, **private_event), False)
+        then_defaults(gr.on(None, lambda: shown, None, snapshot, **private_event), False)  # ends with the estimate
+    else:
+        gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **private_event)
 
     def values_of(instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private) -> dict[str, Any]:  # fmt: skip
         return {

@@ -1,0 +1,90 @@
+"""The crowd benchmark's tabs (``benchmarks/crowd_tabs.py``) against the real app served in-process on the emulator,
+and what a refresh costs: no Hub request, the visitor's page refreshing rarely, the worker's status copied once per
+change (issue 26). Counts only: the benchmark itself measures times."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+import uuid
+
+import httpx
+import pytest
+
+from benchmarks.crowd_tabs import PageEvents, Tab
+from scheduler.hardware.base import HardwareState
+from scheduler.status import WorkerStatus
+from tests.conftest import ALICE_TOKEN
+from tests.polling import free_port
+from tests.signin import session_cookie
+from tests.test_app import space_settings
+from ui.layout import REFRESH_S, VISITOR_REFRESH_S
+
+
+@pytest.fixture
+def served_space(hub, tmp_path):
+    """alice's Space (bob allowed) served in-process; its worker is not started (its Hub polls would blur the
+    count), so the status is what its one read of the queue and the hardware left."""
+    from app import create_app
+
+    repo = f"alice/crowd-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    app = create_app(space_settings(hub, repo, ALLOWED_USERS="bob", DATA_DIR=str(tmp_path / "data")))
+    assert not app.problems
+    app.worker.snapshot()
+    app.worker.status.update(hardware=HardwareState("cpu-basic", "cpu-basic", "RUNNING", "none", False))
+    port = free_port()
+    app.demo.launch(prevent_thread_lock=True, **{**app.launch_options(), "server_port": port})
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.demo.close()
+
+
+async def open_and_tick(url: str, events: PageEvents, hub) -> list[Tab]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        tabs = [Tab(client, url, events, kind, session_cookie(user) if user else None)
+                for kind, user in (("owner", "alice"), ("allowed", "bob"), ("anonymous", None))]  # fmt: skip
+        await asyncio.gather(*(tab.open() for tab in tabs))
+        hub.clear_requests()
+        for _ in range(2):  # two refreshes each, as the timer would ask them
+            await asyncio.gather(*(tab._tick() for tab in tabs))
+        requests = hub.requests()
+        await asyncio.gather(*(tab.close() for tab in tabs))
+    assert requests == [], [f"{r.method} {r.path}" for r in requests]
+    return tabs
+
+
+def test_tabs_load_the_page_and_tick_without_a_hub_request_and_visitors_refresh_rarely(served_space, hub):
+    with urllib.request.urlopen(f"{served_space}config", timeout=60) as resp:
+        events = PageEvents.from_config(json.loads(resp.read()))
+    assert events.interval_s == REFRESH_S and events.load
+
+    owner, allowed, anonymous = asyncio.run(open_and_tick(served_space, events, hub))
+
+    for tab in (owner, allowed, anonymous):
+        assert tab.stats.errors == [] and tab.stats.load_s is not None and tab.stats.page_bytes > 0, tab.stats
+        assert len(tab.stats.tick_s) == 2 and tab.stats.dropped == 0
+    # Who may act refreshes every REFRESH_S; an anonymous visitor, who sees only the hardware line, rarely.
+    assert owner.stats.interval_s == allowed.stats.interval_s == REFRESH_S
+    assert anonymous.stats.interval_s == VISITOR_REFRESH_S > REFRESH_S
+
+
+def test_the_status_view_is_copied_once_per_change_and_never_changes_under_its_readers():
+    status = WorkerStatus()
+    status.update(phase="training", task_id="t1")
+    first = status.view()
+    assert status.view() is first  # every tab's refresh reads the same copy
+    status.record_step(_step(1, 0.5))
+    second = status.view()
+    assert second is not first and second.loss_history == [(1, 0.5)]
+    assert first.loss_history == [] and first.step == 0  # a reader's copy stays as it was published
+    status.record_step(_step(2, 0.4))
+    assert second.loss_history == [(1, 0.5)] and status.view().loss_history == [(1, 0.5), (2, 0.4)]
+
+
+def _step(step: int, loss: float):
+    from contract.events import Step
+
+    return Step(step=step, total=10, loss=loss)
