@@ -2,7 +2,9 @@
 
 A tab loads the page (``GET /``), keeps the heartbeat stream open (``gradio_api/heartbeat/<session>``: its close
 ends the session), joins every page-load event (``gradio_api/queue/join``) and then the timer's tick every interval
-the server set for it (a load event may change the ``gr.Timer``'s value, as the page would obey). Results come over
+the server set for it (a load event may change the ``gr.Timer``'s value, as the page would obey). The events that
+follow a load event (``.then``) run after it, as the page runs them; the ``.change`` events a value set by them
+would trigger in a browser are not run. Results come over
 one SSE stream per session (``gradio_api/queue/data``), opened when an event waits and closed by the server once
 none does, as the page's client does. Like the page (``trigger_mode="once"``), a tick due while the previous one
 still waits is dropped. Signed-in tabs send a session cookie of Gradio's mocked sign-in (``tests.signin``).
@@ -32,6 +34,8 @@ class PageEvents:
     interval_s: float
     inputs: dict[int, list[Any]]  # fn index -> the values the page sends (component values; State as None)
     outputs: dict[int, list[int]]  # fn index -> its output component ids
+    then: dict[int, list[int]]  # fn index -> the events that follow it (``.then``), run by the page after it
+    backend: frozenset[int]  # events with a Python function (the others run in the browser only)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PageEvents:
@@ -41,6 +45,7 @@ class PageEvents:
             raise ValueError(f"expected one gr.Timer on the page, found {len(timers)}")
         timer = timers[0]
         load, tick = [], None
+        then: dict[int, list[int]] = {}
         inputs: dict[int, list[Any]] = {}
         outputs: dict[int, list[int]] = {}
         for dep in config["dependencies"]:
@@ -52,9 +57,13 @@ class PageEvents:
             inputs[dep["id"]] = [None if components.get(i, {}).get("type") == "state"
                                  else components.get(i, {}).get("props", {}).get("value") for i in dep["inputs"]]  # fmt: skip
             outputs[dep["id"]] = list(dep["outputs"])
+            if dep.get("trigger_after") is not None:
+                then.setdefault(dep["trigger_after"], []).append(dep["id"])
         if tick is None:
             raise ValueError("the timer has no tick event")
-        return cls(tuple(load), tick, timer["id"], float(timer["props"].get("value") or 1.0), inputs, outputs)
+        backend = frozenset(dep["id"] for dep in config["dependencies"] if dep.get("backend_fn", True))
+        return cls(tuple(load), tick, timer["id"], float(timer["props"].get("value") or 1.0), inputs, outputs, then,
+                   backend)  # fmt: skip
 
 
 @dataclass
@@ -69,7 +78,7 @@ class TabStats:
     tick_bytes: int = 0  # completion messages of the ticks
     dropped: int = 0  # ticks due while the previous still waited
     errors: list[str] = field(default_factory=list)
-    load_fn_s: dict[int, float] = field(default_factory=dict)  # each load event, from the page request
+    load_fn_s: dict[int, float] = field(default_factory=dict)  # each load event (and .then), from the page request
     estimations: int = 0  # queue-position messages received
     interval_s: float | None = None  # the timer interval the server set for this tab
 
@@ -109,8 +118,11 @@ class Tab:
         self.stats.interval_s = self.interval_s
 
     async def _load_event(self, fn_index: int, start: float) -> dict[str, Any]:
-        message = await self.call(fn_index)
+        """A load event and the events that follow it (``.then``; the browser-only ones skipped), as the page runs
+        them; the load event's own completion."""
+        message = await self.call(fn_index) if fn_index in self.events.backend else {"success": True}
         self.stats.load_fn_s[fn_index] = time.perf_counter() - start
+        await asyncio.gather(*(self._load_event(fn, start) for fn in self.events.then.get(fn_index, [])))
         return message
 
     async def tick_until(self, end: float, phase: float = 1.0) -> None:

@@ -373,6 +373,9 @@ def build_form(ctx: AppContext) -> FormParts:
         return describe(est, ctx.local, device, family_label=label)
 
     private_event = {"api_visibility": "private", "show_progress": "hidden"}
+    # The page load's events (and the base model's change) compute for every tab at once, unqueued: a crowd opening
+    # the page gets no queue-position message each (``ui.layout.REFRESH_EVENT``).
+    load_event = {**private_event, "concurrency_limit": None}
     files.change(on_files, [files, recipe, base_model, family_state, touched, applied], [preview, steps, applied],
                  **private_event)  # fmt: skip
     recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
@@ -386,11 +389,11 @@ def build_form(ctx: AppContext) -> FormParts:
         """After ``event`` (which set ``snapshot``): the family (a Hub request the first time), the defaults it
         proposes (without the fields edited before), applied in the browser to the fields not edited meanwhile,
         then the hardware note and the estimate."""
-        event.then(on_family, base_model, family_state, **private_event).then(
-            follow(model_changed), follow_inputs, follow_outputs, **private_event
+        event.then(on_family, base_model, family_state, **load_event).then(
+            follow(model_changed), follow_inputs, follow_outputs, **load_event
         ).then(None, [proposal, snapshot, *followed], followed, js=APPLY_DEFAULTS_JS, **private_event).then(
-            on_hardware, [base_model, hardware], hw_note, **private_event
-        ).then(on_estimate, est_inputs, estimate_md, **private_event)
+            on_hardware, [base_model, hardware], hw_note, **load_event
+        ).then(on_estimate, est_inputs, estimate_md, **load_event)
 
     then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
     for name, comp in (("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("resolution", resolution),
@@ -404,9 +407,9 @@ def build_form(ctx: AppContext) -> FormParts:
     # Again at each page load (once): the runs finished since the app started change it.
     if first_model != DEMO_MODEL:  # the first base model's family: its defaults when it is not the SD family's
         shown = [c.value for c in followed]
-        then_defaults(gr.on(None, lambda: shown, None, snapshot, **private_event), False)  # ends with the estimate
+        then_defaults(gr.on(None, lambda: shown, None, snapshot, **load_event), False)  # ends with the estimate
     else:
-        gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **private_event)
+        gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **load_event)
 
     def values_of(instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private) -> dict[str, Any]:  # fmt: skip
         return {

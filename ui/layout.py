@@ -25,9 +25,9 @@ from ui.spend_view import spend_note
 REFRESH_S = 2.0
 #: how often the page of a visitor who may not act (anonymous, not allowed) refreshes: it shows only the hardware line
 VISITOR_REFRESH_S = 20.0
-#: the refresh's events run at once, side by side (read-only and cheap): no queue, so no queue-position messages
-REFRESH_EVENT = {"api_visibility": "private", "show_progress": "hidden", "concurrency_limit": None,
-                 "concurrency_id": "refresh"}  # fmt: skip
+#: the refresh's and the page load's events run at once, side by side (read-only and cheap): no queue, so no
+#: queue-position messages to every waiting tab when a crowd opens the page or refreshes
+REFRESH_EVENT = {"api_visibility": "private", "show_progress": "hidden", "concurrency_limit": None}
 CACHE_SWEEP = (900, 3600)  # (every s, older than s)
 # ``width: 100%`` matters: with ``margin: auto`` alone the container shrinks to its content, and what sizes itself to
 # its container (a plot, the galleries) can then re-lay the page out forever, burning a CPU core in the browser.
@@ -115,15 +115,14 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             None,
             [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint, form.hardware,
              timer, settings.table, *settings.fields],  # fmt: skip
-            api_visibility="private",
-            show_progress="hidden",
+            **REFRESH_EVENT,
         )
 
         # Its own event: the check asks the Hub (once per ten minutes), and the banner should not wait for it.
         def on_load_offered(profile: gr.OAuthProfile | None) -> Any:
             return offered_models_notice(offered_check, access_for(ctx.settings, profile))
 
-        demo.load(on_load_offered, None, offered_notice, api_visibility="private", show_progress="hidden")
+        demo.load(on_load_offered, None, offered_notice, **REFRESH_EVENT)
 
         # Visitors who may not act or follow runs get a sign-in prompt instead of empty controls, chart and log.
         def on_load_views(profile: gr.OAuthProfile | None) -> list[Any]:
@@ -131,7 +130,7 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             return [gr.Row(visible=allowed), *run.shown_to(allowed), *results.shown_to(allowed)]
 
         demo.load(on_load_views, None, [queue.controls, *run.visibility_outputs(), *results.visibility_outputs()],
-                  api_visibility="private", show_progress="hidden")  # fmt: skip
+                  **REFRESH_EVENT)  # fmt: skip
 
         shown = gr.State({})  # fingerprints of what this browser tab already shows
         user_picks = UserPicks()  # the finished task each tab's user picked in the Results tab (else: the newest)
