@@ -88,3 +88,37 @@ def _step(step: int, loss: float):
     from contract.events import Step
 
     return Step(step=step, total=10, loss=loss)
+
+
+def page_load_events(config: dict) -> list[dict]:
+    """The events a page load runs: the load events and the ``.then`` events after them, as the page chains them."""
+    deps = config["dependencies"]
+    run = [d for d in deps if any(kind == "load" for _, kind in d["targets"])]
+    for dep in run:  # grows while walked
+        run += [d for d in deps if d.get("trigger_after") == dep["id"] and d not in run]
+    return run
+
+
+def test_a_page_load_estimates_once_and_runs_its_events_unqueued(tmp_path):
+    """Issue 26: the estimate ran twice per page load (its own load event, then again at the end of the first base
+    model's defaults chain), and every load event waited in Gradio's queue (a queue-position message per waiting tab)."""
+    from contract.settings import load_settings
+    from scheduler.hardware import make_hardware
+    from scheduler.queue import make_queue
+    from scheduler.worker import Worker
+    from ui.context import AppContext
+    from ui.layout import build_ui
+
+    # A Hub model first (the base model's defaults chain runs at load), and the demo model first (local, no GPU).
+    for first_model in ({"BASE_MODELS": "stable-diffusion-v1-5/stable-diffusion-v1-5"}, {}):
+        settings = load_settings({"DATA_DIR": str(tmp_path / "data"), **first_model})
+        queue = make_queue(settings)
+        demo = build_ui(AppContext(settings=settings, queue=queue, worker=Worker(settings, queue, make_hardware(settings))),
+                        login=False)  # fmt: skip
+        config = demo.get_config_file()
+        estimate = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "estimate")
+        loading = page_load_events(config)
+        assert len([d for d in loading if estimate in d["outputs"]]) == 1, first_model
+        queued = [demo.fns[d["id"]].api_name for d in loading if d.get("backend_fn") and
+                  demo.fns[d["id"]].concurrency_limit is not None]  # fmt: skip
+        assert queued == [], queued
