@@ -9,6 +9,7 @@ import json
 import urllib.request
 import uuid
 
+import gradio as gr
 import httpx
 import pytest
 
@@ -122,3 +123,27 @@ def test_a_page_load_estimates_once_and_runs_its_events_unqueued(tmp_path):
         queued = [demo.fns[d["id"]].api_name for d in loading if d.get("backend_fn") and
                   demo.fns[d["id"]].concurrency_limit is not None]  # fmt: skip
         assert queued == [], queued
+
+
+def test_a_visitors_refresh_after_the_first_sends_only_a_changed_hardware_line(hub, tmp_path):
+    """Issue 26: every refresh of an anonymous tab rebuilt the queue, run and results views it does not see."""
+    from app import create_app
+    from tests.test_app import Profile, handler
+
+    repo = f"alice/crowd-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    app = create_app(space_settings(hub, repo, ALLOWED_USERS="bob", DATA_DIR=str(tmp_path / "data")))
+    status = app.worker.status
+    status.update(hardware=HardwareState("cpu-basic", "cpu-basic", "RUNNING", "none", False))
+    tick = handler(app.demo, "on_tick")
+    first = tick(None, [], {}, None)  # the page load's: the visitor's views
+    assert "Sign in with Hugging Face" in first[1] and "CPU basic" in first[0]
+    seen = first[-1]
+    again = tick(None, [], seen, None)
+    assert all(value == gr.skip() for value in again[:-1])  # nothing changed: nothing at all
+    status.update(hardware=HardwareState("t4-small", "t4-small", "RUNNING", "none", False))
+    moved = tick(None, [], again[-1], None)
+    assert "T4" in moved[0] and all(value == gr.skip() for value in moved[1:-1])
+    # The owner's refresh still builds the views (the visitor's path is for those who may not act).
+    owner = tick(None, [], {}, Profile("alice"))
+    assert "No tasks to show" in owner[1]
