@@ -26,6 +26,9 @@ from ui.layout import CSS, build_ui
 from ui.setup_page import SetupProblem, build_setup_page
 
 log = logging.getLogger("app")
+#: browser sessions whose state Gradio keeps (the least recently used go first; an open tab refreshes at least every
+#: ``ui.layout.VISITOR_REFRESH_S``, so closed tabs go before open ones while fewer than this are open)
+SESSIONS_KEPT = 400
 
 TOKEN_HELP = (
     "Create a fine-grained access token at https://huggingface.co/settings/tokens with **write** access to your "
@@ -50,6 +53,9 @@ class App:
         with LOCAL_EXPOSE_TO_NETWORK; else 127.0.0.1 (whatever GRADIO_SERVER_NAME says). Every request passes
         ``ui.http_guard`` first (local mode: loopback Host names only; uploads: allowed users within a cap)."""
         opts: dict[str, Any] = {"css": CSS, "footer_links": ["gradio"], "run_history": False, "max_file_size": "20mb",
+                                # Gradio keeps each tab's session (about a MB of page state) until this many newer
+                                # ones push it out, open or closed: a crowd's closed tabs cannot fill the memory
+                                "state_session_capacity": SESSIONS_KEPT,
                                 # a banner, then a reload, when the app restarts (a Space: on each hardware switch)
                                 "head": reconnect.head_html(local=self.settings is not None and self.settings.local)}
         opts["app_kwargs"] = {"middleware": [guard_middleware(self.settings, self.upload_cap)]}

@@ -1,7 +1,8 @@
 """What the worker is doing, for the UI: ``StatusData`` and its thread-safe holder ``WorkerStatus``.
 
-The worker (and the Jobs runner) write it; UI handlers read deep copies (``WorkerStatus.snapshot``), so the page
-never talks to the Hub to show progress.
+The worker (and the Jobs runner) write it; UI handlers read the published view (``WorkerStatus.view``: one copy per
+change, shared by every reader) or a deep copy of their own (``WorkerStatus.snapshot``), so the page never talks to
+the Hub to show progress.
 """
 
 from __future__ import annotations
@@ -82,11 +83,19 @@ class StatusData:
 
 
 class WorkerStatus:
-    """Thread-safe holder of ``StatusData``: the worker writes, UI handlers read copies."""
+    """Thread-safe holder of ``StatusData``: the worker writes, UI handlers read copies.
+
+    Every change drops the published view; the next ``view()`` copies the data once and every reader until the next
+    change shares that copy (a page refresh of many open tabs costs no copy each)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._data = StatusData()
+        self._view: StatusData | None = None  # the published copy (None: changed since)
+
+    def _changed(self) -> None:
+        """Under the lock: the data changed, the next ``view()`` publishes a new copy."""
+        self._view = None
 
     def update(self, **changes: Any) -> None:
         """Set fields of the status atomically."""
@@ -94,6 +103,7 @@ class WorkerStatus:
             for key, value in changes.items():
                 setattr(self._data, key, value)
             self._data.updated_at = time.time()
+            self._changed()
 
     def hardware_requested(self, flavor: str, answer: HardwareState | None = None) -> None:
         """The app itself asked the Hub for ``flavor``: the header says so at once, not after the next runtime read.
@@ -106,6 +116,7 @@ class WorkerStatus:
             elif d.hardware is not None:
                 d.hardware = replace(d.hardware, requested=flavor)
             d.updated_at = time.time()
+            self._changed()
 
     def record_step(self, event: Step) -> None:
         """Apply one ``step`` event of the trainer."""
@@ -120,6 +131,7 @@ class WorkerStatus:
                 d.loss_history.append((d.step, d.loss))
                 del d.loss_history[:-LOSS_HISTORY]
             d.updated_at = time.time()
+            self._changed()
 
     def record_scores(self, event: Scores) -> None:
         """Apply one ``scores`` event of the trainer: step 0 is the base model's, any other the latest checkpoint's."""
@@ -129,11 +141,13 @@ class WorkerStatus:
             else:
                 self._data.scores = event
             self._data.updated_at = time.time()
+            self._changed()
 
     def add_samples(self, paths: list[str]) -> None:
         """Remember the newest sample images (kept: the last few)."""
         with self._lock:
             self._data.samples = (self._data.samples + paths)[-SAMPLES_KEPT:]
+            self._changed()
 
     def start_task(self, task: Task) -> None:
         """Reset every per-task field for a new training run: nothing of the previous task (its error, speed,
@@ -147,6 +161,7 @@ class WorkerStatus:
             d.loss_history, d.samples, d.log_tail = [], [], []
             d.last_error = None
             d.updated_at = time.time()
+            self._changed()
 
     def end_task(self, phase: str, message: str, last_error: str | None = None) -> None:
         """Record how the current run ended (``done``, ``failed``, ``cancelled``...): no ETA is left behind, and
@@ -155,6 +170,7 @@ class WorkerStatus:
             d = self._data
             d.phase, d.message, d.last_error, d.eta_s = phase, message, last_error, None
             d.updated_at = time.time()
+            self._changed()
 
     def progress(self) -> dict[str, Any]:
         """The run's progress as a heartbeat stores it on the task (phase, step, loss, speed, ETA, when, and the
@@ -193,8 +209,17 @@ class WorkerStatus:
         """Note that one more worker loop finished."""
         with self._lock:
             self._data.loops += 1
+            self._changed()
 
     def snapshot(self) -> StatusData:
-        """A deep copy, safe to read without the lock."""
+        """A deep copy of the caller's own, safe to read and change without the lock."""
         with self._lock:
             return copy.deepcopy(self._data)
+
+    def view(self) -> StatusData:
+        """The status as last published: a copy made once per change and shared by every reader until the next
+        one. Read it, never change it (``snapshot`` gives a copy of one's own)."""
+        with self._lock:
+            if self._view is None:
+                self._view = copy.deepcopy(self._data)
+            return self._view

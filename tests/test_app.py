@@ -111,6 +111,17 @@ def test_only_allowed_users_may_write():
     assert access_for(local, None).allowed  # local mode: the person at the machine owns it
 
 
+def test_the_owner_may_always_submit_even_when_allowed_users_leaves_them_out():
+    """Issue 26: with ALLOWED_USERS=carol the owner alice could no longer submit on her own Space."""
+    settings = load_settings({"SPACE_ID": "alice/s", "HF_TOKEN": "x", "ALLOWED_USERS": "carol"})
+    owner = require_allowed(settings, Profile("alice"))
+    assert owner.user == "alice" and owner.allowed and owner.owner
+    assert "(owner)" in owner.banner()
+    assert require_allowed(settings, Profile("carol")).allowed and not access_for(settings, Profile("carol")).owner
+    with pytest.raises(gr.Error, match="not on this Space's allowed users"):
+        require_allowed(settings, Profile("mallory"))
+
+
 @pytest.fixture
 def local_ctx(tmp_path):
     from scheduler.hardware import make_hardware

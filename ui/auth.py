@@ -58,7 +58,8 @@ def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     if profile is None or not getattr(profile, "username", None):
         return Access(user=None, allowed=False, owner=False)
     user = profile.username
-    return Access(user=user, allowed=user in settings.allowed_users, owner=is_owner(settings, user))
+    owner = is_owner(settings, user)  # the Space's owner may always submit, whoever ALLOWED_USERS names
+    return Access(user=user, allowed=owner or user in settings.allowed_users, owner=owner)
 
 
 def session_profile(session: Mapping[str, Any] | None) -> gr.OAuthProfile | None:

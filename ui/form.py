@@ -36,6 +36,7 @@ from ui.local_device import LocalDevice, local_device
 from ui.model_family import (
     FORM_RANK,
     FORM_RESOLUTION,
+    PHOTOS_LABEL,
     SD_FAMILY,
     EditCounts,
     base_model_help,
@@ -45,6 +46,7 @@ from ui.model_family import (
     hardware_note,
     mark_applied,
     other_family,
+    photos_label,
     touch,
 )
 from ui.submission import RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
@@ -56,10 +58,6 @@ PROMPT_HELP = (
     "Name your subject with a rare token plus its class, e.g. **a photo of sks dog**. The rare token (`sks`, `zwx`, "
     "...) becomes your subject; use the same words when you generate images later."
 )
-PHOTOS_LABEL = "Photos of your subject (3 to 20; varied backgrounds and angles)"
-#: an edit model's upload (``training.pairs``)
-PAIRS_LABEL = ("Before/after pairs: <name>_before and <name>_after images, the instruction in <name>.txt; a "
-               "<name>_before alone is held out (the samples edit it)")  # fmt: skip
 CLASS_HELP = "Optional. E.g. `a photo of a dog`: enables prior preservation, so the model keeps knowing other dogs."
 
 
@@ -200,11 +198,6 @@ APPLY_DEFAULTS_JS = (
     " ? proposal[name] : current[i])"
 )
 SNAPSHOT_JS = "(...values) => [values]"
-
-
-def photos_label(family: FamilyInfo | None) -> Any:
-    """The upload box's label: photos of a subject, or an edit model's before/after pairs (``training.pairs``)."""
-    return gr.File(label=PAIRS_LABEL if family is not None and family.edits else PHOTOS_LABEL)
 
 
 def follow_base_model(ctx: AppContext, recipe: str, base_model: str | None, image_count: int, resolution: Any,
@@ -384,6 +377,9 @@ def build_form(ctx: AppContext) -> FormParts:
         return describe(est, ctx.local, device, family_label=label)
 
     private_event = {"api_visibility": "private", "show_progress": "hidden"}
+    # The page load's events (and the base model's change) compute for every tab at once, unqueued: a crowd opening
+    # the page gets no queue-position message each (``ui.layout.REFRESH_EVENT``).
+    load_event = {**private_event, "concurrency_limit": None}
     files.change(on_files, [files, recipe, base_model, family_state, touched, applied], [preview, steps, applied],
                  **private_event)  # fmt: skip
     recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
@@ -397,12 +393,12 @@ def build_form(ctx: AppContext) -> FormParts:
         """After ``event`` (which set ``snapshot``): the family (a Hub request the first time), the defaults it
         proposes (without the fields edited before), applied in the browser to the fields not edited meanwhile,
         then the hardware note and the estimate."""
-        event.then(on_family, base_model, family_state, **private_event).then(
-            follow(model_changed), follow_inputs, follow_outputs, **private_event
+        event.then(on_family, base_model, family_state, **load_event).then(
+            follow(model_changed), follow_inputs, follow_outputs, **load_event
         ).then(None, [proposal, snapshot, *followed], followed, js=APPLY_DEFAULTS_JS, **private_event).then(
-            on_hardware, [base_model, hardware], hw_note, **private_event
-        ).then(on_estimate, est_inputs, estimate_md, **private_event).then(
-            photos_label, family_state, files, **private_event
+            on_hardware, [base_model, hardware], hw_note, **load_event
+        ).then(on_estimate, est_inputs, estimate_md, **load_event).then(
+            photos_label, family_state, files, **load_event
         )
 
     then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
@@ -414,11 +410,12 @@ def build_form(ctx: AppContext) -> FormParts:
         comp.change(on_estimate, est_inputs, estimate_md, **private_event)
     initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model, adv.score.value)
     estimate_md.value = on_estimate(*initial)
-    # Again at each page load: the runs finished since the app started change it.
-    gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **private_event)
+    # Again at each page load (once): the runs finished since the app started change it.
     if first_model != DEMO_MODEL:  # the first base model's family: its defaults when it is not the SD family's
         shown = [c.value for c in followed]
-        then_defaults(gr.on(None, lambda: shown, None, snapshot, **private_event), False)
+        then_defaults(gr.on(None, lambda: shown, None, snapshot, **load_event), False)  # ends with the estimate
+    else:
+        gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **load_event)
 
     def values_of(instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private) -> dict[str, Any]:  # fmt: skip
         return {

@@ -23,6 +23,11 @@ from ui.settings_view import build_settings_view, owner_values, visibility
 from ui.spend_view import spend_note
 
 REFRESH_S = 2.0
+#: how often the page of a visitor who may not act (anonymous, not allowed) refreshes: it shows only the hardware line
+VISITOR_REFRESH_S = 20.0
+#: the refresh's and the page load's events run at once, side by side (read-only and cheap): no queue, so no
+#: queue-position messages to every waiting tab when a crowd opens the page or refreshes
+REFRESH_EVENT = {"api_visibility": "private", "show_progress": "hidden", "concurrency_limit": None}
 CACHE_SWEEP = (900, 3600)  # (every s, older than s)
 # ``width: 100%`` matters: with ``margin: auto`` alone the container shrinks to its content, and what sizes itself to
 # its container (a plot, the galleries) can then re-lay the page out forever, burning a CPU core in the browser.
@@ -84,7 +89,7 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
                 settings_hint = gr.Markdown("Only the owner of this Space sees its settings.")
                 settings = build_settings_view(ctx)
         known_ids = gr.State([])
-        timer = gr.Timer(REFRESH_S)
+        timer = gr.Timer(REFRESH_S)  # VISITOR_REFRESH_S for a visitor who may not act (``on_load``)
 
         def on_load(profile: gr.OAuthProfile | None) -> list[Any]:
             access = access_for(ctx.settings, profile)
@@ -94,28 +99,30 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             banner_text = access.banner()
             if access.owner and ctx.public_space:
                 banner_text += "\n\n" + PUBLIC_SPACE_WARNING
-            if spend := spend_note(ctx.settings, access, ctx.worker.status.snapshot()):  # the owner's money, a user's cap
+            status = ctx.worker.status.view()
+            if spend := spend_note(ctx.settings, access, status):  # the owner's money, a user's cap
                 banner_text += "\n\n" + spend
             # Jobs mode: the flavors at the Hub's Jobs prices once the worker has read them (the page was built before).
-            prices = ctx.worker.status.snapshot().job_prices if uses_jobs(ctx) else None
+            prices = status.job_prices if uses_jobs(ctx) else None
             hardware_update = gr.Dropdown(choices=hardware_choices(True, prices)) if prices else gr.skip()
+            # A visitor who may not act sees only the hardware line change: their page refreshes rarely.
+            refresh = gr.skip() if may_act(access) else gr.Timer(value=VISITOR_REFRESH_S)
             return [banner_text, gr.Button(interactive=access.allowed), repo, panel, owner_box,
-                    gr.Markdown(visible=not access.owner), hardware_update, *owner_values(ctx, access)]  # fmt: skip
+                    gr.Markdown(visible=not access.owner), hardware_update, refresh, *owner_values(ctx, access)]  # fmt: skip
 
         demo.load(
             on_load,
             None,
             [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint, form.hardware,
-             settings.table, *settings.fields],  # fmt: skip
-            api_visibility="private",
-            show_progress="hidden",
+             timer, settings.table, *settings.fields],  # fmt: skip
+            **REFRESH_EVENT,
         )
 
         # Its own event: the check asks the Hub (once per ten minutes), and the banner should not wait for it.
         def on_load_offered(profile: gr.OAuthProfile | None) -> Any:
             return offered_models_notice(offered_check, access_for(ctx.settings, profile))
 
-        demo.load(on_load_offered, None, offered_notice, api_visibility="private", show_progress="hidden")
+        demo.load(on_load_offered, None, offered_notice, **REFRESH_EVENT)
 
         # Visitors who may not act or follow runs get a sign-in prompt instead of empty controls, chart and log.
         def on_load_views(profile: gr.OAuthProfile | None) -> list[Any]:
@@ -123,7 +130,7 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             return [gr.Row(visible=allowed), *run.shown_to(allowed), *results.shown_to(allowed)]
 
         demo.load(on_load_views, None, [queue.controls, *run.visibility_outputs(), *results.visibility_outputs()],
-                  api_visibility="private", show_progress="hidden")  # fmt: skip
+                  **REFRESH_EVENT)  # fmt: skip
 
         shown = gr.State({})  # fingerprints of what this browser tab already shows
         user_picks = UserPicks()  # the finished task each tab's user picked in the Results tab (else: the newest)
@@ -131,15 +138,17 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
         def on_tick(pick: str | None, ids: list[str], seen: dict[int, str], profile: gr.OAuthProfile | None,
                     request: gr.Request | None = None) -> list[Any]:  # fmt: skip
             access = access_for(ctx.settings, profile)
+            if seen and not may_act(access):  # the page already shows the visitor's views: only the hardware line
+                return visitor_tick_values(ctx, seen, len(tick_outputs))
             return tick_values(ctx, access, pick, ids, seen, recent=queue.recent,
                                user_pick=user_picks.get(getattr(request, "session_hash", None)))  # fmt: skip
 
         tick_inputs = [queue.pick, known_ids, shown]
         tick_outputs = [hardware, queue.table, queue.pick, known_ids, *run.outputs(), results.pick, open_results, shown]
-        timer.tick(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
-        demo.load(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
+        timer.tick(on_tick, tick_inputs, tick_outputs, **REFRESH_EVENT)
+        demo.load(on_tick, tick_inputs, tick_outputs, **REFRESH_EVENT)
         for action in queue.actions:  # the queue and run views show a cancel, retry or delete at once
-            action.then(on_tick, tick_inputs, tick_outputs, api_visibility="private", show_progress="hidden")
+            action.then(on_tick, tick_inputs, tick_outputs, **REFRESH_EVENT)
 
         def on_pick(task_id: str | None, request: gr.Request) -> None:
             user_picks.set(getattr(request, "session_hash", None), task_id)
@@ -152,7 +161,7 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
 
         def on_open_results(profile: gr.OAuthProfile | None, request: gr.Request) -> list[Any]:
             user_picks.set(getattr(request, "session_hash", None), None)  # the picker follows the newest again
-            tasks = visible_tasks(access_for(ctx.settings, profile), ctx.worker.status.snapshot().tasks)
+            tasks = visible_tasks(access_for(ctx.settings, profile), ctx.worker.status.view().tasks)
             return [gr.Tabs(selected="results"), default_pick(tasks) or gr.skip()]
 
         open_results.click(on_open_results, None, [tabs, results.pick], api_visibility="private",
@@ -175,10 +184,8 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
     the tasks ``access`` may see (none, and a sign-in prompt, for anonymous and non-allowed visitors). ``recent``:
     the Queue tab's changes the worker has not read back yet; ``user_pick``: the finished task the user picked in
     the Results tab (None: it follows the newest)."""
-    status = ctx.worker.status.snapshot()
-    if recent is not None:
-        status.tasks = recent.apply(status.tasks)
-    tasks = visible_tasks(access, status.tasks)
+    status = ctx.worker.status.view()  # shared by every tab: read, never changed
+    tasks = visible_tasks(access, recent.apply(status.tasks) if recent is not None else status.tasks)
     table, choices = refresh_queue(ctx, tasks, pick, ids, status.job_prices, owner=access.owner)
     if not may_act(access):
         table = visitor_html(access)
@@ -190,6 +197,13 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
         updates[SAMPLES_INDEX] = load_samples(updates[SAMPLES_INDEX])
     results_pick, open_results = results_picker_update(tasks, seen, user_pick)
     return [updates[0], updates[1], choices, new_ids, *updates[2:], results_pick, open_results, seen]
+
+
+def visitor_tick_values(ctx: AppContext, seen: dict[int, str], count: int) -> list[Any]:
+    """A refresh of a visitor's page that already shows their views (sign-in prompts, no task): the hardware line
+    when it changed, nothing else (``count``: the values of a whole refresh, ``seen`` the last)."""
+    (header,), seen = only_changed([header_text(ctx, ctx.worker.status.view().hardware)], seen)
+    return [header, *[gr.skip()] * (count - 2), seen]
 
 
 def header_text(ctx: AppContext, hw: HardwareState | None) -> str:

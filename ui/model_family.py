@@ -37,6 +37,10 @@ FORM_RESOLUTION = 512
 #: field name -> how many ``.input`` events it had (the touch handlers write it) / had when a default was last set
 EditCounts = dict[str, int]
 
+PHOTOS_LABEL = "Photos of your subject (3 to 20; varied backgrounds and angles)"
+#: an edit model's upload (``training.pairs``)
+PAIRS_LABEL = ("Before/after pairs: <name>_before and <name>_after images, the instruction in <name>.txt; a "
+               "<name>_before alone is held out (the samples edit it)")  # fmt: skip
 PROBES: ProbeCache[Probe] = ProbeCache()  # (endpoint, base model) -> a probe that found model_index.json
 LOOKUPS = RateLimiter()  # per caller: the lookups ``family_for`` may make
 
@@ -178,3 +182,10 @@ def mark_applied(applied: EditCounts | None, touched: EditCounts | None, names: 
     for name in names:
         out[name] = (touched or {}).get(name, 0)
     return out
+
+
+def photos_label(family: FamilyInfo | None) -> Any:
+    """The upload box's label: photos of a subject, or an edit model's before/after pairs (``training.pairs``)."""
+    import gradio as gr
+
+    return gr.File(label=PAIRS_LABEL if family is not None and family.edits else PHOTOS_LABEL)

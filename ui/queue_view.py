@@ -322,7 +322,7 @@ def refresh(ctx: AppContext, tasks: list[Task], current_pick: str | None, known_
     ``job_prices``: the worker's Jobs prices (the Jobs backend prices its tasks with them); in Jobs mode why a Job
     was refused is for the ``owner`` only."""
     ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
-    periods = ctx.worker.status.periods() if ctx.worker is not None and not ctx.local else []
+    periods = ctx.worker.status.view().billing if ctx.worker is not None and not ctx.local else []  # read only
     jobs = bool(getattr(ctx.settings, "uses_jobs", False))
     prices = (job_prices or None) if jobs else None  # a Job costs its flavor's Jobs price
     table = table_html(tasks, ctx.local, ctx.settings.hf_endpoint, periods=periods, prices=prices,

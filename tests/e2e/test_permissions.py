@@ -1,8 +1,9 @@
 """Who may enqueue: an anonymous visitor and a signed-in user who is not on ALLOWED_USERS cannot, neither through
 the page (even with the disabled button forced on) nor by calling the endpoint directly.
 
-The app runs in-process as the Space ``alice/...`` with ALLOWED_USERS=bob, so alice (who the local OAuth mock signs
-in, through the emulator's whoami) is signed in but not allowed to spend.
+The app runs in-process as the Space ``alice/...`` with ALLOWED_USERS=bob: carol (a session cookie of the mocked
+sign-in, ``tests.signin``) is signed in but not allowed to spend; alice, the owner (who the local OAuth mock signs in,
+through the emulator's whoami), may always submit although ALLOWED_USERS leaves her out (issue 26).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from gradio_client import Client
 from app import create_app
 from contract.settings import load_settings
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
-from tests.e2e.harness import DESKTOP, PHONE, browser, fill_form, free_port, shot
-from tests.tiny_models import make_images
+from tests.e2e.harness import DESKTOP, PHONE, browser, free_port, shot
+from tests.signin import session_cookie
 from ui.jobs_view import SIGN_IN_PROMPT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -47,7 +48,6 @@ def test_anonymous_and_non_allowed_users_cannot_enqueue(hub, tmp_path):
     app = create_app(settings)
     assert not app.problems
     url = app.launch(block=False, server_name="127.0.0.1", server_port=free_port())
-    images = make_images(tmp_path / "photos", 3, size=128)
     try:
         # A script: the endpoint is hidden from API clients, and a raw call is refused by the handler.
         assert "/submit" not in json.dumps(Client(url, verbose=False).view_api(print_info=False, return_format="dict"))
@@ -75,17 +75,29 @@ def test_anonymous_and_non_allowed_users_cannot_enqueue(hub, tmp_path):
             expect(page.locator("#run-loss")).to_be_hidden()
             expect(page.get_by_label("Trainer log (tail)")).to_be_hidden()
             shot(page, "perm-anonymous-run")
-            page.get_by_role("tab", name="Train").click()
-            page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
+            page.close()
+            # carol, signed in but not on the allowed users: the button is off, and the server refuses anyway.
+            context = b.new_context(viewport=DESKTOP)
+            context.add_cookies([{"name": "session", "value": session_cookie("carol"), "url": url}])
+            page = context.new_page()
+            page.goto(url)
             expect(page.get_by_text("who is not on this Space's allowed users", exact=False)).to_be_visible(timeout=30_000)
             expect(page.get_by_role("button", name="Train")).to_be_disabled()
-            # Bypass the disabled button: the server still refuses.
-            fill_form(page, images, "a photo of sks dog", steps=4)
+            # Bypass the disabled button: the server still refuses (her photo uploads are refused already:
+            # ``ui.http_guard``, tests/test_http_guard.py).
+            page.get_by_label("Instance prompt").fill("a photo of sks dog")
             page.get_by_role("button", name="Train").evaluate("b => { b.disabled = false; b.click(); }")
             expect(page.get_by_text("not on this Space's allowed users. Ask the owner", exact=False).first).to_be_visible(
                 timeout=30_000)  # fmt: skip
             shot(page, "perm-not-allowed-refused")
-            # The owner can still reach the settings (to add users), and sees no secret.
+            context.close()
+            # The owner, whom ALLOWED_USERS leaves out, may still submit and reach the settings (to add users), and
+            # sees no secret.
+            page = b.new_page(viewport=DESKTOP)
+            page.goto(url)
+            page.get_by_role("button", name=re.compile("Sign in with Hugging Face")).click()
+            expect(page.get_by_text("Signed in as alice (owner).")).to_be_visible(timeout=30_000)
+            expect(page.get_by_role("button", name="Train")).to_be_enabled()
             page.get_by_role("tab", name="Settings").click()
             expect(page.get_by_text("Change this Space's variables")).to_be_visible()
             expect(page.get_by_text("set (hidden)")).to_be_visible()
