@@ -41,7 +41,10 @@ def app_env(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def run_app(cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """``python app.py`` in ``cwd`` (its own process group), stopped afterwards."""
+    """``python app.py`` in ``cwd`` (its own process group), stopped afterwards. Its uploads go to a folder of its
+    own (``GRADIO_TEMP_DIR``) unless ``env`` names one: Gradio names an upload by its content, so two apps sharing
+    the default folder (tests run side by side) would remove each other's copies of the same test photos."""
+    env = {"GRADIO_TEMP_DIR": str(cwd / "gradio-uploads"), **env}
     with open(log, "ab") as out:
         proc = subprocess.Popen([sys.executable, str(APP)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
@@ -116,7 +119,8 @@ def create_app_space(hub, repo: str, cwd: Path, port: int, *, switch_delay_s: fl
         owner_token=ALICE_TOKEN,
         command=[sys.executable, str(APP)],
         cwd=cwd,
-        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})},
+        env={"GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+             "GRADIO_TEMP_DIR": str(cwd / "gradio-uploads"), **(env or {})},  # its own uploads (see ``run_app``)
         switch_delay_s=switch_delay_s,
         secrets={"HF_TOKEN": ALICE_TOKEN},
         variables=variables,
