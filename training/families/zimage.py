@@ -61,8 +61,9 @@ class ZImage(FlowMatchingFamily):
     latent_mode = True  # the posterior's mode, as the official script caches it
     defaults = FamilyDefaults(
         hardware="l40sx1", resolution=1024, learning_rate=1e-4, rank=16,
-        hardware_note="Z-Image (6B) trains in bf16 at 1024 px, about 1 s a step on an L40S; an L4 or A10G (24 GB) "
-        "fits it too but is several times slower, and a T4 has no bf16 hardware",
+        hardware_note="Z-Image (6B) trains in bf16 at 1024 px, about 1 s a step on an L40S; an L4 or an A10G large "
+        "(24 GB) fits it too but is several times slower (the small A10G and the T4 small have too little host RAM "
+        "to load it: about 19 GiB), and a T4 has no bf16 hardware",
     )  # fmt: skip
     denoiser_params = 6_154_908_736  # ZImageTransformer2DModel (dim 3840, 30 layers, 2 + 2 refiners)
     #: true-CFG scale for samples of the base model (its card: 3 to 5); Turbo takes none
