@@ -165,3 +165,15 @@ def test_a_space_submit_commits_the_pairs_and_the_trainer_learns_the_edit_from_t
     assert "002_before.png: invert the colors" in card and "load_image(" in card and "image-to-image" in card
     ctx.queue.cancel(task.id)
     ctx.queue.delete(task.id)
+
+
+def test_the_forms_auto_steps_count_an_edit_models_pairs_not_its_files():
+    from contract.catalog import FamilyInfo
+    from ui.model_family import training_image_count
+
+    files = [Path(n) for n in ("a_before.png", "a_after.png", "b_before.png", "b_after.png", "c_before.png")]
+    edit = FamilyInfo(name="qwen-image-edit", label="Qwen-Image-Edit", pipelines=("QwenImageEditPlusPipeline",),
+                      edits=True)  # fmt: skip
+    assert training_image_count(files, edit) == 2  # two pairs; the held-out source is not trained on
+    assert training_image_count(files, FamilyInfo(name="sd", label="SD", pipelines=())) == 5
+    assert training_image_count(files, None) == 5

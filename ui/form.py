@@ -48,6 +48,7 @@ from ui.model_family import (
     other_family,
     photos_label,
     touch,
+    training_image_count,
 )
 from ui.submission import RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
 
@@ -332,12 +333,12 @@ def build_form(ctx: AppContext) -> FormParts:
     def on_files(paths: Any, name: str, model: str, family: FamilyInfo | None, edits: EditCounts,
                  done: EditCounts, request: gr.Request) -> tuple[Any, Any, Any]:  # fmt: skip
         found = [str(p) for p in image_paths(shown_uploads(ctx, request, paths))]  # this tab shows them (ui.uploads)
-        steps_value = recipe_steps(ctx, name, model, len(found), family)
+        steps_value = recipe_steps(ctx, name, model, training_image_count(found, family), family)
         return gr.Gallery(value=found or None, visible=bool(found)), steps_value, mark_applied(done, edits, ["steps"])
 
     def on_recipe(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, edits: EditCounts,
                   done: EditCounts) -> list[Any]:  # fmt: skip
-        updates = field_updates(ctx, name, model, len(image_paths(paths)), res, family=family)
+        updates = field_updates(ctx, name, model, training_image_count(image_paths(paths), family), res, family=family)
         settings, done = advanced_updates(ctx.recipes.get(name), edits, done)  # the recipe's schedule and scoring
         return [*updates, *settings, mark_applied(done, edits, values_set(updates))]
 
@@ -347,7 +348,8 @@ def build_form(ctx: AppContext) -> FormParts:
     def follow(model_changed: bool) -> Callable[..., tuple[Any, ...]]:
         def handle(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, holds: str | None,
                    edits: EditCounts, done: EditCounts) -> tuple[Any, ...]:  # fmt: skip
-            return follow_base_model(ctx, name, model, len(image_paths(paths)), res, family, holds, edits, done, choice,
+            count = training_image_count(image_paths(paths), family)
+            return follow_base_model(ctx, name, model, count, res, family, holds, edits, done, choice,
                                      model_changed=model_changed)  # fmt: skip
 
         return handle

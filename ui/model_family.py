@@ -189,3 +189,12 @@ def photos_label(family: FamilyInfo | None) -> Any:
     import gradio as gr
 
     return gr.File(label=PAIRS_LABEL if family is not None and family.edits else PHOTOS_LABEL)
+
+
+def training_image_count(images: Collection[Any], family: FamilyInfo | None) -> int:
+    """What the auto steps count: the photos, or an edit model's before/after pairs (``training.pairs``)."""
+    if family is not None and family.edits:
+        from training.pairs import sort_pairs
+
+        return len(sort_pairs(images).pairs)
+    return len(images)
