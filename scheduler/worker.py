@@ -415,7 +415,10 @@ class Worker:
         workdir.mkdir(parents=True, exist_ok=True)
         self.status.update(phase="downloading", message="Fetching the training images")
         log.info("task %s attempt %d: fetching its photos from the queue", task.id, task.attempts)  # a hang here shows
-        images = Path(self.queue.fetch_images(task, workdir / "images")).resolve()
+        # a dataset's images are read by the trainer (``training.dataset_images``); the queue holds none of them
+        images = workdir / "images"
+        if task.dataset is None:
+            images = Path(self.queue.fetch_images(task, images)).resolve()
         spec_path = workdir / "task.json"
         spec_path.write_text(json.dumps(task_spec(task, images, self.settings), indent=2))
         events_path = workdir / f"events-{task.attempts}.jsonl"
