@@ -3,8 +3,10 @@
 Torch-free and cheap: the Hub's repo info (exists, readable with the token; the commit it pins), ``datasets``'
 builder (configs, splits and the data files, resolved from the file listing without downloading them), then the
 columns and the number of images from what tells them without image bytes: the card's ``dataset_info``, an
-imagefolder's file names and its ``metadata.jsonl``/``.csv``, or the parquet files' footers (ranged reads). The
-images themselves are checked by the trainer, with the checks of uploaded photos.
+imagefolder's file names and its ``metadata.jsonl``/``.csv``, or the parquet files' footers (ranged reads). An
+imagefolder's image sizes are read from each file's header (a ranged read of its first bytes) and held to the
+uploads' bounds (``scheduler.validation.Limits``); every image is checked again by the trainer, with the checks of
+uploaded photos (parquet images only there).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from contract.hub_dataset import MAX_DATASET_IMAGES, DatasetSource
+from scheduler.validation import LIMITS, Limits
 from training.dataset_images import caption_problem, image_column
 from training.exitcodes import BadInputError
 
 _METADATA = ("metadata.jsonl", "metadata.csv")
 _METADATA_BYTES = 4 * 1024 * 1024  # an imagefolder's metadata of 200 captions is a few kB
+_HEADER_BYTES = 64 * 1024  # enough for an image's size (a JPEG's EXIF comes before its frame header)
+_READERS = 8  # header reads at once
 
 
 class DatasetRefused(ValueError):
@@ -123,6 +128,9 @@ def _features_and_count(builder: Any, source: DatasetSource, files: list[str], t
         return dict(info.features), info.splits[source.split].num_examples
     if isinstance(builder, ImageFolder):
         images = [f for f in files if Path(f).suffix.lower() in ImageFolder.EXTENSIONS]
+        if len(images) <= MAX_DATASET_IMAGES and (problems := _size_problems(images, token)):
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise DatasetRefused(f"Dataset: {source.describe()} has {len(problems)} unusable image(s): {shown}.")
         features: dict[str, Any] = {"image": Image()}
         for name in _metadata_columns([f for f in files if Path(f).name in _METADATA], token):
             features.setdefault(name, Value("string"))
@@ -140,6 +148,30 @@ def _features_and_count(builder: Any, source: DatasetSource, files: list[str], t
     raise DatasetRefused(f"Dataset: {source.describe()} is a {builder.name} dataset, whose columns cannot be read "
                          "without downloading it; use an imagefolder (images and a metadata.jsonl) or parquet "
                          "files, or a dataset whose card lists its features.")  # fmt: skip
+
+
+def _size_problems(files: list[str], token: str | None, limits: Limits = LIMITS) -> list[str]:
+    """What is wrong with each image's size (too small, too many pixels) or header (unreadable), read from its first
+    bytes only; the uploads' bounds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image, UnidentifiedImageError
+
+    def problem(url: str) -> str | None:
+        name = url.split("@", 1)[-1].split("/", 1)[-1] if url.startswith("hf://") else Path(url).name
+        try:
+            with _open(url, token, block_size=_HEADER_BYTES) as f, Image.open(f) as im:
+                width, height = im.size
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+            return f"{name} is not a readable image"
+        if width * height > limits.max_image_pixels:
+            return f"{name} is {width}x{height}, more than {limits.max_image_pixels:,} pixels"
+        if min(width, height) < limits.min_image_side:
+            return f"{name} is {width}x{height}; each side needs at least {limits.min_image_side} px"
+        return None
+
+    with ThreadPoolExecutor(_READERS) as pool:
+        return [p for p in pool.map(problem, files) if p]
 
 
 def _metadata_columns(files: list[str], token: str | None) -> list[str]:
@@ -162,10 +194,10 @@ def _metadata_columns(files: list[str], token: str | None) -> list[str]:
     return columns
 
 
-def _open(url: str, token: str | None) -> Any:
-    """A binary file object of a local path or an ``hf://`` URL (ranged reads, with the token)."""
+def _open(url: str, token: str | None, block_size: int | None = None) -> Any:
+    """A binary file object of a local path or an ``hf://`` URL (ranged reads of ``block_size``, with the token)."""
     if url.startswith("hf://"):
         from huggingface_hub import HfFileSystem
 
-        return HfFileSystem(token=token or False).open(url.removeprefix("hf://"), "rb")
+        return HfFileSystem(token=token or False).open(url.removeprefix("hf://"), "rb", block_size=block_size)
     return open(url, "rb")  # noqa: SIM115 - the caller closes it

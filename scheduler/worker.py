@@ -406,8 +406,10 @@ class Worker:
         return folder
 
     def remove_photos(self, task_id: str) -> None:
-        """Delete this machine's copy of a task's photos (the run's outputs stay)."""
+        """Delete this machine's copy of a task's photos, and what the trainer fetched (a dataset's images and its
+        cache: ``work/inputs``); the run's outputs stay."""
         shutil.rmtree(self.run_dir(task_id) / "images", ignore_errors=True)
+        shutil.rmtree(self.run_dir(task_id) / "work" / "inputs", ignore_errors=True)
 
     def train(self, task: Task) -> TrainOutcome:
         """Run the trainer for a claimed task under the watchdog and return how it ended."""

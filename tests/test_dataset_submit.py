@@ -31,10 +31,11 @@ from training.demo import DEMO_MODEL
 PROMPT = "a photo of sks dog"
 
 
-def imagefolder_repo(hub, tmp_path: Path, captions: dict[int, str], n: int = 3, private: bool = True) -> str:
+def imagefolder_repo(hub, tmp_path: Path, captions: dict[int, str], n: int = 3, private: bool = True,
+                     size: int = 96) -> str:  # fmt: skip
     """A private imagefolder dataset of alice's: ``n`` photos and a ``metadata.jsonl`` with a ``text`` column."""
     repo = f"alice/photos-{uuid.uuid4().hex[:6]}"
-    photos = make_images(tmp_path / repo.split("/")[1], n, size=64)
+    photos = make_images(tmp_path / repo.split("/")[1], n, size=size)
     rows = "".join(json.dumps({"file_name": p.name, "text": captions.get(i)}) + "\n" for i, p in enumerate(photos))
     files: dict[str, Path | bytes] = {f"train/{p.name}": p.read_bytes() for p in photos}
     hub.commit_files(repo, {**files, "train/metadata.jsonl": rows.encode()}, author="alice", repo_type="dataset",
@@ -66,13 +67,20 @@ def downloads(hub, repo: str) -> list[str]:
     return [f"{r.path.rsplit('/', 1)[-1]} {r.status}" for r in hub.requests("GET", rf"^/datasets/{repo}/resolve/")]
 
 
-def test_an_imagefolder_on_the_hub_is_checked_from_its_listing_and_metadata_alone(hub, tmp_path):
+def test_an_imagefolder_on_the_hub_is_checked_from_its_listing_metadata_and_image_headers(hub, tmp_path):
     repo = imagefolder_repo(hub, tmp_path, {0: "a dog on a sofa"})
     hub.clear_requests()
     found = check_dataset(DatasetSource(repo, caption_column="text"), ALICE_TOKEN, local_folders=False)
     assert (found.images, found.image_column, found.captions) == (3, "image", True)
     assert found.source.revision == HfApi(token=ALICE_TOKEN).dataset_info(repo).sha  # the trainer reads this commit
-    assert [line.split()[0] for line in downloads(hub, repo)] == ["metadata.jsonl"]  # no image bytes
+    got = sorted(downloads(hub, repo))
+    assert [line.split()[0] for line in got] == ["img00.png", "img01.jpg", "img02.png", "metadata.jsonl"], got
+    assert all(line.endswith(" 206") for line in got)  # ranged reads: each image's header (its size)
+
+    small = imagefolder_repo(hub, tmp_path, {}, size=64)  # the EXIF-rotated JPEG is stored 64x48
+    with pytest.raises(DatasetRefused, match=r"has 1 unusable image\(s\): train/img01\.jpg is 64x48; each side needs "
+                                             r"at least 64 px"):  # fmt: skip
+        check_dataset(DatasetSource(small), ALICE_TOKEN, local_folders=False)
 
 
 def test_a_parquet_dataset_is_checked_from_its_footer(hub):
@@ -145,10 +153,11 @@ def test_a_private_hub_dataset_submitted_with_the_cli_trains_in_the_worker(hub, 
     assert done.status is TaskStatus.DONE, done.last_error
     spec = json.loads((tmp_path / "data" / "runs" / "ds01" / "task.json").read_text())
     assert spec["images"] == task.dataset.to_dict()  # the trainer got the dataset's name, not a copy
-    inputs = tmp_path / "data" / "runs" / "ds01" / "work" / "inputs" / "instance" / "images"
-    assert sorted(p.name for p in inputs.iterdir()) == ["000.png", "000.txt", "001.jpg", "002.png", "002.txt"]
     card = (Path(done.result_url) / "README.md").read_text()
-    assert "per-image captions | yes (2 of 3 images; the others: the instance prompt)" in card
+    assert "per-image captions | yes (2 of 3 images; the others: the instance prompt)" in card  # its captions
+    log = next((tmp_path / "data" / "runs" / "ds01").glob("train-*.log")).read_text()
+    assert f"dataset {repo} (split train): 3 images written to" in log
+    assert not (tmp_path / "data" / "runs" / "ds01" / "work" / "inputs").exists()  # removed as the photo copy is
 
 
 def test_a_hub_queue_holds_only_the_datasets_name_and_refuses_a_local_folder(hub, tmp_path, monkeypatch, capsys):
@@ -174,7 +183,7 @@ def test_a_hub_queue_holds_only_the_datasets_name_and_refuses_a_local_folder(hub
 
 def test_a_local_folder_dataset_is_checked_in_local_mode(tmp_path):
     folder = tmp_path / "ds"
-    make_images(folder, 2)
+    make_images(folder, 2, size=96)
     found = check_dataset(DatasetSource(str(folder)), None, local_folders=True)
     assert (found.images, found.image_column, found.source.dataset) == (2, "image", str(folder.resolve()))
     with pytest.raises(DatasetRefused, match="is not a folder"):
