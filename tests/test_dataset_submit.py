@@ -43,8 +43,9 @@ def imagefolder_repo(hub, tmp_path: Path, captions: dict[int, str], n: int = 3, 
     return repo
 
 
-def parquet_repo(hub, columns: dict[str, list]) -> str:
-    """A private parquet dataset of alice's, written by ``datasets`` (its Image features in the file's metadata)."""
+def parquet_repo(hub, columns: dict[str, list], card: bytes | None = None) -> str:
+    """A private parquet dataset of alice's, written by ``datasets`` (its Image features in the file's metadata),
+    with ``card`` as its README.md."""
     import datasets
 
     repo = f"alice/table-{uuid.uuid4().hex[:6]}"
@@ -53,9 +54,29 @@ def parquet_repo(hub, columns: dict[str, list]) -> str:
         table = table.cast_column("photo", datasets.Image())
     buf = io.BytesIO()
     table.to_parquet(buf)
-    hub.commit_files(repo, {"data/train-00000-of-00001.parquet": buf.getvalue()}, author="alice",
-                     repo_type="dataset", private=True)  # fmt: skip
+    files = {"data/train-00000-of-00001.parquet": buf.getvalue(), **({"README.md": card} if card else {})}
+    hub.commit_files(repo, files, author="alice", repo_type="dataset", private=True)
     return repo
+
+
+#: the card ``Dataset.push_to_hub`` writes (its ``dataset_info``: features and row counts), for 3 rows
+CARD = b"""---
+dataset_info:
+  features:
+  - name: caption
+    dtype: string
+  - name: photo
+    dtype: image
+  splits:
+  - name: train
+    num_examples: 3
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*
+---
+"""
 
 
 def pixels(n: int) -> list[Image.Image]:
@@ -90,6 +111,14 @@ def test_a_parquet_dataset_is_checked_from_its_footer(hub):
     assert (found.images, found.image_column, found.captions) == (3, "photo", False)  # the first Image column
     got = downloads(hub, repo)
     assert got and all(line.endswith(" 206") for line in got), got  # ranged reads of the footer only
+
+
+def test_a_datasets_card_tells_its_columns_and_rows_without_reading_its_data(hub):
+    repo = parquet_repo(hub, {"caption": ["a", "b", "c"], "photo": pixels(3)}, card=CARD)
+    hub.clear_requests()
+    found = check_dataset(DatasetSource(repo, caption_column="caption"), ALICE_TOKEN, local_folders=False)
+    assert (found.images, found.image_column, found.captions) == (3, "photo", True)
+    assert not [line for line in downloads(hub, repo) if ".parquet" in line]  # the card alone
 
 
 @pytest.fixture

@@ -128,7 +128,7 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any], dataset: Data
 
 #: the form's dataset field (``dataset_answer``; the CLI also takes a config, a split and the columns)
 DATASET_HELP = ("Instead of photos: a dataset id whose first image column (split train) holds 1 to 200 images, read "
-                "by the trainer with the Space's token, never copied into the queue")  # fmt: skip
+                "by the trainer with HF_TOKEN, never copied into the queue")  # fmt: skip
 
 
 def dataset_answer(ctx: AppContext, name: str, owner: bool) -> DatasetCheck | str:
