@@ -54,6 +54,9 @@ def test_an_imagefolder_becomes_photos_and_captions_checked_like_an_upload(tmp_p
 
     no_caption = export_dataset(DatasetSource(str(tmp_path / "ds")), tmp_path / "plain", tmp_path / "c")
     assert not list(no_caption.glob("*.txt"))  # no caption column named: the instance prompt for every image
+    imagefolder(tmp_path / "one", {}, n=1)
+    again = export_dataset(DatasetSource(str(tmp_path / "one")), out, tmp_path / "c")  # a later attempt, same folder
+    assert sorted(p.name for p in again.iterdir()) == ["000.png"]  # nothing of the earlier rows is left
 
 
 def test_a_dataset_without_the_columns_or_with_bad_images_is_refused(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,8 @@ def export_dataset(source: DatasetSource, folder: Path, cache_dir: Path) -> Path
     if len(ds) > MAX_DATASET_IMAGES:
         raise BadInputError(f"dataset {source.describe()} has {len(ds)} images; at most {MAX_DATASET_IMAGES} train a task")
     ds = ds.cast_column(column, ImageFeature(decode=False))  # the stored bytes, as an upload would give them
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt's rows never mix with these
+    folder.mkdir(parents=True)
     for i, row in enumerate(ds):
         data, name = _image_bytes(row[column])
         (folder / f"{i:03d}{_extension(data, name)}").write_bytes(data)
