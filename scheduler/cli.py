@@ -20,9 +20,11 @@ from typing import Any
 
 from huggingface_hub import HfApi
 
+from contract.hub_dataset import DEFAULT_SPLIT, MAX_DATASET_IMAGES, DatasetSource
 from contract.params import LR_SCHEDULER_CHOICES
 from contract.settings import DEFAULT_BASE_MODEL, Settings, SettingsError, hub_offline, load_settings
 from contract.text import printable
+from scheduler.dataset_check import DatasetCheck, DatasetRefused, check_dataset
 from scheduler.hardware import HardwareController, HardwareRefused, HardwareUnavailable, LocalHardware, make_hardware
 from scheduler.hardware.space import SpaceHardware
 from scheduler.host_ram import DEFAULT_RECIPE
@@ -110,8 +112,18 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
         add_parser(name, help=text).add_argument("task_id", metavar="ID")
 
     p = add_parser("submit", help="validate and enqueue a training task (images and task in one commit)")
-    p.add_argument("--images", required=True, type=Path, metavar="DIR",
-                   help="folder with the subject's photos, and a caption per photo if you like (dog1.jpg + dog1.txt)")  # fmt: skip
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, metavar="DIR",
+                        help="folder with the subject's photos, and a caption per photo if you like (dog1.jpg + dog1.txt)")  # fmt: skip
+    source.add_argument("--dataset", metavar="ID", help="train on a dataset instead: a Hub dataset id (user/name), read "
+                        "by the trainer with the token (a private one stays private), or in local mode a folder such as "
+                        "an imagefolder with a metadata.jsonl; checked before anything is queued (1 to "
+                        f"{MAX_DATASET_IMAGES} images)")  # fmt: skip
+    p.add_argument("--dataset-config", metavar="NAME", help="the dataset's config (subset), if it has several")
+    p.add_argument("--dataset-split", metavar="NAME", default=DEFAULT_SPLIT, help="its split (default: train)")
+    p.add_argument("--image-column", metavar="NAME", help="its image column (default: the first column of images)")
+    p.add_argument("--caption-column", metavar="NAME", help="its caption column: each row's text is its image's "
+                   "caption, as a .txt beside a photo (default: none, the prompt for every image)")  # fmt: skip
     p.add_argument("--prompt", required=True, help='instance prompt, e.g. "a photo of sks dog"')
     p.add_argument("--class-prompt", help="class prompt for prior preservation, e.g. \"a photo of a dog\"")
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help=f"training recipe (default: {DEFAULT_RECIPE})")
@@ -284,14 +296,26 @@ def check_output_repo(task: Task, queue: TaskQueue, settings: Settings, local: b
     return choice
 
 
+def _checked_dataset(args: argparse.Namespace, settings: Settings, local: bool) -> DatasetCheck:
+    """``--dataset`` and its options, checked as the trainer will read them (with ``HF_TOKEN``)."""
+    source = DatasetSource(args.dataset.strip(), config=args.dataset_config, split=args.dataset_split,
+                           image_column=args.image_column, caption_column=args.caption_column)  # fmt: skip
+    try:
+        return check_dataset(source, settings.hf_token, local_folders=local)
+    except DatasetRefused as exc:
+        raise CliError(f"The task was not enqueued:\n  - {exc}", EXIT_USAGE) from None
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     """Validate and enqueue as the form does: the same files (photos and ``.txt`` captions), checks, params,
     submitter and output repo."""
-    if not args.images.is_dir():
-        raise CliError(f"--images {args.images}: not a folder.", EXIT_USAGE)
-    uploads = list_images(args.images)  # the photos and their .txt captions, stored together (as the form's upload)
-    images, captions = split_captions(uploads)
     local = is_local(args, settings)
+    dataset = _checked_dataset(args, settings, local) if args.dataset else None
+    if dataset is None and not args.images.is_dir():
+        raise CliError(f"--images {args.images}: not a folder.", EXIT_USAGE)
+    # the photos and their .txt captions, stored together (as the form's upload); none for a dataset
+    uploads = list_images(args.images) if dataset is None else []
+    images, captions = split_captions(uploads)
     # locally without a token, or in huggingface_hub's offline mode, nothing is uploaded
     api = _api(settings) if (settings.hf_token and not hub_offline()) or not local else None
     base_model, model_problem = resolve_base_model(args.base_model or settings.default_base_model, local=local,
@@ -317,6 +341,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         private=not args.public,
         max_attempts=settings.max_attempts,
         deadline_s=settings.deadline_s,
+        dataset=dataset.source if dataset else None,
     )
     if args.task_id:
         if not is_safe_task_id(args.task_id):
@@ -331,10 +356,12 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     queue = open_queue(args, settings)
     choice = check_output_repo(task, queue, settings, local, api)
     task.output_repo = choice.repo_id
-    for warning in submission_warnings(len(images)):
+    count = dataset.images if dataset else len(images)
+    for warning in submission_warnings(count):
         say(f"warning: {warning}", err=True)
     stored = queue.enqueue(task, uploads)
-    say(f"Enqueued task {stored.id} ({len(images)} images, {hardware_shown(stored, local)}) in {queue!r}; output "
+    source = f" from dataset {dataset.source.describe()}" if dataset else ""
+    say(f"Enqueued task {stored.id} ({count} images{source}, {hardware_shown(stored, local)}) in {queue!r}; output "
         f"repo: {stored.output_repo}.")  # fmt: skip
     if choice.note:
         say(choice.note.replace("**", ""))

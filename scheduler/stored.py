@@ -161,6 +161,8 @@ def _limits_problem(task: Task, settings: Any) -> str | None:
 def _content_problem(task: Task, settings: Any) -> str | None:
     if not RECIPE_RE.fullmatch(task.recipe):
         return f"recipe {task.recipe!r} is not a recipe name"
+    if task.dataset is not None and (problem := task.dataset.problem(local_folders=settings.local)):
+        return f"dataset: {problem}"  # a folder on the machine is named in local mode only
     model = task.base_model
     path_allowed = settings.local or model in settings.base_models
     if not model or (_repo_id_problem("base model", model) and not path_allowed):

@@ -13,6 +13,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
+from contract.hub_dataset import DatasetSource
+
 LOCAL_CPU, LOCAL_GPU = "local-cpu", "local-gpu"  # the flavor of a run on a workstation (local mode), by its device
 
 
@@ -111,6 +113,8 @@ class Task:
     params: dict[str, Any] = field(default_factory=dict)
     hardware: str = "t4-small"
     images: ImageRef | None = None
+    #: the dataset it trains on instead of uploaded photos (``contract.hub_dataset``); its ``images`` folder is empty
+    dataset: DatasetSource | None = None
     output_repo: str = ""
     private: bool = True
     attempts: int = 0
@@ -157,6 +161,11 @@ class Task:
         _check_types(known, _TASK_TYPES, "task")
         if known.get("images") is not None:
             known["images"] = ImageRef(**_record(known["images"], ImageRef, _IMAGE_TYPES, "images"))
+        if known.get("dataset") is not None:
+            try:
+                known["dataset"] = DatasetSource.from_dict(known["dataset"])
+            except ValueError as e:
+                raise MalformedTask(str(e)) from None
         if known.get("lease") is not None:
             known["lease"] = Lease(**_record(known["lease"], Lease, _LEASE_TYPES, "lease"))
         known["run"] = run_record_from_dict(known.get("run"))
@@ -181,7 +190,7 @@ _TASK_TYPES: dict[str, tuple[type, ...]] = {
     "hardware": _STR, "output_repo": _STR, "class_prompt": _OPT_STR, "last_error": _OPT_STR, "note": _OPT_STR,
     "result_url": _OPT_STR, "private": (bool,), "attempts": _INT, "max_attempts": _INT, "deadline_s": _NUM,
     "created_at": _NUM, "updated_at": _NUM, "started_at": _OPT_NUM, "finished_at": _OPT_NUM, "stop_at": _OPT_NUM,
-    "params": (dict,), "progress": (dict,), "images": (dict, type(None)), "lease": (dict, type(None)),
+    "params": (dict,), "progress": (dict,), "images": (dict, type(None)), "dataset": (dict, type(None)), "lease": (dict, type(None)),
 }  # fmt: skip
 _IMAGE_TYPES = {"path": _STR, "repo_id": _OPT_STR, "revision": _OPT_STR, "count": _INT, "removed": (bool,)}
 _LEASE_TYPES = {"holder": _STR, "expires_at": _NUM}

@@ -173,7 +173,7 @@ def task_spec(task: Task, images: Path, settings: Any) -> dict[str, Any]:
         "base_model": base_model,
         "instance_prompt": task.instance_prompt,
         "class_prompt": task.class_prompt,
-        "images": str(images),
+        "images": task.dataset.to_dict() if task.dataset is not None else str(images),  # a dataset: read by the trainer
         "params": dict(task.params),
         "output": output,
         "checkpoint": checkpoint,

@@ -272,8 +272,11 @@ def validate_task(
     ``steps``, ``learning_rate``, ``rank``, ``resolution`` and the schedule's (``lr_scheduler``, ``lr_warmup_steps``,
     ``snr_gamma``) when present, ``quantize_base`` and ``score``; every other
     param it holds is checked against the shared bounds too (``check_params``). ``captions``: the ``.txt``
-    captions sent with ``images`` (``split_captions``)."""
+    captions sent with ``images`` (``split_captions``). A task that trains on a dataset (``task.dataset``, checked by
+    ``scheduler.dataset_check``) comes with no images."""
     params = task.params
+    if task.dataset is not None:
+        limits = dataclasses.replace(limits, min_images=0)
     named = ("steps", "learning_rate", "rank", "resolution", "lr_scheduler", "lr_warmup_steps", "snr_gamma")
     problems = validate_submission(
         instance_prompt=task.instance_prompt,

@@ -406,8 +406,10 @@ class Worker:
         return folder
 
     def remove_photos(self, task_id: str) -> None:
-        """Delete this machine's copy of a task's photos (the run's outputs stay)."""
+        """Delete this machine's copy of a task's photos, and what the trainer fetched (a dataset's images and its
+        cache: ``work/inputs``); the run's outputs stay."""
         shutil.rmtree(self.run_dir(task_id) / "images", ignore_errors=True)
+        shutil.rmtree(self.run_dir(task_id) / "work" / "inputs", ignore_errors=True)
 
     def train(self, task: Task) -> TrainOutcome:
         """Run the trainer for a claimed task under the watchdog and return how it ended."""
@@ -415,7 +417,10 @@ class Worker:
         workdir.mkdir(parents=True, exist_ok=True)
         self.status.update(phase="downloading", message="Fetching the training images")
         log.info("task %s attempt %d: fetching its photos from the queue", task.id, task.attempts)  # a hang here shows
-        images = Path(self.queue.fetch_images(task, workdir / "images")).resolve()
+        # a dataset's images are read by the trainer (``training.dataset_images``); the queue holds none of them
+        images = workdir / "images"
+        if task.dataset is None:
+            images = Path(self.queue.fetch_images(task, images)).resolve()
         spec_path = workdir / "task.json"
         spec_path.write_text(json.dumps(task_spec(task, images, self.settings), indent=2))
         events_path = workdir / f"events-{task.attempts}.jsonl"

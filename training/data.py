@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from contract.hub_dataset import DatasetSource
 from training.exitcodes import BadInputError
 from training.spec import HubFolder
 
@@ -51,8 +52,13 @@ class PreparedImage:
     control: PreparedImage | None = None
 
 
-def fetch_images(source: str | HubFolder, cache_dir: Path) -> Path:
-    """Return a local folder holding the images: the folder itself, or a snapshot of the Hub dataset folder."""
+def fetch_images(source: str | HubFolder | DatasetSource, cache_dir: Path) -> Path:
+    """Return a local folder holding the images: the folder itself, a snapshot of the Hub dataset folder, or the
+    rows of a dataset written as photos and ``.txt`` captions (``training.dataset_images``)."""
+    if isinstance(source, DatasetSource):
+        from training.dataset_images import export_dataset
+
+        return export_dataset(source, cache_dir / "images", cache_dir / "datasets-cache")
     if isinstance(source, str):
         folder = Path(source)
         if not folder.is_dir():

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contract.hub_dataset import DatasetSource
+
 # The bounds and choices of the params are the contract's (torch-free, one table shared with the form and the CLI).
 from contract.params import (
     DEFAULT_LR_SCHEDULER,
@@ -93,7 +95,7 @@ class TrainSpec:
     task_id: str
     base_model: str
     instance_prompt: str
-    images: str | HubFolder
+    images: str | HubFolder | DatasetSource  # a folder, a Hub folder, or a dataset read with ``datasets``
     recipe: str = "dreambooth-lora"
     class_prompt: str | None = None
     class_images: str | HubFolder | None = None
@@ -210,7 +212,12 @@ def _typed(data: dict, key: str, typ: type, default: Any = ...) -> Any:
     return value
 
 
-def _image_source(value: Any, key: str) -> str | HubFolder:
+def _image_source(value: Any, key: str) -> str | HubFolder | DatasetSource:
+    if isinstance(value, dict) and "dataset" in value and key == "images":
+        try:
+            return DatasetSource.from_dict(value, key)
+        except ValueError as e:
+            raise BadInputError(str(e)) from e
     if isinstance(value, str):
         if not Path(value).is_absolute():
             raise BadInputError(f"{key} must be an absolute folder path or a Hub location")

@@ -21,7 +21,7 @@ from scheduler.task import Task, TaskStatus
 WINDOW_S = 600.0
 # Form values that make two submissions the same task (the output repo is chosen at submit time and not compared).
 COMPARED = ("instance_prompt", "class_prompt", "base_model", "recipe", "steps", "hardware", "learning_rate", "rank",
-            "resolution", "private", "lr_scheduler", "lr_warmup_steps", "snr_gamma", "score")  # fmt: skip
+            "resolution", "private", "lr_scheduler", "lr_warmup_steps", "snr_gamma", "score", "dataset")  # fmt: skip
 
 
 def file_digest(path: Path) -> str:

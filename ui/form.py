@@ -50,7 +50,7 @@ from ui.model_family import (
     touch,
     training_image_count,
 )
-from ui.submission import RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
+from ui.submission import DATASET_HELP, RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -272,6 +272,7 @@ def build_form(ctx: AppContext) -> FormParts:
         )
         preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False,
                              elem_id="photo-preview")  # fmt: skip
+        dataset = gr.Textbox(label="Or a Hub dataset", placeholder="user/my-photos", info=DATASET_HELP, elem_id="dataset")
         instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog", info=None)
         gr.Markdown(PROMPT_HELP)
         class_prompt = gr.Textbox(label="Class prompt (optional)", placeholder="a photo of a dog")
@@ -446,16 +447,16 @@ def build_form(ctx: AppContext) -> FormParts:
         the annotations, so the signature is written out once, here."""
 
         def handle(
-            files_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
+            files_value, dataset_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
             is_private, sched, warmup, gamma, score, profile: gr.OAuthProfile | None, request: gr.Request,
         ) -> tuple[Any, ...]:  # fmt: skip
             args = (instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private)
-            values = {**values_of(*args), **advanced_values(sched, warmup, gamma, score)}
+            values = {**values_of(*args), **advanced_values(sched, warmup, gamma, score), "dataset": dataset_value or ""}
             return answer(files_value, values, profile, request, confirm=confirm)
 
         return handle
 
-    submit_inputs = [files, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank,
+    submit_inputs = [files, dataset, instance_prompt, class_prompt, base_model, recipe, steps, hardware, learning_rate, rank,
                      resolution, output_repo, private, *adv.settings]  # fmt: skip
     submit_outputs = [message, files, submit_button, again]
     submit_button.click(submit_handler(confirm=False), submit_inputs, submit_outputs, api_name="submit", api_visibility="private",
@@ -469,7 +470,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     edits = [files.upload, files.clear, files.delete, instance_prompt.input, class_prompt.input, base_model.input,
              recipe.input, steps.input, hardware.input, learning_rate.input, rank.input, resolution.input,
-             output_repo.input, private.input, *(c.input for c in adv.settings)]  # fmt: skip
+             output_repo.input, private.input, dataset.input, *(c.input for c in adv.settings)]  # fmt: skip
     for event in edits:  # in the submits' queue: an edit made before Train is answered before it, never after
         event(on_edit, None, [submit_button, again], api_visibility="private", show_progress="hidden",
               concurrency_limit=1, concurrency_id="submit")  # fmt: skip

@@ -9,16 +9,20 @@ answers at once; on a Space the answer waits briefly for the worker's hardware r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from contract.hub_dataset import DatasetSource
 from contract.params import SCHEDULE_DEFAULTS
 from contract.settings import hub_offline
+from contract.text import md_code
+from scheduler.dataset_check import DatasetCheck, DatasetRefused, check_dataset
 from scheduler.output_names import OutputChoice, choose_output_repo, default_output_repo, write_problem
 from scheduler.task import Task, TaskStatus
-from scheduler.validation import split_captions, submission_warnings, validate_submission
+from scheduler.validation import LIMITS, split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
 from training.families import find_family
 from training.pairs import pair_problems
@@ -92,7 +96,7 @@ def uses_field(ctx: AppContext, recipe: str, name: str) -> bool:
     return lists_field(info, name) and (info is None or name not in info.fixed_params)
 
 
-def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
+def build_task(ctx: AppContext, user: str, values: dict[str, Any], dataset: DatasetCheck | None = None) -> Task:
     """The Task for a validated submission; ``params`` holds only keys the trainer knows, and none the recipe
     ignores or fixes itself. ``score`` is always written (the form's value, else the default: on)."""
     recipe = values["recipe"]
@@ -118,15 +122,37 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any]) -> Task:
         private=bool(values["private"]),
         max_attempts=int(ctx.settings.max_attempts),
         deadline_s=float(ctx.settings.deadline_s),
+        dataset=dataset.source if dataset is not None else None,
     )
+
+
+#: the form's dataset field (``dataset_answer``; the CLI also takes a config, a split and the columns)
+DATASET_HELP = ("Instead of photos: a dataset id whose first image column (split train) holds 1 to 200 images, read "
+                "by the trainer with HF_TOKEN, never copied into the queue")  # fmt: skip
+
+
+def dataset_answer(ctx: AppContext, name: str, owner: bool) -> DatasetCheck | str:
+    """The "Or a Hub dataset" field checked as the trainer will read it (``scheduler.dataset_check``): with the
+    Space's token for the owner; for anyone else only a public dataset (the owner's private ones stay theirs)."""
+    token = ctx.settings.hf_token if owner else None
+    try:
+        return check_dataset(DatasetSource(name), token, local_folders=ctx.local and owner)
+    except DatasetRefused as exc:
+        return str(exc) + ("" if owner else " Only the Space's owner may train on a private dataset.")
+    except Exception as exc:  # noqa: BLE001 - an unclassified failure is still "could not check", never a crash
+        return f"Dataset: {name!r} could not be checked ({type(exc).__name__}: {exc}); try again."
 
 
 def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner: bool = True,
              captions: list[Path] | None = None) -> list[str]:  # fmt: skip
     """Every problem with the form's values and the uploaded photos and ``.txt`` captions (empty list: ready to
-    enqueue). Non-owners get only the offered base models; fields the recipe ignores or fixes are not checked."""
+    enqueue). Non-owners get only the offered base models; fields the recipe ignores or fixes are not checked.
+    A dataset named instead of photos is checked later (``dataset_answer``, on the Hub)."""
     s = ctx.settings
     recipe = values["recipe"]
+    dataset = (values.get("dataset") or "").strip()
+    if dataset and (images or captions):
+        return ["Give photos or a Hub dataset, not both: clear the upload or the dataset field."]
 
     def used(name: str) -> Any:
         return values.get(name) if uses_field(ctx, recipe, name) else None
@@ -151,6 +177,7 @@ def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner:
         lr_warmup_steps=used("lr_warmup_steps"),
         snr_gamma=used("snr_gamma"),
         score=used(SCORE_FIELD),
+        limits=dataclasses.replace(LIMITS, min_images=0) if dataset else LIMITS,
     )
 
 
@@ -268,20 +295,25 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
         if earlier is not None:
             return SubmitOutcome(duplicate_message(earlier), confirm=True)
 
+    dataset = None
+    if name := (values.get("dataset") or "").strip():
+        dataset = dataset_answer(ctx, name, owner)
+        if isinstance(dataset, str):
+            return SubmitOutcome(nothing_queued([dataset]))
     answer, probe = base_model_answer(ctx, values["base_model"])
     if answer:
         return SubmitOutcome(answer)
     problems = pairs_problems(probe, images)
     if problems:
         return SubmitOutcome(nothing_queued(problems))
-    fits = check_fit(build_task(ctx, user, values), probe)
+    fits = check_fit(build_task(ctx, user, values, dataset), probe)
     if fits.problem:
         return SubmitOutcome(nothing_queued([fits.problem]))
     choice = pick_output_repo(ctx, user, owner, values, tasks)
     if isinstance(choice, str):
         return SubmitOutcome(nothing_queued([choice]))
 
-    task = ctx.queue.enqueue(build_task(ctx, user, {**values, "output_repo": choice.repo_id}), uploads)
+    task = ctx.queue.enqueue(build_task(ctx, user, {**values, "output_repo": choice.repo_id}, dataset), uploads)
     ctx.recent.remember(fingerprint, task.id)
     remove_uploads(ctx.uploads.take(session, uploads))  # the queue holds them now; copies no other tab shows go
     ctx.worker.forget_refusal(task.id)
@@ -292,8 +324,9 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
         ctx.worker.wait_for_loop(after, WORKER_REPLY_S)
     notes = ([choice.note] if choice.note else []) + fits.notes
     notes += [f"**Warning:** {w[:1].upper()}{w[1:]} It was queued anyway: cancel it in the **Queue** tab to add photos."
-              for w in submission_warnings(len(images))]  # fmt: skip
-    return SubmitOutcome(queued_message(ctx, task, busy) + "".join(f"\n\n{n}" for n in notes), task=task)
+              for w in submission_warnings(dataset.images if dataset else len(images))]  # fmt: skip
+    what = f"the {dataset.images} images of dataset {md_code(dataset.source.describe())}" if dataset else None
+    return SubmitOutcome(queued_message(ctx, task, busy, what) + "".join(f"\n\n{n}" for n in notes), task=task)
 
 
 def submit_task(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, confirm: bool = False) -> str:
@@ -324,10 +357,11 @@ def remove_uploads(paths: list[Path]) -> None:
             path.parent.rmdir()
 
 
-def queued_message(ctx: AppContext, task: Task, busy: bool = False) -> str:
-    """What happens next for a just-queued task (``busy``: the worker is training another task)."""
+def queued_message(ctx: AppContext, task: Task, busy: bool = False, what: str | None = None) -> str:
+    """What happens next for a just-queued task (``busy``: the worker is training another task; ``what``: what it
+    trains on, when not its photos)."""
     count = task.images.count if task.images else 0
-    head = f"**Task `{task.id}` queued** with {count} photo{'' if count == 1 else 's'}."
+    head = f"**Task `{task.id}` queued** with {what or f'{count} photo' + ('' if count == 1 else 's')}."
     if ctx.local:
         after = " It starts when the task training now finishes." if busy else ""
         return head + f" Training runs on this machine ({local_device(ctx.worker).name}).{after} Follow it in the **Run** tab."
