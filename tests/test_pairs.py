@@ -148,7 +148,8 @@ def test_a_space_submit_commits_the_pairs_and_the_trainer_learns_the_edit_from_t
     ctx = space_ctx(hub, tmp_path)
     outcome = submit(ctx, "alice", pair_upload(tmp_path), values(base_model=str(tiny_edit), resolution=256,
                                                                  hardware="l40sx1", output_repo="alice/edit"))  # fmt: skip
-    assert outcome.queued, outcome.message
+    assert outcome.queued and "queued** with 2 before/after pairs and 1 held-out source." in outcome.message, \
+        outcome.message
     task = outcome.task
     prefix = f"images/{task.id}/"
     names = sorted(f.removeprefix(prefix) for f in ctx.api.list_repo_files(ctx.queue.repo_id, repo_type="dataset")

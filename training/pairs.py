@@ -70,6 +70,16 @@ def sort_pairs(images: Iterable[str | Path]) -> PairNames:
     return out
 
 
+def describe_pairs(images: Iterable[str | Path]) -> str | None:
+    """"2 before/after pairs and 1 held-out source" for an upload of pairs; None for photos."""
+    found = sort_pairs(images)
+    if not found.pairs:
+        return None
+    n, held = len(found.pairs), len(found.held_out)
+    text = f"{n} before/after pair{'' if n == 1 else 's'}"
+    return text + (f" and {held} held-out source{'' if held == 1 else 's'}" if held else "")
+
+
 def pair_problems(images: Iterable[str | Path], *, edits: bool, family_label: str) -> list[str]:
     """The problems of an upload for a base model that is an edit model (``edits``) or not: an edit model needs at
     least one complete pair and nothing but pairs and held-out sources; any other model refuses pairs."""

@@ -25,7 +25,7 @@ from scheduler.task import Task, TaskStatus
 from scheduler.validation import LIMITS, split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
 from training.families import find_family
-from training.pairs import pair_problems
+from training.pairs import describe_pairs, pair_problems
 from training.spec import TrainParams
 from ui.auth import is_owner
 from ui.context import AppContext
@@ -326,6 +326,7 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     notes += [f"**Warning:** {w[:1].upper()}{w[1:]} It was queued anyway: cancel it in the **Queue** tab to add photos."
               for w in submission_warnings(dataset.images if dataset else len(images))]  # fmt: skip
     what = f"the {dataset.images} images of dataset {md_code(dataset.source.describe())}" if dataset else None
+    what = what or describe_pairs(images)  # an edit model's pairs
     return SubmitOutcome(queued_message(ctx, task, busy, what) + "".join(f"\n\n{n}" for n in notes), task=task)
 
 
