@@ -93,7 +93,7 @@ def upload_outputs(output_dir: Path, repo: OutputRepo, *, commit_message: str = 
         )  # fmt: skip
         with_retries(
             lambda: api.upload_folder(
-                repo_id=repo.repo_id,
+                repo_id=url.repo_id,  # the Hub's full id: a bare name lands in the token's account
                 repo_type="model",
                 folder_path=str(output_dir),
                 commit_message=commit_message,
