@@ -17,7 +17,7 @@ from ui.form import build_form, hardware_choices, uses_jobs
 from ui.limits import output_namespace
 from ui.queue_view import RecentWrites, build_queue_view, may_act, visitor_html
 from ui.queue_view import refresh as refresh_queue
-from ui.results_view import UserPicks, build_results_view, default_pick, finished_tasks, pick_choices
+from ui.results_view import SHOW_EVENT, UserPicks, build_results_view, default_pick, finished_tasks, pick_choices
 from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_samples, run_values_for
 from ui.settings_view import build_settings_view, owner_values, visibility
 from ui.spend_view import spend_note
@@ -156,8 +156,7 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
         results.pick.input(on_pick, results.pick, None, api_visibility="private", show_progress="hidden")
 
         # Results are built when the tab opens or a task is picked (cached), never per tick.
-        results_tab.select(results.show, results.pick, results.outputs(), api_visibility="private",
-                           show_progress="minimal")  # fmt: skip
+        results_tab.select(results.show, results.pick, results.outputs(), **SHOW_EVENT)
 
         def on_open_results(profile: gr.OAuthProfile | None, request: gr.Request) -> list[Any]:
             user_picks.set(getattr(request, "session_hash", None), None)  # the picker follows the newest again

@@ -289,6 +289,13 @@ def gallery_value(result: TaskResult) -> list[tuple[Image.Image, str]] | None:
     return [(s.image, s.caption) for s in result.samples] or None
 
 
+#: the events that build the Results views (a pick, the tab opened) run one at a time, whichever tab sent them: Gradio
+#: writes a sample image into its cache at a path named by its content, and a second build of the same image at once
+#: finds the file there and serves it while the first is still writing it (a broken image in the gallery)
+SHOW_EVENT = {"api_visibility": "private", "show_progress": "minimal", "concurrency_limit": 1,
+              "concurrency_id": "results-view"}  # fmt: skip
+
+
 class DownloadCopies:
     """Copies of local output files in a temporary folder, for Gradio to serve (the data dir is blocked)."""
 
@@ -460,5 +467,5 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
 
     parts = ResultsParts(pick=pick, summary=summary, samples=samples, loss=loss, settings=settings, files=files,
                          scores=scores, show=show, charts=charts)  # fmt: skip
-    pick.change(show, pick, parts.outputs(), api_visibility="private", show_progress="minimal")
+    pick.change(show, pick, parts.outputs(), **SHOW_EVENT)
     return parts
