@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from training.families import register_family
 from training.families.base import CardInfo, Components, FamilyDefaults, LatentSet, TextCond
-from training.families.flux import COMFY_NAME, WEIGHTS_NAME, _device_of
+from training.families.flux import COMFY_NAME, WEIGHTS_NAME, _device_of, _parts
 from training.families.qwen_image import NEGATIVE_PROMPT, QwenImage, cut_to_longest
 
 if TYPE_CHECKING:
@@ -88,17 +88,13 @@ class QwenImageEdit(QwenImage):
         from transformers import Qwen2VLImageProcessorPil
 
         comps = super().load(src, variants, parts=parts, **kwargs)
-        if parts is None or "text" in parts:
+        if _parts(parts)("text"):
             comps.extra["image_processor"] = Qwen2VLImageProcessorPil.from_pretrained(src, subfolder="processor")
         return comps
 
-    def build_pipeline(self, comps: Components, *, denoiser=None, text_encoders=None):
-        """The edit pipeline without its processor (samples are made from cached conditioning)."""
-        pipe = self.pipeline_class()(scheduler=self.scheduler_for_sampling(comps), vae=comps.vae, processor=None,
-                                     transformer=denoiser or comps.denoiser,
-                                     **self.pipeline_parts(comps, text_encoders or comps.text_encoders))  # fmt: skip
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+    def pipeline_parts(self, comps: Components, text_encoders: list[Any]) -> dict[str, Any]:
+        """Qwen-Image's parts and no processor (samples are made from cached conditioning)."""
+        return {**super().pipeline_parts(comps, text_encoders), "processor": None}
 
     # ---- caching
     def encode_images(self, comps: Components, images: list[PreparedImage], resolution: int, flip: bool) -> LatentSet:
