@@ -8,16 +8,18 @@ re-estimates the family's default row (1024 px, gradient checkpointing) on fake 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from scheduler.memory_fit import GIB_PER_NOMINAL_GB, usable_gib
 from scheduler.task import Task
+from tests.staged_memory import check_staged_lora_rows, lora_row
 from training import memory
 from training.base_check import Probe
 from training.families.qwen_image import QwenImage
 from ui.fit_check import check_fit
 
-GIB = 2**30
 #: Qwen2.5-VL-7B-Instruct as the repo ships it and the trainer loads it: language model, LM head, vision tower
 QWEN25_VL_LM, QWEN25_VL_HEAD, QWEN25_VL_VISION = 7_070_619_136, 544_997_376, 676_550_144
 QWEN25_VL = QWEN25_VL_LM + QWEN25_VL_HEAD + QWEN25_VL_VISION
@@ -27,11 +29,7 @@ PROBE = Probe("Qwen/Qwen-Image", local=False, files=["model_index.json"],
               index={"_class_name": "QwenImagePipeline", "transformer": ["diffusers", "QwenImageTransformer2DModel"]})  # fmt: skip
 
 
-def row(resolution: int = 1024, gradient_checkpointing: bool = True, quantized_base: str | None = None) -> dict:
-    found = memory.table_row("qwen-image", "dreambooth-lora", resolution=resolution, quantized_base=quantized_base,
-                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
-    assert found is not None, (resolution, gradient_checkpointing, quantized_base)
-    return found
+row = functools.partial(lora_row, "qwen-image")
 
 
 def test_the_full_size_modules_are_qwen_images_real_configs():
@@ -67,21 +65,8 @@ def test_the_committed_rows_hold_the_transformer_the_text_encoder_and_the_lora_s
     """LoRA in bf16 at rank 16 (the family's defaults), 512 and 1024 px, with and without gradient checkpointing,
     each also with an 8-bit and a 4-bit base. Staged like FLUX: the Qwen2.5-VL encoder caches without the
     transformer, the step holds the bf16 transformer and the adapters' fp32 weights, gradients and Adam moments."""
-    transformer, text_encoder = QwenImage.denoiser_params * 2 / GIB, QWEN25_VL * 2 / GIB
-    for res in (512, 1024):
-        for gc in (False, True):
-            r = row(res, gc)
-            assert (r["precision"], r["rank"]) == ("bf16", QwenImage.defaults.rank)
-            assert r["trainable_params"] == QWEN_IMAGE_LORA
-            assert text_encoder <= r["phases_gib"]["caching"] < text_encoder + 4.5  # + the VAE encoding an image
-            assert transformer + QWEN_IMAGE_LORA * 16 / GIB <= r["phases_gib"]["training"] <= r["estimated_peak_gib"]
-            assert transformer <= r["phases_gib"]["sampling"]
-            for kind in memory.TABLE_QUANTIZED:  # derived from this row: the transformer's Linear weights smaller
-                q = row(res, gc, kind)
-                assert q["derived"] and q["phases_gib"]["caching"] == r["phases_gib"]["caching"]
-                assert q["phases_gib"]["training"] < r["phases_gib"]["training"] - 15.0
-        assert row(res, True)["estimated_peak_gib"] < row(res, False)["estimated_peak_gib"]
-    assert row(512)["estimated_peak_gib"] < row(1024)["estimated_peak_gib"]
+    check_staged_lora_rows("qwen-image", QwenImage, lora_params=QWEN_IMAGE_LORA, text_encoder_params=QWEN25_VL,
+                           caching_margin_gib=4.5, quantized_saving_gib=15.0)  # fmt: skip
     # with a 4-bit base and checkpointing the text encoder's caching is the peak: more than a T4 has at any size
     assert row(512, True, "nf4")["estimated_peak_gib"] == row(512)["phases_gib"]["caching"] > usable_gib(16)
 

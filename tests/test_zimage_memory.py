@@ -8,16 +8,18 @@ device (no weights, no memory).
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from scheduler.memory_fit import GIB_PER_NOMINAL_GB, usable_gib
 from scheduler.task import Task
+from tests.staged_memory import check_staged_lora_rows, lora_row
 from training import memory
 from training.base_check import Probe
 from training.families.zimage import ZImage
 from ui.fit_check import check_fit
 
-GIB = 2**30
 QWEN3_4B = 4_022_468_096  # Qwen3-4B's parameters (embeddings tied: no LM head of its own)
 #: LoRA rank 16 on q/k/v/out (3840 -> 3840) of every attention: 30 layers, 2 noise and 2 context refiner layers
 ZIMAGE_LORA = (30 + 2 + 2) * 4 * 16 * (3840 + 3840)
@@ -25,11 +27,7 @@ PROBE = Probe("Tongyi-MAI/Z-Image", local=False, files=["model_index.json"],
               index={"_class_name": "ZImagePipeline", "transformer": ["diffusers", "ZImageTransformer2DModel"]})  # fmt: skip
 
 
-def row(resolution: int = 1024, gradient_checkpointing: bool = True, quantized_base: str | None = None) -> dict:
-    found = memory.table_row("zimage", "dreambooth-lora", resolution=resolution, quantized_base=quantized_base,
-                             gradient_checkpointing=gradient_checkpointing)  # fmt: skip
-    assert found is not None, (resolution, gradient_checkpointing, quantized_base)
-    return found
+row = functools.partial(lora_row, "zimage")
 
 
 def test_the_full_size_modules_are_z_images_real_configs():
@@ -58,20 +56,8 @@ def test_the_committed_rows_hold_the_transformer_the_text_encoder_and_the_lora_s
     """LoRA in bf16 at rank 16 (the family's defaults), 512 and 1024 px, with and without gradient checkpointing,
     each also with an 8-bit and a 4-bit base. Staged like FLUX: the Qwen3 encoder caches without the transformer,
     the step holds the bf16 transformer and the adapters' fp32 weights, gradients and Adam moments."""
-    transformer, text_encoder = ZImage.denoiser_params * 2 / GIB, QWEN3_4B * 2 / GIB
-    for res in (512, 1024):
-        for gc in (False, True):
-            r = row(res, gc)
-            assert (r["precision"], r["rank"], r["trainable_params"]) == ("bf16", ZImage.defaults.rank, ZIMAGE_LORA)
-            assert text_encoder <= r["phases_gib"]["caching"] < text_encoder + 3.0
-            assert transformer + ZIMAGE_LORA * 16 / GIB <= r["phases_gib"]["training"] <= r["estimated_peak_gib"]
-            assert transformer <= r["phases_gib"]["sampling"]
-            for kind in memory.TABLE_QUANTIZED:  # derived from this row: the transformer's Linear weights smaller
-                q = row(res, gc, kind)
-                assert q["derived"] and q["phases_gib"]["caching"] == r["phases_gib"]["caching"]
-                assert q["phases_gib"]["training"] < r["phases_gib"]["training"] - 4.0
-        assert row(res, True)["estimated_peak_gib"] < row(res, False)["estimated_peak_gib"]
-    assert row(512)["estimated_peak_gib"] < row(1024)["estimated_peak_gib"]
+    check_staged_lora_rows("zimage", ZImage, lora_params=ZIMAGE_LORA, text_encoder_params=QWEN3_4B,
+                           caching_margin_gib=3.0, quantized_saving_gib=4.0)  # fmt: skip
 
 
 def zimage_task(hardware: str, **params) -> Task:
