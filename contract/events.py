@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 PHASES = (
     "loading",
     "validating_input",
+    "captioning",
     "generating_class_images",
     "caching_latents",
     "training",
@@ -70,6 +71,15 @@ class Sample(BaseEvent):
     event: Literal["sample"] = "sample"
     step: int
     paths: list[str]
+
+
+class Captions(BaseEvent):
+    """The photos' captions as the run trains with them (``params.auto_captions``): stored photo stem -> caption,
+    and the stems whose caption the captioning model wrote (the others came with their photo)."""
+
+    event: Literal["captions"] = "captions"
+    captions: dict[str, str]
+    written: list[str] = Field(default_factory=list)
 
 
 class Scores(BaseEvent):
@@ -129,7 +139,7 @@ class Error(BaseEvent):
     message: str
 
 
-Event = Annotated[Phase | Step | Sample | Scores | Checkpoint | Resumed | MemoryPlan | Done | Error, Field(discriminator="event")]
+Event = Annotated[Phase | Step | Sample | Captions | Scores | Checkpoint | Resumed | MemoryPlan | Done | Error, Field(discriminator="event")]
 _EVENT = TypeAdapter(Event)
 
 

@@ -139,6 +139,8 @@ def build_parser(settings: Settings | None = None) -> argparse.ArgumentParser:
     p.add_argument("--snr-gamma", type=float, help="min-SNR loss weighting, e.g. 5 (default: the recipe's, else off)")
     p.add_argument("--no-score", dest="score", action="store_false", help="do not score the sampling points and the "
                    "base model, nor pick the best checkpoint (default: scored, as in the form)")  # fmt: skip
+    p.add_argument("--captions", dest="auto_captions", action="store_true", help="before training, a captioning model "
+                   "(CAPTION_MODEL) describes every photo without its own .txt (default: off, as in the form)")  # fmt: skip
     p.add_argument("--hardware", help=f"GPU flavor (default: {hardware}, the TRAIN_HARDWARE setting)")
     p.add_argument("--output-repo", help="model repo for the result; default: named from the prompt as the form names it, "
                    "<owner>/dreambooth-sks-dog (in local mode dreambooth-sks-dog, uploaded to HF_TOKEN's account when "
@@ -329,6 +331,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
                                  ("resolution", args.resolution), ("lr_scheduler", args.lr_scheduler),
                                  ("lr_warmup_steps", args.lr_warmup_steps), ("snr_gamma", args.snr_gamma))
                if v is not None}  # fmt: skip
+    if args.auto_captions:
+        params["auto_captions"] = True
     task = Task(
         instance_prompt=prompt,
         class_prompt=class_prompt,

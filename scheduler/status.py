@@ -66,6 +66,8 @@ class StatusData:
     scores: Scores | None = None  # the latest scored checkpoint's (``contract.scores``)
     base_scores: Scores | None = None  # the base model's (step 0), the baseline they are shown next to
     samples: list[str] = field(default_factory=list)
+    #: the run's photo captions (stem, caption, written by the captioning model) when it captions (``Captions``)
+    captions: list[tuple[str, str, bool]] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)
     hardware: HardwareState | None = None
     tasks: list[Task] = field(default_factory=list)
@@ -158,7 +160,7 @@ class WorkerStatus:
             d.step, d.total = 0, int(task.params.get("steps", 0) or 0)
             d.loss = d.steps_per_s = d.eta_s = None
             d.scores = d.base_scores = None
-            d.loss_history, d.samples, d.log_tail = [], [], []
+            d.loss_history, d.samples, d.log_tail, d.captions = [], [], [], []
             d.last_error = None
             d.updated_at = time.time()
             self._changed()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.events import (
+    Captions,
     Checkpoint,
     Done,
     Error,
@@ -318,6 +319,9 @@ def apply_event(status: WorkerStatus, event: Event, done: Done | None,
         status.update(phase=event.phase or "working")
     elif isinstance(event, Sample):
         status.add_samples(event.paths)
+    elif isinstance(event, Captions):
+        written = set(event.written)
+        status.update(captions=[(stem, text, stem in written) for stem, text in sorted(event.captions.items())])
     elif isinstance(event, Scores):
         status.record_scores(event)
     elif isinstance(event, MemoryPlan):

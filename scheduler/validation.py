@@ -60,6 +60,8 @@ class Limits:
 LIMITS = Limits()
 #: ``params.score`` in the form (``ui.advanced``) and in the messages: score each sampling point, pick the best
 SCORE_LABEL = "Score checkpoints"
+#: ``params.auto_captions`` in the form and the messages: a captioning model describes the photos without a ``.txt``
+CAPTIONS_LABEL = "Write captions"
 
 
 def check_prompt(label: str, prompt: str | None, limits: Limits = LIMITS, required: bool = True) -> list[str]:
@@ -199,11 +201,12 @@ def validate_submission(
     lr_warmup_steps: int | None = None,
     snr_gamma: float | None = None,
     score: object = None,
+    auto_captions: object = None,
 ) -> list[str]:
     """Every problem with a submission, one message each; empty when it can be enqueued. Touches nothing.
 
     ``captions``: the ``.txt`` captions uploaded with ``images`` (``check_captions``). Numbers left as None are not
-    checked (the recipe's defaults apply), nor is ``score`` (true or false when given). ``base_models``/``recipes``,
+    checked (the recipe's defaults apply), nor are ``score`` and ``auto_captions`` (true or false when given). ``base_models``/``recipes``,
     when given, are the allowed choices.
     """
     problems = check_prompt("Instance prompt", instance_prompt, limits, required=True)
@@ -237,6 +240,8 @@ def validate_submission(
                         f"{', '.join(LR_SCHEDULER_CHOICES)}.")  # fmt: skip
     if score is not None and not isinstance(score, bool):
         problems.append(f"{SCORE_LABEL}: {score!r} is not on or off; use true or false.")
+    if auto_captions is not None and not isinstance(auto_captions, bool):
+        problems.append(f"{CAPTIONS_LABEL}: {auto_captions!r} is not on or off; use true or false.")
     if resolution is not None:
         # the tiny demo model trains at its own native size (DEMO_RESOLUTION): it gets the whole shared bound
         bound = PARAMS["resolution"] if base_model == DEMO_MODEL else limits.resolution
@@ -300,6 +305,7 @@ def validate_task(
         lr_warmup_steps=params.get("lr_warmup_steps"),
         snr_gamma=params.get("snr_gamma"),
         score=params.get("score"),
+        auto_captions=params.get("auto_captions"),
     )
     return problems + check_params(params, skip=named)
 

@@ -14,6 +14,7 @@ import re
 import uuid
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 from app import create_app
@@ -52,16 +53,17 @@ def test_the_form_offers_scoring_on_and_a_recipe_that_fixes_it_shows_it_read_onl
     assert box.value is True and box.interactive is not False and box.info == HELP
 
     # A recipe that fixes it: its value, read-only, marked, and named in the recipe's note.
-    (*_, fixed), applied = advanced_updates(catalog[FIXING], {}, {})
+    (*_, fixed, captions), applied = advanced_updates(catalog[FIXING], {}, {})
     args = fixed.constructor_args
+    assert captions == gr.skip()  # the captions box is the user's alone: a recipe leaves it as it is
     assert args["value"] is False and args["interactive"] is False and args["info"] == HELP + " Set by this recipe."
     note = field_updates(local_ctx(tmp_path / "b", recipes=catalog), FIXING, "some/model", 3, 512)[-1]
     assert "score = False" in note.constructor_args["value"]
 
     # Back to a recipe that fixes nothing: on again and editable; a box the user unticked meanwhile keeps its value.
-    (*_, back), _ = advanced_updates(catalog["dreambooth-lora"], {}, applied)
+    (*_, back, _captions), _ = advanced_updates(catalog["dreambooth-lora"], {}, applied)
     assert back.constructor_args["value"] is True and back.constructor_args["interactive"] is True
-    (*_, kept), _ = advanced_updates(catalog["dreambooth-lora"], {"score": 1}, {})
+    (*_, kept, _captions), _ = advanced_updates(catalog["dreambooth-lora"], {"score": 1}, {})
     assert "value" not in kept.constructor_args and kept.constructor_args["interactive"] is True
 
 

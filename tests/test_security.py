@@ -225,7 +225,7 @@ def test_non_owners_write_only_new_repos_of_their_own_within_their_caps(served, 
 
     def submit(user: str, output_repo: str, base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5") -> str:
         data = [None, "", "a photo of sks dog", "", base_model, "dreambooth-lora", 4, "t4-small", 1e-4, 4, 512,
-                output_repo, True, "constant", 0, 0, True]  # fmt: skip
+                output_repo, True, "constant", 0, 0, True, False]  # fmt: skip
         return call(served.url, "submit", data, user=user)
 
     assert "use a repo in alice/ named bob-..." in submit("bob", "alice/private-model-of-alice")

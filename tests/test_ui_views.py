@@ -89,7 +89,11 @@ def test_visitors_who_may_not_act_get_a_sign_in_prompt_instead_of_empty_controls
     for profile in (None, Profile("carol")):
         table = handler(app.demo, "on_tick")(None, [], {}, profile)[1]
         assert "No tasks to show" not in table and ("Sign in with Hugging Face" in table or "carol" in table)
-    views = handler(app.demo, "on_load_views")
+    on_load = handler(app.demo, "on_load")
+
+    def views(profile):  # the page load's last outputs: queue controls, run bar, charts and log, results picker and charts
+        return on_load(profile)[-6:]
+
     for profile in (None, Profile("carol")):
         updates = views(profile)
         assert [u.visible for u in updates] == [False] * len(updates), profile  # controls, bar, charts, log, results

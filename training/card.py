@@ -60,7 +60,9 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
     captions = _captions_note(result.captioned)
     captions_line = "" if captions == "no" else (
         " It was trained with per-image captions (each image's own `.txt` description, the trigger word added where "
-        "it was missing)."
+        "it was missing)." if result.captions is None else
+        " It was trained with per-image captions (listed below), written by a vision-language model for the photos "
+        "without their own `.txt`, the trigger word kept."
     )  # fmt: skip
     klass = md_code(spec.class_prompt or "", in_table=True)
     settings = {
@@ -137,7 +139,7 @@ def write_model_card(ctx: RunContext, result: RunResult, comps: Components) -> P
 ## Use it
 
 {usage}
-{scores}
+{scores}{_captions_section(result)}
 ## Training settings
 
 | setting | value |
@@ -180,3 +182,17 @@ def _captions_note(captioned: tuple[int, int] | None) -> str:
     with_caption, total = captioned
     rest = "" if with_caption == total else "; the others: the instance prompt"
     return f"yes ({with_caption} of {total} images{rest})"
+
+
+def _captions_section(result: RunResult) -> str:
+    """The "Captions" section of a run that wrote captions (``params.auto_captions``): each photo's caption as it
+    trained, as inert text, the written ones marked; the files are in the repo's ``captions/`` folder."""
+    written = result.captions
+    if written is None or not written.captions:
+        return ""
+    mine = set(written.written)
+    rows = "\n".join(f"| `{stem}` | {md_text(text)} | {'captioning model' if stem in mine else 'its own .txt'} |"
+                     for stem, text in sorted(written.captions.items()))  # fmt: skip
+    return ("\n## Captions\n\nEach photo trained with this caption (by its number in the upload). The captions are "
+            "in `captions/` as `.txt` files: to change a word, edit them and submit them again with the photos, "
+            f"each named like its photo.\n\n| photo | caption | written by |\n|---|---|---|\n{rows}\n")

@@ -86,6 +86,9 @@ class TrainParams:
     quantize_base: str = "auto"
     #: score each sampling point and the base model, and give the user the best checkpoint (``contract.scores``)
     score: bool = True
+    #: before training, a vision-language model (``CAPTION_MODEL``: ``training.captioner``) writes a caption for
+    #: every photo without its own ``.txt``; the captions are saved in the output's ``captions/`` folder
+    auto_captions: bool = False
 
 
 @dataclass
@@ -236,7 +239,7 @@ def _hub_obj(value: Any, cls: type, key: str) -> Any:
     return cls(**value)
 
 
-_BOOL_KEYS = {"train_text_encoder", "prior_preservation", "random_flip", "compile", "score"}
+_BOOL_KEYS = {"train_text_encoder", "prior_preservation", "random_flip", "compile", "score", "auto_captions"}
 _INT_KEYS = {key for key, bound in PARAMS.items() if bound.kind is int}
 #: keys with a concrete default that null stands for
 _NULL_IS_DEFAULT = {"rank", "seed", "batch_size", "lr_warmup_steps", "num_class_images", "quantize_base"}

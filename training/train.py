@@ -34,7 +34,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from contract.events import MemoryPlan
+from contract.events import Captions, MemoryPlan
 from training import data
 from training.checkpoint import resume_run, save_run_checkpoint, settings_fingerprint
 from training.demo import resolve_demo
@@ -51,6 +51,7 @@ from training.precision import (
 from training.recipe_base import clamp_steps, ensure_dirs
 from training.stopping import Terminated, deferred_stop
 from training.utils import batches, sampling
+from training.utils.auto_captions import caption_photos
 from training.utils.evaluation import ScoreBook, adapters_off, point_prompts, scores_images, scoring_gib
 from training.utils.results import RunResult
 from training.utils.runtime import (
@@ -182,6 +183,10 @@ def train(ctx, recipe) -> RunResult:
     lr = p.learning_rate or recipe.default_learning_rate
     warmup = min(p.lr_warmup_steps, steps // 5)  # warm-up can never eat the run
     result = RunResult(recipe.name, steps, resolution, lr, warmup, mp, model_info=info)
+    if p.auto_captions:  # photos without their own .txt are described by a vision-language model, on this device
+        prog.phase("captioning")
+        result.captions = caption_photos(images, spec, ctx.output_dir, device=device, dtype=wdtype)
+        prog.emit(Captions(captions=result.captions.captions, written=result.captions.written))
 
     # the frozen denoiser of a LoRA run may load quantized (QLoRA): decided before any weight is loaded
     result.quantization = quant = choose_quantization(info, p, trainable, device, wdtype, resolution)

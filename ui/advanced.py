@@ -9,7 +9,8 @@ Their bounds are the shared ones (``contract.params``), checked at submit (``sch
 trainer (``training.spec``).
 
 "Score checkpoints" (``params.score``, on by default) follows the same rules: the recipe's value, read-only when
-its ``fixed_params`` set it. The task always carries it (``ui.submission.build_task``).
+its ``fixed_params`` set it. The task always carries it (``ui.submission.build_task``). "Write captions"
+(``params.auto_captions``, off by default) is the user's alone: a recipe change leaves it as it is.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from contract.params import LR_SCHEDULER_CHOICES, LR_SCHEDULER_LABEL, PARAMS, SCHEDULE_DEFAULTS
-from scheduler.validation import SCORE_LABEL
+from scheduler.validation import CAPTIONS_LABEL, SCORE_LABEL
 from training.demo import DEMO_RESOLUTION
 from ui.model_family import FORM_RANK, EditCounts, edited, mark_applied
-from ui.submission import SCHEDULE_FIELDS, SCORE_DEFAULT, SCORE_FIELD
+from ui.submission import CAPTIONS_FIELD, SCHEDULE_FIELDS, SCORE_DEFAULT, SCORE_FIELD
 
 if TYPE_CHECKING:
     from contract.catalog import RecipeInfo
@@ -38,9 +39,14 @@ SCORE_HELP = (
     "Scores every sample point and the base model (subject and prompt fidelity), and gives you the best "
     "checkpoint. Adds a few images per sample point."
 )
+CAPTIONS_HELP = (
+    "Before training, a vision-language model describes each photo that has no .txt caption of its own (the "
+    "trigger word kept). The captions are shown in the Run and Results tabs and saved with the model as .txt files. "
+    "Adds a few seconds per photo."
+)
 SET_BY_RECIPE = " Set by this recipe."
-#: the Advanced settings a recipe may fix and the user may edit, in ``AdvancedParts.settings`` order
-ADVANCED_FIELDS = (*SCHEDULE_FIELDS, SCORE_FIELD)
+#: the Advanced settings the user may edit (the first ones a recipe may fix), in ``AdvancedParts.settings`` order
+ADVANCED_FIELDS = (*SCHEDULE_FIELDS, SCORE_FIELD, CAPTIONS_FIELD)
 
 
 @dataclass
@@ -55,6 +61,7 @@ class AdvancedParts:
     lr_warmup_steps: gr.Number
     snr_gamma: gr.Number
     score: gr.Checkbox
+    captions: gr.Checkbox
 
     @property
     def schedule(self) -> list[Any]:
@@ -63,8 +70,8 @@ class AdvancedParts:
 
     @property
     def settings(self) -> list[Any]:
-        """The schedule fields and the score box, in ``ADVANCED_FIELDS`` order."""
-        return [*self.schedule, self.score]
+        """The schedule fields, the score box and the captions box, in ``ADVANCED_FIELDS`` order."""
+        return [*self.schedule, self.score, self.captions]
 
 
 def resolution_choices(local: bool) -> list[tuple[str, int]]:
@@ -114,18 +121,19 @@ def score_state(info: RecipeInfo | None, keep: bool = False) -> dict[str, Any]:
 
 def advanced_updates(info: RecipeInfo | None, touched: EditCounts | None,
                      applied: EditCounts | None) -> tuple[list[Any], EditCounts]:  # fmt: skip
-    """``schedule_updates`` and the score box's update (``ADVANCED_FIELDS`` order) for a newly chosen recipe."""
+    """``schedule_updates``, the score box's update and none for the captions box (``ADVANCED_FIELDS`` order) for a
+    newly chosen recipe."""
     schedule, done = schedule_updates(info, touched, applied)
     score = score_state(info, keep=edited(SCORE_FIELD, touched, done))
     if "value" in score:
         done = mark_applied(done, touched, [SCORE_FIELD])
-    return [*schedule, gr.Checkbox(**score)], done
+    return [*schedule, gr.Checkbox(**score), gr.skip()], done
 
 
-def advanced_values(lr_scheduler: Any, warmup: Any, gamma: Any, score: Any) -> dict[str, Any]:
-    """The Advanced settings' values as the submission's ``values`` (``schedule_values`` and ``score`` as sent: the
-    validator names a value that is not true or false)."""
-    return {**schedule_values(lr_scheduler, warmup, gamma), SCORE_FIELD: score}
+def advanced_values(lr_scheduler: Any, warmup: Any, gamma: Any, score: Any, captions: Any = False) -> dict[str, Any]:
+    """The Advanced settings' values as the submission's ``values`` (``schedule_values``, ``score`` and the captions
+    box as sent: the validator names a value that is not true or false)."""
+    return {**schedule_values(lr_scheduler, warmup, gamma), SCORE_FIELD: score, CAPTIONS_FIELD: captions}
 
 
 def schedule_values(lr_scheduler: Any, warmup: Any, gamma: Any) -> dict[str, Any]:
@@ -152,9 +160,12 @@ def build_advanced(local: bool, first: list[dict[str, Any]], resolution: int, in
                                        **scheduler)  # fmt: skip
             lr_warmup_steps = gr.Number(label=PARAMS["lr_warmup_steps"].label, precision=0, min_width=140, **warmup)
             snr_gamma = gr.Number(label=PARAMS["snr_gamma"].label, min_width=140, **gamma)
-        score = gr.Checkbox(label=SCORE_LABEL, elem_id="score-checkpoints", **score_state(info))
+        with gr.Row():
+            score = gr.Checkbox(label=SCORE_LABEL, elem_id="score-checkpoints", **score_state(info))
+            captions = gr.Checkbox(label=CAPTIONS_LABEL, value=False, info=CAPTIONS_HELP, elem_id="write-captions")
         fixed_note = gr.Markdown(**first[3])
-    return AdvancedParts(learning_rate, rank, res, fixed_note, lr_scheduler, lr_warmup_steps, snr_gamma, score)
+    return AdvancedParts(learning_rate, rank, res, fixed_note, lr_scheduler, lr_warmup_steps, snr_gamma, score,
+                         captions)  # fmt: skip
 
 
 def form_number(value: Any, kind: type = int) -> Any:

@@ -104,10 +104,12 @@ class Estimate:
     runs: int = 0
     #: seconds of scoring (images generated for the scoring prompts, the scoring models), included in ``usd``
     scoring_s: float = 0.0
+    #: seconds of captioning the photos before training (``params.auto_captions``), included in ``usd``
+    caption_s: float = 0.0
 
     @property
     def total_s(self) -> float:
-        return self.train_s + self.overhead_s + self.scoring_s
+        return self.train_s + self.overhead_s + self.scoring_s + self.caption_s
 
 
 def model_family(base_model: str | None, history: Sequence[RunRecord]) -> str | None:
@@ -318,7 +320,8 @@ def describe(est: Estimate, local: bool, device: LocalDevice | None = None, *, j
 def _parts(est: Estimate, rest: str) -> str:
     """``12 min training + 3 min scoring + 6 min {rest}`` (no scoring part when the task does not score)."""
     scoring = f" + {format_duration(est.scoring_s)} scoring" if est.scoring_s else ""
-    return f"{format_duration(est.train_s)} training{scoring} + {format_duration(est.overhead_s)} {rest}"
+    captions = f" + {format_duration(est.caption_s)} captions" if est.caption_s else ""
+    return f"{format_duration(est.train_s)} training{scoring}{captions} + {format_duration(est.overhead_s)} {rest}"
 
 
 def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_per_hour: float | None,
@@ -340,8 +343,10 @@ def _describe(est: Estimate, local: bool, device: LocalDevice | None, job_usd_pe
                 f"**Estimate:** {approx_duration(est.total_s)} on {where} ({_parts(est, 'loading and saving')}),"
                 f" {source}; free, nothing is rented."
             )
-        what = "training and scoring" if est.scoring_s else "training"
-        return (f"**Estimate:** {approx_duration(est.train_s + est.scoring_s)} of {what} on {where}, {source}; free,"
+        kinds = [w for w, s in (("training", 1), ("scoring", est.scoring_s), ("captions", est.caption_s)) if s]
+        what = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
+        work_s = est.train_s + est.scoring_s + est.caption_s
+        return (f"**Estimate:** {approx_duration(work_s)} of {what} on {where}, {source}; free,"
                 " nothing is rented.")  # fmt: skip
     return (
         f"**Estimate:** {approx_duration(est.total_s)} on {hardware_label(est.hardware)}"

@@ -17,7 +17,6 @@ from contract.catalog import FamilyInfo
 from contract.flavors import FLAVORS, GPU_FLAVORS, JOBS_GPU_FLAVORS
 from contract.scores import scoring_prompts
 from scheduler.output_names import default_output_repo
-from scheduler.stored import past_runs
 from training.demo import DEMO_LABEL, DEMO_MODEL, DEMO_RESOLUTION, DEMO_STEPS
 from training.recipe_base import clamp_steps
 from ui.advanced import (
@@ -29,8 +28,10 @@ from ui.advanced import (
     resolution_choices,
 )
 from ui.auth import access_for, require_allowed
+from ui.caption_editor import build_caption_editor, wire_caption_editor
 from ui.context import AppContext, default_recipe
-from ui.estimate import Estimate, auto_steps, describe, estimate, hardware_label, jobs_price, local_hardware
+from ui.estimate import auto_steps, describe, hardware_label, jobs_price, local_hardware
+from ui.form_estimate import form_estimate, photos_to_caption, uses_jobs
 from ui.limits import output_namespace
 from ui.local_device import LocalDevice, local_device
 from ui.model_family import (
@@ -70,11 +71,6 @@ class FormParts:
     output_repo: gr.Textbox
     message: gr.Markdown
     hardware: gr.Dropdown | None = None
-
-
-def uses_jobs(ctx: AppContext) -> bool:
-    """Whether this app trains on Hugging Face Jobs (``TRAINING_BACKEND=jobs``) instead of upgrading its Space."""
-    return bool(getattr(ctx.settings, "uses_jobs", False))
 
 
 def hardware_choices(jobs: bool = False, prices: dict[str, float] | None = None) -> list[tuple[str, str]]:
@@ -226,24 +222,6 @@ def follow_base_model(ctx: AppContext, recipe: str, base_model: str | None, imag
     return proposal, family.name if changed else applied_family, mark_applied(applied, touched, proposal)
 
 
-def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resolution: int, prior: bool,
-                  base_model: str | None, family: str | None = None, scoring_images: int = 0) -> Estimate:  # fmt: skip
-    """The estimate for the form's values, from this Space's (this machine's) finished runs that match when there
-    are any (``scheduler.stored.past_runs`` of the worker's last read of the queue: no request; runs of the same
-    model ``family`` count too), else the built-in figures. Batch size and text encoder are the recipe's fixed
-    values, else the trainer's defaults."""
-    info = ctx.recipes.get(recipe)
-    fixed = dict(info.fixed_params) if info else {}
-    batch, text_encoder = fixed.get("batch_size", 1), fixed.get("train_text_encoder", False)
-    status = ctx.worker.status.snapshot()
-    history = past_runs(status.tasks)
-    price = jobs_price(hardware, status.job_prices) if uses_jobs(ctx) else None
-    return estimate(steps, hardware, recipe=recipe, resolution=resolution, prior_preservation=prior,
-                    train_text_encoder=bool(text_encoder), base_model=base_model, family=family,
-                    batch_size=batch if isinstance(batch, int) and not isinstance(batch, bool) else 1,
-                    history=history, usd_per_hour=price, scoring_images=scoring_images)  # fmt: skip
-
-
 def recipe_choices(ctx: AppContext) -> list[tuple[str, str]]:
     """(label, name) of the catalog's recipes, the default one first."""
     first = default_recipe(ctx.recipes)
@@ -272,6 +250,7 @@ def build_form(ctx: AppContext) -> FormParts:
         )
         preview = gr.Gallery(label="Preview", columns=6, height=180, object_fit="cover", interactive=False, visible=False,
                              elem_id="photo-preview")  # fmt: skip
+        editor = build_caption_editor(ctx.local)  # local mode: "Write captions now" and the table to edit them
         dataset = gr.Textbox(label="Or a Hub dataset", placeholder="user/my-photos", info=DATASET_HELP, elem_id="dataset")
         instance_prompt = gr.Textbox(label="Instance prompt", placeholder="a photo of sks dog", info=None)
         gr.Markdown(PROMPT_HELP)
@@ -360,7 +339,7 @@ def build_form(ctx: AppContext) -> FormParts:
         return gr.Markdown(value=note, visible=bool(note))
 
     def on_estimate(n_steps: Any, flavor: str, name: str, res: Any, klass: str, model: str, score: Any = True,
-                    profile: gr.OAuthProfile | None = None) -> str:  # fmt: skip
+                    captions: Any = False, photos: Any = None, profile: gr.OAuthProfile | None = None) -> str:  # fmt: skip
         where = local_hardware(device) if device is not None else (flavor or s.train_hardware)
         family = other_family(family_for(s, access_for(s, profile), model, fetch=False))  # found by the model's change
         try:
@@ -369,7 +348,8 @@ def build_form(ctx: AppContext) -> FormParts:
             images = len(scoring_prompts("x", klass.strip() if prior else None, ["x"])) if score is not False else 0
             images = 0 if family is not None and family.edits else images  # an edit: its validation loss only
             est = form_estimate(ctx, int(n_steps or 0), where, name, int(res or 512), prior, model,
-                                family.name if family else None, scoring_images=images)  # fmt: skip
+                                family.name if family else None, scoring_images=images,
+                                captioned_photos=photos_to_caption(captions, photos))  # fmt: skip
         except (TypeError, ValueError):
             return ""
         label = family.label if family else None
@@ -379,6 +359,7 @@ def build_form(ctx: AppContext) -> FormParts:
                             jobs_prices_source=status.job_prices_source, family_label=label)  # fmt: skip
         return describe(est, ctx.local, device, family_label=label)
 
+    wire_caption_editor(ctx, editor, files, instance_prompt, class_prompt, "cuda" if device and device.gpu else "cpu")
     private_event = {"api_visibility": "private", "show_progress": "hidden"}
     # The page load's events (and the base model's change) compute for every tab at once, unqueued: a crowd opening
     # the page gets no queue-position message each (``ui.layout.REFRESH_EVENT``).
@@ -387,22 +368,39 @@ def build_form(ctx: AppContext) -> FormParts:
                  **private_event)  # fmt: skip
     recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
                   [*field_outputs, *adv.settings, applied], **private_event)  # fmt: skip
-    est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model, adv.score]
+    est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model, adv.score, adv.captions, files]
     followed = [steps, learning_rate, rank, resolution, hardware]  # FOLLOWED_FIELDS
-    follow_inputs = [recipe, base_model, files, resolution, family_state, applied_family, touched, applied]
-    follow_outputs = [proposal, applied_family, applied]
+    follow_inputs = [base_model, recipe, files, resolution, applied_family, touched, applied]
+    follow_outputs = [family_state, proposal, applied_family, applied]
+
+    def family_then_follow(model_changed: bool) -> Callable[..., tuple[Any, ...]]:
+        """One event: the base model's family (``on_family``) and the defaults it proposes (``follow``)."""
+        follow_handle = follow(model_changed)
+
+        def handle(model: str, name: str, paths: Any, res: Any, holds: str | None, edits: EditCounts,
+                   done: EditCounts, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:  # fmt: skip
+            family = on_family(model, profile)
+            return (family, *follow_handle(name, model, paths, res, family, holds, edits, done))
+
+        return handle
+
+    def after_defaults(model: str, flavor: str, family: FamilyInfo | None, n_steps: Any, name: str, res: Any,
+                       klass: str, score: Any, captions: Any, photos: Any,
+                       profile: gr.OAuthProfile | None) -> tuple[Any, ...]:  # fmt: skip
+        """One event once the defaults are applied: the hardware note, the estimate and the upload box's label."""
+        estimate_text = on_estimate(n_steps, flavor, name, res, klass, model, score, captions, photos, profile)
+        return on_hardware(model, flavor, profile), estimate_text, photos_label(family)
+
+    after_inputs = [base_model, hardware, family_state, steps, recipe, resolution, class_prompt, adv.score,
+                    adv.captions, files]  # fmt: skip
 
     def then_defaults(event: Any, model_changed: bool) -> None:
-        """After ``event`` (which set ``snapshot``): the family (a Hub request the first time), the defaults it
+        """After ``event`` (which set ``snapshot``): the family (a Hub request the first time) and the defaults it
         proposes (without the fields edited before), applied in the browser to the fields not edited meanwhile,
-        then the hardware note and the estimate."""
-        event.then(on_family, base_model, family_state, **load_event).then(
-            follow(model_changed), follow_inputs, follow_outputs, **load_event
-        ).then(None, [proposal, snapshot, *followed], followed, js=APPLY_DEFAULTS_JS, **private_event).then(
-            on_hardware, [base_model, hardware], hw_note, **load_event
-        ).then(on_estimate, est_inputs, estimate_md, **load_event).then(
-            photos_label, family_state, files, **load_event
-        )
+        then the hardware note, the estimate and the upload's label: two server events (a page load's are few)."""
+        event.then(family_then_follow(model_changed), follow_inputs, follow_outputs, **load_event).then(
+            None, [proposal, snapshot, *followed], followed, js=APPLY_DEFAULTS_JS, **private_event
+        ).then(after_defaults, after_inputs, [hw_note, estimate_md, files], **load_event)
 
     then_defaults(base_model.change(None, followed, snapshot, js=SNAPSHOT_JS, **private_event), True)
     for name, comp in (("steps", steps), ("learning_rate", learning_rate), ("rank", rank), ("resolution", resolution),
@@ -411,12 +409,12 @@ def build_form(ctx: AppContext) -> FormParts:
     hardware.change(on_hardware, [base_model, hardware], hw_note, **private_event)
     for comp in est_inputs:
         comp.change(on_estimate, est_inputs, estimate_md, **private_event)
-    initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model, adv.score.value)
+    initial = (steps.value, hardware.value, first_recipe, resolution.value, "", first_model, adv.score.value, False)
     estimate_md.value = on_estimate(*initial)
     # Again at each page load (once): the runs finished since the app started change it.
     if first_model != DEMO_MODEL:  # the first base model's family: its defaults when it is not the SD family's
-        shown = [c.value for c in followed]
-        then_defaults(gr.on(None, lambda: shown, None, snapshot, **load_event), False)  # ends with the estimate
+        shown = json.dumps([c.value for c in followed])  # what the page shows at load: the snapshot, in the page
+        then_defaults(gr.on(None, None, None, snapshot, js=f"() => [{shown}]", **private_event), False)
     else:
         gr.on(None, lambda: on_estimate(*initial), None, estimate_md, **load_event)
 
@@ -448,10 +446,10 @@ def build_form(ctx: AppContext) -> FormParts:
 
         def handle(
             files_value, dataset_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
-            is_private, sched, warmup, gamma, score, profile: gr.OAuthProfile | None, request: gr.Request,
+            is_private, sched, warmup, gamma, score, captions, profile: gr.OAuthProfile | None, request: gr.Request,
         ) -> tuple[Any, ...]:  # fmt: skip
             args = (instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private)
-            values = {**values_of(*args), **advanced_values(sched, warmup, gamma, score), "dataset": dataset_value or ""}
+            values = {**values_of(*args), **advanced_values(sched, warmup, gamma, score, captions), "dataset": dataset_value or ""}
             return answer(files_value, values, profile, request, confirm=confirm)
 
         return handle

@@ -107,14 +107,19 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             hardware_update = gr.Dropdown(choices=hardware_choices(True, prices)) if prices else gr.skip()
             # A visitor who may not act sees only the hardware line change: their page refreshes rarely.
             refresh = gr.skip() if may_act(access) else gr.Timer(value=VISITOR_REFRESH_S)
+            # Visitors who may not act or follow runs get a sign-in prompt instead of empty controls, chart and log.
+            allowed = may_act(access)
+            views = [gr.Row(visible=allowed), *run.shown_to(allowed), *results.shown_to(allowed)]
             return [banner_text, gr.Button(interactive=access.allowed), repo, panel, owner_box,
-                    gr.Markdown(visible=not access.owner), hardware_update, refresh, *owner_values(ctx, access)]  # fmt: skip
+                    gr.Markdown(visible=not access.owner), hardware_update, refresh, *owner_values(ctx, access),
+                    *views]  # fmt: skip
 
         demo.load(
             on_load,
             None,
             [banner, form.submit, form.output_repo, settings.panel, settings.owner_box, settings_hint, form.hardware,
-             timer, settings.table, *settings.fields],  # fmt: skip
+             timer, settings.table, *settings.fields, queue.controls, *run.visibility_outputs(),
+             *results.visibility_outputs()],  # fmt: skip
             **REFRESH_EVENT,
         )
 
@@ -123,14 +128,6 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             return offered_models_notice(offered_check, access_for(ctx.settings, profile))
 
         demo.load(on_load_offered, None, offered_notice, **REFRESH_EVENT)
-
-        # Visitors who may not act or follow runs get a sign-in prompt instead of empty controls, chart and log.
-        def on_load_views(profile: gr.OAuthProfile | None) -> list[Any]:
-            allowed = may_act(access_for(ctx.settings, profile))
-            return [gr.Row(visible=allowed), *run.shown_to(allowed), *results.shown_to(allowed)]
-
-        demo.load(on_load_views, None, [queue.controls, *run.visibility_outputs(), *results.visibility_outputs()],
-                  **REFRESH_EVENT)  # fmt: skip
 
         shown = gr.State({})  # fingerprints of what this browser tab already shows
         user_picks = UserPicks()  # the finished task each tab's user picked in the Results tab (else: the newest)

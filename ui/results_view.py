@@ -36,6 +36,7 @@ from contract.text import md_code, md_text, printable
 from scheduler.task import Task, TaskStatus
 from training.metrics import METRICS_NAME, downsample  # torch-free
 from ui.auth import Access, access_for, visible_tasks
+from ui.captions_view import captions_from_folder, captions_from_repo, captions_markdown
 from ui.context import AppContext
 from ui.estimate import format_duration
 from ui.loss_chart import loss_chart_html
@@ -80,6 +81,7 @@ class TaskResult:
     files: list[Path] = field(default_factory=list)  # local mode: the output folder's files (originals)
     problems: list[str] = field(default_factory=list)  # what could not be read, said to the user
     scores: RunScores | None = None  # scores.json with the grid's images (``ui.scores_view``)
+    captions: list[tuple[str, str]] = field(default_factory=list)  # (photo stem, caption): ``ui.captions_view``
 
 
 # ----------------------------------------------------------------------------------------------- reading outputs
@@ -162,6 +164,7 @@ def result_from_folder(task: Task, output_dir: Path) -> TaskResult:
     result.samples = _read_samples(list((output_dir / SAMPLES_DIR).glob("*.png")))
     _read_metrics(output_dir / METRICS_FILE, result)
     result.scores = scores_from_folder(output_dir, result.problems)
+    result.captions = captions_from_folder(output_dir)
     return result
 
 
@@ -208,6 +211,7 @@ def result_from_repo(task: Task, api: Any, cache_dir: Path) -> TaskResult:
     else:
         result.problems.append(f"No {METRICS_FILE} in {repo_id}: the loss curve is not available.")
     result.scores = scores_from_repo(names, download, result.problems)
+    result.captions = captions_from_repo(names, download)
     return result
 
 
@@ -262,7 +266,10 @@ def summary_markdown(result: TaskResult, endpoint: str = DEFAULT_ENDPOINT) -> st
     if t.status is TaskStatus.CANCELLED:
         lines.append("This task was cancelled.")
     lines += [f"_{_cell(p)}_" for p in result.problems]
-    return "\n\n".join(lines)
+    where = ("Their .txt files are among the output files below." if result.output_dir is not None
+             else "Their .txt files are in the model repo's captions/ folder.")  # fmt: skip
+    lines.append(captions_markdown(result.captions, where=where))
+    return "\n\n".join(line for line in lines if line)
 
 
 def settings_markdown(result: TaskResult) -> str:

@@ -22,6 +22,7 @@ from scheduler.hardware.base import HardwareState
 from scheduler.status import ENDED_PHASES, StatusData
 from scheduler.task import Task, TaskStatus
 from ui.auth import Access
+from ui.captions_view import captions_markdown
 from ui.estimate import format_duration
 from ui.jobs_view import JOBS_CSS, SIGN_IN_PROMPT, jobs_panels
 from ui.loss_chart import loss_chart_html
@@ -105,6 +106,9 @@ def phase_text(s: StatusData, ended: Task | None = None) -> str:
         lines.append(speed)
     if scores := scores_line(s.scores, s.base_scores):  # the latest checkpoint's, next to the base model's
         lines.append(scores)
+    if s.captions:  # the photos' captions of a run that writes them, as it trains with them
+        rows = [(stem, text) for stem, text, _ in s.captions]
+        lines.append(captions_markdown(rows, {stem for stem, _, by_model in s.captions if by_model}))
     if s.last_error:
         lines.append(f"**Last error:** {md_text(s.last_error.splitlines()[0][:300])}")
     return "\n\n".join(lines)

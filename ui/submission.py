@@ -22,7 +22,7 @@ from contract.text import md_code
 from scheduler.dataset_check import DatasetCheck, DatasetRefused, check_dataset
 from scheduler.output_names import OutputChoice, choose_output_repo, default_output_repo, write_problem
 from scheduler.task import Task, TaskStatus
-from scheduler.validation import LIMITS, split_captions, submission_warnings, validate_submission
+from scheduler.validation import CAPTIONS_LABEL, LIMITS, split_captions, submission_warnings, validate_submission
 from training.base_check import Probe, probe_base_model
 from training.families import find_family
 from training.pairs import describe_pairs, pair_problems
@@ -49,7 +49,9 @@ SCHEDULE_FIELDS = tuple(SCHEDULE_DEFAULTS)
 # The Advanced settings' "Score checkpoints" (``params.score``): every recipe takes it, and a recipe may fix it.
 SCORE_FIELD = "score"
 SCORE_DEFAULT: bool = TrainParams.score  # the trainer's default: on
-COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution", *SCHEDULE_FIELDS, SCORE_FIELD})
+# The Advanced settings' "Write captions" (``params.auto_captions``): off by default, in the task only when on.
+CAPTIONS_FIELD = "auto_captions"
+COMMON_FIELDS = frozenset({"steps", "learning_rate", "resolution", *SCHEDULE_FIELDS, SCORE_FIELD, CAPTIONS_FIELD})
 KINDS = {"steps": int, "learning_rate": float, "rank": int, "resolution": int, "lr_scheduler": str,
          "lr_warmup_steps": int, "snr_gamma": float}  # fmt: skip
 
@@ -110,6 +112,8 @@ def build_task(ctx: AppContext, user: str, values: dict[str, Any], dataset: Data
             params[name] = KINDS[name](values[name])
     if uses_field(ctx, recipe, SCORE_FIELD):
         params[SCORE_FIELD] = SCORE_DEFAULT if values.get(SCORE_FIELD) is None else values[SCORE_FIELD] is True
+    if uses_field(ctx, recipe, CAPTIONS_FIELD) and values.get(CAPTIONS_FIELD) is True:
+        params[CAPTIONS_FIELD] = True
     return Task(
         instance_prompt=values["instance_prompt"].strip(),
         submitted_by=user,
@@ -177,6 +181,7 @@ def validate(ctx: AppContext, images: list[Path], values: dict[str, Any], owner:
         lr_warmup_steps=used("lr_warmup_steps"),
         snr_gamma=used("snr_gamma"),
         score=used(SCORE_FIELD),
+        auto_captions=used(CAPTIONS_FIELD),
         limits=dataclasses.replace(LIMITS, min_images=0) if dataset else LIMITS,
     )
 
@@ -205,13 +210,18 @@ def base_model_answer(ctx: AppContext, base_model: str) -> tuple[str | None, Pro
     return f"**Nothing was queued.** {message}.{advice}", probe
 
 
-def pairs_problems(probe: Probe | None, images: list[Path]) -> list[str]:
+def pairs_problems(probe: Probe | None, images: list[Path], captions: object = None) -> list[str]:
     """The upload checked against the base model's family (``training.pairs``): an edit model needs before/after
-    pairs, any other model refuses them."""
+    pairs, any other model refuses them; an edit model's instructions are not written by a captioner (``captions``:
+    the "Write captions" box)."""
     family = find_family(probe.index) if probe is not None and probe.index else None
     if family is None:
         return pair_problems(images, edits=False, family_label="this base model")
-    return pair_problems(images, edits=family.edits, family_label=family.label)
+    problems = pair_problems(images, edits=family.edits, family_label=family.label)
+    if family.edits and captions is True:
+        problems.append(f"{CAPTIONS_LABEL}: a {family.label} pair's .txt is its edit instruction, which a captioning "
+                        "model cannot write; turn it off and give each pair its instruction.")  # fmt: skip
+    return problems
 
 
 def output_api(ctx: AppContext) -> tuple[Any, str | None] | str:
@@ -303,7 +313,7 @@ def submit(ctx: AppContext, user: str, files: Any, values: dict[str, Any], *, co
     answer, probe = base_model_answer(ctx, values["base_model"])
     if answer:
         return SubmitOutcome(answer)
-    problems = pairs_problems(probe, images)
+    problems = pairs_problems(probe, images, values.get(CAPTIONS_FIELD))
     if problems:
         return SubmitOutcome(nothing_queued(problems))
     fits = check_fit(build_task(ctx, user, values, dataset), probe)

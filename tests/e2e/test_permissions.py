@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 def call_submit_directly(url: str) -> str:
     """POST to the (private, undocumented) submit endpoint like a script would; returns the event stream text."""
     data = [None, "", "a photo of sks dog", "", "m",  # no photos, no dataset, the prompts, the base model
-            "dreambooth-lora", 4, "t4-small", 1e-4, 4, 256, "alice/x", True, "constant", 0, 0, True]  # fmt: skip
+            "dreambooth-lora", 4, "t4-small", 1e-4, 4, 256, "alice/x", True, "constant", 0, 0, True, False]  # fmt: skip
     req = urllib.request.Request(url + "gradio_api/call/submit", data=json.dumps({"data": data}).encode(),
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=30) as resp:

@@ -70,7 +70,7 @@ def test_10_bad_input_is_refused_clearly_and_nothing_is_enqueued_or_uploaded(hub
     url = app.launch(block=False, server_name="127.0.0.1", server_port=free_port())
     try:
         stream = call_gradio(url, "submit", [None, "", "", "", "m", "dreambooth-lora", -1, "gpu-9000", 1e-4, 4, 256, "x",
-                                             True, "constant", 0, 0, True])  # photos, dataset, prompts...; Advanced
+                                             True, "constant", 0, 0, True, False])  # photos, dataset, prompts...; Advanced
     finally:
         app.close()
     # Gradio's own input checks (the hardware choice) or the handler's sign-in check answer first; either way a

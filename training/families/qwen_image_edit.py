@@ -81,6 +81,9 @@ class QwenImageEdit(QwenImage):
         super().check_params(params)
         if params.prior_preservation:
             raise BadInputError(f"{self.label}: prior preservation is for subject photos, not edit pairs; turn it off")
+        if params.auto_captions:
+            raise BadInputError(f"{self.label}: a pair's .txt is its edit instruction, which a captioner cannot write; "
+                                "turn auto_captions off")  # fmt: skip
 
     # ---- loading
     def load(self, src, variants, *, parts=None, **kwargs) -> Components:

@@ -27,6 +27,8 @@ class RunResult:
     sample_paths: dict[str, str] = field(default_factory=dict)
     #: (images with their own caption, all images)
     captioned: tuple[int, int] = (0, 0)
+    #: the captions written before training (``training.utils.auto_captions.WrittenCaptions``; None: not asked for)
+    captions: Any = None
     #: the weight files written into the output folder
     saved_files: list[str] = field(default_factory=list)
     #: the last logged mean loss
