@@ -32,23 +32,26 @@ PRELOAD_FILES = {
 }  # fmt: skip
 
 #: parameters of known captioning models, counted on the architecture built from the config
-#: (``benchmarks/caption_cost.py``'s ``FLORENCE2_BASE``: DaViT-base + BART-base, vocabulary padded to 51,328)
-KNOWN_PARAMS = {DEFAULT_CAPTION_MODEL: 270_803_968}
+#: (``benchmarks/caption_cost.py``'s ``FLORENCE2_BASE_*``: DaViT-base + BART-base, vocabulary padded to 51,328; the
+#: 0.23 B of Florence-2-base's model card): 463 MB of float16 ``model.safetensors``
+KNOWN_PARAMS = {DEFAULT_CAPTION_MODEL: 231_443_968}
 
 #: new tokens a caption may have at most (greedy decoding): a two-sentence detailed caption. The text encoders of
 #: SD 1.5 / SDXL read 77 tokens of a prompt (CLIP's context), so longer captions would be cut there anyway
 MAX_NEW_TOKENS = 77
 
 #: seconds to caption one photo. On a CPU: measured (``benchmarks/results/caption_cost-2026-12-07-cpu.jsonl``:
-#: Florence-2-base's architecture with random weights, float32, ``MAX_NEW_TOKENS`` forced, 512 px photos, the CPU
-#: seconds per photo on 2 shared cores, rounded up). On a GPU: an ASSUMPTION, not measured here (no GPU): a T4 or
-#: better runs the 0.23 B model in fp16, batched, at well under a second a photo; measure it with
-#: ``benchmarks/caption_cost.py --device cuda`` and replace this figure
-CAPTION_CPU_S_PER_PHOTO = 5.0
+#: Florence-2-base's architecture with random weights, float32, every caption forced to ``MAX_NEW_TOKENS`` new tokens,
+#: 4 and 8 photos of 512 px in one batch, on 2 cores): 8.8 and 9.8 CPU seconds a photo (4.7 and 6.3 s of wall
+#: clock), rounded up. On a GPU: an ASSUMPTION, not measured here (no GPU): a T4 or better runs the 0.23 B model in
+#: fp16, batched, in well under a second a photo; measure it with ``benchmarks/caption_cost.py --device cuda`` and
+#: replace this figure
+CAPTION_CPU_S_PER_PHOTO = 10.0
 CAPTION_GPU_S_PER_PHOTO = 0.5
-#: seconds to load the captioner from the disk cache and free it. On a CPU: measured as above, rounded up. On a GPU:
-#: an assumption (about 0.5 GB of fp16 weights from the page cache, moved to the GPU)
-CAPTION_CPU_LOAD_S = 5.0
+#: seconds to load the captioner and free it. On a CPU: measured 0.2-0.5 s from the page cache (same record),
+#: rounded up to 2 s for a cold disk (0.9 GB of float32 weights). On a GPU: an ASSUMPTION (0.46 GB of fp16 weights
+#: read from the disk cache and moved to the GPU); a download on first use is not counted
+CAPTION_CPU_LOAD_S = 2.0
 CAPTION_GPU_LOAD_S = 10.0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["CHARS", "build_tiny_blip", "build_tiny_florence2", "tiny_captioners"]
+__all__ = ["CHARS", "build_tiny_blip", "build_tiny_florence2", "florence2_processor", "save_florence2", "tiny_captioners"]
 #: the tiny vocabularies' characters
 CHARS = string.ascii_lowercase + string.digits + ".,'-"
 #: the tiny models' image side (Florence-2: 4 stages of stride 4, 2, 2, 2 -> a 2 x 2 grid, 5 image tokens)
@@ -32,16 +32,12 @@ def _widen(model, std: float = INIT_STD) -> None:
                 p.normal_(0.0, std)
 
 
-def build_tiny_florence2(path: str | Path, seed: int = 0) -> Path:
-    """A random Florence-2 (DaViT with 4 one-block stages of width 8-16, a one-layer BART of width 16) and its
-    processor: a byte-level BPE tokenizer over ``CHARS`` (no merges) with ``<image>`` as its ``image_token`` (what
-    ``Florence2Processor`` reads), a 64 px image processor, the post-processor's ``pure_text`` task."""
-    import torch
+def florence2_processor(side: int, image_seq_length: int):
+    """A Florence-2 processor: a byte-level BPE tokenizer over ``CHARS`` (no merges) with ``<image>`` as its
+    ``image_token`` (what ``Florence2Processor`` reads), a ``side`` px image processor (ImageNet mean and std, as
+    Florence-2's) whose images make ``image_seq_length`` image tokens, the post-processor's ``pure_text`` task."""
     import transformers as tf
 
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return path
     vocab = {tok: i for i, tok in enumerate(("<s>", "<pad>", "</s>", "<unk>"))}
     for c in CHARS:
         vocab.setdefault(c, len(vocab))
@@ -49,23 +45,46 @@ def build_tiny_florence2(path: str | Path, seed: int = 0) -> Path:
     vocab["\u0120"] = len(vocab)
     vocab["<mask>"] = len(vocab)
     tokenizer = tf.BartTokenizer(vocab=vocab, merges=[], extra_special_tokens={"image_token": "<image>"})
-    side = {"height": FLORENCE_SIZE, "width": FLORENCE_SIZE}
-    images = tf.CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False, image_seq_length=5,
-                                   image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
-    processor = tf.Florence2Processor(image_processor=images, tokenizer=tokenizer, post_processor_config={"pure_text": {}})
-    vision = dict(depths=[1, 1, 1, 1], embed_dim=[8, 8, 16, 16], num_heads=[1, 1, 2, 2], num_groups=[1, 1, 2, 2],
-                  window_size=2, projection_dim=16, max_position_embeddings=8, max_temporal_embeddings=4,
-                  drop_path_rate=0.0)  # fmt: skip
-    text = dict(vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-                decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
-                bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)  # fmt: skip
+    size = {"height": side, "width": side}
+    images = tf.CLIPImageProcessorPil(size=size, crop_size=size, do_center_crop=False, image_seq_length=image_seq_length,
+                                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
+    return tf.Florence2Processor(image_processor=images, tokenizer=tokenizer, post_processor_config={"pure_text": {}})
+
+
+def save_florence2(path: Path, vision: dict, text: dict, side: int, image_seq_length: int, *, seed: int = 0,
+                   init_std: float | None = INIT_STD) -> Path:  # fmt: skip
+    """A random ``Florence2ForConditionalGeneration`` of these vision and text (BART) configs, with
+    ``florence2_processor``, saved as safetensors at ``path``; its vocabulary is ``text["vocab_size"]`` or the
+    tokenizer's. ``init_std`` None keeps transformers' initialisation."""
+    import torch
+    import transformers as tf
+
+    processor = florence2_processor(side, image_seq_length)
+    tokenizer = processor.tokenizer
+    text = {"vocab_size": len(tokenizer), "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2,
+            "decoder_start_token_id": 2, **text}  # fmt: skip
     torch.manual_seed(seed)
-    model = tf.Florence2ForConditionalGeneration(tf.Florence2Config(vision_config=vision, text_config=text,
-                                                              image_token_id=tokenizer.image_token_id))  # fmt: skip
-    _widen(model)
+    config = tf.Florence2Config(vision_config=vision, text_config=text, image_token_id=tokenizer.image_token_id)
+    model = tf.Florence2ForConditionalGeneration(config)
+    if init_std is not None:
+        _widen(model, init_std)
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
     return path
+
+
+def build_tiny_florence2(path: str | Path, seed: int = 0) -> Path:
+    """A random Florence-2 (DaViT with 4 one-block stages of width 8-16, a one-layer BART of width 16) and its
+    processor (``florence2_processor`` at 64 px)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    vision = dict(depths=[1, 1, 1, 1], embed_dim=[8, 8, 16, 16], num_heads=[1, 1, 2, 2], num_groups=[1, 1, 2, 2],
+                  window_size=2, projection_dim=16, max_position_embeddings=8, max_temporal_embeddings=4,
+                  drop_path_rate=0.0)  # fmt: skip
+    text = dict(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128)  # fmt: skip
+    return save_florence2(path, vision, text, FLORENCE_SIZE, 5, seed=seed)
 
 
 def build_tiny_blip(path: str | Path, seed: int = 0) -> Path:
