@@ -10,6 +10,7 @@ from typing import Any
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from contract.caption_models import DEFAULT_CAPTION_MODEL
 from contract.scoring_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL, PIXELS, off
 
 
@@ -105,4 +106,16 @@ def parse_scoring_model(var: str, raw: str) -> str | None:
             example = DEFAULT_DINO_MODEL if dino else DEFAULT_CLIP_MODEL
             raise SettingsError(f"{var}={raw!r} is not a model repo id (e.g. {example}), a local folder"
                                 f"{f', {PIXELS}' if dino else ''} or none (off): {exc}") from None  # fmt: skip
+    return value
+
+
+def parse_caption_model(raw: str) -> str:
+    """CAPTION_MODEL: the model that writes captions (``contract.caption_models``): a Hub repo id or a local folder."""
+    value = raw.strip()
+    if not looks_like_path(value):
+        try:
+            validate_repo_id(value)
+        except HFValidationError as exc:
+            raise SettingsError(f"CAPTION_MODEL={raw!r} is not a model repo id (e.g. {DEFAULT_CAPTION_MODEL}) nor a "
+                                f"local folder: {exc}") from None  # fmt: skip
     return value

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from contract.caption_models import DEFAULT_CAPTION_MODEL
 from contract.flavors import FLAVORS, IDLE_FLAVORS, is_jobs_only
 from contract.scoring_models import DEFAULT_CLIP_MODEL, DEFAULT_DINO_MODEL
 from contract.setting_values import (  # SettingsError: raised by ``load_settings``, its importers read it here
@@ -25,6 +26,7 @@ from contract.setting_values import (  # SettingsError: raised by ``load_setting
     check_repo_id,
     looks_like_path,
     parse_bool,
+    parse_caption_model,
     parse_exposure,
     parse_list,
     parse_modules,
@@ -52,7 +54,7 @@ VARIABLES = (
     "MAX_PARALLEL_JOBS", "JOBS_GPU_HOURS_PER_DAY", "JOB_IMAGE", "JOBS_NAMESPACE", "KEEP_PHOTOS", "KEEP_RUN_FOLDERS",
     "OUTPUT_NAMESPACE", "MAX_QUEUED_PER_USER", "MAX_GPU_HOURS_PER_USER_DAY", "SPACE_HOST", "SYSTEM",
     "OAUTH_CLIENT_SECRET", MOCK_SIGNIN_VAR, "LOCAL_EXPOSE_TO_NETWORK", "MAX_SPEND_USD_PER_MONTH",
-    "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL",
+    "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL", "CAPTION_MODEL",
 )  # fmt: skip
 _PLATFORM = "set by the Spaces platform in every Space's container, not by the Space's owner"
 #: variables read here that the README's variables table deliberately leaves out (users do not set them), and why
@@ -69,7 +71,7 @@ NOT_FOR_USERS: Mapping[str, str] = MappingProxyType({
 })  # fmt: skip
 #: the variables the trainer (``python -m training``) reads itself, through ``load_trainer_settings``
 TRAINER_VARIABLES = ("TRAINING_RECIPES_MODULES", "TRAINING_FAMILY_MODULES", "TRAINING_SCRIPT", DEMO_DIR_VAR,
-                     "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL")  # fmt: skip
+                     "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL", "CAPTION_MODEL")  # fmt: skip
 
 
 def hub_offline() -> bool:
@@ -129,6 +131,9 @@ class Settings:
     # id, a local folder, or builtin:pixels for DINO); None: that measure is off (the variable set empty or none)
     scoring_dino_model: str | None = DEFAULT_DINO_MODEL
     scoring_clip_model: str | None = DEFAULT_CLIP_MODEL
+    # CAPTION_MODEL: the model that writes captions for photos without a .txt, when a task asks for them
+    # (``contract.caption_models``: a Hub repo id or a local folder)
+    caption_model: str = DEFAULT_CAPTION_MODEL
     # Privacy and per-user limits (see README "Privacy").
     keep_photos: bool = False  # keep a DONE task's photos in the queue repo (default: removed with the DONE commit)
     keep_run_folders: bool = False  # debugging: keep a finished task's run folder in a Space's container
@@ -226,7 +231,7 @@ def _taker(env: Mapping[str, str], sources: dict[str, str]) -> Callable[..., str
 def _load_trainer_variables(values: dict[str, Any], take: Callable[..., str | None],
                             variables: Collection[str] = TRAINER_VARIABLES) -> None:  # fmt: skip
     """The trainer's own variables (those of ``variables``): TRAINING_SCRIPT, TRAINING_FAMILY_MODULES,
-    TRAINING_RECIPES_MODULES, DREAMBOOTH_DEMO_DIR and the scoring models."""
+    TRAINING_RECIPES_MODULES, DREAMBOOTH_DEMO_DIR, the scoring models and the captioning model."""
     script = take("training_script", "TRAINING_SCRIPT") if "TRAINING_SCRIPT" in variables else None
     if script is not None:
         values["training_script"] = _parse_training_script(script)
@@ -243,6 +248,9 @@ def _load_trainer_variables(values: dict[str, Any], take: Callable[..., str | No
         model = take(name, var, blank=True) if var in variables else None  # blank: the measure is off
         if model is not None:
             values[name] = parse_scoring_model(var, model)
+    caption = take("caption_model", "CAPTION_MODEL") if "CAPTION_MODEL" in variables else None
+    if caption is not None:
+        values["caption_model"] = parse_caption_model(caption)
 
 
 def load_trainer_settings(environ: Mapping[str, str] | None = None, *,

@@ -54,4 +54,4 @@ def need(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
-pytest_plugins = ["tests.fakehub.fixtures", "tests.tiny_models", "tests.tiny_scorers"]
+pytest_plugins = ["tests.fakehub.fixtures", "tests.tiny_models", "tests.tiny_scorers", "tests.tiny_captioner"]

@@ -4,6 +4,7 @@
     python -m training.preload REPO --files listing.txt --index model_index.json
     python -m training.preload REPO                # asks the Hub for the file list and model_index.json
     python -m training.preload --scoring           # the scoring models' items (SCORING_DINO_MODEL, SCORING_CLIP_MODEL)
+    python -m training.preload --captions          # the captioning model's item (CAPTION_MODEL)
 
 prints ``REPO f1,f2,...`` (with ``--revision SHA``: ``REPO f1,f2,... SHA``), the item form a Space's
 ``preload_from_hub`` takes. The files are the union, over the recipes (default: every registered one, the built-in
@@ -11,7 +12,7 @@ prints ``REPO f1,f2,...`` (with ``--revision SHA``: ``REPO f1,f2,... SHA``), the
 ``training.files.choose_files`` picks for them: LoRA reads fp16 weights throughout, a full fine-tune the fp32 UNet
 (and the fp32 text encoders when it trains them), so one preloaded Space serves every built-in recipe without a
 download. ``--scoring`` prints the scoring models' items too (``scoring_items``), so a Space scores runs without a
-download either.
+download either; ``--captions`` the captioning model's (``caption_items``), for a Space that captions photos.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from contract import caption_models
 from contract.scoring_models import CLIP_FILES, DINO_FILES, PIXELS, PRELOAD_FILES, off
 from training.files import FROZEN_VARIANT, FileChoiceError, choose_files
 from training.spec import TrainParams
@@ -57,6 +59,17 @@ def preload_item(repo_id: str, files: Sequence[str], revision: str | None = None
     return f"{item} {revision}" if revision else item
 
 
+def _listed_files(model: str, wanted: tuple[str, ...], known: dict[str, tuple[str, ...]], list_files) -> tuple[str, ...]:
+    """The files of ``wanted`` that the Hub repo ``model`` has: ``known[model]`` when known, else its listing."""
+    if model in known:
+        return known[model]
+    if list_files is None:
+        from huggingface_hub import HfApi
+
+        list_files = HfApi().list_repo_files
+    return tuple(sorted(set(list_files(model)) & set(wanted)))
+
+
 def scoring_items(dino: str | None, clip: str | None, list_files=None) -> list[str]:
     """The ``preload_from_hub`` items of the scoring models ``dino`` and ``clip`` that are Hub repos (not off, not
     ``PIXELS``, not a local folder): the files ``training.scoring`` loads, those of the repo. The default models' are
@@ -67,16 +80,18 @@ def scoring_items(dino: str | None, clip: str | None, list_files=None) -> list[s
         if off(model) or model == PIXELS or Path(str(model)).expanduser().is_dir():
             continue
         assert model is not None
-        if model in PRELOAD_FILES:
-            files = PRELOAD_FILES[model]
-        else:
-            if list_files is None:
-                from huggingface_hub import HfApi
-
-                list_files = HfApi().list_repo_files
-            files = tuple(sorted(set(list_files(model)) & set(wanted)))
-        items.append(preload_item(model, files))
+        items.append(preload_item(model, _listed_files(model, wanted, PRELOAD_FILES, list_files)))
     return items
+
+
+def caption_items(model: str, list_files=None) -> list[str]:
+    """The ``preload_from_hub`` item of the captioning model ``model`` when it is a Hub repo (none for a local
+    folder): the files ``training.captioner`` loads, those of the repo (the default's from
+    ``contract.caption_models.PRELOAD_FILES``; another repo's listed by ``list_files(repo)``, default the Hub's)."""
+    if Path(model).expanduser().is_dir():
+        return []
+    files = _listed_files(model, caption_models.CAPTION_FILES, caption_models.PRELOAD_FILES, list_files)
+    return [preload_item(model, files)]
 
 
 def read_layout(path: Path) -> tuple[list[str], dict[str, Any]]:
@@ -98,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.preload", description=__doc__.splitlines()[0])
     ap.add_argument("repo_id", nargs="?", help="the base model (optional with --scoring)")
     ap.add_argument("--scoring", action="store_true", help="print the scoring models' items too (one a line)")
+    ap.add_argument("--captions", action="store_true", help="print the captioning model's item too (CAPTION_MODEL)")
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--layout", type=Path, help="a layout file (benchmarks/layouts/*.json): files + model_index")
     source.add_argument("--files", type=Path, help="a file listing the repo's paths, one a line (needs --index)")
@@ -111,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
         settings = load_trainer_settings(variables=("SCORING_DINO_MODEL", "SCORING_CLIP_MODEL"))
         print("\n".join(scoring_items(settings.scoring_dino_model, settings.scoring_clip_model)))
+    if args.captions:
+        from contract.settings import load_trainer_settings
+
+        print("\n".join(caption_items(load_trainer_settings(variables=("CAPTION_MODEL",)).caption_model)))
     if args.repo_id is None:
-        if not args.scoring:
-            ap.error("give a base model repo id, or --scoring")
+        if not (args.scoring or args.captions):
+            ap.error("give a base model repo id, --scoring or --captions")
         return 0
     if args.layout is not None:
         files, index = read_layout(args.layout)

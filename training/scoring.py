@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from contract.scoring_models import CLIP_FILES, DINO_FILES, PIXELS, off
-from contract.setting_values import looks_like_path
-from contract.settings import hub_offline
 from training.base_check import DEMO_MODEL
+from training.hub_models import ModelRole, safetensors_folder
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -91,45 +90,14 @@ def pixel_embeddings(images: list[Image]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- finding and loading a model's files
-def _hub_folder(model: str, files: tuple[str, ...]) -> Path:
-    """The Hugging Face cache's snapshot folder holding ``files`` of the Hub repo ``model`` (those it has),
-    downloaded unless already there; the cached copy only in offline mode."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    offline = hub_offline()
-    try:
-        return Path(snapshot_download(model, allow_patterns=list(files), local_files_only=offline))
-    except (RepositoryNotFoundError, GatedRepoError) as e:
-        raise ScoringUnavailable(f"scoring model {model!r}: no such model repo, or it is private or gated for this "
-                                 f"token ({type(e).__name__})") from e  # fmt: skip
-    except Exception as e:  # not cached (offline), HTTP and network errors, an invalid id
-        why = (f"is not in the Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE=1; {type(e).__name__}): "
-               "preload it (python -m training.preload --scoring)" if offline
-               else f"could not be downloaded ({type(e).__name__}: {e})")  # fmt: skip
-        raise ScoringUnavailable(f"scoring model {model!r} {why}") from e
+#: how ``training.hub_models`` names a scoring model in a refusal, and what it raises
+ROLE = ModelRole("scoring model", ScoringUnavailable, "--scoring")
 
 
 def model_folder(model: str, files: tuple[str, ...]) -> Path:
     """A local folder with ``model``'s ``files`` (a local folder as it is; a Hub repo's cached snapshot) whose weights
     are safetensors; ``ScoringUnavailable`` otherwise (a folder with pickle weights only is refused)."""
-    local = Path(model).expanduser()
-    if not local.is_dir() and looks_like_path(model):
-        raise ScoringUnavailable(f"scoring model {model!r}: no such folder")
-    folder = local if local.is_dir() else _hub_folder(model, files)
-    if (folder / "model.safetensors").is_file():
-        return folder
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():  # sharded: its shards too
-        shards = tuple(sorted(set(json.loads(index.read_text()).get("weight_map", {}).values())))
-        if not local.is_dir() and shards:
-            folder = _hub_folder(model, (*files, *shards))
-        if shards and all((folder / s).is_file() for s in shards):
-            return folder
-    pickles = sorted(p.name for p in folder.glob("*.bin"))
-    has = f" (it has {', '.join(pickles)}: pickle files, which can run code when loaded)" if pickles else ""
-    raise ScoringUnavailable(f"scoring model {model!r} has no model.safetensors{has}; scoring models load from "
-                             "safetensors only: use a repo or folder with model.safetensors")  # fmt: skip
+    return safetensors_folder(model, files, ROLE)
 
 
 def _model_type(model: str, folder: Path) -> str:
