@@ -202,6 +202,10 @@ def test_a_namespace_without_credit_gets_402_and_the_reason_maps_to_a_refusal(hu
     assert hub.jobs(name) == [] and hub.jobs_ledger(name) == []
     hub.set_credit(name, None)
     assert wait(api, name, job(api, name).id).status.stage == "COMPLETED"
+    assert hub.job_cost_usd(name) > 1e-9
+    hub.set_credit(name, 1e-9)  # a new grant: what the namespace spent before it does not draw on it
+    assert hub.credit_left(name) == pytest.approx(1e-9)
+    assert wait(api, name, job(api, name).id).status.stage == "COMPLETED"
 
 
 def test_jobs_draw_on_their_namespaces_credit_and_land_on_its_ledger_only(hub):
