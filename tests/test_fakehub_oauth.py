@@ -3,6 +3,8 @@ by the real huggingface_hub client: what a visitor's sign-in token may and may n
 
 from __future__ import annotations
 
+import json
+import urllib.request
 import uuid
 from datetime import datetime
 
@@ -227,3 +229,22 @@ def test_jobs_draw_on_their_namespaces_credit_and_land_on_its_ledger_only(hub):
 
 def status_of(call) -> int:
     return err_of(call).response.status_code
+
+
+# ------------------------------------------------------------------------------ the same over /_emu/ (for subprocesses)
+def emu_post(hub: FakeHub, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{hub.url}/_emu/{path}", data=json.dumps(body).encode(), method="POST")
+    return json.loads(urllib.request.urlopen(req).read())
+
+
+def test_oauth_users_and_credit_over_the_emulators_control_endpoints(hub):
+    name, token = f"emu{uuid.uuid4().hex[:8]}", f"hf_oauth_fake_{uuid.uuid4().hex}"
+    emu_post(hub, "users", {"name": name, "token": token, "scopes": ["openid", "jobs"], "expires_at": 4e9})
+    api = HfApi(endpoint=hub.url, token=token)
+    auth = api.whoami()["auth"]
+    assert auth["type"] == "oauth" and auth["scope"] == "jobs openid" and auth["expiresAt"].startswith("2096-")
+    assert status_of(lambda: api.create_repo(f"{name}/r")) == 403  # no repo scope
+    assert emu_post(hub, "credit", {"namespace": name, "usd": 0}) == {"left": 0}
+    assert status_of(lambda: job(api, name)) == 402
+    assert emu_post(hub, "credit", {"namespace": name, "usd": None}) == {"left": None}
+    assert wait(api, name, job(api, name).id).status.stage == "COMPLETED"
