@@ -8,11 +8,15 @@ session a sign-in leaves is built as Gradio's callback stores it (``oauth.py``: 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import time
 import uuid
 from types import SimpleNamespace
 
 import gradio as gr
+import itsdangerous
 import pytest
 from gradio import oauth as gr_oauth
 from gradio.helpers import special_args
@@ -21,6 +25,7 @@ from huggingface_hub import HfApi
 from starlette.requests import Request as StarletteRequest
 
 from scheduler.visitor_token import VisitorTokenError, missing_scopes, read_visitor_token
+from tests.signin import session_cookie
 
 SCOPE = "openid profile jobs contribute-repos"
 
@@ -75,3 +80,15 @@ def test_the_mocked_local_sign_in_asks_for_no_extra_scope_and_its_token_is_refus
     with pytest.raises(VisitorTokenError) as err:  # since Gradio 6.6 the mocked token is not the local token
         read_visitor_token(got, api=HfApi(endpoint=hub.url))
     assert err.value.status == 401
+
+
+def test_the_test_session_cookie_gives_handlers_the_visitors_token(hub):
+    name, token = f"ck{uuid.uuid4().hex[:8]}", f"hf_oauth_fake_{uuid.uuid4().hex}"
+    hub.add_oauth_user(name, token, scopes=SCOPE.split(), expires_in=3600)
+    cookie = session_cookie(name, token=token, scope=SCOPE, expires_in=1800)
+    key = hashlib.sha256(b"-v4").hexdigest()  # as Gradio's SessionMiddleware reads it (mocked sign-in: no secret)
+    session = json.loads(base64.b64decode(itsdangerous.TimestampSigner(key).unsign(cookie)))
+    got = injected(session)
+    assert got is not None and got.token == token and got.scope == SCOPE
+    vt = read_visitor_token(got, api=HfApi(endpoint=hub.url))
+    assert vt.username == name and vt.expires_at == pytest.approx(time.time() + 1800, abs=5)
