@@ -31,8 +31,43 @@ class FakeHub:
     def add_user(
         self, name: str, token: str, *, role: str = "write", orgs: Iterable[str] = (), oauth: bool = False
     ) -> None:
-        """Register ``token`` for user ``name`` (``oauth=True``: an OAuth-type token, refused on hardware calls)."""
+        """Register ``token`` for user ``name`` (``oauth=True``: an OAuth-type token, refused on hardware calls, with
+        the scopes ``auth.LEGACY_OAUTH_SCOPES``; ``add_oauth_user`` chooses scopes and expiry)."""
         self.emulator.users.add(User(name, token, role, tuple(orgs), oauth))
+
+    def add_oauth_user(
+        self,
+        name: str,
+        token: str,
+        *,
+        scopes: Iterable[str] = ("openid", "profile"),
+        expires_in: float | None = 8 * 3600,
+        app: str | None = None,
+        orgs: Iterable[str] = (),
+    ) -> float | None:
+        """Register an OAuth token of user ``name`` (a new or known user) with ``scopes``, expiring ``expires_in``
+        seconds from now (None: never; <= 0: already expired), issued to the OAuth app ``app`` (default
+        ``auth.DEFAULT_OAUTH_APP``: a Space's sign-in). Returns its expiry (unix seconds)."""
+        expires_at = None if expires_in is None else time.time() + expires_in
+        self.emulator.users.add(User(name, token, "write", tuple(orgs), True, frozenset(scopes), expires_at, app))
+        return expires_at
+
+    def set_credit(self, namespace: str, dollars: float | None) -> None:
+        """``namespace`` has ``dollars`` of Jobs credit from now on (its Jobs' later cost draws on it; at 0 or below
+        ``run_job`` answers 402); None: unlimited, the default. Reset after each test."""
+        jobs = self.emulator.jobs
+        jobs.credit.grant(namespace, dollars, jobs.cost_usd(namespace))
+
+    def credit_left(self, namespace: str) -> float | None:
+        """USD of Jobs credit left to ``namespace`` (None: unlimited)."""
+        return self.emulator.jobs.credit_left(namespace)
+
+    def repo_created_by_app(self, repo_id: str, repo_type: str = "model") -> str | None:
+        """The OAuth app whose token created the repo (None: created with another kind of token)."""
+        repo = self.emulator.storage.get_repo(repo_type, repo_id)
+        if repo is None:
+            raise ValueError(f"no {repo_type} repo {repo_id}")
+        return repo.created_by_app
 
     # ------------------------------------------------------------------ faults and request log
     def inject_fault(

@@ -41,13 +41,13 @@ class HubRoutes:
         repo = self.storage.get_repo(repo_type, repo_id)
         if repo is None:
             raise repo_not_found(req.user, exists=False)
-        if repo.private and not (req.user and req.user.can_read(repo.namespace)):
+        if repo.private and not (req.user and req.user.can_read_repo(repo.namespace, repo.created_by_app)):
             raise repo_not_found(req.user, exists=True)
         return repo
 
     def writable_repo(self, req: Request, repo_type: str, repo_id: str) -> Repo:
         repo = self.readable_repo(req, repo_type, repo_id)
-        require_write(req, repo.namespace)
+        require_write(req, repo.namespace, repo.created_by_app)
         return repo
 
     def resolve(self, repo: Repo, revision: str) -> Commit:
@@ -75,14 +75,17 @@ class HubRoutes:
             raise HttpError(400, None, "Invalid repo name")
         repo_id = f"{namespace}/{name}"
         url = repo_url(req.base_url, repo_type, repo_id)
-        if not req.user.can_write(namespace):
-            raise HttpError(403, None, "You don't have the rights to create a repo under this namespace")
+        if not req.user.can_create_repo(namespace):
+            detail = " (an OAuth token needs the contribute-repos or manage-repos scope)" if req.user.oauth else ""
+            raise HttpError(403, None, f"You don't have the rights to create a repo under this namespace{detail}")
         private = body.get("visibility", "public") != "public" or bool(body.get("private"))
         sdk = body.get("sdk")
         if repo_type == "space" and not sdk:
             raise HttpError(400, None, "sdk is required for a Space")
         try:
-            repo = self.storage.create_repo(repo_type, repo_id, private=private, owner=req.user.name, sdk=sdk)
+            repo = self.storage.create_repo(
+                repo_type, repo_id, private=private, owner=req.user.name, sdk=sdk, app=req.user.oauth_app
+            )
         except StoreError as e:
             raise HttpError(409, None, e.message, extra={"url": url}) from e
         if repo_type == "space":
@@ -347,9 +350,13 @@ class HubRoutes:
         return Response.json({"commitId": commit.id})
 
 
-def require_write(req: Request, namespace: str) -> None:
-    """401 for anonymous callers, 403 for read-only tokens and for other namespaces."""
+def require_write(req: Request, namespace: str, created_by_app: str | None = None) -> None:
+    """401 for anonymous callers, 403 for read-only tokens, other namespaces, and OAuth tokens whose scopes do not
+    reach the repo (created by ``created_by_app``)."""
     if req.user is None:
         raise HttpError(401, None, INVALID_CREDENTIALS)
-    if not req.user.can_write(namespace):
-        raise HttpError(403, None, f"You don't have the rights to write to {namespace} with this token")
+    if not req.user.can_write_repo(namespace, created_by_app):
+        detail = ""
+        if req.user.oauth and req.user.can_write(namespace):
+            detail = " (this OAuth token's scopes do not reach this repo: write-repos, or contribute-repos for the repos its app created)"
+        raise HttpError(403, None, f"You don't have the rights to write to {namespace} with this token{detail}")

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.fakehub.credit import CreditBook
 from tests.fakehub.faults import JobFault, JobFaultBook
 from tests.fakehub.runner import clean_env, kill_process_tree, stop_process_tree
 
@@ -243,6 +244,7 @@ class Job:
             "flavor": self.flavor,
             "stage": self.stage,
             "labels": dict(self.labels),
+            "initiator": self.initiator.get("name"),
             "started_at": self.started_at,
             "ended_at": ended,
             "seconds": (ended or now) - self.started_at,
@@ -269,12 +271,14 @@ class JobHost:
         self._thread.start()
 
     def reset_settings(self) -> None:
-        """Back to the defaults: 0.2 s of SCHEDULING, 2 s of grace on cancel, every image = this checkout."""
+        """Back to the defaults: 0.2 s of SCHEDULING, 2 s of grace on cancel, every image = this checkout, unlimited
+        credit everywhere."""
         self.scheduling_s = 0.2
         self.stop_grace_s = 2.0
         self.image_root: Path = PROJECT_ROOT
         self.images: dict[str, Path] = {}
         self.flavor_env: dict[str, dict[str, str]] = {}
+        self.credit = CreditBook()  # unlimited for every namespace until a test grants one an amount
 
     # ---------------------------------------------------------------- registry
     def add(self, job: Job) -> Job:
@@ -310,6 +314,15 @@ class JobHost:
         with self._lock:
             periods = [j.period(now) for j in self._jobs.values() if namespace in (None, j.namespace)]
         return [p for p in periods if p is not None]
+
+    # ---------------------------------------------------------------- credit
+    def cost_usd(self, namespace: str) -> float:
+        """What the namespace's billed Job time costs at list price (pro rata), running Jobs up to now."""
+        return sum(p["seconds"] * JOB_FLAVORS[p["flavor"]].usd_per_hour / 3600 for p in self.ledger(namespace))
+
+    def credit_left(self, namespace: str) -> float | None:
+        """USD left to ``namespace`` (None: unlimited, the default); creation is refused (402) at 0 or below."""
+        return self.credit.left(namespace, self.cost_usd(namespace)) if self.credit.limited(namespace) else None
 
     # ---------------------------------------------------------------- transitions
     def cancel(self, job: Job) -> None:

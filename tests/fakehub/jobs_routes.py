@@ -44,6 +44,8 @@ class JobRoutes:
     def _user(req: Request, namespace: str, *, write: bool) -> User:
         if req.user is None:
             raise HttpError(401, None, INVALID_CREDENTIALS)
+        if not req.user.can_use_jobs():  # wording assumed; the status follows hub-docs oauth.md (`jobs`: run jobs)
+            raise HttpError(403, None, "This OAuth token lacks the 'jobs' scope: it cannot run or read Jobs")
         if not req.user.can_read(namespace):
             raise HttpError(403, None, f"You don't have access to the Jobs of namespace {namespace!r}")
         if write and not req.user.can_write(namespace):
@@ -86,6 +88,9 @@ class JobRoutes:
             fault = refused[0]
             message = fault.message or _REFUSAL_MESSAGES.get(fault.status or 402, "Job creation refused")
             raise HttpError(fault.status or 402, None, message)
+        left = self.host.credit_left(namespace)
+        if left is not None and left <= 0:
+            raise HttpError(402, None, _REFUSAL_MESSAGES[402])
         job_id = self.host.new_id()
         job = Job(
             id=job_id,

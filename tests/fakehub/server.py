@@ -1,7 +1,8 @@
 """The emulator's HTTP server: routing on the raw path, authentication, fault injection and the request log.
 
 Emulator-only endpoints (never faulted nor logged) live under ``/_emu/``:
-``GET|DELETE /_emu/requests``, ``GET|POST|DELETE /_emu/faults``, ``POST /_emu/users``,
+``GET|DELETE /_emu/requests``, ``GET|POST|DELETE /_emu/faults``, ``POST /_emu/users`` (``scopes``, ``expires_at``
+and ``app`` make an OAuth token), ``POST /_emu/credit`` ``{namespace, usd}``,
 ``GET /_emu/spaces/{ns}/{name}/ledger``, ``GET /_emu/health``; Jobs: ``GET /_emu/jobs[/{ns}]/ledger``,
 ``GET|POST|DELETE /_emu/job-faults``, ``POST /_emu/jobs/stop``, ``POST /_emu/jobs/config``.
 
@@ -127,6 +128,8 @@ class Emulator:
         req.user = self.users.by_token(token)
         if req.user is None:
             raise HttpError(401, None, INVALID_CREDENTIALS)
+        if req.user.expired():  # wording assumed: the Hub's answer to an expired OAuth token is not documented
+            raise HttpError(401, None, f"{INVALID_CREDENTIALS}: the token has expired")
 
     def _route(self, req: Request) -> Response:
         self._authenticate(req)
@@ -204,16 +207,24 @@ class Emulator:
             return Response.json([f.__dict__ for f in self.faults.pending()])
         if seg == ["users"] and m == "POST":
             body = req.json()
+            scopes = body.get("scopes")
             self.users.add(
                 User(
                     body["name"],
                     body["token"],
                     body.get("role", "write"),
                     tuple(body.get("orgs", ())),
-                    body.get("oauth", False),
+                    body.get("oauth", False) or scopes is not None,
+                    None if scopes is None else frozenset(scopes),
+                    body.get("expires_at"),
+                    body.get("app"),
                 )
             )
             return Response.json({})
+        if seg == ["credit"] and m == "POST":
+            body = req.json()
+            self.jobs.credit.grant(body["namespace"], body.get("usd"), self.jobs.cost_usd(body["namespace"]))
+            return Response.json({"left": self.jobs.credit_left(body["namespace"])})
         if len(seg) == 4 and seg[0] == "spaces" and seg[3] == "ledger":
             return Response.json(self.spaces.ledger(f"{seg[1]}/{seg[2]}"))
         if seg[:1] == ["jobs"] or seg == ["job-faults"]:

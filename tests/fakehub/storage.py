@@ -113,6 +113,7 @@ class Repo:
     created_at: float
     branches: dict[str, str]
     sdk: str | None = None
+    created_by_app: str | None = None  # the OAuth app whose token created it (``contribute-repos`` reaches these)
 
     @property
     def namespace(self) -> str:
@@ -171,13 +172,16 @@ class Storage:
     def _save_repo(self, repo: Repo) -> None:
         _write_atomic(self._repo_path(repo.type, repo.id), json.dumps(repo.to_json(), indent=1).encode())
 
-    def create_repo(self, repo_type: str, repo_id: str, *, private: bool, owner: str, sdk: str | None = None) -> Repo:
-        """Create a repo with an initial commit holding ``.gitattributes``; 409 when it exists."""
+    def create_repo(
+        self, repo_type: str, repo_id: str, *, private: bool, owner: str, sdk: str | None = None, app: str | None = None
+    ) -> Repo:
+        """Create a repo with an initial commit holding ``.gitattributes``; 409 when it exists. ``app``: the OAuth
+        app whose token created it."""
         with self.repo_lock(repo_type, repo_id):
             if self.get_repo(repo_type, repo_id) is not None:
                 raise StoreError(409, None, f"You already created this {repo_type} repo")
             uid = uuid.uuid4().hex
-            repo = Repo(uid, repo_type, repo_id, private, owner, time.time(), {}, sdk)
+            repo = Repo(uid, repo_type, repo_id, private, owner, time.time(), {}, sdk, app)
             oid = self.put_blob(GITATTRIBUTES)
             commit = self._new_commit(
                 repo, None, "initial commit", "", owner, {".gitattributes": FileEntry(oid, len(GITATTRIBUTES))}
