@@ -66,7 +66,7 @@ def test_a_run_captions_only_the_photos_without_their_own(captioned_run, photos,
     phases = [e["phase"] for e in events if e["event"] == "phase"]
     assert phases.index("validating_input") < phases.index("captioning") < phases.index("loading")
     event = caption_event(events)
-    stems = sorted(p.stem for p in photos.glob("*.png"))
+    stems = sorted(p.stem for p in photos.iterdir() if p.suffix != ".txt")
     assert sorted(event.captions) == stems and sorted(event.written) == stems[1:]
     assert event.captions[stems[0]] == OWN  # its own .txt: not captioned again
 
@@ -180,14 +180,13 @@ def test_the_estimate_counts_the_photos_to_caption(tmp_path):
     assert with_captions(base, 0) is base
 
 
-def test_local_mode_writes_the_captions_at_once_and_the_table_edits_them(tiny_captioner, tmp_path, monkeypatch):
+def test_local_mode_writes_the_captions_at_once_and_the_table_edits_them(tiny_captioner, tmp_path):
     from tests.test_form import local_ctx
     from ui.caption_editor import apply_table, caption_table, write_captions_now
 
     photos = captioned_photos(tmp_path / "upload", {0: OWN}, n=3)
     upload = [str(p) for p in photos] + [str(photos[0].with_suffix(".txt"))]
-    monkeypatch.setenv("CAPTION_MODEL", str(tiny_captioner))
-    ctx = local_ctx(tmp_path / "data")
+    ctx = local_ctx(tmp_path / "data", CAPTION_MODEL=str(tiny_captioner))
     assert ctx.settings.caption_model == str(tiny_captioner)
 
     files, rows, note = write_captions_now(ctx, upload, "cpu", PROMPT)

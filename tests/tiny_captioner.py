@@ -125,3 +125,9 @@ def tiny_captioners(tmp_path_factory) -> dict[str, Path]:
     """{"florence2": folder, "blip": folder} of tiny random captioning models (built once per session)."""
     root = tmp_path_factory.mktemp("tiny-captioners")
     return {"florence2": build_tiny_florence2(root / "florence2"), "blip": build_tiny_blip(root / "blip")}
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tiny_captioners) -> Path:
+    """The tiny random Florence-2: the default captioning model's kind (``CAPTION_MODEL`` in the run tests)."""
+    return tiny_captioners["florence2"]

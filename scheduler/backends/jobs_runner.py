@@ -317,6 +317,8 @@ class JobsRunner:
         for name, var in (("scoring_dino_model", "SCORING_DINO_MODEL"), ("scoring_clip_model", "SCORING_CLIP_MODEL")):
             if sources.get(name) == var:  # set on the Space (None: turned off); unset keeps the trainer's default
                 env[var] = getattr(s, name) or "none"
+        if sources.get("caption_model") == "CAPTION_MODEL":  # the run's captioning model, when the Space sets one
+            env["CAPTION_MODEL"] = s.caption_model
         return env
 
     def job_command(self, task_id: str, holder: str) -> list[str]:

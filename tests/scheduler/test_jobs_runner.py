@@ -139,3 +139,12 @@ def test_the_job_scores_with_the_models_the_space_is_set_to():
     assert job.scoring_dino_model == "facebook/dino-vits16" and job.scoring_clip_model is None
     unset = JobsRunner(load_settings(space), queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
     assert "SCORING_DINO_MODEL" not in unset and "SCORING_CLIP_MODEL" not in unset  # the trainer's defaults
+
+
+def test_the_job_captions_with_the_model_the_space_is_set_to():
+    space = {"SPACE_ID": "alice/trainer", "TRAINING_BACKEND": "jobs"}
+    env = JobsRunner(load_settings({**space, "CAPTION_MODEL": "me/my-captioner"}), queue=None,
+                     status=WorkerStatus()).job_env()  # type: ignore[arg-type]  # fmt: skip
+    assert env["CAPTION_MODEL"] == "me/my-captioner" and load_settings(env).caption_model == "me/my-captioner"
+    unset = JobsRunner(load_settings(space), queue=None, status=WorkerStatus()).job_env()  # type: ignore[arg-type]
+    assert "CAPTION_MODEL" not in unset  # the trainer's default
