@@ -26,8 +26,8 @@ from tests.test_training import run_task
 from training.captioner import Captioner, keep_trigger
 from training.data import caption_prompt, load_images
 from ui.captions_view import captions_from_folder, captions_from_repo
-from ui.form_estimate import photos_to_caption, with_captions
 from ui.estimate import Estimate
+from ui.form_estimate import photos_to_caption, with_captions
 from ui.results_view import result_from_folder, result_from_repo, summary_markdown
 from ui.run_view import phase_text
 

@@ -7,7 +7,6 @@ import dataclasses
 from typing import Any
 
 from contract.caption_models import caption_seconds
-
 from contract.flavors import FLAVORS
 from scheduler.stored import past_runs
 from scheduler.validation import split_captions
