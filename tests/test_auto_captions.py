@@ -207,3 +207,14 @@ def test_local_mode_writes_the_captions_at_once_and_the_table_edits_them(tiny_ca
     # nothing to write: said, and the upload unchanged
     again, _, note = write_captions_now(ctx, apply_table(files, [[rows[2][0], "x"]] + edited[:2]), "cpu", PROMPT)
     assert "Every photo has its caption already" in note
+
+
+def test_a_bad_captioning_model_is_said_in_the_form_and_nothing_changes(tmp_path):
+    from tests.test_form import local_ctx
+    from ui.caption_editor import write_captions_now
+
+    photos = captioned_photos(tmp_path / "upload", {}, n=2)
+    ctx = local_ctx(tmp_path / "data", CAPTION_MODEL=str(tmp_path / "no-such-model"))
+    files, rows, note = write_captions_now(ctx, [str(p) for p in photos], "cpu", PROMPT)
+    assert note.startswith("**No captions were written:**") and "no-such-model" in note
+    assert files == [str(p) for p in photos] and [r[1] for r in rows] == ["", ""]

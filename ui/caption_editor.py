@@ -53,7 +53,8 @@ def with_caption_files(paths: list[Path], captions: dict[str, str]) -> list[str]
     a new one holding that caption (none for an empty caption); the other files as they are."""
     images, _ = split_captions(paths)
     stems = {image.name: image.stem for image in images}
-    changed = {stems[name]: " ".join(text.split())[:MAX_CAPTION_CHARS] for name, text in captions.items() if name in stems}
+    changed = {stems[name]: " ".join(text.split())[:MAX_CAPTION_CHARS]
+               for name, text in captions.items() if name in stems}  # fmt: skip
     kept = [str(p) for p in paths if not (p.suffix.lower() == ".txt" and p.stem in changed)]
     folder = _txt_folder() if any(changed.values()) else None
     for stem, text in changed.items():
@@ -90,10 +91,9 @@ def write_captions_now(ctx: AppContext, files: Any, device: str, instance_prompt
             written = captioner.caption(pictures)
         finally:
             captioner.close()
-    except CaptionerUnavailable as exc:
-        return [str(p) for p in paths], caption_table(paths), f"**No captions were written:** {md_text(exc)}"
-    except OSError as exc:
-        return [str(p) for p in paths], caption_table(paths), f"**No captions were written:** a photo could not be read ({type(exc).__name__})."
+    except (CaptionerUnavailable, OSError) as exc:  # a bad CAPTION_MODEL, or a photo that cannot be read
+        why = md_text(exc) if isinstance(exc, CaptionerUnavailable) else f"a photo could not be read ({type(exc).__name__})"
+        return [str(p) for p in paths], caption_table(paths), f"**No captions were written:** {why}."
     if instance_prompt.strip():
         written = [keep_trigger(text, instance_prompt.strip(), class_prompt.strip() or None) if text.strip() else text
                    for text in written]  # fmt: skip
@@ -129,7 +129,8 @@ def build_caption_editor(local: bool) -> CaptionEditor:
         button = gr.Button("Write captions now", size="sm", elem_id="write-captions-now", min_width=160, scale=0)
         note = gr.Markdown(elem_id="captions-note")
     table = gr.Dataframe(headers=HEADERS, datatype=["str", "str"], col_count=(2, "fixed"), interactive=True,
-                         visible=False, wrap=True, elem_id="caption-table", label="Captions")  # fmt: skip
+                         column_widths=["30%", "70%"], visible=False, wrap=True, elem_id="caption-table",
+                         label="Captions")  # fmt: skip
     return CaptionEditor(button, note, table)
 
 

@@ -48,7 +48,7 @@ from ui.model_family import (
     mark_applied,
     other_family,
     photos_label,
-    touch,
+    toucher,
     training_image_count,
 )
 from ui.submission import DATASET_HELP, RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
@@ -311,10 +311,13 @@ def build_form(ctx: AppContext) -> FormParts:
     choice = HardwareChoice(gpu_default, offered)
 
     def on_files(paths: Any, name: str, model: str, family: FamilyInfo | None, edits: EditCounts,
-                 done: EditCounts, request: gr.Request) -> tuple[Any, Any, Any]:  # fmt: skip
+                 done: EditCounts, counted: list[str] | None, request: gr.Request) -> tuple[Any, ...]:  # fmt: skip
         found = [str(p) for p in image_paths(shown_uploads(ctx, request, paths))]  # this tab shows them (ui.uploads)
+        if found == counted:  # the same photos, only their .txt changed (``ui.caption_editor``): the steps stay
+            return gr.skip(), gr.skip(), done, counted
         steps_value = recipe_steps(ctx, name, model, training_image_count(found, family), family)
-        return gr.Gallery(value=found or None, visible=bool(found)), steps_value, mark_applied(done, edits, ["steps"])
+        gallery = gr.Gallery(value=found or None, visible=bool(found))
+        return gallery, steps_value, mark_applied(done, edits, ["steps"]), found
 
     def on_recipe(name: str, model: str, paths: Any, res: Any, family: FamilyInfo | None, edits: EditCounts,
                   done: EditCounts) -> list[Any]:  # fmt: skip
@@ -364,8 +367,9 @@ def build_form(ctx: AppContext) -> FormParts:
     # The page load's events (and the base model's change) compute for every tab at once, unqueued: a crowd opening
     # the page gets no queue-position message each (``ui.layout.REFRESH_EVENT``).
     load_event = {**private_event, "concurrency_limit": None}
-    files.change(on_files, [files, recipe, base_model, family_state, touched, applied], [preview, steps, applied],
-                 **private_event)  # fmt: skip
+    counted = gr.State(None)  # the photos the auto steps last counted
+    files.change(on_files, [files, recipe, base_model, family_state, touched, applied, counted],
+                 [preview, steps, applied, counted], **private_event)  # fmt: skip
     recipe.change(on_recipe, [recipe, base_model, files, resolution, family_state, touched, applied],
                   [*field_outputs, *adv.settings, applied], **private_event)  # fmt: skip
     est_inputs = [steps, hardware, recipe, resolution, class_prompt, base_model, adv.score, adv.captions, files]
@@ -487,11 +491,3 @@ def build_form(ctx: AppContext) -> FormParts:
                  show_progress="hidden")  # fmt: skip
     return FormParts(submit=submit_button, output_repo=output_repo, message=message, hardware=hardware)
 
-
-def toucher(name: str) -> Callable[[EditCounts | None], EditCounts]:
-    """The ``.input`` handler of field ``name``: one more edit in the ``touched`` counts."""
-
-    def on_input(edits: EditCounts | None) -> EditCounts:
-        return touch(edits, name)
-
-    return on_input
