@@ -81,7 +81,7 @@ def space_log_tail(hub, repo: str, n: int = 60) -> str:
     return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-n:]) if logs else "(no log)"
 
 
-def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, tiny_sd, tmp_path):
+def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, tiny_sd, tiny_captioner, tmp_path):
     from playwright.sync_api import expect
 
     repo = f"alice/trainer-{uuid.uuid4().hex[:6]}"
@@ -94,7 +94,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
         # No scoring model: the scored task records its validation loss per checkpoint and makes no image for the
         # scores (sampling at 256 px on one CPU thread costs minutes); image scores: tests/test_scores_run.py.
         variables={"ALLOW_CPU_TRAINING": "1", "BASE_MODELS": str(tiny_sd), "POLL_INTERVAL_S": "1", "LEASE_S": "120",
-                   "SCORING_DINO_MODEL": "none", "SCORING_CLIP_MODEL": "none"},
+                   "SCORING_DINO_MODEL": "none", "SCORING_CLIP_MODEL": "none", "CAPTION_MODEL": str(tiny_captioner)},
         # One torch thread: the CPU-trained "GPU" then leaves a core to the browser (screenshots while training).
         env={"OMP_NUM_THREADS": "1"},
     )
@@ -138,6 +138,7 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             page.get_by_label("Instance prompt").blur()
             expect(page.get_by_label("Output model repo")).to_have_value("alice/dreambooth-zwx-cat")
             page.get_by_label("Score checkpoints").uncheck()  # the first task is scored, this one not
+            page.get_by_label("Write captions", exact=True).check()  # and this one's photos are captioned on the GPU
             page.get_by_role("button", name="Train").click()
             expect(message).not_to_have_text(first_message, timeout=20_000)
             expect(message).to_have_text(re.compile(r"Task \w+ queued with 3 photos"), timeout=20_000)
@@ -180,6 +181,10 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
             expect(page.get_by_role("link", name="alice/dreambooth-sks-dog")).to_be_visible()
             expect(page.get_by_text("CPU basic", exact=False).first).to_be_visible()
             shot(page, "space-queue-done")
+            page.get_by_role("tab", name="Results").click()  # the newest: the captioned task, read from its repo
+            summary = page.locator("#results-summary")
+            expect(summary).to_contain_text("Their .txt files are in the model repo's captions/ folder", timeout=30_000)
+            shot(page, "space-results-captions")
     except Exception:
         print(space_log_tail(hub, repo))
         raise
@@ -201,12 +206,16 @@ def test_space_upgrades_trains_two_tasks_in_one_gpu_period_and_goes_back(hub, ti
     # The model repos: LoRA weights, model card and samples.
     api = HfApi(endpoint=hub.url, token=ALICE_TOKEN)
     assert [t.params.get("score") for t in tasks] == [True, False]
+    assert [t.params.get("auto_captions") for t in tasks] == [None, True]
     for task in tasks:
         assert task.result_url and task.result_url.endswith(task.output_repo)
         files = api.list_repo_files(task.output_repo)
         assert any(f.endswith(".safetensors") for f in files), files
         assert "README.md" in files and any(f.startswith("samples/") and f.endswith(".png") for f in files), files
         if task.params.get("score") is False:  # the second task (its box unticked): no scores
+            # its photos captioned before training, saved with the model and listed on its card
+            assert sorted(f for f in files if f.startswith("captions/")) == [f"captions/{i:03d}.txt" for i in range(3)]
+            assert "## Captions" in Path(api.hf_hub_download(task.output_repo, "README.md")).read_text()
             assert SCORES_NAME not in files and not any(f.startswith("checkpoints/") for f in files), files
             continue
         # Scored (issue 22): the record, each scored point's LoRA kept, the picked one's scores in the card's metadata
