@@ -66,6 +66,17 @@ class PageEvents:
                    backend)  # fmt: skip
 
 
+def page_load_calls(events: PageEvents) -> int:
+    """The server calls one page load makes: each load event with a Python function and, after each load event,
+    those of the events that follow it (``.then``, transitively)."""
+    seen, todo = 0, list(events.load)
+    while todo:
+        fn = todo.pop()
+        seen += fn in events.backend
+        todo += events.then.get(fn, [])
+    return seen
+
+
 @dataclass
 class TabStats:
     """What one tab saw."""

@@ -13,7 +13,7 @@ import gradio as gr
 import httpx
 import pytest
 
-from benchmarks.crowd_tabs import PageEvents, Tab
+from benchmarks.crowd_tabs import PageEvents, Tab, page_load_calls
 from scheduler.hardware.base import HardwareState
 from scheduler.status import WorkerStatus
 from tests.conftest import ALICE_TOKEN
@@ -123,6 +123,10 @@ def test_a_page_load_estimates_once_and_runs_its_events_unqueued(tmp_path):
         queued = [demo.fns[d["id"]].api_name for d in loading if d.get("backend_fn") and
                   demo.fns[d["id"]].concurrency_limit is not None]  # fmt: skip
         assert queued == [], queued
+        # Five server calls at most (ten before issue 26's merges): the page's own load, the offered models' check,
+        # the first refresh, and the base model's family with its defaults, then the note, estimate and upload label
+        calls = page_load_calls(PageEvents.from_config(config))
+        assert calls == len([d for d in loading if d.get("backend_fn")]) <= 5, first_model
 
 
 def test_a_visitors_refresh_after_the_first_sends_only_a_changed_hardware_line(hub, tmp_path):
