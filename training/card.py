@@ -191,7 +191,8 @@ def _captions_section(result: RunResult) -> str:
     if written is None or not written.captions:
         return ""
     mine = set(written.written)
-    rows = "\n".join(f"| `{stem}` | {md_text(text)} | {'captioning model' if stem in mine else 'its own .txt'} |"
+    rows = "\n".join(f"| {md_code(stem, in_table=True)} | {md_text(text)} | "
+                     f"{'captioning model' if stem in mine else 'its own .txt'} |"
                      for stem, text in sorted(written.captions.items()))  # fmt: skip
     return ("\n## Captions\n\nEach photo trained with this caption (by its number in the upload). The captions are "
             "in `captions/` as `.txt` files: to change a word, edit them and submit them again with the photos, "
