@@ -117,7 +117,8 @@ def submit(token: str, visitor: VisitorToken, settings: Settings, task: Task, im
 
     The task is the visitor's (``submitted_by``) and its model goes to a private repo in their namespace (a default
     name when ``output_repo`` is empty). Raises ``VisitorRefused`` when the sign-in lacks ``contribute-repos``,
-    when the task would outlive the sign-in, or when ``output_repo`` is in another namespace."""
+    when the task would outlive the sign-in, when ``output_repo`` is in another namespace, or when the visitor
+    already has ``settings.max_queued_per_user`` tasks queued or running."""
     missing = missing_scopes(visitor, ("contribute-repos",))
     if missing:
         raise VisitorRefused("Your sign-in may not create the repos that hold your photos and model.", fix_for(missing))
@@ -134,6 +135,11 @@ def submit(token: str, visitor: VisitorToken, settings: Settings, task: Task, im
         raise VisitorRefused(f"The model repo {task.output_repo} is not in your account.",
                              f"Choose a name under {name}/.")  # fmt: skip
     queue = visitor_queue(token, visitor, settings)
+    live = [t for t in queue.list() if t.status in (TaskStatus.PENDING, TaskStatus.RUNNING)]
+    if len(live) >= settings.max_queued_per_user:
+        raise VisitorRefused(f"You already have {len(live)} queued or running task(s); the limit is "
+                             f"{settings.max_queued_per_user} (MAX_QUEUED_PER_USER).",
+                             "Wait for one to finish or cancel one.")  # fmt: skip
     queue.ensure_repo()
     stored = queue.enqueue(task, images)
     log.info("visitor task %s queued in %s", stored.id, queue.repo_id)

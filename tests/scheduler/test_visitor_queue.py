@@ -189,6 +189,17 @@ def test_a_sign_in_without_contribute_repos_or_too_short_for_the_task_is_refused
     assert not any(vq.visitor_queue_repo(n) in r.path for n in (v.name, short.name) for r in hub.requests())
 
 
+def test_a_visitor_may_have_max_queued_per_user_tasks_at_once_in_their_queue(hub, space, tmp_path):
+    v = visitor(hub)
+    first, second = submit(v, space, tmp_path), submit(v, space, tmp_path)  # MAX_QUEUED_PER_USER: 2 by default
+    with pytest.raises(vq.VisitorRefused) as err:
+        submit(v, space, tmp_path)
+    assert "MAX_QUEUED_PER_USER" in str(err.value)
+    vq.cancel(v.token, v.vt, space, first.id)
+    third = submit(v, space, tmp_path)  # a cancelled task frees its place
+    assert [t.id for t in vq.list_visitor(v.token, v.vt, space).tasks] == [first.id, second.id, third.id]
+
+
 # ------------------------------------------------------------------------------ one visitor cannot reach another's
 def test_a_visitor_cannot_read_or_act_on_another_visitors_queue_task_job_or_model(hub, space, tmp_path):
     hub.configure_jobs(scheduling_s=600)  # the Job stays SCHEDULING: alive, never run
