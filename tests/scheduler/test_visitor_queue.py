@@ -200,6 +200,19 @@ def test_a_visitor_may_have_max_queued_per_user_tasks_at_once_in_their_queue(hub
     assert [t.id for t in vq.list_visitor(v.token, v.vt, space).tasks] == [first.id, second.id, third.id]
 
 
+def test_an_expired_sign_in_is_refused_before_any_request(hub, space, tmp_path):
+    v = visitor(hub)
+    task = submit(v, space, tmp_path)
+    v.vt = VisitorToken(v.name, v.vt.scopes, expires_at=1.0)
+    hub.clear_requests()
+    for act in (lambda: vq.dispatch(v.token, v.vt, space, task.id), lambda: vq.list_visitor(v.token, v.vt, space),
+                lambda: vq.cancel(v.token, v.vt, space, task.id)):  # fmt: skip
+        with pytest.raises(vq.VisitorRefused) as err:
+            act()
+        assert "expired" in err.value.reason and "sign in again" in err.value.fix
+    assert hub.requests() == []
+
+
 # ------------------------------------------------------------------------------ one visitor cannot reach another's
 def test_a_visitor_cannot_read_or_act_on_another_visitors_queue_task_job_or_model(hub, space, tmp_path):
     hub.configure_jobs(scheduling_s=600)  # the Job stays SCHEDULING: alive, never run
