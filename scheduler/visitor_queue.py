@@ -92,9 +92,12 @@ def visitor_settings(settings: Settings, visitor: VisitorToken) -> Settings:
                                output_namespace=name, hf_token=None)  # fmt: skip
 
 
-def _api(token: str, settings: Settings) -> HfApi:
+def _api(token: str, visitor: VisitorToken, settings: Settings) -> HfApi:
+    """A client for this one call; a missing or expired sign-in is refused before any request."""
     if not token:
         raise VisitorRefused("You are not signed in.", "Sign in with Hugging Face, then try again.")
+    if visitor.expires_at is not None and visitor.expires_at <= time.time():
+        raise VisitorRefused("Your sign-in has expired.", "Sign out and sign in again, then try again.")
     return HfApi(endpoint=settings.hf_endpoint, token=token)
 
 
@@ -105,7 +108,7 @@ def _retry(settings: Settings) -> RetryPolicy:
 def visitor_queue(token: str, visitor: VisitorToken, settings: Settings) -> HubQueue:
     """The visitor's queue, read and written with their token (the repo is created on the first write)."""
     own = visitor_settings(settings, visitor)
-    queue = HubQueue(_api(token, settings), own.queue_repo or "", retry=_retry(settings),
+    queue = HubQueue(_api(token, visitor, settings), own.queue_repo or "", retry=_retry(settings),
                      keep_photos=settings.keep_photos)  # fmt: skip
     queue.vet = queue_checker(queue, own)
     return queue
@@ -178,7 +181,7 @@ def dispatch(token: str, visitor: VisitorToken, settings: Settings, task_id: str
     late = task_fits_token(task.deadline_s, visitor, time.time() if now is None else now)
     if late is not None:
         return _note(queue, task, f"Job for {task.hardware} not started: {late}")
-    api, name = _api(token, settings), visitor.username
+    api, name = _api(token, visitor, settings), visitor.username
     holder = f"job:{uuid.uuid4().hex[:12]}"
     match = {LABEL_SPACE: space_label(settings.space_id), LABEL_TASK: task.id}
     labels = {**match, LABEL_HOLDER: holder, LABEL_BILLING: BILLED_TO_VISITOR}
@@ -205,7 +208,7 @@ def dispatch(token: str, visitor: VisitorToken, settings: Settings, task_id: str
 
 def visitor_jobs(token: str, visitor: VisitorToken, settings: Settings) -> list[JobView]:
     """This Space's Jobs in the visitor's namespace (by label, with their token)."""
-    api = _api(token, settings)
+    api = _api(token, visitor, settings)
     labels = {LABEL_SPACE: space_label(settings.space_id or "")}
     found = call_with_retries(lambda: labelled_jobs(api, visitor.username, labels), _retry(settings))
     return [v for j in found if (v := job_view(j)) is not None]
@@ -219,7 +222,7 @@ def list_visitor(token: str, visitor: VisitorToken, settings: Settings) -> Visit
 
 def cancel(token: str, visitor: VisitorToken, settings: Settings, task_id: str) -> Task:
     """Cancel the visitor's task and every alive Job of it in their namespace."""
-    api = _api(token, settings)
+    api = _api(token, visitor, settings)
     queue = visitor_queue(token, visitor, settings)
     task = queue.cancel(task_id)
     for job in visitor_jobs(token, visitor, settings):
