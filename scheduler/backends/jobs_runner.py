@@ -79,6 +79,11 @@ def job_refusal(exc: BaseException, flavor: str, namespace: str) -> JobRefused |
     return None
 
 
+def refusal_note(hardware: str, refused: JobRefused) -> str:
+    """The note a task keeps while its Job is refused: the reason and the fix."""
+    return f"Job for {hardware} refused: {refused.reason} Fix: {refused.fix}"
+
+
 def space_label(space_id: str) -> str:
     """The ``dreambooth-space`` label value of a Space's Jobs."""
     return space_id
@@ -115,6 +120,63 @@ def gpu_seconds_in_day(jobs: list[JobView], now: float) -> float:
         start, end = max(job.started_at, now - DAY_S), job.finished_at if job.finished_at is not None else now
         total += max(0.0, end - start) * FLAVORS[job.flavor or ""].gpus
     return total
+
+
+def labelled_jobs(api: HfApi, namespace: str, labels: dict[str, str]) -> list[JobInfo]:
+    """The Jobs of ``namespace`` that carry every one of ``labels`` (asked of the Hub by label, checked here too)."""
+    found = list(api.list_jobs(labels=labels, namespace=namespace))
+    return [j for j in found if all((j.labels or {}).get(k) == v for k, v in labels.items())]
+
+
+def run_or_adopt(api: HfApi, *, namespace: str, match: dict[str, str], **spec: Any) -> tuple[JobInfo, bool]:
+    """Start a Job (``run_job(**spec)`` in ``namespace``) unless one labelled ``match`` is alive there: then that
+    one is adopted. Returns (the Job, whether it was started now). Retrying this whole function after an ambiguous
+    5xx therefore never makes a second Job: the one that landed is found by its labels."""
+    alive = [j for j in labelled_jobs(api, namespace, match) if (v := job_view(j)) is not None and v.alive]
+    if alive:  # an earlier creation did land (an ambiguous 5xx) or another loop started one: adopt it
+        return alive[0], False
+    return api.run_job(namespace=namespace, **spec), True
+
+
+def job_command(python: str, task_id: str, holder: str) -> list[str]:
+    """The in-Job entry point (``scheduler.cli`` ``run-task``) run by ``python``."""
+    return [python, "-u", "-m", "scheduler", "run-task", task_id, "--holder", holder]
+
+
+def job_env(settings: Settings) -> dict[str, str]:
+    """The non-secret settings a Job needs to claim, train and complete its task like this Space would."""
+    s = settings
+    env = {
+        "SPACE_ID": s.space_id or "",
+        "QUEUE_REPO": s.queue_repo or "",
+        "TRAINING_BACKEND": "jobs",
+        "MAX_ATTEMPTS": str(s.max_attempts),
+        "TASK_DEADLINE_S": repr(s.deadline_s),
+        "LEASE_S": repr(s.lease_s),
+        "POLL_INTERVAL_S": repr(s.poll_interval_s),
+        "RETRY_BASE_S": repr(s.retry_base_s),
+        "BASE_MODELS": ",".join(s.base_models),
+        "DEFAULT_BASE_MODEL": s.default_base_model,
+        "ALLOW_CPU_TRAINING": "true" if s.allow_cpu_training else "false",
+        "KEEP_PHOTOS": "true" if s.keep_photos else "false",
+    }
+    if s.hf_endpoint != DEFAULT_ENDPOINT:
+        env["HF_ENDPOINT"] = s.hf_endpoint
+    if s.output_namespace:
+        env["OUTPUT_NAMESPACE"] = s.output_namespace
+    if s.recipes_modules:
+        env["TRAINING_RECIPES_MODULES"] = ",".join(s.recipes_modules)
+    if s.training_script:
+        env["TRAINING_SCRIPT"] = s.training_script
+    if s.family_modules:
+        env["TRAINING_FAMILY_MODULES"] = ",".join(s.family_modules)
+    sources = s.sources()
+    for name, var in (("scoring_dino_model", "SCORING_DINO_MODEL"), ("scoring_clip_model", "SCORING_CLIP_MODEL")):
+        if sources.get(name) == var:  # set on the Space (None: turned off); unset keeps the trainer's default
+            env[var] = getattr(s, name) or "none"
+    if sources.get("caption_model") == "CAPTION_MODEL":  # the run's captioning model, when the Space sets one
+        env["CAPTION_MODEL"] = s.caption_model
+    return env
 
 
 class JobsRunner:
@@ -158,8 +220,7 @@ class JobsRunner:
         labels = {LABEL_SPACE: space_label(self.settings.space_id or "")}
         if task_id is not None:
             labels[LABEL_TASK] = task_id
-        found = self._hub(lambda: list(self.api.list_jobs(labels=labels, namespace=self.namespace)))
-        return [j for j in found if all((j.labels or {}).get(k) == v for k, v in labels.items())]
+        return self._hub(lambda: labelled_jobs(self.api, self.namespace or "", labels))
 
     def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
         """The Job's last log lines, token masked; () when the logs cannot be read (they only feed the UI)."""
@@ -288,42 +349,11 @@ class JobsRunner:
     # ------------------------------------------------------------------------------------------- actions
     def job_env(self) -> dict[str, str]:
         """The non-secret settings a Job needs to claim, train and complete its task like this Space would."""
-        s = self.settings
-        env = {
-            "SPACE_ID": s.space_id or "",
-            "QUEUE_REPO": s.queue_repo or "",
-            "TRAINING_BACKEND": "jobs",
-            "MAX_ATTEMPTS": str(s.max_attempts),
-            "TASK_DEADLINE_S": repr(s.deadline_s),
-            "LEASE_S": repr(s.lease_s),
-            "POLL_INTERVAL_S": repr(s.poll_interval_s),
-            "RETRY_BASE_S": repr(s.retry_base_s),
-            "BASE_MODELS": ",".join(s.base_models),
-            "DEFAULT_BASE_MODEL": s.default_base_model,
-            "ALLOW_CPU_TRAINING": "true" if s.allow_cpu_training else "false",
-            "KEEP_PHOTOS": "true" if s.keep_photos else "false",
-        }
-        if s.hf_endpoint != DEFAULT_ENDPOINT:
-            env["HF_ENDPOINT"] = s.hf_endpoint
-        if s.output_namespace:
-            env["OUTPUT_NAMESPACE"] = s.output_namespace
-        if s.recipes_modules:
-            env["TRAINING_RECIPES_MODULES"] = ",".join(s.recipes_modules)
-        if s.training_script:
-            env["TRAINING_SCRIPT"] = s.training_script
-        if s.family_modules:
-            env["TRAINING_FAMILY_MODULES"] = ",".join(s.family_modules)
-        sources = s.sources()
-        for name, var in (("scoring_dino_model", "SCORING_DINO_MODEL"), ("scoring_clip_model", "SCORING_CLIP_MODEL")):
-            if sources.get(name) == var:  # set on the Space (None: turned off); unset keeps the trainer's default
-                env[var] = getattr(s, name) or "none"
-        if sources.get("caption_model") == "CAPTION_MODEL":  # the run's captioning model, when the Space sets one
-            env["CAPTION_MODEL"] = s.caption_model
-        return env
+        return job_env(self.settings)
 
     def job_command(self, task_id: str, holder: str) -> list[str]:
         """The in-Job entry point (``scheduler.cli`` ``run-task``)."""
-        return [self.python, "-u", "-m", "scheduler", "run-task", task_id, "--holder", holder]
+        return job_command(self.python, task_id, holder)
 
     def dispatch(self, task: Task, *, stop_at: float | None = None, timeout_s: int | None = None) -> int:
         """Run one Job for ``task`` (adopting one that already runs for it); a refusal goes on the task's note.
@@ -339,15 +369,12 @@ class JobsRunner:
         def create() -> tuple[JobInfo, bool]:
             nonlocal requests
             requests += 2
-            alive = [j for j in self.list_jobs(task.id) if (v := job_view(j)) is not None and v.alive]
-            if alive:  # an earlier creation did land (an ambiguous 5xx) or another loop started one: adopt it
-                return alive[0], False
-            job = self.api.run_job(
+            return run_or_adopt(
+                self.api, namespace=self.namespace or "", match={k: labels[k] for k in (LABEL_SPACE, LABEL_TASK)},
                 image=self.settings.job_image or "", command=self.job_command(task.id, holder), env=self.job_env(),
                 secrets={"HF_TOKEN": self.settings.hf_token or ""}, flavor=task.hardware,
-                timeout=timeout_s or job_timeout_s(task.deadline_s), labels=labels, namespace=self.namespace,
+                timeout=timeout_s or job_timeout_s(task.deadline_s), labels=labels,
             )  # fmt: skip
-            return job, True
 
         try:
             job, created = self._hub(create)
@@ -362,7 +389,7 @@ class JobsRunner:
         return requests
 
     def _refuse(self, task: Task, refused: JobRefused) -> None:
-        note = f"Job for {task.hardware} refused: {refused.reason} Fix: {refused.fix}"
+        note = refusal_note(task.hardware, refused)
         self.status.update(phase="refused", message=note)
         try:
             stored = self.queue.set_note(task.id, note)
