@@ -20,10 +20,7 @@ a line) to ``benchmarks/results/caption_cost-<date>-<device>[-tiny].jsonl`` unle
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.record_file import append_record, run_fields  # noqa: E402 - the repo root first
 
 #: Florence-2-base's architecture (microsoft/Florence-2-base's config.json, as transformers' conversion script
 #: ``convert_florence2_original_pytorch_to_hf.py`` carries it into florence-community/Florence-2-base): the DaViT
@@ -101,14 +100,6 @@ def measure(folder: Path, *, device: str, photos: int, size: int) -> dict:
     }  # fmt: skip
 
 
-def machine(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -118,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="the JSON-lines file to append the record to")
     args = ap.parse_args(argv)
 
-    import torch
-    import transformers
 
     from contract.caption_models import DEFAULT_CAPTION_MODEL
 
@@ -131,18 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "caption_cost", "model": "tiny" if args.tiny else DEFAULT_CAPTION_MODEL,
         "weights": "random, built from the config, saved as safetensors; every caption forced to max_new_tokens",
-        "device": args.device, "machine": machine(args.device), "date": dt.date.today().isoformat(),
-        "dtype": "float16" if args.device == "cuda" else "float32", "photos": args.photos, "size": args.size,
-        **result, "build_s": round(build_s, 1),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        **run_fields(args.device), "photos": args.photos, "size": args.size, **result, "build_s": round(build_s, 1),
     }  # fmt: skip
-    out = args.out or ROOT / "benchmarks" / "results" / (
-        f"caption_cost-{record['date']}-{args.device}{'-tiny' if args.tiny else ''}.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps(record, indent=1))
+    append_record(record, args.out, tiny=args.tiny)
     return 0
 
 

@@ -18,10 +18,7 @@ line) to ``benchmarks/results/scoring_cost-<date>-<device>[-tiny].jsonl`` unless
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.record_file import append_record, run_fields  # noqa: E402 - the repo root first
 
 #: full-size architectures (the configs of the Hub repos: facebook/dinov2-small, openai/clip-vit-large-patch14 and
 #: openai/clip-vit-base-patch32); image processors as those repos set them (DINOv2: resize 256, crop 224; CLIP: 224)
@@ -143,14 +142,6 @@ def measure(folders: dict[str, Path], *, device: str, images: int, size: int, ph
     }  # fmt: skip
 
 
-def machine(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -162,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="the JSON-lines file to append the record to")
     args = ap.parse_args(argv)
 
-    import torch
-    import transformers
 
     from contract.scoring_models import DEFAULT_DINO_MODEL, scoring_memory_gib
 
@@ -178,20 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         "models": {"dino": "tiny" if args.tiny else DEFAULT_DINO_MODEL,
                    "clip": "tiny" if args.tiny else CLIP_IDS[args.clip]},  # fmt: skip
         "weights": "random, built from the configs, saved as safetensors",
-        "device": args.device, "machine": machine(args.device), "date": dt.date.today().isoformat(),
-        "dtype": "float16" if args.device == "cuda" else "float32",
-        "images": args.images, "size": args.size, "photos": args.photos,
-        **result,
+        **run_fields(args.device), "images": args.images, "size": args.size, "photos": args.photos, **result,
         "estimated_gib": round(estimated, 3), "build_s": round(build_s, 1),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
     }  # fmt: skip
-    out = args.out or ROOT / "benchmarks" / "results" / (
-        f"scoring_cost-{record['date']}-{args.device}{'-tiny' if args.tiny else ''}.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(json.dumps(record, indent=1))
+    append_record(record, args.out, tiny=args.tiny)
     return 0
 
 
