@@ -217,3 +217,15 @@ def test_the_owner_mode_page_load_does_not_read_the_token(hub, tmp_path):
     finally:
         app.close()
     assert time.time() < v.expires_at
+
+
+def test_the_readme_documents_the_mode_without_asking_the_scopes_for_itself():
+    """The scopes are documented for owners who turn the mode on; this repo's own front matter (owner mode) does
+    not ask visitors for them."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    front = text.split("---", 2)[1]
+    assert "hf_oauth_scopes" not in front and "hf_oauth: true" in front
+    section = text.split("## Open your Space to everyone, each paying their own way", 1)[1].split("\n## ", 1)[0]
+    for needed in ("`BILLING=visitor`", "hf_oauth_scopes: [jobs, contribute-repos]", "hf_oauth_expiration_minutes",
+                   "**Not done yet:**", "**Not verified here**"):  # fmt: skip
+        assert needed in section, needed
