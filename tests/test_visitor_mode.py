@@ -53,11 +53,14 @@ def session_of(v: Visitor | None) -> dict:
                                                                          "profile": "", "picture": ""}}}  # fmt: skip
 
 
-def run_handler(demo: gr.Blocks, api_name: str | None, data: list, v: Visitor | None, fn=None) -> list:
-    """Call the handler of event ``api_name`` (or ``fn``) as Gradio does for a request of ``v``'s session."""
+def run_handler(demo: gr.Blocks, api_name: str | None, data: list, v: Visitor | None, fn=None,
+                origin: str | None = None) -> list:  # fmt: skip
+    """Call the handler of event ``api_name`` (or ``fn``) as Gradio does for a request of ``v``'s session (sent by
+    a page at ``origin``, when given)."""
     if fn is None:
         fn = next(f.fn for f in demo.fns.values() if f.api_name == api_name)
-    request = gr.Request(StarletteRequest({"type": "http", "headers": [], "session": session_of(v)}))
+    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1:7860")] if origin else []
+    request = gr.Request(StarletteRequest({"type": "http", "headers": headers, "session": session_of(v)}))
     inputs, *_ = special_args(fn, list(data), request)
     return list(fn(*inputs))
 
@@ -79,14 +82,14 @@ def open_space(hub, tmp_path, tiny_sd):
         app.close()
 
 
-def train(app: App, tmp: Path, v: Visitor | None, prompt: str = "a photo of sks dog") -> str:
+def train(app: App, tmp: Path, v: Visitor | None, prompt: str = "a photo of sks dog", origin: str | None = None) -> str:
     """Press Train as ``v`` with two photos; the answer's Markdown."""
     photos = [str(p) for p in make_images(tmp / f"photos-{uuid.uuid4().hex[:6]}", 3, size=128)]
     model = app.settings.base_models[0]
     out = f"{v.name}/dreambooth-sks-dog" if v else ""
     data = [photos, "", prompt, "", model, "dreambooth-lora", 4, "t4-small", 1e-4, 4, 512, out, True, "constant", 0,
             0, True, False]  # fmt: skip
-    return run_handler(app.demo, "submit", data, v)[0]
+    return run_handler(app.demo, "submit", data, v, origin=origin)[0]
 
 
 def alices_jobs(hub) -> tuple[int, int]:
@@ -182,6 +185,18 @@ def test_an_anonymous_visitor_is_refused_and_nothing_is_created(hub, open_space,
     assert len(hub.jobs()) == before and [r for r in hub.requests() if r.method in ("POST", "PUT", "DELETE")] == []
     banner = run_handler(open_space.demo, None, [], None, fn=load_handler(open_space))[0]
     assert banner.startswith("Sign in with Hugging Face to train.")
+
+
+@pytest.mark.slow
+def test_a_visitor_is_held_to_the_per_visitor_cap_and_a_cross_site_press_is_refused(hub, open_space, tmp_path):
+    v = visitor(hub)
+    with pytest.raises(gr.Error, match="another site"):
+        train(open_space, tmp_path, v, origin="https://evil.example")
+    assert hub.jobs(v.name) == []
+    assert "Job `" in train(open_space, tmp_path, v) and "Job `" in train(open_space, tmp_path, v, "a photo of zwx cat")
+    third = train(open_space, tmp_path, v, "a photo of qwe toy")
+    assert third.startswith("**Nothing was queued") and "the limit is 2 (MAX_QUEUED_PER_USER)" in third
+    assert len(hub.jobs(v.name)) == 2
 
 
 @pytest.mark.slow
