@@ -207,6 +207,9 @@ def test_the_page_load_of_a_visitor_with_both_scopes_says_who_pays_with_one_requ
     assert values[0].startswith(f"Signed in as **{v.name}**.") and "credit" in values[0]
     assert "Training is not possible" not in values[0]
     assert values[1].constructor_args["interactive"] is True  # Train, although ALLOWED_USERS leaves them out
+    assert values[2].startswith(f"{v.name}/")  # the model repo the form proposes: in their own account
+    hardware = next(b for b in open_space.demo.blocks.values() if getattr(b, "elem_id", None) == "hardware-choice")
+    assert "in your own account" in hardware.info and "t4-small" in str(hardware.choices)  # the Jobs flavors
     assert len([r for r in hub.requests() if "whoami" in r.path]) == 1
 
 

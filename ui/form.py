@@ -52,7 +52,7 @@ from ui.model_family import (
     training_image_count,
 )
 from ui.submission import DATASET_HELP, RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
-from ui.visitor_submit import may_submit, visitor_submit
+from ui.visitor_submit import VISITOR_JOBS_INFO, may_submit, visitor_submit
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -86,9 +86,10 @@ def hardware_choices(jobs: bool = False, prices: dict[str, float] | None = None)
 
 def jobs_hardware_info(ctx: AppContext) -> str:
     """The hardware field's help in Jobs mode."""
-    n = ctx.settings.max_parallel_jobs
-    return (f"This Space stays on CPU: each task trains on Hugging Face Jobs, {n} at once (billed per minute; "
-            "needs a positive credit balance).")  # fmt: skip
+    if getattr(ctx.settings, "visitor_pays", False):
+        return VISITOR_JOBS_INFO
+    return (f"This Space stays on CPU: each task trains on Hugging Face Jobs, {ctx.settings.max_parallel_jobs} at "
+            "once (billed per minute; needs a positive credit balance).")  # fmt: skip
 
 
 def base_model_choices(ctx: AppContext) -> list[tuple[str, str]]:

@@ -35,6 +35,10 @@ from ui.submission import (
 PAYS = ("Each visitor trains on **their own** Hugging Face Jobs credit: the Job runs in your account and is billed "
         "to you, and your photos and model stay in private repos of your account.")  # fmt: skip
 
+#: the form's hardware help when visitors pay
+VISITOR_JOBS_INFO = ("Your task trains as a Hugging Face Job in your own account, billed per minute to your Jobs credit "
+                     "(it needs a positive balance); this Space stays on CPU.")  # fmt: skip
+
 
 def may_submit(settings: Any, access: Access) -> bool:
     """Whether ``access`` may press Train: any signed-in visitor when visitors pay, else the allowed users."""
