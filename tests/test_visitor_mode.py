@@ -211,6 +211,9 @@ def test_the_page_load_of_a_visitor_with_both_scopes_says_who_pays_with_one_requ
     hardware = next(b for b in open_space.demo.blocks.values() if getattr(b, "elem_id", None) == "hardware-choice")
     assert "in your own account" in hardware.info and "t4-small" in str(hardware.choices)  # the Jobs flavors
     assert len([r for r in hub.requests() if "whoami" in r.path]) == 1
+    tick = next(f.fn for f in open_space.demo.fns.values() if getattr(f.fn, "__name__", "") == "on_tick")
+    queue_text = run_handler(open_space.demo, None, [None, [], {}], v, fn=tick)[1]
+    assert f"{visitor_queue_repo(v.name)}" in queue_text and "ALLOWED_USERS" not in queue_text
 
 
 def load_handler(app: App):

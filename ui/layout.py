@@ -186,7 +186,7 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
     tasks = visible_tasks(access, recent.apply(status.tasks) if recent is not None else status.tasks)
     table, choices = refresh_queue(ctx, tasks, pick, ids, status.job_prices, owner=access.owner)
     if not may_act(access):
-        table = visitor_html(access)
+        table = visitor_html(access, getattr(ctx.settings, "visitor_pays", False))
     new_ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
     run = jobs_run_values(access, status, tasks, ctx.settings) if uses_jobs(ctx) else run_values_for(access, status, tasks)
     values = [header_text(ctx, status.hardware), table, *run]
