@@ -250,3 +250,12 @@ def test_the_readme_documents_the_mode_without_asking_the_scopes_for_itself():
     for needed in ("`BILLING=visitor`", "hf_oauth_scopes: [jobs, contribute-repos]", "hf_oauth_expiration_minutes",
                    "**Not done yet:**", "**Not verified here**"):  # fmt: skip
         assert needed in section, needed
+
+
+@pytest.mark.slow
+def test_a_hub_that_fails_the_visitors_commit_gets_an_answer_and_no_job(hub, open_space, tmp_path):
+    v = visitor(hub)
+    hub.inject_fault("POST", rf"/api/datasets/{v.name}/.*/commit/", status=403, count=20)  # not retried: at once
+    answer = train(open_space, tmp_path, v)
+    assert answer.startswith("**Nothing was queued") and "The Hub did not take your task" in answer
+    assert v.token not in answer and hub.jobs(v.name) == []

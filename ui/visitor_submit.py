@@ -14,6 +14,7 @@ import gradio as gr
 
 from contract.text import md_code
 from scheduler import visitor_queue as vq
+from scheduler.retry import http_status
 from scheduler.task import Task
 from scheduler.validation import split_captions
 from scheduler.visitor_token import VisitorToken, VisitorTokenError, fix_for, missing_scopes, read_visitor_token
@@ -89,7 +90,10 @@ def visitor_submit(ctx: AppContext, files: Any, values: dict[str, Any], profile:
     problems = validate(ctx, images, values, owner=False, captions=captions)
     if problems:
         return SubmitOutcome(nothing_queued(problems))
-    probe = probe_base_model(values["base_model"], token=token, endpoint=s.hf_endpoint)
+    try:
+        probe = probe_base_model(values["base_model"], token=token, endpoint=s.hf_endpoint)
+    except Exception as exc:  # noqa: BLE001 - "could not check" is an answer, never a crash
+        return _refused(f"Base model: {values['base_model']!r} could not be checked ({_why(exc)}); try again.")
     if probe.problem is not None:
         return _refused(f"Base model: {probe.problem.message}")
     problems = pairs_problems(probe, images, values.get(CAPTIONS_FIELD))
@@ -101,8 +105,16 @@ def visitor_submit(ctx: AppContext, files: Any, values: dict[str, Any], profile:
         task = vq.submit(token, visitor, s, task, uploads)
     except vq.VisitorRefused as exc:
         return _refused(f"{exc.reason} {exc.fix}")
+    except Exception as exc:  # noqa: BLE001 - the Hub's failure is told; the message never holds the token
+        return _refused(f"The Hub did not take your task ({_why(exc)}); nothing was started. Try again.")
     remove_uploads(ctx.uploads.take(getattr(request, "session_hash", None), uploads))
     return SubmitOutcome(queued_answer(task, visitor, _dispatch(token, visitor, ctx, task)), task=task)
+
+
+def _why(exc: BaseException) -> str:
+    """The kind of a failure and its HTTP status: never its message (it could quote a request)."""
+    status = http_status(exc)
+    return type(exc).__name__ + (f", HTTP {status}" if status else "")
 
 
 def _dispatch(token: str, visitor: VisitorToken, ctx: AppContext, task: Task) -> vq.Dispatched:
