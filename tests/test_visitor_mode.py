@@ -38,9 +38,9 @@ class Visitor:
     expires_at: float
 
 
-def visitor(hub, scopes=FULL) -> Visitor:
+def visitor(hub, scopes=FULL, expires_in: float = 8 * 3600) -> Visitor:
     name, token = f"vm{uuid.uuid4().hex[:8]}", f"hf_oauth_fake_{uuid.uuid4().hex}"
-    expires_at = hub.add_oauth_user(name, token, scopes=scopes, expires_in=8 * 3600)
+    expires_at = hub.add_oauth_user(name, token, scopes=scopes, expires_in=expires_in)
     return Visitor(name, token, " ".join(scopes), expires_at)
 
 
@@ -259,3 +259,11 @@ def test_a_hub_that_fails_the_visitors_commit_gets_an_answer_and_no_job(hub, ope
     answer = train(open_space, tmp_path, v)
     assert answer.startswith("**Nothing was queued") and "The Hub did not take your task" in answer
     assert v.token not in answer and hub.jobs(v.name) == []
+
+
+@pytest.mark.slow
+def test_a_task_that_would_outlive_the_sign_in_is_refused_with_the_reason(hub, open_space, tmp_path):
+    v = visitor(hub, expires_in=1800)  # the default TASK_DEADLINE_S is 3 h
+    answer = train(open_space, tmp_path, v)
+    assert answer.startswith("**Nothing was queued") and "would outlive your sign-in" in answer
+    assert "hf_oauth_expiration_minutes" in answer and hub.jobs(v.name) == []
