@@ -40,6 +40,7 @@ DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SLEEP_TIME_MARGIN_S = 1800  # the Space's sleep_time backstop = task deadline + this margin
 TRAINING_BACKENDS = ("space", "jobs")  # where training runs: the Space upgrades itself, or one HF Job per task
+BILLINGS = ("owner", "visitor")  # who pays: the Space's owner (HF_TOKEN), or each signed-in visitor (their OAuth token)
 DEFAULT_JOBS_GPU_HOURS_PER_DAY = 24.0  # JOBS_GPU_HOURS_PER_DAY default: a day of one GPU, in any 24 h
 # Tests only: let Gradio's mocked sign-in (anyone becomes the token's owner) serve a Space-mode app.
 MOCK_SIGNIN_VAR = "DREAMBOOTH_TEST_MOCK_SIGNIN"
@@ -54,7 +55,7 @@ VARIABLES = (
     "MAX_PARALLEL_JOBS", "JOBS_GPU_HOURS_PER_DAY", "JOB_IMAGE", "JOBS_NAMESPACE", "KEEP_PHOTOS", "KEEP_RUN_FOLDERS",
     "OUTPUT_NAMESPACE", "MAX_QUEUED_PER_USER", "MAX_GPU_HOURS_PER_USER_DAY", "SPACE_HOST", "SYSTEM",
     "OAUTH_CLIENT_SECRET", MOCK_SIGNIN_VAR, "LOCAL_EXPOSE_TO_NETWORK", "MAX_SPEND_USD_PER_MONTH",
-    "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL", "CAPTION_MODEL",
+    "SCORING_DINO_MODEL", "SCORING_CLIP_MODEL", "CAPTION_MODEL", "BILLING",
 )  # fmt: skip
 _PLATFORM = "set by the Spaces platform in every Space's container, not by the Space's owner"
 #: variables read here that the README's variables table deliberately leaves out (users do not set them), and why
@@ -141,6 +142,9 @@ class Settings:
     max_queued_per_user: int = 2  # PENDING or RUNNING tasks a non-owner may have at once
     max_gpu_hours_per_user_day: float = 2.0  # hours of paid hardware a non-owner's tasks may be billed in 24 h
     max_spend_usd_per_month: float | None = None  # no GPU request or Job past this month's billed USD; None: no cap
+    # BILLING (README: "Open your Space to everyone"): "owner" (HF_TOKEN pays) or "visitor": each signed-in visitor's
+    # task runs as a Job in their own namespace with their OAuth token (``ui.visitor_submit``); needs a Space.
+    billing: str = "owner"
     # Sign-in. Off local mode, writes are served only with the platform's OAuth (``oauth_ready``).
     space_host: str | None = None  # SPACE_HOST: the Space's own host name, for the cross-site check
     on_space_platform: bool = False  # SYSTEM=spaces: Gradio mounts the real OAuth routes
@@ -161,6 +165,11 @@ class Settings:
     def uses_jobs(self) -> bool:
         """Whether training runs on Hugging Face Jobs (``TRAINING_BACKEND=jobs``; never in local mode)."""
         return self.training_backend == "jobs" and not self.local
+
+    @property
+    def visitor_pays(self) -> bool:
+        """Whether each signed-in visitor trains on their own Jobs credit (``BILLING=visitor``; never locally)."""
+        return self.billing == "visitor" and not self.local
 
     @property
     def oauth_ready(self) -> bool:
@@ -391,6 +400,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if spend is not None and spend.lower() not in ("none", "off", "unlimited"):
         values["max_spend_usd_per_month"] = parse_number("MAX_SPEND_USD_PER_MONTH", spend, float, 0)
 
+    billing = take("billing", "BILLING")
+    if billing is not None:
+        values["billing"] = _parse_billing(billing, space_id)
+
     host = take("space_host", "SPACE_HOST")
     if host is not None:
         values["space_host"] = host
@@ -405,6 +418,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         sources["local_host_names"] = "LOCAL_EXPOSE_TO_NETWORK"
 
     return Settings(**values, _sources=MappingProxyType(sources))
+
+
+def _parse_billing(raw: str, space_id: str | None) -> str:
+    """BILLING: ``owner`` or ``visitor`` (case-insensitive); ``visitor`` needs a Space (the visitors' sign-in)."""
+    billing = raw.lower()
+    if billing not in BILLINGS:
+        raise SettingsError(f"BILLING={raw!r} is not a billing mode. Use one of: {', '.join(BILLINGS)} (default owner).")
+    if billing == "visitor" and space_id is None:
+        raise SettingsError("BILLING='visitor' needs a Space (SPACE_ID): visitors pay through their Hugging Face "
+                            "sign-in, which local mode does not have.")  # fmt: skip
+    return billing
 
 
 def _load_jobs_settings(values: dict[str, Any], sources: dict[str, str], take: Any, *, space_id: str | None,

@@ -52,6 +52,7 @@ from ui.model_family import (
     training_image_count,
 )
 from ui.submission import DATASET_HELP, RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
+from ui.visitor_submit import VISITOR_JOBS_INFO, may_submit, visitor_submit
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -85,9 +86,10 @@ def hardware_choices(jobs: bool = False, prices: dict[str, float] | None = None)
 
 def jobs_hardware_info(ctx: AppContext) -> str:
     """The hardware field's help in Jobs mode."""
-    n = ctx.settings.max_parallel_jobs
-    return (f"This Space stays on CPU: each task trains on Hugging Face Jobs, {n} at once (billed per minute; "
-            "needs a positive credit balance).")  # fmt: skip
+    if getattr(ctx.settings, "visitor_pays", False):
+        return VISITOR_JOBS_INFO
+    return (f"This Space stays on CPU: each task trains on Hugging Face Jobs, {ctx.settings.max_parallel_jobs} at "
+            "once (billed per minute; needs a positive credit balance).")  # fmt: skip
 
 
 def base_model_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -437,24 +439,28 @@ def build_form(ctx: AppContext) -> FormParts:
             "private": is_private,
         }
 
-    def answer(files_value: Any, values: dict[str, Any], profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool) -> tuple[Any, ...]:  # fmt: skip
-        access = require_allowed(s, profile, request)
-        outcome = submit(ctx, access.user or "", files_value, values, confirm=confirm, session=request.session_hash)  # fmt: skip
+    def answer(files_value: Any, values: dict[str, Any], profile: gr.OAuthProfile | None, request: gr.Request, confirm: bool, token: gr.OAuthToken | None = None) -> tuple[Any, ...]:  # fmt: skip
+        if getattr(s, "visitor_pays", False):  # the visitor's own token pays (``ui.visitor_submit``); never the Space's
+            outcome = visitor_submit(ctx, files_value, values, profile, token, request)
+        else:
+            user = require_allowed(s, profile, request).user or ""
+            outcome = submit(ctx, user, files_value, values, confirm=confirm, session=request.session_hash)
         if outcome.queued:  # the uploads are gone: clear the picker; Train waits for a change (no double task)
             return outcome.message, None, gr.Button(interactive=False), gr.Button(visible=False)
         return outcome.message, gr.skip(), gr.Button(interactive=True), gr.Button(visible=outcome.confirm)
 
     def submit_handler(confirm: bool) -> Callable[..., tuple[Any, ...]]:
-        """The Train handler (``confirm``: the "Queue it again" one). Gradio fills ``profile`` and ``request`` from
+        """The Train handler (``confirm``: the "Queue it again" one). Gradio fills ``profile``, ``request`` and ``token`` from
         the annotations, so the signature is written out once, here."""
 
         def handle(
             files_value, dataset_value, instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo,
             is_private, sched, warmup, gamma, score, captions, profile: gr.OAuthProfile | None, request: gr.Request,
+            token: gr.OAuthToken | None,
         ) -> tuple[Any, ...]:  # fmt: skip
             args = (instance, klass, model, recipe_name, n_steps, flavor, lr, rank_value, res, out_repo, is_private)
             values = {**values_of(*args), **advanced_values(sched, warmup, gamma, score, captions), "dataset": dataset_value or ""}
-            return answer(files_value, values, profile, request, confirm=confirm)
+            return answer(files_value, values, profile, request, confirm=confirm, token=token)
 
         return handle
 
@@ -468,7 +474,7 @@ def build_form(ctx: AppContext) -> FormParts:
 
     def on_edit(profile: gr.OAuthProfile | None) -> tuple[Any, Any]:
         """Something changed after a submit: Train again (for those allowed), no pending "Queue it again"."""
-        return gr.Button(interactive=access_for(s, profile).allowed), gr.Button(visible=False)
+        return gr.Button(interactive=may_submit(s, access_for(s, profile))), gr.Button(visible=False)
 
     edits = [files.upload, files.clear, files.delete, instance_prompt.input, class_prompt.input, base_model.input,
              recipe.input, steps.input, hardware.input, learning_rate.input, rank.input, resolution.input,

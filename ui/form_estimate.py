@@ -16,8 +16,10 @@ from ui.submission import uploaded_paths
 
 
 def uses_jobs(ctx: AppContext) -> bool:
-    """Whether this app trains on Hugging Face Jobs (``TRAINING_BACKEND=jobs``) instead of upgrading its Space."""
-    return bool(getattr(ctx.settings, "uses_jobs", False))
+    """Whether this app trains on Hugging Face Jobs (``TRAINING_BACKEND=jobs``, or each visitor's own Jobs with
+    ``BILLING=visitor``) instead of upgrading its Space."""
+    s = ctx.settings
+    return bool(getattr(s, "uses_jobs", False) or getattr(s, "visitor_pays", False))
 
 
 def form_estimate(ctx: AppContext, steps: int, hardware: str, recipe: str, resolution: int, prior: bool,

@@ -21,6 +21,7 @@ from ui.results_view import SHOW_EVENT, UserPicks, build_results_view, default_p
 from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_samples, run_values_for
 from ui.settings_view import build_settings_view, owner_values, visibility
 from ui.spend_view import spend_note
+from ui.visitor_submit import may_submit, visitor_banner
 
 REFRESH_S = 2.0
 #: how often the page of a visitor who may not act (anonymous, not allowed) refreshes: it shows only the hardware line
@@ -91,12 +92,13 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
         known_ids = gr.State([])
         timer = gr.Timer(REFRESH_S)  # VISITOR_REFRESH_S for a visitor who may not act (``on_load``)
 
-        def on_load(profile: gr.OAuthProfile | None) -> list[Any]:
+        def on_load(profile: gr.OAuthProfile | None, token: gr.OAuthToken | None = None) -> list[Any]:
             access = access_for(ctx.settings, profile)
             panel, owner_box = visibility(ctx, access)
             repo = default_output_repo(access.user, local=ctx.local, namespace=output_namespace(ctx.settings, access.user))
             # Settings values reach the owner's browser only (the page's /config carries none of them).
-            banner_text = access.banner()
+            visitors_pay = getattr(ctx.settings, "visitor_pays", False)  # the token is read (one whoami) only then
+            banner_text = visitor_banner(ctx.settings, access, token) if visitors_pay else access.banner()
             if access.owner and ctx.public_space:
                 banner_text += "\n\n" + PUBLIC_SPACE_WARNING
             status = ctx.worker.status.view()
@@ -110,7 +112,7 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
             # Visitors who may not act or follow runs get a sign-in prompt instead of empty controls, chart and log.
             allowed = may_act(access)
             views = [gr.Row(visible=allowed), *run.shown_to(allowed), *results.shown_to(allowed)]
-            return [banner_text, gr.Button(interactive=access.allowed), repo, panel, owner_box,
+            return [banner_text, gr.Button(interactive=may_submit(ctx.settings, access)), repo, panel, owner_box,
                     gr.Markdown(visible=not access.owner), hardware_update, refresh, *owner_values(ctx, access),
                     *views]  # fmt: skip
 
@@ -184,7 +186,7 @@ def tick_values(ctx: AppContext, access: Access, pick: str | None, ids: list[str
     tasks = visible_tasks(access, recent.apply(status.tasks) if recent is not None else status.tasks)
     table, choices = refresh_queue(ctx, tasks, pick, ids, status.job_prices, owner=access.owner)
     if not may_act(access):
-        table = visitor_html(access)
+        table = visitor_html(access, getattr(ctx.settings, "visitor_pays", False))
     new_ids = [t.id for t in sorted(tasks, key=lambda t: t.created_at, reverse=True)]
     run = jobs_run_values(access, status, tasks, ctx.settings) if uses_jobs(ctx) else run_values_for(access, status, tasks)
     values = [header_text(ctx, status.hardware), table, *run]

@@ -77,8 +77,8 @@ def user_limit_problem(settings: Any, user: str, tasks: Iterable[Task], *, perio
 def output_namespace(settings: Any, user: str | None) -> str | None:
     """Where ``user``'s models go: the owner's to their account; others' to OUTPUT_NAMESPACE when set, else to the
     owner's account (the Space's token is the owner's: it cannot write the user's own), named after the user (None
-    when nobody is signed in)."""
-    if not user or is_owner(settings, user):
+    when nobody is signed in). When visitors pay (``BILLING=visitor``) everyone's go to their own account."""
+    if not user or is_owner(settings, user) or getattr(settings, "visitor_pays", False):
         return user
     return settings.output_namespace or settings.space_author or user
 

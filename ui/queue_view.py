@@ -26,6 +26,7 @@ from scheduler.billing import GpuPeriod, shares, task_cost_usd
 from scheduler.queue.base import QueueError
 from scheduler.spending import CAP_NOTE_PREFIX
 from scheduler.task import Task, TaskStatus
+from scheduler.visitor_queue import visitor_queue_repo
 from ui.auth import Access, may_act_on, require_allowed_or_owner
 from ui.context import AppContext
 from ui.estimate import format_duration
@@ -101,9 +102,14 @@ class RecentWrites:
         return out
 
 
-def visitor_html(access: Access) -> str:
-    """What the Queue tab shows a visitor who may not act on tasks (anonymous, or not on the allowed users)."""
-    if access.user is None:
+def visitor_html(access: Access, visitors_pay: bool = False) -> str:
+    """What the Queue tab shows a visitor who may not act on tasks (anonymous, or not on the allowed users); when
+    visitors pay (``BILLING=visitor``), where a signed-in visitor's own tasks and Jobs are."""
+    if visitors_pay and access.user is not None:
+        text = (f"Your tasks and their Jobs are in your own account: the private dataset repo "
+                f"{visitor_queue_repo(access.user)} and your Jobs page on Hugging Face. This page does not list them "
+                "yet.")  # fmt: skip
+    elif access.user is None:
         text = "Sign in with Hugging Face (top right) as an allowed user to see, cancel and retry your tasks."
     else:
         text = (f"You are signed in as {access.user}, who is not on this Space's allowed users: the Space's owner can "

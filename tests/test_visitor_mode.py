@@ -1,0 +1,269 @@
+"""The Train button and the page load in the visitor-pays mode (``BILLING=visitor``, issue 25), through the real
+Gradio handlers of the built app against the emulator, with visitors signed in through OAuth.
+
+The handlers get their ``gr.OAuthProfile`` and ``gr.OAuthToken`` from Gradio's own injection
+(``gradio.helpers.special_args``) of a request carrying the session a sign-in leaves (as tests/test_visitor_signin_
+gradio.py does); the HTTP sign-in itself is not driven here. The Jobs are held in SCHEDULING (``scheduling_s``) so
+that nothing trains: what is checked is where the task, the Job and the money go."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from gradio.helpers import special_args
+from huggingface_hub import HfApi, snapshot_download
+from starlette.requests import Request as StarletteRequest
+
+from app import App, create_app
+from contract.settings import SettingsError, load_settings
+from scheduler.task import TaskStatus
+from scheduler.visitor_queue import visitor_queue_repo
+from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
+from tests.tiny_models import make_images
+
+FULL = ("openid", "profile", "jobs", "contribute-repos")
+
+
+@dataclass
+class Visitor:
+    name: str
+    token: str
+    scope: str
+    expires_at: float
+
+
+def visitor(hub, scopes=FULL, expires_in: float = 8 * 3600) -> Visitor:
+    name, token = f"vm{uuid.uuid4().hex[:8]}", f"hf_oauth_fake_{uuid.uuid4().hex}"
+    expires_at = hub.add_oauth_user(name, token, scopes=scopes, expires_in=expires_in)
+    return Visitor(name, token, " ".join(scopes), expires_at)
+
+
+def session_of(v: Visitor | None) -> dict:
+    """The session a sign-in leaves (Gradio's OAuth callback stores ``oauth_info``); {} when anonymous."""
+    if v is None:
+        return {}
+    return {"oauth_info": {"access_token": v.token, "token_type": "bearer", "scope": v.scope,
+                           "expires_at": int(v.expires_at), "userinfo": {"preferred_username": v.name, "name": v.name,
+                                                                         "profile": "", "picture": ""}}}  # fmt: skip
+
+
+def run_handler(demo: gr.Blocks, api_name: str | None, data: list, v: Visitor | None, fn=None,
+                origin: str | None = None) -> list:  # fmt: skip
+    """Call the handler of event ``api_name`` (or ``fn``) as Gradio does for a request of ``v``'s session (sent by
+    a page at ``origin``, when given)."""
+    if fn is None:
+        fn = next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1:7860")] if origin else []
+    request = gr.Request(StarletteRequest({"type": "http", "headers": headers, "session": session_of(v)}))
+    inputs, *_ = special_args(fn, list(data), request)
+    return list(fn(*inputs))
+
+
+@pytest.fixture
+def open_space(hub, tmp_path, tiny_sd):
+    """alice's Space with BILLING=visitor (her token is its HF_TOKEN: it must never be used for a visitor)."""
+    repo = f"alice/open-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    hub.configure_jobs(scheduling_s=600)  # the Jobs wait in SCHEDULING: nothing trains, nothing is billed yet
+    settings = load_settings({**MOCK_SIGNIN, "SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url,
+                              "BILLING": "visitor", "BASE_MODELS": str(tiny_sd), "DATA_DIR": str(tmp_path / "data"),
+                              "RETRY_BASE_S": "0.01"})  # fmt: skip
+    app = create_app(settings)
+    assert not app.problems, app.problems
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def train(app: App, tmp: Path, v: Visitor | None, prompt: str = "a photo of sks dog", origin: str | None = None) -> str:
+    """Press Train as ``v`` with two photos; the answer's Markdown."""
+    photos = [str(p) for p in make_images(tmp / f"photos-{uuid.uuid4().hex[:6]}", 3, size=128)]
+    model = app.settings.base_models[0]
+    out = f"{v.name}/dreambooth-sks-dog" if v else ""
+    data = [photos, "", prompt, "", model, "dreambooth-lora", 4, "t4-small", 1e-4, 4, 512, out, True, "constant", 0,
+            0, True, False]  # fmt: skip
+    return run_handler(app.demo, "submit", data, v, origin=origin)[0]
+
+
+def alices_jobs(hub) -> tuple[int, int]:
+    """alice's Jobs and billed periods so far (the emulator keeps earlier tests' Jobs)."""
+    return len(hub.jobs("alice")), len(hub.jobs_ledger("alice"))
+
+
+def owner_untouched(hub, app: App, before: tuple[int, int]) -> None:
+    """Nothing of alice's was written (since the last ``clear_requests``) or billed, and her queue holds nothing."""
+    assert alices_jobs(hub) == before
+    writes = [r.path for r in hub.requests() if r.method in ("POST", "PUT", "DELETE") and "alice" in r.path]
+    assert writes == [], writes
+    assert app.worker.queue.list() == []
+
+
+def test_billing_setting_is_owner_by_default_and_refuses_anything_else():
+    assert load_settings({}).billing == "owner" and not load_settings({}).visitor_pays
+    space = {"SPACE_ID": "alice/x"}
+    assert load_settings({**space, "BILLING": "Visitor"}).visitor_pays
+    with pytest.raises(SettingsError, match="BILLING='nobody' is not a billing mode"):
+        load_settings({**space, "BILLING": "nobody"})
+    with pytest.raises(SettingsError, match="needs a Space"):
+        load_settings({"BILLING": "visitor"})
+
+
+@pytest.mark.slow
+def test_two_visitors_each_run_a_job_in_their_own_namespace_and_the_owner_pays_nothing(hub, open_space, tmp_path,
+                                                                                        caplog):  # fmt: skip
+    caplog.set_level(logging.DEBUG)
+    visitors = [visitor(hub), visitor(hub)]  # neither is on ALLOWED_USERS: in this mode every visitor may train
+    hub.clear_requests()
+    before = alices_jobs(hub)
+    answers = [train(open_space, tmp_path, v) for v in visitors]
+    for v, answer in zip(visitors, answers, strict=True):
+        jobs = hub.jobs(v.name)
+        assert len(jobs) == 1, (answer, jobs)
+        job = hub.emulator.jobs.get(v.name, jobs[0]["id"])
+        assert job.namespace == v.name and job.secrets == {"HF_TOKEN": v.token}
+        assert f"Job `{job.id}`" in answer and f"`{visitor_queue_repo(v.name)}`" in answer
+        assert f"`{v.name}/dreambooth-sks-dog`" in answer
+        api = HfApi(endpoint=hub.url, token=v.token)
+        assert api.repo_info(visitor_queue_repo(v.name), repo_type="dataset").private
+        files = Path(snapshot_download(visitor_queue_repo(v.name), repo_type="dataset", token=v.token,
+                                       endpoint=hub.url, local_dir=tmp_path / f"queue-{v.name}"))  # fmt: skip
+        stored = [p for p in files.rglob("*") if p.is_file()]
+        assert any(p.suffix == ".json" for p in stored)
+        for other in visitors:  # no token in any queue file, answer or log line
+            assert not any(other.token.encode() in p.read_bytes() for p in stored)
+            assert other.token not in answer
+    assert not any(v.token in r.getMessage() for v in visitors for r in caplog.records)
+    assert len(caplog.records) > 0  # the handlers did log (the check above looked at something)
+    owner_untouched(hub, open_space, before)
+
+
+@pytest.mark.slow
+def test_a_sign_in_without_the_jobs_scope_is_told_the_fix_and_nothing_is_created(hub, open_space, tmp_path):
+    v = visitor(hub, scopes=("openid", "profile", "contribute-repos"))
+    hub.clear_requests()
+    answer = train(open_space, tmp_path, v)
+    assert answer.startswith("**Nothing was queued")
+    assert "does not allow `jobs`" in answer and "hf_oauth_scopes: [jobs, contribute-repos]" in answer
+    assert hub.jobs(v.name) == [] and not [r for r in hub.requests() if r.method in ("POST", "PUT")]
+    banner = run_handler(open_space.demo, None, [], v, fn=load_handler(open_space))[0]
+    assert "their own** Hugging Face Jobs credit" in banner and "does not allow `jobs`" in banner
+    assert v.token not in answer + banner
+
+
+@pytest.mark.slow
+def test_a_visitor_without_credit_keeps_the_task_waiting_with_the_reason_and_fix(hub, open_space, tmp_path):
+    v = visitor(hub)
+    hub.set_credit(v.name, 0)
+    hub.clear_requests()
+    before = alices_jobs(hub)
+    answer = train(open_space, tmp_path, v)
+    assert "**Its Job was not started.**" in answer and "402" in answer and "credit" in answer.lower()
+    assert hub.jobs(v.name) == [] and hub.jobs_ledger(v.name) == []
+    from scheduler.visitor_queue import list_visitor
+    from scheduler.visitor_token import read_visitor_token
+
+    vt = read_visitor_token(gr.OAuthToken(token=v.token, scope=v.scope, expires_at=int(v.expires_at)),
+                            endpoint=hub.url)  # fmt: skip
+    (task,) = list_visitor(v.token, vt, open_space.settings).tasks
+    assert task.status is TaskStatus.PENDING and task.note and "402" in task.note
+    owner_untouched(hub, open_space, before)
+
+
+@pytest.mark.slow
+def test_an_anonymous_visitor_is_refused_and_nothing_is_created(hub, open_space, tmp_path):
+    hub.clear_requests()
+    before = len(hub.jobs())
+    with pytest.raises(gr.Error, match="Sign in with Hugging Face first"):
+        train(open_space, tmp_path, None)
+    assert len(hub.jobs()) == before and [r for r in hub.requests() if r.method in ("POST", "PUT", "DELETE")] == []
+    banner = run_handler(open_space.demo, None, [], None, fn=load_handler(open_space))[0]
+    assert banner.startswith("Sign in with Hugging Face to train.")
+
+
+@pytest.mark.slow
+def test_a_visitor_is_held_to_the_per_visitor_cap_and_a_cross_site_press_is_refused(hub, open_space, tmp_path):
+    v = visitor(hub)
+    with pytest.raises(gr.Error, match="another site"):
+        train(open_space, tmp_path, v, origin="https://evil.example")
+    assert hub.jobs(v.name) == []
+    assert "Job `" in train(open_space, tmp_path, v) and "Job `" in train(open_space, tmp_path, v, "a photo of zwx cat")
+    third = train(open_space, tmp_path, v, "a photo of qwe toy")
+    assert third.startswith("**Nothing was queued") and "the limit is 2 (MAX_QUEUED_PER_USER)" in third
+    assert len(hub.jobs(v.name)) == 2
+
+
+@pytest.mark.slow
+def test_the_page_load_of_a_visitor_with_both_scopes_says_who_pays_with_one_request(hub, open_space):
+    v = visitor(hub)
+    hub.clear_requests()
+    values = run_handler(open_space.demo, None, [], v, fn=load_handler(open_space))
+    assert values[0].startswith(f"Signed in as **{v.name}**.") and "credit" in values[0]
+    assert "Training is not possible" not in values[0]
+    assert values[1].constructor_args["interactive"] is True  # Train, although ALLOWED_USERS leaves them out
+    assert values[2].startswith(f"{v.name}/")  # the model repo the form proposes: in their own account
+    hardware = next(b for b in open_space.demo.blocks.values() if getattr(b, "elem_id", None) == "hardware-choice")
+    assert "in your own account" in hardware.info and "t4-small" in str(hardware.choices)  # the Jobs flavors
+    assert len([r for r in hub.requests() if "whoami" in r.path]) == 1
+    tick = next(f.fn for f in open_space.demo.fns.values() if getattr(f.fn, "__name__", "") == "on_tick")
+    queue_text = run_handler(open_space.demo, None, [None, [], {}], v, fn=tick)[1]
+    assert f"{visitor_queue_repo(v.name)}" in queue_text and "ALLOWED_USERS" not in queue_text
+
+
+def load_handler(app: App):
+    """The page load's handler that fills the banner (``ui.layout.on_load``)."""
+    return next(f.fn for f in app.demo.fns.values() if getattr(f.fn, "__name__", "") == "on_load")
+
+
+def test_the_owner_mode_page_load_does_not_read_the_token(hub, tmp_path):
+    """BILLING unset: the banner is the owner mode's, and the load asks the Hub nothing about the sign-in."""
+    repo = f"alice/own-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    settings = load_settings({**MOCK_SIGNIN, "SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url,
+                              "DATA_DIR": str(tmp_path / "data")})  # fmt: skip
+    app = create_app(settings)
+    try:
+        v = visitor(hub)
+        hub.clear_requests()
+        values = run_handler(app.demo, None, [], v, fn=load_handler(app))
+        assert "not on this Space's allowed users" in values[0] and "credit" not in values[0]
+        assert values[1].constructor_args["interactive"] is False
+        assert [r for r in hub.requests() if "whoami" in r.path] == []
+    finally:
+        app.close()
+    assert time.time() < v.expires_at
+
+
+def test_the_readme_documents_the_mode_without_asking_the_scopes_for_itself():
+    """The scopes are documented for owners who turn the mode on; this repo's own front matter (owner mode) does
+    not ask visitors for them."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    front = text.split("---", 2)[1]
+    assert "hf_oauth_scopes" not in front and "hf_oauth: true" in front
+    section = text.split("## Open your Space to everyone, each paying their own way", 1)[1].split("\n## ", 1)[0]
+    for needed in ("`BILLING=visitor`", "hf_oauth_scopes: [jobs, contribute-repos]", "hf_oauth_expiration_minutes",
+                   "**Not done yet:**", "**Not verified here**"):  # fmt: skip
+        assert needed in section, needed
+
+
+@pytest.mark.slow
+def test_a_hub_that_fails_the_visitors_commit_gets_an_answer_and_no_job(hub, open_space, tmp_path):
+    v = visitor(hub)
+    hub.inject_fault("POST", rf"/api/datasets/{v.name}/.*/commit/", status=403, count=20)  # not retried: at once
+    answer = train(open_space, tmp_path, v)
+    assert answer.startswith("**Nothing was queued") and "The Hub did not take your task" in answer
+    assert v.token not in answer and hub.jobs(v.name) == []
+
+
+@pytest.mark.slow
+def test_a_task_that_would_outlive_the_sign_in_is_refused_with_the_reason(hub, open_space, tmp_path):
+    v = visitor(hub, expires_in=1800)  # the default TASK_DEADLINE_S is 3 h
+    answer = train(open_space, tmp_path, v)
+    assert answer.startswith("**Nothing was queued") and "would outlive your sign-in" in answer
+    assert "hf_oauth_expiration_minutes" in answer and hub.jobs(v.name) == []
