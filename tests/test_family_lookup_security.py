@@ -56,8 +56,7 @@ def flux_repo(hub, repo_id: str, *, private: bool) -> str:
 @dataclass
 class Space:
     url: str
-    on_family: int  # the dependency id of the base model's lookup...
-    follow: int  # ...and of the step after it, which proposes the family's defaults from what it found
+    on_family: int  # the dependency id of the base model's lookup and the family's defaults it proposes
     offered: str  # the one offered base model: a public FLUX.1 repo
     clock: FrozenClock
     tag: str
@@ -84,8 +83,7 @@ def space(hub, tmp_path, monkeypatch):
         url = f"http://127.0.0.1:{port}/"
         deps = json.loads(http(f"{url}config").body)["dependencies"]
         lookup = next(d for d in deps if (d.get("api_name") or "").startswith("on_family"))
-        follow = next(d for d in deps if d.get("trigger_after") == lookup["id"])
-        yield Space(url, lookup["id"], follow["id"], offered, clock, tag)
+        yield Space(url, lookup["id"], offered, clock, tag)
     finally:
         app.close()
 
@@ -102,9 +100,8 @@ def pick(space: Space, model: str, user: str | None) -> tuple[dict, list[str]]:
     """Pick ``model`` in the base-model field as ``user`` (None: anonymous): the lookup, then the defaults the form
     proposes from what it found (what the page then shows), and the messages shown."""
     session = uuid.uuid4().hex
-    _, shown = in_session(space.url, space.on_family, [model], session, user)
-    data = ["dreambooth-lora", model, None, 512, None, "sd", {}, {}]  # the gr.State inputs come from the session
-    proposal, *_ = in_session(space.url, space.follow, data, session, user)[0]
+    data = [model, "dreambooth-lora", None, 512, "sd", {}, {}]  # the gr.State inputs come from the session
+    (_family, proposal, *_), shown = in_session(space.url, space.on_family, data, session, user)
     return proposal, shown
 
 

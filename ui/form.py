@@ -383,12 +383,12 @@ def build_form(ctx: AppContext) -> FormParts:
         """One event: the base model's family (``on_family``) and the defaults it proposes (``follow``)."""
         follow_handle = follow(model_changed)
 
-        def handle(model: str, name: str, paths: Any, res: Any, holds: str | None, edits: EditCounts,
-                   done: EditCounts, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:  # fmt: skip
+        def on_family_defaults(model: str, name: str, paths: Any, res: Any, holds: str | None, edits: EditCounts,
+                               done: EditCounts, profile: gr.OAuthProfile | None) -> tuple[Any, ...]:  # fmt: skip
             family = on_family(model, profile)
             return (family, *follow_handle(name, model, paths, res, family, holds, edits, done))
 
-        return handle
+        return on_family_defaults
 
     def after_defaults(model: str, flavor: str, family: FamilyInfo | None, n_steps: Any, name: str, res: Any,
                        klass: str, score: Any, captions: Any, photos: Any,
