@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 
-from contract.text import md_code
+from contract.text import md_code, md_text
 from scheduler import visitor_queue as vq
 from scheduler.retry import http_status
 from scheduler.task import Task
@@ -51,7 +51,7 @@ def visitor_banner(settings: Any, access: Access, oauth: gr.OAuthToken | None) -
     whoami request for a signed-in visitor)."""
     if access.user is None or oauth is None:
         return f"Sign in with Hugging Face to train. {PAYS}"
-    head = f"Signed in as **{access.user}**. {PAYS}"
+    head = f"Signed in as **{md_text(access.user)}**. {PAYS}"
     try:
         visitor = read_visitor_token(oauth, endpoint=settings.hf_endpoint)
     except VisitorTokenError as exc:

@@ -74,9 +74,14 @@ def submit(v: Visitor, settings: Settings, tmp: Path, **kw) -> Task:
     return vq.submit(v.token, v.vt, settings, task, images)
 
 
-def owner_untouched(hub, settings: Settings) -> None:
-    """The owner paid nothing and nothing of alice's was written."""
-    assert hub.jobs_ledger("alice") == [] and hub.jobs("alice") == []
+def alices_jobs(hub) -> tuple[int, int]:
+    """alice's Jobs and billed periods so far (the session's emulator keeps earlier tests' Jobs)."""
+    return len(hub.jobs("alice")), len(hub.jobs_ledger("alice"))
+
+
+def owner_untouched(hub, settings: Settings, before: tuple[int, int]) -> None:
+    """The owner paid nothing since ``before`` (``alices_jobs`` at the test's start) and nothing of hers was written."""
+    assert alices_jobs(hub) == before
     writes = [r for r in hub.requests() if r.method in ("POST", "PUT", "DELETE") and "alice" in r.path]
     assert writes == [], writes
 
@@ -85,6 +90,7 @@ def owner_untouched(hub, settings: Settings) -> None:
 def test_two_visitors_train_at_once_each_in_their_own_namespace_and_the_owner_pays_nothing(hub, space, tmp_path):
     visitors = [visitor(hub), visitor(hub)]
     hub.clear_requests()
+    before = alices_jobs(hub)
     tasks = [submit(v, space, tmp_path) for v in visitors]
     for v, task in zip(visitors, tasks, strict=True):
         assert task.submitted_by == v.name and task.output_repo.startswith(f"{v.name}/")
@@ -123,11 +129,13 @@ def test_two_visitors_train_at_once_each_in_their_own_namespace_and_the_owner_pa
         assert model.private and hub.repo_created_by_app(task.output_repo) is not None
         view = vq.list_visitor(v.token, v.vt, space)
         assert [j.job_id for j in view.jobs] == [d.job_id] and view.jobs[0].stage == "COMPLETED"
-    owner_untouched(hub, space)
+    owner_untouched(hub, space, before)
 
 
 def test_a_visitors_lora_trains_on_the_tiny_model_with_checkpoints_mirrored_to_their_queue_repo(hub, space, tmp_path):
     v = visitor(hub)
+    hub.clear_requests()
+    before = alices_jobs(hub)
     task = submit(v, space, tmp_path, recipe="dreambooth-lora", steps=4, rank=4, checkpoint_every=2)
     job_id = vq.dispatch(v.token, v.vt, space, task.id).job_id
 
@@ -147,12 +155,14 @@ def test_a_visitors_lora_trains_on_the_tiny_model_with_checkpoints_mirrored_to_t
                        v.api.list_repo_files(repo, repo_type="dataset", revision=c.commit_id))]  # fmt: skip
     assert mirrored, "no commit of the visitor's queue repo held a checkpoint"
     assert v.token not in log and [p["job_id"] for p in hub.jobs_ledger(v.name)] == [job_id]
-    owner_untouched(hub, space)
+    owner_untouched(hub, space, before)
 
 
 # ------------------------------------------------------------------------------ refused Jobs
 def test_no_credit_or_no_jobs_scope_leaves_the_task_waiting_with_the_reason_and_the_fix(hub, space, tmp_path):
     broke, unscoped = visitor(hub), visitor(hub, scopes=("openid", "profile", "contribute-repos"))
+    hub.clear_requests()
+    before = alices_jobs(hub)
     hub.set_credit(broke.name, 0)
     for v, says in ((broke, ("credit", "HTTP 402", "settings/billing")),
                     (unscoped, ("HTTP 403", "`jobs`", "hf_oauth_scopes: [jobs, contribute-repos]"))):  # fmt: skip
@@ -173,7 +183,7 @@ def test_no_credit_or_no_jobs_scope_leaves_the_task_waiting_with_the_reason_and_
     )
     assert again.created and vq.visitor_queue(broke.token, broke.vt, space).get(stored_id).note is None
     vq.cancel(broke.token, broke.vt, space, stored_id)
-    owner_untouched(hub, space)
+    owner_untouched(hub, space, before)
 
 
 def test_a_sign_in_without_contribute_repos_or_too_short_for_the_task_is_refused_at_submit(hub, space, tmp_path):
