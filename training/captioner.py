@@ -25,12 +25,9 @@ trains that photo on the instance prompt, as a photo without a ``.txt``).
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,7 +35,7 @@ import torch
 from contract.caption_models import CAPTION_FILES, DEFAULT_CAPTION_MODEL, MAX_NEW_TOKENS
 from training.data import COMMON_WORDS, MAX_CAPTION_CHARS, trigger_word
 from training.exitcodes import BadInputError
-from training.hub_models import ModelRole, safetensors_folder
+from training.hub_models import ModelRole, model_type, safetensors_folder
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -111,14 +108,6 @@ def keep_trigger(caption: str, instance_prompt: str, class_prompt: str | None) -
     return kept if len(kept) <= MAX_CAPTION_CHARS else caption
 
 
-def _model_type(model: str, folder: Path) -> tuple[str, dict]:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        return str(config.get("model_type", "")), config
-    except (OSError, ValueError, AttributeError) as e:
-        raise CaptionerUnavailable(f"captioning model {model!r} has no readable config.json ({e})") from e
-
-
 def _check_type(model: str, kind: str, config: dict) -> None:
     """``CaptionerUnavailable`` unless ``model`` is of a type captioned here, with transformers' own code."""
     if config.get("auto_map"):
@@ -161,7 +150,7 @@ class Captioner:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         folder = safetensors_folder(model, CAPTION_FILES, ROLE)
-        kind, config = _model_type(model, folder)
+        kind, config = model_type(model, folder, ROLE)
         _check_type(model, kind, config)
         device = torch.device(device)
         dtype = dtype if device.type != "cpu" else torch.float32
@@ -194,7 +183,7 @@ class Captioner:
 
     def close(self) -> None:
         """Free the model: references dropped, garbage collected, the GPU's cached blocks returned."""
+        from training.utils.runtime import free_memory
+
         self.model = self.processor = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()

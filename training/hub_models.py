@@ -4,7 +4,7 @@
 ``safetensors_folder`` gives a local folder as it is, or the Hugging Face cache's snapshot of a Hub repo holding only
 the files asked for (downloaded unless already there; the cached copy only in offline mode, where a Space's
 ``preload_from_hub`` put it). Its weights must be safetensors: a folder with only pickle ``.bin`` files (which can run
-code when loaded) is refused, with the reason.
+code when loaded) is refused, with the reason. ``model_type`` reads its ``config.json``.
 """
 
 from __future__ import annotations
@@ -66,3 +66,13 @@ def safetensors_folder(model: str, files: tuple[str, ...], role: ModelRole) -> P
     has = f" (it has {', '.join(pickles)}: pickle files, which can run code when loaded)" if pickles else ""
     raise role.error(f"{role.what} {model!r} has no model.safetensors{has}; {role.what}s load from "
                      "safetensors only: use a repo or folder with model.safetensors")  # fmt: skip
+
+
+def model_type(model: str, folder: Path, role: ModelRole) -> tuple[str, dict]:
+    """The ``model_type`` of ``folder``'s ``config.json`` ("" when it names none) and the config itself;
+    ``role.error`` when the file is missing or not a JSON object."""
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        return str(config.get("model_type", "")), config
+    except (OSError, ValueError, AttributeError) as e:
+        raise role.error(f"{role.what} {model!r} has no readable config.json ({e})") from e

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import torch
 
 from contract.scoring_models import CLIP_FILES, DINO_FILES, PIXELS, off
 from training.base_check import DEMO_MODEL
-from training.hub_models import ModelRole, safetensors_folder
+from training.hub_models import ModelRole, model_type, safetensors_folder
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -100,13 +99,6 @@ def model_folder(model: str, files: tuple[str, ...]) -> Path:
     return safetensors_folder(model, files, ROLE)
 
 
-def _model_type(model: str, folder: Path) -> str:
-    try:
-        return str(json.loads((folder / "config.json").read_text()).get("model_type", ""))
-    except (OSError, ValueError, AttributeError) as e:
-        raise ScoringUnavailable(f"scoring model {model!r} has no readable config.json ({e})") from e
-
-
 def _placed(module: torch.nn.Module, device: Any, dtype: torch.dtype) -> torch.nn.Module:
     """``module`` on ``device`` for inference: ``dtype`` on an accelerator, float32 on the CPU."""
     device = torch.device(device)
@@ -118,7 +110,7 @@ def _typed_folder(model: str, files: tuple[str, ...], kinds, what: str) -> tuple
     """The local folder of ``model`` (``model_folder``) and its config's model type, which must be one of ``kinds``
     (``what`` names them in the refusal)."""
     folder = model_folder(model, files)
-    kind = _model_type(model, folder)
+    kind, _ = model_type(model, folder, ROLE)
     if kind not in kinds:
         raise ScoringUnavailable(f"scoring model {model!r} is a {kind or 'model of unknown type'!r}, not {what}")
     return folder, kind
