@@ -124,6 +124,13 @@ def split_captions(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
     return [Path(p) for p in paths if Path(p) not in captions], captions
 
 
+def uncaptioned_images(paths: Sequence[Path]) -> list[Path]:
+    """The images of an upload without a ``.txt`` caption of their name (``split_captions``)."""
+    images, captions = split_captions(paths)
+    own = {c.stem for c in captions}
+    return [image for image in images if image.stem not in own]
+
+
 def check_captions(images: Sequence[Path], captions: Sequence[Path]) -> list[str]:
     """The problems of an upload's captions: each is UTF-8 text of at most ``MAX_CAPTION_CHARS`` characters, names
     an image of the upload (or a before/after pair of it: ``training.pairs``) by its stem, and is its only caption."""

@@ -23,9 +23,9 @@ import gradio as gr
 from PIL import Image, ImageOps
 
 from contract.text import md_text
-from scheduler.validation import split_captions
+from scheduler.validation import split_captions, uncaptioned_images
 from training.data import MAX_CAPTION_CHARS
-from ui.captions_view import read_caption
+from training.utils.auto_captions import read_caption
 from ui.context import AppContext
 from ui.submission import uploaded_paths
 
@@ -73,10 +73,8 @@ def write_captions_now(ctx: AppContext, files: Any, device: str, instance_prompt
     from training.captioner import Captioner, CaptionerUnavailable, keep_trigger
 
     paths = uploaded_paths(files)
-    images, texts = split_captions(paths)
-    own = {t.stem for t in texts}
-    todo = [image for image in images if image.stem not in own]
-    if not images:
+    todo = uncaptioned_images(paths)
+    if not split_captions(paths)[0]:
         return None, [], "Upload photos first."
     if not todo:
         return [str(p) for p in paths], caption_table(paths), f"Every photo has its caption already. {NOTE}"

@@ -12,26 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract.text import md_code, md_text
-from training.data import MAX_CAPTION_BYTES, decode_caption  # torch-free
-from training.utils.auto_captions import CAPTIONS_DIR
+from training.utils.auto_captions import CAPTIONS_DIR, read_caption, saved_captions  # torch-free
 
 #: the most captions listed (a run trains on at most ``scheduler.validation.LIMITS.max_images`` photos)
 MAX_LISTED = 200
 
 
-def read_caption(path: Path) -> str | None:
-    """The caption in a ``.txt`` file (``training.data.decode_caption``), or None when unreadable or too long."""
-    try:
-        with path.open("rb") as f:
-            return decode_caption(f.read(MAX_CAPTION_BYTES + 1), path.name)
-    except (OSError, ValueError):
-        return None
-
-
 def captions_from_folder(output_dir: Path) -> list[tuple[str, str]]:
     """(stem, caption) of the output folder's ``captions/*.txt``, by name."""
-    paths = sorted((output_dir / CAPTIONS_DIR).glob("*.txt"))[:MAX_LISTED]
-    return [(p.stem, text) for p in paths if (text := read_caption(p))]
+    return list(saved_captions(output_dir).items())[:MAX_LISTED]
 
 
 def caption_names(repo_files: list[str]) -> list[str]:

@@ -167,20 +167,25 @@ def price_source_text(source: str) -> str:
     return "the built-in fallback price table (the Hub's Jobs prices could not be read yet)"
 
 
-def _price(hardware: str, usd_per_hour: float | None) -> float:
+def hourly_price(hardware: str, usd_per_hour: float | None) -> float:
+    """``usd_per_hour`` when given (the Jobs price), else ``hardware``'s list price (0 for this machine)."""
     if usd_per_hour is not None:
         return usd_per_hour
     flavor = FLAVORS.get(hardware)
     return flavor.usd_per_hour if flavor else 0.0
 
 
+def on_cpu(hardware: str) -> bool:
+    """Whether a task on ``hardware`` runs on a CPU: this machine's CPU, or a flavor without a GPU."""
+    flavor = FLAVORS.get(hardware)
+    return hardware == LOCAL_CPU or (flavor is not None and flavor.gpus == 0)
+
+
 def scoring_s(hardware: str, images: int, steps_per_s: float, *, demo: bool = False) -> float:
     """Seconds that scoring adds to a task on ``hardware`` training at ``steps_per_s``: ``images`` per sampling point
     (``len(contract.scores.scoring_prompts(...))``; 0: scoring off) at ``SCORED_POINTS`` points, and the scoring
     models (none for the demo model, scored by its pixels)."""
-    flavor = FLAVORS.get(hardware)
-    cpu = hardware == LOCAL_CPU or (flavor is not None and flavor.gpus == 0)
-    scorers = 0.0 if demo else SCORERS_CPU_S if cpu else SCORERS_GPU_S
+    scorers = 0.0 if demo else SCORERS_CPU_S if on_cpu(hardware) else SCORERS_GPU_S
     return scoring_seconds(SCORED_POINTS, images, steps_per_s, scorers_s=scorers)
 
 
@@ -198,7 +203,7 @@ def from_history(steps: int, hardware: str, runs: Sequence[RunRecord], usd_per_h
         + _median([r.release_s for r in runs])
     )
     train_s, scoring = max(steps, 0) / speed, scoring_s(hardware, scoring_images, speed, demo=demo)
-    price = _price(hardware, usd_per_hour)
+    price = hourly_price(hardware, usd_per_hour)
     usd = (train_s + overhead + scoring) / 3600 * price
     return Estimate(hardware, train_s, overhead, usd, HISTORY, len(runs), scoring)
 
@@ -249,7 +254,7 @@ def estimate(
         speed *= TEXT_ENCODER_FACTOR
     train_s = max(steps, 0) / speed
     overhead_s = OVERHEAD_S + (num_class_images * CLASS_IMAGE_S if prior_preservation else 0)
-    price = _price(hardware, usd_per_hour)
+    price = hourly_price(hardware, usd_per_hour)
     source = FAMILY if family in FAMILY_SPEED_VS_SD else BUILT_IN
     usd = (train_s + overhead_s + scoring) / 3600 * price
     return Estimate(hardware, train_s, overhead_s, usd, source, scoring_s=scoring)
@@ -284,7 +289,7 @@ def hardware_label(name: str, usd_per_hour: float | None = None) -> str:
     flavor = FLAVORS.get(name)
     if flavor is None:
         return name
-    return f"{flavor.label} (${_price(name, usd_per_hour):.2f}/h)"
+    return f"{flavor.label} (${hourly_price(name, usd_per_hour):.2f}/h)"
 
 
 def source_text(est: Estimate, local: bool, family_label: str | None = None) -> str:

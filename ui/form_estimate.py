@@ -7,11 +7,10 @@ import dataclasses
 from typing import Any
 
 from contract.caption_models import caption_seconds
-from contract.flavors import FLAVORS
 from scheduler.stored import past_runs
-from scheduler.validation import split_captions
+from scheduler.validation import uncaptioned_images
 from ui.context import AppContext
-from ui.estimate import LOCAL_CPU, Estimate, estimate, jobs_price
+from ui.estimate import Estimate, estimate, hourly_price, jobs_price, on_cpu
 from ui.submission import uploaded_paths
 
 
@@ -47,18 +46,12 @@ def with_captions(est: Estimate, photos: int, usd_per_hour: float | None = None)
     on the task's device: the CPU for a CPU flavor or this machine's CPU) in ``caption_s`` and in the price."""
     if photos <= 0:
         return est
-    flavor = FLAVORS.get(est.hardware)
-    cpu = est.hardware == LOCAL_CPU or (flavor is not None and flavor.gpus == 0)
-    seconds = caption_seconds(photos, "cpu" if cpu else "cuda")
-    price = usd_per_hour if usd_per_hour is not None else (flavor.usd_per_hour if flavor else 0.0)
-    return dataclasses.replace(est, caption_s=seconds, usd=est.usd + seconds / 3600 * price)
+    seconds = caption_seconds(photos, "cpu" if on_cpu(est.hardware) else "cuda")
+    return dataclasses.replace(est, caption_s=seconds,
+                               usd=est.usd + seconds / 3600 * hourly_price(est.hardware, usd_per_hour))  # fmt: skip
 
 
 def photos_to_caption(captions: Any, files: Any) -> int:
     """The uploaded photos a run captions when "Write captions" (``captions``) is on: those without a ``.txt`` of
     their name in the upload; 0 when it is off."""
-    if captions is not True:
-        return 0
-    images, texts = split_captions(uploaded_paths(files))
-    own = {t.stem for t in texts}
-    return sum(1 for image in images if image.stem not in own)
+    return len(uncaptioned_images(uploaded_paths(files))) if captions is True else 0

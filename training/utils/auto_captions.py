@@ -38,17 +38,21 @@ def run_caption_model() -> str:
     return load_trainer_settings(variables=("CAPTION_MODEL",)).caption_model
 
 
+def read_caption(path: Path) -> str | None:
+    """The caption in a ``.txt`` file (``training.data.decode_caption``, reading at most a caption's bytes), or None
+    when it is empty, unreadable or too long."""
+    try:
+        with path.open("rb") as f:
+            return data.decode_caption(f.read(data.MAX_CAPTION_BYTES + 1), path.name)
+    except (OSError, ValueError):
+        return None
+
+
 def saved_captions(output_dir: Path) -> dict[str, str]:
-    """The captions an earlier try saved in ``output_dir/captions`` (stem -> caption; unreadable files skipped)."""
-    found: dict[str, str] = {}
-    for path in sorted((output_dir / CAPTIONS_DIR).glob("*.txt")):
-        try:
-            caption = data.decode_caption(path.read_bytes(), path.name)
-        except (OSError, ValueError):
-            continue
-        if caption:
-            found[path.stem] = caption
-    return found
+    """The captions saved in ``output_dir/captions`` (stem -> caption, by file name; unreadable files skipped): an
+    earlier try's, or a finished run's for the Results tab."""
+    paths = sorted((output_dir / CAPTIONS_DIR).glob("*.txt"))
+    return {path.stem: caption for path in paths if (caption := read_caption(path))}
 
 
 def caption_photos(images: list[data.PreparedImage], spec: Any, output_dir: Path, *, device: Any, dtype: Any,
