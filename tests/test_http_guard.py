@@ -229,6 +229,27 @@ def test_uploads_on_a_space_need_a_signed_in_allowed_user_on_the_spaces_page(spa
         assert Path(json.loads(stored.body)[0]).is_file()
 
 
+def test_when_visitors_pay_any_signed_in_visitor_may_upload_within_the_cap_and_anonymous_may_not(hub, tmp_path):
+    """BILLING=visitor (issue 25): carol, on no allowed list, pays her own way, so her photos are taken (the browser's
+    Train would otherwise have nothing to send); anonymous uploads stay refused and the per-user cap still holds."""
+    repo = f"alice/open-up-{uuid.uuid4().hex[:6]}"
+    hub.create_space(repo, owner_token=ALICE_TOKEN)
+    settings = load_settings({**MOCK_SIGNIN, "SPACE_ID": repo, "HF_TOKEN": ALICE_TOKEN, "HF_ENDPOINT": hub.url,
+                              "BILLING": "visitor", "DATA_DIR": str(tmp_path / "data")})  # fmt: skip
+    app = create_app(settings)
+    app.upload_cap = UploadCap(files=2, bytes=100_000)
+    served = serve(app)
+    try:
+        port, host = served.port, f"127.0.0.1:{served.port}"
+        assert upload(port, {"a.png": photo()}, host).status == 401
+        stored = upload(port, {"c1.png": photo(), "c2.png": photo()}, host, user="carol")
+        assert stored.status == 200, stored
+        assert all(Path(p).is_file() for p in json.loads(stored.body))
+        assert upload(port, {"c3.png": photo()}, host, user="carol").status == 413
+    finally:
+        app.close()
+
+
 def test_one_user_holds_at_most_the_upload_cap(space_app):
     """Finding 9: nothing bounded what one session kept in Gradio's cache (here 3 files or 100 kB a user)."""
     port = space_app.port

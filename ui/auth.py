@@ -62,6 +62,12 @@ def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     return Access(user=user, allowed=owner or user in settings.allowed_users, owner=owner)
 
 
+def may_submit(settings, access: Access) -> bool:
+    """Whether ``access`` may upload photos and press Train: any signed-in visitor when visitors pay for their own
+    training (``BILLING=visitor``), else the owner and the allowed users."""
+    return access.user is not None if getattr(settings, "visitor_pays", False) else access.allowed
+
+
 def session_profile(session: Mapping[str, Any] | None) -> gr.OAuthProfile | None:
     """The ``gr.OAuthProfile`` Gradio injects for a request with this (decoded, signed) ``session`` cookie, derived
     as Gradio 6 derives it (``helpers.special_args``): its ``oauth_info`` unless expired; None when signed out."""

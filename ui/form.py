@@ -27,7 +27,7 @@ from ui.advanced import (
     form_number,
     resolution_choices,
 )
-from ui.auth import access_for, require_allowed
+from ui.auth import access_for, may_submit, require_allowed
 from ui.caption_editor import build_caption_editor, wire_caption_editor
 from ui.context import AppContext, default_recipe
 from ui.estimate import auto_steps, describe, hardware_label, jobs_price, local_hardware
@@ -52,7 +52,7 @@ from ui.model_family import (
     training_image_count,
 )
 from ui.submission import DATASET_HELP, RECIPE_FIELDS, image_paths, lists_field, shown_uploads, submit
-from ui.visitor_submit import VISITOR_JOBS_INFO, may_submit, visitor_submit
+from ui.visitor_submit import VISITOR_JOBS_INFO, visitor_submit
 
 if TYPE_CHECKING:
     from collections.abc import Collection

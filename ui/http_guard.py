@@ -32,7 +32,7 @@ from gradio_client.utils import is_http_url_like
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 
-from ui.auth import access_for, cross_site_problem, session_profile
+from ui.auth import access_for, cross_site_problem, may_submit, session_profile
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -188,7 +188,8 @@ class HttpGuard:
         await self.app(scope, replay, send)
 
     async def upload(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
-        """Gradio's upload route, behind the checks: same site; on a Space, an allowed user within the cap."""
+        """Gradio's upload route, behind the checks: same site; on a Space, a user who may submit (``may_submit``)
+        within the cap."""
         s = self.settings
         problem = cross_site_problem(s, headers) if s is not None else "this app takes no uploads now"
         if problem:
@@ -201,7 +202,7 @@ class HttpGuard:
         if access.user is None:
             await refuse(scope, send, 401, "Upload refused: sign in with Hugging Face first.")
             return
-        if not (access.allowed or access.owner):
+        if not may_submit(s, access):  # the owner, an allowed user; any signed-in visitor who pays their own way
             await refuse(scope, send, 403, f"Upload refused: {access.user} is not on this Space's allowed users.")
             return
         user = access.user

@@ -11,7 +11,7 @@ from scheduler.diagnostics import PUBLIC_SPACE_WARNING, OfferedModelsCheck
 from scheduler.hardware.base import HardwareState
 from scheduler.output_names import default_output_repo
 from scheduler.status import as_served
-from ui.auth import Access, access_for, visible_tasks
+from ui.auth import Access, access_for, may_submit, visible_tasks
 from ui.context import AppContext
 from ui.form import build_form, hardware_choices, uses_jobs
 from ui.limits import output_namespace
@@ -21,7 +21,7 @@ from ui.results_view import SHOW_EVENT, UserPicks, build_results_view, default_p
 from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_samples, run_values_for
 from ui.settings_view import build_settings_view, owner_values, visibility
 from ui.spend_view import spend_note
-from ui.visitor_submit import may_submit, visitor_banner
+from ui.visitor_submit import visitor_banner
 
 REFRESH_S = 2.0
 #: how often the page of a visitor who may not act (anonymous, not allowed) refreshes: it shows only the hardware line

@@ -41,11 +41,6 @@ VISITOR_JOBS_INFO = ("Your task trains as a Hugging Face Job in your own account
                      "(it needs a positive balance); this Space stays on CPU.")  # fmt: skip
 
 
-def may_submit(settings: Any, access: Access) -> bool:
-    """Whether ``access`` may press Train: any signed-in visitor when visitors pay, else the allowed users."""
-    return access.user is not None if getattr(settings, "visitor_pays", False) else access.allowed
-
-
 def visitor_banner(settings: Any, access: Access, oauth: gr.OAuthToken | None) -> str:
     """The page's banner in the visitor-pays mode: who pays and, when the sign-in lacks a scope, what to do (one
     whoami request for a signed-in visitor)."""
