@@ -37,6 +37,7 @@ from scheduler.backends.jobs_runner import (
     job_refusal,
     job_view,
     labelled_jobs,
+    read_jobs_prices,
     refusal_note,
     run_or_adopt,
     space_label,
@@ -46,7 +47,7 @@ from scheduler.retry import RetryPolicy, call_with_retries, http_status
 from scheduler.spending import job_timeout_s
 from scheduler.stored import queue_checker
 from scheduler.task import Task, TaskStatus
-from scheduler.visitor_token import VisitorToken, fix_for, missing_scopes, task_fits_token
+from scheduler.visitor_token import VisitorToken, fitted_deadline, fix_for, missing_scopes, task_fits_token
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ class VisitorView:
 
     tasks: tuple[Task, ...]
     jobs: tuple[JobView, ...]
+
+
+def visitor_prices(settings: Settings) -> dict[str, object]:
+    """The Hub's public Jobs prices read anonymously (nobody's token is needed for a price list), as the worker's
+    status fields ``job_prices`` and ``job_prices_source``: a visitor's estimate is at the price they pay."""
+    prices, source = read_jobs_prices(HfApi(endpoint=settings.hf_endpoint, token=False))
+    return {"job_prices": prices, "job_prices_source": source}
 
 
 def visitor_queue_repo(username: str) -> str:
@@ -115,19 +123,23 @@ def visitor_queue(token: str, visitor: VisitorToken, settings: Settings) -> HubQ
 
 
 def submit(token: str, visitor: VisitorToken, settings: Settings, task: Task, images: Sequence[Path], *,
-           now: float | None = None) -> Task:  # fmt: skip
+           now: float | None = None, needed_s: float | None = None) -> Task:  # fmt: skip
     """Enqueue ``task`` with its ``images`` in the visitor's queue repo (created private if missing).
 
     The task is the visitor's (``submitted_by``) and its model goes to a private repo in their namespace (a default
-    name when ``output_repo`` is empty). Raises ``VisitorRefused`` when the sign-in lacks ``contribute-repos``,
-    when the task would outlive the sign-in, when ``output_repo`` is in another namespace, or when the visitor
-    already has ``settings.max_queued_per_user`` tasks queued or running."""
+    name when ``output_repo`` is empty). A task that would outlive the sign-in gets a shorter deadline when the run's
+    expected ``needed_s`` seconds fit with room (``fitted_deadline``). Raises ``VisitorRefused`` when the sign-in
+    lacks ``contribute-repos``, when the task cannot fit the sign-in, when ``output_repo`` is in another namespace,
+    or when the visitor already has ``settings.max_queued_per_user`` tasks queued or running."""
     missing = missing_scopes(visitor, ("contribute-repos",))
     if missing:
         raise VisitorRefused("Your sign-in may not create the repos that hold your photos and model.", fix_for(missing))
-    late = task_fits_token(task.deadline_s, visitor, time.time() if now is None else now)
-    if late is not None:
+    now = time.time() if now is None else now
+    fitted = fitted_deadline(task.deadline_s, visitor, now, needed_s) if needed_s is not None else None
+    late = task_fits_token(task.deadline_s, visitor, now)
+    if late is not None and fitted is None:
         raise VisitorRefused("The task would outlive your sign-in.", late)
+    task.deadline_s = fitted or task.deadline_s
     name = visitor.username
     task.submitted_by = name
     if not task.output_repo:

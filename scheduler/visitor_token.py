@@ -159,3 +159,17 @@ def longest_deadline_s(token: VisitorToken, now: float, step_s: float = 60.0) ->
     while task_fits_token(deadline, token, now) is None:
         best, deadline = deadline, deadline + step_s
     return best
+
+
+#: a deadline shortened to fit a sign-in leaves at least this long, and twice the run's expected time
+MIN_FITTED_DEADLINE_S = 15 * 60.0
+
+
+def fitted_deadline(deadline_s: float, token: VisitorToken, now: float, needed_s: float) -> float | None:
+    """The deadline a visitor's task gets: ``deadline_s`` when it fits the token (``task_fits_token``); else the
+    longest that does, when that still leaves the run twice its expected ``needed_s`` seconds (and at least
+    ``MIN_FITTED_DEADLINE_S``): a short run should not be refused for a long default deadline. None: it cannot fit."""
+    if task_fits_token(deadline_s, token, now) is None:
+        return deadline_s
+    longest = longest_deadline_s(token, now)
+    return longest if longest >= max(2.0 * needed_s, MIN_FITTED_DEADLINE_S) else None

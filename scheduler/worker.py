@@ -52,6 +52,7 @@ from scheduler.trainer_process import (
     task_spec,
     trainer_command,
 )
+from scheduler.visitor_queue import visitor_prices
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class Worker:
         self._tasks: list[Task] = []  # the queue's tasks, as last read while training (the cap's stop)
         self._in_job = False  # ``run_one`` inside a Job: the Space records the Job's period, claims bill nothing
         self._jobs = None
+        self._visitor_prices_read = False
         if dispatch_jobs and getattr(settings, "uses_jobs", False):  # TRAINING_BACKEND=jobs: the Space dispatches Jobs
             from scheduler.backends.jobs_runner import JobsRunner
 
@@ -196,6 +198,9 @@ class Worker:
         if self._jobs is not None:
             return self._jobs_step()
         snap, requests = self.snapshot()
+        if getattr(self.settings, "visitor_pays", False) and not self._visitor_prices_read:  # their form's estimate
+            self._visitor_prices_read, requests = True, requests + 1
+            self.status.update(**visitor_prices(self.settings))
         action = decide(snap)
         described = f"{action.kind.value}: {action.reason}".strip(": ")
         if action.kind is not ActionKind.WAIT or described != self._last_logged:

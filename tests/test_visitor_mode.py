@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
@@ -22,8 +23,11 @@ from starlette.requests import Request as StarletteRequest
 
 from app import App, create_app
 from contract.settings import SettingsError, load_settings
+from scheduler.queue.hub import HubQueue
+from scheduler.spending import job_timeout_s
 from scheduler.task import TaskStatus
 from scheduler.visitor_queue import visitor_queue_repo
+from scheduler.visitor_token import VisitorToken, read_visitor_token, task_fits_token
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
 from tests.tiny_models import make_images
 
@@ -42,6 +46,11 @@ def visitor(hub, scopes=FULL, expires_in: float = 8 * 3600) -> Visitor:
     name, token = f"vm{uuid.uuid4().hex[:8]}", f"hf_oauth_fake_{uuid.uuid4().hex}"
     expires_at = hub.add_oauth_user(name, token, scopes=scopes, expires_in=expires_in)
     return Visitor(name, token, " ".join(scopes), expires_at)
+
+
+def read_token(hub, v: Visitor) -> VisitorToken:
+    """``v``'s sign-in as the app reads it (scopes and expiry checked with whoami)."""
+    return read_visitor_token(SimpleNamespace(token=v.token, scope=v.scope, expires_at=v.expires_at), endpoint=hub.url)
 
 
 def session_of(v: Visitor | None) -> dict:
@@ -263,7 +272,36 @@ def test_a_hub_that_fails_the_visitors_commit_gets_an_answer_and_no_job(hub, ope
 
 @pytest.mark.slow
 def test_a_task_that_would_outlive_the_sign_in_is_refused_with_the_reason(hub, open_space, tmp_path):
-    v = visitor(hub, expires_in=1800)  # the default TASK_DEADLINE_S is 3 h
+    v = visitor(hub, expires_in=1200)  # the default TASK_DEADLINE_S is 3 h, and 20 min leave no 15-min deadline
     answer = train(open_space, tmp_path, v)
     assert answer.startswith("**Nothing was queued") and "would outlive your sign-in" in answer
     assert "hf_oauth_expiration_minutes" in answer and hub.jobs(v.name) == []
+
+
+@pytest.mark.slow
+def test_a_short_run_gets_a_deadline_that_ends_before_the_sign_in_does(hub, open_space, tmp_path):
+    """A 4-step run (minutes) under a sign-in with an hour left is not refused for the 3-h default deadline: it gets
+    the longest deadline that fits, its Job's platform timeout follows it, and the answer says so."""
+    v = visitor(hub, expires_in=3600)
+    answer = train(open_space, tmp_path, v)
+    assert "deadline is" in answer and "before your sign-in expires" in answer, answer
+    (task,) = HubQueue(HfApi(endpoint=hub.url, token=v.token), visitor_queue_repo(v.name)).list()
+    assert task.deadline_s < open_space.settings.deadline_s
+    assert task_fits_token(task.deadline_s, read_token(hub, v), time.time()) is None
+    (job,) = hub.jobs(v.name)
+    assert job["timeoutSeconds"] == job_timeout_s(task.deadline_s), job
+
+
+def test_the_estimate_is_at_the_hubs_jobs_price_read_once_by_the_space(hub, open_space):
+    """The price list is read once by the Space's loop (anonymously: nobody's token is needed for it), and each
+    visitor's estimate says it is the Hub's Jobs price, the one they pay."""
+    v = visitor(hub)
+    hub.clear_requests()
+    for _ in range(2):
+        open_space.worker.step()
+    assert len(hub.requests("GET", r"^/api/jobs/hardware$")) == 1
+    assert open_space.worker.status.view().job_prices_source.startswith("list_jobs_hardware")
+    estimate = next(f.fn for f in open_space.demo.fns.values() if getattr(f.fn, "__name__", "") == "on_estimate")
+    values = [40, "t4-small", "dreambooth-lora", 512, "", open_space.settings.base_models[0], False, False, None]
+    text = "".join(run_handler(open_space.demo, None, values, v, fn=estimate))  # one Markdown string
+    assert "as a Hugging Face Job on Nvidia T4 small ($0.40/h)" in text and "the Hub's Jobs prices" in text, text

@@ -21,7 +21,9 @@ from scheduler.visitor_token import VisitorToken, VisitorTokenError, fix_for, mi
 from training.base_check import probe_base_model
 from ui.auth import Access, access_for, require_same_site
 from ui.context import AppContext
+from ui.estimate import format_duration
 from ui.fit_check import check_fit
+from ui.form_estimate import form_estimate
 from ui.submission import (
     CAPTIONS_FIELD,
     SubmitOutcome,
@@ -97,13 +99,24 @@ def visitor_submit(ctx: AppContext, files: Any, values: dict[str, Any], profile:
     if problems or fits.problem:
         return SubmitOutcome(nothing_queued([*problems, *([fits.problem] if fits.problem else [])]))
     try:
-        task = vq.submit(token, visitor, s, task, uploads)
+        task = vq.submit(token, visitor, s, task, uploads, needed_s=expected_s(ctx, task))
     except vq.VisitorRefused as exc:
         return _refused(f"{exc.reason} {exc.fix}")
     except Exception as exc:  # noqa: BLE001 - the Hub's failure is told; the message never holds the token
         return _refused(f"The Hub did not take your task ({_why(exc)}); nothing was started. Try again.")
     remove_uploads(ctx.uploads.take(getattr(request, "session_hash", None), uploads))
-    return SubmitOutcome(queued_answer(task, visitor, _dispatch(token, visitor, ctx, task)), task=task)
+    return SubmitOutcome(queued_answer(task, visitor, _dispatch(token, visitor, ctx, task), s.deadline_s), task=task)
+
+
+def expected_s(ctx: AppContext, task: Task) -> float:
+    """The run's expected seconds as the form's estimate says them (training, start-up and upload, scoring,
+    captions): a deadline shortened to fit the visitor's sign-in leaves it room (``fitted_deadline``)."""
+    p = task.params
+    photos = task.images.count if task.images else 0
+    est = form_estimate(ctx, int(p.get("steps") or 0), task.hardware, task.recipe, int(p.get("resolution") or 512),
+                        bool(task.class_prompt), task.base_model,
+                        captioned_photos=photos if p.get(CAPTIONS_FIELD) else 0)  # fmt: skip
+    return est.total_s
 
 
 def _why(exc: BaseException) -> str:
@@ -119,8 +132,9 @@ def _dispatch(token: str, visitor: VisitorToken, ctx: AppContext, task: Task) ->
         return vq.Dispatched(task.id, note=f"{exc.reason} {exc.fix}")
 
 
-def queued_answer(task: Task, visitor: VisitorToken, sent: vq.Dispatched) -> str:
-    """What the visitor is told: their task, its Job (or why it waits and the fix), their model repo."""
+def queued_answer(task: Task, visitor: VisitorToken, sent: vq.Dispatched, deadline_s: float) -> str:
+    """What the visitor is told: their task, its Job (or why it waits and the fix), a deadline shortened from the
+    Space's ``deadline_s`` to fit their sign-in, their model repo."""
     count = task.images.count if task.images else 0
     head = (f"**Task `{task.id}` queued** with {count} photo{'' if count == 1 else 's'} in your private repo "
             f"{md_code(vq.visitor_queue_repo(visitor.username))}.")  # fmt: skip
@@ -128,4 +142,7 @@ def queued_answer(task: Task, visitor: VisitorToken, sent: vq.Dispatched) -> str
         job = f" It trains as Hugging Face Job `{sent.job_id}` in your account ({task.hardware}), billed to your credit."
     else:
         job = f" **Its Job was not started.** {sent.note or ''}"
+    if task.deadline_s < deadline_s:
+        job += (f" Its deadline is {format_duration(task.deadline_s)} instead of {format_duration(deadline_s)}, so that "
+                "it ends before your sign-in expires.")  # fmt: skip
     return f"{head}{job}\n\nYour model goes to the private repo {md_code(task.output_repo)}."

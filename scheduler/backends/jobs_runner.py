@@ -138,6 +138,18 @@ def run_or_adopt(api: HfApi, *, namespace: str, match: dict[str, str], **spec: A
     return api.run_job(namespace=namespace, **spec), True
 
 
+def read_jobs_prices(api: HfApi, call: Callable[[Callable[[], Any]], Any] = lambda fn: fn()) -> tuple[dict[str, float], str]:
+    """USD per hour per flavor from the Hub's public ``list_jobs_hardware`` (through ``call``: retries), and where the
+    figures come from; a failure keeps ``contract.flavors``' fallback table (prices are an estimate)."""
+    try:
+        rows = [{"name": h.name, "unit_cost_usd": h.unit_cost_usd, "unit_label": h.unit_label}
+                for h in call(api.list_jobs_hardware)]  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - prices are an estimate: keep the fallback table
+        log.warning("list_jobs_hardware failed (%s); using the fallback price table", exc)
+        rows = None
+    return jobs_prices(rows)
+
+
 def job_command(python: str, task_id: str, holder: str) -> list[str]:
     """The in-Job entry point (``scheduler.cli`` ``run-task``) run by ``python``."""
     return [python, "-u", "-m", "scheduler", "run-task", task_id, "--holder", holder]
@@ -244,13 +256,7 @@ class JobsRunner:
     def read_prices(self) -> dict[str, float]:
         """USD per hour per flavor from ``list_jobs_hardware`` (fallback: ``contract.flavors``), read once."""
         if not self.prices:
-            try:
-                rows = [{"name": h.name, "unit_cost_usd": h.unit_cost_usd, "unit_label": h.unit_label}
-                        for h in self._hub(self.api.list_jobs_hardware)]  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 - prices are an estimate: keep the fallback table
-                log.warning("list_jobs_hardware failed (%s); using the fallback price table", exc)
-                rows = None
-            self.prices, self.prices_source = jobs_prices(rows)
+            self.prices, self.prices_source = read_jobs_prices(self.api, self._hub)
         return self.prices
 
     def snapshot(self) -> tuple[JobsSnapshot, int]:

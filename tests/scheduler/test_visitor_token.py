@@ -13,9 +13,11 @@ from huggingface_hub import HfApi
 
 from scheduler.spending import start_worst_s
 from scheduler.visitor_token import (
+    MIN_FITTED_DEADLINE_S,
     REQUIRED_SCOPES,
     VisitorToken,
     VisitorTokenError,
+    fitted_deadline,
     fix_for,
     from_whoami,
     longest_deadline_s,
@@ -126,3 +128,15 @@ def test_the_longest_deadline_that_fits():
     assert task_fits_token(best, vt, now) is None and task_fits_token(best + 60, vt, now) is not None
     assert longest_deadline_s(VisitorToken("v", vt.scopes, now + 30), now) == 0.0
     assert longest_deadline_s(VisitorToken("v", vt.scopes, None), now) == 0.0
+
+
+def test_a_deadline_too_long_for_the_sign_in_is_shortened_only_when_the_run_still_has_room():
+    now = 7_000.0
+    hour = VisitorToken("v", frozenset(REQUIRED_SCOPES), now + HOUR)
+    assert fitted_deadline(10 * 60, hour, now, needed_s=60) == 10 * 60  # fits: unchanged
+    shorter = fitted_deadline(3 * HOUR, hour, now, needed_s=6 * 60)
+    assert shorter == longest_deadline_s(hour, now) and MIN_FITTED_DEADLINE_S <= shorter < 3 * HOUR
+    assert fitted_deadline(3 * HOUR, hour, now, needed_s=shorter / 2 + 1) is None  # less than twice the run
+    twenty = VisitorToken("v", hour.scopes, now + 20 * 60)  # what fits is under the 15-min floor
+    assert fitted_deadline(3 * HOUR, twenty, now, needed_s=60) is None
+    assert fitted_deadline(3 * HOUR, VisitorToken("v", hour.scopes, None), now, needed_s=60) is None
