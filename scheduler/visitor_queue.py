@@ -100,7 +100,7 @@ def visitor_settings(settings: Settings, visitor: VisitorToken) -> Settings:
                                output_namespace=name, hf_token=None)  # fmt: skip
 
 
-def _api(token: str, visitor: VisitorToken, settings: Settings) -> HfApi:
+def visitor_api(token: str, visitor: VisitorToken, settings: Settings) -> HfApi:
     """A client for this one call; a missing or expired sign-in is refused before any request."""
     if not token:
         raise VisitorRefused("You are not signed in.", "Sign in with Hugging Face, then try again.")
@@ -109,17 +109,27 @@ def _api(token: str, visitor: VisitorToken, settings: Settings) -> HfApi:
     return HfApi(endpoint=settings.hf_endpoint, token=token)
 
 
-def _retry(settings: Settings) -> RetryPolicy:
+def retry_policy(settings: Settings) -> RetryPolicy:
+    """How the visitor's Hub calls are retried (transient failures only)."""
     return RetryPolicy(base_s=settings.retry_base_s, max_s=max(settings.retry_base_s * 8, 0.01))
 
 
 def visitor_queue(token: str, visitor: VisitorToken, settings: Settings) -> HubQueue:
     """The visitor's queue, read and written with their token (the repo is created on the first write)."""
     own = visitor_settings(settings, visitor)
-    queue = HubQueue(_api(token, visitor, settings), own.queue_repo or "", retry=_retry(settings),
+    queue = HubQueue(visitor_api(token, visitor, settings), own.queue_repo or "", retry=retry_policy(settings),
                      keep_photos=settings.keep_photos)  # fmt: skip
     queue.vet = queue_checker(queue, own)
     return queue
+
+
+def require_room(queue: HubQueue, settings: Settings) -> None:
+    """``VisitorRefused`` when the visitor already has ``settings.max_queued_per_user`` tasks queued or running."""
+    live = [t for t in queue.list() if t.status in (TaskStatus.PENDING, TaskStatus.RUNNING)]
+    if len(live) >= settings.max_queued_per_user:
+        raise VisitorRefused(f"You already have {len(live)} queued or running task(s); the limit is "
+                             f"{settings.max_queued_per_user} (MAX_QUEUED_PER_USER).",
+                             "Wait for one to finish or cancel one.")  # fmt: skip
 
 
 def submit(token: str, visitor: VisitorToken, settings: Settings, task: Task, images: Sequence[Path], *,
@@ -150,11 +160,7 @@ def submit(token: str, visitor: VisitorToken, settings: Settings, task: Task, im
         raise VisitorRefused(f"The model repo {task.output_repo} is not in your account.",
                              f"Choose a name under {name}/.")  # fmt: skip
     queue = visitor_queue(token, visitor, settings)
-    live = [t for t in queue.list() if t.status in (TaskStatus.PENDING, TaskStatus.RUNNING)]
-    if len(live) >= settings.max_queued_per_user:
-        raise VisitorRefused(f"You already have {len(live)} queued or running task(s); the limit is "
-                             f"{settings.max_queued_per_user} (MAX_QUEUED_PER_USER).",
-                             "Wait for one to finish or cancel one.")  # fmt: skip
+    require_room(queue, settings)
     queue.ensure_repo()
     stored = queue.enqueue(task, images)
     log.info("visitor task %s queued in %s", stored.id, queue.repo_id)
@@ -193,7 +199,7 @@ def dispatch(token: str, visitor: VisitorToken, settings: Settings, task_id: str
     late = task_fits_token(task.deadline_s, visitor, time.time() if now is None else now)
     if late is not None:
         return _note(queue, task, f"Job for {task.hardware} not started: {late}")
-    api, name = _api(token, visitor, settings), visitor.username
+    api, name = visitor_api(token, visitor, settings), visitor.username
     holder = f"job:{uuid.uuid4().hex[:12]}"
     match = {LABEL_SPACE: space_label(settings.space_id), LABEL_TASK: task.id}
     labels = {**match, LABEL_HOLDER: holder, LABEL_BILLING: BILLED_TO_VISITOR}
@@ -204,7 +210,7 @@ def dispatch(token: str, visitor: VisitorToken, settings: Settings, task_id: str
                                  command=job_command(python, task.id, holder), env=job_env(own),
                                  secrets={"HF_TOKEN": token}, flavor=task.hardware,
                                  timeout=job_timeout_s(task.deadline_s), labels=labels),
-            _retry(settings),
+            retry_policy(settings),
         )  # fmt: skip
     except Exception as exc:
         refused = visitor_refusal(exc, task.hardware, visitor)
@@ -220,9 +226,9 @@ def dispatch(token: str, visitor: VisitorToken, settings: Settings, task_id: str
 
 def visitor_jobs(token: str, visitor: VisitorToken, settings: Settings) -> list[JobView]:
     """This Space's Jobs in the visitor's namespace (by label, with their token)."""
-    api = _api(token, visitor, settings)
+    api = visitor_api(token, visitor, settings)
     labels = {LABEL_SPACE: space_label(settings.space_id or "")}
-    found = call_with_retries(lambda: labelled_jobs(api, visitor.username, labels), _retry(settings))
+    found = call_with_retries(lambda: labelled_jobs(api, visitor.username, labels), retry_policy(settings))
     return [v for j in found if (v := job_view(j)) is not None]
 
 
@@ -234,12 +240,13 @@ def list_visitor(token: str, visitor: VisitorToken, settings: Settings) -> Visit
 
 def cancel(token: str, visitor: VisitorToken, settings: Settings, task_id: str) -> Task:
     """Cancel the visitor's task and every alive Job of it in their namespace."""
-    api = _api(token, visitor, settings)
+    api = visitor_api(token, visitor, settings)
     queue = visitor_queue(token, visitor, settings)
+    queue.get(task_id)  # TaskNotFound before any write: an id not in their queue creates no repo
     task = queue.cancel(task_id)
     for job in visitor_jobs(token, visitor, settings):
         if job.task_id == task_id and job.alive:
             call_with_retries(lambda j=job: api.cancel_job(job_id=j.job_id, namespace=visitor.username),
-                              _retry(settings))  # fmt: skip
+                              retry_policy(settings))  # fmt: skip
             log.info("visitor task %s: cancelled Job %s", task_id, job.job_id)
     return task

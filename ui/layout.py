@@ -22,6 +22,7 @@ from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_sam
 from ui.settings_view import build_settings_view, owner_values, visibility
 from ui.spend_view import spend_note
 from ui.visitor_submit import visitor_banner
+from ui.visitor_tasks import build_visitor_tasks
 
 REFRESH_S = 2.0
 #: how often the page of a visitor who may not act (anonymous, not allowed) refreshes: it shows only the hardware line
@@ -81,6 +82,8 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
                 form = build_form(ctx)
             with gr.Tab("Queue", id="queue"):
                 queue = build_queue_view(ctx)
+                if getattr(ctx.settings, "visitor_pays", False):  # a visitor's own tasks, read with their token
+                    build_visitor_tasks(ctx, demo, after=[form.message])
             with gr.Tab("Run", id="run"):
                 run = build_run_view(jobs=uses_jobs(ctx))
                 open_results = gr.Button("See the last finished task's results", size="sm", visible=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -107,8 +107,8 @@ def visitor_html(access: Access, visitors_pay: bool = False) -> str:
     visitors pay (``BILLING=visitor``), where a signed-in visitor's own tasks and Jobs are."""
     if visitors_pay and access.user is not None:
         text = (f"Your tasks and their Jobs are in your own account: the private dataset repo "
-                f"{visitor_queue_repo(access.user)} and your Jobs page on Hugging Face. This page does not list them "
-                "yet.")  # fmt: skip
+                f"{visitor_queue_repo(access.user)} and your Jobs page on Hugging Face. They are listed under "
+                "\"Your tasks\" below (Refresh updates them).")  # fmt: skip
     elif access.user is None:
         text = "Sign in with Hugging Face (top right) as an allowed user to see, cancel and retry your tasks."
     else:
@@ -239,21 +239,28 @@ RESULT = HEADERS.index("Result")
 
 def table_html(tasks: list[Task], local: bool, endpoint: str = DEFAULT_ENDPOINT, now: float | None = None,
                periods: Sequence[GpuPeriod] = (), prices: dict[str, float] | None = None,
-               hide_holds: bool = False) -> str:  # fmt: skip
+               hide_holds: bool = False, jobs: Mapping[str, str] | None = None,
+               caption: str = "Tasks (newest first)") -> str:  # fmt: skip
     """The queue as an HTML table, newest first. Every value is escaped (prompts and notes are user input); only
-    Hub URLs become links. Costs come from the GPU ``periods`` (see ``cost_usd``)."""
+    Hub URLs become links. Costs come from the GPU ``periods`` (see ``cost_usd``). ``jobs``: a Job column before
+    the note (task id -> its text; "-" for a task it does not name)."""
     if not tasks:
         return EMPTY_HTML
     ordered = sorted(tasks, key=lambda t: t.created_at, reverse=True)
-    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in HEADERS)
+    headers, classes = HEADERS, CELL_CLASSES
+    if jobs is not None:
+        headers, classes = [*HEADERS[:-1], "Job", HEADERS[-1]], [*CELL_CLASSES[:-1], "q-job", CELL_CLASSES[-1]]
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in headers)
     body = []
     for task, cells in zip(ordered, rows(tasks, local, now, periods, prices, hide_holds), strict=True):
+        if jobs is not None:
+            cells = [*cells[:-1], jobs.get(task.id, "-"), cells[-1]]
         tds = []
-        for i, (header, cls, value) in enumerate(zip(HEADERS, CELL_CLASSES, cells, strict=True)):
+        for i, (header, cls, value) in enumerate(zip(headers, classes, cells, strict=True)):
             html = result_cell(task, endpoint) if i == RESULT else html_text(value)  # controls made visible
             tds.append(f'<td class="{cls}" data-label="{escape(header)}">{html}</td>')
         body.append(f'<tr data-task="{escape(task.id)}">{"".join(tds)}</tr>')
-    return (f'<table class="queue-table"><caption>Tasks (newest first)</caption><thead><tr>{head}</tr></thead>'
+    return (f'<table class="queue-table"><caption>{html_text(caption)}</caption><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table>')  # fmt: skip
 
 

@@ -191,6 +191,35 @@ def job_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def job_log_tail(api: HfApi, namespace: str, job_id: str, token: str | None,
+                 lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:  # fmt: skip
+    """A Job's last log lines with ``token`` masked; () when the logs cannot be read (they only explain)."""
+    try:
+        got = list(api.fetch_job_logs(job_id=job_id, namespace=namespace, follow=False, tail=lines))
+    except Exception as exc:  # noqa: BLE001 - logs are a view: never let them stop the caller
+        log.info("logs of Job %s unavailable: %s", job_id, exc)
+        return ()
+    return tuple(redact(str(line).rstrip("\n"), [token]) for line in got[-lines:])
+
+
+def apply_follow_up(action: JobAction, queue: TaskQueue, cancel_job: Callable[[str], Any], now: float) -> bool:
+    """Carry out one of ``decide_jobs``' follow-up actions: CANCEL_JOB (``cancel_job(job_id)``), REQUEUE and FAIL
+    (the queue's change, matched to the action's lease holder), REQUEUE_EXPIRED (at ``now``). False for any other
+    kind (nothing done)."""
+    kind = action.kind
+    if kind is JobActionKind.CANCEL_JOB:
+        cancel_job(action.job_id or "")
+    elif kind is JobActionKind.REQUEUE:
+        queue.requeue(action.task_id or "", action.holder or "", action.reason)
+    elif kind is JobActionKind.FAIL:
+        queue.fail(action.task_id or "", action.holder, action.reason)
+    elif kind is JobActionKind.REQUEUE_EXPIRED:
+        queue.requeue_expired(now)
+    else:
+        return False
+    return True
+
+
 class JobsRunner:
     """Runs the queue's tasks as Hugging Face Jobs for the Space of ``settings`` (``TRAINING_BACKEND=jobs``)."""
 
@@ -236,13 +265,7 @@ class JobsRunner:
 
     def log_tail(self, job_id: str, lines: int = LOG_TAIL_LINES) -> tuple[str, ...]:
         """The Job's last log lines, token masked; () when the logs cannot be read (they only feed the UI)."""
-        try:
-            got = list(self.api.fetch_job_logs(job_id=job_id, namespace=self.namespace, follow=False, tail=lines))
-        except Exception as exc:  # noqa: BLE001 - logs are a view: never let them stop the loop
-            log.info("logs of Job %s unavailable: %s", job_id, exc)
-            return ()
-        text = [redact(str(line).rstrip("\n"), [self.settings.hf_token]) for line in got[-lines:]]
-        return tuple(text)
+        return job_log_tail(self.api, self.namespace or "", job_id, self.settings.hf_token, lines)
 
     def _cached_tail(self, view: JobView, now: float) -> tuple[tuple[str, ...], int]:
         """The Job's log tail: read once after it ended, at most every ``LOG_REFRESH_S`` while it runs."""
@@ -332,16 +355,10 @@ class JobsRunner:
         if kind is JobActionKind.DISPATCH:
             task = next(t for t in snap.tasks if t.id == action.task_id)
             return self.dispatch(task, stop_at=action.stop_at, timeout_s=action.timeout_s)
-        if kind is JobActionKind.CANCEL_JOB:
-            self._hub(lambda: self.api.cancel_job(job_id=action.job_id or "", namespace=self.namespace))
-            self.status.update(message=f"Cancelled Job {action.job_id}: {action.reason}")
-            return 1
-        if kind is JobActionKind.REQUEUE:
-            self.queue.requeue(action.task_id or "", action.holder or "", action.reason)
-        elif kind is JobActionKind.FAIL:
-            self.queue.fail(action.task_id or "", action.holder, action.reason)
-        elif kind is JobActionKind.REQUEUE_EXPIRED:
-            self.queue.requeue_expired(self._clock())
+        if apply_follow_up(action, self.queue, self.cancel_job, self._clock()):
+            if kind is JobActionKind.CANCEL_JOB:
+                self.status.update(message=f"Cancelled Job {action.job_id}: {action.reason}")
+                return 1
         elif kind is JobActionKind.RECORD_COST:
             job = next(j for j in snap.jobs if j.job_id == action.job_id)
             self.record_cost(job, snap.now, next((t.submitted_by for t in snap.tasks if t.id == job.task_id), None))
@@ -353,6 +370,9 @@ class JobsRunner:
         return 1
 
     # ------------------------------------------------------------------------------------------- actions
+    def cancel_job(self, job_id: str) -> None:
+        self._hub(lambda: self.api.cancel_job(job_id=job_id, namespace=self.namespace))
+
     def job_env(self) -> dict[str, str]:
         """The non-secret settings a Job needs to claim, train and complete its task like this Space would."""
         return job_env(self.settings)
