@@ -62,6 +62,7 @@ def test_two_visitors_train_on_their_own_credit_and_each_page_shows_only_its_vis
                 page.goto(url)
                 expect(page.get_by_text(f"Signed in as {name}.")).to_be_visible(timeout=30_000)
                 expect(page.get_by_text("on their own Hugging Face Jobs credit")).to_be_visible()
+                expect(page.locator("#hardware")).to_contain_text("each visitor trains as a Hugging Face Job")
                 expect(page.locator("#estimate")).to_contain_text("as a Hugging Face Job", timeout=30_000)
                 fill_form(page, make_images(tmp_path / who, 3, size=96), f"a photo of sks {who}", steps=2)
                 pages[who] = page
@@ -86,6 +87,14 @@ def test_two_visitors_train_on_their_own_credit_and_each_page_shows_only_its_vis
                 assert [p["namespace"] for p in hub.jobs_ledger(name)] == [name]
                 other = next(n for n in visitors.values() if n[0] != name)
                 page = pages[who]
+                page.get_by_role("tab", name="Queue").click()  # "Your tasks": read with this visitor's token
+                page.get_by_role("button", name="Refresh", exact=True).click()
+                mine = page.locator("#visitor-tasks")
+                expect(mine).to_contain_text(task.id, timeout=30_000)
+                expect(mine).to_contain_text("DONE")
+                expect(mine).to_contain_text(hub.jobs(name)[0]["id"])  # its Job, read from the visitor's namespace
+                expect(mine.get_by_role("link", name=task.output_repo)).to_be_visible()
+                shot(page, f"visitor-{who}-your-tasks")
                 for text in (other[0], other[1], token, ALICE_TOKEN):  # neither the other visitor nor any token
                     assert text not in page.content(), text
             assert len(hub.jobs("alice")) == owner_jobs  # the owner paid nothing
