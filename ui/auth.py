@@ -62,6 +62,16 @@ def access_for(settings, profile: gr.OAuthProfile | None) -> Access:
     return Access(user=user, allowed=owner or user in settings.allowed_users, owner=owner)
 
 
+#: what the Run and Results tabs tell a signed-in visitor when visitors pay: their runs are theirs, not this Space's
+VISITOR_RUNS_ELSEWHERE = ("Your runs train as Hugging Face Jobs in your own account: see **Queue → Your tasks** for "
+                          "their state and model repo, and your Jobs page on Hugging Face for their logs.")  # fmt: skip
+
+
+def not_allowed_prompt(settings, access: Access, prompt: str) -> str:
+    """``prompt`` (sign in as an allowed user ...), or where a signed-in visitor's own runs are when visitors pay."""
+    return VISITOR_RUNS_ELSEWHERE if access.user and getattr(settings, "visitor_pays", False) else prompt
+
+
 def may_submit(settings, access: Access) -> bool:
     """Whether ``access`` may upload photos and press Train: any signed-in visitor when visitors pay for their own
     training (``BILLING=visitor``), else the owner and the allowed users."""

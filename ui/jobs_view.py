@@ -24,7 +24,7 @@ from scheduler.backends.jobs_runner import gpu_seconds_in_day
 from scheduler.redact import redact
 from scheduler.status import StatusData
 from scheduler.task import Task, TaskStatus
-from ui.auth import Access
+from ui.auth import Access, not_allowed_prompt
 from ui.estimate import format_duration, jobs_price, price_source_text
 from ui.results_view import results_pointer
 from ui.scores_view import latest_scores
@@ -206,7 +206,7 @@ def jobs_panels(access: Access, status: StatusData, visible: Sequence[Task], set
                 now: float | None = None) -> tuple[str, str]:  # fmt: skip
     """(Markdown summary, HTML panels) of the Run tab in Jobs mode as ``access`` may see it."""
     if not (access.owner or access.allowed):
-        return SIGN_IN_PROMPT, EMPTY_PANELS
+        return not_allowed_prompt(settings, access, SIGN_IN_PROMPT), EMPTY_PANELS
     now = time.time() if now is None else now
     running = running_tasks(status, visible)
     summary = summary_text(status, settings, len(running), now, access.owner)

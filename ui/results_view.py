@@ -35,7 +35,7 @@ from contract.settings import DEFAULT_ENDPOINT
 from contract.text import md_code, md_text, printable
 from scheduler.task import Task, TaskStatus
 from training.metrics import METRICS_NAME, downsample  # torch-free
-from ui.auth import Access, access_for, visible_tasks
+from ui.auth import Access, access_for, not_allowed_prompt, visible_tasks
 from ui.captions_view import captions_from_folder, captions_from_repo, captions_markdown
 from ui.context import AppContext
 from ui.estimate import format_duration
@@ -470,6 +470,8 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
 
     def show(task_id: str | None, profile: gr.OAuthProfile | None) -> list[Any]:
         access = access_for(ctx.settings, profile)
+        if not access.allowed and not access.owner:
+            return empty_values(not_allowed_prompt(ctx.settings, access, NOTHING_VISIBLE))
         return results_values_for(cache, access, ctx.worker.status.snapshot().tasks, task_id)
 
     parts = ResultsParts(pick=pick, summary=summary, samples=samples, loss=loss, settings=settings, files=files,

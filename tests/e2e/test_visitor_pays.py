@@ -95,6 +95,10 @@ def test_two_visitors_train_on_their_own_credit_and_each_page_shows_only_its_vis
                 expect(mine).to_contain_text(hub.jobs(name)[0]["id"])  # its Job, read from the visitor's namespace
                 expect(mine.get_by_role("link", name=task.output_repo)).to_be_visible()
                 shot(page, f"visitor-{who}-your-tasks")
+                for tab, box in (("Run", "#run-phase"), ("Results", "#results-summary")):  # where their runs are
+                    page.get_by_role("tab", name=tab).click()
+                    expect(page.locator(box)).to_contain_text("Your runs train as Hugging Face Jobs in your own account",
+                                                              timeout=30_000)  # fmt: skip
                 for text in (other[0], other[1], token, ALICE_TOKEN):  # neither the other visitor nor any token
                     assert text not in page.content(), text
             assert len(hub.jobs("alice")) == owner_jobs  # the owner paid nothing
