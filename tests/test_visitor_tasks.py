@@ -223,3 +223,23 @@ def test_the_handlers_answer_a_cross_site_press_with_an_error(hub, open_space):
     for action in ("my_tasks", "my_cancel", "my_retry"):
         with pytest.raises(gr.Error, match="another site"):
             run_handler(open_space.demo, action, ["x"], v, origin="https://evil.example")
+
+
+def test_a_training_tasks_job_cell_shows_the_progress_of_its_last_heartbeat():
+    """The table's Job cell of a RUNNING task (its Job alive): the heartbeat's step, loss and ETA; an ended Job or a
+    task without a heartbeat shows the id and stage only."""
+    from scheduler.backends.jobs import JobView
+    from ui.visitor_tasks import job_cells
+
+    running = Task(instance_prompt="p", submitted_by="v", base_model="m", params={"steps": 24})
+    running.status = TaskStatus.RUNNING
+    running.progress = {"step": 12, "total": 24, "loss": 0.1234, "eta_s": 120, "steps_per_s": 0.5}
+    quiet = Task(instance_prompt="p", submitted_by="v", base_model="m")
+    quiet.status = TaskStatus.RUNNING
+    jobs = (JobView("j1", running.id, "RUNNING", created_at=1.0), JobView("j2", quiet.id, "RUNNING", created_at=2.0))
+    cells = job_cells(vq.VisitorView((running, quiet), jobs))
+    assert cells[running.id].startswith("j1 RUNNING · 12 / 24 steps · loss 0.1234"), cells
+    assert "ETA 2 min" in cells[running.id]
+    assert cells[quiet.id] == "j2 RUNNING"
+    ended = job_cells(vq.VisitorView((running,), (JobView("j3", running.id, "ERROR", created_at=3.0),)))
+    assert ended[running.id] == "j3 ERROR"

@@ -20,10 +20,12 @@ import gradio as gr
 from contract.text import html_text, md_code, md_text
 from scheduler import visitor_queue as vq
 from scheduler.queue.base import InvalidTransition, TaskNotFound
+from scheduler.task import TaskStatus
 from scheduler.visitor_follow import follow_up, retry
 from scheduler.visitor_token import VisitorToken, VisitorTokenError, read_visitor_token
 from ui.auth import access_for, require_same_site
 from ui.context import AppContext
+from ui.jobs_view import progress_line
 from ui.queue_view import QUEUE_CSS, table_html
 from ui.visitor_submit import _why
 
@@ -45,10 +47,17 @@ class VisitorTasks:
 
 
 def job_cells(view: vq.VisitorView) -> dict[str, str]:
-    """Each task's newest Job as the table shows it: its id and stage."""
+    """Each task's newest Job as the table shows it: its id and stage, and while it trains the progress of the
+    task's last heartbeat in their queue (``12 / 24 steps · loss 0.1234 · ETA 2 min``)."""
+    tasks = {t.id: t for t in view.tasks}
     cells = {}
     for job in sorted(view.jobs, key=lambda j: (j.created_at or 0.0, j.job_id)):
         cells[job.task_id] = f"{job.job_id} {job.stage}"
+        task = tasks.get(job.task_id)
+        if job.alive and task is not None and task.status is TaskStatus.RUNNING and task.progress:
+            p = task.progress
+            steps = f"{p.get('step', 0)} / {p.get('total') or task.params.get('steps') or '?'} steps"
+            cells[job.task_id] += " · " + " · ".join(x for x in (steps, progress_line(task)) if x)
     return cells
 
 
