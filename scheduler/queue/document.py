@@ -239,6 +239,8 @@ def op_retry(doc: QueueDoc, task_id: str, now: float) -> Task:
     if task.images is not None and task.images.removed:
         raise InvalidTransition(f"Cannot retry task {task_id}: its photos were removed from the queue; submit it again.")
     if task.status is TaskStatus.PENDING and task.note:
+        if task.last_error == task.note:  # the hold's reason, not an attempt's error: it holds no more
+            task.last_error = None
         task.note = None  # the owner fixed what held the task back (e.g. added a payment method)
         task.updated_at = now
         return task

@@ -157,6 +157,7 @@ def test_note_holds_a_pending_task_until_retry(queue, tmp_path):
     assert noted.status is TaskStatus.PENDING and not noted.runnable
     cleared = queue.retry(task.id)
     assert cleared.note is None and cleared.runnable
+    assert cleared.last_error is None  # the refusal no longer holds: the queue table shows no stale reason
     queue.claim(task.id, "w1", 60)
     with pytest.raises(InvalidTransition):
         queue.set_note(task.id, "too late")
