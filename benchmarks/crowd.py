@@ -202,6 +202,7 @@ def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argp
     kinds = crowd_kinds(n, args.allowed_share)
     task_id = crowd_run.start_training(space, Path(probe_dir(probe)), args.training) if args.training else None
     rss_before = app.memory_info().rss
+    objects_before = crowd_probe.ask(pid, probe).get("objects") if probe else None
     load_before = os.getloadavg()[0]
     hub.clear_requests()
     mine0, wall0 = cpu_s(me), time.monotonic()
@@ -229,6 +230,7 @@ def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argp
         "rss_mb": {"before": rss_before >> 20, "peak": peak.peak >> 20, "end": rss_end >> 20, "closed": rss_closed >> 20,
                    "closed_gc": asked.get("rss_gc_mb"), "closed_trim": asked.get("rss_trim_mb")},
         "gradio_sessions_closed": asked.get("gradio_sessions"), "owner_lag": lag,
+        "gc_objects": {"before": objects_before, "closed": asked.get("objects")},
         "hub_requests_per_min": round(len(served) * 60 / wall, 1), "hub_requests_top": paths,
         "load_avg_before": round(load_before, 2), "wall_s": round(wall, 1),
         "note": "shared 2-core machine (other sessions' processes too); the crowd's client runs on the same cores",

@@ -3,7 +3,8 @@
 ``probe_env`` writes a ``sitecustomize.py`` that the Space's ``python app.py`` imports at start (its folder first on
 ``PYTHONPATH``); it installs a SIGUSR1 handler. ``ask`` sends the signal and reads the answer: the RSS as it was,
 after ``gc.collect()`` and after glibc's ``malloc_trim(0)`` (memory freed but kept by the allocator: fragmentation
-rather than live objects), and how many browser sessions Gradio's state holder keeps.
+rather than live objects), how many objects the collector tracks and how many browser sessions Gradio's state
+holder keeps.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def report(out: Path) -> None:
     answer: dict[str, Any] = {"rss_mb": rss_mb()}
     gc.collect()
     answer["rss_gc_mb"] = rss_mb()
-    holders = [o for o in gc.get_objects() if type(o).__name__ == "StateHolder"]
+    objects = gc.get_objects()
+    answer["objects"] = len(objects)  # live objects the collector tracks (containers): do closed tabs leave some?
+    holders = [o for o in objects if type(o).__name__ == "StateHolder"]
+    del objects
     answer["gradio_sessions"] = sum(len(getattr(h, "session_data", {})) for h in holders)
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     answer["rss_trim_mb"] = rss_mb()

@@ -195,6 +195,7 @@ def test_a_tiny_level_while_a_run_trains_records_the_owners_lag_and_the_memory(t
     assert 0 < lag["lag_ticks"]["p50"] <= lag["lag_ticks"]["max"] and lag["ticks_missed"]["max"] >= 0
     rss = record["rss_mb"]
     assert 0 < rss["before"] <= rss["peak"] and rss["closed_gc"] > 0 and rss["closed_trim"] > 0, rss
+    assert record["gc_objects"]["before"] > 0 and record["gc_objects"]["closed"] > 0
     # Both tabs closed: Gradio keeps no session of theirs (``ui.sessions.forget_session`` at unload).
     assert record["gradio_sessions_closed"] == 0
 
