@@ -7,12 +7,14 @@ scenarios do: ``tests/faults/space.py``). Each level opens N tabs at once (``ben
 load events, then the timer's tick at the interval the server sets, raw Gradio queue protocol): one the owner's,
 ``--allowed-share`` of them allowed users', the rest anonymous. It ticks for ``--seconds``, closes the tabs and lets
 the app settle. ``--queue-tasks`` seeds the queue with that many finished tasks (the owner's queue table then has
-that many rows).
+that many rows). ``--training STEPS`` trains a run on the Space during each level (``benchmarks/crowd_run.py``) and
+records how many tick periods the owner's tab was behind its trainer.
 
 One JSON line per level is appended to benchmarks/results/crowd-<date>-cpu.jsonl: tick latency p50/p95/max (all
 tabs and per kind), ticks done and dropped, page-load events time, the app's CPU (percent of one core over the tick
-window) and RSS (before, at the end of the level, after the tabs closed), Hub requests per minute, the bytes a tick
-sends, the load average. The benchmark's own client runs on the same machine (its CPU is recorded too): figures
+window) and RSS (before, peak, at the end of the level, after the tabs closed; then after a ``gc.collect()`` and a
+``malloc_trim(0)`` in the app: ``benchmarks/crowd_probe.py``), Hub requests per minute, the bytes a tick sends, the
+load average. The benchmark's own client runs on the same machine (its CPU is recorded too): figures
 from a shared 2-core machine are comparable between runs of one session only.
 """
 
@@ -27,6 +29,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -36,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import crowd_probe, crowd_run  # noqa: E402
 from benchmarks.crowd_tabs import PageEvents, Tab, TabStats  # noqa: E402
 
 TOKEN = "hf_crowd_owner_write"  # a fake token of the emulator's only user
@@ -167,37 +171,76 @@ def cpu_s(process: Any) -> float:
     return times.user + times.system
 
 
-def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argparse.Namespace) -> dict[str, Any]:
+class PeakRss:
+    """The highest RSS of ``process`` while in the ``with`` block (read every half second)."""
+
+    def __init__(self, process: Any) -> None:
+        self.process, self.peak, self._stop = process, process.memory_info().rss, threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(url: str, hub: Any, pid: int, events: PageEvents, n: int, args: argparse.Namespace,
+            space: Any = None, probe: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One level: ``space`` (the ``SpaceRun``) trains a run meanwhile with ``--training``; ``probe``: the
+    environment ``crowd_probe`` gave the app (its memory asked after the tabs closed)."""
     import psutil
 
     app = psutil.Process(pid)
     me = psutil.Process()
     kinds = crowd_kinds(n, args.allowed_share)
+    task_id = crowd_run.start_training(space, Path(probe_dir(probe)), args.training) if args.training else None
     rss_before = app.memory_info().rss
+    objects_before = crowd_probe.ask(pid, probe).get("objects") if probe else None
     load_before = os.getloadavg()[0]
     hub.clear_requests()
     mine0, wall0 = cpu_s(me), time.monotonic()
-    stats, phases = asyncio.run(run_level(url, events, kinds, args.seconds, app))
+    with PeakRss(app) as peak:
+        stats, phases = asyncio.run(run_level(url, events, kinds, args.seconds, app))
     mine1, wall = cpu_s(me), time.monotonic() - wall0
     rss_end = app.memory_info().rss
     served = hub.requests()
     paths = Counter(f"{r.method} {r.path}" for r in served).most_common(4)
+    lag = crowd_run.owner_lag(space, task_id, stats) if task_id else None
+    if task_id:
+        crowd_run.stop_training(space, task_id)
     time.sleep(SETTLE_S)
+    rss_closed = app.memory_info().rss
+    asked = crowd_probe.ask(pid, probe) if probe else {}
     record = {
         "benchmark": "crowd", "label": args.label, "date": dt.date.today().isoformat(), "machine": f"{os.cpu_count()} cores",
         "tabs": n, "owner": kinds.count("owner"), "allowed": kinds.count("allowed"), "anonymous": kinds.count("anonymous"),
-        "seconds": args.seconds, "queue_tasks": args.queue_tasks, "training": False, "load_events": len(events.load),
+        "seconds": args.seconds, "queue_tasks": args.queue_tasks, "training": bool(task_id), "load_events": len(events.load),
         **summarize(stats),
         "app_cpu_pct": round(100 * phases["tick"][0] / phases["tick"][1], 1),  # while ticking
         "app_cpu_pct_opening": round(100 * phases["open"][0] / phases["open"][1], 1),  # while the tabs open
         "app_cpu_s_per_open": round(phases["open"][0] / n, 3),
         "client_cpu_pct": round(100 * (mine1 - mine0) / wall, 1),
-        "rss_mb": {"before": rss_before >> 20, "end": rss_end >> 20, "closed": app.memory_info().rss >> 20},
+        "rss_mb": {"before": rss_before >> 20, "peak": peak.peak >> 20, "end": rss_end >> 20, "closed": rss_closed >> 20,
+                   "closed_gc": asked.get("rss_gc_mb"), "closed_trim": asked.get("rss_trim_mb")},
+        "gradio_sessions_closed": asked.get("gradio_sessions"), "owner_lag": lag,
+        "gc_objects": {"before": objects_before, "closed": asked.get("objects")},
         "hub_requests_per_min": round(len(served) * 60 / wall, 1), "hub_requests_top": paths,
         "load_avg_before": round(load_before, 2), "wall_s": round(wall, 1),
         "note": "shared 2-core machine (other sessions' processes too); the crowd's client runs on the same cores",
     }  # fmt: skip
     return record
+
+
+def probe_dir(probe: dict[str, str] | None) -> str:
+    """The benchmark's scratch folder (the probe's), or a new temporary one."""
+    return str(Path(probe[crowd_probe.OUT_VAR]).parent) if probe else tempfile.mkdtemp(prefix="crowd-")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,14 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="ticking time per level")
     ap.add_argument("--allowed-share", type=float, default=0.05)
     ap.add_argument("--queue-tasks", type=int, default=0, help="finished tasks seeded in the queue")
+    ap.add_argument("--training", type=int, default=0, metavar="STEPS",
+                    help="train a demo-model run of STEPS steps on the Space during each level (0: none)")
     ap.add_argument("--label", default="", help="what the app is (e.g. before, after)")
     ap.add_argument("--out", default=None, help="results file (default benchmarks/results/crowd-<date>-cpu.jsonl)")
     args = ap.parse_args(argv)
     isolate_env()
     from contract.settings import DEFAULT_BASE_MODEL
+    from scheduler.queue.hub import HubQueue
     from tests.fakehub.auth import User
     from tests.fakehub.fixtures import run_fakehub
     from tests.faults.space import start_space
+    from tests.tiny_models import build_tiny_sd
 
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"crowd-{dt.date.today().isoformat()}-cpu.jsonl")
     with tempfile.TemporaryDirectory(prefix="crowd-") as tmp, \
@@ -225,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
             seed_finished_tasks(hub, args.queue_tasks)
         variables = {"QUEUE_REPO": QUEUE_REPO, "ALLOWED_USERS": ",".join([OWNER, *(f"friend{i}" for i in range(1000))]),
                      "POLL_INTERVAL_S": "5"}  # fmt: skip
-        run = start_space(hub, root / "run", DEFAULT_BASE_MODEL, owner_token=TOKEN, hf_token=TOKEN, name="crowd",
-                          variables=variables)  # fmt: skip
+        probe = crowd_probe.probe_env(root / "probe")
+        # The run's tiny model is offered after the page's first model (the page loads as without it).
+        models = f"{DEFAULT_BASE_MODEL},{build_tiny_sd(root / 'probe' / 'model')}"
+        run = start_space(hub, root / "run", models, owner_token=TOKEN, hf_token=TOKEN, name="crowd",
+                          variables=variables, env=probe)  # fmt: skip
+        run.queue = HubQueue(run.queue.api, QUEUE_REPO, retry=run.queue.retry_policy)  # the Space's queue (QUEUE_REPO)
         try:
             from tests.polling import wait_http
 
@@ -235,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = app_pid(hub, run.repo)
             time.sleep(SETTLE_S)
             for n in [int(x) for x in args.tabs.split(",") if x]:
-                record = measure(run.url, hub, pid, events, n, args)
+                record = measure(run.url, hub, pid, events, n, args, run, probe)
                 print(json.dumps(record), flush=True)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("a") as f:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from typing import Any
 import httpx
 
 API = "gradio_api"
+#: the run view's progress line (``ui.run_view.progress_html``): the step a tick answer shows
+STEP_SHOWN = re.compile(r"(\d+) / \d+ steps")
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class TabStats:
     load_fn_s: dict[int, float] = field(default_factory=dict)  # each load event (and .then), from the page request
     estimations: int = 0  # queue-position messages received
     interval_s: float | None = None  # the timer interval the server set for this tab
+    #: each completed tick: (sent, answered: unix seconds; the training step its answer showed, None if none)
+    ticks: list[tuple[float, float, int | None]] = field(default_factory=list)
 
 
 class Tab:
@@ -153,14 +158,17 @@ class Tab:
             await asyncio.wait([pending], timeout=30)
 
     async def _tick(self) -> None:
-        start = time.perf_counter()
+        start, sent = time.perf_counter(), time.time()
         try:
             message = await self.call(self.events.tick)
         except Exception as exc:  # noqa: BLE001
             self.stats.errors.append(f"tick: {type(exc).__name__}: {exc}")
             return
         self.stats.tick_s.append(time.perf_counter() - start)
-        self.stats.tick_bytes += len(json.dumps(message))
+        text = json.dumps(message)
+        self.stats.tick_bytes += len(text)
+        shown = STEP_SHOWN.search(text)
+        self.stats.ticks.append((sent, time.time(), int(shown.group(1)) if shown else None))
 
     async def call(self, fn_index: int, timeout_s: float = 120.0) -> dict[str, Any]:
         """Join event ``fn_index`` and wait for its ``process_completed`` message (returned)."""

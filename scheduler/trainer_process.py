@@ -57,6 +57,10 @@ EXIT_MESSAGES = {
     ExitCode.UPLOAD_REFUSED: UPLOAD_REFUSED,
 }
 LOG_TAIL_LINES = 40
+#: how often the supervisor reads the trainer's events (seconds): an eighth of the page's refresh (2 s), so a step
+#: the trainer logged more than this before the owner's next refresh shows in it (issue 26: read once a second,
+#: the next refresh missed a step about every other time)
+EVENTS_READ_S = 0.25
 ERROR_TAIL_LINES = 15
 
 #: log lines as the UI may show them (the token masked)
@@ -234,8 +238,8 @@ def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, statu
     done_event: Done | None = None
     error_event: Error | None = None
     resumed = 0
-    tick = min(1.0, watch.poll_interval_s)
-    echoed = 0
+    tick = min(EVENTS_READ_S, watch.poll_interval_s)
+    echoed, shown_tail = 0, None
 
     def kill(**outcome: Any) -> TrainOutcome:
         kill_process_group(proc, watch.kill_grace_s)
@@ -249,7 +253,10 @@ def supervise(proc: subprocess.Popen, reader: EventReader, log_path: Path, statu
             done_event, error_event = apply_event(status, event, done_event, error_event)
             if isinstance(event, Resumed):
                 resumed = max(0, event.step)
-        status.update(log_tail=redact(tail_lines(log_path, LOG_TAIL_LINES)))
+        tail = redact(tail_lines(log_path, LOG_TAIL_LINES))
+        if tail != shown_tail:  # unchanged: the published status (shared by every tab) stays as it is
+            status.update(log_tail=tail)
+            shown_tail = tail
         if code is not None:
             break
         now = time.monotonic()

@@ -24,9 +24,9 @@ from ui.layout import REFRESH_S, VISITOR_REFRESH_S
 
 
 @pytest.fixture
-def served_space(hub, tmp_path):
-    """alice's Space (bob allowed) served in-process; its worker is not started (its Hub polls would blur the
-    count), so the status is what its one read of the queue and the hardware left."""
+def served_app(hub, tmp_path):
+    """alice's Space (bob allowed) served in-process, and its URL; its worker is not started (its Hub polls would
+    blur the count), so the status is what its one read of the queue and the hardware left."""
     from app import create_app
 
     repo = f"alice/crowd-{uuid.uuid4().hex[:6]}"
@@ -38,9 +38,14 @@ def served_space(hub, tmp_path):
     port = free_port()
     app.demo.launch(prevent_thread_lock=True, **{**app.launch_options(), "server_port": port})
     try:
-        yield f"http://127.0.0.1:{port}/"
+        yield app, f"http://127.0.0.1:{port}/"
     finally:
         app.demo.close()
+
+
+@pytest.fixture
+def served_space(served_app):
+    return served_app[1]
 
 
 async def open_and_tick(url: str, events: PageEvents, hub) -> list[Tab]:
@@ -151,3 +156,69 @@ def test_a_visitors_refresh_after_the_first_sends_only_a_changed_hardware_line(h
     # The owner's refresh still builds the views (the visitor's path is for those who may not act).
     owner = tick(None, [], {}, Profile("alice"))
     assert "No tasks to show" in owner[1]
+
+
+def test_the_lag_counts_the_ticks_that_did_not_show_a_step_yet():
+    """``benchmarks.crowd_run.progress_lag`` on made-up times: a step shown by the next tick, one two ticks late,
+    one never shown, one emitted before the first tick (left out)."""
+    from benchmarks.crowd_run import progress_lag
+
+    emitted = [(8.0, 1), (10.0, 1), (10.5, 2), (13.0, 3), (20.0, 9)]
+    ticks = [(9.0, 9.1, None), (11.0, 11.1, 1), (13.0, 13.1, None), (15.0, 15.1, 3)]
+    lag = progress_lag(emitted, ticks, interval_s=2.0)
+    assert lag["points"] == 3 and lag["unseen"] == 1
+    # step 1: the next tick (sent at 11.0) showed it; step 2: the ticks sent at 11.0 and 13.0 still showed step 1
+    assert lag["ticks_missed"] == {"p50": 0, "p95": 2, "max": 2} and lag["ticks_missed_over_1"] == 1
+    assert lag["lag_s"]["max"] == 4.6 and lag["lag_ticks"]["max"] == 2.3
+
+
+@pytest.mark.slow
+def test_a_tiny_level_while_a_run_trains_records_the_owners_lag_and_the_memory(tmp_path):
+    """The benchmark itself, one level of 2 tabs for a few seconds while the tiny model trains on the emulated Space:
+    the record has the owner's lag behind the trainer and the app's memory after the tabs closed."""
+    import os
+
+    from benchmarks import crowd
+
+    saved = dict(os.environ)  # the benchmark isolates its environment (no token, its own HF_HOME)
+    out = tmp_path / "crowd.jsonl"
+    try:
+        assert crowd.main(["--tabs", "2", "--seconds", "6", "--training", "2000", "--queue-tasks", "3",
+                           "--out", str(out), "--label", "test"]) == 0  # fmt: skip
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    record = json.loads(out.read_text().splitlines()[-1])
+    assert record["training"] is True and record["queue_tasks"] == 3 and record["errors"] == 0
+    lag = record["owner_lag"]
+    assert lag["steps_in_window"] > 0 and lag["points"] > 0, lag  # the owner's ticks showed the run's steps
+    assert 0 < lag["lag_ticks"]["p50"] <= lag["lag_ticks"]["max"] and lag["ticks_missed"]["max"] >= 0
+    rss = record["rss_mb"]
+    assert 0 < rss["before"] <= rss["peak"] and rss["closed_gc"] > 0 and rss["closed_trim"] > 0, rss
+    assert record["gc_objects"]["before"] > 0 and record["gc_objects"]["closed"] > 0
+    # Both tabs closed: Gradio keeps no session of theirs (``ui.sessions.forget_session`` at unload).
+    assert record["gradio_sessions_closed"] == 0
+
+
+def test_a_closed_tab_leaves_no_session_state_behind(served_app, hub):
+    """Issue 26: Gradio kept every closed tab's session (its ``gr.State`` values and a copy of the page's config)
+    until newer sessions pushed it out; the page's unload event drops it (``ui.sessions.forget_session``)."""
+    from tests.polling import wait_for
+
+    app, url = served_app
+    with urllib.request.urlopen(f"{url}config", timeout=60) as resp:
+        events = PageEvents.from_config(json.loads(resp.read()))
+    sessions = app.demo.state_holder.session_data
+
+    async def open_tick_close() -> list[str]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            tabs = [Tab(client, url, events, kind, session_cookie(user) if user else None)
+                    for kind, user in (("owner", "alice"), ("anonymous", None))]  # fmt: skip
+            await asyncio.gather(*(tab.open() for tab in tabs))
+            await asyncio.gather(*(tab._tick() for tab in tabs))
+            assert all(tab.session in sessions for tab in tabs)  # the open tabs have their state
+            await asyncio.gather(*(tab.close() for tab in tabs))
+        return [tab.session for tab in tabs]
+
+    closed = asyncio.run(open_tick_close())
+    wait_for(lambda: not any(session in sessions for session in closed), 30, "the closed tabs' sessions to go")
