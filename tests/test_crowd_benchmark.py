@@ -196,29 +196,5 @@ def test_a_tiny_level_while_a_run_trains_records_the_owners_lag_and_the_memory(t
     rss = record["rss_mb"]
     assert 0 < rss["before"] <= rss["peak"] and rss["closed_gc"] > 0 and rss["closed_trim"] > 0, rss
     assert record["gc_objects"]["before"] > 0 and record["gc_objects"]["closed"] > 0
-    # Both tabs closed: Gradio keeps no session of theirs (``ui.sessions.forget_session`` at unload).
-    assert record["gradio_sessions_closed"] == 0
-
-
-def test_a_closed_tab_leaves_no_session_state_behind(served_app, hub):
-    """Issue 26: Gradio kept every closed tab's session (its ``gr.State`` values and a copy of the page's config)
-    until newer sessions pushed it out; the page's unload event drops it (``ui.sessions.forget_session``)."""
-    from tests.polling import wait_for
-
-    app, url = served_app
-    with urllib.request.urlopen(f"{url}config", timeout=60) as resp:
-        events = PageEvents.from_config(json.loads(resp.read()))
-    sessions = app.demo.state_holder.session_data
-
-    async def open_tick_close() -> list[str]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            tabs = [Tab(client, url, events, kind, session_cookie(user) if user else None)
-                    for kind, user in (("owner", "alice"), ("anonymous", None))]  # fmt: skip
-            await asyncio.gather(*(tab.open() for tab in tabs))
-            await asyncio.gather(*(tab._tick() for tab in tabs))
-            assert all(tab.session in sessions for tab in tabs)  # the open tabs have their state
-            await asyncio.gather(*(tab.close() for tab in tabs))
-        return [tab.session for tab in tabs]
-
-    closed = asyncio.run(open_tick_close())
-    wait_for(lambda: not any(session in sessions for session in closed), 30, "the closed tabs' sessions to go")
+    # Gradio's sessions of the closed tabs (kept, marked closed: Gradio drops their State values an hour later)
+    assert 0 <= record["gradio_sessions_closed"] <= 2

@@ -19,7 +19,6 @@ from ui.queue_view import RecentWrites, build_queue_view, may_act, visitor_html
 from ui.queue_view import refresh as refresh_queue
 from ui.results_view import SHOW_EVENT, UserPicks, build_results_view, default_pick, finished_tasks, pick_choices
 from ui.run_view import build_run_view, hardware_text, jobs_run_values, load_samples, run_values_for
-from ui.sessions import forget_session
 from ui.settings_view import build_settings_view, owner_values, visibility
 from ui.spend_view import spend_note
 from ui.visitor_submit import visitor_banner
@@ -172,7 +171,6 @@ def build_ui(ctx: AppContext, *, login: bool, offered_check: OfferedModelsCheck 
         def on_unload(request: gr.Request) -> None:  # a closed tab shows its uploads no more (``ui.uploads``)
             ctx.uploads.release(request.session_hash)
             user_picks.set(request.session_hash, None)
-            forget_session(demo, request.session_hash)  # and Gradio forgets its state (``ui.sessions``)
 
         demo.unload(on_unload)
     return demo
