@@ -145,11 +145,12 @@ def submit(token: str, visitor: VisitorToken, settings: Settings, task: Task, im
     if missing:
         raise VisitorRefused("Your sign-in may not create the repos that hold your photos and model.", fix_for(missing))
     now = time.time() if now is None else now
-    fitted = fitted_deadline(task.deadline_s, visitor, now, needed_s) if needed_s is not None else None
     late = task_fits_token(task.deadline_s, visitor, now)
-    if late is not None and fitted is None:
-        raise VisitorRefused("The task would outlive your sign-in.", late)
-    task.deadline_s = fitted or task.deadline_s
+    if late is not None:
+        fitted = fitted_deadline(task.deadline_s, visitor, now, needed_s) if needed_s is not None else None
+        if fitted is None:
+            raise VisitorRefused("The task would outlive your sign-in.", late)
+        task.deadline_s = fitted
     name = visitor.username
     task.submitted_by = name
     if not task.output_repo:

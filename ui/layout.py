@@ -211,8 +211,9 @@ def header_text(ctx: AppContext, hw: HardwareState | None) -> str:
     """The header's hardware line. This process answers the page, so it shows the state as served (``as_served``: no
     stale APP_STARTING once the app runs)."""
     if getattr(ctx.settings, "visitor_pays", False):
-        return hardware_text(as_served(hw), ctx.local) + " · each visitor trains as a Hugging Face Job in their own account"
-    jobs = " · training runs on Hugging Face Jobs" if uses_jobs(ctx) else ""
+        jobs = " · each visitor trains as a Hugging Face Job in their own account"
+    else:
+        jobs = " · training runs on Hugging Face Jobs" if uses_jobs(ctx) else ""
     return hardware_text(as_served(hw), ctx.local) + jobs
 
 

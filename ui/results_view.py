@@ -439,12 +439,14 @@ def empty_values(text: str) -> list[Any]:
     return [text, None, loss_chart_html([]), "", None, scores_update(None)]
 
 
-def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], task_id: str | None) -> list[Any]:
+def results_values_for(cache: ResultsCache, access: Access, tasks: list[Task], task_id: str | None,
+                       prompt: str = NOTHING_VISIBLE) -> list[Any]:  # fmt: skip
     """The results of ``task_id`` if ``access`` may see that task (its submitter or the owner), else a prompt. No
     ``task_id`` (the picker not filled yet): the newest finished task the user may see, as the picker will show it,
-    so that an answer for the empty picker arriving after the picker's own cannot blank the view."""
+    so that an answer for the empty picker arriving after the picker's own cannot blank the view. ``prompt``: what
+    a visitor who may not see results is told."""
     if not access.allowed and not access.owner:
-        return empty_values(NOTHING_VISIBLE)
+        return empty_values(prompt)
     visible = visible_tasks(access, tasks)
     task_id = task_id or default_pick(visible)
     task = next((t for t in visible if t.id == task_id and t.status.terminal), None)
@@ -470,9 +472,8 @@ def build_results_view(ctx: AppContext) -> ResultsParts:
 
     def show(task_id: str | None, profile: gr.OAuthProfile | None) -> list[Any]:
         access = access_for(ctx.settings, profile)
-        if not access.allowed and not access.owner:
-            return empty_values(not_allowed_prompt(ctx.settings, access, NOTHING_VISIBLE))
-        return results_values_for(cache, access, ctx.worker.status.snapshot().tasks, task_id)
+        return results_values_for(cache, access, ctx.worker.status.snapshot().tasks, task_id,
+                                  not_allowed_prompt(ctx.settings, access, NOTHING_VISIBLE))  # fmt: skip
 
     parts = ResultsParts(pick=pick, summary=summary, samples=samples, loss=loss, settings=settings, files=files,
                          scores=scores, show=show, charts=charts)  # fmt: skip
