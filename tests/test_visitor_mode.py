@@ -26,6 +26,7 @@ from scheduler.visitor_queue import visitor_queue_repo
 from scheduler.visitor_token import task_fits_token
 from tests import visitor_app
 from tests.conftest import ALICE_TOKEN, MOCK_SIGNIN
+from tests.tiny_models import make_images
 from tests.visitor_app import (
     alices_jobs,
     load_handler,
@@ -225,3 +226,25 @@ def test_the_estimate_is_at_the_hubs_jobs_price_read_once_by_the_space(hub, open
     values = [40, "t4-small", "dreambooth-lora", 512, "", open_space.settings.base_models[0], False, False, None]
     text = "".join(run_handler(open_space.demo, None, values, v, fn=estimate))  # one Markdown string
     assert "as a Hugging Face Job on Nvidia T4 small ($0.40/h)" in text and "the Hub's Jobs prices" in text, text
+
+
+def test_the_time_a_visitors_deadline_must_leave_counts_the_photos_the_run_captions(open_space, tmp_path):
+    """``expected_s`` (what a deadline fitted to the sign-in must leave room for) adds the captioning of the uploaded
+    photos without a ``.txt``, as the form's estimate does; none when the option is off."""
+    from scheduler.task import Task
+    from ui.context import AppContext
+    from ui.form_estimate import form_estimate
+    from ui.visitor_submit import expected_s
+
+    ctx = AppContext(settings=open_space.settings, queue=open_space.worker.queue, worker=open_space.worker, api=None,
+                     public_space=False)  # fmt: skip
+    photos = make_images(tmp_path / "photos", 3, size=128)
+    (photos[0].parent / f"{photos[0].stem}.txt").write_text("a dog on a sofa")
+    uploads = [*photos, photos[0].parent / f"{photos[0].stem}.txt"]
+    params = {"steps": 40, "resolution": 512}
+    task = Task(instance_prompt="a photo of sks dog", submitted_by="v", base_model=open_space.settings.base_models[0],
+                hardware="t4-small", params={**params, "auto_captions": True})  # fmt: skip
+    plain = Task(instance_prompt="a photo of sks dog", submitted_by="v", base_model=task.base_model,
+                 hardware="t4-small", params=params)  # fmt: skip
+    two = form_estimate(ctx, 40, "t4-small", task.recipe, 512, False, task.base_model, captioned_photos=2).total_s
+    assert expected_s(ctx, task, uploads) == two > expected_s(ctx, plain, uploads)

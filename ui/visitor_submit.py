@@ -8,6 +8,7 @@ visitor's token lives only for this request: it is never stored, logged or put i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -16,7 +17,7 @@ from contract.text import md_code, md_text
 from scheduler import visitor_queue as vq
 from scheduler.retry import http_status
 from scheduler.task import Task
-from scheduler.validation import split_captions
+from scheduler.validation import split_captions, uncaptioned_images
 from scheduler.visitor_token import VisitorToken, VisitorTokenError, fix_for, missing_scopes, read_visitor_token
 from training.base_check import probe_base_model
 from ui.auth import Access, access_for, require_same_site
@@ -99,7 +100,7 @@ def visitor_submit(ctx: AppContext, files: Any, values: dict[str, Any], profile:
     if problems or fits.problem:
         return SubmitOutcome(nothing_queued([*problems, *([fits.problem] if fits.problem else [])]))
     try:
-        task = vq.submit(token, visitor, s, task, uploads, needed_s=expected_s(ctx, task))
+        task = vq.submit(token, visitor, s, task, uploads, needed_s=expected_s(ctx, task, uploads))
     except vq.VisitorRefused as exc:
         return _refused(f"{exc.reason} {exc.fix}")
     except Exception as exc:  # noqa: BLE001 - the Hub's failure is told; the message never holds the token
@@ -108,14 +109,14 @@ def visitor_submit(ctx: AppContext, files: Any, values: dict[str, Any], profile:
     return SubmitOutcome(queued_answer(task, visitor, _dispatch(token, visitor, ctx, task), s.deadline_s), task=task)
 
 
-def expected_s(ctx: AppContext, task: Task) -> float:
-    """The run's expected seconds as the form's estimate says them (training, start-up and upload, scoring,
-    captions): a deadline shortened to fit the visitor's sign-in leaves it room (``fitted_deadline``)."""
+def expected_s(ctx: AppContext, task: Task, uploads: list[Path]) -> float:
+    """The run's expected seconds as the form's estimate says them (training, start-up and upload, scoring, the
+    captions of the ``uploads``' photos without a ``.txt``): a deadline shortened to fit the visitor's sign-in leaves
+    it room (``fitted_deadline``)."""
     p = task.params
-    photos = task.images.count if task.images else 0
+    captioned = len(uncaptioned_images(uploads)) if p.get(CAPTIONS_FIELD) else 0
     est = form_estimate(ctx, int(p.get("steps") or 0), task.hardware, task.recipe, int(p.get("resolution") or 512),
-                        bool(task.class_prompt), task.base_model,
-                        captioned_photos=photos if p.get(CAPTIONS_FIELD) else 0)  # fmt: skip
+                        bool(task.class_prompt), task.base_model, captioned_photos=captioned)  # fmt: skip
     return est.total_s
 
 
